@@ -1,0 +1,1 @@
+//! Criterion benchmarks for Herold live in `benches/`; run them with `cargo bench`.

@@ -1,0 +1,546 @@
+//! The Herold client SDK.
+//!
+//! # Layout
+//! - [`Client`]: a device's connection that survives network loss: it
+//!   connects with certificate pinning, authenticates with the device key,
+//!   syncs from its cursors, streams deliveries as [`Event`]s, acknowledges
+//!   them, and reconnects with backoff, re-sending unacknowledged submits
+//!   with their original message ids (the relay stores each id once).
+//! - [`raw::RawConnection`]: one connection, frame by frame.
+//! - [`tls`]: certificate pinning.
+//! - [`admin`]: the gRPC admin client.
+//!
+//! # Exactly once for the app
+//! The relay delivers each conversation in seq order, at least once. The
+//! client remembers the last seq it handed to the app per conversation and
+//! drops anything at or below it, so the app sees every message exactly once
+//! while the client lives. To keep that across restarts, persist
+//! [`Client::cursors`] and pass them back in [`ClientConfig::cursors`].
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+pub mod raw;
+pub mod tls;
+
+/// The gRPC admin client, generated from `admin.proto`.
+pub mod admin {
+    pub use herold_proto::v1::admin_client::AdminClient;
+}
+
+pub use herold_proto::v1::{Accepted, Envelope};
+use raw::RawConnection;
+
+/// Errors of the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The connection could not be established.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A local I/O error.
+    #[error("I/O: {0}")]
+    Io(String),
+    /// The relay answered with an error frame.
+    #[error("relay error {code:?}: {message}")]
+    Relay {
+        /// The stable error code.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+        /// Whether the relay closed the connection after it.
+        fatal: bool,
+    },
+    /// The relay sent something the protocol does not allow here.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection closed.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// The client was shut down.
+    #[error("the client is shut down")]
+    Shutdown,
+}
+
+impl ClientError {
+    /// From a relay Error frame.
+    pub fn relay(e: &v1::Error) -> Self {
+        ClientError::Relay {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+            message: e.message.clone(),
+            fatal: e.fatal,
+        }
+    }
+
+    /// The relay's error code, if this is a relay error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Relay { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether reconnecting cannot help (the device is not allowed in).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(
+                ErrorCode::UnknownDevice
+                    | ErrorCode::DeviceRevoked
+                    | ErrorCode::AuthFailed
+                    | ErrorCode::UnsupportedVersion
+                    | ErrorCode::Replaced
+            )
+        )
+    }
+}
+
+/// Reconnect backoff: exponential from `initial` to `max`, with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a [`Client`] connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Relay address.
+    pub relay: SocketAddr,
+    /// SHA-256 of the relay's certificate.
+    pub fingerprint: [u8; 32],
+    /// This device's id.
+    pub device_id: String,
+    /// This device's key.
+    pub key: SigningKey,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// Last seq the app has seen per conversation (from a previous run).
+    pub cursors: HashMap<String, u64>,
+    /// Submits awaiting acceptance at once (the relay's default limit is 64).
+    pub max_in_flight: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with defaults.
+    pub fn new(relay: SocketAddr, fingerprint: [u8; 32], device_id: &str, key: SigningKey) -> Self {
+        Self {
+            relay,
+            fingerprint,
+            device_id: device_id.to_owned(),
+            key,
+            backoff: Backoff::default(),
+            cursors: HashMap::new(),
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// What the client reports to the app.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A new message, in conversation order, once.
+    Message(Envelope),
+    /// Everything stored up to now has been delivered (after each connect).
+    Synced {
+        /// Messages the relay sent during this sync (duplicates included).
+        delivered: u64,
+    },
+    /// The connection was lost; the client is reconnecting.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// Reconnected and authenticated.
+    Reconnected,
+    /// The client stopped for good (revoked device, replaced connection...).
+    Stopped(ClientError),
+}
+
+/// Generates a fresh device key.
+pub fn generate_key() -> Result<SigningKey, ClientError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| ClientError::Io(format!("no randomness: {e}")))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A fresh random message id.
+pub fn new_message_id() -> Result<[u8; 16], ClientError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| ClientError::Io(format!("no randomness: {e}")))?;
+    Ok(id)
+}
+
+enum Cmd {
+    Submit {
+        submit: v1::Submit,
+        done: oneshot::Sender<Result<Accepted, ClientError>>,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// A device's resilient connection to a relay. See the crate docs.
+#[derive(Debug)]
+pub struct Client {
+    cmd: mpsc::Sender<Cmd>,
+    events: mpsc::Receiver<Event>,
+    cursors: Arc<Mutex<HashMap<String, u64>>>,
+    in_flight: Arc<Semaphore>,
+    account_id: String,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmd::Submit { .. } => "Submit",
+            Cmd::Close(_) => "Close",
+        })
+    }
+}
+
+impl Client {
+    /// Connects and authenticates. Fails if the first attempt fails, so that
+    /// a wrong key or address is reported at once; later losses reconnect.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let mut conn = RawConnection::connect(config.relay, config.fingerprint).await?;
+        let ok = conn.authenticate(&config.device_id, &config.key).await?;
+        let cursors = Arc::new(Mutex::new(config.cursors.clone()));
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (ev_tx, ev_rx) = mpsc::channel(4096);
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let driver = Driver {
+            config,
+            cursors: cursors.clone(),
+            events: ev_tx,
+            pending: HashMap::new(),
+            dirty: HashMap::new(),
+        };
+        tokio::spawn(driver.run(conn, cmd_rx));
+        Ok(Self {
+            cmd: cmd_tx,
+            events: ev_rx,
+            cursors,
+            in_flight,
+            account_id: ok.account_id,
+        })
+    }
+
+    /// The device's account, as the relay reported it.
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// Sends `ciphertext` to a conversation and waits until the relay has
+    /// stored it. `expires_at_ms` 0 uses the conversation's retention.
+    pub async fn send(
+        &self,
+        conversation_id: &str,
+        ciphertext: Vec<u8>,
+        expires_at_ms: i64,
+    ) -> Result<Accepted, ClientError> {
+        self.send_with_id(new_message_id()?, conversation_id, ciphertext, expires_at_ms)
+            .await
+    }
+
+    /// Like [`Client::send`] with a chosen message id: sending the same id
+    /// again returns the first acceptance (`duplicate: true`).
+    pub async fn send_with_id(
+        &self,
+        message_id: [u8; 16],
+        conversation_id: &str,
+        ciphertext: Vec<u8>,
+        expires_at_ms: i64,
+    ) -> Result<Accepted, ClientError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Shutdown)?;
+        let (done, rx) = oneshot::channel();
+        let submit = v1::Submit {
+            message_id: message_id.to_vec(),
+            conversation_id: conversation_id.to_owned(),
+            expires_at_ms,
+            ciphertext,
+        };
+        self.cmd
+            .send(Cmd::Submit { submit, done })
+            .await
+            .map_err(|_| ClientError::Shutdown)?;
+        rx.await.map_err(|_| ClientError::Shutdown)?
+    }
+
+    /// The next event; `None` after the client stopped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next message, skipping other events; `None` after the client stopped.
+    pub async fn next_message(&mut self) -> Option<Envelope> {
+        loop {
+            match self.events.recv().await? {
+                Event::Message(m) => return Some(m),
+                Event::Stopped(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Last seq handed to the app, per conversation: persist it to keep
+    /// exactly-once across restarts.
+    pub fn cursors(&self) -> HashMap<String, u64> {
+        self.cursors
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Flushes acknowledgements and closes the connection.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Driver {
+    config: ClientConfig,
+    cursors: Arc<Mutex<HashMap<String, u64>>>,
+    events: mpsc::Sender<Event>,
+    /// Submits sent but not yet answered, by message id: re-sent after a
+    /// reconnect.
+    pending: HashMap<Vec<u8>, (v1::Submit, oneshot::Sender<Result<Accepted, ClientError>>)>,
+    /// Acks to send, per conversation.
+    dirty: HashMap<String, u64>,
+}
+
+enum Outcome {
+    Lost(String),
+    Stop(Option<ClientError>),
+}
+
+impl Driver {
+    async fn run(mut self, first: RawConnection, mut cmds: mpsc::Receiver<Cmd>) {
+        let mut conn = Some(first);
+        let mut delay = self.config.backoff.initial;
+        loop {
+            let c = match conn.take() {
+                Some(c) => c,
+                None => match self.reconnect().await {
+                    Ok(c) => {
+                        delay = self.config.backoff.initial;
+                        let _ = self.events.send(Event::Reconnected).await;
+                        c
+                    }
+                    Err(e) if e.is_permanent() => {
+                        self.fail_pending(&e);
+                        let _ = self.events.send(Event::Stopped(e)).await;
+                        return;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(jitter(delay)).await;
+                        delay = (delay * 2).min(self.config.backoff.max);
+                        continue;
+                    }
+                },
+            };
+            match self.serve(c, &mut cmds).await {
+                Outcome::Lost(reason) => {
+                    let _ = self.events.send(Event::Disconnected { reason }).await;
+                }
+                Outcome::Stop(err) => {
+                    let err = err.unwrap_or(ClientError::Shutdown);
+                    self.fail_pending(&err);
+                    let _ = self.events.send(Event::Stopped(err)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, e: &ClientError) {
+        for (_, (_, done)) in self.pending.drain() {
+            let _ = done.send(Err(e.clone()));
+        }
+    }
+
+    async fn reconnect(&self) -> Result<RawConnection, ClientError> {
+        let mut c = RawConnection::connect(self.config.relay, self.config.fingerprint).await?;
+        c.authenticate(&self.config.device_id, &self.config.key)
+            .await?;
+        Ok(c)
+    }
+
+    fn seen(&self, conv: &str) -> u64 {
+        self.cursors
+            .lock()
+            .map(|c| c.get(conv).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    async fn serve(&mut self, mut c: RawConnection, cmds: &mut mpsc::Receiver<Cmd>) -> Outcome {
+        // Resume: our cursors, then every unanswered submit again.
+        let cursors: Vec<v1::Cursor> = self
+            .cursors
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(conversation_id, seq)| v1::Cursor {
+                conversation_id,
+                seq,
+            })
+            .collect();
+        if let Err(e) = c
+            .send_kind(client_frame::Kind::Sync(v1::Sync { cursors }))
+            .await
+        {
+            return Outcome::Lost(e.to_string());
+        }
+        let resend: Vec<v1::Submit> = self.pending.values().map(|(s, _)| s.clone()).collect();
+        for s in resend {
+            if let Err(e) = c.send_kind(client_frame::Kind::Submit(s)).await {
+                return Outcome::Lost(e.to_string());
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Submit { submit, done }) => {
+                        let frame = client_frame::Kind::Submit(submit.clone());
+                        self.pending.insert(submit.message_id.clone(), (submit, done));
+                        if let Err(e) = c.send_kind(frame).await {
+                            return Outcome::Lost(e.to_string());
+                        }
+                    }
+                    Some(Cmd::Close(done)) => {
+                        let _ = self.flush_acks(&mut c).await;
+                        c.close().await;
+                        let _ = done.send(());
+                        return Outcome::Stop(None);
+                    }
+                    None => {
+                        let _ = self.flush_acks(&mut c).await;
+                        c.close().await;
+                        return Outcome::Stop(None);
+                    }
+                },
+                frame = c.recv() => match frame {
+                    Ok(Some(f)) => {
+                        if let Some(out) = self.on_frame(f).await {
+                            return out;
+                        }
+                    }
+                    Ok(None) => return Outcome::Lost("the relay closed the stream".into()),
+                    Err(e) => return Outcome::Lost(e.to_string()),
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.flush_acks(&mut c).await {
+                        return Outcome::Lost(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush_acks(&mut self, c: &mut RawConnection) -> Result<(), ClientError> {
+        for (conversation_id, seq) in self.dirty.drain().collect::<Vec<_>>() {
+            c.send_kind(client_frame::Kind::Ack(v1::Ack {
+                conversation_id,
+                seq,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, f: v1::ServerFrame) -> Option<Outcome> {
+        match f.kind? {
+            server_frame::Kind::Deliver(d) => {
+                let env = d.envelope?;
+                let conv = env.conversation_id.clone();
+                // Ack even duplicates: the relay's cursor may lag ours.
+                let e = self.dirty.entry(conv.clone()).or_insert(0);
+                *e = (*e).max(env.seq);
+                if env.seq <= self.seen(&conv) {
+                    return None;
+                }
+                if let Ok(mut c) = self.cursors.lock() {
+                    c.insert(conv, env.seq);
+                }
+                if self.events.send(Event::Message(env)).await.is_err() {
+                    return Some(Outcome::Stop(None));
+                }
+                None
+            }
+            server_frame::Kind::Accepted(a) => {
+                if let Some((_, done)) = self.pending.remove(&a.message_id) {
+                    let _ = done.send(Ok(a));
+                }
+                None
+            }
+            server_frame::Kind::SyncDone(s) => {
+                let _ = self
+                    .events
+                    .send(Event::Synced {
+                        delivered: s.delivered,
+                    })
+                    .await;
+                None
+            }
+            server_frame::Kind::Error(e) => {
+                let err = ClientError::relay(&e);
+                if !e.message_id.is_empty() {
+                    if let Some((_, done)) = self.pending.remove(&e.message_id) {
+                        let _ = done.send(Err(err.clone()));
+                    }
+                }
+                if e.fatal {
+                    if err.is_permanent() {
+                        return Some(Outcome::Stop(Some(err)));
+                    }
+                    return Some(Outcome::Lost(err.to_string()));
+                }
+                None
+            }
+            server_frame::Kind::Draining(_) => Some(Outcome::Lost("the relay is draining".into())),
+            server_frame::Kind::Pong(_)
+            | server_frame::Kind::AuthChallenge(_)
+            | server_frame::Kind::AuthOk(_) => None,
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = if getrandom::fill(&mut b).is_ok() {
+        u16::from_le_bytes(b)
+    } else {
+        0
+    };
+    // 50% to 100% of the delay.
+    d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
+}

@@ -1,0 +1,30 @@
+//! Herold's wire types and the sans-IO frame codec.
+//!
+//! # Layout
+//! - [`v1`]: the generated protobuf messages of `proto/herold/v1/*.proto`:
+//!   client frames ([`v1::ClientFrame`], [`v1::ServerFrame`]), the envelope,
+//!   and (feature `admin`) the gRPC admin service stubs.
+//! - [`codec`]: the length-delimited frame codec. It owns no socket and no
+//!   clock: the caller feeds received bytes in with [`codec::FrameDecoder::extend`]
+//!   and pulls whole frames out with [`codec::FrameDecoder::next_frame`];
+//!   [`codec::encode_frame`] appends one frame to an output buffer.
+//! - [`auth`]: the authentication transcript both sides sign and verify.
+//! - [`ids`]: validation of account, device and conversation ids.
+//!
+//! The protocol itself is specified in `docs/protocol.md`.
+
+pub mod auth;
+pub mod codec;
+pub mod ids;
+
+/// Generated protobuf types of package `herold.v1`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/herold.v1.rs"));
+}
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The QUIC ALPN identifier of protocol version 1.
+pub const ALPN: &[u8] = b"herold/1";

@@ -1,0 +1,488 @@
+//! Relay configuration: flags, `HEROLD_*` environment variables and an
+//! optional TOML file, in that order of precedence, validated before any port
+//! is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command line of `herold-relay`. Every flag can also be set with the
+/// environment variable named in its help, or in the TOML file given with
+/// `--config` (same names, `-` written as `_`).
+#[derive(Debug, Default, Parser)]
+#[command(name = "herold-relay", version, about = "Herold message relay node")]
+pub struct Args {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "HEROLD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Development mode: self-signed TLS certificate kept in the data
+    /// directory, admin API without a token on loopback.
+    #[arg(long, env = "HEROLD_DEV")]
+    pub dev: bool,
+    /// UDP address for QUIC client connections [default: 127.0.0.1:7300].
+    #[arg(long, env = "HEROLD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TCP address of the gRPC admin API [default: 127.0.0.1:7301].
+    #[arg(long, env = "HEROLD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory of the embedded store and the dev certificate [default: herold-data].
+    #[arg(long, env = "HEROLD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// This relay's node id, unique in the cluster [default: relay-1].
+    #[arg(long, env = "HEROLD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// TLS certificate chain (PEM) for production.
+    #[arg(long, env = "HEROLD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for production.
+    #[arg(long, env = "HEROLD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// File holding the admin API bearer token (a mounted secret).
+    #[arg(long, env = "HEROLD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Devices one account may enroll [default: 10].
+    #[arg(long, env = "HEROLD_MAX_DEVICES_PER_ACCOUNT")]
+    pub max_devices_per_account: Option<u32>,
+    /// Largest client frame in bytes [default: 266240].
+    #[arg(long, env = "HEROLD_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<u32>,
+    /// Largest ciphertext of one message in bytes [default: 262144].
+    #[arg(long, env = "HEROLD_MAX_CIPHERTEXT_BYTES")]
+    pub max_ciphertext_bytes: Option<u32>,
+    /// Concurrent client connections [default: 100000].
+    #[arg(long, env = "HEROLD_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// Submits awaiting acceptance per connection [default: 64].
+    #[arg(long, env = "HEROLD_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<u32>,
+    /// Deliveries queued per device before it counts as a slow consumer and
+    /// is disconnected to resync from storage [default: 1024].
+    #[arg(long, env = "HEROLD_DEVICE_QUEUE")]
+    pub device_queue: Option<u32>,
+    /// Seconds a connection has to authenticate [default: 10].
+    #[arg(long, env = "HEROLD_AUTH_TIMEOUT_SECS")]
+    pub auth_timeout_secs: Option<u64>,
+    /// Seconds of silence after which a connection is closed [default: 60].
+    #[arg(long, env = "HEROLD_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Longest expiry a message may ask for, in days [default: 365].
+    #[arg(long, env = "HEROLD_MAX_EXPIRY_DAYS")]
+    pub max_expiry_days: Option<u32>,
+    /// Seconds SIGTERM waits for sessions to drain [default: 10].
+    #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
+    pub drain_grace_secs: Option<u64>,
+    /// Log filter, e.g. `info` or `herold_relay=debug` [default: info].
+    #[arg(long, env = "HEROLD_LOG")]
+    pub log: Option<String>,
+}
+
+/// The optional TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    dev: Option<bool>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    node_id: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    max_devices_per_account: Option<u32>,
+    max_frame_bytes: Option<u32>,
+    max_ciphertext_bytes: Option<u32>,
+    max_connections: Option<u32>,
+    max_in_flight: Option<u32>,
+    device_queue: Option<u32>,
+    auth_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_expiry_days: Option<u32>,
+    drain_grace_secs: Option<u64>,
+    log: Option<String>,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// Self-signed, generated once and kept in `<data_dir>/tls/`.
+    DevSelfSigned,
+    /// PEM files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+}
+
+/// Limits protecting the relay and its other users from one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Devices one account may enroll.
+    pub max_devices_per_account: u32,
+    /// Largest client frame body, bytes.
+    pub max_frame_bytes: u32,
+    /// Largest ciphertext of one message, bytes.
+    pub max_ciphertext_bytes: u32,
+    /// Concurrent client connections.
+    pub max_connections: u32,
+    /// Submits awaiting acceptance per connection.
+    pub max_in_flight: u32,
+    /// Deliveries queued per device before it is disconnected as slow.
+    pub device_queue: u32,
+    /// Time a connection has to authenticate.
+    pub auth_timeout: Duration,
+    /// Silence after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// Longest expiry a message may ask for.
+    pub max_expiry: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_devices_per_account: 10,
+            max_frame_bytes: herold_proto::codec::DEFAULT_MAX_FRAME_BYTES as u32,
+            max_ciphertext_bytes: 256 * 1024,
+            max_connections: 100_000,
+            max_in_flight: 64,
+            device_queue: 1024,
+            auth_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_expiry: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+/// The relay's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Development mode (see [`Args::dev`]).
+    pub dev: bool,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Admin API listen address.
+    pub admin_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node id.
+    pub node_id: String,
+    /// TLS certificate source.
+    pub tls: TlsSource,
+    /// Admin bearer token, if any.
+    pub admin_token: Option<String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Drain grace period on shutdown.
+    pub drain_grace: Duration,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Config {
+    /// A development configuration on the given data directory, with ports
+    /// chosen by the OS: what tests use.
+    pub fn dev(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dev: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            node_id: "relay-1".into(),
+            tls: TlsSource::DevSelfSigned,
+            admin_token: None,
+            limits: Limits::default(),
+            drain_grace: Duration::from_secs(10),
+            log: "info".into(),
+        }
+    }
+
+    /// Merges flags/environment over the TOML file over defaults, then validates.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let dev = args.dev || file.dev.unwrap_or(false);
+        let defaults = Limits::default();
+        let secs = Duration::from_secs;
+        let limits = Limits {
+            max_devices_per_account: args
+                .max_devices_per_account
+                .or(file.max_devices_per_account)
+                .unwrap_or(defaults.max_devices_per_account),
+            max_frame_bytes: args
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(defaults.max_frame_bytes),
+            max_ciphertext_bytes: args
+                .max_ciphertext_bytes
+                .or(file.max_ciphertext_bytes)
+                .unwrap_or(defaults.max_ciphertext_bytes),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
+            max_in_flight: args
+                .max_in_flight
+                .or(file.max_in_flight)
+                .unwrap_or(defaults.max_in_flight),
+            device_queue: args
+                .device_queue
+                .or(file.device_queue)
+                .unwrap_or(defaults.device_queue),
+            auth_timeout: args
+                .auth_timeout_secs
+                .or(file.auth_timeout_secs)
+                .map_or(defaults.auth_timeout, secs),
+            idle_timeout: args
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .map_or(defaults.idle_timeout, secs),
+            max_expiry: args
+                .max_expiry_days
+                .or(file.max_expiry_days)
+                .map_or(defaults.max_expiry, |d| secs(u64::from(d) * 24 * 3600)),
+        };
+        let tls_cert = args.tls_cert.or(file.tls_cert);
+        let tls_key = args.tls_key.or(file.tls_key);
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) if dev => TlsSource::DevSelfSigned,
+            (None, None) => return Err(ConfigError::NoCertificate),
+            (Some(_), None) => return Err(ConfigError::HalfTls("tls-cert", "tls-key")),
+            (None, Some(_)) => return Err(ConfigError::HalfTls("tls-key", "tls-cert")),
+        };
+        let admin_token = match args.admin_token_file.or(file.admin_token_file) {
+            Some(path) => Some(read_token(&path)?),
+            None => None,
+        };
+        let config = Config {
+            dev,
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7300))),
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7301))),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("herold-data")),
+            node_id: args
+                .node_id
+                .or(file.node_id)
+                .unwrap_or_else(|| "relay-1".into()),
+            tls,
+            admin_token,
+            limits,
+            drain_grace: args
+                .drain_grace_secs
+                .or(file.drain_grace_secs)
+                .map_or(Duration::from_secs(10), secs),
+            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the first bad one is reported with its name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("max-devices-per-account", u64::from(l.max_devices_per_account)),
+            ("max-frame-bytes", u64::from(l.max_frame_bytes)),
+            ("max-ciphertext-bytes", u64::from(l.max_ciphertext_bytes)),
+            ("max-connections", u64::from(l.max_connections)),
+            ("max-in-flight", u64::from(l.max_in_flight)),
+            ("device-queue", u64::from(l.device_queue)),
+            ("auth-timeout-secs", l.auth_timeout.as_secs()),
+            ("idle-timeout-secs", l.idle_timeout.as_secs()),
+            ("max-expiry-days", l.max_expiry.as_secs()),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        if l.max_devices_per_account > 100 {
+            return Err(ConfigError::Invalid {
+                name: "max-devices-per-account",
+                reason: format!("{} is above the hard ceiling of 100", l.max_devices_per_account),
+            });
+        }
+        if l.max_frame_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                name: "max-frame-bytes",
+                reason: format!("{} is above the hard ceiling of 16 MiB", l.max_frame_bytes),
+            });
+        }
+        if u64::from(l.max_ciphertext_bytes) + 1024 > u64::from(l.max_frame_bytes) {
+            return Err(ConfigError::Invalid {
+                name: "max-ciphertext-bytes",
+                reason: format!(
+                    "{} leaves no room for the envelope in max-frame-bytes {} (need 1024 bytes more)",
+                    l.max_ciphertext_bytes, l.max_frame_bytes
+                ),
+            });
+        }
+        if herold_proto::ids::validate_id("node", &self.node_id).is_err() {
+            return Err(ConfigError::Invalid {
+                name: "node-id",
+                reason: format!(
+                    "{:?} is not a valid id (1-64 ASCII letters, digits, . _ - : @)",
+                    self.node_id
+                ),
+            });
+        }
+        if self.listen.port() != 0 && self.listen.port() == self.admin_listen.port() {
+            return Err(ConfigError::Invalid {
+                name: "admin-listen",
+                reason: "must use a different port than listen".into(),
+            });
+        }
+        if self.admin_token.is_none() && !self.admin_listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                name: "admin-listen",
+                reason: format!(
+                    "{} is not a loopback address and no admin-token-file is set: \
+                     refusing to serve the admin API without authentication",
+                    self.admin_listen
+                ),
+            });
+        }
+        if self.log.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "log",
+                reason: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let token = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let token = token.trim().to_owned();
+    if token.len() < 16 {
+        return Err(ConfigError::Invalid {
+            name: "admin-token-file",
+            reason: format!("the token in {} is shorter than 16 characters", path.display()),
+        });
+    }
+    Ok(token)
+}
+
+/// Why the configuration was refused. The relay exits with code 64 on any.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
+    #[error("config file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Neither a certificate nor dev mode.
+    #[error(
+        "no TLS certificate: set --tls-cert and --tls-key (HEROLD_TLS_CERT, HEROLD_TLS_KEY), \
+         or --dev for a self-signed development certificate"
+    )]
+    NoCertificate,
+    /// One of the two TLS settings without the other.
+    #[error("--{0} is set but --{1} is not; set both")]
+    HalfTls(&'static str, &'static str),
+    /// A value out of range.
+    #[error("invalid {name}: {reason}")]
+    Invalid {
+        /// The setting's flag name.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["herold-relay"];
+        v.extend_from_slice(args);
+        Config::from_args(Args::try_parse_from(v).unwrap())
+    }
+
+    #[test]
+    fn dev_defaults_are_valid() {
+        let c = parse(&["--dev"]).unwrap();
+        assert_eq!(c.listen.port(), 7300);
+        assert_eq!(c.admin_listen.port(), 7301);
+        assert_eq!(c.limits.max_devices_per_account, 10);
+        assert_eq!(c.tls, TlsSource::DevSelfSigned);
+    }
+
+    #[test]
+    fn production_needs_a_certificate() {
+        assert!(matches!(parse(&[]), Err(ConfigError::NoCertificate)));
+        assert!(matches!(
+            parse(&["--tls-cert", "c.pem"]),
+            Err(ConfigError::HalfTls("tls-cert", "tls-key"))
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse(&["--dev", "--max-in-flight", "0"]).unwrap_err();
+        assert!(e.to_string().contains("max-in-flight"), "{e}");
+        let e = parse(&["--dev", "--max-ciphertext-bytes", "300000", "--max-frame-bytes", "300000"])
+            .unwrap_err();
+        assert!(e.to_string().contains("max-ciphertext-bytes"), "{e}");
+        let e = parse(&["--dev", "--node-id", "a b"]).unwrap_err();
+        assert!(e.to_string().contains("node-id"), "{e}");
+        let e = parse(&["--dev", "--admin-listen", "0.0.0.0:7301"]).unwrap_err();
+        assert!(e.to_string().contains("refusing"), "{e}");
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "dev = true\nnode_id = \"from-file\"\nmax_in_flight = 7").unwrap();
+        let path = f.path().to_str().unwrap();
+        let c = parse(&["--config", path, "--node-id", "from-flag"]).unwrap();
+        assert_eq!(c.node_id, "from-flag");
+        assert_eq!(c.limits.max_in_flight, 7);
+        assert!(c.dev);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "dev = true\nmax_in_fligth = 7").unwrap();
+        let e = parse(&["--config", f.path().to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("max_in_fligth"), "{e}");
+    }
+}

@@ -1,0 +1,33 @@
+//! The Herold relay node.
+//!
+//! # Layout
+//! - [`config`]: flags, `HEROLD_*` environment and TOML file, validated.
+//! - `tls`: TLS 1.3 for QUIC, ALPN `herold/1`, the dev certificate.
+//! - [`server`]: [`Relay`]: binds QUIC and the admin API, accepts
+//!   connections, consumes the node inbox, fans out, drains on shutdown.
+//! - `session`: one device connection: authentication, submits, acks, sync,
+//!   in-order delivery with gap filling from the store.
+//! - `registry`: connected devices of this node (dashmap) and their queues.
+//! - `roster`: cached conversation rosters.
+//! - `admin`: the gRPC admin API.
+//!
+//! # Life of a message
+//! A device's Submit is validated (ids, size, membership, expiry), appended
+//! to the store (durable, numbered), answered with Accepted, then fanned out:
+//! the router tells which node holds each recipient device and gets one
+//! delivery per node; each node pushes the one encoded frame to its local
+//! sessions. `docs/architecture.md` has the whole picture.
+
+#![warn(missing_docs)]
+
+mod admin;
+pub mod config;
+mod registry;
+mod roster;
+pub mod server;
+mod session;
+mod tls;
+
+pub use config::{Config, ConfigError};
+pub use server::Relay;
+pub use tls::fingerprint;

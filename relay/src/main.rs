@@ -1,0 +1,75 @@
+//! `herold-relay`: parses the configuration and runs one relay node until
+//! SIGTERM or Ctrl-C, then drains.
+
+use clap::Parser;
+use herold_relay::{Config, Relay, config::Args};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+fn main() {
+    let config = match Config::from_args(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herold-relay: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let filter = match EnvFilter::try_new(&config.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("herold-relay: invalid log: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herold-relay: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(config)) {
+        eprintln!("herold-relay: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let dev = config.dev;
+    let data_dir = config.data_dir.clone();
+    let relay = Relay::bind(config).await?;
+    println!("herold relay listening");
+    println!("  quic        {}", relay.local_addr()?);
+    println!("  admin api   http://{}", relay.admin_addr()?);
+    println!("  data        {}", data_dir.display());
+    println!("  fingerprint {}", relay.fingerprint());
+    if dev {
+        println!("  (development mode: self-signed certificate, admin API without token)");
+    }
+    relay.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,137 @@
+//! The local connection registry: which device is connected to this relay,
+//! and the queue through which deliveries reach its session.
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use herold_proto::v1::ErrorCode;
+use tokio::sync::{mpsc, watch};
+
+/// Something for a session to send to its device.
+#[derive(Debug, Clone)]
+pub(crate) enum Push {
+    /// A live delivery.
+    Deliver {
+        conversation_id: String,
+        seq: u64,
+        expires_at_ms: Option<i64>,
+        /// The complete framed `Deliver`, shared by all recipients.
+        frame: Bytes,
+    },
+    /// Deliveries may have been lost: resync every conversation from storage.
+    Resync,
+}
+
+/// Why a session is told to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kick {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// A connected device's session, as the registry sees it.
+#[derive(Debug)]
+pub(crate) struct SessionHandle {
+    /// Tells apart two connections of the same device (a reconnect racing
+    /// the old connection's cleanup).
+    pub conn_id: u64,
+    pub push: mpsc::Sender<Push>,
+    pub kick: watch::Sender<Option<Kick>>,
+    /// To cut off a session that cannot even take an error frame.
+    pub conn: quinn::Connection,
+}
+
+/// What happened to a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushOutcome {
+    Queued,
+    NotConnected,
+    /// The device's queue was full: it was disconnected and will resync.
+    SlowConsumer,
+}
+
+/// device id -> session. DashMap shards the lock so fan-outs to different
+/// devices do not contend.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    sessions: DashMap<String, SessionHandle>,
+}
+
+impl Registry {
+    /// Registers a session; a previous session of the same device is told it
+    /// was replaced.
+    pub fn insert(&self, device_id: String, handle: SessionHandle) {
+        if let Some(old) = self.sessions.insert(device_id, handle) {
+            kick(
+                &old,
+                Kick {
+                    code: ErrorCode::Replaced,
+                    message: "this device connected again; this connection is replaced".into(),
+                },
+            );
+        }
+    }
+
+    /// Removes the device's session if it is still `conn_id`.
+    pub fn remove(&self, device_id: &str, conn_id: u64) -> bool {
+        self.sessions
+            .remove_if(device_id, |_, h| h.conn_id == conn_id)
+            .is_some()
+    }
+
+    /// Queues a push without waiting; a full queue disconnects the device
+    /// (it resyncs from storage on reconnect) instead of blocking the fan-out.
+    pub fn push(&self, device_id: &str, push: Push) -> PushOutcome {
+        let Some(h) = self.sessions.get(device_id) else {
+            return PushOutcome::NotConnected;
+        };
+        match h.push.try_send(push) {
+            Ok(()) => PushOutcome::Queued,
+            Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::NotConnected,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                h.conn.close(
+                    quinn::VarInt::from_u32(ErrorCode::SlowConsumer as u32),
+                    b"slow consumer: reconnect and sync",
+                );
+                PushOutcome::SlowConsumer
+            }
+        }
+    }
+
+    /// Queues a push to every session (best effort).
+    pub fn push_all(&self, push: &Push) {
+        let ids: Vec<String> = self.sessions.iter().map(|e| e.key().clone()).collect();
+        for id in ids {
+            self.push(&id, push.clone());
+        }
+    }
+
+    /// Ends the device's session with an error, if connected.
+    pub fn kick(&self, device_id: &str, why: Kick) -> bool {
+        match self.sessions.get(device_id) {
+            Some(h) => {
+                kick(&h, why);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connected devices.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+fn kick(h: &SessionHandle, why: Kick) {
+    let code = why.code;
+    h.kick.send_replace(Some(why));
+    // If the session is stuck writing to a peer that does not read, the
+    // error frame cannot get through: cut the connection after a grace time.
+    let conn = h.conn.clone();
+    tokio::spawn(async move {
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+        if closed.is_err() {
+            conn.close(quinn::VarInt::from_u32(code as u32), b"disconnected by the relay");
+        }
+    });
+}

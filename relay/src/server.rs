@@ -1,0 +1,251 @@
+//! The relay node: binds the QUIC endpoint and the admin API, accepts
+//! connections, consumes the node inbox, and drains on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use herold_router::{Delivery, Inbox, InboxEvent, Router, memory::MemoryRouter};
+use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use herold_store::{Store, StoredMessage};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::{Config, Limits};
+use crate::registry::{Push, PushOutcome, Registry};
+use crate::roster::Rosters;
+
+/// How often expired messages are purged from the store.
+const PURGE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Wall clock in unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// State shared by every task of the relay.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub node_id: String,
+    pub store: Arc<dyn Store>,
+    pub router: Arc<dyn Router>,
+    pub registry: Registry,
+    pub rosters: Rosters,
+    pub limits: Limits,
+}
+
+/// A bound, not yet running relay node.
+#[derive(Debug)]
+pub struct Relay {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    admin: tokio::net::TcpListener,
+    inbox: Inbox,
+    fingerprint: String,
+    config: Config,
+}
+
+impl Relay {
+    /// Binds a relay on the embedded default: the embedded store in
+    /// `<data_dir>/store` and the in-process router.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let store_dir = config.data_dir.join("store");
+        let store = EmbeddedStore::open(&store_dir, EmbeddedConfig::default())
+            .with_context(|| format!("opening the embedded store in {}", store_dir.display()))?;
+        Self::bind_with(config, Arc::new(store), Arc::new(MemoryRouter::default())).await
+    }
+
+    /// Binds a relay on the given backends.
+    pub async fn bind_with(
+        config: Config,
+        store: Arc<dyn Store>,
+        router: Arc<dyn Router>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let identity = crate::tls::load_identity(&config)?;
+        let fingerprint = identity.fingerprint.clone();
+        let server_config = crate::tls::server_config(identity, &config.limits)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("binding QUIC on {}", config.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding the admin API on {}", config.admin_listen))?;
+        let inbox = router
+            .register_node(&config.node_id)
+            .await
+            .context("registering with the router")?;
+        let shared = Arc::new(Shared {
+            node_id: config.node_id.clone(),
+            rosters: Rosters::new(store.clone()),
+            store,
+            router,
+            registry: Registry::default(),
+            limits: config.limits.clone(),
+        });
+        Ok(Self {
+            shared,
+            endpoint,
+            admin,
+            inbox,
+            fingerprint,
+            config,
+        })
+    }
+
+    /// The QUIC address clients connect to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The admin API address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// SHA-256 fingerprint (hex) of the TLS certificate, for pinning.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Serves until `shutdown` completes, then drains: connected devices are
+    /// told to reconnect, in-flight submits finish, acks are flushed, all
+    /// bounded by the drain grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Relay {
+            shared,
+            endpoint,
+            admin,
+            inbox,
+            config,
+            ..
+        } = self;
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let inbox_task = tokio::spawn(consume_inbox(shared.clone(), inbox));
+        let purge_task = tokio::spawn(purge_expired(shared.clone()));
+        let admin_task = {
+            let svc = crate::admin::AdminService::new(shared.clone());
+            let token = config.admin_token.clone();
+            let mut rx = drain_rx.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|d| *d).await;
+                };
+                if let Err(e) = crate::admin::serve(svc, token, admin, stop).await {
+                    warn!(error = %e, "admin API stopped with an error");
+                }
+            })
+        };
+
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let conn_limit = Arc::new(Semaphore::new(config.limits.max_connections as usize));
+        let next_conn = AtomicU64::new(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
+                        incoming.refuse();
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    let done = done_tx.clone();
+                    let drain = drain_rx.clone();
+                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        crate::session::serve(shared, incoming, id, drain).await;
+                        drop(permit);
+                        drop(done);
+                    });
+                }
+            }
+        }
+
+        info!(sessions = shared.registry.len(), "draining");
+        endpoint.set_server_config(None);
+        let _ = drain_tx.send(true);
+        drop(done_tx);
+        if tokio::time::timeout(config.drain_grace, done_rx.recv())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = shared.registry.len(),
+                "drain grace period over; closing the remaining connections"
+            );
+        }
+        endpoint.close(0u32.into(), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        let _ = shared.router.deregister_node(&shared.node_id).await;
+        inbox_task.abort();
+        purge_task.abort();
+        let _ = admin_task.await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Sends one stored message to every online recipient device: one delivery
+/// per relay node holding any of them.
+pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessage) {
+    let frame = crate::session::deliver_frame(m);
+    let located = match shared.router.locate(devices).await {
+        Ok(l) => l,
+        Err(e) => {
+            // The devices resync from storage on their next message or reconnect.
+            warn!(error = %e, "router locate failed");
+            return;
+        }
+    };
+    for (node, devices) in located {
+        let d = Delivery {
+            conversation_id: m.conversation_id.clone(),
+            seq: m.seq,
+            expires_at_ms: m.expires_at_ms,
+            frame: frame.clone(),
+            devices,
+        };
+        if let Err(e) = shared.router.publish(&node, d).await {
+            warn!(error = %e, "router publish failed");
+        }
+    }
+}
+
+async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
+    while let Some(ev) = inbox.recv().await {
+        match ev {
+            InboxEvent::Delivery(d) => {
+                for device in &d.devices {
+                    let push = Push::Deliver {
+                        conversation_id: d.conversation_id.clone(),
+                        seq: d.seq,
+                        expires_at_ms: d.expires_at_ms,
+                        frame: d.frame.clone(),
+                    };
+                    if shared.registry.push(device, push) == PushOutcome::SlowConsumer {
+                        warn!("slow consumer disconnected; it will resync");
+                    }
+                }
+            }
+            InboxEvent::Lagged => shared.registry.push_all(&Push::Resync),
+        }
+    }
+}
+
+async fn purge_expired(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        match shared.store.purge_expired(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => info!(purged = n, "expired messages deleted"),
+            Err(e) => warn!(error = %e, "purging expired messages failed"),
+        }
+    }
+}

@@ -1,0 +1,834 @@
+//! One device connection: authentication, then the session loop that takes
+//! submits, acks and syncs from the device and pushes deliveries to it.
+//!
+//! Per connection there are two tasks: a reader that decodes frames from the
+//! QUIC stream into a bounded channel (so a fast sender is slowed down by QUIC
+//! flow control, not by our memory), and the session loop below, the only
+//! writer of the stream. Submits run as their own tasks, at most
+//! `max_in_flight` per connection, and hand their answer back to the loop.
+//!
+//! Delivery order: the loop remembers, per conversation, the last seq it sent
+//! (`sent_upto`). A live delivery at or below it is a duplicate and skipped;
+//! one beyond `sent_upto + 1` means earlier messages are in flight or were
+//! lost in transit, so the gap is filled from the store first. The store
+//! numbers messages without gaps and writes them before they are fanned out,
+//! so the gap is always readable. Each device therefore receives each
+//! conversation in seq order, each message once per connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::{Signature, VerifyingKey};
+use herold_proto::codec::{CodecError, FrameDecoder, decode_message, frame_bytes};
+use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
+use herold_proto::{auth, ids};
+use herold_store::{NewMessage, StoredMessage};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::registry::{Kick, Push, SessionHandle};
+use crate::server::{Shared, now_ms};
+
+/// Largest number of cursors one Sync may carry.
+pub const MAX_SYNC_CURSORS: usize = 10_000;
+/// Messages read from the store per page while syncing.
+const SYNC_PAGE: usize = 256;
+/// How often acknowledged cursors are written to the store.
+const ACK_FLUSH: Duration = Duration::from_millis(200);
+
+/// An error that ends the connection, sent to the device first.
+#[derive(Debug)]
+struct Fatal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the reader task hands to the session.
+#[derive(Debug)]
+enum ReadEvent {
+    Frame(v1::ClientFrame),
+    /// A frame whose body did not decode; the stream is still in sync.
+    Malformed(String),
+    /// The stream is out of sync or cut short.
+    Codec(CodecError),
+    /// The device finished its stream or the connection dropped.
+    Closed,
+}
+
+/// The authenticated device of a session.
+#[derive(Debug)]
+pub(crate) struct DeviceCtx {
+    pub device_id: String,
+    pub account_id: String,
+}
+
+fn error_frame(code: ErrorCode, message: &str, message_id: Vec<u8>, fatal: bool) -> Bytes {
+    let f = v1::ServerFrame {
+        kind: Some(server_frame::Kind::Error(v1::Error {
+            code: code as i32,
+            message: message.to_owned(),
+            message_id,
+            fatal,
+        })),
+    };
+    // An error frame is a few hundred bytes: it always fits.
+    frame_bytes(&f, usize::MAX).unwrap_or_default()
+}
+
+fn server_frame(kind: server_frame::Kind) -> Bytes {
+    frame_bytes(&v1::ServerFrame { kind: Some(kind) }, usize::MAX).unwrap_or_default()
+}
+
+/// The framed Deliver for a stored message.
+pub(crate) fn deliver_frame(m: &StoredMessage) -> Bytes {
+    server_frame(server_frame::Kind::Deliver(v1::Deliver {
+        envelope: Some(v1::Envelope {
+            conversation_id: m.conversation_id.clone(),
+            seq: m.seq,
+            message_id: m.message_id.clone(),
+            sender_account_id: m.sender_account_id.clone(),
+            sender_device_id: m.sender_device_id.clone(),
+            server_time_ms: m.server_time_ms,
+            expires_at_ms: m.expires_at_ms.unwrap_or(0),
+            ciphertext: m.ciphertext.clone(),
+        }),
+    }))
+}
+
+async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, tx: mpsc::Sender<ReadEvent>) {
+    let mut dec = FrameDecoder::new(max_frame);
+    loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => {
+                dec.extend(&chunk.bytes);
+                loop {
+                    match dec.next_frame() {
+                        Ok(Some(body)) => {
+                            let ev = match decode_message::<v1::ClientFrame>(&body) {
+                                Ok(f) => ReadEvent::Frame(f),
+                                Err(e) => ReadEvent::Malformed(e.to_string()),
+                            };
+                            if tx.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(ReadEvent::Codec(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                let ev = match dec.finish() {
+                    Ok(()) => ReadEvent::Closed,
+                    Err(e) => ReadEvent::Codec(e),
+                };
+                let _ = tx.send(ev).await;
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(ReadEvent::Closed).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Serves one incoming connection until it ends.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    conn_id: u64,
+    drain: watch::Receiver<bool>,
+) {
+    let conn = match tokio::time::timeout(shared.limits.auth_timeout, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return;
+        }
+    };
+    let (send, recv) = match tokio::time::timeout(shared.limits.auth_timeout, conn.accept_bi()).await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
+                b"no stream opened in time",
+            );
+            return;
+        }
+    };
+    let (frames_tx, frames_rx) = mpsc::channel(32);
+    let reader = tokio::spawn(read_loop(
+        recv,
+        shared.limits.max_frame_bytes as usize,
+        frames_tx,
+    ));
+    let mut s = Session {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        send,
+        frames: frames_rx,
+        conn_id,
+    };
+    let auth = tokio::time::timeout(shared.limits.auth_timeout, s.authenticate()).await;
+    let ctx = match auth {
+        Ok(Ok(ctx)) => ctx,
+        Ok(Err(f)) => {
+            s.close_with(f).await;
+            reader.abort();
+            return;
+        }
+        Err(_) => {
+            s.close_with(Fatal::new(ErrorCode::AuthTimeout, "authentication timed out"))
+                .await;
+            reader.abort();
+            return;
+        }
+    };
+    let ctx = Arc::new(ctx);
+    let end = s.live(ctx.clone(), drain).await;
+    if let Some(f) = end {
+        s.close_with(f).await;
+    } else {
+        conn.close(0u32.into(), b"bye");
+    }
+    reader.abort();
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    frames: mpsc::Receiver<ReadEvent>,
+    conn_id: u64,
+}
+
+/// State of an authenticated session's loop.
+struct Live {
+    ctx: Arc<DeviceCtx>,
+    /// Last seq sent to the device, per conversation.
+    sent_upto: HashMap<String, u64>,
+    /// Cursors the store holds for the device (acked and flushed).
+    stored: HashMap<String, u64>,
+    /// Acks not yet flushed.
+    pending_acks: HashMap<String, u64>,
+    /// Pushes taken off the queue while a sync was running.
+    stashed: VecDeque<Push>,
+    push_rx: mpsc::Receiver<Push>,
+}
+
+impl Session {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Fatal> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|_| Fatal::new(ErrorCode::Unspecified, "stream closed"))
+    }
+
+    async fn next_frame(&mut self) -> Result<v1::ClientFrame, Fatal> {
+        match self.frames.recv().await {
+            Some(ReadEvent::Frame(f)) => Ok(f),
+            Some(ReadEvent::Malformed(e)) => Err(Fatal::new(ErrorCode::BadFrame, e)),
+            Some(ReadEvent::Codec(e)) => Err(codec_fatal(e)),
+            Some(ReadEvent::Closed) | None => Err(Fatal::new(
+                ErrorCode::Unspecified,
+                "connection closed",
+            )),
+        }
+    }
+
+    /// Sends the error frame, finishes the stream, waits briefly for the peer
+    /// to read it, then closes the connection with the code.
+    async fn close_with(&mut self, f: Fatal) {
+        if f.code != ErrorCode::Unspecified {
+            let frame = error_frame(f.code, &f.message, Vec::new(), true);
+            if self.send.write_all(&frame).await.is_ok() && self.send.finish().is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped()).await;
+            }
+        }
+        self.conn
+            .close(quinn::VarInt::from_u32(f.code as u32), f.message.as_bytes());
+    }
+
+    async fn authenticate(&mut self) -> Result<DeviceCtx, Fatal> {
+        let hello = match self.next_frame().await?.kind {
+            Some(client_frame::Kind::Hello(h)) => h,
+            _ => {
+                return Err(Fatal::new(
+                    ErrorCode::AuthRequired,
+                    "the first frame must be Hello",
+                ));
+            }
+        };
+        if hello.version != herold_proto::PROTOCOL_VERSION {
+            return Err(Fatal::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported; this relay speaks {}",
+                    hello.version,
+                    herold_proto::PROTOCOL_VERSION
+                ),
+            ));
+        }
+        if let Err(e) = ids::validate_id("device", &hello.device_id) {
+            return Err(Fatal::new(ErrorCode::UnknownDevice, e.to_string()));
+        }
+        let store = &self.shared.store;
+        let device = store
+            .get_device(&hello.device_id)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| Fatal::new(ErrorCode::UnknownDevice, "no such device is enrolled"))?;
+        if device.revoked {
+            return Err(Fatal::new(ErrorCode::DeviceRevoked, "this device was revoked"));
+        }
+        if store
+            .get_account(&device.account_id)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .is_none()
+        {
+            return Err(Fatal::new(
+                ErrorCode::DeviceRevoked,
+                "this device's account was deleted",
+            ));
+        }
+        let mut nonce = [0u8; auth::NONCE_BYTES];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Fatal::new(ErrorCode::Internal, format!("no randomness: {e}")))?;
+        let challenge = server_frame(server_frame::Kind::AuthChallenge(v1::AuthChallenge {
+            nonce: nonce.to_vec(),
+            version: herold_proto::PROTOCOL_VERSION,
+        }));
+        self.write(&challenge).await?;
+        let response = match self.next_frame().await?.kind {
+            Some(client_frame::Kind::AuthResponse(r)) => r,
+            _ => {
+                return Err(Fatal::new(
+                    ErrorCode::AuthRequired,
+                    "expected AuthResponse after AuthChallenge",
+                ));
+            }
+        };
+        let mut exporter = [0u8; auth::NONCE_BYTES];
+        self.conn
+            .export_keying_material(&mut exporter, auth::EXPORTER_LABEL, b"")
+            .map_err(|_| Fatal::new(ErrorCode::Internal, "TLS exporter unavailable"))?;
+        let transcript = auth::transcript(&nonce, &exporter, &hello.device_id);
+        let key_bytes: [u8; 32] = device.public_key.as_slice().try_into().map_err(|_| {
+            Fatal::new(ErrorCode::Internal, "the enrolled public key is malformed")
+        })?;
+        let key = VerifyingKey::from_bytes(&key_bytes)
+            .map_err(|_| Fatal::new(ErrorCode::Internal, "the enrolled public key is malformed"))?;
+        let sig = Signature::from_slice(&response.signature)
+            .map_err(|_| Fatal::new(ErrorCode::AuthFailed, "the signature is malformed"))?;
+        key.verify_strict(&transcript, &sig).map_err(|_| {
+            Fatal::new(
+                ErrorCode::AuthFailed,
+                "the signature does not verify for this device and connection",
+            )
+        })?;
+        Ok(DeviceCtx {
+            device_id: device.id,
+            account_id: device.account_id,
+        })
+    }
+
+    /// The authenticated session. Returns the fatal error to send, if any.
+    async fn live(&mut self, ctx: Arc<DeviceCtx>, mut drain: watch::Receiver<bool>) -> Option<Fatal> {
+        let shared = self.shared.clone();
+        let (push_tx, push_rx) = mpsc::channel(shared.limits.device_queue as usize);
+        let (kick_tx, mut kick_rx) = watch::channel(None::<Kick>);
+        let stored = match shared.store.cursors(&ctx.device_id).await {
+            Ok(c) => c.into_iter().collect(),
+            Err(e) => return Some(unavailable(&e)),
+        };
+        shared.registry.insert(
+            ctx.device_id.clone(),
+            SessionHandle {
+                conn_id: self.conn_id,
+                push: push_tx,
+                kick: kick_tx,
+                conn: self.conn.clone(),
+            },
+        );
+        if let Err(e) = shared
+            .router
+            .set_present(&shared.node_id, std::slice::from_ref(&ctx.device_id))
+            .await
+        {
+            warn!(error = %e, "router presence failed");
+        }
+        let mut live = Live {
+            ctx: ctx.clone(),
+            sent_upto: HashMap::new(),
+            stored,
+            pending_acks: HashMap::new(),
+            stashed: VecDeque::new(),
+            push_rx,
+        };
+        let ok = server_frame(server_frame::Kind::AuthOk(v1::AuthOk {
+            account_id: ctx.account_id.clone(),
+            server_time_ms: now_ms(),
+            max_frame_bytes: shared.limits.max_frame_bytes,
+            max_ciphertext_bytes: shared.limits.max_ciphertext_bytes,
+        }));
+        let result = match self.write(&ok).await {
+            Ok(()) => self.run_loop(&mut live, &mut kick_rx, &mut drain).await,
+            Err(f) => Err(f),
+        };
+        self.flush_acks(&mut live).await;
+        shared.registry.remove(&ctx.device_id, self.conn_id);
+        if let Err(e) = shared
+            .router
+            .set_absent(&shared.node_id, std::slice::from_ref(&ctx.device_id))
+            .await
+        {
+            warn!(error = %e, "router presence failed");
+        }
+        result.err()
+    }
+
+    async fn run_loop(
+        &mut self,
+        live: &mut Live,
+        kick_rx: &mut watch::Receiver<Option<Kick>>,
+        drain: &mut watch::Receiver<bool>,
+    ) -> Result<(), Fatal> {
+        let in_flight = Arc::new(Semaphore::new(self.shared.limits.max_in_flight as usize));
+        let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Bytes>();
+        let mut ack_tick = tokio::time::interval(ACK_FLUSH);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(p) = live.stashed.pop_front() {
+                self.on_push(live, p).await?;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = kick_rx.changed() => {
+                    let kick = kick_rx.borrow().clone();
+                    if let Some(k) = kick {
+                        return Err(Fatal::new(k.code, k.message));
+                    }
+                }
+                _ = drain.changed() => {
+                    if *drain.borrow() {
+                        return self.drain(live, &in_flight, &mut reply_rx).await;
+                    }
+                }
+                Some(reply) = reply_rx.recv() => self.write(&reply).await?,
+                ev = self.frames.recv() => match ev {
+                    Some(ReadEvent::Frame(f)) => {
+                        self.on_frame(live, f, &in_flight, &reply_tx).await?;
+                    }
+                    Some(ReadEvent::Malformed(e)) => {
+                        let frame = error_frame(ErrorCode::BadFrame, &e, Vec::new(), false);
+                        self.write(&frame).await?;
+                    }
+                    Some(ReadEvent::Codec(e)) => return Err(codec_fatal(e)),
+                    Some(ReadEvent::Closed) | None => return Ok(()),
+                },
+                Some(p) = live.push_rx.recv() => self.on_push(live, p).await?,
+                _ = ack_tick.tick() => self.flush_acks(live).await,
+            }
+        }
+    }
+
+    /// Finishes in-flight submits, flushes acks and tells the device to
+    /// reconnect elsewhere.
+    async fn drain(
+        &mut self,
+        live: &mut Live,
+        in_flight: &Arc<Semaphore>,
+        reply_rx: &mut mpsc::UnboundedReceiver<Bytes>,
+    ) -> Result<(), Fatal> {
+        let all = self.shared.limits.max_in_flight;
+        // Submit tasks send their reply before releasing their permit, so
+        // once all permits are back every reply is in the channel.
+        let _all = in_flight.acquire_many(all).await;
+        while let Ok(reply) = reply_rx.try_recv() {
+            self.write(&reply).await?;
+        }
+        self.flush_acks(live).await;
+        let frame = server_frame(server_frame::Kind::Draining(v1::Draining {
+            reconnect_after_ms: 0,
+        }));
+        self.write(&frame).await?;
+        Err(Fatal::new(ErrorCode::Draining, "the relay is shutting down; reconnect"))
+    }
+
+    async fn on_frame(
+        &mut self,
+        live: &mut Live,
+        frame: v1::ClientFrame,
+        in_flight: &Arc<Semaphore>,
+        reply_tx: &mpsc::UnboundedSender<Bytes>,
+    ) -> Result<(), Fatal> {
+        match frame.kind {
+            Some(client_frame::Kind::Submit(s)) => {
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let f = error_frame(
+                        ErrorCode::TooManyInFlight,
+                        &format!(
+                            "more than {} submits awaiting acceptance; wait for Accepted",
+                            self.shared.limits.max_in_flight
+                        ),
+                        s.message_id,
+                        false,
+                    );
+                    return self.write(&f).await;
+                };
+                let shared = self.shared.clone();
+                let ctx = live.ctx.clone();
+                let reply_tx = reply_tx.clone();
+                tokio::spawn(async move {
+                    submit(shared, ctx, s, reply_tx).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
+            Some(client_frame::Kind::Ack(a)) => {
+                let delivered = live.sent_upto.get(&a.conversation_id).copied();
+                match delivered {
+                    Some(upto) if a.seq <= upto => {
+                        let e = live.pending_acks.entry(a.conversation_id).or_insert(0);
+                        *e = (*e).max(a.seq);
+                        Ok(())
+                    }
+                    _ => {
+                        let f = error_frame(
+                            ErrorCode::ProtocolViolation,
+                            "ack for a message that was not delivered on this connection",
+                            Vec::new(),
+                            false,
+                        );
+                        self.write(&f).await
+                    }
+                }
+            }
+            Some(client_frame::Kind::Sync(s)) => {
+                if s.cursors.len() > MAX_SYNC_CURSORS {
+                    let f = error_frame(
+                        ErrorCode::ProtocolViolation,
+                        &format!("a Sync carries at most {MAX_SYNC_CURSORS} cursors"),
+                        Vec::new(),
+                        false,
+                    );
+                    return self.write(&f).await;
+                }
+                let overrides = s
+                    .cursors
+                    .into_iter()
+                    .map(|c| (c.conversation_id, c.seq))
+                    .collect();
+                self.sync(live, overrides).await
+            }
+            Some(client_frame::Kind::Ping(p)) => {
+                let f = server_frame(server_frame::Kind::Pong(v1::Pong { nonce: p.nonce }));
+                self.write(&f).await
+            }
+            Some(client_frame::Kind::Hello(_)) | Some(client_frame::Kind::AuthResponse(_)) => {
+                let f = error_frame(
+                    ErrorCode::ProtocolViolation,
+                    "already authenticated",
+                    Vec::new(),
+                    false,
+                );
+                self.write(&f).await
+            }
+            None => {
+                let f = error_frame(
+                    ErrorCode::UnknownFrame,
+                    "unknown frame type; this relay speaks protocol version 1",
+                    Vec::new(),
+                    false,
+                );
+                self.write(&f).await
+            }
+        }
+    }
+
+    /// Sends everything after the device's cursors, then SyncDone.
+    async fn sync(&mut self, live: &mut Live, overrides: HashMap<String, u64>) -> Result<(), Fatal> {
+        let store = self.shared.store.clone();
+        let convs = store
+            .conversations_of(&live.ctx.account_id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut delivered = 0u64;
+        let n = convs.len();
+        for conv in convs {
+            let mut after = match overrides.get(&conv) {
+                Some(c) => *c,
+                None => live
+                    .sent_upto
+                    .get(&conv)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(live.stored.get(&conv).copied().unwrap_or(0)),
+            };
+            live.sent_upto.insert(conv.clone(), after);
+            loop {
+                let page = store
+                    .read(&conv, after, SYNC_PAGE, now_ms())
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                let Some(last) = page.last().map(|m| m.seq) else {
+                    break;
+                };
+                for m in &page {
+                    self.write(&deliver_frame(m)).await?;
+                }
+                delivered += page.len() as u64;
+                after = last;
+                live.sent_upto.insert(conv.clone(), after);
+                // Keep live pushes flowing off the queue while we sync.
+                while let Ok(p) = live.push_rx.try_recv() {
+                    live.stashed.push_back(p);
+                }
+                if page.len() < SYNC_PAGE {
+                    break;
+                }
+            }
+        }
+        let done = server_frame(server_frame::Kind::SyncDone(v1::SyncDone {
+            conversations: u32::try_from(n).unwrap_or(u32::MAX),
+            delivered,
+        }));
+        self.write(&done).await
+    }
+
+    async fn on_push(&mut self, live: &mut Live, push: Push) -> Result<(), Fatal> {
+        match push {
+            Push::Deliver {
+                conversation_id,
+                seq,
+                expires_at_ms,
+                frame,
+            } => {
+                if expires_at_ms.is_some_and(|e| e <= now_ms()) {
+                    return Ok(());
+                }
+                let upto = match live.sent_upto.get(&conversation_id) {
+                    Some(u) => *u,
+                    None => live.stored.get(&conversation_id).copied().unwrap_or(0),
+                };
+                if seq <= upto {
+                    return Ok(());
+                }
+                let mut upto = upto;
+                if seq > upto + 1 {
+                    // Fill the gap from the store, in order.
+                    let missing = (seq - upto - 1) as usize;
+                    let page = self
+                        .shared
+                        .store
+                        .read(&conversation_id, upto, missing.min(SYNC_PAGE * 4), now_ms())
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    for m in page.iter().filter(|m| m.seq < seq) {
+                        self.write(&deliver_frame(m)).await?;
+                        upto = m.seq;
+                    }
+                    if upto + 1 < seq && missing > SYNC_PAGE * 4 {
+                        // A gap too large to fill inline: let a sync do it.
+                        live.sent_upto.insert(conversation_id.clone(), upto);
+                        return self.sync(live, HashMap::new()).await;
+                    }
+                }
+                self.write(&frame).await?;
+                live.sent_upto.insert(conversation_id, seq);
+                Ok(())
+            }
+            Push::Resync => self.sync(live, HashMap::new()).await,
+        }
+    }
+
+    async fn flush_acks(&mut self, live: &mut Live) {
+        if live.pending_acks.is_empty() {
+            return;
+        }
+        let acks: Vec<(String, u64)> = live
+            .pending_acks
+            .drain()
+            .filter(|(c, s)| live.stored.get(c).is_none_or(|old| s > old))
+            .collect();
+        if acks.is_empty() {
+            return;
+        }
+        match self
+            .shared
+            .store
+            .advance_cursors(&live.ctx.device_id, acks.clone())
+            .await
+        {
+            Ok(()) => {
+                for (c, s) in acks {
+                    live.stored.insert(c, s);
+                }
+            }
+            // Losing an ack only means the device may see the messages again
+            // after a reconnect; its SDK drops duplicates by seq.
+            Err(e) => warn!(error = %e, "cursor flush failed"),
+        }
+    }
+}
+
+fn codec_fatal(e: CodecError) -> Fatal {
+    match e {
+        CodecError::FrameTooLarge { .. } => Fatal::new(ErrorCode::FrameTooLarge, e.to_string()),
+        CodecError::Truncated { .. } => Fatal::new(ErrorCode::Unspecified, e.to_string()),
+        CodecError::Malformed(_) => Fatal::new(ErrorCode::BadFrame, e.to_string()),
+    }
+}
+
+fn unavailable(e: &herold_store::StoreError) -> Fatal {
+    warn!(error = %e, "store unavailable");
+    Fatal::new(
+        ErrorCode::Unavailable,
+        "storage is unavailable; retry with the same message id",
+    )
+}
+
+/// Validates, stores and acknowledges one submit, then fans it out.
+async fn submit(
+    shared: Arc<Shared>,
+    ctx: Arc<DeviceCtx>,
+    s: v1::Submit,
+    reply: mpsc::UnboundedSender<Bytes>,
+) {
+    let message_id = s.message_id.clone();
+    let reject = |code: ErrorCode, msg: &str| {
+        let _ = reply.send(error_frame(code, msg, message_id.clone(), false));
+    };
+    if s.message_id.len() != ids::MESSAGE_ID_BYTES {
+        return reject(
+            ErrorCode::InvalidEnvelope,
+            &format!(
+                "message_id must be {} bytes, not {}",
+                ids::MESSAGE_ID_BYTES,
+                s.message_id.len()
+            ),
+        );
+    }
+    if let Err(e) = ids::validate_id("conversation", &s.conversation_id) {
+        return reject(ErrorCode::InvalidEnvelope, &e.to_string());
+    }
+    if s.ciphertext.is_empty() {
+        return reject(ErrorCode::InvalidEnvelope, "the ciphertext is empty");
+    }
+    let max_ct = shared.limits.max_ciphertext_bytes as usize;
+    if s.ciphertext.len() > max_ct {
+        return reject(
+            ErrorCode::InvalidEnvelope,
+            &format!(
+                "the ciphertext has {} bytes; the limit is {max_ct}",
+                s.ciphertext.len()
+            ),
+        );
+    }
+    let roster = match shared.rosters.get(&s.conversation_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return reject(ErrorCode::UnknownConversation, "no such conversation"),
+        Err(e) => {
+            warn!(error = %e, "roster load failed");
+            return reject(
+                ErrorCode::Unavailable,
+                "storage is unavailable; retry with the same message id",
+            );
+        }
+    };
+    let Some(role) = roster.members.get(&ctx.account_id) else {
+        return reject(
+            ErrorCode::NotMember,
+            "your account is not a member of this conversation",
+        );
+    };
+    if !role.may_post(roster.kind) {
+        return reject(
+            ErrorCode::NotPublisher,
+            "only publishers may post in this channel",
+        );
+    }
+    let now = now_ms();
+    let max_expiry = i64::try_from(shared.limits.max_expiry.as_millis()).unwrap_or(i64::MAX);
+    let expires_at_ms = if s.expires_at_ms == 0 {
+        (roster.default_ttl_seconds > 0).then(|| {
+            now.saturating_add(i64::try_from(roster.default_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
+        })
+    } else if s.expires_at_ms <= now {
+        return reject(ErrorCode::InvalidExpiry, "the expiry lies in the past");
+    } else if s.expires_at_ms > now.saturating_add(max_expiry) {
+        return reject(
+            ErrorCode::InvalidExpiry,
+            &format!(
+                "the expiry lies more than {} days ahead",
+                shared.limits.max_expiry.as_secs() / 86_400
+            ),
+        );
+    } else {
+        Some(s.expires_at_ms)
+    };
+    let msg = NewMessage {
+        conversation_id: s.conversation_id,
+        message_id: s.message_id,
+        sender_account_id: ctx.account_id.clone(),
+        sender_device_id: ctx.device_id.clone(),
+        server_time_ms: now,
+        expires_at_ms,
+        ciphertext: s.ciphertext,
+    };
+    let appended = match shared.store.append(msg.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "append failed");
+            return reject(
+                ErrorCode::Unavailable,
+                "storage is unavailable; retry with the same message id",
+            );
+        }
+    };
+    let _ = reply.send(server_frame(server_frame::Kind::Accepted(v1::Accepted {
+        message_id: msg.message_id.clone(),
+        conversation_id: msg.conversation_id.clone(),
+        seq: appended.seq,
+        server_time_ms: appended.server_time_ms,
+        duplicate: appended.duplicate,
+    })));
+    if appended.duplicate {
+        // The first acceptance was fanned out already; sessions that missed
+        // it fill the gap from the store on the next message or sync.
+        return;
+    }
+    let stored = StoredMessage {
+        conversation_id: msg.conversation_id,
+        seq: appended.seq,
+        message_id: msg.message_id,
+        sender_account_id: msg.sender_account_id,
+        sender_device_id: msg.sender_device_id,
+        server_time_ms: appended.server_time_ms,
+        expires_at_ms: msg.expires_at_ms,
+        ciphertext: msg.ciphertext,
+    };
+    crate::server::fan_out(&shared, &roster.devices, &stored).await;
+}

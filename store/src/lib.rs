@@ -1,0 +1,347 @@
+//! Herold's durable store.
+//!
+//! # Layout
+//! - [`Store`]: the trait every backend implements: the directory (accounts,
+//!   devices, conversations and their members), conversation logs with
+//!   per-conversation sequence numbers, device cursors, and expiry.
+//! - [`embedded`]: the embedded default backend, on local disk (redb), with
+//!   group commit: concurrent writes are batched into one fsynced transaction.
+//! - [`conformance`] (feature `conformance`, and in this crate's tests): the
+//!   suite every backend must pass.
+//!
+//! # Ordering
+//! [`Store::append`] gives each accepted message the next sequence number of
+//! its conversation, atomically with the durable write. The store, not the
+//! router, is the source of order: it is the one component whose writes are
+//! not lost on failover (DESIGN.md invariant 2). Sequence numbers start at 1
+//! and have no gaps.
+//!
+//! # Durability
+//! Every mutating method returns only once its effect is durable (fsynced on
+//! the embedded backend). A relay acknowledges a message to its sender only
+//! after `append` returned.
+//!
+//! # Unknown ids
+//! Reading an unknown id is not an error: it gives `None`, an empty list or
+//! head 0. Writing through an unknown id fails with the matching
+//! `NoSuch*` error and changes nothing.
+
+#![warn(missing_docs)]
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+pub mod embedded;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMillis = i64;
+
+/// Kind of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConversationKind {
+    /// Two accounts talking.
+    Direct,
+    /// Every member may post.
+    Group,
+    /// Only publishers, admins and owners post; members read.
+    Channel,
+}
+
+/// A member's role in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads; posts in groups and direct conversations, not in channels.
+    Member,
+    /// Posts in channels.
+    Publisher,
+    /// Manages members.
+    Admin,
+    /// Owns the conversation.
+    Owner,
+}
+
+impl Role {
+    /// Whether this role may post in a conversation of `kind`.
+    pub fn may_post(self, kind: ConversationKind) -> bool {
+        match kind {
+            ConversationKind::Direct | ConversationKind::Group => true,
+            ConversationKind::Channel => self >= Role::Publisher,
+        }
+    }
+}
+
+/// An account: a person (or a bot) owning up to N devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Unique id.
+    pub id: String,
+    /// Name shown to people; may be empty.
+    pub display_name: String,
+    /// Creation time.
+    pub created_at_ms: UnixMillis,
+}
+
+/// A device enrolled for an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Unique id (globally, not only within the account).
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Ed25519 public key, 32 bytes.
+    pub public_key: Vec<u8>,
+    /// A revoked device may not authenticate.
+    pub revoked: bool,
+    /// Enrollment time.
+    pub created_at_ms: UnixMillis,
+}
+
+/// A conversation: direct, group or channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// Unique id.
+    pub id: String,
+    /// Kind.
+    pub kind: ConversationKind,
+    /// Title; may be empty. Stored in the clear: the directory is server-side
+    /// metadata the city manages (a group's name, not a message).
+    pub title: String,
+    /// Retention of messages submitted without an expiry, in seconds; 0 keeps
+    /// them until they are deleted with the conversation.
+    pub default_ttl_seconds: u64,
+    /// Creation time.
+    pub created_at_ms: UnixMillis,
+}
+
+/// A member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member account.
+    pub account_id: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// A message to append to a conversation's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Conversation.
+    pub conversation_id: String,
+    /// Client-chosen idempotency key, unique within the conversation.
+    pub message_id: Vec<u8>,
+    /// Sending account.
+    pub sender_account_id: String,
+    /// Sending device.
+    pub sender_device_id: String,
+    /// Server time of acceptance.
+    pub server_time_ms: UnixMillis,
+    /// Expiry; `None` keeps the message until its conversation is deleted.
+    pub expires_at_ms: Option<UnixMillis>,
+    /// Opaque end-to-end encrypted payload.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A message as stored, with its place in the conversation's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Conversation.
+    pub conversation_id: String,
+    /// Position in the conversation, from 1, without gaps.
+    pub seq: u64,
+    /// Client-chosen idempotency key.
+    pub message_id: Vec<u8>,
+    /// Sending account.
+    pub sender_account_id: String,
+    /// Sending device.
+    pub sender_device_id: String,
+    /// Server time of acceptance.
+    pub server_time_ms: UnixMillis,
+    /// Expiry, if any.
+    pub expires_at_ms: Option<UnixMillis>,
+    /// Opaque payload.
+    pub ciphertext: Vec<u8>,
+}
+
+/// The result of [`Store::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's seq (the first one's, for a duplicate).
+    pub seq: u64,
+    /// Server time of the first acceptance.
+    pub server_time_ms: UnixMillis,
+    /// True when the message id was already in the log: nothing was written.
+    pub duplicate: bool,
+}
+
+/// What [`Store::delete_account`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountPurge {
+    /// Devices removed.
+    pub devices: u32,
+    /// Conversation memberships removed.
+    pub memberships: u32,
+    /// Cursors removed.
+    pub cursors: u32,
+}
+
+/// Errors of the store. Each variant is one specific reason.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An account with this id exists already.
+    #[error("account {0:?} already exists")]
+    AccountExists(String),
+    /// No account with this id.
+    #[error("no account {0:?}")]
+    NoSuchAccount(String),
+    /// A device with this id exists already.
+    #[error("device {0:?} already exists")]
+    DeviceExists(String),
+    /// No device with this id.
+    #[error("no device {0:?}")]
+    NoSuchDevice(String),
+    /// The account has reached its device limit.
+    #[error("account {account:?} already has {limit} devices, the limit")]
+    DeviceLimit {
+        /// The account.
+        account: String,
+        /// The limit.
+        limit: u32,
+    },
+    /// A conversation with this id exists already.
+    #[error("conversation {0:?} already exists")]
+    ConversationExists(String),
+    /// No conversation with this id.
+    #[error("no conversation {0:?}")]
+    NoSuchConversation(String),
+    /// A direct conversation must have exactly two members.
+    #[error("a direct conversation has exactly two members, not {0}")]
+    DirectNeedsTwo(usize),
+    /// A record failed to decode: the data on disk is damaged or from an
+    /// incompatible version.
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt {
+        /// Where.
+        table: &'static str,
+        /// What.
+        detail: String,
+    },
+    /// The backend failed (I/O, database).
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    /// The store is shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// A backend's configuration is invalid.
+    #[error("invalid store configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// The durable store. All methods are cancellation-safe in the sense that a
+/// cancelled call either took full effect or none.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    // ---- directory: accounts ----
+
+    /// Creates an account. [`StoreError::AccountExists`] if the id is taken.
+    async fn create_account(&self, account: Account) -> Result<(), StoreError>;
+    /// The account, if it exists.
+    async fn get_account(&self, account_id: &str) -> Result<Option<Account>, StoreError>;
+    /// Deletes an account and purges its devices, their cursors and its
+    /// memberships. Messages it sent stay in the conversations (the other
+    /// members can still read them) until they expire.
+    async fn delete_account(&self, account_id: &str) -> Result<AccountPurge, StoreError>;
+
+    // ---- directory: devices ----
+
+    /// Enrolls a device. Fails if the account does not exist, the device id is
+    /// taken, or the account already has `max_devices` devices (revoked ones
+    /// count until they are deleted).
+    async fn add_device(&self, device: Device, max_devices: u32) -> Result<(), StoreError>;
+    /// The device, if it exists.
+    async fn get_device(&self, device_id: &str) -> Result<Option<Device>, StoreError>;
+    /// All devices of an account, ordered by id.
+    async fn list_devices(&self, account_id: &str) -> Result<Vec<Device>, StoreError>;
+    /// Marks a device revoked. Returns the updated device.
+    async fn revoke_device(&self, device_id: &str) -> Result<Device, StoreError>;
+
+    // ---- directory: conversations ----
+
+    /// Creates a conversation with its initial members. Every member account
+    /// must exist.
+    async fn create_conversation(
+        &self,
+        conversation: Conversation,
+        members: Vec<Member>,
+    ) -> Result<(), StoreError>;
+    /// The conversation, if it exists.
+    async fn get_conversation(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<Conversation>, StoreError>;
+    /// Adds members or changes their roles. Every account must exist. A
+    /// direct conversation cannot get a third member
+    /// ([`StoreError::DirectNeedsTwo`]).
+    async fn put_members(
+        &self,
+        conversation_id: &str,
+        members: Vec<Member>,
+    ) -> Result<(), StoreError>;
+    /// Removes members; absent ones are ignored. Returns how many were removed.
+    /// [`StoreError::NoSuchConversation`] if the conversation does not exist.
+    async fn remove_members(
+        &self,
+        conversation_id: &str,
+        account_ids: Vec<String>,
+    ) -> Result<u32, StoreError>;
+    /// The members of a conversation, ordered by account id.
+    async fn members(&self, conversation_id: &str) -> Result<Vec<Member>, StoreError>;
+    /// The conversations an account is a member of, ordered by id.
+    async fn conversations_of(&self, account_id: &str) -> Result<Vec<String>, StoreError>;
+
+    // ---- conversation logs ----
+
+    /// Appends a message durably and gives it the conversation's next seq.
+    /// Idempotent by `(conversation_id, message_id)`: a repeat returns the
+    /// first acceptance with `duplicate: true` and writes nothing.
+    /// [`StoreError::NoSuchConversation`] if the conversation does not exist;
+    /// the store does not check that the sender is a member (the caller
+    /// authorises).
+    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
+    /// Up to `limit` messages with seq > `after_seq`, in seq order, leaving
+    /// out those expired at `now_ms` (expired: `expires_at_ms <= now_ms`).
+    /// Expired messages do not count towards `limit`: the page holds the first
+    /// `limit` live messages after `after_seq`.
+    async fn read(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: usize,
+        now_ms: UnixMillis,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The highest seq given out in the conversation (0 if none).
+    async fn head(&self, conversation_id: &str) -> Result<u64, StoreError>;
+
+    // ---- cursors ----
+
+    /// Advances device cursors: each `(conversation, seq)` is stored as
+    /// max(stored, seq); a cursor never moves back.
+    /// [`StoreError::NoSuchDevice`] if the device does not exist; conversation
+    /// ids are not checked.
+    async fn advance_cursors(
+        &self,
+        device_id: &str,
+        cursors: Vec<(String, u64)>,
+    ) -> Result<(), StoreError>;
+    /// The stored cursors of a device, ordered by conversation id.
+    async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    // ---- expiry ----
+
+    /// Deletes every message expired at `now_ms`; returns how many. Reads
+    /// already hide expired messages; this frees their space.
+    async fn purge_expired(&self, now_ms: UnixMillis) -> Result<u64, StoreError>;
+}
