@@ -246,6 +246,15 @@ impl Client {
         })
     }
 
+    /// A cloneable handle that sends through this client, for sending from
+    /// other tasks while this one receives.
+    pub fn sender(&self) -> Sender {
+        Sender {
+            cmd: self.cmd.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
     /// The device's account, as the relay reported it.
     pub fn account_id(&self) -> &str {
         &self.account_id
@@ -259,7 +268,8 @@ impl Client {
         ciphertext: Vec<u8>,
         expires_at_ms: i64,
     ) -> Result<Accepted, ClientError> {
-        self.send_with_id(new_message_id()?, conversation_id, ciphertext, expires_at_ms)
+        self.sender()
+            .send(conversation_id, ciphertext, expires_at_ms)
             .await
     }
 
@@ -272,23 +282,9 @@ impl Client {
         ciphertext: Vec<u8>,
         expires_at_ms: i64,
     ) -> Result<Accepted, ClientError> {
-        let _permit = self
-            .in_flight
-            .acquire()
+        self.sender()
+            .send_with_id(message_id, conversation_id, ciphertext, expires_at_ms)
             .await
-            .map_err(|_| ClientError::Shutdown)?;
-        let (done, rx) = oneshot::channel();
-        let submit = v1::Submit {
-            message_id: message_id.to_vec(),
-            conversation_id: conversation_id.to_owned(),
-            expires_at_ms,
-            ciphertext,
-        };
-        self.cmd
-            .send(Cmd::Submit { submit, done })
-            .await
-            .map_err(|_| ClientError::Shutdown)?;
-        rx.await.map_err(|_| ClientError::Shutdown)?
     }
 
     /// The next event; `None` after the client stopped.
@@ -322,6 +318,53 @@ impl Client {
         if self.cmd.send(Cmd::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// Sends through a [`Client`] from any task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    cmd: mpsc::Sender<Cmd>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Sender {
+    /// See [`Client::send`].
+    pub async fn send(
+        &self,
+        conversation_id: &str,
+        ciphertext: Vec<u8>,
+        expires_at_ms: i64,
+    ) -> Result<Accepted, ClientError> {
+        self.send_with_id(new_message_id()?, conversation_id, ciphertext, expires_at_ms)
+            .await
+    }
+
+    /// See [`Client::send_with_id`].
+    pub async fn send_with_id(
+        &self,
+        message_id: [u8; 16],
+        conversation_id: &str,
+        ciphertext: Vec<u8>,
+        expires_at_ms: i64,
+    ) -> Result<Accepted, ClientError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Shutdown)?;
+        let (done, rx) = oneshot::channel();
+        let submit = v1::Submit {
+            message_id: message_id.to_vec(),
+            conversation_id: conversation_id.to_owned(),
+            expires_at_ms,
+            ciphertext,
+        };
+        self.cmd
+            .send(Cmd::Submit { submit, done })
+            .await
+            .map_err(|_| ClientError::Shutdown)?;
+        rx.await.map_err(|_| ClientError::Shutdown)?
     }
 }
 

@@ -14,6 +14,9 @@ use crate::ClientError;
 /// Largest frame the client accepts from a relay.
 pub const CLIENT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// How long `close` waits for the relay to take the last frames.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An open QUIC connection with its control stream.
 #[derive(Debug)]
 pub struct RawConnection {
@@ -157,11 +160,14 @@ impl RawConnection {
         }
     }
 
-    /// Finishes the stream and closes the connection politely.
+    /// Finishes the stream, waits (briefly) until the relay has read all of
+    /// it, and closes the connection politely.
     pub async fn close(mut self) {
-        let _ = self.send.finish();
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.send.stopped()).await;
+        }
         self.conn.close(0u32.into(), b"bye");
-        self.endpoint.wait_idle().await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
     }
 }
 

@@ -186,6 +186,9 @@ impl Relay {
         inbox_task.abort();
         purge_task.abort();
         let _ = admin_task.await;
+        if let Err(e) = shared.store.close().await {
+            warn!(error = %e, "closing the store failed");
+        }
         info!("stopped");
         Ok(())
     }

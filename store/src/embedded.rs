@@ -79,7 +79,8 @@
 //! applies the operations already queued, then exits and the file is
 //! released; from then on every call returns [`StoreError::Closed`]. Dropping
 //! the last handle waits (blocking) for the writer to finish its current
-//! batch.
+//! batch. Should the writer thread die (a panic inside redb), the operations
+//! of its batch and every later write fail with [`StoreError::Closed`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -1238,6 +1239,10 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    async fn close(&self) -> Result<(), StoreError> {
+        EmbeddedStore::close(self).await
+    }
+
     async fn create_account(&self, account: Account) -> Result<(), StoreError> {
         self.write(move |t| w_create_account(t, &account)).await
     }

@@ -339,6 +339,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The stored cursors of a device, ordered by conversation id.
     async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
+    // ---- lifecycle ----
+
+    /// Finishes queued writes and releases the backend (files, connections).
+    /// Later calls fail with [`StoreError::Closed`]. Idempotent.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     // ---- expiry ----
 
     /// Deletes every message expired at `now_ms`; returns how many. Reads

@@ -349,6 +349,7 @@ async fn concurrent_appends_batch() {
         joined.unwrap().unwrap();
     }
     let commits = store.stats().commits - before;
+    eprintln!("{commits} commits for {N} concurrent appends");
     assert!(commits < N, "{commits} commits for {N} appends");
     assert_eq!(store.head("conv").await.unwrap(), N);
 }

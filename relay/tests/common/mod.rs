@@ -1,0 +1,187 @@
+//! Test support: a relay on loopback, enrollment, clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use herold_client::admin::AdminClient;
+use herold_client::{Client, ClientConfig, Envelope, Event, generate_key};
+use herold_proto::v1;
+use herold_relay::{Config, Relay};
+use tonic::transport::Channel;
+
+/// Upper bound for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub fingerprint: [u8; 32],
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestRelay {
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(Config::dev(dir)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let relay = Relay::bind(config).await.expect("bind relay");
+        let addr = relay.local_addr().unwrap();
+        let admin_addr = relay.admin_addr().unwrap();
+        let fingerprint = herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            admin_addr,
+            fingerprint,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Drains and stops the relay.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(DEADLINE, t)
+                .await
+                .expect("relay stops in time")
+                .expect("relay task")
+                .expect("relay run");
+        }
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        admin_at(self.admin_addr).await
+    }
+
+    pub async fn account(&self, id: &str) {
+        create_account(&mut self.admin().await, id).await;
+    }
+
+    pub async fn device(&self, account: &str, device: &str) -> SigningKey {
+        enroll(&mut self.admin().await, account, device).await
+    }
+
+    pub async fn conversation(&self, id: &str, kind: v1::ConversationKind, members: &[&str]) {
+        create_conversation(&mut self.admin().await, id, kind, members).await;
+    }
+
+    pub async fn client(&self, device: &str, key: &SigningKey) -> Client {
+        Client::connect(ClientConfig::new(
+            self.addr,
+            self.fingerprint,
+            device,
+            key.clone(),
+        ))
+        .await
+        .expect("client connects")
+    }
+}
+
+pub async fn admin_at(addr: SocketAddr) -> AdminClient<Channel> {
+    AdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("admin connects")
+}
+
+pub async fn create_account(admin: &mut AdminClient<Channel>, id: &str) {
+    admin
+        .create_account(v1::CreateAccountRequest {
+            account_id: id.into(),
+            display_name: String::new(),
+        })
+        .await
+        .expect("create account");
+}
+
+pub async fn enroll(admin: &mut AdminClient<Channel>, account: &str, device: &str) -> SigningKey {
+    let key = generate_key().unwrap();
+    admin
+        .register_device(v1::RegisterDeviceRequest {
+            account_id: account.into(),
+            device_id: device.into(),
+            public_key: key.verifying_key().to_bytes().to_vec(),
+        })
+        .await
+        .expect("register device");
+    key
+}
+
+pub async fn create_conversation(
+    admin: &mut AdminClient<Channel>,
+    id: &str,
+    kind: v1::ConversationKind,
+    members: &[&str],
+) {
+    admin
+        .create_conversation(v1::CreateConversationRequest {
+            conversation_id: id.into(),
+            kind: kind as i32,
+            title: String::new(),
+            members: members
+                .iter()
+                .map(|a| v1::Member {
+                    account_id: (*a).into(),
+                    role: v1::Role::Member as i32,
+                })
+                .collect(),
+            default_ttl_seconds: 0,
+        })
+        .await
+        .expect("create conversation");
+}
+
+/// Receives `n` messages, failing on timeout or a stopped client.
+pub async fn receive(client: &mut Client, n: usize) -> Vec<Envelope> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(DEADLINE, client.next_event()).await {
+            Ok(Some(Event::Message(m))) => out.push(m),
+            Ok(Some(Event::Stopped(e))) => panic!("client stopped: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("client gone after {} of {n} messages", out.len()),
+            Err(_) => panic!("timed out after {} of {n} messages", out.len()),
+        }
+    }
+    out
+}
+
+/// Receives messages until the relay reports the sync complete.
+pub async fn receive_until_synced(client: &mut Client) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(DEADLINE, client.next_event()).await {
+            Ok(Some(Event::Message(m))) => out.push(m),
+            Ok(Some(Event::Synced { .. })) => return out,
+            Ok(Some(Event::Stopped(e))) => panic!("client stopped: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("client gone"),
+            Err(_) => panic!("timed out waiting for sync, got {}", out.len()),
+        }
+    }
+}
+
+/// Receives until the message with `fence` as payload arrives; returns what
+/// came before it. With a fence sent after everything else, an extra or
+/// duplicated message shows up here without waiting on a timer.
+pub async fn receive_until_fence(client: &mut Client, fence: &[u8]) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    loop {
+        let m = receive(client, 1).await.remove(0);
+        if m.ciphertext == fence {
+            return out;
+        }
+        out.push(m);
+    }
+}
