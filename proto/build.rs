@@ -2,7 +2,10 @@
 //! `protoc`) and generates prost messages plus tonic stubs.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/herold/v1/client.proto", "proto/herold/v1/admin.proto"];
+    let files = [
+        "proto/herold/v1/client.proto",
+        "proto/herold/v1/admin.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

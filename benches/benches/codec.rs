@@ -1,5 +1,7 @@
 //! Frame codec throughput: encode and decode of Submit and Deliver frames.
 
+#![allow(clippy::unwrap_used)] // benchmark setup: a panic is a failure
+
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use herold_proto::codec::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame};
@@ -40,17 +42,21 @@ fn codec(c: &mut Criterion) {
         }
         let wire = wire.freeze();
         g.throughput(Throughput::Elements(64));
-        g.bench_with_input(BenchmarkId::new("decode_deliver_x64", size), &wire, |b, w| {
-            b.iter(|| {
-                let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
-                dec.extend(w);
-                let mut n = 0;
-                while let Some(f) = dec.next_message::<v1::ServerFrame>().unwrap() {
-                    n += usize::from(f.kind.is_some());
-                }
-                assert_eq!(n, 64);
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("decode_deliver_x64", size),
+            &wire,
+            |b, w| {
+                b.iter(|| {
+                    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+                    dec.extend(w);
+                    let mut n = 0;
+                    while let Some(f) = dec.next_message::<v1::ServerFrame>().unwrap() {
+                        n += usize::from(f.kind.is_some());
+                    }
+                    assert_eq!(n, 64);
+                })
+            },
+        );
     }
     g.finish();
 }

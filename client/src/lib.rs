@@ -336,8 +336,13 @@ impl Sender {
         ciphertext: Vec<u8>,
         expires_at_ms: i64,
     ) -> Result<Accepted, ClientError> {
-        self.send_with_id(new_message_id()?, conversation_id, ciphertext, expires_at_ms)
-            .await
+        self.send_with_id(
+            new_message_id()?,
+            conversation_id,
+            ciphertext,
+            expires_at_ms,
+        )
+        .await
     }
 
     /// See [`Client::send_with_id`].
@@ -368,13 +373,16 @@ impl Sender {
     }
 }
 
+/// Where a submit's outcome goes.
+type Reply = oneshot::Sender<Result<Accepted, ClientError>>;
+
 struct Driver {
     config: ClientConfig,
     cursors: Arc<Mutex<HashMap<String, u64>>>,
     events: mpsc::Sender<Event>,
     /// Submits sent but not yet answered, by message id: re-sent after a
     /// reconnect.
-    pending: HashMap<Vec<u8>, (v1::Submit, oneshot::Sender<Result<Accepted, ClientError>>)>,
+    pending: HashMap<Vec<u8>, (v1::Submit, Reply)>,
     /// Acks to send, per conversation.
     dirty: HashMap<String, u64>,
 }
@@ -556,10 +564,10 @@ impl Driver {
             }
             server_frame::Kind::Error(e) => {
                 let err = ClientError::relay(&e);
-                if !e.message_id.is_empty() {
-                    if let Some((_, done)) = self.pending.remove(&e.message_id) {
-                        let _ = done.send(Err(err.clone()));
-                    }
+                if !e.message_id.is_empty()
+                    && let Some((_, done)) = self.pending.remove(&e.message_id)
+                {
+                    let _ = done.send(Err(err.clone()));
                 }
                 if e.fatal {
                     if err.is_permanent() {

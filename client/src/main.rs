@@ -24,17 +24,32 @@ struct Cli {
     #[arg(long, env = "HEROLD_HOME", default_value = ".herold", global = true)]
     home: PathBuf,
     /// Relay QUIC address.
-    #[arg(long, env = "HEROLD_RELAY", default_value = "127.0.0.1:7300", global = true)]
+    #[arg(
+        long,
+        env = "HEROLD_RELAY",
+        default_value = "127.0.0.1:7300",
+        global = true
+    )]
     relay: SocketAddr,
     /// SHA-256 fingerprint of the relay certificate (hex). Default: read from
     /// `<data-dir>/tls/cert.sha256`, which a dev relay writes.
     #[arg(long, env = "HEROLD_FINGERPRINT", global = true)]
     fingerprint: Option<String>,
     /// The dev relay's data directory, to find its fingerprint.
-    #[arg(long, env = "HEROLD_DATA_DIR", default_value = "herold-data", global = true)]
+    #[arg(
+        long,
+        env = "HEROLD_DATA_DIR",
+        default_value = "herold-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Admin API URL.
-    #[arg(long, env = "HEROLD_ADMIN", default_value = "http://127.0.0.1:7301", global = true)]
+    #[arg(
+        long,
+        env = "HEROLD_ADMIN",
+        default_value = "http://127.0.0.1:7301",
+        global = true
+    )]
     admin: String,
     /// File with the admin bearer token.
     #[arg(long, env = "HEROLD_ADMIN_TOKEN_FILE", global = true)]
@@ -194,12 +209,10 @@ enum AccountCmd {
     },
 }
 
-type Admin = AdminClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the bearer token to every admin call.
+type AuthInterceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Admin = AdminClient<InterceptedService<Channel, AuthInterceptor>>;
 
 #[tokio::main]
 async fn main() {
@@ -213,7 +226,9 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
         Cmd::Admin { cmd } => admin(&cli, cmd).await,
-        Cmd::Device { cmd: DeviceCmd::New { account, name } } => {
+        Cmd::Device {
+            cmd: DeviceCmd::New { account, name },
+        } => {
             let device_id = format!("{account}.{name}");
             let path = key_path(&cli.home, &device_id);
             if path.exists() {
@@ -233,7 +248,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("device {device_id} enrolled; key in {}", path.display());
             Ok(())
         }
-        Cmd::Device { cmd: DeviceCmd::Local } => {
+        Cmd::Device {
+            cmd: DeviceCmd::Local,
+        } => {
             let dir = cli.home.join("devices");
             let mut names: Vec<String> = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd
@@ -406,7 +423,9 @@ fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
 
 fn load_state(path: &Path) -> anyhow::Result<HashMap<String, u64>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display())),
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -446,9 +465,7 @@ async fn admin_client(cli: &Cli) -> anyhow::Result<Admin> {
         ),
         None => None,
     };
-    let intercept: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut req| {
+    let intercept: AuthInterceptor = Box::new(move |mut req| {
         if let Some(h) = &header {
             req.metadata_mut().insert("authorization", h.clone());
         }
@@ -484,7 +501,9 @@ fn print_conversation(c: &v1::Conversation) {
 async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
     let mut a = admin_client(cli).await?;
     match cmd {
-        AdminCmd::Account { cmd: AccountCmd::Create { id, name } } => {
+        AdminCmd::Account {
+            cmd: AccountCmd::Create { id, name },
+        } => {
             let acc = a
                 .create_account(v1::CreateAccountRequest {
                     account_id: id.clone(),
@@ -495,7 +514,9 @@ async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
                 .into_inner();
             println!("account {} created", acc.account_id);
         }
-        AdminCmd::Account { cmd: AccountCmd::Show { id } } => {
+        AdminCmd::Account {
+            cmd: AccountCmd::Show { id },
+        } => {
             let acc = a
                 .get_account(v1::GetAccountRequest {
                     account_id: id.clone(),
@@ -505,7 +526,9 @@ async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
                 .into_inner();
             println!("{} {:?}", acc.account_id, acc.display_name);
         }
-        AdminCmd::Account { cmd: AccountCmd::Delete { id } } => {
+        AdminCmd::Account {
+            cmd: AccountCmd::Delete { id },
+        } => {
             let r = a
                 .delete_account(v1::DeleteAccountRequest {
                     account_id: id.clone(),
@@ -553,7 +576,10 @@ async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
                     conversation_id: id.clone(),
                     kind: v1::ConversationKind::Group as i32,
                     title: title.clone(),
-                    members: members.iter().map(|m| member(m, v1::Role::Member)).collect(),
+                    members: members
+                        .iter()
+                        .map(|m| member(m, v1::Role::Member))
+                        .collect(),
                     default_ttl_seconds: *ttl,
                 })
                 .await
@@ -603,7 +629,10 @@ async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
             let c = a
                 .add_members(v1::AddMembersRequest {
                     conversation_id: id.clone(),
-                    members: accounts.iter().map(|m| member(m, v1::Role::Member)).collect(),
+                    members: accounts
+                        .iter()
+                        .map(|m| member(m, v1::Role::Member))
+                        .collect(),
                 })
                 .await
                 .map_err(status)?

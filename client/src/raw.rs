@@ -33,7 +33,9 @@ impl RawConnection {
     /// the control stream.
     pub async fn connect(relay: SocketAddr, fingerprint: [u8; 32]) -> Result<Self, ClientError> {
         let bind: SocketAddr = if relay.is_ipv6() {
-            "[::]:0".parse().map_err(|_| ClientError::Io("bad bind address".into()))?
+            "[::]:0"
+                .parse()
+                .map_err(|_| ClientError::Io("bad bind address".into()))?
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
@@ -149,9 +151,9 @@ impl RawConnection {
     /// The next frame's kind; a relay Error frame becomes [`ClientError::Relay`].
     pub async fn expect_frame(&mut self) -> Result<server_frame::Kind, ClientError> {
         match self.recv().await? {
-            Some(v1::ServerFrame { kind: Some(server_frame::Kind::Error(e)) }) => {
-                Err(ClientError::relay(&e))
-            }
+            Some(v1::ServerFrame {
+                kind: Some(server_frame::Kind::Error(e)),
+            }) => Err(ClientError::relay(&e)),
             Some(v1::ServerFrame { kind: Some(k) }) => Ok(k),
             Some(v1::ServerFrame { kind: None }) => Err(ClientError::Protocol(
                 "the relay sent a frame of unknown kind".into(),

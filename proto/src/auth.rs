@@ -17,8 +17,9 @@ pub const NONCE_BYTES: usize = 32;
 
 /// The bytes the device signs.
 pub fn transcript(nonce: &[u8], exporter: &[u8], device_id: &str) -> Vec<u8> {
-    let mut t =
-        Vec::with_capacity(TRANSCRIPT_PREFIX.len() + nonce.len() + exporter.len() + device_id.len());
+    let mut t = Vec::with_capacity(
+        TRANSCRIPT_PREFIX.len() + nonce.len() + exporter.len() + device_id.len(),
+    );
     t.extend_from_slice(TRANSCRIPT_PREFIX);
     t.extend_from_slice(nonce);
     t.extend_from_slice(exporter);

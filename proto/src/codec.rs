@@ -321,7 +321,10 @@ mod tests {
         // Sticky: more data does not resynchronise a broken stream.
         dec.extend(&[0u8; 10]);
         assert_eq!(dec.buffered(), 0);
-        assert!(matches!(dec.next_frame(), Err(CodecError::FrameTooLarge { .. })));
+        assert!(matches!(
+            dec.next_frame(),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
         // A huge prefix must not reserve memory.
         let mut dec = FrameDecoder::new(1000);
         dec.extend(&u32::MAX.to_be_bytes());

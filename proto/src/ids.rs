@@ -28,9 +28,7 @@ pub enum IdError {
         len: usize,
     },
     /// The id contains a character outside the allowed set.
-    #[error(
-        "{what} id contains {ch:?}; allowed are ASCII letters, digits and . _ - : @"
-    )]
+    #[error("{what} id contains {ch:?}; allowed are ASCII letters, digits and . _ - : @")]
     BadChar {
         /// Which kind of id.
         what: &'static str,

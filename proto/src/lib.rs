@@ -13,12 +13,19 @@
 //!
 //! The protocol itself is specified in `docs/protocol.md`.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod codec;
 pub mod ids;
 
 /// Generated protobuf types of package `herold.v1`.
-#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/herold.v1.rs"));
 }

@@ -38,7 +38,11 @@ pub(crate) async fn serve(
         let Some(expected) = &expected else {
             return Ok(req);
         };
-        match req.metadata().get("authorization").and_then(|v| v.to_str().ok()) {
+        match req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(req),
             Some(_) => Err(Status::unauthenticated("the bearer token is wrong")),
             None => Err(Status::unauthenticated(

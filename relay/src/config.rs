@@ -295,7 +295,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let positive = [
-            ("max-devices-per-account", u64::from(l.max_devices_per_account)),
+            (
+                "max-devices-per-account",
+                u64::from(l.max_devices_per_account),
+            ),
             ("max-frame-bytes", u64::from(l.max_frame_bytes)),
             ("max-ciphertext-bytes", u64::from(l.max_ciphertext_bytes)),
             ("max-connections", u64::from(l.max_connections)),
@@ -316,7 +319,10 @@ impl Config {
         if l.max_devices_per_account > 100 {
             return Err(ConfigError::Invalid {
                 name: "max-devices-per-account",
-                reason: format!("{} is above the hard ceiling of 100", l.max_devices_per_account),
+                reason: format!(
+                    "{} is above the hard ceiling of 100",
+                    l.max_devices_per_account
+                ),
             });
         }
         if l.max_frame_bytes > 16 * 1024 * 1024 {
@@ -389,7 +395,10 @@ fn read_token(path: &Path) -> Result<String, ConfigError> {
     if token.len() < 16 {
         return Err(ConfigError::Invalid {
             name: "admin-token-file",
-            reason: format!("the token in {} is shorter than 16 characters", path.display()),
+            reason: format!(
+                "the token in {} is shorter than 16 characters",
+                path.display()
+            ),
         });
     }
     Ok(token)
@@ -458,8 +467,14 @@ mod tests {
     fn bad_values_are_named() {
         let e = parse(&["--dev", "--max-in-flight", "0"]).unwrap_err();
         assert!(e.to_string().contains("max-in-flight"), "{e}");
-        let e = parse(&["--dev", "--max-ciphertext-bytes", "300000", "--max-frame-bytes", "300000"])
-            .unwrap_err();
+        let e = parse(&[
+            "--dev",
+            "--max-ciphertext-bytes",
+            "300000",
+            "--max-frame-bytes",
+            "300000",
+        ])
+        .unwrap_err();
         assert!(e.to_string().contains("max-ciphertext-bytes"), "{e}");
         let e = parse(&["--dev", "--node-id", "a b"]).unwrap_err();
         assert!(e.to_string().contains("node-id"), "{e}");

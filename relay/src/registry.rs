@@ -131,7 +131,10 @@ fn kick(h: &SessionHandle, why: Kick) {
     tokio::spawn(async move {
         let closed = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
         if closed.is_err() {
-            conn.close(quinn::VarInt::from_u32(code as u32), b"disconnected by the relay");
+            conn.close(
+                quinn::VarInt::from_u32(code as u32),
+                b"disconnected by the relay",
+            );
         }
     });
 }

@@ -60,7 +60,10 @@ impl Rosters {
         let roster = Arc::new(Roster {
             kind: conv.kind,
             default_ttl_seconds: conv.default_ttl_seconds,
-            members: members.into_iter().map(|m| (m.account_id, m.role)).collect(),
+            members: members
+                .into_iter()
+                .map(|m| (m.account_id, m.role))
+                .collect(),
             devices,
         });
         if self.generation.load(Ordering::Acquire) == generation {

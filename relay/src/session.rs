@@ -165,17 +165,17 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let (send, recv) = match tokio::time::timeout(shared.limits.auth_timeout, conn.accept_bi()).await
-    {
-        Ok(Ok(s)) => s,
-        _ => {
-            conn.close(
-                quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
-                b"no stream opened in time",
-            );
-            return;
-        }
-    };
+    let (send, recv) =
+        match tokio::time::timeout(shared.limits.auth_timeout, conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                conn.close(
+                    quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
+                    b"no stream opened in time",
+                );
+                return;
+            }
+        };
     let (frames_tx, frames_rx) = mpsc::channel(32);
     let reader = tokio::spawn(read_loop(
         recv,
@@ -198,8 +198,11 @@ pub(crate) async fn serve(
             return;
         }
         Err(_) => {
-            s.close_with(Fatal::new(ErrorCode::AuthTimeout, "authentication timed out"))
-                .await;
+            s.close_with(Fatal::new(
+                ErrorCode::AuthTimeout,
+                "authentication timed out",
+            ))
+            .await;
             reader.abort();
             return;
         }
@@ -249,10 +252,9 @@ impl Session {
             Some(ReadEvent::Frame(f)) => Ok(f),
             Some(ReadEvent::Malformed(e)) => Err(Fatal::new(ErrorCode::BadFrame, e)),
             Some(ReadEvent::Codec(e)) => Err(codec_fatal(e)),
-            Some(ReadEvent::Closed) | None => Err(Fatal::new(
-                ErrorCode::Unspecified,
-                "connection closed",
-            )),
+            Some(ReadEvent::Closed) | None => {
+                Err(Fatal::new(ErrorCode::Unspecified, "connection closed"))
+            }
         }
     }
 
@@ -299,7 +301,10 @@ impl Session {
             .map_err(|e| unavailable(&e))?
             .ok_or_else(|| Fatal::new(ErrorCode::UnknownDevice, "no such device is enrolled"))?;
         if device.revoked {
-            return Err(Fatal::new(ErrorCode::DeviceRevoked, "this device was revoked"));
+            return Err(Fatal::new(
+                ErrorCode::DeviceRevoked,
+                "this device was revoked",
+            ));
         }
         if store
             .get_account(&device.account_id)
@@ -334,9 +339,10 @@ impl Session {
             .export_keying_material(&mut exporter, auth::EXPORTER_LABEL, b"")
             .map_err(|_| Fatal::new(ErrorCode::Internal, "TLS exporter unavailable"))?;
         let transcript = auth::transcript(&nonce, &exporter, &hello.device_id);
-        let key_bytes: [u8; 32] = device.public_key.as_slice().try_into().map_err(|_| {
-            Fatal::new(ErrorCode::Internal, "the enrolled public key is malformed")
-        })?;
+        let key_bytes: [u8; 32] =
+            device.public_key.as_slice().try_into().map_err(|_| {
+                Fatal::new(ErrorCode::Internal, "the enrolled public key is malformed")
+            })?;
         let key = VerifyingKey::from_bytes(&key_bytes)
             .map_err(|_| Fatal::new(ErrorCode::Internal, "the enrolled public key is malformed"))?;
         let sig = Signature::from_slice(&response.signature)
@@ -354,7 +360,11 @@ impl Session {
     }
 
     /// The authenticated session. Returns the fatal error to send, if any.
-    async fn live(&mut self, ctx: Arc<DeviceCtx>, mut drain: watch::Receiver<bool>) -> Option<Fatal> {
+    async fn live(
+        &mut self,
+        ctx: Arc<DeviceCtx>,
+        mut drain: watch::Receiver<bool>,
+    ) -> Option<Fatal> {
         let shared = self.shared.clone();
         let (push_tx, push_rx) = mpsc::channel(shared.limits.device_queue as usize);
         let (kick_tx, mut kick_rx) = watch::channel(None::<Kick>);
@@ -474,7 +484,10 @@ impl Session {
             reconnect_after_ms: 0,
         }));
         self.write(&frame).await?;
-        Err(Fatal::new(ErrorCode::Draining, "the relay is shutting down; reconnect"))
+        Err(Fatal::new(
+            ErrorCode::Draining,
+            "the relay is shutting down; reconnect",
+        ))
     }
 
     async fn on_frame(
@@ -569,7 +582,11 @@ impl Session {
     }
 
     /// Sends everything after the device's cursors, then SyncDone.
-    async fn sync(&mut self, live: &mut Live, overrides: HashMap<String, u64>) -> Result<(), Fatal> {
+    async fn sync(
+        &mut self,
+        live: &mut Live,
+        overrides: HashMap<String, u64>,
+    ) -> Result<(), Fatal> {
         let store = self.shared.store.clone();
         let convs = store
             .conversations_of(&live.ctx.account_id)
@@ -774,7 +791,9 @@ async fn submit(
     let max_expiry = i64::try_from(shared.limits.max_expiry.as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = if s.expires_at_ms == 0 {
         (roster.default_ttl_seconds > 0).then(|| {
-            now.saturating_add(i64::try_from(roster.default_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
+            now.saturating_add(
+                i64::try_from(roster.default_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+            )
         })
     } else if s.expires_at_ms <= now {
         return reject(ErrorCode::InvalidExpiry, "the expiry lies in the past");

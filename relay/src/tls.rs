@@ -69,8 +69,10 @@ fn dev_identity(dir: &Path) -> anyhow::Result<Identity> {
         std::fs::write(&cert_path, ck.cert.der())
             .with_context(|| format!("writing {}", cert_path.display()))?;
     }
-    let cert = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
-    let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let cert =
+        std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+    let key =
+        std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
     let fingerprint = fingerprint(&cert);
     std::fs::write(&fp_path, format!("{fingerprint}\n"))
         .with_context(|| format!("writing {}", fp_path.display()))?;
@@ -95,7 +97,8 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(data)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! End-to-end tests of one relay on the embedded default, over real QUIC on
 //! loopback, with the SDK as the client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use herold_client::raw::RawConnection;
-use herold_client::{ClientError, ClientConfig, Client};
+use herold_client::{Client, ClientConfig, ClientError};
 use herold_proto::v1::{self, ConversationKind, ErrorCode, client_frame, server_frame};
 
 fn payload(tag: &str, i: usize) -> Vec<u8> {
@@ -31,7 +33,10 @@ async fn one_to_one_in_order() {
     assert_eq!(bob.account_id(), "bob");
 
     for i in 0..20 {
-        let a = alice.send("dm:alice:bob", payload("m", i), 0).await.unwrap();
+        let a = alice
+            .send("dm:alice:bob", payload("m", i), 0)
+            .await
+            .unwrap();
         assert_eq!(a.seq, i as u64 + 1, "seqs are dense and start at 1");
         assert!(!a.duplicate);
     }
@@ -44,7 +49,9 @@ async fn one_to_one_in_order() {
     }
     // Bob answers; Alice receives it.
     let mut alice = alice;
-    bob.send("dm:alice:bob", b"reply".to_vec(), 0).await.unwrap();
+    bob.send("dm:alice:bob", b"reply".to_vec(), 0)
+        .await
+        .unwrap();
     let mine_and_reply = receive(&mut alice, 21).await;
     assert_eq!(mine_and_reply.last().unwrap().ciphertext, b"reply");
     relay.stop().await;
@@ -64,7 +71,9 @@ async fn group_of_50_devices_same_order_exactly_once() {
         }
     }
     let refs: Vec<&str> = accounts.iter().map(String::as_str).collect();
-    relay.conversation("station-1", ConversationKind::Group, &refs).await;
+    relay
+        .conversation("station-1", ConversationKind::Group, &refs)
+        .await;
     let mut clients = Vec::new();
     for (id, k) in &keys {
         clients.push(relay.client(id, k).await);
@@ -78,7 +87,10 @@ async fn group_of_50_devices_same_order_exactly_once() {
         sends.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..10 {
-                let a = c.send("station-1", payload(&format!("s{s}"), i), 0).await.unwrap();
+                let a = c
+                    .send("station-1", payload(&format!("s{s}"), i), 0)
+                    .await
+                    .unwrap();
                 seqs.push(a.seq);
             }
             seqs
@@ -95,12 +107,22 @@ async fn group_of_50_devices_same_order_exactly_once() {
     for c in clients.iter_mut() {
         let got = receive(c, 50).await;
         let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=50).collect::<Vec<u64>>(), "in order, no gaps, no duplicates");
+        assert_eq!(
+            seqs,
+            (1..=50).collect::<Vec<u64>>(),
+            "in order, no gaps, no duplicates"
+        );
         orders.push(got.into_iter().map(|m| m.message_id).collect::<Vec<_>>());
     }
-    assert!(orders.windows(2).all(|w| w[0] == w[1]), "every device sees the same order");
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every device sees the same order"
+    );
     // A fence proves no device got an extra copy.
-    clients[0].send("station-1", b"fence".to_vec(), 0).await.unwrap();
+    clients[0]
+        .send("station-1", b"fence".to_vec(), 0)
+        .await
+        .unwrap();
     for c in clients.iter_mut() {
         assert!(receive_until_fence(c, b"fence").await.is_empty());
     }
@@ -166,21 +188,35 @@ async fn same_message_id_is_stored_and_delivered_once() {
         .await;
     let alice = relay.client("alice.phone", &ka).await;
     let id = [42u8; 16];
-    let first = alice.send_with_id(id, "dm", b"once".to_vec(), 0).await.unwrap();
-    let again = alice.send_with_id(id, "dm", b"once".to_vec(), 0).await.unwrap();
+    let first = alice
+        .send_with_id(id, "dm", b"once".to_vec(), 0)
+        .await
+        .unwrap();
+    let again = alice
+        .send_with_id(id, "dm", b"once".to_vec(), 0)
+        .await
+        .unwrap();
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!(first.seq, again.seq);
     assert_eq!(first.server_time_ms, again.server_time_ms);
     let next = alice.send("dm", b"next".to_vec(), 0).await.unwrap();
-    assert_eq!(next.seq, first.seq + 1, "the duplicate took no place in the log");
+    assert_eq!(
+        next.seq,
+        first.seq + 1,
+        "the duplicate took no place in the log"
+    );
 
     // Bob, connecting afterwards, reads the log: the message is there once.
     // He uses a raw connection, so no client-side deduplication can hide a
     // second copy.
-    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     raw.authenticate("bob.phone", &kb).await.unwrap();
-    raw.send_kind(client_frame::Kind::Sync(v1::Sync::default())).await.unwrap();
+    raw.send_kind(client_frame::Kind::Sync(v1::Sync::default()))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     loop {
         match raw.expect_frame().await.unwrap() {
@@ -201,18 +237,24 @@ async fn unknown_and_unauthenticated_devices_are_rejected() {
     let ka = relay.device("alice", "alice.phone").await;
 
     // Unknown device.
-    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     let err = raw.authenticate("mallory.phone", &ka).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownDevice), "{err}");
 
     // Known device, wrong key.
     let other = herold_client::generate_key().unwrap();
-    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     let err = raw.authenticate("alice.phone", &other).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::AuthFailed), "{err}");
 
     // Submit without authenticating.
-    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     raw.send_kind(client_frame::Kind::Submit(v1::Submit {
         message_id: vec![1; 16],
         conversation_id: "x".into(),
@@ -225,7 +267,9 @@ async fn unknown_and_unauthenticated_devices_are_rejected() {
     assert_eq!(err.code(), Some(ErrorCode::AuthRequired), "{err}");
 
     // Wrong protocol version.
-    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     raw.send_kind(client_frame::Kind::Hello(v1::Hello {
         version: 99,
         device_id: "alice.phone".into(),
@@ -248,7 +292,9 @@ async fn unknown_and_unauthenticated_devices_are_rejected() {
     assert!(err.is_permanent(), "{err}");
 
     // A wrong pinned fingerprint fails the TLS handshake.
-    let err = RawConnection::connect(relay.addr, [0u8; 32]).await.unwrap_err();
+    let err = RawConnection::connect(relay.addr, [0u8; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Connect(_)), "{err}");
     relay.stop().await;
 }
@@ -267,7 +313,9 @@ async fn replayed_auth_response_is_rejected() {
     });
 
     // An eavesdropper records a genuine exchange.
-    let mut genuine = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut genuine = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     genuine.send_kind(hello.clone()).await.unwrap();
     let server_frame::Kind::AuthChallenge(ch) = genuine.expect_frame().await.unwrap() else {
         panic!("expected a challenge");
@@ -287,7 +335,9 @@ async fn replayed_auth_response_is_rejected() {
     ));
 
     // ...and replays the response on a new connection.
-    let mut replay = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut replay = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     replay.send_kind(hello).await.unwrap();
     let server_frame::Kind::AuthChallenge(ch2) = replay.expect_frame().await.unwrap() else {
         panic!("expected a challenge");
@@ -322,7 +372,9 @@ async fn oversized_frame_gets_an_error_and_harms_nobody_else() {
     alice.send("g", b"before".to_vec(), 0).await.unwrap();
     assert_eq!(receive(&mut bob, 1).await[0].ciphertext, b"before");
 
-    let mut m = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut m = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     let ok = m.authenticate("mallory.phone", &km).await.unwrap();
     let too_big = ok.max_frame_bytes + 1;
     m.send_bytes(&too_big.to_be_bytes()).await.unwrap();
@@ -337,7 +389,9 @@ async fn oversized_frame_gets_an_error_and_harms_nobody_else() {
     assert!(matches!(err, ClientError::Relay { fatal: true, .. }));
 
     // A ciphertext above the limit in a frame within it: a non-fatal error.
-    let mut m2 = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut m2 = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     let ok = m2.authenticate("mallory.phone", &km).await.unwrap();
     m2.send_kind(client_frame::Kind::Submit(v1::Submit {
         message_id: vec![9; 16],
@@ -423,8 +477,14 @@ async fn membership_roles_and_expiry_are_enforced() {
             kind: ConversationKind::Channel as i32,
             title: "Information".into(),
             members: vec![
-                v1::Member { account_id: "ops".into(), role: v1::Role::Publisher as i32 },
-                v1::Member { account_id: "vol".into(), role: v1::Role::Member as i32 },
+                v1::Member {
+                    account_id: "ops".into(),
+                    role: v1::Role::Publisher as i32,
+                },
+                v1::Member {
+                    account_id: "vol".into(),
+                    role: v1::Role::Member as i32,
+                },
             ],
             default_ttl_seconds: 0,
         })
@@ -443,7 +503,10 @@ async fn membership_roles_and_expiry_are_enforced() {
     assert_eq!(e.code(), Some(ErrorCode::UnknownConversation), "{e}");
     let e = ops.send("info", b"old".to_vec(), 1).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidExpiry), "{e}");
-    let e = ops.send("info", b"far".to_vec(), i64::MAX).await.unwrap_err();
+    let e = ops
+        .send("info", b"far".to_vec(), i64::MAX)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidExpiry), "{e}");
     relay.stop().await;
 }
@@ -457,7 +520,9 @@ async fn revoked_device_is_cut_off_and_refused() {
     let mut alice = relay.client("alice.phone", &ka).await;
     let mut admin = relay.admin().await;
     admin
-        .revoke_device(v1::RevokeDeviceRequest { device_id: "alice.phone".into() })
+        .revoke_device(v1::RevokeDeviceRequest {
+            device_id: "alice.phone".into(),
+        })
         .await
         .unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(2), async {
@@ -472,7 +537,9 @@ async fn revoked_device_is_cut_off_and_refused() {
     .await
     .expect("cut off within 2 s");
     assert_eq!(stopped.code(), Some(ErrorCode::DeviceRevoked), "{stopped}");
-    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint).await.unwrap();
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
     let err = raw.authenticate("alice.phone", &ka).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::DeviceRevoked), "{err}");
     relay.stop().await;

@@ -5,6 +5,9 @@
 //! [`router_conformance_tests!`](crate::router_conformance_tests) expands to
 //! one `#[tokio::test]` per case.
 
+// A test suite: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,15 +77,31 @@ pub async fn inbox_is_fifo_per_node(r: &dyn Router, tag: &str) {
     let mut ia = r.register_node(&a).await.unwrap();
     let mut ib = r.register_node(&b).await.unwrap();
     for seq in 1..=50 {
-        r.publish(&a, delivery("c1", seq, vec!["x".into()])).await.unwrap();
+        r.publish(&a, delivery("c1", seq, vec!["x".into()]))
+            .await
+            .unwrap();
     }
-    r.publish(&b, delivery("c2", 1, vec!["y".into()])).await.unwrap();
+    r.publish(&b, delivery("c2", 1, vec!["y".into()]))
+        .await
+        .unwrap();
     for seq in 1..=50 {
-        let ev = tokio::time::timeout(WAIT, ia.recv()).await.unwrap().unwrap();
-        assert_eq!(ev, InboxEvent::Delivery(delivery("c1", seq, vec!["x".into()])));
+        let ev = tokio::time::timeout(WAIT, ia.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ev,
+            InboxEvent::Delivery(delivery("c1", seq, vec!["x".into()]))
+        );
     }
-    let ev = tokio::time::timeout(WAIT, ib.recv()).await.unwrap().unwrap();
-    assert_eq!(ev, InboxEvent::Delivery(delivery("c2", 1, vec!["y".into()])));
+    let ev = tokio::time::timeout(WAIT, ib.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ev,
+        InboxEvent::Delivery(delivery("c2", 1, vec!["y".into()]))
+    );
 }
 
 /// Publishing to a node that is not registered is an error, not a silent drop.

@@ -23,6 +23,8 @@
 //! [`InboxEvent::Lagged`], after which the relay resynchronises its devices
 //! from the store: nothing is dropped silently.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -109,7 +111,8 @@ pub trait Router: Send + Sync + std::fmt::Debug + 'static {
     async fn set_absent(&self, node: &str, devices: &[String]) -> Result<(), RouterError>;
     /// Where the connected ones of `devices` are, grouped by node. Devices
     /// that are not connected anywhere are left out.
-    async fn locate(&self, devices: &[String]) -> Result<HashMap<NodeId, Vec<String>>, RouterError>;
+    async fn locate(&self, devices: &[String])
+    -> Result<HashMap<NodeId, Vec<String>>, RouterError>;
     /// Puts one delivery into a node's inbox.
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError>;
 }

@@ -1,6 +1,6 @@
 //! Test support: a relay on loopback, enrollment, clients.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;
