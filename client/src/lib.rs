@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +71,14 @@ pub enum ClientError {
     /// The client was shut down.
     #[error("the client is shut down")]
     Shutdown,
+    /// The ciphertext is larger than the relay accepts.
+    #[error("the ciphertext has {len} bytes; the relay accepts at most {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The relay's limit (from AuthOk).
+        max: usize,
+    },
 }
 
 impl ClientError {
@@ -203,6 +212,7 @@ enum Cmd {
 /// A device's resilient connection to a relay. See the crate docs.
 #[derive(Debug)]
 pub struct Client {
+    max_ciphertext: Arc<AtomicUsize>,
     cmd: mpsc::Sender<Cmd>,
     events: mpsc::Receiver<Event>,
     cursors: Arc<Mutex<HashMap<String, u64>>>,
@@ -229,7 +239,9 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let max_ciphertext = Arc::new(AtomicUsize::new(ok.max_ciphertext_bytes as usize));
         let driver = Driver {
+            max_ciphertext: max_ciphertext.clone(),
             config,
             cursors: cursors.clone(),
             events: ev_tx,
@@ -238,6 +250,7 @@ impl Client {
         };
         tokio::spawn(driver.run(conn, cmd_rx));
         Ok(Self {
+            max_ciphertext,
             cmd: cmd_tx,
             events: ev_rx,
             cursors,
@@ -250,6 +263,7 @@ impl Client {
     /// other tasks while this one receives.
     pub fn sender(&self) -> Sender {
         Sender {
+            max_ciphertext: self.max_ciphertext.clone(),
             cmd: self.cmd.clone(),
             in_flight: self.in_flight.clone(),
         }
@@ -324,6 +338,7 @@ impl Client {
 /// Sends through a [`Client`] from any task; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Sender {
+    max_ciphertext: Arc<AtomicUsize>,
     cmd: mpsc::Sender<Cmd>,
     in_flight: Arc<Semaphore>,
 }
@@ -353,6 +368,14 @@ impl Sender {
         ciphertext: Vec<u8>,
         expires_at_ms: i64,
     ) -> Result<Accepted, ClientError> {
+        let max = self.max_ciphertext.load(Ordering::Relaxed);
+        if ciphertext.len() > max {
+            // Refused here: the relay would close the connection over it.
+            return Err(ClientError::TooLarge {
+                len: ciphertext.len(),
+                max,
+            });
+        }
         let _permit = self
             .in_flight
             .acquire()
@@ -377,6 +400,8 @@ impl Sender {
 type Reply = oneshot::Sender<Result<Accepted, ClientError>>;
 
 struct Driver {
+    /// The relay's ciphertext limit, refreshed at every authentication.
+    max_ciphertext: Arc<AtomicUsize>,
     config: ClientConfig,
     cursors: Arc<Mutex<HashMap<String, u64>>>,
     events: mpsc::Sender<Event>,
@@ -439,8 +464,11 @@ impl Driver {
 
     async fn reconnect(&self) -> Result<RawConnection, ClientError> {
         let mut c = RawConnection::connect(self.config.relay, self.config.fingerprint).await?;
-        c.authenticate(&self.config.device_id, &self.config.key)
+        let ok = c
+            .authenticate(&self.config.device_id, &self.config.key)
             .await?;
+        self.max_ciphertext
+            .store(ok.max_ciphertext_bytes as usize, Ordering::Relaxed);
         Ok(c)
     }
 

@@ -283,16 +283,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             // Until end-to-end encryption lands, the CLI sends the text's
             // bytes as the payload; the relay treats them as opaque.
-            let a = client
+            let result = client
                 .send(conversation, text.as_bytes().to_vec(), expires)
-                .await?;
+                .await;
+            client.close().await;
+            let a = result?;
             println!(
                 "accepted: {} #{}{}",
                 a.conversation_id,
                 a.seq,
                 if a.duplicate { " (duplicate)" } else { "" }
             );
-            client.close().await;
             Ok(())
         }
         Cmd::Listen {

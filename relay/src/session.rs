@@ -154,7 +154,9 @@ pub(crate) async fn serve(
     conn_id: u64,
     drain: watch::Receiver<bool>,
 ) {
-    let conn = match tokio::time::timeout(shared.limits.auth_timeout, incoming).await {
+    // One deadline covers the TLS handshake, the stream and authentication.
+    let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
@@ -165,17 +167,16 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let (send, recv) =
-        match tokio::time::timeout(shared.limits.auth_timeout, conn.accept_bi()).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                conn.close(
-                    quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
-                    b"no stream opened in time",
-                );
-                return;
-            }
-        };
+    let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
+                b"no stream opened in time",
+            );
+            return;
+        }
+    };
     let (frames_tx, frames_rx) = mpsc::channel(32);
     let reader = tokio::spawn(read_loop(
         recv,
@@ -189,7 +190,7 @@ pub(crate) async fn serve(
         frames: frames_rx,
         conn_id,
     };
-    let auth = tokio::time::timeout(shared.limits.auth_timeout, s.authenticate()).await;
+    let auth = tokio::time::timeout_at(deadline, s.authenticate()).await;
     let ctx = match auth {
         Ok(Ok(ctx)) => ctx,
         Ok(Err(f)) => {
@@ -407,11 +408,12 @@ impl Session {
             Err(f) => Err(f),
         };
         self.flush_acks(&mut live).await;
-        shared.registry.remove(&ctx.device_id, self.conn_id);
-        if let Err(e) = shared
-            .router
-            .set_absent(&shared.node_id, std::slice::from_ref(&ctx.device_id))
-            .await
+        // A replaced session must not clear the presence of its successor.
+        if shared.registry.remove(&ctx.device_id, self.conn_id)
+            && let Err(e) = shared
+                .router
+                .set_absent(&shared.node_id, std::slice::from_ref(&ctx.device_id))
+                .await
         {
             warn!(error = %e, "router presence failed");
         }
@@ -515,8 +517,7 @@ impl Session {
                 let ctx = live.ctx.clone();
                 let reply_tx = reply_tx.clone();
                 tokio::spawn(async move {
-                    submit(shared, ctx, s, reply_tx).await;
-                    drop(permit);
+                    submit(shared, ctx, s, reply_tx, permit).await;
                 });
                 Ok(())
             }
@@ -596,7 +597,9 @@ impl Session {
         let n = convs.len();
         for conv in convs {
             let mut after = match overrides.get(&conv) {
-                Some(c) => *c,
+                // A device cannot be ahead of the log: clamp, so that a bad
+                // cursor cannot make it skip messages written later.
+                Some(c) => (*c).min(store.head(&conv).await.map_err(|e| unavailable(&e))?),
                 None => live
                     .sent_upto
                     .get(&conv)
@@ -714,7 +717,7 @@ impl Session {
 fn codec_fatal(e: CodecError) -> Fatal {
     match e {
         CodecError::FrameTooLarge { .. } => Fatal::new(ErrorCode::FrameTooLarge, e.to_string()),
-        CodecError::Truncated { .. } => Fatal::new(ErrorCode::Unspecified, e.to_string()),
+        CodecError::Truncated { .. } => Fatal::new(ErrorCode::BadFrame, e.to_string()),
         CodecError::Malformed(_) => Fatal::new(ErrorCode::BadFrame, e.to_string()),
     }
 }
@@ -733,6 +736,9 @@ async fn submit(
     ctx: Arc<DeviceCtx>,
     s: v1::Submit,
     reply: mpsc::UnboundedSender<Bytes>,
+    // Held until the answer is queued: the device's in-flight budget counts
+    // submits awaiting an answer, not fan-outs.
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let message_id = s.message_id.clone();
     let reject = |code: ErrorCode, msg: &str| {
@@ -790,11 +796,10 @@ async fn submit(
     let now = now_ms();
     let max_expiry = i64::try_from(shared.limits.max_expiry.as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = if s.expires_at_ms == 0 {
-        (roster.default_ttl_seconds > 0).then(|| {
-            now.saturating_add(
-                i64::try_from(roster.default_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
-            )
-        })
+        let ttl_ms = i64::try_from(roster.default_ttl_seconds.saturating_mul(1000))
+            .unwrap_or(i64::MAX)
+            .min(max_expiry);
+        (ttl_ms > 0).then(|| now.saturating_add(ttl_ms))
     } else if s.expires_at_ms <= now {
         return reject(ErrorCode::InvalidExpiry, "the expiry lies in the past");
     } else if s.expires_at_ms > now.saturating_add(max_expiry) {
@@ -834,6 +839,7 @@ async fn submit(
         server_time_ms: appended.server_time_ms,
         duplicate: appended.duplicate,
     })));
+    drop(permit);
     if appended.duplicate {
         // The first acceptance was fanned out already; sessions that missed
         // it fill the gap from the store on the next message or sync.

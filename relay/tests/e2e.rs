@@ -562,16 +562,216 @@ async fn drain_lets_clients_reconnect_without_loss() {
         accepted.insert(alice.send("g", payload("m", i), 0).await.unwrap().seq);
     }
     alice.close().await;
+    // Bob is connected while the relay drains: he is told so, not timed out.
+    let mut bob = relay.client("bob.phone", &kb).await;
+    assert_eq!(receive_until_synced(&mut bob).await.len(), 10);
     relay.stop().await;
+    let reason = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match bob.next_event().await {
+                Some(herold_client::Event::Disconnected { reason }) => return reason,
+                Some(_) => {}
+                None => panic!("client gone"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(reason.contains("draining"), "{reason}");
+    drop(bob);
 
     // Same data directory, new process state: everything accepted is there.
     let relay = TestRelay::start(dir.path()).await;
     let mut bob = relay.client("bob.phone", &kb).await;
-    let got: HashMap<u64, Vec<u8>> = receive_until_synced(&mut bob)
+    // Bob's acks were flushed during the drain: nothing is delivered again.
+    assert!(receive_until_synced(&mut bob).await.is_empty());
+    // A second device of Bob's, new after the restart, reads everything.
+    let kb2 = relay.device("bob", "bob.laptop").await;
+    let mut laptop = relay.client("bob.laptop", &kb2).await;
+    let got: HashMap<u64, Vec<u8>> = receive_until_synced(&mut laptop)
         .await
         .into_iter()
         .map(|m| (m.seq, m.ciphertext))
         .collect();
     assert_eq!(got.keys().copied().collect::<HashSet<_>>(), accepted);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_replaces_the_old_connection_and_keeps_live_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    relay.account("alice").await;
+    relay.account("bob").await;
+    let ka = relay.device("alice", "alice.phone").await;
+    let kb = relay.device("bob", "bob.phone").await;
+    relay
+        .conversation("g", ConversationKind::Group, &["alice", "bob"])
+        .await;
+    let alice = relay.client("alice.phone", &ka).await;
+    // Bob's phone changes network: the new connection arrives while the old
+    // one is still open.
+    let mut old = relay.client("bob.phone", &kb).await;
+    let mut new = relay.client("bob.phone", &kb).await;
+    let stopped = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match old.next_event().await {
+                Some(herold_client::Event::Stopped(e)) => return e,
+                Some(_) => {}
+                None => panic!("old client gone without a reason"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(stopped.code(), Some(ErrorCode::Replaced), "{stopped}");
+    // The old session's cleanup must not remove the new one's presence.
+    alice
+        .send("g", b"live after reconnect".to_vec(), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        receive(&mut new, 1).await[0].ciphertext,
+        b"live after reconnect"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_message_is_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    relay.account("alice").await;
+    relay.account("bob").await;
+    let ka = relay.device("alice", "alice.phone").await;
+    let kb = relay.device("bob", "bob.phone").await;
+    relay
+        .conversation("g", ConversationKind::Group, &["alice", "bob"])
+        .await;
+    let alice = relay.client("alice.phone", &ka).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let expiry = now + 300;
+    alice
+        .send("g", b"self-destructs".to_vec(), expiry)
+        .await
+        .unwrap();
+    alice.send("g", b"stays".to_vec(), 0).await.unwrap();
+    // The subject of this test is the passage of wall-clock time.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        <= expiry
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut bob = relay.client("bob.phone", &kb).await;
+    let got = receive_until_synced(&mut bob).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].ciphertext, b"stays");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_refuses_oversized_ciphertext_and_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    relay.account("alice").await;
+    let ka = relay.device("alice", "alice.phone").await;
+    relay
+        .conversation("solo", ConversationKind::Group, &["alice"])
+        .await;
+    let alice = relay.client("alice.phone", &ka).await;
+    let err = alice
+        .send("solo", vec![0; 256 * 1024 + 1], 0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::TooLarge { max: 262_144, .. }),
+        "{err}"
+    );
+    let ok = alice.send("solo", vec![0; 256 * 1024], 0).await.unwrap();
+    assert_eq!(ok.seq, 1);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_account_is_cut_off_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    relay.account("vol").await;
+    let k1 = relay.device("vol", "vol.phone").await;
+    let k2 = relay.device("vol", "vol.tablet").await;
+    let mut c1 = relay.client("vol.phone", &k1).await;
+    let mut c2 = relay.client("vol.tablet", &k2).await;
+    let mut admin = relay.admin().await;
+    let r = admin
+        .delete_account(v1::DeleteAccountRequest {
+            account_id: "vol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.devices_removed, 2);
+    for c in [&mut c1, &mut c2] {
+        let e = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Some(herold_client::Event::Stopped(e)) = c.next_event().await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("cut off within 2 s");
+        assert!(e.is_permanent(), "{e}");
+    }
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    let err = raw.authenticate("vol.phone", &k1).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownDevice), "{err}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_without_blocking_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = herold_relay::Config::dev(dir.path());
+    config.limits.device_queue = 4;
+    let relay = TestRelay::start_with(config).await;
+    for a in ["alice", "bob", "slow"] {
+        relay.account(a).await;
+    }
+    let ka = relay.device("alice", "alice.phone").await;
+    let kb = relay.device("bob", "bob.phone").await;
+    let ks = relay.device("slow", "slow.phone").await;
+    relay
+        .conversation("g", ConversationKind::Group, &["alice", "bob", "slow"])
+        .await;
+    let alice = relay.client("alice.phone", &ka).await;
+    let mut bob = relay.client("bob.phone", &kb).await;
+    // A device that authenticates and then never reads.
+    let mut slow = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    slow.authenticate("slow.phone", &ks).await.unwrap();
+    let big = vec![7u8; 200 * 1024];
+    let tx = alice.sender();
+    let sender = tokio::spawn(async move {
+        for _ in 0..40 {
+            tx.send("g", big.clone(), 0).await.unwrap();
+        }
+    });
+    // Bob, reading, gets everything while the slow device is cut off.
+    assert_eq!(receive(&mut bob, 40).await.len(), 40);
+    sender.await.unwrap();
+    let closed = tokio::time::timeout(DEADLINE, slow.connection().closed())
+        .await
+        .expect("slow consumer disconnected");
+    let text = closed.to_string();
+    assert!(text.contains("slow consumer"), "{text}");
     relay.stop().await;
 }
