@@ -149,6 +149,8 @@ pub struct ClientConfig {
     pub cursors: HashMap<String, u64>,
     /// Submits awaiting acceptance at once (the relay's default limit is 64).
     pub max_in_flight: usize,
+    /// A shared client endpoint (UDP socket); `None` opens one per client.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ClientConfig {
@@ -162,6 +164,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             cursors: HashMap::new(),
             max_in_flight: 64,
+            endpoint: None,
         }
     }
 }
@@ -233,7 +236,7 @@ impl Client {
     /// Connects and authenticates. Fails if the first attempt fails, so that
     /// a wrong key or address is reported at once; later losses reconnect.
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let mut conn = RawConnection::connect(config.relay, config.fingerprint).await?;
+        let mut conn = open(&config).await?;
         let ok = conn.authenticate(&config.device_id, &config.key).await?;
         let cursors = Arc::new(Mutex::new(config.cursors.clone()));
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -414,6 +417,8 @@ struct Driver {
 
 enum Outcome {
     Lost(String),
+    /// The relay is shutting down: hand in the last acks, then reconnect.
+    Draining,
     Stop(Option<ClientError>),
 }
 
@@ -446,6 +451,10 @@ impl Driver {
                 Outcome::Lost(reason) => {
                     let _ = self.events.send(Event::Disconnected { reason }).await;
                 }
+                Outcome::Draining => {
+                    let reason = "the relay is draining".to_owned();
+                    let _ = self.events.send(Event::Disconnected { reason }).await;
+                }
                 Outcome::Stop(err) => {
                     let err = err.unwrap_or(ClientError::Shutdown);
                     self.fail_pending(&err);
@@ -463,7 +472,7 @@ impl Driver {
     }
 
     async fn reconnect(&self) -> Result<RawConnection, ClientError> {
-        let mut c = RawConnection::connect(self.config.relay, self.config.fingerprint).await?;
+        let mut c = open(&self.config).await?;
         let ok = c
             .authenticate(&self.config.device_id, &self.config.key)
             .await?;
@@ -528,11 +537,17 @@ impl Driver {
                     }
                 },
                 frame = c.recv() => match frame {
-                    Ok(Some(f)) => {
-                        if let Some(out) = self.on_frame(f).await {
-                            return out;
+                    Ok(Some(f)) => match self.on_frame(f).await {
+                        Some(Outcome::Draining) => {
+                            // Hand in the last acks and wait until the relay
+                            // read them: dropping the connection would lose them.
+                            let _ = self.flush_acks(&mut c).await;
+                            c.close().await;
+                            return Outcome::Lost("the relay is draining".into());
                         }
-                    }
+                        Some(out) => return out,
+                        None => {}
+                    },
                     Ok(None) => return Outcome::Lost("the relay closed the stream".into()),
                     Err(e) => return Outcome::Lost(e.to_string()),
                 },
@@ -605,11 +620,18 @@ impl Driver {
                 }
                 None
             }
-            server_frame::Kind::Draining(_) => Some(Outcome::Lost("the relay is draining".into())),
+            server_frame::Kind::Draining(_) => Some(Outcome::Draining),
             server_frame::Kind::Pong(_)
             | server_frame::Kind::AuthChallenge(_)
             | server_frame::Kind::AuthOk(_) => None,
         }
+    }
+}
+
+async fn open(config: &ClientConfig) -> Result<RawConnection, ClientError> {
+    match &config.endpoint {
+        Some(e) => RawConnection::connect_via(e, config.relay, config.fingerprint).await,
+        None => RawConnection::connect(config.relay, config.fingerprint).await,
     }
 }
 

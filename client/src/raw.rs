@@ -14,6 +14,16 @@ use crate::ClientError;
 /// Largest frame the client accepts from a relay.
 pub const CLIENT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// A client endpoint (one UDP socket) of the address family of `relay`.
+pub fn client_endpoint(relay: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if relay.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    };
+    quinn::Endpoint::client(bind).map_err(|e| ClientError::Io(e.to_string()))
+}
+
 /// How long `close` waits for the relay to take the last frames.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -30,22 +40,22 @@ pub struct RawConnection {
 
 impl RawConnection {
     /// Connects to `relay`, pinning the certificate `fingerprint`, and opens
-    /// the control stream.
+    /// the control stream, on an endpoint (UDP socket) of its own.
     pub async fn connect(relay: SocketAddr, fingerprint: [u8; 32]) -> Result<Self, ClientError> {
-        let bind: SocketAddr = if relay.is_ipv6() {
-            "[::]:0"
-                .parse()
-                .map_err(|_| ClientError::Io("bad bind address".into()))?
-        } else {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Io(e.to_string()))?;
-        endpoint.set_default_client_config(
-            crate::tls::client_config(fingerprint).map_err(ClientError::Tls)?,
-        );
+        let endpoint = client_endpoint(relay)?;
+        Self::connect_via(&endpoint, relay, fingerprint).await
+    }
+
+    /// Like [`RawConnection::connect`] on a shared endpoint: many connections
+    /// (a load generator's thousands of devices) can share one UDP socket.
+    pub async fn connect_via(
+        endpoint: &quinn::Endpoint,
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+    ) -> Result<Self, ClientError> {
+        let config = crate::tls::client_config(fingerprint).map_err(ClientError::Tls)?;
         let conn = endpoint
-            .connect(relay, "localhost")
+            .connect_with(config, relay, "localhost")
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -54,7 +64,7 @@ impl RawConnection {
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Self {
-            endpoint,
+            endpoint: endpoint.clone(),
             conn,
             send,
             recv,
@@ -162,6 +172,11 @@ impl RawConnection {
         }
     }
 
+    /// Finishes the sending side of the stream: no more frames from us.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
     /// Finishes the stream, waits (briefly) until the relay has read all of
     /// it, and closes the connection politely.
     pub async fn close(mut self) {
@@ -169,7 +184,11 @@ impl RawConnection {
             let _ = tokio::time::timeout(CLOSE_GRACE, self.send.stopped()).await;
         }
         self.conn.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
+        // On a shared endpoint other connections stay open: only wait when
+        // this was the last one.
+        if self.endpoint.open_connections() == 0 {
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
+        }
     }
 }
 

@@ -35,6 +35,8 @@ use crate::server::{Shared, now_ms};
 pub const MAX_SYNC_CURSORS: usize = 10_000;
 /// Messages read from the store per page while syncing.
 const SYNC_PAGE: usize = 256;
+/// How long a draining session waits for the device's last acks.
+const DRAIN_READ_GRACE: Duration = Duration::from_secs(2);
 /// How often acknowledged cursors are written to the store.
 const ACK_FLUSH: Duration = Duration::from_millis(200);
 
@@ -481,11 +483,40 @@ impl Session {
         while let Ok(reply) = reply_rx.try_recv() {
             self.write(&reply).await?;
         }
-        self.flush_acks(live).await;
         let frame = server_frame(server_frame::Kind::Draining(v1::Draining {
             reconnect_after_ms: 0,
         }));
         self.write(&frame).await?;
+        // Give the device a moment to send its last acks and finish its
+        // stream, so that it does not see those messages again elsewhere.
+        let until = tokio::time::Instant::now() + DRAIN_READ_GRACE;
+        while let Ok(Some(ReadEvent::Frame(f))) =
+            tokio::time::timeout_at(until, self.frames.recv()).await
+        {
+            match f.kind {
+                Some(client_frame::Kind::Ack(a)) => {
+                    if live
+                        .sent_upto
+                        .get(&a.conversation_id)
+                        .is_some_and(|u| a.seq <= *u)
+                    {
+                        let e = live.pending_acks.entry(a.conversation_id).or_insert(0);
+                        *e = (*e).max(a.seq);
+                    }
+                }
+                Some(client_frame::Kind::Submit(s)) => {
+                    let f = error_frame(
+                        ErrorCode::Draining,
+                        "the relay is shutting down; send again after reconnecting",
+                        s.message_id,
+                        false,
+                    );
+                    self.write(&f).await?;
+                }
+                _ => {}
+            }
+        }
+        self.flush_acks(live).await;
         Err(Fatal::new(
             ErrorCode::Draining,
             "the relay is shutting down; reconnect",
