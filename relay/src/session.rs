@@ -494,15 +494,14 @@ impl Session {
             tokio::time::timeout_at(until, self.frames.recv()).await
         {
             match f.kind {
-                Some(client_frame::Kind::Ack(a)) => {
+                Some(client_frame::Kind::Ack(a))
                     if live
                         .sent_upto
                         .get(&a.conversation_id)
-                        .is_some_and(|u| a.seq <= *u)
-                    {
-                        let e = live.pending_acks.entry(a.conversation_id).or_insert(0);
-                        *e = (*e).max(a.seq);
-                    }
+                        .is_some_and(|u| a.seq <= *u) =>
+                {
+                    let e = live.pending_acks.entry(a.conversation_id).or_insert(0);
+                    *e = (*e).max(a.seq);
                 }
                 Some(client_frame::Kind::Submit(s)) => {
                     let f = error_frame(

@@ -1,0 +1,25 @@
+//! The Herold load tester.
+//!
+//! # Layout
+//! - [`scenario`]: the TOML scenario files (population, conversations,
+//!   traffic, bursts) and their validation.
+//! - [`world`]: the simulated population built from a scenario, and its
+//!   provisioning through the admin API.
+//! - [`run`]: the engine. Every simulated device is a real SDK client over
+//!   QUIC; sends follow an open-loop Poisson schedule; every delivery is
+//!   checked (exactly once, in the conversation's order, only to members);
+//!   latencies are measured from the intended send time.
+//! - [`report`]: JSON, Markdown and SVG plots.
+//!
+//! `docs/loadtest.md` tells an SRE how to run a pre-election load test.
+
+#![warn(missing_docs)]
+
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod world;
+
+pub use report::Report;
+pub use run::{Target, run};
+pub use scenario::Scenario;

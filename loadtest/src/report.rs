@@ -1,0 +1,331 @@
+//! The run report: JSON for machines, Markdown for people, SVG plots for
+//! the SRE on call.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl From<&Histogram<u64>> for Latency {
+    fn from(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Latency {
+            count: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// What the delivery check found. Everything but `expected`, `delivered`
+/// and `unexpected` must be 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Verification {
+    /// Deliveries owed: every accepted message times its member devices.
+    pub expected: u64,
+    /// Deliveries the app saw.
+    pub delivered: u64,
+    /// Owed deliveries that never came.
+    pub lost: u64,
+    /// Deliveries the app saw twice.
+    pub duplicated: u64,
+    /// Deliveries out of the conversation's order (or at another seq than
+    /// the sender was told).
+    pub reordered: u64,
+    /// Deliveries to a device whose account is not a member.
+    pub misdelivered: u64,
+    /// Two messages accepted at the same place of one conversation.
+    pub order_conflicts: u64,
+    /// Deliveries of messages whose submit failed or timed out (the relay may
+    /// have stored it); informational.
+    pub unexpected: u64,
+}
+
+impl Verification {
+    /// Whether delivery was exactly once and in order everywhere.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.reordered == 0
+            && self.misdelivered == 0
+            && self.order_conflicts == 0
+    }
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Second {
+    /// Seconds since the schedule started.
+    pub second: u64,
+    /// Submits accepted in this second.
+    pub accepted: u64,
+    /// Deliveries in this second.
+    pub delivered: u64,
+    /// Median submit -> delivered latency of this second's deliveries.
+    pub p50_ms: f64,
+    /// 99th percentile of the same.
+    pub p99_ms: f64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Population scale.
+    pub scale: f64,
+    /// Rate scale.
+    pub rate_scale: f64,
+    /// Accounts simulated.
+    pub accounts: usize,
+    /// Devices connected (each a real QUIC client).
+    pub devices: usize,
+    /// Conversations.
+    pub conversations: usize,
+    /// Time to create accounts, devices and conversations.
+    pub provision_secs: f64,
+    /// Time to connect and authenticate every device.
+    pub connect_secs: f64,
+    /// Length of the traffic schedule as run.
+    pub schedule_secs: f64,
+    /// Schedule plus settling.
+    pub elapsed_secs: f64,
+    /// Submits started.
+    pub sent: u64,
+    /// Submits accepted.
+    pub accepted: u64,
+    /// Submits that failed.
+    pub failed: u64,
+    /// Failures by message.
+    pub errors: HashMap<String, u64>,
+    /// Accepted submits per second over the schedule.
+    pub accepted_per_sec: f64,
+    /// Deliveries per second over the whole run.
+    pub delivered_per_sec: f64,
+    /// Most deliveries in one second.
+    pub peak_delivered_per_sec: u64,
+    /// Intended send time -> Accepted.
+    pub submit_to_accepted: Latency,
+    /// Intended send time -> delivered at each recipient device.
+    pub submit_to_delivered: Latency,
+    /// Exactly-once and order check.
+    pub verification: Verification,
+    /// Per-second figures.
+    pub timeline: Vec<Second>,
+}
+
+impl Report {
+    /// Writes `<name>.json`, `<name>.md`, `<name>-throughput.svg` and
+    /// `<name>-latency.svg` into `dir`; returns the paths.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let base = dir.join(&self.scenario);
+        let json = base.with_extension("json");
+        std::fs::write(&json, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        let md = base.with_extension("md");
+        std::fs::write(&md, self.markdown())
+            .with_context(|| format!("writing {}", md.display()))?;
+        let tp = dir.join(format!("{}-throughput.svg", self.scenario));
+        self.plot_throughput(&tp)?;
+        let lat = dir.join(format!("{}-latency.svg", self.scenario));
+        self.plot_latency(&lat)?;
+        Ok(vec![json, md, tp, lat])
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let v = &self.verification;
+        let lat = |l: &Latency| {
+            format!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            )
+        };
+        let mut errors: Vec<_> = self.errors.iter().collect();
+        errors.sort();
+        let errors = if errors.is_empty() {
+            "none".to_owned()
+        } else {
+            errors
+                .iter()
+                .map(|(e, n)| format!("{n} x {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        format!(
+            "# Load test: {name}\n\n\
+             **Verdict: {verdict}** (lost {lost}, duplicated {dup}, reordered {reo}, misdelivered {mis})\n\n\
+             | population | |\n|---|---|\n\
+             | scale / rate scale | {scale} / {rs} |\n\
+             | accounts / devices / conversations | {acc} / {dev} / {conv} |\n\
+             | provisioning / connecting | {prov:.1} s / {conn:.1} s |\n\n\
+             | traffic | |\n|---|---|\n\
+             | schedule / with settling | {sched:.1} s / {el:.1} s |\n\
+             | submits sent / accepted / failed | {sent} / {accd} / {failed} |\n\
+             | accepted per second | {aps:.1} |\n\
+             | deliveries expected / seen | {exp} / {del} |\n\
+             | deliveries per second (mean / peak second) | {dps:.1} / {peak} |\n\
+             | failures | {errors} |\n\n\
+             | latency (ms, from intended send time) | samples | p50 | p90 | p99 | p99.9 | max |\n\
+             |---|---|---|---|---|---|---|\n\
+             | submit -> accepted {acc_lat}\n\
+             | submit -> delivered {del_lat}\n\n\
+             Plots: `{name}-throughput.svg`, `{name}-latency.svg`.\n",
+            name = self.scenario,
+            verdict = if v.is_clean() { "PASS" } else { "FAIL" },
+            lost = v.lost,
+            dup = v.duplicated,
+            reo = v.reordered,
+            mis = v.misdelivered,
+            scale = self.scale,
+            rs = self.rate_scale,
+            acc = self.accounts,
+            dev = self.devices,
+            conv = self.conversations,
+            prov = self.provision_secs,
+            conn = self.connect_secs,
+            sched = self.schedule_secs,
+            el = self.elapsed_secs,
+            sent = self.sent,
+            accd = self.accepted,
+            failed = self.failed,
+            aps = self.accepted_per_sec,
+            exp = v.expected,
+            del = v.delivered,
+            dps = self.delivered_per_sec,
+            peak = self.peak_delivered_per_sec,
+            acc_lat = lat(&self.submit_to_accepted).trim_start_matches('|'),
+            del_lat = lat(&self.submit_to_delivered).trim_start_matches('|'),
+        )
+    }
+
+    fn plot_throughput(&self, path: &Path) -> anyhow::Result<()> {
+        let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let x_max = self.timeline.len().max(1) as u64;
+        let y_max = self
+            .timeline
+            .iter()
+            .map(|s| s.delivered.max(s.accepted))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: throughput per second", self.scenario),
+                ("sans-serif", 20),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0u64..x_max, 0u64..(y_max + y_max / 10 + 1))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("per second")
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                self.timeline.iter().map(|s| (s.second, s.delivered)),
+                &BLUE,
+            ))
+            .map_err(plot_err)?
+            .label("deliveries")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(
+                self.timeline.iter().map(|s| (s.second, s.accepted)),
+                &RED,
+            ))
+            .map_err(plot_err)?
+            .label("accepted submits")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+        Ok(())
+    }
+
+    fn plot_latency(&self, path: &Path) -> anyhow::Result<()> {
+        let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let x_max = self.timeline.len().max(1) as u64;
+        let y_max = self
+            .timeline
+            .iter()
+            .map(|s| s.p99_ms)
+            .fold(1.0f64, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: submit -> delivered latency", self.scenario),
+                ("sans-serif", 20),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0u64..x_max, 0f64..(y_max * 1.1))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("milliseconds")
+            .draw()
+            .map_err(plot_err)?;
+        let busy = || self.timeline.iter().filter(|s| s.delivered > 0);
+        chart
+            .draw_series(LineSeries::new(busy().map(|s| (s.second, s.p99_ms)), &RED))
+            .map_err(plot_err)?
+            .label("p99")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .draw_series(LineSeries::new(busy().map(|s| (s.second, s.p50_ms)), &BLUE))
+            .map_err(plot_err)?
+            .label("p50")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting failed: {e}")
+}

@@ -1,0 +1,482 @@
+//! The engine: connect every simulated device, send on an open-loop
+//! schedule, receive and verify every delivery, and measure.
+//!
+//! Latencies are measured from the *intended* send time of each message,
+//! drawn in advance from a Poisson process, not from when the tester got
+//! around to sending it: a relay that stalls cannot hide the stall by slowing
+//! the tester down (no coordinated omission).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use herold_client::{Client, ClientConfig, Event};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::report::{Latency, Report, Second, Verification};
+use crate::scenario::{HEADER_BYTES, Scenario};
+use crate::world::World;
+
+const MAGIC: &[u8; 4] = b"HLT1";
+
+/// Where and how to run.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Relay QUIC address.
+    pub relay: SocketAddr,
+    /// Relay certificate fingerprint.
+    pub fingerprint: [u8; 32],
+    /// Admin API URL.
+    pub admin: String,
+    /// UDP sockets shared by the simulated devices.
+    pub endpoints: usize,
+    /// Concurrent admin calls and connection attempts.
+    pub concurrency: usize,
+    /// Show live progress bars.
+    pub progress: bool,
+}
+
+/// What a device's receiver hands back at the end.
+#[derive(Debug, Default)]
+struct Received {
+    /// (message number, seq) of every message of this run the app saw.
+    messages: Vec<(u64, u64)>,
+    /// Deliveries whose seq did not increase within their conversation.
+    reordered: u64,
+}
+
+enum Sample {
+    Accepted { sec: usize, us: u64 },
+    Delivered { sec: usize, us: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    failed: AtomicU64,
+    delivered: AtomicU64,
+}
+
+fn header(run: u32, msg: u64, intended_us: u64, bytes: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(bytes.max(HEADER_BYTES));
+    p.extend_from_slice(MAGIC);
+    p.extend_from_slice(&run.to_be_bytes());
+    p.extend_from_slice(&msg.to_be_bytes());
+    p.extend_from_slice(&intended_us.to_be_bytes());
+    p.resize(bytes.max(HEADER_BYTES), 0x5a);
+    p
+}
+
+fn parse(run: u32, p: &[u8]) -> Option<(u64, u64)> {
+    if p.len() < HEADER_BYTES || &p[..4] != MAGIC || p[4..8] != run.to_be_bytes() {
+        return None;
+    }
+    let msg = u64::from_be_bytes(p[8..16].try_into().ok()?);
+    let intended = u64::from_be_bytes(p[16..24].try_into().ok()?);
+    Some((msg, intended))
+}
+
+fn new_hist() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).context("histogram bounds")
+}
+
+fn bar(enabled: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+    ) {
+        b.set_style(style);
+    }
+    b.set_prefix(what.to_owned());
+    b
+}
+
+/// Runs `scenario` against `target` and returns the verified report.
+pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
+    scenario.validate()?;
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let run_tag = u32::from_be_bytes(tag);
+    let prefix = format!("lt{run_tag:08x}");
+    let world = Arc::new(World::build(&scenario, &prefix)?);
+
+    // Provision.
+    let t0 = Instant::now();
+    let admin = herold_client::admin::AdminClient::connect(target.admin.clone())
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", target.admin))?;
+    let pb = bar(target.progress, 0, "provision");
+    world.provision(admin, target.concurrency, &pb).await?;
+    pb.finish();
+    let provision_secs = t0.elapsed().as_secs_f64();
+
+    // Connect every device.
+    let t1 = Instant::now();
+    let endpoints: Vec<quinn::Endpoint> = (0..target.endpoints.max(1))
+        .map(|_| herold_client::raw::client_endpoint(target.relay))
+        .collect::<Result<_, _>>()?;
+    let pb = bar(target.progress, world.devices.len() as u64, "connect");
+    let limit = Arc::new(Semaphore::new(target.concurrency.max(1)));
+    let mut connecting = JoinSet::new();
+    for (i, d) in world.devices.iter().enumerate() {
+        let mut config = ClientConfig::new(target.relay, target.fingerprint, &d.id, d.key.clone());
+        config.endpoint = Some(endpoints[i % endpoints.len()].clone());
+        let limit = limit.clone();
+        connecting.spawn(async move {
+            let _p = limit.acquire().await?;
+            let c = Client::connect(config)
+                .await
+                .with_context(|| format!("connecting device {i}"))?;
+            anyhow::Ok((i, c))
+        });
+    }
+    let mut clients: Vec<Option<Client>> = (0..world.devices.len()).map(|_| None).collect();
+    while let Some(r) = connecting.join_next().await {
+        let (i, c) = r??;
+        clients[i] = Some(c);
+        pb.inc(1);
+    }
+    pb.finish();
+    let connect_secs = t1.elapsed().as_secs_f64();
+
+    // Receivers.
+    let counters = Arc::new(Counters::default());
+    let (samples_tx, mut samples_rx) = mpsc::unbounded_channel::<Sample>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let start = Instant::now();
+    let mut senders = Vec::with_capacity(clients.len());
+    let mut receivers = Vec::with_capacity(clients.len());
+    for c in clients.into_iter() {
+        let mut c = c.context("a device did not connect")?;
+        senders.push(c.sender());
+        let (samples, counters, mut stop) = (samples_tx.clone(), counters.clone(), stop_rx.clone());
+        receivers.push(tokio::spawn(async move {
+            let mut got = Received::default();
+            let mut last: HashMap<String, u64> = HashMap::new();
+            loop {
+                let ev = tokio::select! {
+                    ev = c.next_event() => ev,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                let Some(Event::Message(m)) = ev else {
+                    if ev.is_none() {
+                        break;
+                    }
+                    continue;
+                };
+                let Some((msg, intended_us)) = parse(run_tag, &m.ciphertext) else {
+                    continue;
+                };
+                let now = start.elapsed();
+                let us = (now.as_micros() as u64).saturating_sub(intended_us).max(1);
+                let _ = samples.send(Sample::Delivered {
+                    sec: now.as_secs() as usize,
+                    us,
+                });
+                let l = last.entry(m.conversation_id).or_insert(0);
+                if m.seq <= *l {
+                    got.reordered += 1;
+                }
+                *l = m.seq;
+                got.messages.push((msg, m.seq));
+                counters.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            got
+        }));
+    }
+    let senders = Arc::new(senders);
+
+    // Aggregator of latency samples.
+    let duration = scenario.duration_secs;
+    let seconds = (duration + scenario.settle_secs).ceil() as usize + 2;
+    let aggregator = tokio::spawn(async move {
+        let mut acc = new_hist()?;
+        let mut del = new_hist()?;
+        let mut per_sec: Vec<(u64, u64, Histogram<u64>)> = Vec::with_capacity(seconds);
+        for _ in 0..seconds {
+            per_sec.push((0, 0, new_hist()?));
+        }
+        while let Some(s) = samples_rx.recv().await {
+            match s {
+                Sample::Accepted { sec, us } => {
+                    let _ = acc.record(us);
+                    if let Some(p) = per_sec.get_mut(sec) {
+                        p.0 += 1;
+                    }
+                }
+                Sample::Delivered { sec, us } => {
+                    let _ = del.record(us);
+                    if let Some(p) = per_sec.get_mut(sec) {
+                        p.1 += 1;
+                        let _ = p.2.record(us);
+                    }
+                }
+            }
+        }
+        anyhow::Ok((acc, del, per_sec))
+    });
+
+    // Open-loop schedule, one task per traffic stream.
+    let accepted: Arc<Mutex<Vec<(u64, usize, u64)>>> = Arc::default();
+    let errors: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let next_msg = Arc::new(AtomicU64::new(0));
+    let scenario = Arc::new(scenario);
+    let mut schedules = JoinSet::new();
+    for (ti, traffic) in scenario.traffic.iter().enumerate() {
+        let class_idx = scenario
+            .conversations
+            .iter()
+            .position(|k| k.name == traffic.conversation)
+            .context("traffic names an unknown class")?;
+        let (scenario, world, senders) = (scenario.clone(), world.clone(), senders.clone());
+        let (accepted, errors, counters, samples) = (
+            accepted.clone(),
+            errors.clone(),
+            counters.clone(),
+            samples_tx.clone(),
+        );
+        let next_msg = next_msg.clone();
+        schedules.spawn(async move {
+            let traffic = &scenario.traffic[ti];
+            let class = &world.classes[class_idx];
+            let mut rng = SmallRng::seed_from_u64(scenario.seed ^ ((ti as u64 + 1) * 0x9e37_79b9));
+            let mut t = 0.0f64;
+            let mut inflight = JoinSet::new();
+            loop {
+                let rate = scenario.rate_at(traffic, t);
+                if rate <= 0.0 {
+                    t += 0.01;
+                    if t >= scenario.duration_secs {
+                        break;
+                    }
+                    continue;
+                }
+                let u: f64 = rng.random();
+                t += -(1.0 - u).ln() / rate;
+                if t >= scenario.duration_secs {
+                    break;
+                }
+                let conv_idx = class[rng.random_range(0..class.len())];
+                let conv = &world.conversations[conv_idx];
+                let account = conv.senders[rng.random_range(0..conv.senders.len())];
+                let devs = &world.accounts[account].devices;
+                let device = devs[rng.random_range(0..devs.len())];
+                let intended = Duration::from_secs_f64(t);
+                tokio::time::sleep_until(start + intended).await;
+                let msg = next_msg.fetch_add(1, Ordering::Relaxed);
+                let payload = header(run_tag, msg, intended.as_micros() as u64, traffic.bytes);
+                let sender = senders[device].clone();
+                let conv_id = conv.id.clone();
+                let (accepted, errors, counters, samples) = (
+                    accepted.clone(),
+                    errors.clone(),
+                    counters.clone(),
+                    samples.clone(),
+                );
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                inflight.spawn(async move {
+                    let r = sender.send(&conv_id, payload, 0).await;
+                    let now = start.elapsed();
+                    match r {
+                        Ok(a) => {
+                            let us = (now.saturating_sub(intended).as_micros() as u64).max(1);
+                            let _ = samples.send(Sample::Accepted {
+                                sec: now.as_secs() as usize,
+                                us,
+                            });
+                            counters.accepted.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut v) = accepted.lock() {
+                                v.push((msg, conv_idx, a.seq));
+                            }
+                        }
+                        Err(e) => {
+                            counters.failed.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut m) = errors.lock() {
+                                *m.entry(e.to_string()).or_insert(0) += 1;
+                            }
+                        }
+                    }
+                });
+            }
+            while inflight.join_next().await.is_some() {}
+        });
+    }
+    drop(samples_tx);
+
+    // Live progress while the schedule runs.
+    let pb = bar(target.progress, duration.ceil() as u64, "traffic");
+    let ticker = {
+        let (pb, counters) = (pb.clone(), counters.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                pb.set_position(start.elapsed().as_secs());
+                pb.set_message(format!(
+                    "sent {} accepted {} failed {} delivered {}",
+                    counters.sent.load(Ordering::Relaxed),
+                    counters.accepted.load(Ordering::Relaxed),
+                    counters.failed.load(Ordering::Relaxed),
+                    counters.delivered.load(Ordering::Relaxed),
+                ));
+            }
+        })
+    };
+    while let Some(r) = schedules.join_next().await {
+        r?;
+    }
+    let schedule_secs = start.elapsed().as_secs_f64();
+
+    // Settle: wait until every accepted message reached every member device.
+    let expected_total: u64 = accepted
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+        .map(|(_, c, _)| world.conversations[*c].devices as u64)
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs_f64(scenario.settle_secs);
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    while counters.delivered.load(Ordering::Relaxed) < expected_total && Instant::now() < deadline {
+        poll.tick().await;
+    }
+    ticker.abort();
+    pb.finish();
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let mut received = Vec::with_capacity(receivers.len());
+    for r in receivers {
+        received.push(r.await?);
+    }
+    drop(senders);
+    let (acc_h, del_h, per_sec) = aggregator.await??;
+
+    // Verify.
+    let accepted = std::mem::take(&mut *accepted.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let verification = verify(&world, &accepted, &received);
+    let timeline = per_sec
+        .iter()
+        .enumerate()
+        .take((elapsed.ceil() as usize).max(1))
+        .map(|(sec, (a, d, h))| Second {
+            second: sec as u64,
+            accepted: *a,
+            delivered: *d,
+            p50_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(0.5) as f64 / 1000.0
+            },
+            p99_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(0.99) as f64 / 1000.0
+            },
+        })
+        .collect::<Vec<_>>();
+    let errors = std::mem::take(&mut *errors.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        scale: scenario.scale,
+        rate_scale: scenario.rate_scale,
+        accounts: world.accounts.len(),
+        devices: world.devices.len(),
+        conversations: world.conversations.len(),
+        provision_secs,
+        connect_secs,
+        schedule_secs,
+        elapsed_secs: elapsed,
+        sent: counters.sent.load(Ordering::Relaxed),
+        accepted: accepted.len() as u64,
+        failed: counters.failed.load(Ordering::Relaxed),
+        errors,
+        accepted_per_sec: accepted.len() as f64 / schedule_secs.max(1e-9),
+        delivered_per_sec: verification.delivered as f64 / elapsed.max(1e-9),
+        peak_delivered_per_sec: timeline.iter().map(|s| s.delivered).max().unwrap_or(0),
+        submit_to_accepted: Latency::from(&acc_h),
+        submit_to_delivered: Latency::from(&del_h),
+        verification,
+        timeline,
+    })
+}
+
+/// Checks every delivery against every acceptance.
+fn verify(world: &World, accepted: &[(u64, usize, u64)], received: &[Received]) -> Verification {
+    let mut v = Verification::default();
+    // msg -> (conversation, seq)
+    let by_msg: HashMap<u64, (usize, u64)> =
+        accepted.iter().map(|(m, c, s)| (*m, (*c, *s))).collect();
+    let mut by_slot: HashMap<(usize, u64), u64> = HashMap::new();
+    for (m, c, s) in accepted {
+        if by_slot.insert((*c, *s), *m).is_some() {
+            v.order_conflicts += 1;
+        }
+    }
+    let mut per_conv = vec![0u64; world.conversations.len()];
+    for (_, c, _) in accepted {
+        per_conv[*c] += 1;
+    }
+    let mut account_convs: Vec<Vec<usize>> = vec![Vec::new(); world.accounts.len()];
+    for (i, c) in world.conversations.iter().enumerate() {
+        for m in &c.members {
+            account_convs[*m].push(i);
+        }
+    }
+    for (d, got) in received.iter().enumerate() {
+        let account = world.devices[d].account;
+        let expected: u64 = account_convs[account].iter().map(|c| per_conv[*c]).sum();
+        v.expected += expected;
+        v.reordered += got.reordered;
+        let mut msgs: Vec<(u64, u64)> = got.messages.clone();
+        msgs.sort_unstable();
+        let mut good = 0u64;
+        let mut prev: Option<u64> = None;
+        for (m, seq) in msgs {
+            v.delivered += 1;
+            if prev == Some(m) {
+                v.duplicated += 1;
+                continue;
+            }
+            prev = Some(m);
+            match by_msg.get(&m) {
+                None => v.unexpected += 1,
+                Some((c, s)) => {
+                    if !world.conversations[*c].members.contains(&account) {
+                        v.misdelivered += 1;
+                    } else if *s != seq {
+                        v.reordered += 1;
+                    } else {
+                        good += 1;
+                    }
+                }
+            }
+        }
+        v.lost += expected.saturating_sub(good);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_roundtrip() {
+        let p = header(7, 42, 1234, 100);
+        assert_eq!(p.len(), 100);
+        assert_eq!(parse(7, &p), Some((42, 1234)));
+        assert_eq!(parse(8, &p), None);
+        assert_eq!(parse(7, &p[..10]), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! A short, scaled-down election Sunday against a relay on loopback: every
+//! delivery must arrive exactly once, in order, only to members.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::path::Path;
+
+use herold_loadtest::{Scenario, Target};
+use herold_relay::{Config, Relay};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaled_down_election_sunday_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::bind(Config::dev(dir.path())).await.unwrap();
+    let target = Target {
+        relay: relay.local_addr().unwrap(),
+        fingerprint: herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap(),
+        admin: format!("http://{}", relay.admin_addr().unwrap()),
+        endpoints: 2,
+        concurrency: 32,
+        progress: false,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/election-sunday.toml");
+    let mut scenario = Scenario::load(&path).unwrap();
+    scenario.scale = 0.02;
+    scenario.rate_scale = 100.0;
+    scenario.duration_secs = 5.0;
+    scenario.settle_secs = 30.0;
+    scenario.phases.retain(|p| p.from_secs < 5.0);
+
+    let report = herold_loadtest::run(scenario, target).await.unwrap();
+    let v = &report.verification;
+    assert!(
+        report.accepted > 50,
+        "too little traffic: {}",
+        report.accepted
+    );
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(v.is_clean(), "{v:?}");
+    assert_eq!(v.delivered, v.expected, "{v:?}");
+    assert!(report.devices >= 140);
+    assert!(report.submit_to_delivered.count >= v.delivered);
+
+    let out = dir.path().join("report");
+    let files = report.write(&out).unwrap();
+    for f in &files {
+        assert!(
+            std::fs::metadata(f).unwrap().len() > 100,
+            "{} is empty",
+            f.display()
+        );
+    }
+    let md = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(md.contains("Verdict: PASS"), "{md}");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
