@@ -6,6 +6,8 @@
 //!   per-conversation sequence numbers, device cursors, and expiry.
 //! - [`embedded`]: the embedded default backend, on local disk (redb), with
 //!   group commit: concurrent writes are batched into one fsynced transaction.
+//! - `cql` (feature `cql`): the CQL backend for Scylla (Cassandra 5 in
+//!   tests), with versioned migrations; see `docs/storage.md`.
 //! - [`conformance`] (feature `conformance`, and in this crate's tests): the
 //!   suite every backend must pass.
 //!
@@ -33,6 +35,9 @@ use std::fmt;
 use async_trait::async_trait;
 
 pub mod embedded;
+
+#[cfg(feature = "cql")]
+pub mod cql;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

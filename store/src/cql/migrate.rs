@@ -1,0 +1,194 @@
+//! Versioned schema migrations: the CQL files in `store/migrations/cql/`,
+//! applied in order and recorded in `schema_migrations`.
+
+use scylla::client::session::Session;
+
+use super::{backend, config::Replication};
+use crate::StoreError;
+
+/// One migration: a version, a name, and CQL statements.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Version, from 1, without gaps.
+    pub version: i32,
+    /// File name.
+    pub name: &'static str,
+    /// The file's text.
+    pub cql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_initial.cql",
+    cql: include_str!("../../migrations/cql/0001_initial.cql"),
+}];
+
+impl Migration {
+    /// The statements of the file: comments dropped, split at `;` ending a
+    /// line.
+    pub fn statements(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut current = String::new();
+        for line in self.cql.lines() {
+            let code = line.split("--").next().unwrap_or("").trim_end();
+            if code.trim().is_empty() {
+                continue;
+            }
+            current.push_str(code);
+            current.push('\n');
+            if code.ends_with(';') {
+                let stmt = current.trim().trim_end_matches(';').trim().to_owned();
+                if !stmt.is_empty() {
+                    out.push(stmt);
+                }
+                current.clear();
+            }
+        }
+        if !current.trim().is_empty() {
+            out.push(current.trim().to_owned());
+        }
+        out
+    }
+
+    /// A checksum of the text (FNV-1a, hex), recorded to notice an applied
+    /// migration that was edited afterwards.
+    pub fn checksum(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.cql.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// Creates the keyspace if needed, then applies the pending migrations.
+/// Safe to run from several processes at once: DDL uses `IF NOT EXISTS` and a
+/// version is recorded with a lightweight transaction. Returns the versions
+/// applied by this call.
+pub async fn migrate(
+    session: &Session,
+    keyspace: &str,
+    replication: &Replication,
+) -> Result<Vec<i32>, StoreError> {
+    super::config::validate_keyspace(keyspace)?;
+    let ddl = |op: &'static str| move |e| backend(op, e);
+    session
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {} \
+                 AND durable_writes = true",
+                replication.cql()
+            ),
+            (),
+        )
+        .await
+        .map_err(ddl("create keyspace"))?;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (\
+                 version int PRIMARY KEY, name text, checksum text, applied_at_ms bigint)"
+            ),
+            (),
+        )
+        .await
+        .map_err(ddl("create schema_migrations"))?;
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| StoreError::Backend(format!("schema agreement: {e}")))?;
+
+    let applied = session
+        .query_unpaged(
+            format!("SELECT version, checksum FROM {keyspace}.schema_migrations"),
+            (),
+        )
+        .await
+        .map_err(ddl("read schema_migrations"))?
+        .into_rows_result()
+        .map_err(|e| StoreError::Backend(format!("read schema_migrations: {e}")))?;
+    let mut done = std::collections::BTreeMap::new();
+    for row in applied
+        .rows::<(i32, Option<String>)>()
+        .map_err(|e| StoreError::Backend(format!("read schema_migrations: {e}")))?
+    {
+        let (v, sum) = row.map_err(|e| StoreError::Backend(format!("schema_migrations: {e}")))?;
+        done.insert(v, sum.unwrap_or_default());
+    }
+
+    let mut now_applied = Vec::new();
+    for m in MIGRATIONS {
+        if let Some(sum) = done.get(&m.version) {
+            if *sum != m.checksum() {
+                return Err(StoreError::InvalidConfig(format!(
+                    "migration {} ({}) was changed after it was applied to keyspace {keyspace} \
+                     (recorded checksum {sum}, now {}): add a new migration instead",
+                    m.version,
+                    m.name,
+                    m.checksum()
+                )));
+            }
+            continue;
+        }
+        for stmt in m.statements() {
+            let stmt = qualify(&stmt, keyspace);
+            session
+                .query_unpaged(stmt.clone(), ())
+                .await
+                .map_err(|e| StoreError::Backend(format!("migration {}: {stmt}: {e}", m.name)))?;
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| StoreError::Backend(format!("schema agreement: {e}")))?;
+        session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {keyspace}.schema_migrations (version, name, checksum, applied_at_ms) \
+                     VALUES (?, ?, ?, ?) IF NOT EXISTS"
+                ),
+                (m.version, m.name, m.checksum(), super::wall_ms()),
+            )
+            .await
+            .map_err(ddl("record migration"))?;
+        now_applied.push(m.version);
+    }
+    Ok(now_applied)
+}
+
+/// Puts the keyspace before the table name of a `CREATE TABLE IF NOT EXISTS`
+/// (or `CREATE TABLE`) statement; other statements are left alone.
+fn qualify(stmt: &str, keyspace: &str) -> String {
+    for prefix in ["CREATE TABLE IF NOT EXISTS ", "CREATE TABLE "] {
+        if let Some(rest) = stmt.strip_prefix(prefix) {
+            return format!("{prefix}{keyspace}.{rest}");
+        }
+    }
+    stmt.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_split_into_statements() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "versions are 1, 2, ... in order");
+            let stmts = m.statements();
+            assert!(!stmts.is_empty());
+            for s in &stmts {
+                assert!(s.starts_with("CREATE "), "{s}");
+                assert!(!s.contains(';'), "{s}");
+                assert!(!s.contains("--"), "{s}");
+            }
+        }
+        assert_eq!(MIGRATIONS[0].statements().len(), 11);
+        assert_eq!(
+            qualify("CREATE TABLE IF NOT EXISTS t (a int PRIMARY KEY)", "ks"),
+            "CREATE TABLE IF NOT EXISTS ks.t (a int PRIMARY KEY)"
+        );
+    }
+}
