@@ -77,6 +77,25 @@ pub struct Args {
     /// Log filter, e.g. `info` or `herold_relay=debug` [default: info].
     #[arg(long, env = "HEROLD_LOG")]
     pub log: Option<String>,
+    /// CQL (Scylla) contact points, `host:port[,host:port...]`. When set, the
+    /// relay stores everything there (migrating the schema at start) instead
+    /// of the embedded store.
+    #[arg(long, env = "HEROLD_CQL_CONTACT_POINTS")]
+    pub cql_contact_points: Option<String>,
+    /// CQL keyspace [default: herold].
+    #[arg(long, env = "HEROLD_CQL_KEYSPACE")]
+    pub cql_keyspace: Option<String>,
+    /// CQL consistency level [default: LOCAL_QUORUM].
+    #[arg(long, env = "HEROLD_CQL_CONSISTENCY")]
+    pub cql_consistency: Option<String>,
+    /// Replication of a keyspace the relay creates: `simple:RF` or
+    /// `nts:DC=RF[,DC=RF...]` [default: simple:1; production: nts:<dc>=3].
+    #[arg(long, env = "HEROLD_CQL_REPLICATION")]
+    pub cql_replication: Option<String>,
+    /// Apply the CQL schema migrations, print what was applied and exit
+    /// (`herold-relay --cql-contact-points ... --migrate-only`).
+    #[arg(long, env = "HEROLD_MIGRATE_ONLY")]
+    pub migrate_only: bool,
 }
 
 /// The optional TOML file: the same settings as the flags.
@@ -102,6 +121,55 @@ struct FileConfig {
     max_expiry_days: Option<u32>,
     drain_grace_secs: Option<u64>,
     log: Option<String>,
+    cql_contact_points: Option<String>,
+    cql_keyspace: Option<String>,
+    cql_consistency: Option<String>,
+    cql_replication: Option<String>,
+}
+
+/// The CQL store configuration from the flags; `None` without contact
+/// points. The relay migrates at start.
+fn cql_config(
+    contact_points: Option<String>,
+    keyspace: Option<String>,
+    consistency: Option<String>,
+    replication: Option<String>,
+) -> Result<Option<herold_store::cql::CqlConfig>, ConfigError> {
+    use herold_store::cql::{CqlConfig, parse_consistency};
+    let invalid = |name: &'static str| {
+        move |e: herold_store::StoreError| ConfigError::Invalid {
+            name,
+            reason: e.to_string(),
+        }
+    };
+    let Some(points) = contact_points.filter(|p| !p.trim().is_empty()) else {
+        if keyspace.is_some() || consistency.is_some() || replication.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "cql-contact-points",
+                reason: "other --cql-* settings are given but no contact points".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let defaults = CqlConfig::default();
+    let config = CqlConfig {
+        contact_points: points.split(',').map(|p| p.trim().to_owned()).collect(),
+        keyspace: keyspace.unwrap_or(defaults.keyspace.clone()),
+        replication: match replication {
+            Some(r) => r.parse().map_err(invalid("cql-replication"))?,
+            None => defaults.replication.clone(),
+        },
+        consistency: match consistency {
+            Some(c) => parse_consistency(&c).map_err(invalid("cql-consistency"))?,
+            None => defaults.consistency,
+        },
+        migrate: true,
+        ..defaults
+    };
+    config
+        .validate()
+        .map_err(invalid("cql-contact-points/cql-keyspace"))?;
+    Ok(Some(config))
 }
 
 /// Where the TLS certificate comes from.
@@ -180,6 +248,11 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Log filter.
     pub log: String,
+    /// The CQL store, when contact points are configured; `None` runs the
+    /// embedded store in `data_dir`.
+    pub cql: Option<herold_store::cql::CqlConfig>,
+    /// Only apply the CQL migrations, then exit.
+    pub migrate_only: bool,
 }
 
 impl Config {
@@ -197,6 +270,8 @@ impl Config {
             limits: Limits::default(),
             drain_grace: Duration::from_secs(10),
             log: "info".into(),
+            cql: None,
+            migrate_only: false,
         }
     }
 
@@ -286,7 +361,20 @@ impl Config {
                 .or(file.drain_grace_secs)
                 .map_or(Duration::from_secs(10), secs),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            cql: cql_config(
+                args.cql_contact_points.or(file.cql_contact_points),
+                args.cql_keyspace.or(file.cql_keyspace),
+                args.cql_consistency.or(file.cql_consistency),
+                args.cql_replication.or(file.cql_replication),
+            )?,
+            migrate_only: args.migrate_only,
         };
+        if config.migrate_only && config.cql.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "migrate-only",
+                reason: "needs --cql-contact-points (the embedded store has no migrations)".into(),
+            });
+        }
         config.validate()?;
         Ok(config)
     }

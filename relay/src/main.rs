@@ -42,13 +42,32 @@ fn main() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if config.migrate_only {
+        if let Some(cql) = &config.cql {
+            let applied = herold_store::cql::CqlStore::migrate(cql).await?;
+            println!(
+                "keyspace {}: migrations applied now: {applied:?} (latest: {})",
+                cql.keyspace,
+                herold_store::cql::MIGRATIONS.len()
+            );
+        }
+        return Ok(());
+    }
     let dev = config.dev;
     let data_dir = config.data_dir.clone();
+    let cql = config.cql.clone();
     let relay = Relay::bind(config).await?;
     println!("herold relay listening");
     println!("  quic        {}", relay.local_addr()?);
     println!("  admin api   http://{}", relay.admin_addr()?);
-    println!("  data        {}", data_dir.display());
+    match &cql {
+        Some(c) => println!(
+            "  data        cql {} keyspace {}",
+            c.contact_points.join(","),
+            c.keyspace
+        ),
+        None => println!("  data        {}", data_dir.display()),
+    }
     println!("  fingerprint {}", relay.fingerprint());
     if dev {
         println!("  (development mode: self-signed certificate, admin API without token)");

@@ -52,8 +52,22 @@ pub struct Relay {
 
 impl Relay {
     /// Binds a relay on the embedded default: the embedded store in
-    /// `<data_dir>/store` and the in-process router.
+    /// `<data_dir>/store` and the in-process router; or on the CQL store
+    /// (migrated first) when `config.cql` is set.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        if let Some(cql) = &config.cql {
+            let store = herold_store::cql::CqlStore::connect(cql.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening the CQL store (keyspace {} at {})",
+                        cql.keyspace,
+                        cql.contact_points.join(",")
+                    )
+                })?;
+            return Self::bind_with(config, Arc::new(store), Arc::new(MemoryRouter::default()))
+                .await;
+        }
         let store_dir = config.data_dir.join("store");
         let store = EmbeddedStore::open(&store_dir, EmbeddedConfig::default())
             .with_context(|| format!("opening the embedded store in {}", store_dir.display()))?;

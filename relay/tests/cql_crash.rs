@@ -1,0 +1,290 @@
+//! The relay on the CQL backend (a real CQL server: Cassandra 5 standing in
+//! for Scylla, started by scripts/test.sh): killed with SIGKILL mid-traffic
+//! and restarted, it loses no accepted message; an expiring message is not
+//! delivered after its expiry and its row is gone (TTL).
+//!
+//! Needs `HEROLD_TEST_CQL=host:port` (scripts/test.sh sets it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use herold_client::{Client, ClientConfig};
+use herold_proto::v1::ConversationKind;
+use herold_store::Store;
+use herold_store::cql::{CqlConfig, CqlStore, Replication, parse_consistency};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn contact_point() -> String {
+    match std::env::var("HEROLD_TEST_CQL") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!(
+            "HEROLD_TEST_CQL is not set: these tests need a real CQL server. Run \
+             scripts/test.sh (it starts Cassandra and sets it), or \
+             `scripts/cassandra.sh start` and HEROLD_TEST_CQL=127.0.0.1:9042"
+        ),
+    }
+}
+
+fn keyspace() -> String {
+    std::env::var("HEROLD_TEST_CQL_KEYSPACE").unwrap_or_else(|_| "herold_test".into())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Ids unique to this run: the test keyspace is shared and persistent.
+fn unique(name: &str) -> String {
+    format!("{name}-{}-{:x}", std::process::id(), now_ms())
+}
+
+async fn store() -> CqlStore {
+    CqlStore::connect(CqlConfig {
+        contact_points: vec![contact_point()],
+        keyspace: keyspace(),
+        replication: Replication::Simple(1),
+        consistency: parse_consistency("LOCAL_ONE").unwrap(),
+        migrate: true,
+        ..CqlConfig::default()
+    })
+    .await
+    .expect("connect to the test CQL server")
+}
+
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    fingerprint: [u8; 32],
+}
+
+/// Starts `herold-relay --dev` on the CQL store (the test server) with
+/// OS-chosen ports, `dir` holding only the dev certificate, and reads the
+/// addresses it prints.
+async fn spawn_relay(dir: &Path) -> RelayProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herold-relay"))
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--cql-contact-points", &contact_point()])
+        .args(["--cql-keyspace", &keyspace()])
+        .args(["--cql-consistency", "LOCAL_ONE"])
+        .args(["--cql-replication", "simple:1"])
+        .env("HEROLD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn herold-relay");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut admin, mut fp) = (None, None, None);
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.last()) {
+                (Some("quic"), Some(a)) => addr = Some(a.parse().unwrap()),
+                (Some("admin"), Some(a)) => {
+                    admin = Some(a.trim_start_matches("http://").parse().unwrap())
+                }
+                (Some("fingerprint"), Some(f)) => {
+                    fp = Some(herold_client::tls::parse_fingerprint(f).unwrap())
+                }
+                _ => {}
+            }
+            if addr.is_some() && admin.is_some() && fp.is_some() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("relay prints its addresses");
+    // Keep draining stdout so the relay never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    RelayProcess {
+        child,
+        addr: addr.expect("quic address"),
+        admin: admin.expect("admin address"),
+        fingerprint: fp.expect("fingerprint"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_sigkill_mid_traffic_loses_no_accepted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = spawn_relay(dir.path()).await;
+    let mut admin = admin_at(relay.admin).await;
+    let (alice_id, bob_id) = (unique("alice"), unique("bob"));
+    let (alice_phone, bob_phone) = (format!("{alice_id}.phone"), format!("{bob_id}.phone"));
+    let g = unique("g");
+    create_account(&mut admin, &alice_id).await;
+    create_account(&mut admin, &bob_id).await;
+    let ka = enroll(&mut admin, &alice_id, &alice_phone).await;
+    let kb = enroll(&mut admin, &bob_id, &bob_phone).await;
+    create_conversation(
+        &mut admin,
+        &g,
+        ConversationKind::Group,
+        &[&alice_id, &bob_id],
+    )
+    .await;
+
+    let alice = Client::connect(ClientConfig::new(
+        relay.addr,
+        relay.fingerprint,
+        &alice_phone,
+        ka,
+    ))
+    .await
+    .unwrap();
+    // Eight concurrent senders; every acceptance is recorded.
+    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let g = Arc::new(g);
+    let mut senders = Vec::new();
+    for s in 0..8 {
+        let tx = alice.sender();
+        let accepted = accepted.clone();
+        let g = g.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                let body = format!("s{s}-{i}").into_bytes();
+                match tx.send(&g, body.clone(), 0).await {
+                    Ok(a) => {
+                        let prev = accepted.lock().unwrap().insert(a.seq, body);
+                        assert!(prev.is_none(), "seq {} given out twice", a.seq);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill once a good amount of traffic has been acknowledged.
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if accepted.lock().unwrap().len() >= 150 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("150 messages accepted");
+    relay.child.start_kill().unwrap();
+    relay.child.wait().await.unwrap();
+    let acknowledged = accepted.lock().unwrap().clone();
+    for s in senders {
+        s.abort();
+    }
+    drop(alice);
+
+    // Restart on the same database: every accepted message is there.
+    let relay2 = spawn_relay(dir.path()).await;
+    let mut bob = Client::connect(ClientConfig::new(
+        relay2.addr,
+        relay2.fingerprint,
+        &bob_phone,
+        kb,
+    ))
+    .await
+    .unwrap();
+    let stored: BTreeMap<u64, Vec<u8>> = receive_until_synced(&mut bob)
+        .await
+        .into_iter()
+        .map(|m| (m.seq, m.ciphertext))
+        .collect();
+    for (seq, body) in &acknowledged {
+        assert_eq!(stored.get(seq), Some(body), "accepted message #{seq} lost");
+    }
+    let head = *stored.keys().last().unwrap();
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>(),
+        "no gaps in the order"
+    );
+    // The order continues where it stopped.
+    let a = bob.send(&g, b"after restart".to_vec(), 0).await.unwrap();
+    assert_eq!(a.seq, head + 1);
+}
+
+/// A message expiring 2 s after it was sent is not delivered to a device that
+/// syncs after that, and its log row is gone from the database (TTL), not
+/// just hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_expired_message_is_not_delivered_and_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(dir.path()).await;
+    let mut admin = admin_at(relay.admin).await;
+    let (alice_id, bob_id) = (unique("ealice"), unique("ebob"));
+    let (alice_phone, bob_phone) = (format!("{alice_id}.phone"), format!("{bob_id}.phone"));
+    let g = unique("eg");
+    create_account(&mut admin, &alice_id).await;
+    create_account(&mut admin, &bob_id).await;
+    let ka = enroll(&mut admin, &alice_id, &alice_phone).await;
+    let kb = enroll(&mut admin, &bob_id, &bob_phone).await;
+    create_conversation(
+        &mut admin,
+        &g,
+        ConversationKind::Group,
+        &[&alice_id, &bob_id],
+    )
+    .await;
+    let alice = Client::connect(ClientConfig::new(
+        relay.addr,
+        relay.fingerprint,
+        &alice_phone,
+        ka,
+    ))
+    .await
+    .unwrap();
+    let expires = now_ms() + 2_000;
+    let short = alice
+        .send(&g, b"self-destructs".to_vec(), expires)
+        .await
+        .unwrap();
+    let kept = alice.send(&g, b"stays".to_vec(), 0).await.unwrap();
+    assert_eq!((short.seq, kept.seq), (1, 2));
+
+    // Before expiry the row is there; 3.5 s later it is gone by TTL: a read
+    // with a clock at 0 (hiding nothing) no longer finds it.
+    let s = store().await;
+    assert_eq!(s.read(&g, 0, 10, 0).await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let rows = s.read(&g, 0, 10, 0).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2],
+        "the expired message's row must be gone"
+    );
+
+    // Bob syncs after the expiry: only the message that stays.
+    let mut bob = Client::connect(ClientConfig::new(
+        relay.addr,
+        relay.fingerprint,
+        &bob_phone,
+        kb,
+    ))
+    .await
+    .unwrap();
+    let got = receive_until_synced(&mut bob).await;
+    assert_eq!(
+        got.iter().map(|m| m.ciphertext.clone()).collect::<Vec<_>>(),
+        vec![b"stays".to_vec()]
+    );
+}
