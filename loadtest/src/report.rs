@@ -221,8 +221,8 @@ impl Report {
             del = v.delivered,
             dps = self.delivered_per_sec,
             peak = self.peak_delivered_per_sec,
-            acc_lat = lat(&self.submit_to_accepted).trim_start_matches('|'),
-            del_lat = lat(&self.submit_to_delivered).trim_start_matches('|'),
+            acc_lat = lat(&self.submit_to_accepted),
+            del_lat = lat(&self.submit_to_delivered),
         )
     }
 

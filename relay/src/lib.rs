@@ -22,6 +22,7 @@
 
 mod admin;
 pub mod config;
+mod cursors;
 mod registry;
 mod roster;
 pub mod server;

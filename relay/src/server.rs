@@ -15,9 +15,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::{Config, Limits};
+use crate::cursors::CursorSink;
 use crate::registry::{Push, PushOutcome, Registry};
 use crate::roster::Rosters;
 
+/// How often acknowledged cursors are written, all devices in one operation.
+const CURSOR_FLUSH: Duration = Duration::from_millis(250);
 /// How often expired messages are purged from the store.
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -36,6 +39,7 @@ pub(crate) struct Shared {
     pub router: Arc<dyn Router>,
     pub registry: Registry,
     pub rosters: Rosters,
+    pub cursors: CursorSink,
     pub limits: Limits,
 }
 
@@ -99,6 +103,7 @@ impl Relay {
             store,
             router,
             registry: Registry::default(),
+            cursors: CursorSink::default(),
             limits: config.limits.clone(),
         });
         Ok(Self {
@@ -141,6 +146,7 @@ impl Relay {
         let (drain_tx, drain_rx) = watch::channel(false);
         let inbox_task = tokio::spawn(consume_inbox(shared.clone(), inbox));
         let purge_task = tokio::spawn(purge_expired(shared.clone()));
+        let cursor_task = tokio::spawn(flush_cursors(shared.clone()));
         let admin_task = {
             let svc = crate::admin::AdminService::new(shared.clone());
             let token = config.admin_token.clone();
@@ -199,6 +205,10 @@ impl Relay {
         let _ = shared.router.deregister_node(&shared.node_id).await;
         inbox_task.abort();
         purge_task.abort();
+        cursor_task.abort();
+        if let Err(e) = shared.cursors.flush(&*shared.store).await {
+            warn!(error = %e, "writing the last cursors failed");
+        }
         let _ = admin_task.await;
         if let Err(e) = shared.store.close().await {
             warn!(error = %e, "closing the store failed");
@@ -251,6 +261,17 @@ async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
                 }
             }
             InboxEvent::Lagged => shared.registry.push_all(&Push::Resync),
+        }
+    }
+}
+
+async fn flush_cursors(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(CURSOR_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = shared.cursors.flush(&*shared.store).await {
+            warn!(error = %e, "writing cursors failed; retrying");
         }
     }
 }

@@ -1091,6 +1091,36 @@ pub async fn read_unknown_conversation(store: Arc<dyn Store>) {
 // cursors
 
 /// Cursors only move forward, are per device, and list by conversation id.
+/// `advance_cursors_many` advances several devices at once, monotonically,
+/// and skips devices that do not exist.
+pub async fn cursors_many(store: Arc<dyn Store>) {
+    let ids = Ids::new("cursors_many");
+    let a = ids.id("a");
+    new_account(&*store, &a).await;
+    let (d1, d2, ghost) = (ids.id("d1"), ids.id("d2"), ids.id("ghost"));
+    store.add_device(device(&d1, &a), 5).await.unwrap();
+    store.add_device(device(&d2, &a), 5).await.unwrap();
+    let (cx, cy) = (ids.id("x"), ids.id("y"));
+    store
+        .advance_cursors_many(vec![
+            (d1.clone(), vec![(cx.clone(), 4), (cy.clone(), 2)]),
+            (ghost.clone(), vec![(cx.clone(), 9)]),
+            (d2.clone(), vec![(cx.clone(), 1)]),
+        ])
+        .await
+        .unwrap();
+    store
+        .advance_cursors_many(vec![(d1.clone(), vec![(cx.clone(), 3), (cy.clone(), 6)])])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cursors(&d1).await.unwrap(),
+        vec![(cx.clone(), 4), (cy.clone(), 6)]
+    );
+    assert_eq!(store.cursors(&d2).await.unwrap(), vec![(cx.clone(), 1)]);
+    assert!(store.cursors(&ghost).await.unwrap().is_empty());
+}
+
 pub async fn cursors_monotonic(store: Arc<dyn Store>) {
     let ids = Ids::new("cursors");
     let a = ids.id("a");
@@ -1201,6 +1231,7 @@ macro_rules! conformance_tests {
             purge_expired_removes_rows,
             read_unknown_conversation,
             cursors_monotonic,
+            cursors_many,
             cursors_concurrent,
         );
     };

@@ -1399,6 +1399,23 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn advance_cursors_many(
+        &self,
+        updates: Vec<(String, Vec<(String, u64)>)>,
+    ) -> Result<(), StoreError> {
+        // One operation, so one place in one group commit, however many devices.
+        self.write(move |t| {
+            for (device, cursors) in &updates {
+                match w_advance_cursors(t, device, cursors) {
+                    Ok(()) | Err(StoreError::NoSuchDevice(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let id = device_id.to_owned();
         self.read_with(move |txn| scan_u64(&txn.open_table(CURSORS).or_backend()?, &id))

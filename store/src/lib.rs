@@ -341,6 +341,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         device_id: &str,
         cursors: Vec<(String, u64)>,
     ) -> Result<(), StoreError>;
+    /// Advances the cursors of many devices at once (a relay coalesces its
+    /// sessions' acks into one call). Devices that no longer exist are
+    /// skipped: their cursors went with them.
+    async fn advance_cursors_many(
+        &self,
+        updates: Vec<(String, Vec<(String, u64)>)>,
+    ) -> Result<(), StoreError> {
+        for (device, cursors) in updates {
+            match self.advance_cursors(&device, cursors).await {
+                Ok(()) | Err(StoreError::NoSuchDevice(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
     /// The stored cursors of a device, ordered by conversation id.
     async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError>;
 

@@ -1,0 +1,83 @@
+//! Coalesced cursor writes. Sessions hand their devices' acks to the sink
+//! without waiting; one task writes everything pending in a single store
+//! operation a few times a second. Thousands of devices acking cost one
+//! write, not thousands: per-session writes starved message appends of the
+//! store's group commit under load.
+//!
+//! A crash loses at most one interval of acks: the devices then see those
+//! messages again and their SDK drops them by seq.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use herold_store::{Store, StoreError};
+
+/// device -> conversation -> highest acked seq, not yet written.
+#[derive(Debug, Default)]
+pub(crate) struct CursorSink {
+    /// A std mutex: held only for map operations, never across an `.await`.
+    pending: Mutex<HashMap<String, HashMap<String, u64>>>,
+}
+
+impl CursorSink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, u64>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records acks of a device (each cursor only moves forward).
+    pub fn record(&self, device: &str, acks: impl IntoIterator<Item = (String, u64)>) {
+        let mut p = self.lock();
+        let d = p.entry(device.to_owned()).or_default();
+        for (conv, seq) in acks {
+            let e = d.entry(conv).or_insert(0);
+            *e = (*e).max(seq);
+        }
+    }
+
+    /// Acks of a device not yet written: a reconnecting device resumes from
+    /// these, not from the older stored cursors.
+    pub fn pending_for(&self, device: &str) -> Vec<(String, u64)> {
+        self.lock()
+            .get(device)
+            .map(|m| m.iter().map(|(c, s)| (c.clone(), *s)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Writes everything pending; on failure it stays pending for the next try.
+    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let taken = std::mem::take(&mut *self.lock());
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let n = taken.values().map(HashMap::len).sum();
+        let updates: Vec<(String, Vec<(String, u64)>)> = taken
+            .iter()
+            .map(|(d, m)| (d.clone(), m.iter().map(|(c, s)| (c.clone(), *s)).collect()))
+            .collect();
+        match store.advance_cursors_many(updates).await {
+            Ok(()) => Ok(n),
+            Err(e) => {
+                for (d, m) in taken {
+                    self.record(&d, m);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_only_move_forward_and_are_visible_before_the_write() {
+        let s = CursorSink::default();
+        s.record("d", [("c".to_owned(), 5), ("c".to_owned(), 3)]);
+        s.record("d", [("c".to_owned(), 4), ("e".to_owned(), 1)]);
+        let mut p = s.pending_for("d");
+        p.sort();
+        assert_eq!(p, vec![("c".to_owned(), 5), ("e".to_owned(), 1)]);
+        assert!(s.pending_for("other").is_empty());
+    }
+}
