@@ -1090,7 +1090,6 @@ pub async fn read_unknown_conversation(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------
 // cursors
 
-/// Cursors only move forward, are per device, and list by conversation id.
 /// `advance_cursors_many` advances several devices at once, monotonically,
 /// and skips devices that do not exist.
 pub async fn cursors_many(store: Arc<dyn Store>) {
@@ -1121,6 +1120,7 @@ pub async fn cursors_many(store: Arc<dyn Store>) {
     assert!(store.cursors(&ghost).await.unwrap().is_empty());
 }
 
+/// Cursors only move forward, are per device, and list by conversation id.
 pub async fn cursors_monotonic(store: Arc<dyn Store>) {
     let ids = Ids::new("cursors");
     let a = ids.id("a");
