@@ -25,6 +25,9 @@ pub(crate) struct Roster {
 pub(crate) struct Rosters {
     store: Arc<dyn Store>,
     cache: DashMap<String, Arc<Roster>>,
+    /// Per-conversation load gates (an async mutex: held across the store
+    /// reads of one load).
+    loading: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Bumped on every invalidation, so that a load racing an invalidation
     /// does not put a stale roster back.
     generation: AtomicU64,
@@ -35,6 +38,7 @@ impl Rosters {
         Self {
             store,
             cache: DashMap::new(),
+            loading: DashMap::new(),
             generation: AtomicU64::new(0),
         }
     }
@@ -44,19 +48,30 @@ impl Rosters {
         if let Some(r) = self.cache.get(conversation_id) {
             return Ok(Some(r.clone()));
         }
+        // One load per conversation at a time: concurrent submits to a cold
+        // 7,000-member channel wait for the first load instead of repeating it.
+        let gate = self
+            .loading
+            .entry(conversation_id.to_owned())
+            .or_default()
+            .clone();
+        let _loading = gate.lock().await;
+        if let Some(r) = self.cache.get(conversation_id) {
+            return Ok(Some(r.clone()));
+        }
         let generation = self.generation.load(Ordering::Acquire);
         let Some(conv) = self.store.get_conversation(conversation_id).await? else {
             return Ok(None);
         };
         let members = self.store.members(conversation_id).await?;
-        let mut devices = Vec::new();
-        for m in &members {
-            for d in self.store.list_devices(&m.account_id).await? {
-                if !d.revoked {
-                    devices.push(d.id);
-                }
-            }
-        }
+        let devices = self
+            .store
+            .devices_of(members.iter().map(|m| m.account_id.clone()).collect())
+            .await?
+            .into_iter()
+            .filter(|d| !d.revoked)
+            .map(|d| d.id)
+            .collect();
         let roster = Arc::new(Roster {
             kind: conv.kind,
             default_ttl_seconds: conv.default_ttl_seconds,

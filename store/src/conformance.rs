@@ -1090,6 +1090,31 @@ pub async fn read_unknown_conversation(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------
 // cursors
 
+/// `devices_of` lists the devices of several accounts; unknown ones add none.
+pub async fn devices_of_accounts(store: Arc<dyn Store>) {
+    let ids = Ids::new("devices_of");
+    let (a, b) = (ids.id("a"), ids.id("b"));
+    new_account(&*store, &a).await;
+    new_account(&*store, &b).await;
+    for d in ["a1", "a2"] {
+        store.add_device(device(&ids.id(d), &a), 5).await.unwrap();
+    }
+    store
+        .add_device(device(&ids.id("b1"), &b), 5)
+        .await
+        .unwrap();
+    let mut got: Vec<String> = store
+        .devices_of(vec![a.clone(), ids.id("nobody"), b.clone()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![ids.id("a1"), ids.id("a2"), ids.id("b1")]);
+    assert!(store.devices_of(Vec::new()).await.unwrap().is_empty());
+}
+
 /// `advance_cursors_many` advances several devices at once, monotonically,
 /// and skips devices that do not exist.
 pub async fn cursors_many(store: Arc<dyn Store>) {
@@ -1232,6 +1257,7 @@ macro_rules! conformance_tests {
             read_unknown_conversation,
             cursors_monotonic,
             cursors_many,
+            devices_of_accounts,
             cursors_concurrent,
         );
     };

@@ -1269,6 +1269,26 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn devices_of(&self, account_ids: Vec<String>) -> Result<Vec<Device>, StoreError> {
+        self.read_with(move |txn| {
+            let index = txn.open_table(ACCOUNT_DEVICES).or_backend()?;
+            let devices = txn.open_table(DEVICES).or_backend()?;
+            let mut out = Vec::new();
+            for id in &account_ids {
+                for device_id in scan_keys(&index, id)? {
+                    out.push(load_device(&devices, &device_id)?.ok_or_else(|| {
+                        StoreError::Corrupt {
+                            table: "account_devices",
+                            detail: format!("{id:?} lists missing device {device_id:?}"),
+                        }
+                    })?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list_devices(&self, account_id: &str) -> Result<Vec<Device>, StoreError> {
         let id = account_id.to_owned();
         self.read_with(move |txn| {

@@ -270,6 +270,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn get_device(&self, device_id: &str) -> Result<Option<Device>, StoreError>;
     /// All devices of an account, ordered by id.
     async fn list_devices(&self, account_id: &str) -> Result<Vec<Device>, StoreError>;
+    /// The devices of many accounts, in one read where the backend can (a
+    /// relay loading the roster of a 7,000-member channel). Unknown accounts
+    /// contribute nothing.
+    async fn devices_of(&self, account_ids: Vec<String>) -> Result<Vec<Device>, StoreError> {
+        let mut out = Vec::new();
+        for a in account_ids {
+            out.extend(self.list_devices(&a).await?);
+        }
+        Ok(out)
+    }
     /// Marks a device revoked. Returns the updated device.
     async fn revoke_device(&self, device_id: &str) -> Result<Device, StoreError>;
 
