@@ -552,6 +552,43 @@ mod tests {
     }
 
     #[test]
+    fn cql_settings_are_validated() {
+        let c = parse(&["--dev"]).unwrap();
+        assert!(c.cql.is_none());
+        let c = parse(&[
+            "--dev",
+            "--cql-contact-points",
+            "10.0.0.1:9042, 10.0.0.2:9042",
+            "--cql-replication",
+            "nts:muc1=3",
+        ])
+        .unwrap();
+        let cql = c.cql.unwrap();
+        assert_eq!(cql.contact_points, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(cql.keyspace, "herold");
+        assert_eq!(
+            cql.consistency,
+            herold_store::cql::parse_consistency("LOCAL_QUORUM").unwrap()
+        );
+        assert_eq!(cql.replication.to_string(), "nts:muc1=3");
+        assert!(cql.migrate);
+        for (args, name) in [
+            (&["--cql-consistency", "MOST"][..], "cql-consistency"),
+            (&["--cql-replication", "simple:0"][..], "cql-replication"),
+            (&["--cql-keyspace", "a-b"][..], "cql-keyspace"),
+        ] {
+            let mut v = vec!["--dev", "--cql-contact-points", "127.0.0.1:9042"];
+            v.extend_from_slice(args);
+            let e = parse(&v).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        let e = parse(&["--dev", "--cql-keyspace", "x"]).unwrap_err();
+        assert!(e.to_string().contains("cql-contact-points"), "{e}");
+        let e = parse(&["--dev", "--migrate-only"]).unwrap_err();
+        assert!(e.to_string().contains("migrate-only"), "{e}");
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = parse(&["--dev", "--max-in-flight", "0"]).unwrap_err();
         assert!(e.to_string().contains("max-in-flight"), "{e}");
