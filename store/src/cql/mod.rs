@@ -82,6 +82,10 @@ const EXPIRED_SHARDS: i32 = 16;
 /// Cassandra's and Scylla's largest TTL: 20 years.
 const MAX_TTL: i64 = 630_720_000;
 
+/// Requests one fan-out operation keeps in flight (roster loads, cursor
+/// flushes of many devices).
+const CONCURRENCY: usize = 64;
+
 /// Past this many cached conversations, idle entries are dropped.
 const HEAD_CACHE_MAX: usize = 50_000;
 
@@ -496,6 +500,23 @@ impl CqlStore {
         map.entry(conversation_id.to_owned()).or_default().clone()
     }
 
+    /// Whether this process knows `head`, owned by `mid`, to be written
+    /// (without waiting for an append in progress).
+    fn known_complete(&self, cid: &str, head: u64, mid: &[u8]) -> bool {
+        let map = self
+            .heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(cid)
+            .and_then(|h| h.try_lock().ok())
+            .is_some_and(|h| {
+                h.complete
+                    && h.known
+                        .as_ref()
+                        .is_some_and(|(s, m)| *s == head && m == mid)
+            })
+    }
+
     async fn read_head(&self, cid: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let row: Option<(Option<i64>, Option<Vec<u8>>)> =
             self.one(&self.st.conv_head, (cid,), "read head").await?;
@@ -819,15 +840,33 @@ impl Store for CqlStore {
         let ids: Vec<(String,)> = self
             .all(&self.st.dba_list, (account_id,), "list devices")
             .await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id,) in ids {
-            if let Some(d) = self.get_device(&id).await?
-                && d.account_id == account_id
-            {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        // Point reads of single-row partitions, several in flight, in order.
+        let found: Vec<Option<Device>> = futures_util::stream::iter(
+            ids.into_iter()
+                .map(|(id,)| async move { self.get_device(&id).await }),
+        )
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .filter(|d| d.account_id == account_id)
+            .collect())
+    }
+
+    async fn devices_of(&self, account_ids: Vec<String>) -> Result<Vec<Device>, StoreError> {
+        // One partition per account: many reads in flight, not one at a
+        // time (a 7,000-member channel's roster).
+        let lists: Vec<Vec<Device>> = futures_util::stream::iter(
+            account_ids
+                .into_iter()
+                .map(|a| async move { self.list_devices(&a).await }),
+        )
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+        Ok(lists.into_iter().flatten().collect())
     }
 
     async fn revoke_device(&self, device_id: &str) -> Result<Device, StoreError> {
@@ -1139,8 +1178,11 @@ impl Store for CqlStore {
         if after_seq >= head {
             return Ok(Vec::new());
         }
-        // Only the head can be claimed but unwritten: complete it first.
-        self.help(conversation_id, head, &head_mid).await?;
+        // Only the head can be claimed but unwritten: complete it first
+        // (no round trip when this process wrote that head itself).
+        if !self.known_complete(conversation_id, head, &head_mid) {
+            self.help(conversation_id, head, &head_mid).await?;
+        }
         let mut out = Vec::new();
         let page = i32::try_from(limit.clamp(16, 1000)).unwrap_or(1000);
         for bucket in (after_seq + 1) / BUCKET_SIZE..=head / BUCKET_SIZE {
@@ -1216,6 +1258,23 @@ impl Store for CqlStore {
             .batch(&batch, values)
             .await
             .map_err(|e| backend("advance cursors", e))?;
+        Ok(())
+    }
+
+    async fn advance_cursors_many(
+        &self,
+        updates: Vec<(String, Vec<(String, u64)>)>,
+    ) -> Result<(), StoreError> {
+        // One batch per device partition, several devices in flight.
+        futures_util::stream::iter(updates.into_iter().map(|(device, cursors)| async move {
+            match self.advance_cursors(&device, cursors).await {
+                Ok(()) | Err(StoreError::NoSuchDevice(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
         Ok(())
     }
 
