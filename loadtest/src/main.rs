@@ -23,6 +23,9 @@ struct Args {
     /// Relay admin API URL.
     #[arg(long, env = "HEROLD_ADMIN", default_value = "http://127.0.0.1:7301")]
     admin: String,
+    /// File holding the admin API bearer token.
+    #[arg(long, env = "HEROLD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Relay certificate fingerprint (hex); default: the dev relay's
     /// `<data-dir>/tls/cert.sha256`.
     #[arg(long, env = "HEROLD_FINGERPRINT")]
@@ -98,12 +101,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     let fingerprint =
         herold_client::tls::parse_fingerprint(&fp_text).map_err(anyhow::Error::msg)?;
+    let admin_token = match &args.admin_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let report = herold_loadtest::run(
         scenario,
         Target {
             relay: args.relay,
             fingerprint,
             admin: args.admin,
+            admin_token,
             endpoints: args.endpoints,
             concurrency: args.concurrency,
             progress: !args.quiet,

@@ -36,6 +36,8 @@ pub struct Target {
     pub fingerprint: [u8; 32],
     /// Admin API URL.
     pub admin: String,
+    /// Admin bearer token, if the admin API requires one.
+    pub admin_token: Option<String>,
     /// UDP sockets shared by the simulated devices.
     pub endpoints: usize,
     /// Concurrent admin calls and connection attempts.
@@ -118,7 +120,9 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         .await
         .with_context(|| format!("cannot reach the admin API at {}", target.admin))?;
     let pb = bar(target.progress, 0, "provision");
-    world.provision(admin, target.concurrency, &pb).await?;
+    world
+        .provision(admin, target.admin_token.clone(), target.concurrency, &pb)
+        .await?;
     pb.finish();
     let provision_secs = t0.elapsed().as_secs_f64();
 

@@ -9,6 +9,7 @@ use herold_client::admin::AdminClient;
 use herold_proto::v1;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::scenario::{Kind, Scenario};
@@ -164,32 +165,48 @@ impl World {
     pub async fn provision(
         self: &Arc<Self>,
         admin: AdminClient<Channel>,
+        token: Option<String>,
         concurrency: usize,
         progress: &indicatif::ProgressBar,
     ) -> anyhow::Result<()> {
+        let auth: Option<MetadataValue<Ascii>> = match token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .context("the admin token is not a valid header value")?,
+            ),
+            None => None,
+        };
         let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         progress.set_length((self.accounts.len() + self.conversations.len()) as u64);
         let mut tasks = JoinSet::new();
         for a in 0..self.accounts.len() {
-            let (w, mut admin, limit) = (self.clone(), admin.clone(), limit.clone());
+            let (w, mut admin, limit, auth) =
+                (self.clone(), admin.clone(), limit.clone(), auth.clone());
             tasks.spawn(async move {
                 let _p = limit.acquire().await?;
                 let acc = &w.accounts[a];
                 admin
-                    .create_account(v1::CreateAccountRequest {
-                        account_id: acc.id.clone(),
-                        display_name: String::new(),
-                    })
+                    .create_account(request(
+                        v1::CreateAccountRequest {
+                            account_id: acc.id.clone(),
+                            display_name: String::new(),
+                        },
+                        &auth,
+                    ))
                     .await
                     .with_context(|| format!("creating account {}", acc.id))?;
                 for d in &acc.devices {
                     let dev = &w.devices[*d];
                     admin
-                        .register_device(v1::RegisterDeviceRequest {
-                            account_id: acc.id.clone(),
-                            device_id: dev.id.clone(),
-                            public_key: dev.key.verifying_key().to_bytes().to_vec(),
-                        })
+                        .register_device(request(
+                            v1::RegisterDeviceRequest {
+                                account_id: acc.id.clone(),
+                                device_id: dev.id.clone(),
+                                public_key: dev.key.verifying_key().to_bytes().to_vec(),
+                            },
+                            &auth,
+                        ))
                         .await
                         .with_context(|| format!("enrolling device {}", dev.id))?;
                 }
@@ -201,7 +218,8 @@ impl World {
             progress.inc(1);
         }
         for c in 0..self.conversations.len() {
-            let (w, mut admin, limit) = (self.clone(), admin.clone(), limit.clone());
+            let (w, mut admin, limit, auth) =
+                (self.clone(), admin.clone(), limit.clone(), auth.clone());
             tasks.spawn(async move {
                 let _p = limit.acquire().await?;
                 let conv = &w.conversations[c];
@@ -223,13 +241,16 @@ impl World {
                     })
                     .collect();
                 admin
-                    .create_conversation(v1::CreateConversationRequest {
-                        conversation_id: conv.id.clone(),
-                        kind: kind as i32,
-                        title: String::new(),
-                        members,
-                        default_ttl_seconds: 0,
-                    })
+                    .create_conversation(request(
+                        v1::CreateConversationRequest {
+                            conversation_id: conv.id.clone(),
+                            kind: kind as i32,
+                            title: String::new(),
+                            members,
+                            default_ttl_seconds: 0,
+                        },
+                        &auth,
+                    ))
                     .await
                     .with_context(|| format!("creating conversation {}", conv.id))?;
                 anyhow::Ok(())
@@ -241,4 +262,13 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// An admin request, with the bearer token if there is one.
+fn request<T>(message: T, auth: &Option<MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(a) = auth {
+        r.metadata_mut().insert("authorization", a.clone());
+    }
+    r
 }

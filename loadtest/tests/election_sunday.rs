@@ -16,6 +16,7 @@ async fn scaled_down_election_sunday_loses_nothing() {
         relay: relay.local_addr().unwrap(),
         fingerprint: herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap(),
         admin: format!("http://{}", relay.admin_addr().unwrap()),
+        admin_token: None,
         endpoints: 2,
         concurrency: 32,
         progress: false,

@@ -780,3 +780,31 @@ async fn slow_consumer_is_disconnected_without_blocking_others() {
     assert!(text.contains("slow consumer"), "{text}");
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_requires_the_bearer_token_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = herold_relay::Config::dev(dir.path());
+    config.admin_token = Some("s3cret-token-0123456789".into());
+    let relay = TestRelay::start_with(config).await;
+    let mut admin = relay.admin().await;
+    let req = || v1::CreateAccountRequest {
+        account_id: "alice".into(),
+        display_name: String::new(),
+    };
+    let err = admin.create_account(req()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let mut wrong = tonic::Request::new(req());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    let err = admin.create_account(wrong).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let mut right = tonic::Request::new(req());
+    right.metadata_mut().insert(
+        "authorization",
+        "Bearer s3cret-token-0123456789".parse().unwrap(),
+    );
+    admin.create_account(right).await.unwrap();
+    relay.stop().await;
+}
