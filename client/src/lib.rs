@@ -513,7 +513,10 @@ impl Driver {
                 return Outcome::Lost(e.to_string());
             }
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        // Acks go out at most 50 ms after the first unacked delivery; an idle
+        // client arms no timer at all (thousands of idle devices in one load
+        // generator would otherwise wake 20 times a second each).
+        let mut ack_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -551,11 +554,15 @@ impl Driver {
                     Ok(None) => return Outcome::Lost("the relay closed the stream".into()),
                     Err(e) => return Outcome::Lost(e.to_string()),
                 },
-                _ = tick.tick() => {
+                _ = sleep_until_some(ack_at), if ack_at.is_some() => {
+                    ack_at = None;
                     if let Err(e) = self.flush_acks(&mut c).await {
                         return Outcome::Lost(e.to_string());
                     }
                 }
+            }
+            if ack_at.is_none() && !self.dirty.is_empty() {
+                ack_at = Some(tokio::time::Instant::now() + ACK_DELAY);
             }
         }
     }
@@ -632,6 +639,16 @@ async fn open(config: &ClientConfig) -> Result<RawConnection, ClientError> {
     match &config.endpoint {
         Some(e) => RawConnection::connect_via(e, config.relay, config.fingerprint).await,
         None => RawConnection::connect(config.relay, config.fingerprint).await,
+    }
+}
+
+/// How long acks may wait to be coalesced.
+const ACK_DELAY: Duration = Duration::from_millis(50);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -435,9 +435,12 @@ impl Session {
     ) -> Result<(), Fatal> {
         let in_flight = Arc::new(Semaphore::new(self.shared.limits.max_in_flight as usize));
         let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Bytes>();
-        let mut ack_tick = tokio::time::interval(ACK_FLUSH);
-        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Armed only while acks are pending: an idle session wakes for nothing.
+        let mut ack_at: Option<tokio::time::Instant> = None;
         loop {
+            if ack_at.is_none() && !live.pending_acks.is_empty() {
+                ack_at = Some(tokio::time::Instant::now() + ACK_FLUSH);
+            }
             if let Some(p) = live.stashed.pop_front() {
                 self.on_push(live, p).await?;
                 continue;
@@ -468,7 +471,10 @@ impl Session {
                     Some(ReadEvent::Closed) | None => return Ok(()),
                 },
                 Some(p) = live.push_rx.recv() => self.on_push(live, p).await?,
-                _ = ack_tick.tick() => self.flush_acks(live).await,
+                _ = sleep_until_some(ack_at), if ack_at.is_some() => {
+                    ack_at = None;
+                    self.flush_acks(live).await;
+                }
             }
         }
     }
@@ -733,6 +739,13 @@ impl Session {
             live.stored.insert(c.clone(), *s);
         }
         self.shared.cursors.record(&live.ctx.device_id, acks);
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
