@@ -10,9 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +19,6 @@ use herold_client::{Client, ClientConfig};
 use herold_proto::v1::ConversationKind;
 use herold_store::Store;
 use herold_store::cql::{CqlConfig, CqlStore, Replication, parse_consistency};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 fn contact_point() -> String {
     match std::env::var("HEROLD_TEST_CQL") {
@@ -63,67 +59,20 @@ async fn store() -> CqlStore {
     .expect("connect to the test CQL server")
 }
 
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    fingerprint: [u8; 32],
-}
-
-/// Starts `herold-relay --dev` on the CQL store (the test server) with
-/// OS-chosen ports, `dir` holding only the dev certificate, and reads the
-/// addresses it prints.
+/// The relay binary on the CQL backend.
 async fn spawn_relay(dir: &Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herold-relay"))
-        .args([
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--cql-contact-points", &contact_point()])
-        .args(["--cql-keyspace", &keyspace()])
-        .args(["--cql-consistency", "LOCAL_ONE"])
-        .args(["--cql-replication", "simple:1"])
-        .env("HEROLD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn herold-relay");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut admin, mut fp) = (None, None, None);
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let mut words = line.split_whitespace();
-            match (words.next(), words.last()) {
-                (Some("quic"), Some(a)) => addr = Some(a.parse().unwrap()),
-                (Some("admin"), Some(a)) => {
-                    admin = Some(a.trim_start_matches("http://").parse().unwrap())
-                }
-                (Some("fingerprint"), Some(f)) => {
-                    fp = Some(herold_client::tls::parse_fingerprint(f).unwrap())
-                }
-                _ => {}
-            }
-            if addr.is_some() && admin.is_some() && fp.is_some() {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("relay prints its addresses");
-    // Keep draining stdout so the relay never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    RelayProcess {
-        child,
-        addr: addr.expect("quic address"),
-        admin: admin.expect("admin address"),
-        fingerprint: fp.expect("fingerprint"),
-    }
+    let extra: Vec<String> = [
+        "--cql-contact-points".to_owned(),
+        contact_point(),
+        "--cql-keyspace".to_owned(),
+        keyspace(),
+        "--cql-consistency".to_owned(),
+        "LOCAL_ONE".to_owned(),
+        "--cql-replication".to_owned(),
+        "simple:1".to_owned(),
+    ]
+    .into();
+    common::spawn_relay(dir, &extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,79 +6,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use common::*;
 use herold_client::{Client, ClientConfig};
 use herold_proto::v1::ConversationKind;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    fingerprint: [u8; 32],
-}
-
-/// Starts `herold-relay --dev` on `dir` with OS-chosen ports and reads the
-/// addresses it prints.
-async fn spawn_relay(dir: &Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herold-relay"))
-        .args([
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("HEROLD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn herold-relay");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut admin, mut fp) = (None, None, None);
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let mut words = line.split_whitespace();
-            match (words.next(), words.last()) {
-                (Some("quic"), Some(a)) => addr = Some(a.parse().unwrap()),
-                (Some("admin"), Some(a)) => {
-                    admin = Some(a.trim_start_matches("http://").parse().unwrap())
-                }
-                (Some("fingerprint"), Some(f)) => {
-                    fp = Some(herold_client::tls::parse_fingerprint(f).unwrap())
-                }
-                _ => {}
-            }
-            if addr.is_some() && admin.is_some() && fp.is_some() {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("relay prints its addresses");
-    // Keep draining stdout so the relay never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    RelayProcess {
-        child,
-        addr: addr.expect("quic address"),
-        admin: admin.expect("admin address"),
-        fingerprint: fp.expect("fingerprint"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_traffic_loses_no_accepted_message() {
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = spawn_relay(dir.path()).await;
+    let mut relay = spawn_relay(dir.path(), &[]).await;
     let mut admin = admin_at(relay.admin).await;
     create_account(&mut admin, "alice").await;
     create_account(&mut admin, "bob").await;
@@ -133,7 +70,7 @@ async fn sigkill_mid_traffic_loses_no_accepted_message() {
     drop(alice);
 
     // Restart on the same data: same certificate, every accepted message.
-    let relay2 = spawn_relay(dir.path()).await;
+    let relay2 = spawn_relay(dir.path(), &[]).await;
     assert_eq!(
         relay2.fingerprint, relay.fingerprint,
         "the dev certificate is kept"

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -11,6 +12,8 @@ use herold_client::admin::AdminClient;
 use herold_client::{Client, ClientConfig, Envelope, Event, generate_key};
 use herold_proto::v1;
 use herold_relay::{Config, Relay};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 /// Upper bound for anything a test waits for.
@@ -183,5 +186,65 @@ pub async fn receive_until_fence(client: &mut Client, fence: &[u8]) -> Vec<Envel
             return out;
         }
         out.push(m);
+    }
+}
+
+/// A relay binary running as a child process.
+pub struct RelayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub fingerprint: [u8; 32],
+}
+
+/// Starts `herold-relay --dev` on `dir` with OS-chosen ports and reads the
+/// addresses it prints.
+pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herold-relay"))
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("HEROLD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn herold-relay");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut admin, mut fp) = (None, None, None);
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.last()) {
+                (Some("quic"), Some(a)) => addr = Some(a.parse().unwrap()),
+                (Some("admin"), Some(a)) => {
+                    admin = Some(a.trim_start_matches("http://").parse().unwrap())
+                }
+                (Some("fingerprint"), Some(f)) => {
+                    fp = Some(herold_client::tls::parse_fingerprint(f).unwrap())
+                }
+                _ => {}
+            }
+            if addr.is_some() && admin.is_some() && fp.is_some() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("relay prints its addresses");
+    // Keep draining stdout so the relay never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    RelayProcess {
+        child,
+        addr: addr.expect("quic address"),
+        admin: admin.expect("admin address"),
+        fingerprint: fp.expect("fingerprint"),
     }
 }
