@@ -101,3 +101,46 @@ async fn sigkill_mid_traffic_loses_no_accepted_message() {
     let a = bob.send("g", b"after restart".to_vec(), 0).await.unwrap();
     assert_eq!(a.seq, head + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = spawn_relay(dir.path(), &[]).await;
+    let mut admin = admin_at(relay.admin).await;
+    create_account(&mut admin, "alice").await;
+    let ka = enroll(&mut admin, "alice", "alice.phone").await;
+    let mut alice = Client::connect(ClientConfig::new(
+        relay.addr,
+        relay.fingerprint,
+        "alice.phone",
+        ka,
+    ))
+    .await
+    .unwrap();
+    let pid = relay.child.id().unwrap().to_string();
+    // The shell's own `kill`: no extra package needed.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The connected device is told the relay is draining...
+    let reason = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match alice.next_event().await {
+                Some(herold_client::Event::Disconnected { reason }) => return reason,
+                Some(_) => {}
+                None => panic!("client gone"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(reason.contains("draining"), "{reason}");
+    // ...and the relay exits on its own, successfully.
+    let exit = tokio::time::timeout(DEADLINE, relay.child.wait())
+        .await
+        .expect("relay exits after draining")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
