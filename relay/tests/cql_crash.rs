@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -103,45 +101,7 @@ async fn cql_sigkill_mid_traffic_loses_no_accepted_message() {
     ))
     .await
     .unwrap();
-    // Eight concurrent senders; every acceptance is recorded.
-    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
-    let g = Arc::new(g);
-    let mut senders = Vec::new();
-    for s in 0..8 {
-        let tx = alice.sender();
-        let accepted = accepted.clone();
-        let g = g.clone();
-        senders.push(tokio::spawn(async move {
-            for i in 0.. {
-                let body = format!("s{s}-{i}").into_bytes();
-                match tx.send(&g, body.clone(), 0).await {
-                    Ok(a) => {
-                        let prev = accepted.lock().unwrap().insert(a.seq, body);
-                        assert!(prev.is_none(), "seq {} given out twice", a.seq);
-                    }
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
-    // Kill once a good amount of traffic has been acknowledged.
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            if accepted.lock().unwrap().len() >= 150 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("150 messages accepted");
-    relay.child.start_kill().unwrap();
-    relay.child.wait().await.unwrap();
-    let acknowledged = accepted.lock().unwrap().clone();
-    for s in senders {
-        s.abort();
-    }
-    drop(alice);
+    let acknowledged = send_until_killed(&mut relay, alice, &g, 150).await;
 
     // Restart on the same database: every accepted message is there.
     let relay2 = spawn_relay(dir.path()).await;
@@ -153,23 +113,7 @@ async fn cql_sigkill_mid_traffic_loses_no_accepted_message() {
     ))
     .await
     .unwrap();
-    let stored: BTreeMap<u64, Vec<u8>> = receive_until_synced(&mut bob)
-        .await
-        .into_iter()
-        .map(|m| (m.seq, m.ciphertext))
-        .collect();
-    for (seq, body) in &acknowledged {
-        assert_eq!(stored.get(seq), Some(body), "accepted message #{seq} lost");
-    }
-    let head = *stored.keys().last().unwrap();
-    assert_eq!(
-        stored.keys().copied().collect::<Vec<_>>(),
-        (1..=head).collect::<Vec<_>>(),
-        "no gaps in the order"
-    );
-    // The order continues where it stopped.
-    let a = bob.send(&g, b"after restart".to_vec(), 0).await.unwrap();
-    assert_eq!(a.seq, head + 1);
+    assert_nothing_lost(&mut bob, &g, &acknowledged).await;
 }
 
 /// A message expiring 2 s after it was sent is not delivered to a device that
@@ -210,17 +154,29 @@ async fn cql_expired_message_is_not_delivered_and_gone() {
     let kept = alice.send(&g, b"stays".to_vec(), 0).await.unwrap();
     assert_eq!((short.seq, kept.seq), (1, 2));
 
-    // Before expiry the row is there; 3.5 s later it is gone by TTL: a read
-    // with a clock at 0 (hiding nothing) no longer finds it.
+    // Before expiry the row is there; after it, Cassandra's TTL removes it:
+    // a read with a clock at 0 (hiding nothing) stops finding it.
     let s = store().await;
     assert_eq!(s.read(&g, 0, 10, 0).await.unwrap().len(), 2);
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
-    let rows = s.read(&g, 0, 10, 0).await.unwrap();
-    assert_eq!(
-        rows.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![2],
-        "the expired message's row must be gone"
-    );
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let rows: Vec<u64> = s
+            .read(&g, 0, 10, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        if rows == vec![2] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired message's row must be gone, rows: {rows:?}"
+        );
+        // Polling interval while waiting for the server-side TTL.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Bob syncs after the expiry: only the message that stays.
     let mut bob = Client::connect(ClientConfig::new(

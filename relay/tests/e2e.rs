@@ -525,17 +525,7 @@ async fn revoked_device_is_cut_off_and_refused() {
         })
         .await
         .unwrap();
-    let stopped = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match alice.next_event().await {
-                Some(herold_client::Event::Stopped(e)) => return e,
-                Some(_) => {}
-                None => panic!("client gone without a reason"),
-            }
-        }
-    })
-    .await
-    .expect("cut off within 2 s");
+    let stopped = next_stop(&mut alice, Duration::from_secs(2)).await;
     assert_eq!(stopped.code(), Some(ErrorCode::DeviceRevoked), "{stopped}");
     let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
         .await
@@ -566,17 +556,7 @@ async fn drain_lets_clients_reconnect_without_loss() {
     let mut bob = relay.client("bob.phone", &kb).await;
     assert_eq!(receive_until_synced(&mut bob).await.len(), 10);
     relay.stop().await;
-    let reason = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match bob.next_event().await {
-                Some(herold_client::Event::Disconnected { reason }) => return reason,
-                Some(_) => {}
-                None => panic!("client gone"),
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let reason = next_disconnect(&mut bob).await;
     assert!(reason.contains("draining"), "{reason}");
     drop(bob);
 
@@ -618,17 +598,7 @@ async fn reconnect_replaces_the_old_connection_and_keeps_live_delivery() {
     // one is still open.
     let mut old = relay.client("bob.phone", &kb).await;
     let mut new = relay.client("bob.phone", &kb).await;
-    let stopped = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match old.next_event().await {
-                Some(herold_client::Event::Stopped(e)) => return e,
-                Some(_) => {}
-                None => panic!("old client gone without a reason"),
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let stopped = next_stop(&mut old, DEADLINE).await;
     assert_eq!(stopped.code(), Some(ErrorCode::Replaced), "{stopped}");
     // The old session's cleanup must not remove the new one's presence.
     alice
@@ -664,15 +634,13 @@ async fn expired_message_is_not_delivered() {
         .await
         .unwrap();
     alice.send("g", b"stays".to_vec(), 0).await.unwrap();
-    // The subject of this test is the passage of wall-clock time.
-    while std::time::SystemTime::now()
+    // The subject of this test is the passage of wall-clock time: wait, once,
+    // until the expiry lies in the past.
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_millis() as i64
-        <= expiry
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis((expiry - now + 1).max(0) as u64)).await;
     let mut bob = relay.client("bob.phone", &kb).await;
     let got = receive_until_synced(&mut bob).await;
     assert_eq!(got.len(), 1);
@@ -722,15 +690,7 @@ async fn deleted_account_is_cut_off_and_refused() {
         .into_inner();
     assert_eq!(r.devices_removed, 2);
     for c in [&mut c1, &mut c2] {
-        let e = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                if let Some(herold_client::Event::Stopped(e)) = c.next_event().await {
-                    return e;
-                }
-            }
-        })
-        .await
-        .expect("cut off within 2 s");
+        let e = next_stop(c, Duration::from_secs(2)).await;
         assert!(e.is_permanent(), "{e}");
     }
     let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)

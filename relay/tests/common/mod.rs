@@ -248,3 +248,104 @@ pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
         fingerprint: fp.expect("fingerprint"),
     }
 }
+
+/// The next `Stopped` event's error, failing after `within`.
+pub async fn next_stop(client: &mut Client, within: Duration) -> herold_client::ClientError {
+    tokio::time::timeout(within, async {
+        loop {
+            match client.next_event().await {
+                Some(Event::Stopped(e)) => return e,
+                Some(_) => {}
+                None => panic!("client gone without a reason"),
+            }
+        }
+    })
+    .await
+    .expect("client stopped in time")
+}
+
+/// The next `Disconnected` event's reason.
+pub async fn next_disconnect(client: &mut Client) -> String {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match client.next_event().await {
+                Some(Event::Disconnected { reason }) => return reason,
+                Some(_) => {}
+                None => panic!("client gone"),
+            }
+        }
+    })
+    .await
+    .expect("client disconnected in time")
+}
+
+/// Sends from eight concurrent tasks until `kill_after` messages are
+/// accepted, then kills the relay with SIGKILL; returns every acceptance
+/// (seq -> body).
+pub async fn send_until_killed(
+    relay: &mut RelayProcess,
+    client: Client,
+    conversation: &str,
+    kill_after: usize,
+) -> std::collections::BTreeMap<u64, Vec<u8>> {
+    use std::sync::{Arc, Mutex};
+    let accepted: Arc<Mutex<std::collections::BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let mut senders = Vec::new();
+    for s in 0..8 {
+        let (tx, accepted, conv) = (client.sender(), accepted.clone(), conversation.to_owned());
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                let body = format!("s{s}-{i}").into_bytes();
+                match tx.send(&conv, body.clone(), 0).await {
+                    Ok(a) => {
+                        let prev = accepted.lock().unwrap().insert(a.seq, body);
+                        assert!(prev.is_none(), "seq {} given out twice", a.seq);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(DEADLINE, async {
+        while accepted.lock().unwrap().len() < kill_after {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("enough messages accepted before the kill");
+    relay.child.start_kill().unwrap();
+    relay.child.wait().await.unwrap();
+    let acknowledged = accepted.lock().unwrap().clone();
+    for s in senders {
+        s.abort();
+    }
+    acknowledged
+}
+
+/// Syncs `reader` and asserts every acknowledged message is stored, the
+/// order has no gaps, and numbering continues after the restart.
+pub async fn assert_nothing_lost(
+    reader: &mut Client,
+    conversation: &str,
+    acknowledged: &std::collections::BTreeMap<u64, Vec<u8>>,
+) {
+    let stored: std::collections::BTreeMap<u64, Vec<u8>> = receive_until_synced(reader)
+        .await
+        .into_iter()
+        .map(|m| (m.seq, m.ciphertext))
+        .collect();
+    for (seq, body) in acknowledged {
+        assert_eq!(stored.get(seq), Some(body), "accepted message #{seq} lost");
+    }
+    let head = *stored.keys().last().unwrap();
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>(),
+        "no gaps in the order"
+    );
+    let a = reader
+        .send(conversation, b"after restart".to_vec(), 0)
+        .await
+        .unwrap();
+    assert_eq!(a.seq, head + 1, "the order continues where it stopped");
+}
