@@ -1,22 +1,20 @@
 //! The local connection registry: which device is connected to this relay,
 //! and the queue through which deliveries reach its session.
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use dashmap::DashMap;
 use herold_proto::v1::ErrorCode;
+use herold_router::Delivery;
 use tokio::sync::{mpsc, watch};
 
 /// Something for a session to send to its device.
 #[derive(Debug, Clone)]
 pub(crate) enum Push {
     /// A live delivery.
-    Deliver {
-        conversation_id: String,
-        seq: u64,
-        expires_at_ms: Option<i64>,
-        /// The complete framed `Deliver`, shared by all recipients.
-        frame: Bytes,
-    },
+    /// One delivery from the node inbox, shared by all its recipient
+    /// sessions (its frame is the complete framed `Deliver`).
+    Deliver(Arc<Delivery>),
     /// Deliveries may have been lost: resync every conversation from storage.
     Resync,
 }

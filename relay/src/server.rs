@@ -248,14 +248,12 @@ async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
     while let Some(ev) = inbox.recv().await {
         match ev {
             InboxEvent::Delivery(d) => {
+                // One allocation per delivery, not per recipient device.
+                let d = Arc::new(d);
                 for device in &d.devices {
-                    let push = Push::Deliver {
-                        conversation_id: d.conversation_id.clone(),
-                        seq: d.seq,
-                        expires_at_ms: d.expires_at_ms,
-                        frame: d.frame.clone(),
-                    };
-                    if shared.registry.push(device, push) == PushOutcome::SlowConsumer {
+                    if shared.registry.push(device, Push::Deliver(d.clone()))
+                        == PushOutcome::SlowConsumer
+                    {
                         warn!("slow consumer disconnected; it will resync");
                     }
                 }

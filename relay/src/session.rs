@@ -681,18 +681,14 @@ impl Session {
 
     async fn on_push(&mut self, live: &mut Live, push: Push) -> Result<(), Fatal> {
         match push {
-            Push::Deliver {
-                conversation_id,
-                seq,
-                expires_at_ms,
-                frame,
-            } => {
-                if expires_at_ms.is_some_and(|e| e <= now_ms()) {
+            Push::Deliver(d) => {
+                let (conversation_id, seq) = (&d.conversation_id, d.seq);
+                if d.expires_at_ms.is_some_and(|e| e <= now_ms()) {
                     return Ok(());
                 }
-                let upto = match live.sent_upto.get(&conversation_id) {
+                let upto = match live.sent_upto.get(conversation_id) {
                     Some(u) => *u,
-                    None => live.stored.get(&conversation_id).copied().unwrap_or(0),
+                    None => live.stored.get(conversation_id).copied().unwrap_or(0),
                 };
                 if seq <= upto {
                     return Ok(());
@@ -704,7 +700,7 @@ impl Session {
                     let page = self
                         .shared
                         .store
-                        .read(&conversation_id, upto, missing.min(SYNC_PAGE * 4), now_ms())
+                        .read(conversation_id, upto, missing.min(SYNC_PAGE * 4), now_ms())
                         .await
                         .map_err(|e| unavailable(&e))?;
                     for m in page.iter().filter(|m| m.seq < seq) {
@@ -717,8 +713,13 @@ impl Session {
                         return self.sync(live, HashMap::new()).await;
                     }
                 }
-                self.write(&frame).await?;
-                live.sent_upto.insert(conversation_id, seq);
+                self.write(&d.frame).await?;
+                match live.sent_upto.get_mut(conversation_id) {
+                    Some(u) => *u = seq,
+                    None => {
+                        live.sent_upto.insert(conversation_id.clone(), seq);
+                    }
+                }
                 Ok(())
             }
             Push::Resync => self.sync(live, HashMap::new()).await,
