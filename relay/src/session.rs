@@ -37,7 +37,7 @@ pub const MAX_SYNC_CURSORS: usize = 10_000;
 const SYNC_PAGE: usize = 256;
 /// How long a draining session waits for the device's last acks.
 const DRAIN_READ_GRACE: Duration = Duration::from_secs(2);
-/// How often acknowledged cursors are written to the store.
+/// How long a session holds acks before handing them to the cursor sink.
 const ACK_FLUSH: Duration = Duration::from_millis(200);
 
 /// An error that ends the connection, sent to the device first.
@@ -240,6 +240,23 @@ struct Live {
     /// Pushes taken off the queue while a sync was running.
     stashed: VecDeque<Push>,
     push_rx: mpsc::Receiver<Push>,
+}
+
+impl Live {
+    /// Records an ack if it covers only what this connection delivered;
+    /// returns whether it was taken.
+    fn take_ack(&mut self, a: v1::Ack) -> bool {
+        if self
+            .sent_upto
+            .get(&a.conversation_id)
+            .is_none_or(|u| a.seq > *u)
+        {
+            return false;
+        }
+        let e = self.pending_acks.entry(a.conversation_id).or_insert(0);
+        *e = (*e).max(a.seq);
+        true
+    }
 }
 
 impl Session {
@@ -505,14 +522,8 @@ impl Session {
             tokio::time::timeout_at(until, self.frames.recv()).await
         {
             match f.kind {
-                Some(client_frame::Kind::Ack(a))
-                    if live
-                        .sent_upto
-                        .get(&a.conversation_id)
-                        .is_some_and(|u| a.seq <= *u) =>
-                {
-                    let e = live.pending_acks.entry(a.conversation_id).or_insert(0);
-                    *e = (*e).max(a.seq);
+                Some(client_frame::Kind::Ack(a)) => {
+                    live.take_ack(a);
                 }
                 Some(client_frame::Kind::Submit(s)) => {
                     let f = error_frame(
@@ -563,23 +574,16 @@ impl Session {
                 Ok(())
             }
             Some(client_frame::Kind::Ack(a)) => {
-                let delivered = live.sent_upto.get(&a.conversation_id).copied();
-                match delivered {
-                    Some(upto) if a.seq <= upto => {
-                        let e = live.pending_acks.entry(a.conversation_id).or_insert(0);
-                        *e = (*e).max(a.seq);
-                        Ok(())
-                    }
-                    _ => {
-                        let f = error_frame(
-                            ErrorCode::ProtocolViolation,
-                            "ack for a message that was not delivered on this connection",
-                            Vec::new(),
-                            false,
-                        );
-                        self.write(&f).await
-                    }
+                if live.take_ack(a) {
+                    return Ok(());
                 }
+                let f = error_frame(
+                    ErrorCode::ProtocolViolation,
+                    "ack for a message that was not delivered on this connection",
+                    Vec::new(),
+                    false,
+                );
+                self.write(&f).await
             }
             Some(client_frame::Kind::Sync(s)) => {
                 if s.cursors.len() > MAX_SYNC_CURSORS {
