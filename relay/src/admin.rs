@@ -236,16 +236,17 @@ impl Admin for AdminService {
             .delete_account(&r.account_id)
             .await
             .map_err(store_status)?;
-        self.shared.rosters.invalidate();
-        for d in devices {
-            self.shared.registry.kick(
-                &d.id,
+        self.shared.rosters_changed(&[]).await;
+        let ids: Vec<String> = devices.into_iter().map(|d| d.id).collect();
+        self.shared
+            .kick_devices(
+                &ids,
                 Kick {
                     code: ErrorCode::DeviceRevoked,
                     message: "this device's account was deleted".into(),
                 },
-            );
-        }
+            )
+            .await;
         Ok(Response::new(v1::DeleteAccountResponse {
             devices_removed: purge.devices,
             memberships_removed: purge.memberships,
@@ -282,7 +283,7 @@ impl Admin for AdminService {
             .add_device(d.clone(), self.shared.limits.max_devices_per_account)
             .await
             .map_err(store_status)?;
-        self.shared.rosters.invalidate();
+        self.shared.rosters_changed(&[]).await;
         Ok(Response::new(device_to(d)))
     }
 
@@ -322,14 +323,16 @@ impl Admin for AdminService {
             .revoke_device(&r.device_id)
             .await
             .map_err(store_status)?;
-        self.shared.rosters.invalidate();
-        self.shared.registry.kick(
-            &d.id,
-            Kick {
-                code: ErrorCode::DeviceRevoked,
-                message: "this device was revoked".into(),
-            },
-        );
+        self.shared.rosters_changed(&[]).await;
+        self.shared
+            .kick_devices(
+                std::slice::from_ref(&d.id),
+                Kick {
+                    code: ErrorCode::DeviceRevoked,
+                    message: "this device was revoked".into(),
+                },
+            )
+            .await;
         Ok(Response::new(device_to(d)))
     }
 
@@ -356,7 +359,9 @@ impl Admin for AdminService {
             .create_conversation(c, members)
             .await
             .map_err(store_status)?;
-        self.shared.rosters.invalidate();
+        self.shared
+            .rosters_changed(std::slice::from_ref(&r.conversation_id))
+            .await;
         Ok(Response::new(self.conversation(&r.conversation_id).await?))
     }
 
@@ -381,7 +386,9 @@ impl Admin for AdminService {
             .put_members(&r.conversation_id, members)
             .await
             .map_err(store_status)?;
-        self.shared.rosters.invalidate();
+        self.shared
+            .rosters_changed(std::slice::from_ref(&r.conversation_id))
+            .await;
         Ok(Response::new(self.conversation(&r.conversation_id).await?))
     }
 
@@ -399,7 +406,9 @@ impl Admin for AdminService {
             .remove_members(&r.conversation_id, r.account_ids)
             .await
             .map_err(store_status)?;
-        self.shared.rosters.invalidate();
+        self.shared
+            .rosters_changed(std::slice::from_ref(&r.conversation_id))
+            .await;
         Ok(Response::new(self.conversation(&r.conversation_id).await?))
     }
 }

@@ -43,6 +43,21 @@ pub(crate) struct Shared {
     pub limits: Limits,
 }
 
+impl Shared {
+    /// Membership or devices of these conversations changed (an empty
+    /// slice: of any conversation): every node's roster cache forgets them.
+    pub async fn rosters_changed(&self, _conversations: &[String]) {
+        self.rosters.invalidate();
+    }
+
+    /// Ends the sessions of these devices on every node, with `why`.
+    pub async fn kick_devices(&self, devices: &[String], why: crate::registry::Kick) {
+        for d in devices {
+            self.registry.kick(d, why.clone());
+        }
+    }
+}
+
 /// A bound, not yet running relay node.
 #[derive(Debug)]
 pub struct Relay {
