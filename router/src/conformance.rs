@@ -137,6 +137,64 @@ pub async fn duplicate_node_is_refused(r: &dyn Router, tag: &str) {
     ));
 }
 
+/// `publish_many` reaches every named node, one result per entry, and a
+/// dead destination fails alone.
+pub async fn publish_many_reaches_each_node(r: &dyn Router, tag: &str) {
+    let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+    let mut ia = r.register_node(&a).await.unwrap();
+    let mut ib = r.register_node(&b).await.unwrap();
+    let results = r
+        .publish_many(vec![
+            (a.clone(), delivery("c", 7, vec!["x".into()])),
+            (format!("{tag}-ghost"), delivery("c", 7, vec!["z".into()])),
+            (b.clone(), delivery("c", 7, vec!["y".into(), "w".into()])),
+        ])
+        .await;
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(RouterError::UnknownNode(_))));
+    let ev = tokio::time::timeout(WAIT, ia.recv()).await.unwrap();
+    assert_eq!(
+        ev,
+        Some(InboxEvent::Delivery(delivery("c", 7, vec!["x".into()])))
+    );
+    let ev = tokio::time::timeout(WAIT, ib.recv()).await.unwrap();
+    assert_eq!(
+        ev,
+        Some(InboxEvent::Delivery(delivery(
+            "c",
+            7,
+            vec!["y".into(), "w".into()]
+        )))
+    );
+}
+
+/// A broadcast reaches every registered node, the sender's own included,
+/// in order with that node's deliveries.
+pub async fn broadcast_reaches_every_node(r: &dyn Router, tag: &str) {
+    let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+    let mut ia = r.register_node(&a).await.unwrap();
+    let mut ib = r.register_node(&b).await.unwrap();
+    r.publish(&a, delivery("c", 1, vec!["x".into()]))
+        .await
+        .unwrap();
+    r.broadcast(Bytes::from_static(b"roster changed"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, ia.recv()).await.unwrap();
+    assert_eq!(
+        first,
+        Some(InboxEvent::Delivery(delivery("c", 1, vec!["x".into()])))
+    );
+    for inbox in [&mut ia, &mut ib] {
+        let ev = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap();
+        assert_eq!(
+            ev,
+            Some(InboxEvent::Broadcast(Bytes::from_static(b"roster changed")))
+        );
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance case; `$make` builds a
 /// fresh router (any type implementing [`Router`]).
 #[macro_export]
@@ -149,11 +207,13 @@ macro_rules! router_conformance_tests {
             publish_to_unknown_node_fails,
             deregister_clears_presence,
             duplicate_node_is_refused,
+            publish_many_reaches_each_node,
+            broadcast_reaches_every_node,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
         $(
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let router = $make;
                 $crate::conformance::$case(&router, stringify!($case)).await;

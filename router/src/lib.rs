@@ -9,6 +9,8 @@
 //!   recipients are (grouped by node) and sends one [`Delivery`] per node with
 //!   [`Router::publish`].
 //! - [`memory`]: the in-process backend of the embedded default (one node).
+//! - `redis` (feature `redis`): the cluster backend on a single Redis,
+//!   Sentinel or Redis Cluster; `docs/routing.md` describes its keys.
 //! - [`conformance`] (feature `conformance`, and in tests): the suite every
 //!   backend passes.
 //!
@@ -31,6 +33,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -61,6 +65,9 @@ pub enum InboxEvent {
     Delivery(Delivery),
     /// Deliveries may have been lost; resynchronise every device from storage.
     Lagged,
+    /// A payload sent with [`Router::broadcast`] (cluster-wide control
+    /// messages of the relay: roster changes, revoked devices).
+    Broadcast(Bytes),
 }
 
 /// The receiving end of a node's inbox.
@@ -115,4 +122,20 @@ pub trait Router: Send + Sync + std::fmt::Debug + 'static {
     -> Result<HashMap<NodeId, Vec<String>>, RouterError>;
     /// Puts one delivery into a node's inbox.
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError>;
+    /// Puts one delivery into each named node's inbox, all at once where the
+    /// backend can (one pipelined round trip). Results are per entry, in
+    /// order.
+    async fn publish_many(
+        &self,
+        deliveries: Vec<(NodeId, Delivery)>,
+    ) -> Vec<Result<(), RouterError>> {
+        let mut out = Vec::with_capacity(deliveries.len());
+        for (node, d) in deliveries {
+            out.push(self.publish(&node, d).await);
+        }
+        out
+    }
+    /// Puts `payload` into the inbox of every registered node, this one
+    /// included, as [`InboxEvent::Broadcast`].
+    async fn broadcast(&self, payload: Bytes) -> Result<(), RouterError>;
 }

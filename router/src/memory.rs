@@ -114,6 +114,15 @@ impl Router for MemoryRouter {
             .await
             .map_err(|_| RouterError::UnknownNode(node.to_owned()))
     }
+
+    async fn broadcast(&self, payload: bytes::Bytes) -> Result<(), RouterError> {
+        let nodes: Vec<_> = self.state().nodes.values().cloned().collect();
+        for tx in nodes {
+            // A node that is gone has nothing to be told.
+            let _ = tx.send(InboxEvent::Broadcast(payload.clone())).await;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

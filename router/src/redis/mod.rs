@@ -1,0 +1,827 @@
+//! The Redis backend of the [`Router`]: a single Redis, Redis with Sentinel,
+//! or Redis Cluster.
+//!
+//! # Keys (`P` is the configured prefix, `herold` by default)
+//! - `P:dev:<device>` → the node id the device is connected to. Written with
+//!   one `MSET` for any number of devices; removed with a compare-and-delete
+//!   script, so a late "left" from an old node never removes the device's
+//!   newer presence.
+//! - `P:{<node>}:lease` → the node's incarnation, with a `PX` lease renewed
+//!   every third of the lease. A dead node's devices stop counting when its
+//!   lease expires, without touching their keys: `locate` keeps only devices
+//!   whose node holds a lease.
+//! - `P:{<node>}:inbox` (a stream) and `P:{<node>}:n` (its counter): the
+//!   node inbox. One publish script checks the lease, numbers the entry and
+//!   appends it, in one command; the hash tag keeps the three keys in one
+//!   cluster slot. The reader checks the numbers: a gap (entries trimmed
+//!   while the node stalled, lost in a failover or a restart) becomes
+//!   [`InboxEvent::Lagged`], so devices resync from the store instead of
+//!   silently missing messages.
+//! - `P:nodes` → the set of registered nodes, for broadcasts.
+//!
+//! Ordering never depends on Redis: the store numbers messages.
+//! `docs/routing.md` has the commands per operation and the scaling notes.
+
+mod conn;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, RedisError, Script, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::{Delivery, Inbox, InboxEvent, NodeId, Router, RouterError};
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis, e.g. `redis://127.0.0.1:6379`.
+    Single(String),
+    /// Redis behind Sentinel: the sentinels' URLs and the master's name.
+    Sentinel {
+        /// Sentinel URLs, e.g. `redis://127.0.0.1:26379`.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+    },
+    /// Redis Cluster: some of its nodes' URLs (the rest are discovered).
+    Cluster(Vec<String>),
+}
+
+impl Topology {
+    /// Parses `redis://h:p`, `sentinel://name@h:p,h:p` or
+    /// `cluster://h:p,h:p,...` (the form of `--redis`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let hosts = |rest: &str| -> Result<Vec<String>, String> {
+            let v: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{h}"))
+                .collect();
+            if v.is_empty() {
+                Err(format!("{s:?} names no host:port"))
+            } else {
+                Ok(v)
+            }
+        };
+        if let Some(rest) = s.strip_prefix("sentinel://") {
+            let Some((master, rest)) = rest.split_once('@') else {
+                return Err(format!(
+                    "{s:?}: a sentinel address is sentinel://<master-name>@host:port[,host:port...]"
+                ));
+            };
+            if master.is_empty() {
+                return Err(format!("{s:?}: the master name is empty"));
+            }
+            return Ok(Self::Sentinel {
+                sentinels: hosts(rest)?,
+                master: master.to_owned(),
+            });
+        }
+        if let Some(rest) = s.strip_prefix("cluster://") {
+            return Ok(Self::Cluster(hosts(rest)?));
+        }
+        if s.starts_with("redis://") || s.starts_with("rediss://") {
+            return Ok(Self::Single(s.to_owned()));
+        }
+        Err(format!(
+            "{s:?} is not a Redis address: use redis://host:port, \
+             sentinel://<master>@host:port,... or cluster://host:port,..."
+        ))
+    }
+}
+
+/// Configuration of the Redis router.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Where Redis is.
+    pub topology: Topology,
+    /// Prefix of every key, so several clusters can share one Redis.
+    pub prefix: String,
+    /// How long a node's devices count after its last lease renewal.
+    pub lease: Duration,
+    /// Cap of a node inbox in entries: a node that stalls longer is told it
+    /// lagged rather than making Redis grow without bound.
+    pub inbox_max_len: u64,
+    /// How long to wait for any one reply.
+    pub response_timeout: Duration,
+    /// Capacity of the in-process queue between a node's stream reader and
+    /// the relay.
+    pub local_queue: usize,
+}
+
+impl RedisConfig {
+    /// Defaults for `topology`: prefix `herold`, 5 s lease, 100,000-entry
+    /// inbox cap, 2 s reply timeout.
+    pub fn new(topology: Topology) -> Self {
+        Self {
+            topology,
+            prefix: "herold".into(),
+            lease: Duration::from_secs(5),
+            inbox_max_len: 100_000,
+            response_timeout: Duration::from_secs(2),
+            local_queue: 8192,
+        }
+    }
+}
+
+/// How long a reader blocks in `XREAD` before checking whether to stop.
+const READ_BLOCK: Duration = Duration::from_secs(2);
+/// Entries read per `XREAD`.
+const READ_COUNT: usize = 512;
+/// Devices per `MSET` when re-announcing a node's devices.
+const ANNOUNCE_CHUNK: usize = 1000;
+/// How long a "node is alive" answer is reused by `locate`.
+const LIVENESS_TTL: Duration = Duration::from_secs(1);
+
+/// Checks the lease, numbers the entry, appends it. KEYS: lease, inbox,
+/// counter. ARGV: max len, field, payload. Returns the entry number, or 0
+/// if the node holds no lease.
+const PUBLISH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'n', n, ARGV[2], ARGV[3])
+return n
+";
+
+/// Renews a lease held by this incarnation, or takes it again if it is gone
+/// (Redis restarted or failed over). KEYS: lease, inbox, counter. ARGV:
+/// incarnation, lease ms, inbox ttl ms. Returns 1 renewed, 0 re-created,
+/// -1 held by another incarnation.
+const RENEW: &str = r"
+local v = redis.call('GET', KEYS[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 0
+end
+return -1
+";
+
+/// Deletes a device's presence only if it still names this node.
+const ABSENT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// The Redis [`Router`]. Cheap to clone; connects lazily.
+#[derive(Debug, Clone)]
+pub struct RedisRouter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: RedisConfig,
+    connector: Arc<conn::Connector>,
+    shared: conn::Shared,
+    /// Nodes registered by this process. A std mutex, never held across an
+    /// `.await`.
+    nodes: Mutex<HashMap<NodeId, LocalNode>>,
+    liveness: Mutex<HashMap<NodeId, tokio::time::Instant>>,
+    publish: Script,
+    renew: Script,
+    absent: Script,
+}
+
+#[derive(Debug)]
+struct LocalNode {
+    incarnation: String,
+    /// The devices this process announced for the node: re-announced after
+    /// Redis lost them (restart, failover) or missed an update.
+    present: Arc<Mutex<HashSet<String>>>,
+    /// Set when a presence write failed: the next renewal re-announces.
+    dirty: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let nodes = self.nodes.get_mut().unwrap_or_else(|p| p.into_inner());
+        for n in nodes.values() {
+            for t in &n.tasks {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn backend(e: RedisError) -> RouterError {
+    RouterError::Backend(e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation: poisoning cannot
+    // leave a half-made change.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RedisRouter {
+    /// A router for `cfg`; no connection is made until the first call.
+    pub fn new(cfg: RedisConfig) -> Result<Self, RouterError> {
+        let connector =
+            Arc::new(conn::Connector::new(&cfg.topology, cfg.response_timeout).map_err(backend)?);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared: conn::Shared::new(connector.clone(), cfg.response_timeout),
+                connector,
+                cfg,
+                nodes: Mutex::new(HashMap::new()),
+                liveness: Mutex::new(HashMap::new()),
+                publish: Script::new(PUBLISH),
+                renew: Script::new(RENEW),
+                absent: Script::new(ABSENT),
+            }),
+        })
+    }
+
+    /// Whether the backend is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.connector.is_cluster()
+    }
+}
+
+impl Inner {
+    fn dev_key(&self, device: &str) -> String {
+        format!("{}:dev:{device}", self.cfg.prefix)
+    }
+    fn lease_key(&self, node: &str) -> String {
+        format!("{}:{{{node}}}:lease", self.cfg.prefix)
+    }
+    fn inbox_key(&self, node: &str) -> String {
+        format!("{}:{{{node}}}:inbox", self.cfg.prefix)
+    }
+    fn counter_key(&self, node: &str) -> String {
+        format!("{}:{{{node}}}:n", self.cfg.prefix)
+    }
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.cfg.prefix)
+    }
+
+    /// Runs `f` on the shared connection; a broken link is dropped so the
+    /// next call reconnects.
+    async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, RouterError>
+    where
+        F: FnOnce(conn::Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let (generation, c) = self.shared.get().await.map_err(backend)?;
+        match f(c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.shared.failed(generation, &e).await;
+                Err(backend(e))
+            }
+        }
+    }
+
+    async fn publish_entry(
+        &self,
+        node: &str,
+        field: &str,
+        payload: Bytes,
+    ) -> Result<(), RouterError> {
+        let n: i64 = self
+            .with_conn(|mut c| async move {
+                self.publish
+                    .key(self.lease_key(node))
+                    .key(self.inbox_key(node))
+                    .key(self.counter_key(node))
+                    .arg(self.cfg.inbox_max_len)
+                    .arg(field)
+                    .arg(payload.as_ref())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n == 0 {
+            lock(&self.liveness).remove(node);
+            return Err(RouterError::UnknownNode(node.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn announce(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
+        for chunk in devices.chunks(ANNOUNCE_CHUNK) {
+            let pairs: Vec<(String, &str)> =
+                chunk.iter().map(|d| (self.dev_key(d), node)).collect();
+            self.with_conn(|mut c| async move { c.mset::<_, _, ()>(&pairs).await })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_presence(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
+        let results = join_all(devices.iter().map(|d| {
+            self.with_conn(move |mut c| async move {
+                self.absent
+                    .key(self.dev_key(d))
+                    .arg(node)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+        }))
+        .await;
+        results.into_iter().try_for_each(|r| r.map(|_| ()))
+    }
+
+    /// Which of `nodes` hold a lease (answers reused for [`LIVENESS_TTL`]).
+    async fn alive(&self, nodes: Vec<NodeId>) -> Result<HashSet<NodeId>, RouterError> {
+        let now = tokio::time::Instant::now();
+        let mut alive = HashSet::new();
+        let mut ask = Vec::new();
+        {
+            let cache = lock(&self.liveness);
+            for n in nodes {
+                match cache.get(&n) {
+                    Some(until) if *until > now => {
+                        alive.insert(n);
+                    }
+                    _ => ask.push(n),
+                }
+            }
+        }
+        if ask.is_empty() {
+            return Ok(alive);
+        }
+        let keys: Vec<String> = ask.iter().map(|n| self.lease_key(n)).collect();
+        let leases: Vec<Option<String>> = self
+            .with_conn(|mut c| async move { c.mget(&keys).await })
+            .await?;
+        let mut cache = lock(&self.liveness);
+        for (n, lease) in ask.into_iter().zip(leases) {
+            if lease.is_some() {
+                cache.insert(n.clone(), now + LIVENESS_TTL);
+                alive.insert(n);
+            } else {
+                cache.remove(&n);
+            }
+        }
+        Ok(alive)
+    }
+}
+
+#[async_trait]
+impl Router for RedisRouter {
+    async fn register_node(&self, node: &str) -> Result<Inbox, RouterError> {
+        let inner = &self.inner;
+        if lock(&inner.nodes).contains_key(node) {
+            return Err(RouterError::NodeExists(node.to_owned()));
+        }
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).map_err(|e| RouterError::Backend(e.to_string()))?;
+        let incarnation = raw.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let lease_ms = inner.cfg.lease.as_millis() as u64;
+        let (lease, inbox, counter, nodes) = (
+            inner.lease_key(node),
+            inner.inbox_key(node),
+            inner.counter_key(node),
+            inner.nodes_key(),
+        );
+        let taken: Option<String> = inner
+            .with_conn(|mut c| {
+                let (lease, inc) = (lease.clone(), incarnation.clone());
+                async move {
+                    redis::cmd("SET")
+                        .arg(&lease)
+                        .arg(&inc)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(lease_ms)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        if taken.is_none() {
+            return Err(RouterError::NodeExists(node.to_owned()));
+        }
+        // A previous incarnation's inbox holds nothing for this one.
+        inner
+            .with_conn(|mut c| {
+                let (inbox, counter, nodes, node) = (
+                    inbox.clone(),
+                    counter.clone(),
+                    nodes.clone(),
+                    node.to_owned(),
+                );
+                async move {
+                    let () = c.del(&[&inbox, &counter]).await?;
+                    c.sadd::<_, _, ()>(&nodes, &node).await
+                }
+            })
+            .await?;
+
+        let (tx, rx) = mpsc::channel(inner.cfg.local_queue.max(1));
+        let (stop, stop_rx) = watch::channel(false);
+        let present = Arc::new(Mutex::new(HashSet::new()));
+        let dirty = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_inbox(
+            self.inner.clone(),
+            node.to_owned(),
+            tx.clone(),
+            stop_rx.clone(),
+        ));
+        let keeper = tokio::spawn(keep_lease(
+            Arc::downgrade(&self.inner),
+            node.to_owned(),
+            incarnation.clone(),
+            present.clone(),
+            dirty.clone(),
+            tx,
+            stop_rx,
+        ));
+        lock(&inner.nodes).insert(
+            node.to_owned(),
+            LocalNode {
+                incarnation,
+                present,
+                dirty,
+                stop,
+                tasks: vec![reader, keeper],
+            },
+        );
+        lock(&inner.liveness).insert(node.to_owned(), tokio::time::Instant::now() + LIVENESS_TTL);
+        Ok(Inbox::new(rx))
+    }
+
+    async fn deregister_node(&self, node: &str) -> Result<(), RouterError> {
+        let inner = &self.inner;
+        let Some(local) = lock(&inner.nodes).remove(node) else {
+            return Ok(());
+        };
+        let _ = local.stop.send(true);
+        for t in &local.tasks {
+            t.abort();
+        }
+        lock(&inner.liveness).remove(node);
+        let devices: Vec<String> = lock(&local.present).drain().collect();
+        let keys = [
+            inner.lease_key(node),
+            inner.inbox_key(node),
+            inner.counter_key(node),
+        ];
+        let lease_key = keys[0].clone();
+        let incarnation = local.incarnation.clone();
+        // Only this incarnation's lease: a successor may hold the id already.
+        let held: Option<String> = inner
+            .with_conn(|mut c| async move { c.get(&lease_key).await })
+            .await?;
+        if held.as_deref() == Some(incarnation.as_str()) {
+            inner
+                .with_conn(|mut c| {
+                    let (keys, nodes, node) = (keys.clone(), inner.nodes_key(), node.to_owned());
+                    async move {
+                        let () = c.del(&keys[1..]).await?;
+                        let () = c.del(&keys[0]).await?;
+                        c.srem::<_, _, ()>(&nodes, &node).await
+                    }
+                })
+                .await?;
+        }
+        inner.remove_presence(node, &devices).await
+    }
+
+    async fn set_present(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
+        let inner = &self.inner;
+        {
+            let nodes = lock(&inner.nodes);
+            let Some(local) = nodes.get(node) else {
+                return Err(RouterError::UnknownNode(node.to_owned()));
+            };
+            lock(&local.present).extend(devices.iter().cloned());
+        }
+        let r = inner.announce(node, devices).await;
+        if r.is_err() {
+            self.mark_dirty(node);
+        }
+        r
+    }
+
+    async fn set_absent(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
+        let inner = &self.inner;
+        if let Some(local) = lock(&inner.nodes).get(node) {
+            let mut present = lock(&local.present);
+            for d in devices {
+                present.remove(d);
+            }
+        }
+        inner.remove_presence(node, devices).await
+    }
+
+    async fn locate(
+        &self,
+        devices: &[String],
+    ) -> Result<HashMap<NodeId, Vec<String>>, RouterError> {
+        let inner = &self.inner;
+        if devices.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<String> = devices.iter().map(|d| inner.dev_key(d)).collect();
+        let at: Vec<Option<String>> = inner
+            .with_conn(|mut c| async move { c.mget(&keys).await })
+            .await?;
+        let mut out: HashMap<NodeId, Vec<String>> = HashMap::new();
+        for (d, n) in devices.iter().zip(at) {
+            if let Some(n) = n {
+                out.entry(n).or_default().push(d.clone());
+            }
+        }
+        let alive = inner.alive(out.keys().cloned().collect()).await?;
+        out.retain(|n, _| alive.contains(n));
+        Ok(out)
+    }
+
+    async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError> {
+        let payload = wire::encode(&delivery).map_err(|e| RouterError::Backend(e.to_string()))?;
+        self.inner.publish_entry(node, "d", payload).await
+    }
+
+    async fn publish_many(
+        &self,
+        deliveries: Vec<(NodeId, Delivery)>,
+    ) -> Vec<Result<(), RouterError>> {
+        // Concurrent calls on one multiplexed connection are pipelined.
+        join_all(
+            deliveries
+                .into_iter()
+                .map(|(node, d)| async move { self.publish(&node, d).await }),
+        )
+        .await
+    }
+
+    async fn broadcast(&self, payload: Bytes) -> Result<(), RouterError> {
+        let inner = &self.inner;
+        let nodes_key = inner.nodes_key();
+        let nodes: Vec<String> = inner
+            .with_conn(|mut c| async move { c.smembers(&nodes_key).await })
+            .await?;
+        let results = join_all(nodes.iter().map(|n| {
+            let payload = payload.clone();
+            async move { (n, inner.publish_entry(n, "b", payload).await) }
+        }))
+        .await;
+        let mut first_err = None;
+        for (n, r) in results {
+            match r {
+                Ok(()) => {}
+                Err(RouterError::UnknownNode(_)) => {
+                    // A dead node: forget it.
+                    let nodes_key = inner.nodes_key();
+                    let _ = inner
+                        .with_conn(|mut c| async move { c.srem::<_, _, ()>(&nodes_key, n).await })
+                        .await;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl RedisRouter {
+    fn mark_dirty(&self, node: &str) {
+        if let Some(local) = lock(&self.inner.nodes).get(node) {
+            local.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Renews the node's lease every third of it. When Redis lost the node's
+/// keys (restart, failover to a replica that had not seen them) or a write
+/// failed meanwhile, re-announces the node's devices and tells the relay it
+/// lagged.
+async fn keep_lease(
+    inner: std::sync::Weak<Inner>,
+    node: String,
+    incarnation: String,
+    present: Arc<Mutex<HashSet<String>>>,
+    dirty: Arc<AtomicBool>,
+    tx: mpsc::Sender<InboxEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(period) = inner.upgrade().map(|i| i.cfg.lease / 3) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let lease_ms = inner.cfg.lease.as_millis() as u64;
+        let renewed: Result<i64, RouterError> = inner
+            .with_conn(|mut c| {
+                let inner = &inner;
+                let (node, inc) = (&node, &incarnation);
+                async move {
+                    inner
+                        .renew
+                        .key(inner.lease_key(node))
+                        .key(inner.inbox_key(node))
+                        .key(inner.counter_key(node))
+                        .arg(inc)
+                        .arg(lease_ms)
+                        .arg(lease_ms.saturating_mul(10))
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await;
+        let lost = match renewed {
+            Ok(1) => dirty.swap(false, Ordering::Relaxed),
+            Ok(0) => {
+                warn!(
+                    node,
+                    "Redis had lost this node's lease; re-announcing its devices"
+                );
+                true
+            }
+            Ok(_) => {
+                warn!(
+                    node,
+                    "another relay holds this node id: node ids must be unique per process"
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(node, error = %e, "renewing the node lease failed; retrying");
+                dirty.store(true, Ordering::Relaxed);
+                continue;
+            }
+        };
+        if !lost {
+            continue;
+        }
+        let devices: Vec<String> = lock(&present).iter().cloned().collect();
+        let nodes_key = inner.nodes_key();
+        let again = async {
+            inner
+                .with_conn(|mut c| {
+                    let (nodes_key, node) = (nodes_key.clone(), node.clone());
+                    async move { c.sadd::<_, _, ()>(&nodes_key, &node).await }
+                })
+                .await?;
+            inner.announce(&node, &devices).await
+        };
+        match again.await {
+            Ok(()) => {
+                info!(node, devices = devices.len(), "presence re-announced");
+                // Pushes may have been lost meanwhile: devices resync.
+                if tx.send(InboxEvent::Lagged).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(node, error = %e, "re-announcing presence failed; retrying");
+                dirty.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Reads the node's inbox stream into the relay's queue, trimming what it
+/// has read. Any doubt about completeness (a number gap, a broken link, an
+/// undecodable entry) becomes [`InboxEvent::Lagged`].
+async fn read_inbox(
+    inner: Arc<Inner>,
+    node: String,
+    tx: mpsc::Sender<InboxEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let inbox = inner.inbox_key(&node);
+    let connector = inner.connector.clone();
+    let reply_timeout = READ_BLOCK + inner.cfg.response_timeout;
+    // Hold no strong reference while blocked: the router may be dropped.
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    let mut last_id = "0-0".to_owned();
+    let mut expected: i64 = 1;
+    let mut backoff = Duration::from_millis(50);
+    let mut lagged = false;
+    let opts = StreamReadOptions::default()
+        .count(READ_COUNT)
+        .block(READ_BLOCK.as_millis() as usize);
+    'connect: loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut c = match connector.connect(reply_timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(node, error = %e, "connecting the inbox reader failed; retrying");
+                lagged = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        if std::mem::take(&mut lagged) && tx.send(InboxEvent::Lagged).await.is_err() {
+            return;
+        }
+        loop {
+            let (keys, ids) = ([&inbox], [&last_id]);
+            let read = tokio::select! {
+                r = c.xread_options::<_, _, Option<StreamReadReply>>(&keys, &ids, &opts) => r,
+                _ = stop.changed() => return,
+            };
+            let reply = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(node, error = %e, "reading the inbox failed; reconnecting");
+                    lagged = true;
+                    continue 'connect;
+                }
+            };
+            let Some(reply) = reply else { continue };
+            for key in reply.keys {
+                for entry in key.ids {
+                    last_id = entry.id.clone();
+                    let n = entry.map.get("n").and_then(value_i64).unwrap_or(-1);
+                    let mut events = Vec::with_capacity(2);
+                    if n != expected {
+                        warn!(
+                            node,
+                            got = n,
+                            expected,
+                            "inbox entries were lost; devices resync"
+                        );
+                        events.push(InboxEvent::Lagged);
+                    }
+                    expected = n.saturating_add(1);
+                    if let Some(v) = entry.map.get("d") {
+                        match value_bytes(v).map(wire::decode) {
+                            Some(Ok(d)) => events.push(InboxEvent::Delivery(d)),
+                            Some(Err(e)) => {
+                                warn!(node, error = %e, "undecodable inbox entry; devices resync");
+                                events.push(InboxEvent::Lagged);
+                            }
+                            None => events.push(InboxEvent::Lagged),
+                        }
+                    } else if let Some(v) = entry.map.get("b") {
+                        match value_bytes(v) {
+                            Some(b) => events.push(InboxEvent::Broadcast(b)),
+                            None => events.push(InboxEvent::Lagged),
+                        }
+                    }
+                    for ev in events {
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            // What was read is delivered to the relay: drop it from Redis.
+            let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")
+                .arg(&inbox)
+                .arg("MINID")
+                .arg(&last_id)
+                .query_async(&mut c)
+                .await;
+            if let Err(e) = trimmed {
+                warn!(node, error = %e, "trimming the inbox failed");
+            }
+            if weak.strong_count() == 0 {
+                return;
+            }
+        }
+    }
+}
+
+fn value_i64(v: &Value) -> Option<i64> {
+    redis::from_redis_value_ref::<i64>(v).ok()
+}
+
+fn value_bytes(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::copy_from_slice(b)),
+        _ => None,
+    }
+}
