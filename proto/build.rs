@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/herold/v1/client.proto",
         "proto/herold/v1/admin.proto",
+        "proto/herold/v1/cluster.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

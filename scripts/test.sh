@@ -4,9 +4,17 @@
 # CQL server: Apache Cassandra 5 standing in for Scylla, started here with
 # scripts/cassandra.sh (installed on first use from Maven Central into
 # ~/.cache/herold, kept running afterwards; `scripts/cassandra.sh stop`).
-# Later tiers (Redis) start their servers from here.
+# The Redis tier: a single Redis, a Sentinel setup and a 3-master Redis
+# Cluster on loopback from scripts/redis.sh (Debian's redis-server,
+# installed with apt if missing; `scripts/redis.sh stop`), for the router's
+# conformance suite and the cluster tests of several relay processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/cassandra.sh start
 export HEROLD_TEST_CQL="${HEROLD_TEST_CQL:-127.0.0.1:${HEROLD_CQL_PORT:-9042}}"
+scripts/redis.sh start all
+while IFS='=' read -r name value; do
+  # A value already in the environment wins (another Redis of the developer's).
+  if [ -z "${!name:-}" ]; then export "$name=$value"; fi
+done < <(scripts/redis.sh env)
 exec cargo test --workspace --locked "$@"

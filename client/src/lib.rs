@@ -137,6 +137,10 @@ impl Default for Backoff {
 pub struct ClientConfig {
     /// Relay address.
     pub relay: SocketAddr,
+    /// Further relays of the same cluster (same certificate). After a lost
+    /// connection or a failed attempt the client moves on to the next
+    /// address, so the devices of a dead relay land on the survivors.
+    pub fallback_relays: Vec<SocketAddr>,
     /// SHA-256 of the relay's certificate.
     pub fingerprint: [u8; 32],
     /// This device's id.
@@ -151,6 +155,9 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// A shared client endpoint (UDP socket); `None` opens one per client.
     pub endpoint: Option<quinn::Endpoint>,
+    /// How long a silent relay is given before the client reconnects
+    /// elsewhere (keep-alives go out at half of it).
+    pub idle_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -158,6 +165,7 @@ impl ClientConfig {
     pub fn new(relay: SocketAddr, fingerprint: [u8; 32], device_id: &str, key: SigningKey) -> Self {
         Self {
             relay,
+            fallback_relays: Vec::new(),
             fingerprint,
             device_id: device_id.to_owned(),
             key,
@@ -165,6 +173,7 @@ impl ClientConfig {
             cursors: HashMap::new(),
             max_in_flight: 64,
             endpoint: None,
+            idle_timeout: crate::tls::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -236,7 +245,7 @@ impl Client {
     /// Connects and authenticates. Fails if the first attempt fails, so that
     /// a wrong key or address is reported at once; later losses reconnect.
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let mut conn = open(&config).await?;
+        let mut conn = open(&config, config.relay).await?;
         let ok = conn.authenticate(&config.device_id, &config.key).await?;
         let cursors = Arc::new(Mutex::new(config.cursors.clone()));
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -250,6 +259,7 @@ impl Client {
             events: ev_tx,
             pending: HashMap::new(),
             dirty: HashMap::new(),
+            relay_index: 0,
         };
         tokio::spawn(driver.run(conn, cmd_rx));
         Ok(Self {
@@ -413,6 +423,9 @@ struct Driver {
     pending: HashMap<Vec<u8>, (v1::Submit, Reply)>,
     /// Acks to send, per conversation.
     dirty: HashMap<String, u64>,
+    /// Which relay to connect to next: 0 is `config.relay`, then the
+    /// fallbacks in order.
+    relay_index: usize,
 }
 
 enum Outcome {
@@ -441,6 +454,7 @@ impl Driver {
                         return;
                     }
                     Err(_) => {
+                        self.next_relay();
                         tokio::time::sleep(jitter(delay)).await;
                         delay = (delay * 2).min(self.config.backoff.max);
                         continue;
@@ -449,9 +463,11 @@ impl Driver {
             };
             match self.serve(c, &mut cmds).await {
                 Outcome::Lost(reason) => {
+                    self.next_relay();
                     let _ = self.events.send(Event::Disconnected { reason }).await;
                 }
                 Outcome::Draining => {
+                    self.next_relay();
                     let reason = "the relay is draining".to_owned();
                     let _ = self.events.send(Event::Disconnected { reason }).await;
                 }
@@ -471,8 +487,20 @@ impl Driver {
         }
     }
 
+    /// Moves on to the next relay address (if there are several).
+    fn next_relay(&mut self) {
+        self.relay_index = (self.relay_index + 1) % (1 + self.config.fallback_relays.len());
+    }
+
+    fn current_relay(&self) -> SocketAddr {
+        match self.relay_index {
+            0 => self.config.relay,
+            i => self.config.fallback_relays[i - 1],
+        }
+    }
+
     async fn reconnect(&self) -> Result<RawConnection, ClientError> {
-        let mut c = open(&self.config).await?;
+        let mut c = open(&self.config, self.current_relay()).await?;
         let ok = c
             .authenticate(&self.config.device_id, &self.config.key)
             .await?;
@@ -635,11 +663,16 @@ impl Driver {
     }
 }
 
-async fn open(config: &ClientConfig) -> Result<RawConnection, ClientError> {
-    match &config.endpoint {
-        Some(e) => RawConnection::connect_via(e, config.relay, config.fingerprint).await,
-        None => RawConnection::connect(config.relay, config.fingerprint).await,
-    }
+async fn open(config: &ClientConfig, relay: SocketAddr) -> Result<RawConnection, ClientError> {
+    let own;
+    let endpoint = match &config.endpoint {
+        Some(e) => e,
+        None => {
+            own = crate::raw::client_endpoint(relay)?;
+            &own
+        }
+    };
+    RawConnection::connect_via_idle(endpoint, relay, config.fingerprint, config.idle_timeout).await
 }
 
 /// How long acks may wait to be coalesced.

@@ -53,7 +53,19 @@ impl RawConnection {
         relay: SocketAddr,
         fingerprint: [u8; 32],
     ) -> Result<Self, ClientError> {
-        let config = crate::tls::client_config(fingerprint).map_err(ClientError::Tls)?;
+        Self::connect_via_idle(endpoint, relay, fingerprint, crate::tls::DEFAULT_IDLE_TIMEOUT).await
+    }
+
+    /// Like [`RawConnection::connect_via`], with the idle timeout after which
+    /// a silent relay counts as lost.
+    pub async fn connect_via_idle(
+        endpoint: &quinn::Endpoint,
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+        idle: std::time::Duration,
+    ) -> Result<Self, ClientError> {
+        let config =
+            crate::tls::client_config_with_idle(fingerprint, idle).map_err(ClientError::Tls)?;
         let conn = endpoint
             .connect_with(config, relay, "localhost")
             .map_err(|e| ClientError::Connect(e.to_string()))?

@@ -87,8 +87,21 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// How long a silent relay is given before the connection counts as lost
+/// (keep-alives go out at half of it).
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A quinn client configuration that pins `fingerprint`.
 pub fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, String> {
+    client_config_with_idle(fingerprint, DEFAULT_IDLE_TIMEOUT)
+}
+
+/// Like [`client_config`], with the idle timeout after which a relay that
+/// stopped answering (a crashed node) counts as lost and the client moves on.
+pub fn client_config_with_idle(
+    fingerprint: [u8; 32],
+    idle: std::time::Duration,
+) -> Result<quinn::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -104,7 +117,10 @@ pub fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, Strin
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
+    transport.keep_alive_interval(Some(idle / 2));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(idle).map_err(|e| format!("idle timeout {idle:?}: {e}"))?,
+    ));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

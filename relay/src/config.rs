@@ -96,6 +96,20 @@ pub struct Args {
     /// (`herold-relay --cql-contact-points ... --migrate-only`).
     #[arg(long, env = "HEROLD_MIGRATE_ONLY")]
     pub migrate_only: bool,
+    /// Redis that joins this relay to a cluster of relays:
+    /// `redis://host:port`, `sentinel://<master>@host:port[,host:port...]`
+    /// or `cluster://host:port[,host:port...]`. Needs the CQL store, which
+    /// the relays share. Without it the relay routes in-process (one node).
+    #[arg(long, env = "HEROLD_REDIS")]
+    pub redis: Option<String>,
+    /// Prefix of the relay's Redis keys, so clusters can share a Redis
+    /// [default: herold].
+    #[arg(long, env = "HEROLD_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Milliseconds a crashed relay's devices keep counting as connected
+    /// (its lease in Redis) [default: 5000].
+    #[arg(long, env = "HEROLD_REDIS_LEASE_MS")]
+    pub redis_lease_ms: Option<u64>,
 }
 
 /// The optional TOML file: the same settings as the flags.
@@ -125,6 +139,67 @@ struct FileConfig {
     cql_keyspace: Option<String>,
     cql_consistency: Option<String>,
     cql_replication: Option<String>,
+    redis: Option<String>,
+    redis_prefix: Option<String>,
+    redis_lease_ms: Option<u64>,
+}
+
+/// The Redis router configuration; `None` without an address.
+fn redis_config(
+    address: Option<String>,
+    prefix: Option<String>,
+    lease_ms: Option<u64>,
+) -> Result<Option<herold_router::redis::RedisConfig>, ConfigError> {
+    use herold_router::redis::{RedisConfig, Topology};
+    let Some(address) = address else {
+        if prefix.is_some() || lease_ms.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "redis",
+                reason: "other --redis-* settings are given but no Redis address".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let topology = Topology::parse(&address).map_err(|reason| ConfigError::Invalid {
+        name: "redis",
+        reason,
+    })?;
+    let mut cfg = RedisConfig::new(topology);
+    if let Some(p) = prefix {
+        if p.is_empty() || p.len() > 64 || !p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ConfigError::Invalid {
+                name: "redis-prefix",
+                reason: format!("{p:?} must be 1-64 ASCII letters, digits, - _ ."),
+            });
+        }
+        cfg.prefix = p;
+    }
+    if let Some(ms) = lease_ms {
+        if !(500..=60_000).contains(&ms) {
+            return Err(ConfigError::Invalid {
+                name: "redis-lease-ms",
+                reason: format!("{ms} is outside 500..=60000"),
+            });
+        }
+        cfg.lease = Duration::from_millis(ms);
+    }
+    Ok(Some(cfg))
+}
+
+/// A node id unique per host and port: `<hostname>-<port>`.
+fn default_node_id(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .take(50)
+        .collect();
+    let host = if host.is_empty() { "relay".to_owned() } else { host };
+    format!("{host}-{}", listen.port())
 }
 
 /// The CQL store configuration from the flags; `None` without contact
@@ -253,6 +328,9 @@ pub struct Config {
     pub cql: Option<herold_store::cql::CqlConfig>,
     /// Only apply the CQL migrations, then exit.
     pub migrate_only: bool,
+    /// The Redis router joining this relay to a cluster; `None` routes
+    /// in-process.
+    pub redis: Option<herold_router::redis::RedisConfig>,
 }
 
 impl Config {
@@ -272,6 +350,7 @@ impl Config {
             log: "info".into(),
             cql: None,
             migrate_only: false,
+            redis: None,
         }
     }
 
@@ -335,7 +414,7 @@ impl Config {
             Some(path) => Some(read_token(&path)?),
             None => None,
         };
-        let config = Config {
+        let mut config = Config {
             dev,
             listen: args
                 .listen
@@ -349,10 +428,7 @@ impl Config {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("herold-data")),
-            node_id: args
-                .node_id
-                .or(file.node_id)
-                .unwrap_or_else(|| "relay-1".into()),
+            node_id: String::new(),
             tls,
             admin_token,
             limits,
@@ -368,7 +444,27 @@ impl Config {
                 args.cql_replication.or(file.cql_replication),
             )?,
             migrate_only: args.migrate_only,
+            redis: redis_config(
+                args.redis.or(file.redis),
+                args.redis_prefix.or(file.redis_prefix),
+                args.redis_lease_ms.or(file.redis_lease_ms),
+            )?,
         };
+        // One node alone may keep the short default; in a cluster every
+        // node needs its own id.
+        config.node_id = match args.node_id.or(file.node_id) {
+            Some(id) => id,
+            None if config.redis.is_some() => default_node_id(config.listen),
+            None => "relay-1".into(),
+        };
+        if config.redis.is_some() && config.cql.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "redis",
+                reason: "the relays of a cluster share one store: --redis needs \
+                         --cql-contact-points (the embedded store belongs to one process)"
+                    .into(),
+            });
+        }
         if config.migrate_only && config.cql.is_none() {
             return Err(ConfigError::Invalid {
                 name: "migrate-only",

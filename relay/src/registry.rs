@@ -103,6 +103,11 @@ impl Registry {
         }
     }
 
+    /// Ids of the connected devices.
+    pub fn device_ids(&self) -> Vec<String> {
+        self.sessions.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Ends the device's session with an error, if connected.
     pub fn kick(&self, device_id: &str, why: Kick) -> bool {
         match self.sessions.get(device_id) {

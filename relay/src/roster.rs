@@ -93,4 +93,15 @@ impl Rosters {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
     }
+
+    /// Forgets these conversations' rosters; an empty slice forgets all.
+    pub fn invalidate_some(&self, conversations: &[String]) {
+        if conversations.is_empty() {
+            return self.invalidate();
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for c in conversations {
+            self.cache.remove(c);
+        }
+    }
 }

@@ -16,7 +16,9 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Limits};
 use crate::cursors::CursorSink;
-use crate::registry::{Push, PushOutcome, Registry};
+use crate::registry::{Kick, Push, PushOutcome, Registry};
+use herold_proto::v1::{self, ErrorCode, cluster_event};
+use prost::Message as _;
 use crate::roster::Rosters;
 
 /// How often acknowledged cursors are written, all devices in one operation.
@@ -46,16 +48,103 @@ pub(crate) struct Shared {
 impl Shared {
     /// Membership or devices of these conversations changed (an empty
     /// slice: of any conversation): every node's roster cache forgets them.
-    pub async fn rosters_changed(&self, _conversations: &[String]) {
-        self.rosters.invalidate();
+    pub async fn rosters_changed(&self, conversations: &[String]) {
+        self.rosters.invalidate_some(conversations);
+        self.tell_cluster(cluster_event::Kind::RostersChanged(v1::RostersChanged {
+            conversation_ids: conversations.to_vec(),
+        }))
+        .await;
     }
 
     /// Ends the sessions of these devices on every node, with `why`.
-    pub async fn kick_devices(&self, devices: &[String], why: crate::registry::Kick) {
+    pub async fn kick_devices(&self, devices: &[String], why: Kick) {
         for d in devices {
             self.registry.kick(d, why.clone());
         }
+        self.tell_cluster(cluster_event::Kind::KickDevices(v1::KickDevices {
+            device_ids: devices.to_vec(),
+            code: why.code as i32,
+            message: why.message,
+        }))
+        .await;
     }
+
+    /// Broadcasts a change this node has applied already to the others. If
+    /// the router is unreachable the others learn it when they resync
+    /// (their inbox reports `Lagged`, which clears caches and re-checks
+    /// every connected device).
+    async fn tell_cluster(&self, kind: cluster_event::Kind) {
+        let ev = v1::ClusterEvent {
+            origin_node: self.node_id.clone(),
+            kind: Some(kind),
+        };
+        if let Err(e) = self.router.broadcast(ev.encode_to_vec().into()).await {
+            warn!(error = %e, "telling the other relays failed; they catch up when they resync");
+        }
+    }
+
+    /// Applies another node's broadcast.
+    fn apply_cluster_event(&self, payload: &[u8]) {
+        let ev = match v1::ClusterEvent::decode(payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(error = %e, "undecodable cluster event; clearing the roster cache");
+                self.rosters.invalidate();
+                return;
+            }
+        };
+        if ev.origin_node == self.node_id {
+            return;
+        }
+        match ev.kind {
+            Some(cluster_event::Kind::RostersChanged(r)) => {
+                self.rosters.invalidate_some(&r.conversation_ids);
+            }
+            Some(cluster_event::Kind::KickDevices(k)) => {
+                let why = Kick {
+                    code: ErrorCode::try_from(k.code).unwrap_or(ErrorCode::DeviceRevoked),
+                    message: k.message,
+                };
+                for d in &k.device_ids {
+                    self.registry.kick(d, why.clone());
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// After the router may have lost messages: every device resyncs from the
+/// store, cached rosters are dropped, and every connected device is checked
+/// against the directory (a revocation broadcast may be among the lost).
+fn recover_from_lag(shared: &Arc<Shared>) {
+    shared.rosters.invalidate();
+    shared.registry.push_all(&Push::Resync);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let devices = shared.registry.device_ids();
+        futures_util::stream::iter(devices)
+            .for_each_concurrent(32, |d| {
+                let shared = shared.clone();
+                async move {
+                    match shared.store.get_device(&d).await {
+                        Ok(Some(dev)) if !dev.revoked => {}
+                        Ok(_) => {
+                            shared.registry.kick(
+                                &d,
+                                Kick {
+                                    code: ErrorCode::DeviceRevoked,
+                                    message: "this device was revoked".into(),
+                                },
+                            );
+                        }
+                        Err(e) => warn!(error = %e, "re-checking a device failed"),
+                    }
+                }
+            })
+            .await;
+    });
 }
 
 /// A bound, not yet running relay node.
@@ -84,8 +173,14 @@ impl Relay {
                         cql.contact_points.join(",")
                     )
                 })?;
-            return Self::bind_with(config, Arc::new(store), Arc::new(MemoryRouter::default()))
-                .await;
+            let router: Arc<dyn Router> = match &config.redis {
+                Some(r) => Arc::new(
+                    herold_router::redis::RedisRouter::new(r.clone())
+                        .context("configuring the Redis router")?,
+                ),
+                None => Arc::new(MemoryRouter::default()),
+            };
+            return Self::bind_with(config, Arc::new(store), router).await;
         }
         let store_dir = config.data_dir.join("store");
         let store = EmbeddedStore::open(&store_dir, EmbeddedConfig::default())
@@ -108,10 +203,7 @@ impl Relay {
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding the admin API on {}", config.admin_listen))?;
-        let inbox = router
-            .register_node(&config.node_id)
-            .await
-            .context("registering with the router")?;
+        let inbox = register(&*router, &config).await?;
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
             rosters: Rosters::new(store.clone()),
@@ -233,6 +325,41 @@ impl Relay {
     }
 }
 
+/// Registers the node. A relay restarted at once after a crash finds its
+/// id still leased by its dead predecessor: it waits out the lease.
+async fn register(router: &dyn Router, config: &Config) -> anyhow::Result<Inbox> {
+    let lease = config
+        .redis
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.lease);
+    let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(2);
+    let mut told = false;
+    loop {
+        match router.register_node(&config.node_id).await {
+            Ok(inbox) => return Ok(inbox),
+            Err(herold_router::RouterError::NodeExists(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                if !std::mem::replace(&mut told, true) {
+                    info!(
+                        node = %config.node_id,
+                        "node id still leased (a crashed predecessor?); waiting for the lease to end"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "registering node {:?} with the router (node ids must be unique in a cluster)",
+                        config.node_id
+                    )
+                });
+            }
+        }
+    }
+}
+
 /// Sends one stored message to every online recipient device: one delivery
 /// per relay node holding any of them.
 pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessage) {
@@ -245,15 +372,22 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
             return;
         }
     };
-    for (node, devices) in located {
-        let d = Delivery {
-            conversation_id: m.conversation_id.clone(),
-            seq: m.seq,
-            expires_at_ms: m.expires_at_ms,
-            frame: frame.clone(),
-            devices,
-        };
-        if let Err(e) = shared.router.publish(&node, d).await {
+    let batch: Vec<(String, Delivery)> = located
+        .into_iter()
+        .map(|(node, devices)| {
+            let d = Delivery {
+                conversation_id: m.conversation_id.clone(),
+                seq: m.seq,
+                expires_at_ms: m.expires_at_ms,
+                frame: frame.clone(),
+                devices,
+            };
+            (node, d)
+        })
+        .collect();
+    for r in shared.router.publish_many(batch).await {
+        if let Err(e) = r {
+            // A node that just died: its devices reconnect elsewhere and sync.
             warn!(error = %e, "router publish failed");
         }
     }
@@ -273,7 +407,8 @@ async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
                     }
                 }
             }
-            InboxEvent::Lagged => shared.registry.push_all(&Push::Resync),
+            InboxEvent::Lagged => recover_from_lag(&shared),
+            InboxEvent::Broadcast(payload) => shared.apply_cluster_event(&payload),
         }
     }
 }

@@ -18,7 +18,9 @@ pub(crate) enum Connector {
     Single(redis::Client),
     /// A tokio mutex: resolving the master is async and takes `&mut`.
     Sentinel(tokio::sync::Mutex<SentinelClient>),
-    Cluster(ClusterClient),
+    /// The client for the shared connection, and the seed nodes to build
+    /// clients with other reply timeouts (the blocking inbox reader).
+    Cluster(ClusterClient, Vec<String>, Duration),
 }
 
 impl std::fmt::Debug for Connector {
@@ -26,7 +28,7 @@ impl std::fmt::Debug for Connector {
         f.write_str(match self {
             Self::Single(_) => "Connector::Single",
             Self::Sentinel(_) => "Connector::Sentinel",
-            Self::Cluster(_) => "Connector::Cluster",
+            Self::Cluster(..) => "Connector::Cluster",
         })
     }
 }
@@ -44,11 +46,9 @@ impl Connector {
                 )?))
             }
             Topology::Cluster(nodes) => Self::Cluster(
-                ClusterClient::builder(nodes.iter().map(String::as_str))
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(response_timeout)
-                    .retries(2)
-                    .build()?,
+                cluster_client(nodes, response_timeout)?,
+                nodes.clone(),
+                response_timeout,
             ),
         })
     }
@@ -67,13 +67,28 @@ impl Connector {
                 let mut s = s.lock().await;
                 Ok(Conn::Plain(s.get_async_connection_with_config(&cfg).await?))
             }
-            Self::Cluster(c) => Ok(Conn::Cluster(c.get_async_connection().await?)),
+            Self::Cluster(c, _, t) if *t == response_timeout => {
+                Ok(Conn::Cluster(c.get_async_connection().await?))
+            }
+            Self::Cluster(_, nodes, _) => Ok(Conn::Cluster(
+                cluster_client(nodes, response_timeout)?
+                    .get_async_connection()
+                    .await?,
+            )),
         }
     }
 
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+        matches!(self, Self::Cluster(..))
     }
+}
+
+fn cluster_client(nodes: &[String], response_timeout: Duration) -> RedisResult<ClusterClient> {
+    ClusterClient::builder(nodes.iter().map(String::as_str))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response_timeout)
+        .retries(2)
+        .build()
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -213,3 +213,28 @@ fn topology_addresses_parse_with_clear_errors() {
     let e = Topology::parse("cluster://").unwrap_err();
     assert!(e.contains("names no host"), "{e}");
 }
+
+/// An idle node's reader blocks and wakes without ever reporting a lag:
+/// a spurious `Lagged` would make every device on the node resync.
+async fn idle_node_does_not_lag(var: &str) {
+    let r = fresh(var);
+    let mut inbox = r.register_node("idle").await.unwrap();
+    // Longer than two blocking reads and a lease renewal.
+    let quiet = tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await;
+    assert!(quiet.is_err(), "an idle inbox yielded {quiet:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_idle_node_does_not_lag() {
+    idle_node_does_not_lag("HEROLD_TEST_REDIS").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_idle_node_does_not_lag() {
+    idle_node_does_not_lag("HEROLD_TEST_REDIS_CLUSTER").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_idle_node_does_not_lag() {
+    idle_node_does_not_lag("HEROLD_TEST_REDIS_SENTINEL").await;
+}

@@ -1,0 +1,484 @@
+//! Relays as a cluster: several relay processes sharing Redis (the router)
+//! and the CQL store. Devices are spread across them; 1:1, a 200-device
+//! group and a channel reach everyone exactly once and in order; a relay
+//! killed with SIGKILL mid-stream loses nothing (its devices reconnect to
+//! the survivors); Redis restarted, and a Redis Cluster master failed over,
+//! under traffic: delivery resumes, order holds, nothing accepted is lost.
+//!
+//! Needs `HEROLD_TEST_CQL` and `HEROLD_TEST_REDIS` and the `redis-server`
+//! binary (scripts/test.sh provides all three).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use ed25519_dalek::SigningKey;
+use herold_client::admin::AdminClient;
+use herold_client::{Client, ClientConfig, Event, Sender};
+use herold_proto::v1::{self, ConversationKind};
+use redis_support::*;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+fn cql_args() -> Vec<String> {
+    let cp = match std::env::var("HEROLD_TEST_CQL") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!(
+            "HEROLD_TEST_CQL is not set: a cluster of relays shares the CQL store. Run \
+             scripts/test.sh, or `scripts/cassandra.sh start` and HEROLD_TEST_CQL=127.0.0.1:9042"
+        ),
+    };
+    let ks = std::env::var("HEROLD_TEST_CQL_KEYSPACE").unwrap_or_else(|_| "herold_test".into());
+    [
+        "--cql-contact-points",
+        &cp,
+        "--cql-keyspace",
+        &ks,
+        "--cql-consistency",
+        "LOCAL_ONE",
+        "--cql-replication",
+        "simple:1",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Ids unique to this run: the test keyspace is shared and persistent.
+fn run_tag(name: &str) -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{name}{}x{ms:x}", std::process::id())
+}
+
+/// How fast a client gives up on a silent (killed) relay in these tests.
+const CLIENT_IDLE: Duration = Duration::from_secs(3);
+
+/// What every device received: (device, conversation) -> [(seq, body)].
+#[derive(Clone, Default)]
+struct Received {
+    got: Arc<Mutex<HashMap<(String, String), Vec<(u64, Vec<u8>)>>>>,
+}
+
+/// A device connected to the cluster, its events collected in the background.
+struct Device {
+    id: String,
+    sender: Sender,
+}
+
+/// Connects `id` to `relays[first]`, with the other relays as fallbacks.
+async fn connect(
+    relays: &[SocketAddr],
+    first: usize,
+    fingerprint: [u8; 32],
+    endpoint: &quinn::Endpoint,
+    id: &str,
+    key: &SigningKey,
+    received: &Received,
+    bell: &watch::Sender<u64>,
+) -> Device {
+    let n = relays.len();
+    let mut cfg = ClientConfig::new(relays[first % n], fingerprint, id, key.clone());
+    cfg.fallback_relays = (1..n).map(|k| relays[(first + k) % n]).collect();
+    cfg.endpoint = Some(endpoint.clone());
+    cfg.idle_timeout = CLIENT_IDLE;
+    let mut client = Client::connect(cfg).await.expect("device connects");
+    let sender = client.sender();
+    let (received, bell, me) = (received.clone(), bell.clone(), id.to_owned());
+    tokio::spawn(async move {
+        while let Some(ev) = client.next_event().await {
+            match ev {
+                Event::Message(m) => {
+                    received
+                        .got
+                        .lock()
+                        .unwrap()
+                        .entry((me.clone(), m.conversation_id.clone()))
+                        .or_default()
+                        .push((m.seq, m.ciphertext));
+                    bell.send_modify(|n| *n += 1);
+                }
+                Event::Stopped(e) => panic!("{me} stopped: {e}"),
+                _ => {}
+            }
+        }
+    });
+    Device {
+        id: id.to_owned(),
+        sender,
+    }
+}
+
+impl Received {
+    /// Whether `device` has exactly `expected` in `conversation`, in order.
+    fn has(&self, device: &str, conversation: &str, expected: &BTreeMap<u64, Vec<u8>>) -> bool {
+        let got = self.got.lock().unwrap();
+        let mine = got
+            .get(&(device.to_owned(), conversation.to_owned()))
+            .map_or(&[][..], Vec::as_slice);
+        mine.len() == expected.len()
+            && mine
+                .iter()
+                .zip(expected)
+                .all(|((s, b), (es, eb))| s == es && b == eb)
+    }
+
+    /// Fails with the first device that does not hold exactly `expected`.
+    fn assert_exactly(&self, devices: &[String], conversation: &str, expected: &BTreeMap<u64, Vec<u8>>) {
+        let got = self.got.lock().unwrap();
+        for d in devices {
+            let mine: Vec<u64> = got
+                .get(&(d.clone(), conversation.to_owned()))
+                .map(|v| v.iter().map(|(s, _)| *s).collect())
+                .unwrap_or_default();
+            let want: Vec<u64> = expected.keys().copied().collect();
+            assert_eq!(mine, want, "{d} in {conversation}: in order, exactly once");
+        }
+    }
+}
+
+/// Waits until every device in `devices` holds exactly `expected` in
+/// `conversation`, woken by each arrival; fails with the first that does not.
+async fn wait_all(
+    received: &Received,
+    bell: &mut watch::Receiver<u64>,
+    devices: &[String],
+    conversation: &str,
+    expected: &BTreeMap<u64, Vec<u8>>,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if devices.iter().all(|d| received.has(d, conversation, expected)) {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, bell.changed()).await.is_err() {
+            received.assert_exactly(devices, conversation, expected);
+            return;
+        }
+    }
+}
+
+/// Sends `n` messages from each sender concurrently; returns seq -> body.
+async fn send_all(senders: &[Sender], conversation: &str, n: usize, tag: &str) -> BTreeMap<u64, Vec<u8>> {
+    let mut tasks = Vec::new();
+    for (s, sender) in senders.iter().enumerate() {
+        let (sender, conv, tag) = (sender.clone(), conversation.to_owned(), tag.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..n {
+                let body = format!("{tag}-s{s}-{i}").into_bytes();
+                let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
+                out.push((a.seq, body));
+            }
+            out
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        for (seq, body) in t.await.unwrap() {
+            assert!(all.insert(seq, body).is_none(), "seq {seq} given out twice");
+        }
+    }
+    all
+}
+
+async fn members(
+    admin: &mut AdminClient<Channel>,
+    conversation: &str,
+    kind: ConversationKind,
+    accounts: &[(String, v1::Role)],
+) {
+    admin
+        .create_conversation(v1::CreateConversationRequest {
+            conversation_id: conversation.into(),
+            kind: kind as i32,
+            title: String::new(),
+            members: accounts
+                .iter()
+                .map(|(a, r)| v1::Member {
+                    account_id: a.clone(),
+                    role: *r as i32,
+                })
+                .collect(),
+            default_ttl_seconds: 0,
+        })
+        .await
+        .expect("create conversation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = run_tag("c");
+    let mut relays = spawn_cluster(dir.path(), 3, &shared_redis(), &t, &cql_args()).await;
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let fp = relays[0].fingerprint;
+    assert!(relays.iter().all(|r| r.fingerprint == fp), "one certificate");
+
+    // 100 volunteers with two devices each, and a publisher, provisioned
+    // through different relays' admin APIs.
+    let mut admins = Vec::new();
+    for r in &relays {
+        admins.push(admin_at(r.admin).await);
+    }
+    let mut keys: Vec<(String, SigningKey)> = Vec::new();
+    let accounts: Vec<String> = (0..100).map(|i| format!("{t}v{i}")).collect();
+    for (i, a) in accounts.iter().enumerate() {
+        let admin = &mut admins[i % 3];
+        create_account(admin, a).await;
+        for d in ["p", "t"] {
+            let id = format!("{a}.{d}");
+            keys.push((id.clone(), enroll(admin, a, &id).await));
+        }
+    }
+    let publisher = format!("{t}pub");
+    create_account(&mut admins[0], &publisher).await;
+    let pub_dev = format!("{publisher}.p");
+    keys.push((pub_dev.clone(), enroll(&mut admins[0], &publisher, &pub_dev).await));
+    let (dm, grp, chan) = (format!("{t}dm"), format!("{t}grp"), format!("{t}chan"));
+    let member = |a: &String| (a.clone(), v1::Role::Member);
+    members(&mut admins[1], &dm, ConversationKind::Direct, &[member(&accounts[0]), member(&accounts[1])]).await;
+    members(&mut admins[2], &grp, ConversationKind::Group, &accounts.iter().map(member).collect::<Vec<_>>()).await;
+    let mut chan_members: Vec<_> = accounts.iter().map(member).collect();
+    chan_members.push((publisher.clone(), v1::Role::Publisher));
+    members(&mut admins[0], &chan, ConversationKind::Channel, &chan_members).await;
+
+    // Devices spread over the three relays.
+    let endpoint = herold_client::raw::client_endpoint(addrs[0]).unwrap();
+    let received = Received::default();
+    let (bell_tx, mut bell) = watch::channel(0u64);
+    let mut devices = Vec::new();
+    for (k, (id, key)) in keys.iter().enumerate() {
+        devices.push(connect(&addrs, k, fp, &endpoint, id, key, &received, &bell_tx).await);
+    }
+    let ids = |f: &dyn Fn(&str) -> bool| -> Vec<String> {
+        devices.iter().map(|d| d.id.clone()).filter(|d| f(d)).collect()
+    };
+    let volunteers = ids(&|d| d != pub_dev);
+    let everyone = ids(&|_| true);
+    let dm_devices = ids(&|d| d.starts_with(&format!("{}.", accounts[0])) || d.starts_with(&format!("{}.", accounts[1])));
+    assert_eq!(dm_devices.len(), 4);
+
+    // 1:1: a device on relay 0; the others of both accounts sit on 1 and 2.
+    let dm_sent = send_all(&[devices[0].sender.clone()], &dm, 5, "dm").await;
+    // The group: five senders on different relays.
+    let grp_senders: Vec<Sender> = [3, 7, 11, 16, 20].iter().map(|&k| devices[k].sender.clone()).collect();
+    let grp_sent = send_all(&grp_senders, &grp, 20, "grp").await;
+    // The channel: its publisher.
+    let pub_sender = devices.last().unwrap().sender.clone();
+    let chan_sent = send_all(&[pub_sender.clone()], &chan, 10, "chan").await;
+    assert_eq!(grp_sent.keys().copied().collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
+
+    let within = Duration::from_secs(60);
+    wait_all(&received, &mut bell, &dm_devices, &dm, &dm_sent, within).await;
+    wait_all(&received, &mut bell, &volunteers, &grp, &grp_sent, within).await;
+    wait_all(&received, &mut bell, &everyone, &chan, &chan_sent, within).await;
+
+    // A member added through relay 2 while relays 0 and 1 have the group's
+    // roster cached: the next message reaches the newcomer.
+    let late = format!("{t}late");
+    create_account(&mut admins[2], &late).await;
+    let late_dev = format!("{late}.p");
+    let late_key = enroll(&mut admins[2], &late, &late_dev).await;
+    let newcomer = connect(&addrs, 1, fp, &endpoint, &late_dev, &late_key, &received, &bell_tx).await;
+    admins[2]
+        .add_members(v1::AddMembersRequest {
+            conversation_id: grp.clone(),
+            members: vec![v1::Member {
+                account_id: late.clone(),
+                role: v1::Role::Member as i32,
+            }],
+        })
+        .await
+        .expect("add member");
+    let more = send_all(&[devices[0].sender.clone()], &grp, 1, "after-add").await;
+    let mut grp_all = grp_sent.clone();
+    grp_all.extend(more);
+    let mut with_newcomer = volunteers.clone();
+    with_newcomer.push(newcomer.id.clone());
+    // The newcomer gets what was sent after it joined (it may or may not
+    // also get the history before: that is for the encryption layer).
+    let last = grp_all.iter().next_back().map(|(s, b)| (*s, b.clone())).unwrap();
+    tokio::time::timeout(within, async {
+        while !received
+            .got
+            .lock()
+            .unwrap()
+            .get(&(newcomer.id.clone(), grp.clone()))
+            .is_some_and(|v| v.last() == Some(&last))
+        {
+            bell.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the newcomer on another relay gets the next message");
+    wait_all(&received, &mut bell, &volunteers, &grp, &grp_all, within).await;
+
+    // Relay 1 is killed with SIGKILL while three devices (one on each relay)
+    // send. Its devices move to the survivors; every accepted message
+    // reaches every device, in order, once.
+    let killers: Vec<Sender> = [0, 1, 2].iter().map(|&k| devices[k].sender.clone()).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (s, sender) in killers.into_iter().enumerate() {
+        let (accepted, conv, stop) = (accepted.clone(), grp.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !*stop.borrow() {
+                let body = format!("kill-s{s}-{i}").into_bytes();
+                let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
+                assert!(accepted.lock().unwrap().insert(a.seq, body).is_none());
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::timeout(DEADLINE, async {
+        while accepted.lock().unwrap().len() < 60 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("traffic before the kill");
+    relays[1].child.start_kill().unwrap();
+    relays[1].child.wait().await.unwrap();
+    let at_kill = accepted.lock().unwrap().len();
+    tokio::time::timeout(DEADLINE, async {
+        while accepted.lock().unwrap().len() < at_kill + 60 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("traffic goes on after the kill");
+    stop_tx.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    grp_all.extend(accepted.lock().unwrap().clone());
+    let head = *grp_all.keys().next_back().unwrap();
+    assert_eq!(grp_all.keys().copied().collect::<Vec<_>>(), (1..=head).collect::<Vec<_>>());
+    wait_all(&received, &mut bell, &volunteers, &grp, &grp_all, Duration::from_secs(90)).await;
+    received.assert_exactly(&dm_devices, &dm, &dm_sent);
+}
+
+/// Traffic on two relays while their Redis is killed and restarted empty:
+/// submits keep being accepted (the store is not Redis), the relays find
+/// their leases and inboxes gone, re-announce their devices and resync
+/// them, and every device ends with every accepted message, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_traffic_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path(), free_port(), &[]).await;
+    let t = run_tag("r");
+    let relays = spawn_cluster(dir.path(), 2, &redis.url(), &t, &cql_args()).await;
+    lossy_backend_under_traffic(&relays, &t, || async {
+        redis.restart().await;
+    })
+    .await;
+}
+
+/// The same with a 3-master Redis Cluster whose master holding relay r0's
+/// inbox is killed: its replica takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_failover_under_traffic_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = RedisCluster::start(dir.path()).await;
+    let t = run_tag("f");
+    let relays = spawn_cluster(dir.path(), 2, &cluster.address(), &t, &cql_args()).await;
+    let victim = cluster.master_of(&format!("{t}:{{r0}}:inbox")).await;
+    let survivors: Vec<u16> = cluster
+        .servers
+        .iter()
+        .map(|s| s.port)
+        .filter(|p| *p != victim)
+        .collect();
+    lossy_backend_under_traffic(&relays, &t, || async {
+        cluster.server_mut(victim).kill().await;
+        // Until a replica has taken over the dead master's slots.
+        cluster.wait_ok(&survivors).await;
+    })
+    .await;
+}
+
+async fn lossy_backend_under_traffic<F, Fut>(relays: &[RelayProcess], t: &str, disrupt: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let fp = relays[0].fingerprint;
+    let mut admin = admin_at(relays[0].admin).await;
+    let accounts: Vec<String> = (0..10).map(|i| format!("{t}v{i}")).collect();
+    let mut keys = Vec::new();
+    for a in &accounts {
+        create_account(&mut admin, a).await;
+        for d in ["p", "t"] {
+            let id = format!("{a}.{d}");
+            keys.push((id.clone(), enroll(&mut admin, a, &id).await));
+        }
+    }
+    let grp = format!("{t}grp");
+    let refs: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    create_conversation(&mut admin, &grp, ConversationKind::Group, &refs).await;
+    let endpoint = herold_client::raw::client_endpoint(addrs[0]).unwrap();
+    let received = Received::default();
+    let (bell_tx, mut bell) = watch::channel(0u64);
+    let mut devices = Vec::new();
+    for (k, (id, key)) in keys.iter().enumerate() {
+        devices.push(connect(&addrs, k, fp, &endpoint, id, key, &received, &bell_tx).await);
+    }
+    let all: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (s, k) in [0usize, 1].into_iter().enumerate() {
+        let sender = devices[k].sender.clone();
+        let (accepted, conv, stop) = (accepted.clone(), grp.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !*stop.borrow() {
+                let body = format!("s{s}-{i}").into_bytes();
+                let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
+                assert!(accepted.lock().unwrap().insert(a.seq, body).is_none());
+                i += 1;
+            }
+        }));
+    }
+    let wait_accepted = |n: usize| {
+        let accepted = accepted.clone();
+        async move {
+            tokio::time::timeout(DEADLINE, async {
+                while accepted.lock().unwrap().len() < n {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("messages accepted");
+        }
+    };
+    wait_accepted(50).await;
+    disrupt().await;
+    let now = accepted.lock().unwrap().len();
+    wait_accepted(now + 50).await;
+    stop_tx.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A fence after the recovery: delivered live, not only by a resync.
+    let fence = send_all(&[devices[2].sender.clone()], &grp, 1, "fence").await;
+    let mut expected = accepted.lock().unwrap().clone();
+    expected.extend(fence);
+    let head = *expected.keys().next_back().unwrap();
+    assert_eq!(expected.keys().copied().collect::<Vec<_>>(), (1..=head).collect::<Vec<_>>());
+    wait_all(&received, &mut bell, &all, &grp, &expected, Duration::from_secs(60)).await;
+}
