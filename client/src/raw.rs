@@ -53,7 +53,13 @@ impl RawConnection {
         relay: SocketAddr,
         fingerprint: [u8; 32],
     ) -> Result<Self, ClientError> {
-        Self::connect_via_idle(endpoint, relay, fingerprint, crate::tls::DEFAULT_IDLE_TIMEOUT).await
+        Self::connect_via_idle(
+            endpoint,
+            relay,
+            fingerprint,
+            crate::tls::DEFAULT_IDLE_TIMEOUT,
+        )
+        .await
     }
 
     /// Like [`RawConnection::connect_via`], with the idle timeout after which

@@ -166,7 +166,12 @@ fn redis_config(
     })?;
     let mut cfg = RedisConfig::new(topology);
     if let Some(p) = prefix {
-        if p.is_empty() || p.len() > 64 || !p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(ConfigError::Invalid {
                 name: "redis-prefix",
                 reason: format!("{p:?} must be 1-64 ASCII letters, digits, - _ ."),
@@ -198,7 +203,11 @@ fn default_node_id(listen: SocketAddr) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
         .take(50)
         .collect();
-    let host = if host.is_empty() { "relay".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "relay".to_owned()
+    } else {
+        host
+    };
     format!("{host}-{}", listen.port())
 }
 

@@ -17,9 +17,9 @@ use tracing::{info, warn};
 use crate::config::{Config, Limits};
 use crate::cursors::CursorSink;
 use crate::registry::{Kick, Push, PushOutcome, Registry};
+use crate::roster::Rosters;
 use herold_proto::v1::{self, ErrorCode, cluster_event};
 use prost::Message as _;
-use crate::roster::Rosters;
 
 /// How often acknowledged cursors are written, all devices in one operation.
 const CURSOR_FLUSH: Duration = Duration::from_millis(250);
@@ -328,10 +328,7 @@ impl Relay {
 /// Registers the node. A relay restarted at once after a crash finds its
 /// id still leased by its dead predecessor: it waits out the lease.
 async fn register(router: &dyn Router, config: &Config) -> anyhow::Result<Inbox> {
-    let lease = config
-        .redis
-        .as_ref()
-        .map_or(Duration::ZERO, |r| r.lease);
+    let lease = config.redis.as_ref().map_or(Duration::ZERO, |r| r.lease);
     let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(2);
     let mut told = false;
     loop {

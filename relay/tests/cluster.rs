@@ -62,10 +62,22 @@ fn run_tag(name: &str) -> String {
 /// How fast a client gives up on a silent (killed) relay in these tests.
 const CLIENT_IDLE: Duration = Duration::from_secs(3);
 
-/// What every device received: (device, conversation) -> [(seq, body)].
+/// (device, conversation) -> [(seq, body)] in arrival order.
+type Arrivals = HashMap<(String, String), Vec<(u64, Vec<u8>)>>;
+
+/// What every device received.
 #[derive(Clone, Default)]
 struct Received {
-    got: Arc<Mutex<HashMap<(String, String), Vec<(u64, Vec<u8>)>>>>,
+    got: Arc<Mutex<Arrivals>>,
+}
+
+/// How test devices reach the cluster, and where they report arrivals.
+struct Net {
+    relays: Vec<SocketAddr>,
+    fingerprint: [u8; 32],
+    endpoint: quinn::Endpoint,
+    received: Received,
+    bell: watch::Sender<u64>,
 }
 
 /// A device connected to the cluster, its events collected in the background.
@@ -74,25 +86,16 @@ struct Device {
     sender: Sender,
 }
 
-/// Connects `id` to `relays[first]`, with the other relays as fallbacks.
-async fn connect(
-    relays: &[SocketAddr],
-    first: usize,
-    fingerprint: [u8; 32],
-    endpoint: &quinn::Endpoint,
-    id: &str,
-    key: &SigningKey,
-    received: &Received,
-    bell: &watch::Sender<u64>,
-) -> Device {
-    let n = relays.len();
-    let mut cfg = ClientConfig::new(relays[first % n], fingerprint, id, key.clone());
+/// Connects `id` to relay `first`, with the other relays as fallbacks.
+async fn connect(net: &Net, first: usize, id: &str, key: &SigningKey) -> Device {
+    let (relays, n) = (&net.relays, net.relays.len());
+    let mut cfg = ClientConfig::new(relays[first % n], net.fingerprint, id, key.clone());
     cfg.fallback_relays = (1..n).map(|k| relays[(first + k) % n]).collect();
-    cfg.endpoint = Some(endpoint.clone());
+    cfg.endpoint = Some(net.endpoint.clone());
     cfg.idle_timeout = CLIENT_IDLE;
     let mut client = Client::connect(cfg).await.expect("device connects");
     let sender = client.sender();
-    let (received, bell, me) = (received.clone(), bell.clone(), id.to_owned());
+    let (received, bell, me) = (net.received.clone(), net.bell.clone(), id.to_owned());
     tokio::spawn(async move {
         while let Some(ev) = client.next_event().await {
             match ev {
@@ -117,6 +120,18 @@ async fn connect(
     }
 }
 
+fn net(relays: &[SocketAddr], fingerprint: [u8; 32]) -> (Net, watch::Receiver<u64>) {
+    let (bell, rx) = watch::channel(0u64);
+    let net = Net {
+        relays: relays.to_vec(),
+        fingerprint,
+        endpoint: herold_client::raw::client_endpoint(relays[0]).unwrap(),
+        received: Received::default(),
+        bell,
+    };
+    (net, rx)
+}
+
 impl Received {
     /// Whether `device` has exactly `expected` in `conversation`, in order.
     fn has(&self, device: &str, conversation: &str, expected: &BTreeMap<u64, Vec<u8>>) -> bool {
@@ -132,7 +147,12 @@ impl Received {
     }
 
     /// Fails with the first device that does not hold exactly `expected`.
-    fn assert_exactly(&self, devices: &[String], conversation: &str, expected: &BTreeMap<u64, Vec<u8>>) {
+    fn assert_exactly(
+        &self,
+        devices: &[String],
+        conversation: &str,
+        expected: &BTreeMap<u64, Vec<u8>>,
+    ) {
         let got = self.got.lock().unwrap();
         for d in devices {
             let mine: Vec<u64> = got
@@ -157,10 +177,16 @@ async fn wait_all(
 ) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if devices.iter().all(|d| received.has(d, conversation, expected)) {
+        if devices
+            .iter()
+            .all(|d| received.has(d, conversation, expected))
+        {
             return;
         }
-        if tokio::time::timeout_at(deadline, bell.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, bell.changed())
+            .await
+            .is_err()
+        {
             received.assert_exactly(devices, conversation, expected);
             return;
         }
@@ -168,7 +194,12 @@ async fn wait_all(
 }
 
 /// Sends `n` messages from each sender concurrently; returns seq -> body.
-async fn send_all(senders: &[Sender], conversation: &str, n: usize, tag: &str) -> BTreeMap<u64, Vec<u8>> {
+async fn send_all(
+    senders: &[Sender],
+    conversation: &str,
+    n: usize,
+    tag: &str,
+) -> BTreeMap<u64, Vec<u8>> {
     let mut tasks = Vec::new();
     for (s, sender) in senders.iter().enumerate() {
         let (sender, conv, tag) = (sender.clone(), conversation.to_owned(), tag.to_owned());
@@ -222,7 +253,10 @@ async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
     let mut relays = spawn_cluster(dir.path(), 3, &shared_redis(), &t, &cql_args()).await;
     let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
     let fp = relays[0].fingerprint;
-    assert!(relays.iter().all(|r| r.fingerprint == fp), "one certificate");
+    assert!(
+        relays.iter().all(|r| r.fingerprint == fp),
+        "one certificate"
+    );
 
     // 100 volunteers with two devices each, and a publisher, provisioned
     // through different relays' admin APIs.
@@ -243,40 +277,72 @@ async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
     let publisher = format!("{t}pub");
     create_account(&mut admins[0], &publisher).await;
     let pub_dev = format!("{publisher}.p");
-    keys.push((pub_dev.clone(), enroll(&mut admins[0], &publisher, &pub_dev).await));
+    keys.push((
+        pub_dev.clone(),
+        enroll(&mut admins[0], &publisher, &pub_dev).await,
+    ));
     let (dm, grp, chan) = (format!("{t}dm"), format!("{t}grp"), format!("{t}chan"));
     let member = |a: &String| (a.clone(), v1::Role::Member);
-    members(&mut admins[1], &dm, ConversationKind::Direct, &[member(&accounts[0]), member(&accounts[1])]).await;
-    members(&mut admins[2], &grp, ConversationKind::Group, &accounts.iter().map(member).collect::<Vec<_>>()).await;
+    members(
+        &mut admins[1],
+        &dm,
+        ConversationKind::Direct,
+        &[member(&accounts[0]), member(&accounts[1])],
+    )
+    .await;
+    members(
+        &mut admins[2],
+        &grp,
+        ConversationKind::Group,
+        &accounts.iter().map(member).collect::<Vec<_>>(),
+    )
+    .await;
     let mut chan_members: Vec<_> = accounts.iter().map(member).collect();
     chan_members.push((publisher.clone(), v1::Role::Publisher));
-    members(&mut admins[0], &chan, ConversationKind::Channel, &chan_members).await;
+    members(
+        &mut admins[0],
+        &chan,
+        ConversationKind::Channel,
+        &chan_members,
+    )
+    .await;
 
     // Devices spread over the three relays.
-    let endpoint = herold_client::raw::client_endpoint(addrs[0]).unwrap();
-    let received = Received::default();
-    let (bell_tx, mut bell) = watch::channel(0u64);
+    let (net, mut bell) = net(&addrs, fp);
+    let received = net.received.clone();
     let mut devices = Vec::new();
     for (k, (id, key)) in keys.iter().enumerate() {
-        devices.push(connect(&addrs, k, fp, &endpoint, id, key, &received, &bell_tx).await);
+        devices.push(connect(&net, k, id, key).await);
     }
     let ids = |f: &dyn Fn(&str) -> bool| -> Vec<String> {
-        devices.iter().map(|d| d.id.clone()).filter(|d| f(d)).collect()
+        devices
+            .iter()
+            .map(|d| d.id.clone())
+            .filter(|d| f(d))
+            .collect()
     };
     let volunteers = ids(&|d| d != pub_dev);
     let everyone = ids(&|_| true);
-    let dm_devices = ids(&|d| d.starts_with(&format!("{}.", accounts[0])) || d.starts_with(&format!("{}.", accounts[1])));
+    let dm_devices = ids(&|d| {
+        d.starts_with(&format!("{}.", accounts[0])) || d.starts_with(&format!("{}.", accounts[1]))
+    });
     assert_eq!(dm_devices.len(), 4);
 
     // 1:1: a device on relay 0; the others of both accounts sit on 1 and 2.
     let dm_sent = send_all(&[devices[0].sender.clone()], &dm, 5, "dm").await;
     // The group: five senders on different relays.
-    let grp_senders: Vec<Sender> = [3, 7, 11, 16, 20].iter().map(|&k| devices[k].sender.clone()).collect();
+    let grp_senders: Vec<Sender> = [3, 7, 11, 16, 20]
+        .iter()
+        .map(|&k| devices[k].sender.clone())
+        .collect();
     let grp_sent = send_all(&grp_senders, &grp, 20, "grp").await;
     // The channel: its publisher.
     let pub_sender = devices.last().unwrap().sender.clone();
-    let chan_sent = send_all(&[pub_sender.clone()], &chan, 10, "chan").await;
-    assert_eq!(grp_sent.keys().copied().collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
+    let chan_sent = send_all(std::slice::from_ref(&pub_sender), &chan, 10, "chan").await;
+    assert_eq!(
+        grp_sent.keys().copied().collect::<Vec<_>>(),
+        (1..=100).collect::<Vec<_>>()
+    );
 
     let within = Duration::from_secs(60);
     wait_all(&received, &mut bell, &dm_devices, &dm, &dm_sent, within).await;
@@ -289,7 +355,7 @@ async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
     create_account(&mut admins[2], &late).await;
     let late_dev = format!("{late}.p");
     let late_key = enroll(&mut admins[2], &late, &late_dev).await;
-    let newcomer = connect(&addrs, 1, fp, &endpoint, &late_dev, &late_key, &received, &bell_tx).await;
+    let newcomer = connect(&net, 1, &late_dev, &late_key).await;
     admins[2]
         .add_members(v1::AddMembersRequest {
             conversation_id: grp.clone(),
@@ -307,15 +373,21 @@ async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
     with_newcomer.push(newcomer.id.clone());
     // The newcomer gets what was sent after it joined (it may or may not
     // also get the history before: that is for the encryption layer).
-    let last = grp_all.iter().next_back().map(|(s, b)| (*s, b.clone())).unwrap();
-    tokio::time::timeout(within, async {
-        while !received
+    let last = grp_all
+        .iter()
+        .next_back()
+        .map(|(s, b)| (*s, b.clone()))
+        .unwrap();
+    let newcomer_has_last = || {
+        received
             .got
             .lock()
             .unwrap()
             .get(&(newcomer.id.clone(), grp.clone()))
             .is_some_and(|v| v.last() == Some(&last))
-        {
+    };
+    tokio::time::timeout(within, async {
+        while !newcomer_has_last() {
             bell.changed().await.unwrap();
         }
     })
@@ -326,7 +398,10 @@ async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
     // Relay 1 is killed with SIGKILL while three devices (one on each relay)
     // send. Its devices move to the survivors; every accepted message
     // reaches every device, in order, once.
-    let killers: Vec<Sender> = [0, 1, 2].iter().map(|&k| devices[k].sender.clone()).collect();
+    let killers: Vec<Sender> = [0, 1, 2]
+        .iter()
+        .map(|&k| devices[k].sender.clone())
+        .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
     let mut tasks = Vec::new();
@@ -365,8 +440,19 @@ async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
     }
     grp_all.extend(accepted.lock().unwrap().clone());
     let head = *grp_all.keys().next_back().unwrap();
-    assert_eq!(grp_all.keys().copied().collect::<Vec<_>>(), (1..=head).collect::<Vec<_>>());
-    wait_all(&received, &mut bell, &volunteers, &grp, &grp_all, Duration::from_secs(90)).await;
+    assert_eq!(
+        grp_all.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    wait_all(
+        &received,
+        &mut bell,
+        &volunteers,
+        &grp,
+        &grp_all,
+        Duration::from_secs(90),
+    )
+    .await;
     received.assert_exactly(&dm_devices, &dm, &dm_sent);
 }
 
@@ -429,12 +515,11 @@ where
     let grp = format!("{t}grp");
     let refs: Vec<&str> = accounts.iter().map(String::as_str).collect();
     create_conversation(&mut admin, &grp, ConversationKind::Group, &refs).await;
-    let endpoint = herold_client::raw::client_endpoint(addrs[0]).unwrap();
-    let received = Received::default();
-    let (bell_tx, mut bell) = watch::channel(0u64);
+    let (net, mut bell) = net(&addrs, fp);
+    let received = net.received.clone();
     let mut devices = Vec::new();
     for (k, (id, key)) in keys.iter().enumerate() {
-        devices.push(connect(&addrs, k, fp, &endpoint, id, key, &received, &bell_tx).await);
+        devices.push(connect(&net, k, id, key).await);
     }
     let all: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
 
@@ -479,6 +564,17 @@ where
     let mut expected = accepted.lock().unwrap().clone();
     expected.extend(fence);
     let head = *expected.keys().next_back().unwrap();
-    assert_eq!(expected.keys().copied().collect::<Vec<_>>(), (1..=head).collect::<Vec<_>>());
-    wait_all(&received, &mut bell, &all, &grp, &expected, Duration::from_secs(60)).await;
+    assert_eq!(
+        expected.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    wait_all(
+        &received,
+        &mut bell,
+        &all,
+        &grp,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
 }
