@@ -364,8 +364,19 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
     let located = match shared.router.locate(devices).await {
         Ok(l) => l,
         Err(e) => {
-            // The devices resync from storage on their next message or reconnect.
-            warn!(error = %e, "router locate failed");
+            // Without the router, this node still serves its own devices;
+            // the others resync when their inboxes report the lag.
+            warn!(error = %e, "router locate failed; delivering to local devices only");
+            let d = Arc::new(Delivery {
+                conversation_id: m.conversation_id.clone(),
+                seq: m.seq,
+                expires_at_ms: m.expires_at_ms,
+                frame,
+                devices: Vec::new(),
+            });
+            for device in devices {
+                shared.registry.push(device, Push::Deliver(d.clone()));
+            }
             return;
         }
     };

@@ -58,16 +58,7 @@ fn dev_identity(dir: &Path) -> anyhow::Result<Identity> {
     let key_path = dir.join("key.der");
     let fp_path = dir.join("cert.sha256");
     if !cert_path.exists() || !key_path.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ck = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ])
-        .context("generating the development certificate")?;
-        write_private(&key_path, &ck.signing_key.serialize_der())?;
-        std::fs::write(&cert_path, ck.cert.der())
-            .with_context(|| format!("writing {}", cert_path.display()))?;
+        create_dev_identity(dir)?;
     }
     let cert =
         std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
@@ -81,6 +72,42 @@ fn dev_identity(dir: &Path) -> anyhow::Result<Identity> {
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
         fingerprint,
     })
+}
+
+/// Creates the dev certificate and key in a fresh folder next to `dir` and
+/// renames it into place, so relays started at once on one data directory
+/// (a cluster on one machine) all end up with the same certificate: the
+/// first rename wins, the others read the winner's.
+fn create_dev_identity(dir: &Path) -> anyhow::Result<()> {
+    let parent = dir.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let mut salt = [0u8; 8];
+    getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let tmp = parent.join(format!(".tls-{}", hex::encode(salt)));
+    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let made = (|| {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ])
+        .context("generating the development certificate")?;
+        write_private(&tmp.join("key.der"), &ck.signing_key.serialize_der())?;
+        let cert = tmp.join("cert.der");
+        std::fs::write(&cert, ck.cert.der()).with_context(|| format!("writing {}", cert.display()))
+    })();
+    let placed = made.and_then(|()| {
+        std::fs::rename(&tmp, dir)
+            .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))
+    });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Another relay may have placed its certificate first: use that.
+        if !(dir.join("cert.der").exists() && dir.join("key.der").exists()) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
