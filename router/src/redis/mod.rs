@@ -144,6 +144,10 @@ const READ_BLOCK: Duration = Duration::from_secs(2);
 const READ_COUNT: usize = 512;
 /// Devices per `MSET` when re-announcing a node's devices.
 const ANNOUNCE_CHUNK: usize = 1000;
+/// The inbox is trimmed after this many batches read...
+const TRIM_EVERY: u32 = 64;
+/// ...or after this long, whichever comes first (and when idle).
+const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// How long a "node is alive" answer is reused by `locate`.
 const LIVENESS_TTL: Duration = Duration::from_secs(1);
 
@@ -722,6 +726,9 @@ async fn read_inbox(
     let mut expected: i64 = 1;
     let mut backoff = Duration::from_millis(50);
     let mut lagged = false;
+    // Batches read since the inbox was last trimmed, and when that was.
+    let mut untrimmed = 0u32;
+    let mut last_trim = tokio::time::Instant::now();
     let opts = StreamReadOptions::default()
         .count(READ_COUNT)
         .block(READ_BLOCK.as_millis() as usize);
@@ -760,7 +767,15 @@ async fn read_inbox(
                     continue 'connect;
                 }
             };
-            let Some(reply) = reply else { continue };
+            let Some(reply) = reply else {
+                // Idle: drop what was read since the last trim.
+                if untrimmed > 0 {
+                    trim(&mut c, &inbox, &last_id, &node).await;
+                    untrimmed = 0;
+                    last_trim = tokio::time::Instant::now();
+                }
+                continue;
+            };
             for key in reply.keys {
                 for entry in key.ids {
                     last_id = entry.id.clone();
@@ -798,20 +813,33 @@ async fn read_inbox(
                     }
                 }
             }
-            // What was read is delivered to the relay: drop it from Redis.
-            let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")
-                .arg(&inbox)
-                .arg("MINID")
-                .arg(&last_id)
-                .query_async(&mut c)
-                .await;
-            if let Err(e) = trimmed {
-                warn!(node, error = %e, "trimming the inbox failed");
+            untrimmed += 1;
+            let due = untrimmed >= TRIM_EVERY
+                || tokio::time::Instant::now().saturating_duration_since(last_trim) >= TRIM_AFTER;
+            if due {
+                trim(&mut c, &inbox, &last_id, &node).await;
+                untrimmed = 0;
+                last_trim = tokio::time::Instant::now();
             }
             if weak.strong_count() == 0 {
                 return;
             }
         }
+    }
+}
+
+/// Drops the entries up to `last_id` (read and handed to the relay) from
+/// the inbox. Done once per [`TRIM_EVERY`] batches or [`TRIM_AFTER`], not
+/// per batch: at low rates most batches are one entry.
+async fn trim(c: &mut conn::Conn, inbox: &str, last_id: &str, node: &str) {
+    let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")
+        .arg(inbox)
+        .arg("MINID")
+        .arg(last_id)
+        .query_async(c)
+        .await;
+    if let Err(e) = trimmed {
+        warn!(node, error = %e, "trimming the inbox failed");
     }
 }
 
