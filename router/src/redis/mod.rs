@@ -2,7 +2,8 @@
 //! or Redis Cluster.
 //!
 //! # Keys (`P` is the configured prefix, `herold` by default)
-//! - `P:dev:<device>` → the node id the device is connected to. Written with
+//! - `P:dev:{<bucket>}:<device>` → the node id the device is connected to
+//!   (64 buckets, so a cluster `MGET` is split into at most 64 parts). Written with
 //!   one `MSET` for any number of devices; removed with a compare-and-delete
 //!   script, so a late "left" from an old node never removes the device's
 //!   newer presence.
@@ -148,6 +149,8 @@ const ANNOUNCE_CHUNK: usize = 1000;
 const TRIM_EVERY: u32 = 64;
 /// ...or after this long, whichever comes first (and when idle).
 const TRIM_AFTER: Duration = Duration::from_secs(1);
+/// Slots the presence keys are spread over (see `Inner::dev_key`).
+const PRESENCE_BUCKETS: u32 = 64;
 /// How long a "node is alive" answer is reused by `locate`.
 const LIVENESS_TTL: Duration = Duration::from_secs(1);
 
@@ -265,8 +268,12 @@ impl RedisRouter {
 }
 
 impl Inner {
+    /// A device's presence key. The hash tag puts it in one of
+    /// [`PRESENCE_BUCKETS`] slots, so that in a Redis Cluster the `MGET` of
+    /// a 7,000-member channel is split into at most that many sub-commands,
+    /// not one per slot touched.
     fn dev_key(&self, device: &str) -> String {
-        format!("{}:dev:{device}", self.cfg.prefix)
+        format!("{}:dev:{{{:02x}}}:{device}", self.cfg.prefix, bucket(device))
     }
     fn lease_key(&self, node: &str) -> String {
         format!("{}:{{{node}}}:lease", self.cfg.prefix)
@@ -841,6 +848,16 @@ async fn trim(c: &mut conn::Conn, inbox: &str, last_id: &str, node: &str) {
     if let Err(e) = trimmed {
         warn!(node, error = %e, "trimming the inbox failed");
     }
+}
+
+/// A stable bucket of a device id (FNV-1a), the same on every relay.
+fn bucket(device: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in device.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % PRESENCE_BUCKETS
 }
 
 fn value_i64(v: &Value) -> Option<i64> {
