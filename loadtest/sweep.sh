@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The throughput-latency curve of one relay on the embedded default: for
+# each rate scale, a fresh relay pinned to CPU 0 and the load generator
+# pinned to CPU 1 (taskset), the throughput scenario, one line of figures.
+#
+#   loadtest/sweep.sh [scenario] [rate scales...]
+#   default: loadtest/scenarios/throughput.toml 1 2 4 8 12 16 24
+#
+# Builds the release binaries first; writes every report under
+# ${HEROLD_SWEEP_DIR:-/tmp/herold-sweep}/<scale>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scenario=${1:-loadtest/scenarios/throughput.toml}
+shift || true
+scales=("$@")
+[ "${#scales[@]}" -gt 0 ] || scales=(1 2 4 8 12 16 24)
+out=${HEROLD_SWEEP_DIR:-/tmp/herold-sweep}
+cargo build --release -q -p herold-relay -p herold-loadtest
+bin=${CARGO_TARGET_DIR:-target}/release
+relay_cpu=${HEROLD_RELAY_CPU:-0}
+load_cpu=${HEROLD_LOAD_CPU:-1}
+printf '| rate scale | accepted/s | deliveries/s (mean / peak) | accepted p50 / p99 | delivered p50 / p99 | lost / dup / reordered |\n'
+printf '|---|---|---|---|---|---|\n'
+for s in "${scales[@]}"; do
+  dir="$out/$s"
+  rm -rf "$dir"; mkdir -p "$dir"
+  taskset -c "$relay_cpu" "$bin/herold-relay" --dev --data-dir "$dir/data" \
+    --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 >"$dir/relay.log" 2>&1 &
+  relay=$!
+  for _ in $(seq 1 100); do
+    [ -s "$dir/data/tls/cert.sha256" ] && grep -q "admin" "$dir/relay.log" && break
+    sleep 0.1
+  done
+  taskset -c "$load_cpu" "$bin/herold-loadtest" "$scenario" --rate-scale "$s" \
+    --relay 127.0.0.1:7390 --admin http://127.0.0.1:7391 --data-dir "$dir/data" \
+    --quiet --out "$dir/report" >"$dir/loadtest.log" 2>&1 || true
+  kill "$relay"; wait "$relay" 2>/dev/null || true
+  python3 - "$dir/report" "$s" <<'PY'
+import json, sys, glob
+files = glob.glob(sys.argv[1] + "/*.json")
+if not files:
+    print(f"| {sys.argv[2]} | (no report: see the loadtest log) | | | | |"); sys.exit()
+r = json.load(open(files[0]))
+a, d, v = r["submit_to_accepted"], r["submit_to_delivered"], r["verification"]
+ms = lambda x: f"{x:.1f} ms" if x < 1000 else f"{x/1000:.2f} s"
+print(f"| {r['rate_scale']:g} | {r['accepted_per_sec']:,.0f} | {r['delivered_per_sec']:,.0f} / {r['peak_delivered_per_sec']:,} | "
+      f"{ms(a['p50_ms'])} / {ms(a['p99_ms'])} | {ms(d['p50_ms'])} / {ms(d['p99_ms'])} | "
+      f"{v.get('lost', '?')} / {v.get('duplicated', '?')} / {v.get('reordered', '?')} |")
+PY
+done
