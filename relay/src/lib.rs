@@ -32,3 +32,12 @@ mod tls;
 pub use config::{Config, ConfigError};
 pub use server::Relay;
 pub use tls::fingerprint;
+
+/// The QUIC server configuration the relay builds for `config` (its TLS
+/// identity and transport limits) and the certificate's fingerprint: for
+/// measuring plain quinn with exactly the relay's settings.
+pub fn quic_server_config(config: &Config) -> anyhow::Result<(quinn::ServerConfig, String)> {
+    let identity = tls::load_identity(config)?;
+    let fingerprint = identity.fingerprint.clone();
+    Ok((tls::server_config(identity, &config.limits)?, fingerprint))
+}
