@@ -62,7 +62,11 @@ async fn clients(kind: &str, addr: SocketAddr, fp: [u8; 32], n: usize) {
             let _permit = sem.acquire().await.unwrap();
             if kind == "plain" {
                 let cfg = herold_client::tls::client_config(fp).unwrap();
-                let conn = ep.connect_with(cfg, addr, "localhost").unwrap().await.unwrap();
+                let conn = ep
+                    .connect_with(cfg, addr, "localhost")
+                    .unwrap()
+                    .await
+                    .unwrap();
                 let (mut send, recv) = conn.open_bi().await.unwrap();
                 send.write_all(&0u32.to_be_bytes()).await.unwrap();
                 (Some((conn, send, recv)), None)
@@ -171,9 +175,8 @@ async fn main() {
     drop(server);
 
     // 2. The relay with N authenticated devices.
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap(),
-    );
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
     for i in 0..n {
         let a = format!("a{i}");
         store
