@@ -27,6 +27,15 @@
 //! | `message_ids`     | (conversation id, message id bytes)  | seq (`u64`)                |
 //! | `expiry`          | (expires at ms, conversation id, seq) | `()`                      |
 //! | `cursors`         | (device id, conversation id)         | seq (`u64`)                |
+//! | `account_state`   | account id                           | `AccountStateRec` (tags, suspended) |
+//! | `accounts_by_tag` | (tag, account id)                    | `()`                       |
+//! | `policies`        | `org` or `c:<conversation id>`       | `PolicyRec`                |
+//! | `enroll_codes`    | SHA-256 of the code                  | `CodeRec`                  |
+//! | `audit`           | (at ms, entry id)                    | `AuditRec`                 |
+//!
+//! A conversation's archived flag is field 5 of `ConversationRec`. The
+//! last five tables came with the admin API; they are created on open, so a
+//! file of the first layout opens unchanged.
 //!
 //! `members` and `account_convs` are the two directions of one relation, and
 //! `account_devices` indexes `devices` by account; a write keeps them in step
@@ -99,8 +108,9 @@ use redb::{
 use tokio::sync::oneshot;
 
 use crate::{
-    Account, AccountPurge, Appended, Conversation, ConversationKind, Device, Member, NewMessage,
-    Role, Store, StoreError, StoredMessage, UnixMillis,
+    Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
+    Device, DirectChats, EnrollmentCode, Member, NewMessage, Page, Policy, PolicyScope, Role,
+    Store, StoreError, StoredMessage, UnixMillis,
 };
 
 #[cfg(test)]
@@ -126,6 +136,11 @@ const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
 const MESSAGE_IDS: TableDefinition<(&str, &[u8]), u64> = TableDefinition::new("message_ids");
 const EXPIRY: TableDefinition<(i64, &str, u64), ()> = TableDefinition::new("expiry");
 const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
+const ACCOUNT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("account_state");
+const ACCOUNTS_BY_TAG: TableDefinition<(&str, &str), ()> = TableDefinition::new("accounts_by_tag");
+const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+const ENROLL_CODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("enroll_codes");
+const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit");
 
 // ---------------------------------------------------------------------------
 // configuration
@@ -227,6 +242,106 @@ struct ConversationRec {
     default_ttl_seconds: u64,
     #[prost(int64, tag = "4")]
     created_at_ms: i64,
+    #[prost(bool, tag = "5")]
+    archived: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AccountStateRec {
+    #[prost(string, repeated, tag = "1")]
+    tags: Vec<String>,
+    #[prost(bool, tag = "2")]
+    suspended: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PolicyRec {
+    #[prost(uint64, optional, tag = "1")]
+    default_expiry_seconds: Option<u64>,
+    #[prost(uint64, optional, tag = "2")]
+    max_expiry_seconds: Option<u64>,
+    #[prost(uint32, optional, tag = "3")]
+    max_devices: Option<u32>,
+    #[prost(uint64, optional, tag = "4")]
+    max_attachment_bytes: Option<u64>,
+    /// 1 everyone, 2 shared group, 3 nobody.
+    #[prost(uint32, optional, tag = "5")]
+    direct_chats: Option<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct CodeRec {
+    #[prost(string, tag = "1")]
+    account_id: String,
+    #[prost(int64, tag = "2")]
+    account_created_at_ms: i64,
+    #[prost(int64, tag = "3")]
+    created_at_ms: i64,
+    #[prost(int64, tag = "4")]
+    expires_at_ms: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AuditRec {
+    #[prost(string, tag = "1")]
+    operator: String,
+    #[prost(string, tag = "2")]
+    action: String,
+    #[prost(string, tag = "3")]
+    target: String,
+    #[prost(string, tag = "4")]
+    outcome: String,
+    #[prost(string, tag = "5")]
+    detail: String,
+}
+
+fn policy_key(scope: &PolicyScope) -> String {
+    match scope {
+        PolicyScope::Org => "org".to_owned(),
+        PolicyScope::Conversation(id) => format!("c:{id}"),
+    }
+}
+
+fn policy_rec(p: &Policy) -> PolicyRec {
+    PolicyRec {
+        default_expiry_seconds: p.default_expiry_seconds,
+        max_expiry_seconds: p.max_expiry_seconds,
+        max_devices: p.max_devices,
+        max_attachment_bytes: p.max_attachment_bytes,
+        direct_chats: p.direct_chats.map(|d| match d {
+            DirectChats::Everyone => 1,
+            DirectChats::SharedGroup => 2,
+            DirectChats::Nobody => 3,
+        }),
+    }
+}
+
+fn policy_from(r: PolicyRec) -> Result<Policy, StoreError> {
+    Ok(Policy {
+        default_expiry_seconds: r.default_expiry_seconds,
+        max_expiry_seconds: r.max_expiry_seconds,
+        max_devices: r.max_devices,
+        max_attachment_bytes: r.max_attachment_bytes,
+        direct_chats: match r.direct_chats {
+            None => None,
+            Some(1) => Some(DirectChats::Everyone),
+            Some(2) => Some(DirectChats::SharedGroup),
+            Some(3) => Some(DirectChats::Nobody),
+            Some(other) => {
+                return Err(StoreError::Corrupt {
+                    table: "policies",
+                    detail: format!("unknown direct_chats {other}"),
+                });
+            }
+        },
+    })
+}
+
+/// Sorted, deduplicated tags.
+pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
+    tags.sort();
+    tags.dedup();
+    tags
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -370,6 +485,7 @@ fn is_logical(error: &StoreError) -> bool {
         | StoreError::ConversationExists(_)
         | StoreError::NoSuchConversation(_)
         | StoreError::DirectNeedsTwo(_)
+        | StoreError::NoSuchCode
         | StoreError::InvalidConfig(_) => true,
         StoreError::Corrupt { .. } | StoreError::Backend(_) | StoreError::Closed => false,
     }
@@ -499,6 +615,11 @@ struct WriteTables<'t> {
     message_ids: Table<'t, (&'static str, &'static [u8]), u64>,
     expiry: Table<'t, (i64, &'static str, u64), ()>,
     cursors: Table<'t, (&'static str, &'static str), u64>,
+    account_state: Table<'t, &'static str, &'static [u8]>,
+    accounts_by_tag: Table<'t, (&'static str, &'static str), ()>,
+    policies: Table<'t, &'static str, &'static [u8]>,
+    enroll_codes: Table<'t, &'static [u8], &'static [u8]>,
+    audit: Table<'t, (i64, &'static str), &'static [u8]>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -515,6 +636,11 @@ impl<'t> WriteTables<'t> {
             message_ids: txn.open_table(MESSAGE_IDS).or_backend()?,
             expiry: txn.open_table(EXPIRY).or_backend()?,
             cursors: txn.open_table(CURSORS).or_backend()?,
+            account_state: txn.open_table(ACCOUNT_STATE).or_backend()?,
+            accounts_by_tag: txn.open_table(ACCOUNTS_BY_TAG).or_backend()?,
+            policies: txn.open_table(POLICIES).or_backend()?,
+            enroll_codes: txn.open_table(ENROLL_CODES).or_backend()?,
+            audit: txn.open_table(AUDIT).or_backend()?,
         })
     }
 }
@@ -560,8 +686,125 @@ fn w_delete_account(t: &mut WriteTables<'_>, account_id: &str) -> Result<Account
             .or_backend()?;
         purge.memberships = purge.memberships.saturating_add(1);
     }
+    if let Some(state) = load_account_state(&t.account_state, account_id)? {
+        for tag in &state.tags {
+            t.accounts_by_tag
+                .remove((tag.as_str(), account_id))
+                .or_backend()?;
+        }
+        t.account_state.remove(account_id).or_backend()?;
+    }
     t.accounts.remove(account_id).or_backend()?;
     Ok(purge)
+}
+
+fn load_account_state(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<AccountState>, StoreError> {
+    match table.get(id).or_backend()? {
+        None => Ok(None),
+        Some(g) => {
+            let rec: AccountStateRec = decode("account_state", g.value())?;
+            Ok(Some(AccountState {
+                tags: rec.tags,
+                suspended: rec.suspended,
+            }))
+        }
+    }
+}
+
+fn w_set_account_state(
+    t: &mut WriteTables<'_>,
+    account_id: &str,
+    state: &AccountState,
+) -> Result<(), StoreError> {
+    if !exists(&t.accounts, account_id)? {
+        return Err(StoreError::NoSuchAccount(account_id.to_owned()));
+    }
+    let old = load_account_state(&t.account_state, account_id)?.unwrap_or_default();
+    for tag in old.tags.iter().filter(|t| !state.tags.contains(t)) {
+        t.accounts_by_tag
+            .remove((tag.as_str(), account_id))
+            .or_backend()?;
+    }
+    for tag in &state.tags {
+        t.accounts_by_tag
+            .insert((tag.as_str(), account_id), ())
+            .or_backend()?;
+    }
+    let rec = AccountStateRec {
+        tags: state.tags.clone(),
+        suspended: state.suspended,
+    };
+    t.account_state
+        .insert(account_id, rec.encode_to_vec().as_slice())
+        .or_backend()?;
+    Ok(())
+}
+
+fn w_update_conversation(
+    t: &mut WriteTables<'_>,
+    conversation_id: &str,
+    title: Option<&String>,
+    archived: Option<bool>,
+) -> Result<(), StoreError> {
+    let mut rec: ConversationRec = match t.conversations.get(conversation_id).or_backend()? {
+        None => return Err(StoreError::NoSuchConversation(conversation_id.to_owned())),
+        Some(g) => decode("conversations", g.value())?,
+    };
+    if let Some(title) = title {
+        rec.title = title.clone();
+    }
+    if let Some(archived) = archived {
+        rec.archived = archived;
+    }
+    t.conversations
+        .insert(conversation_id, rec.encode_to_vec().as_slice())
+        .or_backend()?;
+    Ok(())
+}
+
+fn w_purge_codes(t: &mut WriteTables<'_>, now_ms: UnixMillis) -> Result<(), StoreError> {
+    let mut expired = Vec::new();
+    for item in t.enroll_codes.iter().or_backend()? {
+        let (k, v) = item.or_backend()?;
+        let rec: CodeRec = decode("enroll_codes", v.value())?;
+        if rec.expires_at_ms <= now_ms {
+            expired.push(k.value().to_vec());
+        }
+    }
+    for k in expired {
+        t.enroll_codes.remove(k.as_slice()).or_backend()?;
+    }
+    Ok(())
+}
+
+fn w_redeem_code(
+    t: &mut WriteTables<'_>,
+    code_hash: &[u8],
+    device: &Device,
+    now_ms: UnixMillis,
+    max_devices: u32,
+) -> Result<Device, StoreError> {
+    let rec: CodeRec = match t.enroll_codes.get(code_hash).or_backend()? {
+        None => return Err(StoreError::NoSuchCode),
+        Some(g) => decode("enroll_codes", g.value())?,
+    };
+    if rec.expires_at_ms <= now_ms {
+        return Err(StoreError::NoSuchCode);
+    }
+    match load_account(&t.accounts, &rec.account_id)? {
+        Some(a) if a.created_at_ms == rec.account_created_at_ms => {}
+        _ => return Err(StoreError::NoSuchCode),
+    }
+    let device = Device {
+        account_id: rec.account_id,
+        ..device.clone()
+    };
+    w_add_device(t, &device, max_devices)?;
+    t.enroll_codes.remove(code_hash).or_backend()?;
+    Ok(device)
 }
 
 fn w_add_device(
@@ -653,6 +896,7 @@ fn w_create_conversation(
         title: conversation.title.clone(),
         default_ttl_seconds: conversation.default_ttl_seconds,
         created_at_ms: conversation.created_at_ms,
+        archived: false,
     };
     t.conversations
         .insert(conversation.id.as_str(), rec.encode_to_vec().as_slice())
@@ -1442,15 +1686,278 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn account_state(&self, account_id: &str) -> Result<Option<AccountState>, StoreError> {
+        let id = account_id.to_owned();
+        self.read_with(move |txn| {
+            if load_account(&txn.open_table(ACCOUNTS).or_backend()?, &id)?.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(
+                load_account_state(&txn.open_table(ACCOUNT_STATE).or_backend()?, &id)?
+                    .unwrap_or_default(),
+            ))
+        })
+        .await
+    }
+
+    async fn set_account_state(
+        &self,
+        account_id: &str,
+        state: AccountState,
+    ) -> Result<(), StoreError> {
+        let id = account_id.to_owned();
+        let state = AccountState {
+            tags: normalize_tags(state.tags),
+            suspended: state.suspended,
+        };
+        self.write(move |t| w_set_account_state(t, &id, &state))
+            .await
+    }
+
+    async fn list_accounts(
+        &self,
+        tag: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Account>, StoreError> {
+        let tag = tag.map(str::to_owned);
+        let after = after.map(str::to_owned);
+        self.read_with(move |txn| {
+            let accounts = txn.open_table(ACCOUNTS).or_backend()?;
+            let mut items = Vec::new();
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            match &tag {
+                None => {
+                    for item in accounts
+                        .range::<&str>((start, Bound::Unbounded))
+                        .or_backend()?
+                    {
+                        if items.len() >= limit {
+                            break;
+                        }
+                        let (k, v) = item.or_backend()?;
+                        items.push(account_from(k.value(), decode("accounts", v.value())?));
+                    }
+                }
+                Some(tag) => {
+                    let index = txn.open_table(ACCOUNTS_BY_TAG).or_backend()?;
+                    let from = (tag.as_str(), after.as_deref().unwrap_or(""));
+                    for item in index.range(from..).or_backend()? {
+                        if items.len() >= limit {
+                            break;
+                        }
+                        let (k, _) = item.or_backend()?;
+                        let (t, a) = k.value();
+                        if t != tag {
+                            break;
+                        }
+                        if after.as_deref() == Some(a) {
+                            continue;
+                        }
+                        if let Some(acc) = load_account(&accounts, a)? {
+                            items.push(acc);
+                        }
+                    }
+                }
+            }
+            let next = (items.len() >= limit && limit > 0)
+                .then(|| items.last().map(|a: &Account| a.id.clone()))
+                .flatten();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn update_conversation(
+        &self,
+        conversation_id: &str,
+        title: Option<String>,
+        archived: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let id = conversation_id.to_owned();
+        self.write(move |t| w_update_conversation(t, &id, title.as_ref(), archived))
+            .await
+    }
+
+    async fn conversation_archived(&self, conversation_id: &str) -> Result<bool, StoreError> {
+        let id = conversation_id.to_owned();
+        self.read_with(move |txn| {
+            let table = txn.open_table(CONVERSATIONS).or_backend()?;
+            match table.get(id.as_str()).or_backend()? {
+                None => Ok(false),
+                Some(g) => Ok(decode::<ConversationRec>("conversations", g.value())?.archived),
+            }
+        })
+        .await
+    }
+
+    async fn list_conversations(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Conversation>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.read_with(move |txn| {
+            let table = txn.open_table(CONVERSATIONS).or_backend()?;
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut items = Vec::new();
+            for item in table
+                .range::<&str>((start, Bound::Unbounded))
+                .or_backend()?
+            {
+                if items.len() >= limit {
+                    break;
+                }
+                let (k, v) = item.or_backend()?;
+                items.push(conversation_from(
+                    k.value(),
+                    decode("conversations", v.value())?,
+                )?);
+            }
+            let next = (items.len() >= limit && limit > 0)
+                .then(|| items.last().map(|c: &Conversation| c.id.clone()))
+                .flatten();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn put_policy(&self, scope: PolicyScope, policy: Policy) -> Result<(), StoreError> {
+        let key = policy_key(&scope);
+        let rec = policy_rec(&policy).encode_to_vec();
+        self.write(move |t| {
+            if let PolicyScope::Conversation(id) = &scope
+                && !exists(&t.conversations, id)?
+            {
+                return Err(StoreError::NoSuchConversation(id.clone()));
+            }
+            t.policies
+                .insert(key.as_str(), rec.as_slice())
+                .or_backend()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_policy(&self, scope: PolicyScope) -> Result<Option<Policy>, StoreError> {
+        let key = policy_key(&scope);
+        self.read_with(move |txn| {
+            let table = txn.open_table(POLICIES).or_backend()?;
+            match table.get(key.as_str()).or_backend()? {
+                None => Ok(None),
+                Some(g) => Ok(Some(policy_from(decode("policies", g.value())?)?)),
+            }
+        })
+        .await
+    }
+
+    async fn create_enrollment_code(&self, code: EnrollmentCode) -> Result<(), StoreError> {
+        self.write(move |t| {
+            if !exists(&t.accounts, &code.account_id)? {
+                return Err(StoreError::NoSuchAccount(code.account_id.clone()));
+            }
+            let rec = CodeRec {
+                account_id: code.account_id.clone(),
+                account_created_at_ms: code.account_created_at_ms,
+                created_at_ms: code.created_at_ms,
+                expires_at_ms: code.expires_at_ms,
+            };
+            t.enroll_codes
+                .insert(code.code_hash.as_slice(), rec.encode_to_vec().as_slice())
+                .or_backend()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn redeem_enrollment_code(
+        &self,
+        code_hash: &[u8],
+        device: Device,
+        now_ms: UnixMillis,
+        max_devices: u32,
+    ) -> Result<Device, StoreError> {
+        let hash = code_hash.to_vec();
+        self.write(move |t| w_redeem_code(t, &hash, &device, now_ms, max_devices))
+            .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.write(move |t| {
+            let rec = AuditRec {
+                operator: entry.operator.clone(),
+                action: entry.action.clone(),
+                target: entry.target.clone(),
+                outcome: entry.outcome.clone(),
+                detail: entry.detail.clone(),
+            };
+            t.audit
+                .insert(
+                    (entry.at_ms, entry.id.as_str()),
+                    rec.encode_to_vec().as_slice(),
+                )
+                .or_backend()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        before_ms: UnixMillis,
+        before_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let before_id = before_id.to_owned();
+        self.read_with(move |txn| {
+            let table = txn.open_table(AUDIT).or_backend()?;
+            let mut out = Vec::new();
+            for item in table
+                .range::<(i64, &str)>(..(before_ms, before_id.as_str()))
+                .or_backend()?
+                .rev()
+            {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = item.or_backend()?;
+                let (at_ms, id) = k.value();
+                let rec: AuditRec = decode("audit", v.value())?;
+                out.push(AuditEntry {
+                    at_ms,
+                    id: id.to_owned(),
+                    operator: rec.operator,
+                    action: rec.action,
+                    target: rec.target,
+                    outcome: rec.outcome,
+                    detail: rec.detail,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now_ms: UnixMillis) -> Result<u64, StoreError> {
         let chunk = self.inner.config.purge_chunk;
         let mut purged = 0u64;
         loop {
-            let done = self.write(move |t| w_purge_chunk(t, now_ms, chunk)).await?;
+            let done = self
+                .write(move |t| {
+                    let done = w_purge_chunk(t, now_ms, chunk)?;
+                    if done.entries < chunk {
+                        // The last chunk also drops expired enrollment
+                        // codes: few (about one per account).
+                        w_purge_codes(t, now_ms)?;
+                    }
+                    Ok(done)
+                })
+                .await?;
             purged = purged.saturating_add(done.messages);
             if done.entries < chunk {
-                return Ok(purged);
+                break;
             }
         }
+        Ok(purged)
     }
 }

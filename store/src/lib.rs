@@ -193,6 +193,100 @@ pub struct AccountPurge {
     pub cursors: u32,
 }
 
+/// What an operator manages about an account beyond [`Account`]: its tags
+/// (the cohort of a bulk import, e.g. `election-2026`) and whether it is
+/// suspended (its devices may not connect).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountState {
+    /// Tags, sorted and without duplicates.
+    pub tags: Vec<String>,
+    /// A suspended account's devices are refused at authentication.
+    pub suspended: bool,
+}
+
+/// One page of a listing, in the backend's listing order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Where the next page starts (pass it as `after`); `None` on the last
+    /// page.
+    pub next: Option<String>,
+}
+
+/// Who may start a direct (1:1) conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DirectChats {
+    /// Any two accounts.
+    Everyone,
+    /// Only two accounts that share a group or channel.
+    SharedGroup,
+    /// Nobody: no direct conversations, and existing ones are read-only.
+    Nobody,
+}
+
+/// Security policy of the organisation or of one conversation. `None` means
+/// "not set here": a conversation's policy falls back to the organisation's,
+/// the organisation's to the relay's configured limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Expiry of messages sent without one, in seconds (self-destruct).
+    pub default_expiry_seconds: Option<u64>,
+    /// Longest expiry a message may ask for, in seconds.
+    pub max_expiry_seconds: Option<u64>,
+    /// Devices one account may enroll (organisation scope only).
+    pub max_devices: Option<u32>,
+    /// Largest message or attachment chunk ciphertext, in bytes.
+    pub max_attachment_bytes: Option<u64>,
+    /// Who may start direct conversations (organisation scope only).
+    pub direct_chats: Option<DirectChats>,
+}
+
+/// Where a [`Policy`] applies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PolicyScope {
+    /// The whole organisation.
+    Org,
+    /// One group or channel, overriding the organisation.
+    Conversation(String),
+}
+
+/// A one-time enrollment code, as stored: only its hash, never the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentCode {
+    /// SHA-256 of the code.
+    pub code_hash: Vec<u8>,
+    /// The account a device enrolled with it belongs to.
+    pub account_id: String,
+    /// The account's creation time: a code outlives neither its account nor
+    /// a later account of the same id.
+    pub account_created_at_ms: UnixMillis,
+    /// Issue time.
+    pub created_at_ms: UnixMillis,
+    /// The code is void from this time on.
+    pub expires_at_ms: UnixMillis,
+}
+
+/// One entry of the audit log: who did what, when, with what outcome. Ids
+/// and actions only, never message content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When.
+    pub at_ms: UnixMillis,
+    /// Unique id (orders entries of the same millisecond).
+    pub id: String,
+    /// The operator's name.
+    pub operator: String,
+    /// The API call, e.g. `DeleteAccount`.
+    pub action: String,
+    /// What it acted on (an account, device or conversation id, a cohort).
+    pub target: String,
+    /// `ok` or the gRPC status code name.
+    pub outcome: String,
+    /// Counts and parameters (never message content).
+    pub detail: String,
+}
+
 /// Errors of the store. Each variant is one specific reason.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -225,6 +319,9 @@ pub enum StoreError {
     /// A direct conversation must have exactly two members.
     #[error("a direct conversation has exactly two members, not {0}")]
     DirectNeedsTwo(usize),
+    /// The enrollment code is unknown, used, expired, or its account is gone.
+    #[error("the enrollment code is not valid (unknown, used or expired)")]
+    NoSuchCode,
     /// A record failed to decode: the data on disk is damaged or from an
     /// incompatible version.
     #[error("corrupt record in {table}: {detail}")]
@@ -255,8 +352,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn create_account(&self, account: Account) -> Result<(), StoreError>;
     /// The account, if it exists.
     async fn get_account(&self, account_id: &str) -> Result<Option<Account>, StoreError>;
-    /// Deletes an account and purges its devices, their cursors and its
-    /// memberships. Messages it sent stay in the conversations (the other
+    /// Deletes an account and purges its devices, their cursors, its
+    /// memberships, tags and suspension. Messages it sent stay in the conversations (the other
     /// members can still read them) until they expire.
     async fn delete_account(&self, account_id: &str) -> Result<AccountPurge, StoreError>;
 
@@ -368,6 +465,85 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
     /// The stored cursors of a device, ordered by conversation id.
     async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    // ---- directory: operator state ----
+
+    /// The account's tags and suspension; `None` for an unknown account.
+    async fn account_state(&self, account_id: &str) -> Result<Option<AccountState>, StoreError>;
+    /// Replaces the account's tags and suspension (tags are sorted and
+    /// deduplicated). [`StoreError::NoSuchAccount`] if it does not exist.
+    async fn set_account_state(
+        &self,
+        account_id: &str,
+        state: AccountState,
+    ) -> Result<(), StoreError>;
+    /// Up to `limit` accounts after `after` (a [`Page::next`]), all or only
+    /// those tagged `tag`. The order is the backend's (by id on the embedded
+    /// store and within a tag; by token on CQL) and stable across pages.
+    async fn list_accounts(
+        &self,
+        tag: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Account>, StoreError>;
+
+    // ---- directory: conversation administration ----
+
+    /// Renames and/or archives (no one may post; members still read) a
+    /// conversation. [`StoreError::NoSuchConversation`] if it does not exist.
+    async fn update_conversation(
+        &self,
+        conversation_id: &str,
+        title: Option<String>,
+        archived: Option<bool>,
+    ) -> Result<(), StoreError>;
+    /// Whether the conversation is archived (false for an unknown one).
+    async fn conversation_archived(&self, conversation_id: &str) -> Result<bool, StoreError>;
+    /// Up to `limit` conversations after `after`, in the backend's order.
+    async fn list_conversations(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Conversation>, StoreError>;
+
+    // ---- policies ----
+
+    /// Sets (replaces) the policy of a scope. A conversation scope must name
+    /// an existing conversation.
+    async fn put_policy(&self, scope: PolicyScope, policy: Policy) -> Result<(), StoreError>;
+    /// The policy set at a scope, if any.
+    async fn get_policy(&self, scope: PolicyScope) -> Result<Option<Policy>, StoreError>;
+
+    // ---- enrollment codes ----
+
+    /// Stores an enrollment code. [`StoreError::NoSuchAccount`] if its
+    /// account does not exist.
+    async fn create_enrollment_code(&self, code: EnrollmentCode) -> Result<(), StoreError>;
+    /// Redeems a code: enrolls `device` (its `account_id` is taken from the
+    /// code) and voids the code, once. [`StoreError::NoSuchCode`] for an
+    /// unknown, used or expired code, or one whose account is gone; the
+    /// device errors of [`Store::add_device`] otherwise, in which case the
+    /// code stays valid.
+    async fn redeem_enrollment_code(
+        &self,
+        code_hash: &[u8],
+        device: Device,
+        now_ms: UnixMillis,
+        max_devices: u32,
+    ) -> Result<Device, StoreError>;
+
+    // ---- audit log ----
+
+    /// Appends an entry to the audit log.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
+    /// Up to `limit` entries older than `(before_ms, before_id)`, newest
+    /// first. Backends may look back a bounded time (two years on CQL).
+    async fn list_audit(
+        &self,
+        before_ms: UnixMillis,
+        before_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 
     // ---- lifecycle ----
 

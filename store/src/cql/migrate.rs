@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial.cql",
-    cql: include_str!("../../migrations/cql/0001_initial.cql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial.cql",
+        cql: include_str!("../../migrations/cql/0001_initial.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_admin.cql",
+        cql: include_str!("../../migrations/cql/0002_admin.cql"),
+    },
+];
 
 impl Migration {
     /// The statements of the file: comments dropped, split at `;` ending a
@@ -186,6 +193,7 @@ mod tests {
             }
         }
         assert_eq!(MIGRATIONS[0].statements().len(), 11);
+        assert_eq!(MIGRATIONS[1].statements().len(), 6);
         assert_eq!(
             qualify("CREATE TABLE IF NOT EXISTS t (a int PRIMARY KEY)", "ks"),
             "CREATE TABLE IF NOT EXISTS ks.t (a int PRIMARY KEY)"

@@ -55,10 +55,12 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
 use crate::{
-    Account, AccountPurge, Appended, Conversation, ConversationKind, Device, Member, NewMessage,
-    Role, Store, StoreError, StoredMessage, UnixMillis,
+    Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
+    Device, EnrollmentCode, Member, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError,
+    StoredMessage, UnixMillis,
 };
 
+mod admin;
 pub mod config;
 pub mod migrate;
 
@@ -338,6 +340,7 @@ impl Statements {
 pub struct CqlStore {
     session: Session,
     st: Statements,
+    adm: admin::AdminStatements,
     /// Per conversation: the head this process knows, behind an async mutex
     /// that serialises this process's appends to the conversation (held
     /// across the LWT round trips, hence tokio's). The outer std mutex only
@@ -402,9 +405,11 @@ impl CqlStore {
             migrate::migrate(&session, &config.keyspace, &config.replication).await?;
         }
         let st = Statements::prepare(&session, &config.keyspace).await?;
+        let adm = admin::AdminStatements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
             session,
             st,
+            adm,
             heads: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             keyspace: config.keyspace,
@@ -712,6 +717,85 @@ async fn backoff(attempt: u32) {
 
 #[async_trait]
 impl Store for CqlStore {
+    async fn account_state(&self, account_id: &str) -> Result<Option<AccountState>, StoreError> {
+        self.a_account_state(account_id).await
+    }
+
+    async fn set_account_state(
+        &self,
+        account_id: &str,
+        state: AccountState,
+    ) -> Result<(), StoreError> {
+        self.a_set_account_state(account_id, state).await
+    }
+
+    async fn list_accounts(
+        &self,
+        tag: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Account>, StoreError> {
+        self.a_list_accounts(tag, after, limit).await
+    }
+
+    async fn update_conversation(
+        &self,
+        conversation_id: &str,
+        title: Option<String>,
+        archived: Option<bool>,
+    ) -> Result<(), StoreError> {
+        self.a_update_conversation(conversation_id, title, archived)
+            .await
+    }
+
+    async fn conversation_archived(&self, conversation_id: &str) -> Result<bool, StoreError> {
+        self.a_conversation_archived(conversation_id).await
+    }
+
+    async fn list_conversations(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Conversation>, StoreError> {
+        self.a_list_conversations(after, limit).await
+    }
+
+    async fn put_policy(&self, scope: PolicyScope, policy: Policy) -> Result<(), StoreError> {
+        self.a_put_policy(scope, policy).await
+    }
+
+    async fn get_policy(&self, scope: PolicyScope) -> Result<Option<Policy>, StoreError> {
+        self.a_get_policy(scope).await
+    }
+
+    async fn create_enrollment_code(&self, code: EnrollmentCode) -> Result<(), StoreError> {
+        self.a_create_enrollment_code(code).await
+    }
+
+    async fn redeem_enrollment_code(
+        &self,
+        code_hash: &[u8],
+        device: Device,
+        now_ms: UnixMillis,
+        max_devices: u32,
+    ) -> Result<Device, StoreError> {
+        self.a_redeem_enrollment_code(code_hash, device, now_ms, max_devices)
+            .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.a_append_audit(entry).await
+    }
+
+    async fn list_audit(
+        &self,
+        before_ms: UnixMillis,
+        before_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.a_list_audit(before_ms, before_id, limit).await
+    }
+
     async fn create_account(&self, account: Account) -> Result<(), StoreError> {
         let r = self
             .lwt(
@@ -784,6 +868,7 @@ impl Store for CqlStore {
         }
         self.exec(&self.st.cba_delete_all, (account_id,), "delete memberships")
             .await?;
+        self.a_purge_state(account_id).await?;
         self.lwt(&self.st.acc_delete, (account_id,), "delete account")
             .await?;
         Ok(purge)
