@@ -81,6 +81,7 @@ async fn herold_setup() -> HeroldSetup {
             .create_account(v1::CreateAccountRequest {
                 account_id: account.clone(),
                 display_name: String::new(),
+                tags: Vec::new(),
             })
             .await
             .unwrap();

@@ -509,6 +509,7 @@ async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
                 .create_account(v1::CreateAccountRequest {
                     account_id: id.clone(),
                     display_name: name.clone(),
+                    tags: Vec::new(),
                 })
                 .await
                 .map_err(status)?

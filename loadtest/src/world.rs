@@ -191,6 +191,7 @@ impl World {
                         v1::CreateAccountRequest {
                             account_id: acc.id.clone(),
                             display_name: String::new(),
+                            tags: Vec::new(),
                         },
                         &auth,
                     ))

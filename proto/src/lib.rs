@@ -30,6 +30,11 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/herold.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of every `.proto` file, for gRPC
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/herold_descriptor.bin"));
+
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -43,6 +43,20 @@ pub struct Args {
     /// File holding the admin API bearer token (a mounted secret).
     #[arg(long, env = "HEROLD_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Operators of the admin API with their roles and tokens or client
+    /// certificates (TOML, a mounted secret; see docs/admin.md).
+    #[arg(long, env = "HEROLD_ADMIN_OPERATORS_FILE")]
+    pub admin_operators_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) of the admin API. Required when the
+    /// admin API listens off loopback.
+    #[arg(long, env = "HEROLD_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the admin API.
+    #[arg(long, env = "HEROLD_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates may authenticate operators (mTLS).
+    #[arg(long, env = "HEROLD_ADMIN_CLIENT_CA")]
+    pub admin_client_ca: Option<PathBuf>,
     /// Devices one account may enroll [default: 10].
     #[arg(long, env = "HEROLD_MAX_DEVICES_PER_ACCOUNT")]
     pub max_devices_per_account: Option<u32>,
@@ -124,6 +138,10 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
+    admin_operators_file: Option<PathBuf>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
+    admin_client_ca: Option<PathBuf>,
     max_devices_per_account: Option<u32>,
     max_frame_bytes: Option<u32>,
     max_ciphertext_bytes: Option<u32>,
@@ -309,6 +327,17 @@ impl Default for Limits {
     }
 }
 
+/// TLS of the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA of operators' client certificates (PEM), for mTLS.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// The relay's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -324,8 +353,12 @@ pub struct Config {
     pub node_id: String,
     /// TLS certificate source.
     pub tls: TlsSource,
-    /// Admin bearer token, if any.
+    /// Admin bearer token, if any: an org admin named `admin`.
     pub admin_token: Option<String>,
+    /// Operators of the admin API (from the operators file).
+    pub admin_operators: Vec<crate::operators::OperatorEntry>,
+    /// TLS of the admin API; `None` serves plain HTTP/2 (loopback only).
+    pub admin_tls: Option<AdminTls>,
     /// Limits.
     pub limits: Limits,
     /// Drain grace period on shutdown.
@@ -354,6 +387,8 @@ impl Config {
             node_id: "relay-1".into(),
             tls: TlsSource::DevSelfSigned,
             admin_token: None,
+            admin_operators: Vec::new(),
+            admin_tls: None,
             limits: Limits::default(),
             drain_grace: Duration::from_secs(10),
             log: "info".into(),
@@ -423,6 +458,31 @@ impl Config {
             Some(path) => Some(read_token(&path)?),
             None => None,
         };
+        let admin_operators = match args.admin_operators_file.or(file.admin_operators_file) {
+            Some(path) => crate::operators::read_operators(&path)?,
+            None => Vec::new(),
+        };
+        let admin_tls = match (
+            args.admin_tls_cert.or(file.admin_tls_cert),
+            args.admin_tls_key.or(file.admin_tls_key),
+            args.admin_client_ca.or(file.admin_client_ca),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(AdminTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (Some(_), None, _) => {
+                return Err(ConfigError::HalfTls("admin-tls-cert", "admin-tls-key"));
+            }
+            (None, Some(_), _) => {
+                return Err(ConfigError::HalfTls("admin-tls-key", "admin-tls-cert"));
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::HalfTls("admin-client-ca", "admin-tls-cert"));
+            }
+        };
         let mut config = Config {
             dev,
             listen: args
@@ -440,6 +500,8 @@ impl Config {
             node_id: String::new(),
             tls,
             admin_token,
+            admin_operators,
+            admin_tls,
             limits,
             drain_grace: args
                 .drain_grace_secs
@@ -548,14 +610,41 @@ impl Config {
                 reason: "must use a different port than listen".into(),
             });
         }
-        if self.admin_token.is_none() && !self.admin_listen.ip().is_loopback() {
+        let authenticated = self.admin_token.is_some() || !self.admin_operators.is_empty();
+        if !self.admin_listen.ip().is_loopback() {
+            if !authenticated {
+                return Err(ConfigError::Invalid {
+                    name: "admin-listen",
+                    reason: format!(
+                        "{} is not a loopback address and neither admin-token-file nor \
+                         admin-operators-file is set: refusing to serve the admin API \
+                         without authentication",
+                        self.admin_listen
+                    ),
+                });
+            }
+            if self.admin_tls.is_none() {
+                return Err(ConfigError::Invalid {
+                    name: "admin-listen",
+                    reason: format!(
+                        "{} is not a loopback address and admin-tls-cert is not set: \
+                         refusing to send operator tokens in the clear",
+                        self.admin_listen
+                    ),
+                });
+            }
+        }
+        if self.admin_operators.iter().any(|o| o.cert_sha256.is_some())
+            && self
+                .admin_tls
+                .as_ref()
+                .is_none_or(|t| t.client_ca.is_none())
+        {
             return Err(ConfigError::Invalid {
-                name: "admin-listen",
-                reason: format!(
-                    "{} is not a loopback address and no admin-token-file is set: \
-                     refusing to serve the admin API without authentication",
-                    self.admin_listen
-                ),
+                name: "admin-client-ca",
+                reason: "operators with cert_sha256 need admin-tls-cert, admin-tls-key and \
+                         admin-client-ca (mTLS)"
+                    .into(),
             });
         }
         if self.log.trim().is_empty() {
@@ -710,6 +799,32 @@ mod tests {
         assert!(e.to_string().contains("node-id"), "{e}");
         let e = parse(&["--dev", "--admin-listen", "0.0.0.0:7301"]).unwrap_err();
         assert!(e.to_string().contains("refusing"), "{e}");
+        // A token alone is not enough off loopback: it would travel in the clear.
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "0123456789abcdef0123").unwrap();
+        let token = f.path().to_str().unwrap();
+        let e = parse(&[
+            "--dev",
+            "--admin-listen",
+            "0.0.0.0:7301",
+            "--admin-token-file",
+            token,
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("admin-tls-cert"), "{e}");
+        let c = parse(&[
+            "--dev",
+            "--admin-listen",
+            "0.0.0.0:7301",
+            "--admin-token-file",
+            token,
+            "--admin-tls-cert",
+            "c.pem",
+            "--admin-tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert!(c.admin_tls.is_some());
     }
 
     #[test]
@@ -721,6 +836,38 @@ mod tests {
         assert_eq!(c.node_id, "from-flag");
         assert_eq!(c.limits.max_in_flight, 7);
         assert!(c.dev);
+    }
+
+    #[test]
+    fn operators_file_is_checked() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[[operator]]\nname = \"ops\"\nrole = \"org-admin\"\ntoken = \"0123456789abcdef\"\n\
+             [[operator]]\nname = \"lead\"\nrole = \"group-admin\"\ngroups = [\"g1\"]\ntoken = \"fedcba9876543210\""
+        )
+        .unwrap();
+        let c = parse(&[
+            "--dev",
+            "--admin-operators-file",
+            f.path().to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(c.admin_operators.len(), 2);
+        assert_eq!(c.admin_operators[1].groups, ["g1"]);
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            bad,
+            "[[operator]]\nname = \"lead\"\nrole = \"group-admin\"\ntoken = \"fedcba9876543210\""
+        )
+        .unwrap();
+        let e = parse(&[
+            "--dev",
+            "--admin-operators-file",
+            bad.path().to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("no groups"), "{e}");
     }
 
     #[test]

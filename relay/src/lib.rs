@@ -9,7 +9,11 @@
 //!   in-order delivery with gap filling from the store.
 //! - `registry`: connected devices of this node (dashmap) and their queues.
 //! - `roster`: cached conversation rosters.
-//! - `admin`: the gRPC admin API.
+//! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
+//!   health and reflection), its authorisation and audit log.
+//! - [`operators`]: operator identities and roles (the operators file).
+//! - `policy`: effective policies (conversation over organisation over the
+//!   relay's limits).
 //!
 //! # Life of a message
 //! A device's Submit is validated (ids, size, membership, expiry), appended
@@ -23,6 +27,8 @@
 mod admin;
 pub mod config;
 mod cursors;
+pub mod operators;
+mod policy;
 mod registry;
 mod roster;
 pub mod server;

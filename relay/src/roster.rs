@@ -7,13 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use herold_store::{ConversationKind, Role, Store, StoreError};
+use herold_store::{ConversationKind, PolicyScope, Role, Store, StoreError};
+
+use crate::config::Limits;
+use crate::policy::Effective;
 
 /// What a submit and a fan-out need to know about a conversation.
 #[derive(Debug)]
 pub(crate) struct Roster {
     pub kind: ConversationKind,
-    pub default_ttl_seconds: u64,
+    /// Archived: nobody posts.
+    pub archived: bool,
+    /// The policy the relay enforces in this conversation.
+    pub policy: Effective,
     pub members: HashMap<String, Role>,
     /// Every non-revoked device of every member.
     pub devices: Vec<String>,
@@ -24,6 +30,8 @@ pub(crate) struct Roster {
 #[derive(Debug)]
 pub(crate) struct Rosters {
     store: Arc<dyn Store>,
+    /// The relay's limits, under which policies resolve.
+    limits: Limits,
     cache: DashMap<String, Arc<Roster>>,
     /// Per-conversation load gates (an async mutex: held across the store
     /// reads of one load).
@@ -34,9 +42,10 @@ pub(crate) struct Rosters {
 }
 
 impl Rosters {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
         Self {
             store,
+            limits,
             cache: DashMap::new(),
             loading: DashMap::new(),
             generation: AtomicU64::new(0),
@@ -64,6 +73,18 @@ impl Rosters {
             return Ok(None);
         };
         let members = self.store.members(conversation_id).await?;
+        let archived = self.store.conversation_archived(conversation_id).await?;
+        let org = self.store.get_policy(PolicyScope::Org).await?;
+        let own = self
+            .store
+            .get_policy(PolicyScope::Conversation(conversation_id.to_owned()))
+            .await?;
+        let policy = Effective::resolve(
+            &self.limits,
+            org.as_ref(),
+            own.as_ref(),
+            conv.default_ttl_seconds,
+        );
         let devices = self
             .store
             .devices_of(members.iter().map(|m| m.account_id.clone()).collect())
@@ -74,7 +95,8 @@ impl Rosters {
             .collect();
         let roster = Arc::new(Roster {
             kind: conv.kind,
-            default_ttl_seconds: conv.default_ttl_seconds,
+            archived,
+            policy,
             members: members
                 .into_iter()
                 .map(|m| (m.account_id, m.role))

@@ -153,6 +153,9 @@ pub struct Relay {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     admin: tokio::net::TcpListener,
+    /// TLS of the admin API, loaded at bind so a bad file fails early.
+    admin_tls: Option<tonic::transport::ServerTlsConfig>,
+    admin_auth: crate::operators::Auth,
     inbox: Inbox,
     fingerprint: String,
     config: Config,
@@ -200,13 +203,15 @@ impl Relay {
         let server_config = crate::tls::server_config(identity, &config.limits)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("binding QUIC on {}", config.listen))?;
+        let admin_tls = admin_tls_config(&config)?;
+        let admin_auth = admin_auth(&config);
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding the admin API on {}", config.admin_listen))?;
         let inbox = register(&*router, &config).await?;
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
-            rosters: Rosters::new(store.clone()),
+            rosters: Rosters::new(store.clone(), config.limits.clone()),
             store,
             router,
             registry: Registry::default(),
@@ -217,6 +222,8 @@ impl Relay {
             shared,
             endpoint,
             admin,
+            admin_tls,
+            admin_auth,
             inbox,
             fingerprint,
             config,
@@ -246,6 +253,8 @@ impl Relay {
             shared,
             endpoint,
             admin,
+            admin_tls,
+            admin_auth,
             inbox,
             config,
             ..
@@ -255,14 +264,14 @@ impl Relay {
         let purge_task = tokio::spawn(purge_expired(shared.clone()));
         let cursor_task = tokio::spawn(flush_cursors(shared.clone()));
         let admin_task = {
-            let svc = crate::admin::AdminService::new(shared.clone());
-            let token = config.admin_token.clone();
+            let shared = shared.clone();
+            let auth = admin_auth;
             let mut rx = drain_rx.clone();
             tokio::spawn(async move {
                 let stop = async move {
                     let _ = rx.wait_for(|d| *d).await;
                 };
-                if let Err(e) = crate::admin::serve(svc, token, admin, stop).await {
+                if let Err(e) = crate::admin::serve(shared, auth, admin_tls, admin, stop).await {
                     warn!(error = %e, "admin API stopped with an error");
                 }
             })
@@ -354,6 +363,46 @@ async fn register(router: &dyn Router, config: &Config) -> anyhow::Result<Inbox>
                 });
             }
         }
+    }
+}
+
+/// The admin API's TLS configuration, read from the configured PEM files.
+fn admin_tls_config(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    let Some(t) = &config.admin_tls else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("reading admin TLS file {}", p.display()))
+    };
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?),
+    );
+    if let Some(ca) = &t.client_ca {
+        // Optional: operators may authenticate with a token instead.
+        tls = tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
+}
+
+/// Who may call the admin API: the operators file plus the single token;
+/// nobody configured means open (loopback only, checked by the config).
+fn admin_auth(config: &Config) -> crate::operators::Auth {
+    let mut ops = config.admin_operators.clone();
+    if let Some(token) = &config.admin_token {
+        ops.push(crate::operators::OperatorEntry {
+            name: "admin".into(),
+            role: crate::operators::OperatorRole::OrgAdmin,
+            token: Some(token.clone()),
+            cert_sha256: None,
+            groups: Vec::new(),
+        });
+    }
+    if ops.is_empty() {
+        crate::operators::Auth::Open
+    } else {
+        crate::operators::Auth::Operators(ops)
     }
 }
 

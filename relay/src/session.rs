@@ -326,16 +326,24 @@ impl Session {
                 "this device was revoked",
             ));
         }
-        if store
-            .get_account(&device.account_id)
+        match store
+            .account_state(&device.account_id)
             .await
             .map_err(|e| unavailable(&e))?
-            .is_none()
         {
-            return Err(Fatal::new(
-                ErrorCode::DeviceRevoked,
-                "this device's account was deleted",
-            ));
+            None => {
+                return Err(Fatal::new(
+                    ErrorCode::DeviceRevoked,
+                    "this device's account was deleted",
+                ));
+            }
+            Some(state) if state.suspended => {
+                return Err(Fatal::new(
+                    ErrorCode::DeviceRevoked,
+                    "this device's account is suspended",
+                ));
+            }
+            Some(_) => {}
         }
         let mut nonce = [0u8; auth::NONCE_BYTES];
         getrandom::fill(&mut nonce)
@@ -833,10 +841,34 @@ async fn submit(
             "only publishers may post in this channel",
         );
     }
+    if roster.archived {
+        return reject(
+            ErrorCode::ConversationArchived,
+            "this conversation is archived: it can be read, not posted to",
+        );
+    }
+    if roster.kind == herold_store::ConversationKind::Direct
+        && roster.policy.direct_chats == herold_store::DirectChats::Nobody
+    {
+        return reject(
+            ErrorCode::PolicyDenied,
+            "the organisation's policy allows no direct conversations",
+        );
+    }
+    let policy_ct = roster.policy.max_attachment_bytes;
+    if s.ciphertext.len() as u64 > policy_ct {
+        return reject(
+            ErrorCode::InvalidEnvelope,
+            &format!(
+                "the ciphertext has {} bytes; this conversation's policy allows {policy_ct}",
+                s.ciphertext.len()
+            ),
+        );
+    }
     let now = now_ms();
-    let max_expiry = i64::try_from(shared.limits.max_expiry.as_millis()).unwrap_or(i64::MAX);
+    let max_expiry = i64::try_from(roster.policy.max_expiry().as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = if s.expires_at_ms == 0 {
-        let ttl_ms = i64::try_from(roster.default_ttl_seconds.saturating_mul(1000))
+        let ttl_ms = i64::try_from(roster.policy.default_expiry_seconds.saturating_mul(1000))
             .unwrap_or(i64::MAX)
             .min(max_expiry);
         (ttl_ms > 0).then(|| now.saturating_add(ttl_ms))
@@ -846,8 +878,8 @@ async fn submit(
         return reject(
             ErrorCode::InvalidExpiry,
             &format!(
-                "the expiry lies more than {} days ahead",
-                shared.limits.max_expiry.as_secs() / 86_400
+                "the expiry lies more than {} seconds ahead (the policy's maximum)",
+                roster.policy.max_expiry_seconds
             ),
         );
     } else {

@@ -751,6 +751,7 @@ async fn admin_api_requires_the_bearer_token_when_configured() {
     let req = || v1::CreateAccountRequest {
         account_id: "alice".into(),
         display_name: String::new(),
+        tags: Vec::new(),
     };
     let err = admin.create_account(req()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");

@@ -103,6 +103,7 @@ pub async fn create_account(admin: &mut AdminClient<Channel>, id: &str) {
         .create_account(v1::CreateAccountRequest {
             account_id: id.into(),
             display_name: String::new(),
+            tags: Vec::new(),
         })
         .await
         .expect("create account");
