@@ -8,7 +8,9 @@
 //!   with their original message ids (the relay stores each id once).
 //! - [`raw::RawConnection`]: one connection, frame by frame.
 //! - [`tls`]: certificate pinning.
-//! - [`admin`]: the gRPC admin client.
+//! - [`admin`]: the gRPC admin and enrollment clients.
+//! - [`roster`]: roster files for bulk provisioning (parse, generate, send
+//!   in batches) and enrollment codes for printing (CSV, HTML, PNG, QR).
 //!
 //! # Exactly once for the app
 //! The relay delivers each conversation in seq order, at least once. The
@@ -30,11 +32,13 @@ use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub mod raw;
+pub mod roster;
 pub mod tls;
 
-/// The gRPC admin client, generated from `admin.proto`.
+/// The gRPC admin and enrollment clients, generated from `admin.proto`.
 pub mod admin {
     pub use herold_proto::v1::admin_client::AdminClient;
+    pub use herold_proto::v1::enrollment_client::EnrollmentClient;
 }
 
 pub use herold_proto::v1::{Accepted, Envelope};

@@ -17,6 +17,9 @@ use herold_proto::v1;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+mod admin_cmd;
+use admin_cmd::{AdminCmd, admin};
+
 #[derive(Debug, Parser)]
 #[command(name = "herold", version, about = "Herold command-line client")]
 struct Cli {
@@ -54,6 +57,21 @@ struct Cli {
     /// File with the admin bearer token.
     #[arg(long, env = "HEROLD_ADMIN_TOKEN_FILE", global = true)]
     admin_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of an `https://` admin API.
+    #[arg(long, env = "HEROLD_ADMIN_CA", global = true)]
+    admin_ca: Option<PathBuf>,
+    /// Operator client certificate (PEM), for mTLS.
+    #[arg(long, env = "HEROLD_ADMIN_CERT", global = true, requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    /// Operator client key (PEM), for mTLS.
+    #[arg(long, env = "HEROLD_ADMIN_KEY", global = true, requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
+    /// Name to verify the admin API's certificate for (default: the URL's host).
+    #[arg(long, env = "HEROLD_ADMIN_TLS_NAME", global = true)]
+    admin_tls_name: Option<String>,
+    /// Print results as JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -83,6 +101,11 @@ enum Cmd {
         #[arg(long)]
         expire_after: Option<u64>,
     },
+    /// Roster files for bulk provisioning.
+    Roster {
+        #[command(subcommand)]
+        cmd: RosterCmd,
+    },
     /// Print messages as they arrive (first everything missed while offline).
     Listen {
         /// Device to listen as.
@@ -108,111 +131,52 @@ enum DeviceCmd {
     },
     /// List the devices whose keys are in this home.
     Local,
-}
-
-#[derive(Debug, Subcommand)]
-enum AdminCmd {
-    /// Accounts.
-    Account {
-        #[command(subcommand)]
-        cmd: AccountCmd,
-    },
-    /// Devices of an account.
-    Devices {
-        /// The account.
-        account: String,
-    },
-    /// Revoke a device: it is disconnected and cannot reconnect.
-    Revoke {
-        /// The device.
+    /// Enroll a new device with a one-time code from the city's IT: creates
+    /// its key and registers it (no operator token needed).
+    Enroll {
+        /// The new device's id, e.g. `anna.phone`.
         device: String,
-    },
-    /// Create a group: every member may post.
-    Group {
-        /// Conversation id.
-        id: String,
-        /// Member accounts.
-        #[arg(long = "member", required = true)]
-        members: Vec<String>,
-        /// Title.
-        #[arg(long, default_value = "")]
-        title: String,
-        /// Delete messages without an expiry after this many seconds.
-        #[arg(long, default_value_t = 0)]
-        ttl: u64,
-    },
-    /// Create an information channel: publishers post, members read.
-    Channel {
-        /// Conversation id.
-        id: String,
-        /// Accounts that may post.
-        #[arg(long = "publisher", required = true)]
-        publishers: Vec<String>,
-        /// Accounts that read.
-        #[arg(long = "member")]
-        members: Vec<String>,
-        /// Title.
-        #[arg(long, default_value = "")]
-        title: String,
-    },
-    /// Create a direct conversation between two accounts.
-    Direct {
-        /// Conversation id.
-        id: String,
-        /// First account.
-        a: String,
-        /// Second account.
-        b: String,
-    },
-    /// Add members to a conversation.
-    AddMembers {
-        /// Conversation id.
-        id: String,
-        /// Accounts.
-        #[arg(required = true)]
-        accounts: Vec<String>,
-    },
-    /// Remove members from a conversation.
-    RemoveMembers {
-        /// Conversation id.
-        id: String,
-        /// Accounts.
-        #[arg(required = true)]
-        accounts: Vec<String>,
-    },
-    /// Show a conversation and its members.
-    Show {
-        /// Conversation id.
-        id: String,
+        /// The code, e.g. `K7QM-2XRP-9D4T`.
+        code: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
-enum AccountCmd {
-    /// Create an account.
-    Create {
-        /// Account id.
-        id: String,
-        /// Display name.
-        #[arg(long, default_value = "")]
-        name: String,
-    },
-    /// Show an account.
-    Show {
-        /// Account id.
-        id: String,
-    },
-    /// Delete an account: its devices are cut off, its data purged.
-    Delete {
-        /// Account id.
-        id: String,
+enum RosterCmd {
+    /// Write a deterministic roster CSV (for tests and benchmarks).
+    Generate {
+        /// Volunteers.
+        #[arg(long, default_value_t = 7000)]
+        volunteers: usize,
+        /// Polling stations.
+        #[arg(long, default_value_t = 618)]
+        stations: usize,
+        /// Cohort tag.
+        #[arg(long, default_value = "election-2026")]
+        cohort: String,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
 /// Adds the bearer token to every admin call.
-type AuthInterceptor =
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-type Admin = AdminClient<InterceptedService<Channel, AuthInterceptor>>;
+#[derive(Debug, Clone)]
+struct BearerAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Admin = AdminClient<InterceptedService<Channel, BearerAuth>>;
 
 #[tokio::main]
 async fn main() {
@@ -246,6 +210,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status)?;
             save_key(&path, &key)?;
             println!("device {device_id} enrolled; key in {}", path.display());
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Enroll { device, code },
+        } => {
+            let path = key_path(&cli.home, device);
+            if path.exists() {
+                bail!("a key for {device} exists already in {}", path.display());
+            }
+            let key = generate_key()?;
+            let channel = admin_channel(&cli).await?;
+            let d = herold_client::admin::EnrollmentClient::new(channel)
+                .enroll(v1::EnrollRequest {
+                    code: code.clone(),
+                    device_id: device.clone(),
+                    public_key: key.verifying_key().to_bytes().to_vec(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            save_key(&path, &key)?;
+            println!(
+                "device {} enrolled for account {}; key in {}",
+                d.device_id,
+                d.account_id,
+                path.display()
+            );
+            Ok(())
+        }
+        Cmd::Roster {
+            cmd:
+                RosterCmd::Generate {
+                    volunteers,
+                    stations,
+                    cohort,
+                    seed,
+                    out,
+                },
+        } => {
+            let text = herold_client::roster::generate(*volunteers, *stations, cohort, *seed);
+            match out {
+                Some(p) => {
+                    std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => print!("{text}"),
+            }
             Ok(())
         }
         Cmd::Device {
@@ -443,6 +453,35 @@ fn save_state(path: &Path, cursors: &HashMap<String, u64>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A channel to the admin API: plain HTTP/2 for `http://`, TLS for
+/// `https://` (with `--admin-ca`, and a client certificate for mTLS).
+async fn admin_channel(cli: &Cli) -> anyhow::Result<Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(cli.admin.clone())
+        .with_context(|| format!("bad admin URL {}", cli.admin))?;
+    if cli.admin.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &cli.admin_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let (Some(c), Some(k)) = (&cli.admin_cert, &cli.admin_key) {
+            let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+            let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &cli.admin_tls_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("configuring TLS for the admin API")?;
+    }
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", cli.admin))
+}
+
 async fn admin_client(cli: &Cli) -> anyhow::Result<Admin> {
     let token = match &cli.admin_token_file {
         Some(p) => Some(
@@ -453,11 +492,7 @@ async fn admin_client(cli: &Cli) -> anyhow::Result<Admin> {
         ),
         None => None,
     };
-    let channel = tonic::transport::Endpoint::from_shared(cli.admin.clone())
-        .with_context(|| format!("bad admin URL {}", cli.admin))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the admin API at {}", cli.admin))?;
+    let channel = admin_channel(cli).await?;
     let header = match token {
         Some(t) => Some(
             format!("Bearer {t}")
@@ -466,202 +501,9 @@ async fn admin_client(cli: &Cli) -> anyhow::Result<Admin> {
         ),
         None => None,
     };
-    let intercept: AuthInterceptor = Box::new(move |mut req| {
-        if let Some(h) = &header {
-            req.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(req)
-    });
-    Ok(AdminClient::with_interceptor(channel, intercept))
+    Ok(AdminClient::with_interceptor(channel, BearerAuth(header)))
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
-}
-
-fn member(account: &str, role: v1::Role) -> v1::Member {
-    v1::Member {
-        account_id: account.to_owned(),
-        role: role as i32,
-    }
-}
-
-fn print_conversation(c: &v1::Conversation) {
-    let kind = v1::ConversationKind::try_from(c.kind)
-        .map(|k| k.as_str_name())
-        .unwrap_or("?");
-    println!("{} ({kind}) {}", c.conversation_id, c.title);
-    for m in &c.members {
-        let role = v1::Role::try_from(m.role)
-            .map(|r| r.as_str_name())
-            .unwrap_or("?");
-        println!("  {:<32} {role}", m.account_id);
-    }
-}
-
-async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
-    let mut a = admin_client(cli).await?;
-    match cmd {
-        AdminCmd::Account {
-            cmd: AccountCmd::Create { id, name },
-        } => {
-            let acc = a
-                .create_account(v1::CreateAccountRequest {
-                    account_id: id.clone(),
-                    display_name: name.clone(),
-                    tags: Vec::new(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            println!("account {} created", acc.account_id);
-        }
-        AdminCmd::Account {
-            cmd: AccountCmd::Show { id },
-        } => {
-            let acc = a
-                .get_account(v1::GetAccountRequest {
-                    account_id: id.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            println!("{} {:?}", acc.account_id, acc.display_name);
-        }
-        AdminCmd::Account {
-            cmd: AccountCmd::Delete { id },
-        } => {
-            let r = a
-                .delete_account(v1::DeleteAccountRequest {
-                    account_id: id.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            println!(
-                "account {id} deleted ({} devices, {} memberships removed)",
-                r.devices_removed, r.memberships_removed
-            );
-        }
-        AdminCmd::Devices { account } => {
-            let r = a
-                .list_devices(v1::ListDevicesRequest {
-                    account_id: account.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            for d in r.devices {
-                println!(
-                    "{:<40} {}",
-                    d.device_id,
-                    if d.revoked { "revoked" } else { "active" }
-                );
-            }
-        }
-        AdminCmd::Revoke { device } => {
-            a.revoke_device(v1::RevokeDeviceRequest {
-                device_id: device.clone(),
-            })
-            .await
-            .map_err(status)?;
-            println!("device {device} revoked");
-        }
-        AdminCmd::Group {
-            id,
-            members,
-            title,
-            ttl,
-        } => {
-            let c = a
-                .create_conversation(v1::CreateConversationRequest {
-                    conversation_id: id.clone(),
-                    kind: v1::ConversationKind::Group as i32,
-                    title: title.clone(),
-                    members: members
-                        .iter()
-                        .map(|m| member(m, v1::Role::Member))
-                        .collect(),
-                    default_ttl_seconds: *ttl,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            print_conversation(&c);
-        }
-        AdminCmd::Channel {
-            id,
-            publishers,
-            members,
-            title,
-        } => {
-            let mut ms: Vec<v1::Member> = publishers
-                .iter()
-                .map(|m| member(m, v1::Role::Publisher))
-                .collect();
-            ms.extend(members.iter().map(|m| member(m, v1::Role::Member)));
-            let c = a
-                .create_conversation(v1::CreateConversationRequest {
-                    conversation_id: id.clone(),
-                    kind: v1::ConversationKind::Channel as i32,
-                    title: title.clone(),
-                    members: ms,
-                    default_ttl_seconds: 0,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            print_conversation(&c);
-        }
-        AdminCmd::Direct { id, a: x, b: y } => {
-            let c = a
-                .create_conversation(v1::CreateConversationRequest {
-                    conversation_id: id.clone(),
-                    kind: v1::ConversationKind::Direct as i32,
-                    title: String::new(),
-                    members: vec![member(x, v1::Role::Member), member(y, v1::Role::Member)],
-                    default_ttl_seconds: 0,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            print_conversation(&c);
-        }
-        AdminCmd::AddMembers { id, accounts } => {
-            let c = a
-                .add_members(v1::AddMembersRequest {
-                    conversation_id: id.clone(),
-                    members: accounts
-                        .iter()
-                        .map(|m| member(m, v1::Role::Member))
-                        .collect(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            print_conversation(&c);
-        }
-        AdminCmd::RemoveMembers { id, accounts } => {
-            let c = a
-                .remove_members(v1::RemoveMembersRequest {
-                    conversation_id: id.clone(),
-                    account_ids: accounts.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            print_conversation(&c);
-        }
-        AdminCmd::Show { id } => {
-            let c = a
-                .get_conversation(v1::GetConversationRequest {
-                    conversation_id: id.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            print_conversation(&c);
-        }
-    }
-    Ok(())
 }
