@@ -92,6 +92,82 @@ impl TestRelay {
     }
 }
 
+impl TestRelay {
+    /// A dev relay whose admin API knows these operators:
+    /// `(name, role, token, groups)`.
+    pub async fn start_with_operators(
+        dir: &Path,
+        operators: &[(&str, herold_relay::operators::OperatorRole, &str, &[&str])],
+    ) -> Self {
+        let mut config = Config::dev(dir);
+        config.admin_operators = operators
+            .iter()
+            .map(
+                |(name, role, token, groups)| herold_relay::operators::OperatorEntry {
+                    name: (*name).into(),
+                    role: *role,
+                    token: Some((*token).into()),
+                    cert_sha256: None,
+                    groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                },
+            )
+            .collect();
+        Self::start_with(config).await
+    }
+
+    /// An admin client sending `token`.
+    pub async fn admin_as(&self, token: &str) -> TokenAdmin {
+        admin_with_token(self.admin_addr, Some(token)).await
+    }
+
+    /// The unauthenticated enrollment client.
+    pub async fn enrollment(&self) -> herold_client::admin::EnrollmentClient<Channel> {
+        herold_client::admin::EnrollmentClient::connect(format!("http://{}", self.admin_addr))
+            .await
+            .expect("enrollment connects")
+    }
+
+    /// Enrolls a fresh key as `device` with a one-time `code`.
+    pub async fn enroll_with_code(&self, code: &str, device: &str) -> SigningKey {
+        let key = generate_key().unwrap();
+        self.enrollment()
+            .await
+            .enroll(v1::EnrollRequest {
+                code: code.into(),
+                device_id: device.into(),
+                public_key: key.verifying_key().to_bytes().to_vec(),
+            })
+            .await
+            .expect("enroll with code");
+        key
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type TokenAdmin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+pub async fn admin_with_token(addr: SocketAddr, token: Option<&str>) -> TokenAdmin {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("admin connects");
+    let header = token.map(|t| format!("Bearer {t}").parse().unwrap());
+    AdminClient::with_interceptor(channel, Bearer(header))
+}
+
 pub async fn admin_at(addr: SocketAddr) -> AdminClient<Channel> {
     AdminClient::connect(format!("http://{addr}"))
         .await
