@@ -825,7 +825,7 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
                 }
                 b
             };
-            let start = std::time::Instant::now();
+            let start = tokio::time::Instant::now();
             let ttl = code_ttl_hours.map_or(0, |h| h.saturating_mul(3600));
             let mut total = roster::import_in_batches(
                 parsed.rows,

@@ -8,7 +8,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::*;
 use herold_client::roster;
@@ -1077,7 +1079,7 @@ async fn roster_import_reports_bad_rows_is_idempotent_and_cohort_delete_cuts_off
     for (i, c) in r.codes.iter().take(3).enumerate() {
         let device = format!("{}.phone", c.account_id);
         let key = relay.enroll_with_code(&c.code, &device).await;
-        assert_eq!(c.station.is_empty(), false);
+        assert!(!c.station.is_empty());
         clients.push((i, relay.client(&device, &key).await));
     }
     // Codes for those still without a device, for reprinting.
