@@ -592,6 +592,17 @@ impl AdminService {
     }
 }
 
+/// An account's devices changed: only the rosters of its conversations are
+/// stale (a volunteer enrolling does not flush every roster of the city). If
+/// its conversations cannot be read, every roster is dropped.
+async fn devices_changed(shared: &Shared, account_id: &str) {
+    match shared.store.conversations_of(account_id).await {
+        Ok(convs) if convs.is_empty() => {}
+        Ok(convs) => shared.rosters_changed(&convs).await,
+        Err(_) => shared.rosters_changed(&[]).await,
+    }
+}
+
 async fn record_audit(
     shared: &Shared,
     operator: &str,
@@ -1053,7 +1064,7 @@ impl Admin for AdminService {
                 .add_device(d.clone(), limit)
                 .await
                 .map_err(store_status)?;
-            self.shared.rosters_changed(&[]).await;
+            devices_changed(&self.shared, &d.account_id).await;
             Ok(device_to(d))
         }
         .await;
@@ -1109,7 +1120,7 @@ impl Admin for AdminService {
                 .revoke_device(&r.device_id)
                 .await
                 .map_err(store_status)?;
-            self.shared.rosters_changed(&[]).await;
+            devices_changed(&self.shared, &d.account_id).await;
             self.shared
                 .kick_devices(
                     std::slice::from_ref(&d.id),
@@ -1671,33 +1682,51 @@ impl AdminService {
                     .iter()
                     .map(|c| (c.clone(), c.clone(), ConversationKind::Channel)),
             );
-        let mut bad_groups: HashMap<String, String> = HashMap::new();
-        for (id, title, kind) in wanted {
-            match store.get_conversation(&id).await.map_err(store_status)? {
-                Some(c) if c.kind == kind => {}
-                Some(c) => {
-                    bad_groups.insert(
-                        id.clone(),
-                        format!(
-                            "conversation {id:?} exists but is a {:?}, not a {kind:?}",
-                            c.kind
-                        ),
-                    );
-                }
-                None => {
-                    let conv = herold_store::Conversation {
-                        id: id.clone(),
-                        kind,
-                        title,
-                        default_ttl_seconds: 0,
-                        created_at_ms: now_ms(),
-                    };
-                    match store.create_conversation(conv, Vec::new()).await {
-                        Ok(()) => out.conversations_created += 1,
-                        Err(StoreError::ConversationExists(_)) => {}
-                        Err(e) => return Err(store_status(e)),
+        // Many in flight: a first import creates 600-odd groups at once.
+        let futs: Vec<_> = wanted
+            .map(|(id, title, kind)| {
+                let store = store.clone();
+                async move {
+                    match store.get_conversation(&id).await.map_err(store_status)? {
+                        Some(c) if c.kind == kind => Ok((id, None, false)),
+                        Some(c) => {
+                            let why = format!(
+                                "conversation {id:?} exists but is a {:?}, not a {kind:?}",
+                                c.kind
+                            );
+                            Ok((id, Some(why), false))
+                        }
+                        None => {
+                            let conv = herold_store::Conversation {
+                                id: id.clone(),
+                                kind,
+                                title,
+                                default_ttl_seconds: 0,
+                                created_at_ms: now_ms(),
+                            };
+                            match store.create_conversation(conv, Vec::new()).await {
+                                Ok(()) => Ok((id, None, true)),
+                                Err(StoreError::ConversationExists(_)) => Ok((id, None, false)),
+                                Err(e) => Err(store_status(e)),
+                            }
+                        }
                     }
                 }
+            })
+            .collect();
+        let made: Vec<Result<(String, Option<String>, bool), Status>> =
+            futures_util::stream::iter(futs)
+                .buffer_unordered(BULK_CONCURRENCY)
+                .collect()
+                .await;
+        let mut bad_groups: HashMap<String, String> = HashMap::new();
+        for m in made {
+            let (id, bad, created) = m?;
+            if created {
+                out.conversations_created += 1;
+            }
+            if let Some(why) = bad {
+                bad_groups.insert(id, why);
             }
         }
         if let Some(reason) = r.channels.iter().find_map(|c| bad_groups.get(c)) {
@@ -1763,30 +1792,68 @@ impl AdminService {
                     .iter()
                     .map(|c| (c.clone(), all_ok.clone(), false)),
             );
-        for (conv, idx, station_role) in targets {
-            let current: HashMap<String, Role> = store
-                .members(&conv)
-                .await
-                .map_err(store_status)?
-                .into_iter()
-                .map(|m| (m.account_id, m.role))
-                .collect();
-            let mut add = Vec::new();
-            for i in idx {
-                let Some(row) = rows.get(i) else { continue };
-                let role = if station_role { row.role } else { Role::Member };
-                if current.get(&row.account_id) != Some(&role) {
-                    add.push(herold_store::Member {
-                        account_id: row.account_id.clone(),
-                        role,
-                    });
-                    changed[i] = true;
+        // One read and one bulk write per conversation, many in flight.
+        let futs: Vec<_> = targets
+            .map(|(conv, idx, station_role)| {
+                let want: Vec<(usize, String, Role)> = idx
+                    .into_iter()
+                    .filter_map(|i| {
+                        let row = rows.get(i)?;
+                        let role = if station_role { row.role } else { Role::Member };
+                        Some((i, row.account_id.clone(), role))
+                    })
+                    .collect();
+                let store = store.clone();
+                async move {
+                    let current: HashMap<String, Role> = store
+                        .members(&conv)
+                        .await
+                        .map_err(store_status)?
+                        .into_iter()
+                        .map(|m| (m.account_id, m.role))
+                        .collect();
+                    let mut add = Vec::new();
+                    let mut changed_rows = Vec::new();
+                    for (i, account_id, role) in want {
+                        if current.get(&account_id) != Some(&role) {
+                            add.push(herold_store::Member { account_id, role });
+                            changed_rows.push(i);
+                        }
+                    }
+                    if !add.is_empty() {
+                        store.put_members(&conv, add).await.map_err(store_status)?;
+                    }
+                    Ok::<_, Status>((conv, changed_rows))
                 }
+            })
+            .collect();
+        let results: Vec<Result<(String, Vec<usize>), Status>> = futures_util::stream::iter(futs)
+            .buffer_unordered(BULK_CONCURRENCY)
+            .collect()
+            .await;
+        let mut failure = None;
+        for res in results {
+            match res {
+                Ok((conv, changed_rows)) => {
+                    if !changed_rows.is_empty() {
+                        touched.push(conv);
+                    }
+                    for i in changed_rows {
+                        if let Some(c) = changed.get_mut(i) {
+                            *c = true;
+                        }
+                    }
+                }
+                Err(e) => failure = Some(e),
             }
-            if !add.is_empty() {
-                store.put_members(&conv, add).await.map_err(store_status)?;
-                touched.push(conv);
+        }
+        if let Some(e) = failure {
+            // What was written stays; the caller retries the batch, which
+            // is idempotent.
+            if !touched.is_empty() {
+                self.shared.rosters_changed(&touched).await;
             }
+            return Err(e);
         }
         if !touched.is_empty() {
             self.shared.rosters_changed(&touched).await;
@@ -1887,7 +1954,7 @@ impl Enrollment for EnrollmentService {
                 .redeem_enrollment_code(&code_hash(&r.code), device, now_ms(), limit)
                 .await
                 .map_err(store_status)?;
-            self.shared.rosters_changed(&[]).await;
+            devices_changed(&self.shared, &d.account_id).await;
             Ok(device_to(d))
         }
         .await;
