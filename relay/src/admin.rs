@@ -253,6 +253,26 @@ fn policy_to(p: &Policy) -> v1::Policy {
     }
 }
 
+/// A policy for the audit log: the settings given, `name=value`.
+fn policy_detail(p: &v1::Policy) -> String {
+    let mut parts = Vec::new();
+    let mut put = |name: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    };
+    put("default_expiry_seconds", p.default_expiry_seconds);
+    put("max_expiry_seconds", p.max_expiry_seconds);
+    put("max_devices", p.max_devices.map(u64::from));
+    put("max_attachment_bytes", p.max_attachment_bytes);
+    if let Ok(d) = v1::DirectChats::try_from(p.direct_chats)
+        && d != v1::DirectChats::Unspecified
+    {
+        parts.push(format!("direct_chats={}", d.as_str_name()));
+    }
+    parts.join(" ")
+}
+
 fn page_size(n: u32) -> usize {
     (if n == 0 {
         PAGE_DEFAULT
@@ -741,6 +761,10 @@ fn validate_row(r: &v1::RosterRow, prefix: &str) -> Result<Row, String> {
         cohort: cohort.to_owned(),
     })
 }
+
+/// A conversation an import made sure of: its id, why it cannot be used
+/// (it exists as another kind), and whether this batch created it.
+type Ensured = (String, Option<String>, bool);
 
 /// What happened to one row's account.
 #[derive(Debug)]
@@ -1334,7 +1358,13 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::Conversation>, Status> {
         let op = operator_of(&req)?;
         let r = req.into_inner();
-        let detail = format!("rename={} archived={:?}", r.title.is_some(), r.archived);
+        let detail = format!(
+            "rename={}{}",
+            r.title.is_some(),
+            r.archived
+                .map(|a| format!(" archived={a}"))
+                .unwrap_or_default()
+        );
         let result = async {
             authorize(&op, "UpdateConversation", Need::Group(&r.conversation_id))?;
             check_id("conversation", &r.conversation_id)?;
@@ -1437,7 +1467,7 @@ impl Admin for AdminService {
             r.conversation_id.as_str()
         }
         .to_owned();
-        let detail = format!("{:?}", r.policy);
+        let detail = r.policy.as_ref().map(policy_detail).unwrap_or_default();
         let result = async {
             if org {
                 authorize(&op, "SetPolicy", Need::Org)?;
@@ -1714,11 +1744,10 @@ impl AdminService {
                 }
             })
             .collect();
-        let made: Vec<Result<(String, Option<String>, bool), Status>> =
-            futures_util::stream::iter(futs)
-                .buffer_unordered(BULK_CONCURRENCY)
-                .collect()
-                .await;
+        let made: Vec<Result<Ensured, Status>> = futures_util::stream::iter(futs)
+            .buffer_unordered(BULK_CONCURRENCY)
+            .collect()
+            .await;
         let mut bad_groups: HashMap<String, String> = HashMap::new();
         for m in made {
             let (id, bad, created) = m?;
