@@ -6,6 +6,7 @@
 #
 #   scripts/bench-import.sh            # 3 runs
 #   RUNS=5 VOLUNTEERS=20000 STATIONS=1500 scripts/bench-import.sh
+#   CQL=127.0.0.1:9042 scripts/bench-import.sh   # on the CQL store, a fresh keyspace per run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
@@ -28,8 +29,13 @@ import() {
     herold admin import "$work/roster.csv" --channel election-info \
         --channel election-urgent --quiet
 }
+stamp=$(date +%s)
 for i in $(seq "$runs"); do
-    HEROLD_LOG=warn "$bin/herold-relay" --dev --data-dir "$work/data-$i" \
+    store=()
+    if [ -n "${CQL:-}" ]; then
+        store=(--cql-contact-points "$CQL" --cql-keyspace "herold_import_${stamp}_$i")
+    fi
+    HEROLD_LOG=warn "$bin/herold-relay" --dev --data-dir "$work/data-$i" "${store[@]}" \
         --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$port" >"$work/relay-$i.log" 2>&1 &
     relay=$!
     for _ in $(seq 150); do
