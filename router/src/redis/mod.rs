@@ -273,7 +273,11 @@ impl Inner {
     /// a 7,000-member channel is split into at most that many sub-commands,
     /// not one per slot touched.
     fn dev_key(&self, device: &str) -> String {
-        format!("{}:dev:{{{:02x}}}:{device}", self.cfg.prefix, bucket(device))
+        format!(
+            "{}:dev:{{{:02x}}}:{device}",
+            self.cfg.prefix,
+            bucket(device)
+        )
     }
     fn lease_key(&self, node: &str) -> String {
         format!("{}:{{{node}}}:lease", self.cfg.prefix)
