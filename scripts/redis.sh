@@ -101,25 +101,44 @@ EOF
   die "the sentinels did not report master 'herold' within 10 s"
 }
 
+cluster_ok_everywhere() {
+  local p
+  for p in "${CLUSTER[@]}"; do
+    redis-cli -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok" || return 1
+  done
+}
+
 start_cluster() {
   local p
   for p in "${CLUSTER[@]}"; do
+    # A node that is not running has nothing worth keeping: a nodes.conf left
+    # by an earlier run (a killed machine, a crashed script) would make it
+    # rejoin a cluster that no longer exists and refuse `--cluster create`.
+    if [ "$(redis-cli -p "$p" ping 2>/dev/null || true)" != "PONG" ]; then
+      rm -f "$DIR/$p/nodes.conf"
+    fi
     server "$p" --cluster-enabled yes --cluster-config-file "$DIR/$p/nodes.conf" \
       --cluster-node-timeout 2000
   done
-  if ! redis-cli -p "${CLUSTER[0]}" cluster info | grep -q "cluster_state:ok"; then
+  if ! cluster_ok_everywhere; then
+    # Not one healthy cluster (half-started, or left over): start over. The
+    # instances hold test data only.
+    for p in "${CLUSTER[@]}"; do
+      redis-cli -p "$p" flushall >/dev/null 2>&1 || true
+      redis-cli -p "$p" cluster reset hard >/dev/null 2>&1 \
+        || die "CLUSTER RESET on port $p failed; see $DIR/$p/log"
+    done
     local addrs=()
     for p in "${CLUSTER[@]}"; do addrs+=("127.0.0.1:$p"); done
-    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/cluster-create.log" 2>&1 \
-      || die "cluster create failed; see $DIR/cluster-create.log"
+    if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+      >"$DIR/cluster-create.log" 2>&1; then
+      tail -n 20 "$DIR/cluster-create.log" >&2
+      die "cluster create failed; see $DIR/cluster-create.log"
+    fi
   fi
-  local i ok
+  local i
   for i in $(seq 1 200); do
-    ok=1
-    for p in "${CLUSTER[@]}"; do
-      redis-cli -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok" || ok=0
-    done
-    if [ "$ok" = 1 ]; then
+    if cluster_ok_everywhere; then
       echo "redis.sh: Redis Cluster (3 masters, 3 replicas) on 127.0.0.1:${CLUSTER[0]}..${CLUSTER[5]}"
       return 0
     fi
