@@ -1,0 +1,798 @@
+//! Client side: one device's MLS identity, key packages and groups.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+
+use crate::ds::{basic_identity, device_identity, parse, parse_key_package, parse_welcome};
+use crate::error::{MlsError, group_text};
+use crate::state::{State, write_atomic};
+use crate::{CIPHERSUITE, create_config, join_config};
+
+/// One device's MLS state: its signature key and credential (identity =
+/// device id), the private keys of the key packages it handed out, and its
+/// groups. Kept in memory and, if a path is given, in a state file that is
+/// rewritten atomically after every call that changes state.
+///
+/// If writing the file fails, the call returns [`MlsError::Io`] but the
+/// in-memory state has already changed; the file still holds the previous
+/// state. Treat the device as broken then (reopen from the file).
+pub struct MlsDevice {
+    device_id: String,
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    groups: BTreeMap<Vec<u8>, Group>,
+    path: Option<PathBuf>,
+}
+
+struct Group {
+    mls: MlsGroup,
+    /// The epoch this device entered the group at (0 for the creator):
+    /// messages of earlier epochs are from before it joined.
+    joined_epoch: u64,
+}
+
+/// A commit made by [`MlsDevice::commit`], not yet applied: send `commit`
+/// (and `welcome`) to the relay, then call
+/// [`MlsDevice::confirm_commit`] if the relay accepted it, or
+/// [`MlsDevice::discard_commit`] if another commit won the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCommit {
+    /// The epoch the commit starts from (the relay's `MlsCheck::Commit`
+    /// epoch); it moves the group to `from_epoch + 1`.
+    pub from_epoch: u64,
+    /// The commit, an MLSMessage-wrapped PrivateMessage.
+    pub commit: Vec<u8>,
+    /// The Welcome for the added devices (tree inside), if any were added.
+    pub welcome: Option<Vec<u8>>,
+    /// Device ids added, in commit order.
+    pub added: Vec<String>,
+    /// Device ids removed (those of the request that were members).
+    pub removed: Vec<String>,
+    /// Key packages left out, with the reason: (device id, reason).
+    pub rejected: Vec<(String, String)>,
+}
+
+/// The outcome of [`MlsDevice::process`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    /// A decrypted application message.
+    Application {
+        /// The message.
+        plaintext: Vec<u8>,
+        /// Its authenticated data (see [`crate::decode_aad`]).
+        aad: Vec<u8>,
+        /// The sending device's id (its credential identity).
+        sender: String,
+        /// The epoch it was sent in.
+        epoch: u64,
+    },
+    /// Another member's commit, applied.
+    Commit {
+        /// The group's epoch after the commit.
+        epoch: u64,
+        /// Device ids added.
+        added: Vec<String>,
+        /// Device ids removed.
+        removed: Vec<String>,
+        /// This device was removed; the group is forgotten.
+        removed_me: bool,
+    },
+    /// Our own message echoed back (not decryptable by design), a message of
+    /// an epoch we never had (before we joined), or a handshake message of
+    /// an epoch we already left. Nothing changed.
+    Skipped {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+impl MlsDevice {
+    /// A fresh identity for `device_id`; state kept in memory, and in `path`
+    /// if given (written after every state change, atomically: temp file +
+    /// rename). Refuses to overwrite an existing `path`.
+    pub fn create(device_id: &str, path: Option<&Path>) -> Result<Self, MlsError> {
+        if device_id.is_empty() {
+            return Err(MlsError::EmptyDeviceId);
+        }
+        if let Some(p) = path {
+            let exists = p.try_exists().map_err(|source| MlsError::Io {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            if exists {
+                return Err(MlsError::StateExists(p.to_path_buf()));
+            }
+        }
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
+            .map_err(|e| MlsError::openmls("generating the signature key", e))?;
+        signer
+            .store(provider.storage())
+            .map_err(|e| MlsError::openmls("storing the signature key", e))?;
+        let device = Self {
+            device_id: device_id.to_string(),
+            credential: credential(device_id, &signer),
+            provider,
+            signer,
+            groups: BTreeMap::new(),
+            path: path.map(Path::to_path_buf),
+        };
+        device.save()?;
+        Ok(device)
+    }
+
+    /// Loads a device from its state file.
+    pub fn open(path: &Path) -> Result<Self, MlsError> {
+        let bytes = std::fs::read(path).map_err(|source| MlsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let corrupt = |reason: String| MlsError::CorruptState {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let state = State::decode(&bytes).map_err(corrupt)?;
+        if state.device_id.is_empty() {
+            return Err(corrupt("empty device id".into()));
+        }
+        let provider = OpenMlsRustCrypto::default();
+        provider
+            .storage()
+            .values
+            .write()
+            .map_err(|_| MlsError::StoragePoisoned)?
+            .extend(state.storage);
+        let signer = SignatureKeyPair::read(
+            provider.storage(),
+            &state.signature_public_key,
+            CIPHERSUITE.signature_algorithm(),
+        )
+        .ok_or_else(|| corrupt("the signature key is missing".into()))?;
+        let mut groups = BTreeMap::new();
+        for (group_id, joined_epoch) in state.groups {
+            let mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
+                .map_err(|e| corrupt(format!("group {}: {e:?}", group_text(&group_id))))?
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "group {} is listed but its state is missing",
+                        group_text(&group_id)
+                    ))
+                })?;
+            groups.insert(group_id, Group { mls, joined_epoch });
+        }
+        Ok(Self {
+            credential: credential(&state.device_id, &signer),
+            device_id: state.device_id,
+            provider,
+            signer,
+            groups,
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// Opens the state file if it exists (it must belong to `device_id`),
+    /// else creates a fresh identity there.
+    pub fn open_or_create(device_id: &str, path: &Path) -> Result<Self, MlsError> {
+        let exists = path.try_exists().map_err(|source| MlsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !exists {
+            return Self::create(device_id, Some(path));
+        }
+        let device = Self::open(path)?;
+        if device.device_id != device_id {
+            return Err(MlsError::DeviceMismatch {
+                path: path.to_path_buf(),
+                expected: device_id.to_string(),
+                found: device.device_id,
+            });
+        }
+        Ok(device)
+    }
+
+    /// This device's id (its credential identity).
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// `n` fresh one-time key packages (MLSMessage-wrapped), for
+    /// `upload_key_packages`. Their private keys are saved before this
+    /// returns.
+    pub fn key_packages(&mut self, n: usize) -> Result<Vec<Vec<u8>>, MlsError> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let bundle = KeyPackage::builder()
+                .build(
+                    CIPHERSUITE,
+                    &self.provider,
+                    &self.signer,
+                    self.credential.clone(),
+                )
+                .map_err(|e| MlsError::openmls("creating a key package", e))?;
+            out.push(key_package_bytes(bundle.key_package())?);
+        }
+        self.save()?;
+        Ok(out)
+    }
+
+    /// A fresh last-resort key package (used whenever the one-time packages
+    /// run out; may be used more than once). Its private key is saved
+    /// before this returns. Older last-resort packages stay usable.
+    pub fn last_resort_key_package(&mut self) -> Result<Vec<u8>, MlsError> {
+        // LastResort is not a default extension: the leaf must list it in
+        // its capabilities or validation fails with UnsupportedExtension.
+        let capabilities = Capabilities::builder()
+            .extensions(vec![ExtensionType::LastResort])
+            .build();
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities)
+            .mark_as_last_resort()
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .map_err(|e| MlsError::openmls("creating a last-resort key package", e))?;
+        let bytes = key_package_bytes(bundle.key_package())?;
+        self.save()?;
+        Ok(bytes)
+    }
+
+    /// Whether this device has the group.
+    pub fn has_group(&self, group_id: &[u8]) -> bool {
+        self.groups.contains_key(group_id)
+    }
+
+    /// The group's current epoch on this device.
+    pub fn epoch(&self, group_id: &[u8]) -> Option<u64> {
+        self.groups.get(group_id).map(|g| g.mls.epoch().as_u64())
+    }
+
+    /// The device ids of the group's members (this device included), in
+    /// leaf order; empty for an unknown group.
+    pub fn members(&self, group_id: &[u8]) -> Vec<String> {
+        self.groups
+            .get(group_id)
+            .map(|g| {
+                g.mls
+                    .members()
+                    .map(|m| match basic_identity(&m.credential) {
+                        Ok(id) => String::from_utf8_lossy(&id).into_owned(),
+                        Err(_) => String::new(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Creates the group with this device as its only member, at epoch 0.
+    /// The relay knows nothing of it until the first commit is accepted.
+    pub fn create_group(&mut self, group_id: &[u8]) -> Result<(), MlsError> {
+        if group_id.is_empty() {
+            return Err(MlsError::openmls("creating the group", "empty group id"));
+        }
+        if self.groups.contains_key(group_id) {
+            return Err(MlsError::GroupExists {
+                group: group_text(group_id),
+            });
+        }
+        let mls = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &create_config(),
+            GroupId::from_slice(group_id),
+            self.credential.clone(),
+        )
+        .map_err(|e| MlsError::openmls("creating the group", e))?;
+        self.groups.insert(
+            group_id.to_vec(),
+            Group {
+                mls,
+                joined_epoch: 0,
+            },
+        );
+        self.save()
+    }
+
+    /// Makes a commit that adds the given (device id, key package) pairs and
+    /// removes the given device ids, in one commit. Key packages that fail
+    /// validation, whose credential identity is not the stated device id,
+    /// that are listed twice or whose device is already a member are left
+    /// out and reported in `rejected`. Device ids to remove that are not
+    /// members are ignored. An add-only commit carries no update path; a
+    /// commit with removals (or with nothing to add or remove: a plain key
+    /// update) does. The commit stays pending until confirmed or discarded.
+    pub fn commit(
+        &mut self,
+        group_id: &[u8],
+        add: Vec<(String, Vec<u8>)>,
+        remove: Vec<String>,
+    ) -> Result<PendingCommit, MlsError> {
+        let own = self.device_id.as_str();
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or_else(|| unknown(group_id))?;
+        let from_epoch = group.mls.epoch().as_u64();
+        if group.mls.pending_commit().is_some() {
+            return Err(MlsError::CommitPending {
+                group: group_text(group_id),
+                epoch: from_epoch,
+            });
+        }
+        if remove.iter().any(|d| d == own) {
+            return Err(MlsError::CannotRemoveSelf {
+                device: own.to_string(),
+            });
+        }
+
+        // Current members: (identity, leaf).
+        let members: Vec<(Vec<u8>, LeafNodeIndex)> = group
+            .mls
+            .members()
+            .map(|m| (basic_identity(&m.credential).unwrap_or_default(), m.index))
+            .collect();
+
+        let mut removed = Vec::new();
+        let mut remove_leaves = Vec::new();
+        for device in remove {
+            if removed.contains(&device) {
+                continue;
+            }
+            let leaves: Vec<LeafNodeIndex> = members
+                .iter()
+                .filter(|(id, _)| id.as_slice() == device.as_bytes())
+                .map(|(_, leaf)| *leaf)
+                .collect();
+            if !leaves.is_empty() {
+                remove_leaves.extend(leaves);
+                removed.push(device);
+            }
+        }
+
+        let mut added = Vec::new();
+        let mut key_packages = Vec::new();
+        let mut rejected = Vec::new();
+        let mut seen = HashSet::new();
+        for (device, bytes) in add {
+            if !seen.insert(device.clone()) {
+                rejected.push((device, "listed more than once in this commit".into()));
+                continue;
+            }
+            let is_member = members
+                .iter()
+                .any(|(id, _)| id.as_slice() == device.as_bytes());
+            if is_member && !removed.contains(&device) {
+                rejected.push((device, "already a member of the group".into()));
+                continue;
+            }
+            let kp = match parse_key_package(&bytes) {
+                Ok(kp) => kp,
+                Err(e) => {
+                    rejected.push((device, e.to_string()));
+                    continue;
+                }
+            };
+            match basic_identity(kp.leaf_node().credential()) {
+                Ok(id) if id == device.as_bytes() => {}
+                Ok(id) => {
+                    let reason = format!(
+                        "key package belongs to {:?}, not to this device",
+                        String::from_utf8_lossy(&id)
+                    );
+                    rejected.push((device, reason));
+                    continue;
+                }
+                Err(e) => {
+                    rejected.push((device, e.to_string()));
+                    continue;
+                }
+            }
+            key_packages.push(kp);
+            added.push(device);
+        }
+
+        // RFC 9420 §12.4: removals need a path; add-only commits do not, and
+        // leaving it out keeps joins cheap in large groups.
+        let with_path = !remove_leaves.is_empty() || key_packages.is_empty();
+        let bundle = group
+            .mls
+            .commit_builder()
+            .propose_adds(key_packages)
+            .propose_removals(remove_leaves)
+            .force_self_update(with_path)
+            .load_psks(self.provider.storage())
+            .map_err(|e| MlsError::openmls("creating the commit", e))?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(|e| MlsError::openmls("creating the commit", e))?
+            .stage_commit(&self.provider)
+            .map_err(|e| MlsError::openmls("staging the commit", e))?;
+        let welcome = bundle
+            .to_welcome_msg()
+            .map(|w| w.to_bytes())
+            .transpose()
+            .map_err(|e| MlsError::openmls("encoding the Welcome", e))?;
+        let (commit, _, _) = bundle.into_messages();
+        let commit = commit
+            .to_bytes()
+            .map_err(|e| MlsError::openmls("encoding the commit", e))?;
+        self.save()?;
+        Ok(PendingCommit {
+            from_epoch,
+            commit,
+            welcome,
+            added,
+            removed,
+            rejected,
+        })
+    }
+
+    /// Applies the pending commit (the relay accepted it): the group moves
+    /// to the next epoch.
+    pub fn confirm_commit(&mut self, group_id: &[u8]) -> Result<(), MlsError> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or_else(|| unknown(group_id))?;
+        if group.mls.pending_commit().is_none() {
+            return Err(MlsError::NoPendingCommit {
+                group: group_text(group_id),
+            });
+        }
+        group
+            .mls
+            .merge_pending_commit(&self.provider)
+            .map_err(|e| MlsError::openmls("merging the pending commit", e))?;
+        self.save()
+    }
+
+    /// Clears the pending commit (the relay refused it: another commit won
+    /// the epoch; process that one, then commit again). A group that never
+    /// got past epoch 0 is forgotten: somebody else's group won, and this
+    /// device joins it from a Welcome. Without a pending commit this only
+    /// does the epoch-0 part.
+    pub fn discard_commit(&mut self, group_id: &[u8]) -> Result<(), MlsError> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or_else(|| unknown(group_id))?;
+        group
+            .mls
+            .clear_pending_commit(self.provider.storage())
+            .map_err(|e| MlsError::openmls("clearing the pending commit", e))?;
+        if group.mls.epoch().as_u64() == 0 {
+            self.delete_group(group_id)?;
+        }
+        self.save()
+    }
+
+    /// Encrypts an application message for the group's current epoch with
+    /// the given authenticated data (see [`crate::encode_aad`]). The sender
+    /// ratchet advances, and the state is saved before the ciphertext is
+    /// returned, so a crash can never make the device reuse a key.
+    pub fn encrypt(
+        &mut self,
+        group_id: &[u8],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, MlsError> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or_else(|| unknown(group_id))?;
+        group.mls.set_aad(aad.to_vec());
+        let message = match group
+            .mls
+            .create_message(&self.provider, &self.signer, plaintext)
+        {
+            Ok(m) => m,
+            Err(e) => {
+                // openmls resets the aad only on success; a later commit
+                // would carry it otherwise.
+                group.mls.set_aad(Vec::new());
+                return Err(MlsError::openmls("encrypting the message", e));
+            }
+        };
+        let bytes = message
+            .to_bytes()
+            .map_err(|e| MlsError::openmls("encoding the message", e))?;
+        self.save()?;
+        Ok(bytes)
+    }
+
+    /// Joins a group from a Welcome (tree inside) addressed to one of this
+    /// device's key packages; returns the group id. One-time key packages
+    /// are used up by this, last-resort ones are kept.
+    pub fn join(&mut self, welcome: &[u8]) -> Result<Vec<u8>, MlsError> {
+        let welcome = parse_welcome(welcome)?;
+        // Lifetimes of the leaves already in the tree are not checked: in
+        // add-only commits the added leaves keep their key package's
+        // lifetime until the member commits itself, and a member that never
+        // commits would otherwise lock newcomers out after 12 weeks. Key
+        // packages are checked when they are added.
+        let staged = StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
+            .map_err(welcome_error)?
+            .skip_lifetime_validation()
+            .build()
+            .map_err(welcome_error)?;
+        let group_id = staged.group_context().group_id().as_slice().to_vec();
+        if self.groups.contains_key(&group_id) {
+            return Err(MlsError::GroupExists {
+                group: group_text(&group_id),
+            });
+        }
+        let mls = staged.into_group(&self.provider).map_err(welcome_error)?;
+        let joined_epoch = mls.epoch().as_u64();
+        self.groups
+            .insert(group_id.clone(), Group { mls, joined_epoch });
+        self.save()?;
+        Ok(group_id)
+    }
+
+    /// Processes a message of the group from the relay: decrypts an
+    /// application message, or applies another member's commit. Own
+    /// messages echoed back, messages from before this device joined and
+    /// handshake messages of past epochs are [`Processed::Skipped`]. A
+    /// commit that removes this device forgets the group.
+    pub fn process(&mut self, group_id: &[u8], message: &[u8]) -> Result<Processed, MlsError> {
+        let protocol_message = match parse(message)?.extract() {
+            MlsMessageBodyIn::PrivateMessage(m) => ProtocolMessage::from(m),
+            MlsMessageBodyIn::PublicMessage(m) => ProtocolMessage::from(m),
+            other => {
+                return Err(MlsError::WrongMessageType {
+                    expected: "an MLS PrivateMessage or PublicMessage",
+                    found: crate::ds::body_name(&other),
+                });
+            }
+        };
+        if protocol_message.group_id().as_slice() != group_id {
+            return Err(MlsError::GroupMismatch {
+                expected: group_text(group_id),
+                found: group_text(protocol_message.group_id().as_slice()),
+            });
+        }
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or_else(|| unknown(group_id))?;
+        let epoch = protocol_message.epoch().as_u64();
+        let current = group.mls.epoch().as_u64();
+        let what = match protocol_message.content_type() {
+            ContentType::Application => "application message",
+            ContentType::Proposal => "proposal",
+            ContentType::Commit => "commit",
+        };
+        if epoch < group.joined_epoch {
+            return Ok(Processed::Skipped {
+                reason: format!(
+                    "{what} of epoch {epoch}, before this device joined at epoch {}",
+                    group.joined_epoch
+                ),
+            });
+        }
+        if epoch > current {
+            return Err(MlsError::FutureEpoch {
+                group: group_text(group_id),
+                message_epoch: epoch,
+                current,
+            });
+        }
+        if protocol_message.is_handshake_message() && epoch < current {
+            return Ok(Processed::Skipped {
+                reason: format!(
+                    "{what} of epoch {epoch}, the group is already at epoch {current} \
+                     (applied already, or lost the race for that epoch)"
+                ),
+            });
+        }
+
+        let processed = group
+            .mls
+            .process_message(&self.provider, protocol_message)
+            .map_err(|e| MlsError::openmls("processing the message", e))?;
+        let aad = processed.aad().to_vec();
+        let message_epoch = processed.epoch().as_u64();
+        let sender = device_identity(processed.credential());
+        let result = match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(m) => Processed::Application {
+                plaintext: m.into_bytes(),
+                aad,
+                sender: sender?,
+                epoch: message_epoch,
+            },
+            ProcessedMessageContent::OwnPrivateMessage => {
+                return Ok(Processed::Skipped {
+                    reason: format!(
+                        "own {what} of epoch {message_epoch} echoed back (not decryptable by design)"
+                    ),
+                });
+            }
+            ProcessedMessageContent::OwnPendingCommit => {
+                return Ok(Processed::Skipped {
+                    reason: "own pending commit echoed back; confirm_commit applies it".into(),
+                });
+            }
+            ProcessedMessageContent::ProposalMessage(_)
+            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => Processed::Skipped {
+                reason: format!(
+                    "standalone proposal of epoch {message_epoch} ignored: Herold commits carry \
+                     their proposals"
+                ),
+            },
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let added = staged
+                    .add_proposals()
+                    .map(|p| {
+                        device_identity(p.add_proposal().key_package().leaf_node().credential())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let removed = staged
+                    .remove_proposals()
+                    .filter_map(|p| group.mls.member(p.remove_proposal().removed()))
+                    .map(device_identity)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let removed_me = staged.self_removed();
+                let new_epoch = staged.epoch().as_u64();
+                // A commit of our epoch from someone else means the relay
+                // took it, so our own pending commit (if any) lost.
+                group
+                    .mls
+                    .clear_pending_commit(self.provider.storage())
+                    .map_err(|e| MlsError::openmls("clearing the pending commit", e))?;
+                if removed_me {
+                    group
+                        .mls
+                        .delete(self.provider.storage())
+                        .map_err(|e| MlsError::openmls("deleting the group state", e))?;
+                    self.groups.remove(group_id);
+                } else {
+                    group
+                        .mls
+                        .merge_staged_commit(&self.provider, *staged)
+                        .map_err(|e| MlsError::openmls("merging the commit", e))?;
+                }
+                Processed::Commit {
+                    epoch: new_epoch,
+                    added,
+                    removed,
+                    removed_me,
+                }
+            }
+        };
+        self.save()?;
+        Ok(result)
+    }
+
+    /// Deletes the group's state from this device (no message to anyone).
+    /// Unknown groups are fine.
+    pub fn forget_group(&mut self, group_id: &[u8]) -> Result<(), MlsError> {
+        if !self.groups.contains_key(group_id) {
+            return Ok(());
+        }
+        self.delete_group(group_id)?;
+        self.save()
+    }
+
+    // ---- internals ----
+
+    fn delete_group(&mut self, group_id: &[u8]) -> Result<(), MlsError> {
+        if let Some(mut group) = self.groups.remove(group_id) {
+            group
+                .mls
+                .delete(self.provider.storage())
+                .map_err(|e| MlsError::openmls("deleting the group state", e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state file, if there is one.
+    fn save(&self) -> Result<(), MlsError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut storage: Vec<(Vec<u8>, Vec<u8>)> = self
+            .provider
+            .storage()
+            .values
+            .read()
+            .map_err(|_| MlsError::StoragePoisoned)?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        storage.sort_unstable();
+        let state = State {
+            device_id: self.device_id.clone(),
+            signature_public_key: self.signer.to_public_vec(),
+            groups: self
+                .groups
+                .iter()
+                .map(|(id, g)| (id.clone(), g.joined_epoch))
+                .collect(),
+            storage,
+        };
+        write_atomic(path, &state.encode()).map_err(|source| MlsError::Io {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn group_for_test(&self, group_id: &[u8]) -> Option<&MlsGroup> {
+        self.groups.get(group_id).map(|g| &g.mls)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn key_package_with_lifetime(&self, lifetime: Lifetime) -> Vec<u8> {
+        let bundle = KeyPackage::builder()
+            .key_package_lifetime(lifetime)
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .unwrap();
+        key_package_bytes(bundle.key_package()).unwrap()
+    }
+}
+
+impl fmt::Debug for MlsDevice {
+    /// Device id, state path, groups and epochs; never key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let groups: Vec<(String, u64)> = self
+            .groups
+            .iter()
+            .map(|(id, g)| (group_text(id), g.mls.epoch().as_u64()))
+            .collect();
+        f.debug_struct("MlsDevice")
+            .field("device_id", &self.device_id)
+            .field("path", &self.path)
+            .field("groups", &groups)
+            .finish_non_exhaustive()
+    }
+}
+
+fn credential(device_id: &str, signer: &SignatureKeyPair) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(device_id.as_bytes().to_vec()).into(),
+        signature_key: signer.to_public_vec().into(),
+    }
+}
+
+fn key_package_bytes(kp: &KeyPackage) -> Result<Vec<u8>, MlsError> {
+    MlsMessageOut::from(kp.clone())
+        .tls_serialize_detached()
+        .map_err(|e| MlsError::openmls("encoding the key package", e))
+}
+
+fn unknown(group_id: &[u8]) -> MlsError {
+    MlsError::UnknownGroup {
+        group: group_text(group_id),
+    }
+}
+
+fn welcome_error<E: std::error::Error>(e: WelcomeError<E>) -> MlsError {
+    match e {
+        WelcomeError::NoMatchingKeyPackage | WelcomeError::JoinerSecretNotFound => {
+            MlsError::WelcomeNotForMe
+        }
+        WelcomeError::GroupAlreadyExists => MlsError::GroupExists {
+            group: "(from the Welcome)".into(),
+        },
+        other => MlsError::openmls("joining from the Welcome", other),
+    }
+}

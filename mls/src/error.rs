@@ -1,0 +1,196 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// What went wrong. Every variant names the object and the reason, so the
+/// message can be logged or shown as is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MlsError {
+    /// The bytes are not a TLS-encoded MLSMessage (truncated, trailing
+    /// bytes, unknown wire format, ...).
+    #[error("not a valid MLS message: {0}")]
+    Malformed(String),
+
+    /// A well-formed MLSMessage of the wrong kind, e.g. a Welcome where an
+    /// application message or commit was expected.
+    #[error("expected {expected}, got {found}")]
+    WrongMessageType {
+        /// What the function accepts.
+        expected: &'static str,
+        /// What the bytes contained.
+        found: &'static str,
+    },
+
+    /// The key package failed openmls validation (signature, lifetime,
+    /// init key, extensions, protocol version).
+    #[error("invalid key package: {0}")]
+    InvalidKeyPackage(String),
+
+    /// A key package, Welcome or group uses a ciphersuite other than
+    /// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
+    #[error(
+        "unsupported ciphersuite {0}: Herold uses MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"
+    )]
+    UnsupportedCiphersuite(String),
+
+    /// The credential is not an MLS BasicCredential.
+    #[error(
+        "unsupported credential type {0}: Herold uses basic credentials (identity = device id)"
+    )]
+    UnsupportedCredential(String),
+
+    /// A BasicCredential whose identity is not UTF-8, so it cannot be a
+    /// device id.
+    #[error("credential identity is not UTF-8, so it is not a Herold device id")]
+    NonUtf8Identity,
+
+    /// Authenticated data that is not Herold's format.
+    #[error("invalid authenticated data: {0}")]
+    InvalidAad(&'static str),
+
+    /// An empty device id.
+    #[error("device id must not be empty")]
+    EmptyDeviceId,
+
+    /// The device has no group with this id (never joined, removed, or
+    /// forgotten).
+    #[error("no MLS group {group} on this device")]
+    UnknownGroup {
+        /// The group id, as text.
+        group: String,
+    },
+
+    /// `join` or `create_group` for a group the device already has.
+    #[error("MLS group {group} already exists on this device; forget it first to replace it")]
+    GroupExists {
+        /// The group id, as text.
+        group: String,
+    },
+
+    /// `process` got a message of another group than the one named.
+    #[error("message belongs to MLS group {found}, not {expected}")]
+    GroupMismatch {
+        /// The group the caller named.
+        expected: String,
+        /// The group named in the message.
+        found: String,
+    },
+
+    /// A message from an epoch the group has not reached: a commit is
+    /// missing (fetch and process it first).
+    #[error(
+        "message of MLS group {group} is from epoch {message_epoch} but the group is at epoch \
+         {current}: a commit is missing"
+    )]
+    FutureEpoch {
+        /// The group id, as text.
+        group: String,
+        /// The epoch in the message.
+        message_epoch: u64,
+        /// The group's epoch on this device.
+        current: u64,
+    },
+
+    /// `commit` while an earlier commit of the group is still pending.
+    #[error(
+        "MLS group {group} has a pending commit from epoch {epoch}; confirm or discard it first"
+    )]
+    CommitPending {
+        /// The group id, as text.
+        group: String,
+        /// The epoch the pending commit starts from.
+        epoch: u64,
+    },
+
+    /// `confirm_commit` without a pending commit.
+    #[error("MLS group {group} has no pending commit to confirm")]
+    NoPendingCommit {
+        /// The group id, as text.
+        group: String,
+    },
+
+    /// `commit` asked to remove the committing device itself, which RFC 9420
+    /// does not allow.
+    #[error("device {device} cannot remove itself by commit; another member has to remove it")]
+    CannotRemoveSelf {
+        /// This device's id.
+        device: String,
+    },
+
+    /// The Welcome is not addressed to any key package this device still
+    /// has (another device's Welcome, or the one-time key package was used
+    /// or lost).
+    #[error("the Welcome is not for a key package of this device (or that key package was used)")]
+    WelcomeNotForMe,
+
+    /// An openmls operation failed; `operation` says which, `detail` is
+    /// openmls's error.
+    #[error("{operation} failed: {detail}")]
+    Openmls {
+        /// What was attempted.
+        operation: &'static str,
+        /// openmls's error, with its variant path.
+        detail: String,
+    },
+
+    /// `create` with a state path that already exists: creating would
+    /// overwrite a device identity.
+    #[error("state file {0} already exists; open it instead of creating a new identity")]
+    StateExists(PathBuf),
+
+    /// `open_or_create` found state of another device.
+    #[error("state file {path} belongs to device {found}, not {expected}")]
+    DeviceMismatch {
+        /// The state file.
+        path: PathBuf,
+        /// The device id the caller expected.
+        expected: String,
+        /// The device id in the file.
+        found: String,
+    },
+
+    /// The state file is not a valid Herold MLS state.
+    #[error("state file {path} is unreadable: {reason}")]
+    CorruptState {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Reading or writing the state file failed. After a failed write the
+    /// in-memory state is already changed; the file holds the state before
+    /// the call.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The state file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A lock inside openmls's in-memory storage was poisoned by a panic in
+    /// another thread.
+    #[error("MLS key store lock is poisoned (a thread panicked while holding it)")]
+    StoragePoisoned,
+}
+
+impl MlsError {
+    /// An openmls failure of `operation`.
+    pub(crate) fn openmls(
+        operation: &'static str,
+        error: impl std::fmt::Display + std::fmt::Debug,
+    ) -> Self {
+        MlsError::Openmls {
+            operation,
+            detail: format!("{error} [{error:?}]"),
+        }
+    }
+}
+
+/// A group id as text for messages: group ids are conversation ids (UTF-8).
+pub(crate) fn group_text(group_id: &[u8]) -> String {
+    String::from_utf8_lossy(group_id).into_owned()
+}

@@ -1,0 +1,811 @@
+//! Flows with several in-memory devices and a fake relay that, like the
+//! store, accepts only the first commit of each epoch.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openmls::prelude::Lifetime;
+
+use super::*;
+
+const G: &[u8] = b"conv-1";
+
+fn device(id: &str) -> MlsDevice {
+    MlsDevice::create(id, None).unwrap()
+}
+
+fn kp(d: &mut MlsDevice) -> (String, Vec<u8>) {
+    (
+        d.device_id().to_string(),
+        d.key_packages(1).unwrap().remove(0),
+    )
+}
+
+/// The store's commit rule: the first commit of an epoch wins.
+#[derive(Default)]
+struct Relay {
+    epochs: HashMap<Vec<u8>, u64>,
+}
+
+impl Relay {
+    fn submit_commit(&mut self, commit: &[u8]) -> bool {
+        let i = inspect(commit).unwrap();
+        assert_eq!(i.kind, ContentKind::Commit);
+        let epoch = self.epochs.entry(i.group_id).or_insert(0);
+        if *epoch == i.epoch {
+            *epoch += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// `devs[0]` creates group G and adds all others in one commit; they join.
+fn setup(relay: &mut Relay, ids: &[&str]) -> Vec<MlsDevice> {
+    let mut devs: Vec<MlsDevice> = ids.iter().map(|id| device(id)).collect();
+    let (first, rest) = devs.split_first_mut().unwrap();
+    first.create_group(G).unwrap();
+    let add = rest.iter_mut().map(kp).collect();
+    let pc = first.commit(G, add, vec![]).unwrap();
+    assert!(pc.rejected.is_empty(), "{:?}", pc.rejected);
+    assert_eq!(pc.from_epoch, 0);
+    assert!(relay.submit_commit(&pc.commit));
+    first.confirm_commit(G).unwrap();
+    let welcome = pc.welcome.unwrap();
+    check_welcome(&welcome).unwrap();
+    for d in rest {
+        assert_eq!(d.join(&welcome).unwrap(), G);
+        assert_eq!(d.epoch(G), Some(1));
+    }
+    devs
+}
+
+fn plaintext(p: Processed) -> (Vec<u8>, String) {
+    match p {
+        Processed::Application {
+            plaintext, sender, ..
+        } => (plaintext, sender),
+        other => panic!("expected an application message, got {other:?}"),
+    }
+}
+
+fn is_skipped(p: &Processed) -> bool {
+    matches!(p, Processed::Skipped { .. })
+}
+
+/// Everyone in `devs` except `from` processes `msg`.
+fn deliver(devs: &mut [MlsDevice], from: usize, msg: &[u8]) -> Vec<Processed> {
+    devs.iter_mut()
+        .enumerate()
+        .filter(|(i, _)| *i != from)
+        .map(|(_, d)| d.process(G, msg).unwrap())
+        .collect()
+}
+
+#[test]
+fn one_to_one() {
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["alice.phone", "bob.phone"]);
+    for d in &devs {
+        assert_eq!(d.members(G), vec!["alice.phone", "bob.phone"]);
+    }
+    let [alice, bob] = devs.as_mut_slice() else {
+        unreachable!()
+    };
+
+    let aad = encode_aad(1_700_000_000_000);
+    let m1 = alice.encrypt(G, b"hello bob", &aad).unwrap();
+    assert_eq!(
+        bob.process(G, &m1).unwrap(),
+        Processed::Application {
+            plaintext: b"hello bob".to_vec(),
+            aad: aad.clone(),
+            sender: "alice.phone".into(),
+            epoch: 1,
+        }
+    );
+    let m2 = bob.encrypt(G, b"hi alice", &encode_aad(0)).unwrap();
+    let (pt, sender) = plaintext(alice.process(G, &m2).unwrap());
+    assert_eq!(
+        (pt.as_slice(), sender.as_str()),
+        (&b"hi alice"[..], "bob.phone")
+    );
+
+    // The relay echoes own messages back: skipped, not an error.
+    assert!(is_skipped(&alice.process(G, &m1).unwrap()));
+    // Own commits echoed back, before and after confirming, and the commit
+    // that added carol as seen by carol herself: all skipped.
+    let mut carol = device("carol.phone");
+    let pc = alice.commit(G, vec![kp(&mut carol)], vec![]).unwrap();
+    assert!(relay.submit_commit(&pc.commit));
+    assert!(is_skipped(&alice.process(G, &pc.commit).unwrap())); // own, pending
+    alice.confirm_commit(G).unwrap();
+    assert!(is_skipped(&alice.process(G, &pc.commit).unwrap())); // own, applied
+    carol.join(pc.welcome.as_ref().unwrap()).unwrap();
+    assert!(is_skipped(&carol.process(G, &pc.commit).unwrap())); // before joining
+    assert_eq!(
+        bob.process(G, &pc.commit).unwrap(),
+        Processed::Commit {
+            epoch: 2,
+            added: vec!["carol.phone".into()],
+            removed: vec![],
+            removed_me: false,
+        }
+    );
+    // A commit delivered twice is skipped the second time.
+    assert!(is_skipped(&bob.process(G, &pc.commit).unwrap()));
+    let m3 = carol.encrypt(G, b"hi all", &aad).unwrap();
+    assert_eq!(plaintext(alice.process(G, &m3).unwrap()).0, b"hi all");
+    assert_eq!(plaintext(bob.process(G, &m3).unwrap()).0, b"hi all");
+}
+
+#[test]
+fn group_of_50_devices() {
+    // 10 accounts with 5 devices each: several devices per account are just
+    // several device ids.
+    let ids: Vec<String> = (0..10)
+        .flat_map(|a| (0..5).map(move |d| format!("acct-{a}.dev-{d}")))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut devs: Vec<MlsDevice> = ids.iter().map(|id| device(id)).collect();
+    let mut relay = Relay::default();
+
+    devs[0].create_group(G).unwrap();
+    let add = devs[1..].iter_mut().map(kp).collect();
+    let pc = devs[0].commit(G, add, vec![]).unwrap();
+    assert_eq!(pc.added.len(), 49);
+    // Add-only: no update path.
+    let staged = devs[0].group_for_test(G).unwrap().pending_commit().unwrap();
+    assert!(staged.update_path_leaf_node().is_none());
+    assert!(relay.submit_commit(&pc.commit));
+    devs[0].confirm_commit(G).unwrap();
+    let welcome = pc.welcome.unwrap();
+    for d in &mut devs[1..] {
+        d.join(&welcome).unwrap();
+    }
+    for d in &devs {
+        assert_eq!(d.members(G).len(), 50);
+        assert_eq!(d.epoch(G), Some(1));
+    }
+
+    let m = devs[17].encrypt(G, b"to all 49", &[]).unwrap();
+    for p in deliver(&mut devs, 17, &m) {
+        let (pt, sender) = plaintext(p);
+        assert_eq!(
+            (pt.as_slice(), sender.as_str()),
+            (&b"to all 49"[..], "acct-3.dev-2")
+        );
+    }
+
+    // Member 33 removes the last device and adds a new one in one commit:
+    // with a removal the commit carries a path.
+    let mut newcomer = device("acct-10.dev-0");
+    let pc = devs[33]
+        .commit(G, vec![kp(&mut newcomer)], vec!["acct-9.dev-4".into()])
+        .unwrap();
+    assert_eq!(pc.removed, vec!["acct-9.dev-4"]);
+    let staged = devs[33]
+        .group_for_test(G)
+        .unwrap()
+        .pending_commit()
+        .unwrap();
+    assert!(staged.update_path_leaf_node().is_some());
+    assert!(relay.submit_commit(&pc.commit));
+    devs[33].confirm_commit(G).unwrap();
+    for (i, p) in deliver(&mut devs, 33, &pc.commit).into_iter().enumerate() {
+        let removed_me = i == 48; // devs[49] (index 48 once 33 is skipped)
+        assert_eq!(
+            p,
+            Processed::Commit {
+                epoch: 2,
+                added: vec!["acct-10.dev-0".into()],
+                removed: vec!["acct-9.dev-4".into()],
+                removed_me,
+            }
+        );
+    }
+    let removed = devs.pop().unwrap();
+    assert!(!removed.has_group(G));
+    newcomer.join(pc.welcome.as_ref().unwrap()).unwrap();
+    devs.push(newcomer);
+
+    let m = devs[0].encrypt(G, b"epoch 2", &[]).unwrap();
+    for p in deliver(&mut devs, 0, &m) {
+        assert_eq!(plaintext(p).0, b"epoch 2");
+    }
+    for d in &devs {
+        assert_eq!(d.members(G).len(), 50);
+        assert!(!d.members(G).contains(&"acct-9.dev-4".to_string()));
+    }
+}
+
+#[test]
+fn removed_device_cannot_decrypt_later_messages() {
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b", "c", "d"]);
+    let before = devs[0].encrypt(G, b"before", &[]).unwrap();
+
+    let pc = devs[0]
+        .commit(G, vec![], vec!["c".into(), "d".into(), "nobody".into()])
+        .unwrap();
+    assert_eq!(pc.removed, vec!["c", "d"]);
+    assert!(pc.welcome.is_none());
+    assert!(relay.submit_commit(&pc.commit));
+    devs[0].confirm_commit(G).unwrap();
+    assert_eq!(devs[0].members(G), vec!["a", "b"]);
+
+    let expected = |removed_me| Processed::Commit {
+        epoch: 2,
+        added: vec![],
+        removed: vec!["c".into(), "d".into()],
+        removed_me,
+    };
+    assert_eq!(devs[1].process(G, &pc.commit).unwrap(), expected(false));
+    // c processes its removal and forgets the group; d never sees it.
+    assert_eq!(devs[2].process(G, &pc.commit).unwrap(), expected(true));
+    assert!(!devs[2].has_group(G));
+    assert!(devs[3].has_group(G));
+
+    let after = devs[0].encrypt(G, b"after", &[]).unwrap();
+    assert_eq!(plaintext(devs[1].process(G, &after).unwrap()).0, b"after");
+    assert!(matches!(
+        devs[2].process(G, &after),
+        Err(MlsError::UnknownGroup { .. })
+    ));
+    assert!(matches!(
+        devs[3].process(G, &after),
+        Err(MlsError::FutureEpoch {
+            message_epoch: 2,
+            current: 1,
+            ..
+        })
+    ));
+    // Messages of its last epoch are still readable by d (it was a member).
+    assert_eq!(plaintext(devs[3].process(G, &before).unwrap()).0, b"before");
+    // Once d processes the removal, the group is gone for it too.
+    assert_eq!(devs[3].process(G, &pc.commit).unwrap(), expected(true));
+    assert!(devs[3].process(G, &after).is_err());
+}
+
+#[test]
+fn newcomer_cannot_read_messages_from_before_it_joined() {
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let old = devs[1].encrypt(G, b"secret from epoch 1", &[]).unwrap();
+
+    let mut n = device("n");
+    let pc = devs[0].commit(G, vec![kp(&mut n)], vec![]).unwrap();
+    assert!(relay.submit_commit(&pc.commit));
+    devs[0].confirm_commit(G).unwrap();
+    devs[1].process(G, &pc.commit).unwrap();
+    n.join(pc.welcome.as_ref().unwrap()).unwrap();
+
+    let p = n.process(G, &old).unwrap();
+    assert!(is_skipped(&p), "{p:?}");
+    assert!(is_skipped(&n.process(G, &pc.commit).unwrap()));
+
+    let new = devs[1].encrypt(G, b"welcome n", &[]).unwrap();
+    assert_eq!(plaintext(n.process(G, &new).unwrap()).0, b"welcome n");
+    // Old members still read the epoch-1 message after the commit
+    // (past epoch secrets are kept).
+    assert_eq!(
+        plaintext(devs[0].process(G, &old).unwrap()).0,
+        b"secret from epoch 1"
+    );
+}
+
+#[test]
+fn concurrent_commits_one_wins_loser_recommits() {
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let (mut c, mut d) = (device("c"), device("d"));
+
+    // Both commit on epoch 1: a adds c, b adds c and d.
+    let c_kp2 = kp(&mut c);
+    let pa = devs[0].commit(G, vec![kp(&mut c)], vec![]).unwrap();
+    let pb = devs[1].commit(G, vec![c_kp2, kp(&mut d)], vec![]).unwrap();
+    assert_eq!((pa.from_epoch, pb.from_epoch), (1, 1));
+    // A second commit while one is pending is refused.
+    assert!(matches!(
+        devs[1].commit(G, vec![], vec![]),
+        Err(MlsError::CommitPending { epoch: 1, .. })
+    ));
+
+    assert!(relay.submit_commit(&pa.commit));
+    assert!(!relay.submit_commit(&pb.commit));
+    devs[0].confirm_commit(G).unwrap();
+    c.join(pa.welcome.as_ref().unwrap()).unwrap();
+
+    // The loser discards, catches up, and commits again.
+    devs[1].discard_commit(G).unwrap();
+    assert_eq!(devs[1].epoch(G), Some(1));
+    assert!(matches!(
+        devs[1].process(G, &pa.commit).unwrap(),
+        Processed::Commit { epoch: 2, .. }
+    ));
+    let retry = devs[1]
+        .commit(
+            G,
+            vec![
+                ("c".into(), c.key_packages(1).unwrap().remove(0)),
+                kp(&mut d),
+            ],
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(retry.from_epoch, 2);
+    assert_eq!(retry.added, vec!["d"]);
+    assert_eq!(
+        retry.rejected,
+        vec![("c".to_string(), "already a member of the group".to_string())]
+    );
+    assert!(relay.submit_commit(&retry.commit));
+    devs[1].confirm_commit(G).unwrap();
+    devs[0].process(G, &retry.commit).unwrap();
+    c.process(G, &retry.commit).unwrap();
+    d.join(retry.welcome.as_ref().unwrap()).unwrap();
+    devs.push(c);
+    devs.push(d);
+
+    for d in &devs {
+        assert_eq!(d.epoch(G), Some(3));
+        assert_eq!(d.members(G), vec!["a", "b", "c", "d"]);
+    }
+    let m = devs[3].encrypt(G, b"all in sync", &[]).unwrap();
+    for p in deliver(&mut devs, 3, &m) {
+        assert_eq!(plaintext(p).0, b"all in sync");
+    }
+}
+
+#[test]
+fn first_commit_race_loser_forgets_its_group_and_joins() {
+    let mut relay = Relay::default();
+    let (mut x, mut y) = (device("x"), device("y"));
+    x.create_group(G).unwrap();
+    y.create_group(G).unwrap();
+    let px = x.commit(G, vec![kp(&mut y)], vec![]).unwrap();
+    let py = y.commit(G, vec![kp(&mut x)], vec![]).unwrap();
+    assert!(relay.submit_commit(&px.commit));
+    assert!(!relay.submit_commit(&py.commit));
+    x.confirm_commit(G).unwrap();
+    y.discard_commit(G).unwrap();
+    assert!(!y.has_group(G));
+    y.join(px.welcome.as_ref().unwrap()).unwrap();
+    let m = x.encrypt(G, b"one group", &[]).unwrap();
+    assert_eq!(plaintext(y.process(G, &m).unwrap()).0, b"one group");
+}
+
+#[test]
+fn commit_rejects_bad_key_packages() {
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let (mut c, mut e) = (device("c"), device("e"));
+    let c_kp = c.key_packages(2).unwrap();
+    let mut tampered = c_kp[1].clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let a_kp = kp(&mut devs[0]).1;
+
+    let pc = devs[0]
+        .commit(
+            G,
+            vec![
+                ("c".into(), c_kp[0].clone()),
+                ("c".into(), c_kp[1].clone()),     // listed twice
+                ("h".into(), c_kp[1].clone()),     // c's package for h
+                ("f".into(), b"garbage".to_vec()), // not a key package
+                ("g".into(), tampered),            // bad signature
+                ("b".into(), a_kp),                // already a member
+                kp(&mut e),
+            ],
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(pc.added, vec!["c", "e"]);
+    let rejected: Vec<&str> = pc.rejected.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(rejected, vec!["c", "h", "f", "g", "b"]);
+    for (device, reason) in &pc.rejected {
+        assert!(!reason.is_empty(), "{device}");
+    }
+    assert!(pc.rejected[1].1.contains("\"c\""), "{}", pc.rejected[1].1);
+    devs[0].discard_commit(G).unwrap();
+    assert!(devs[0].has_group(G));
+
+    assert!(matches!(
+        devs[0].commit(G, vec![], vec!["a".into()]),
+        Err(MlsError::CannotRemoveSelf { .. })
+    ));
+    assert!(matches!(
+        devs[0].commit(b"nope", vec![], vec![]),
+        Err(MlsError::UnknownGroup { .. })
+    ));
+    assert!(matches!(
+        devs[0].confirm_commit(G),
+        Err(MlsError::NoPendingCommit { .. })
+    ));
+    // Nothing to add or remove: a plain key update (with a path).
+    let pc = devs[0].commit(G, vec![], vec![]).unwrap();
+    assert!(pc.added.is_empty() && pc.removed.is_empty() && pc.welcome.is_none());
+    assert!(relay.submit_commit(&pc.commit));
+    devs[0].confirm_commit(G).unwrap();
+    assert_eq!(
+        devs[1].process(G, &pc.commit).unwrap(),
+        Processed::Commit {
+            epoch: 2,
+            added: vec![],
+            removed: vec![],
+            removed_me: false
+        }
+    );
+}
+
+#[test]
+fn inspect_reads_framing_without_keys() {
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let aad = encode_aad(42_000);
+    let m = devs[0].encrypt(G, b"x", &aad).unwrap();
+    assert_eq!(
+        inspect(&m).unwrap(),
+        Inspected {
+            group_id: G.to_vec(),
+            epoch: 1,
+            kind: ContentKind::Application,
+            aad: aad.clone(),
+        }
+    );
+    assert_eq!(decode_aad(&inspect(&m).unwrap().aad).unwrap(), 42_000);
+
+    let mut c = device("c");
+    let pc = devs[1].commit(G, vec![kp(&mut c)], vec![]).unwrap();
+    assert_eq!(
+        inspect(&pc.commit).unwrap(),
+        Inspected {
+            group_id: G.to_vec(),
+            epoch: 1,
+            kind: ContentKind::Commit,
+            aad: vec![],
+        }
+    );
+    // Commits carry no aad.
+    let welcome = pc.welcome.unwrap();
+    assert!(matches!(
+        inspect(&welcome),
+        Err(MlsError::WrongMessageType {
+            found: "a Welcome",
+            ..
+        })
+    ));
+    let key_package = c.key_packages(1).unwrap().remove(0);
+    assert!(matches!(
+        inspect(&key_package),
+        Err(MlsError::WrongMessageType {
+            found: "a KeyPackage",
+            ..
+        })
+    ));
+    assert!(matches!(inspect(b""), Err(MlsError::Malformed(_))));
+    assert!(matches!(inspect(b"garbage"), Err(MlsError::Malformed(_))));
+    assert!(matches!(
+        inspect(&m[..m.len() - 1]),
+        Err(MlsError::Malformed(_))
+    ));
+
+    // A process() of the wrong kind or group is a clear error.
+    assert!(matches!(
+        devs[1].process(G, &welcome),
+        Err(MlsError::WrongMessageType { .. })
+    ));
+    assert!(matches!(
+        devs[1].process(b"conv-2", &m),
+        Err(MlsError::GroupMismatch { .. })
+    ));
+}
+
+#[test]
+fn inspect_reads_public_messages() {
+    // Herold never sends PublicMessages, but the relay must read their
+    // framing too. Make one with plain openmls and a plaintext policy.
+    use openmls::prelude::*;
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+
+    let provider = OpenMlsRustCrypto::default();
+    let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+    let cwk = CredentialWithKey {
+        credential: BasicCredential::new(b"p".to_vec()).into(),
+        signature_key: signer.to_public_vec().into(),
+    };
+    let cfg = MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .build();
+    let mut group =
+        MlsGroup::new_with_group_id(&provider, &signer, &cfg, GroupId::from_slice(b"pub"), cwk)
+            .unwrap();
+    group.set_aad(b"public aad".to_vec());
+    let bundle = group
+        .self_update(&provider, &signer, LeafNodeParameters::default())
+        .unwrap();
+    let (commit, _, _) = bundle.into_messages();
+    assert_eq!(
+        inspect(&commit.to_bytes().unwrap()).unwrap(),
+        Inspected {
+            group_id: b"pub".to_vec(),
+            epoch: 0,
+            kind: ContentKind::Commit,
+            aad: b"public aad".to_vec(),
+        }
+    );
+}
+
+#[test]
+fn validate_key_package_accepts_good_and_rejects_bad() {
+    let mut d = device("dev-1");
+    let one_time = d.key_packages(1).unwrap().remove(0);
+    assert_eq!(
+        validate_key_package(&one_time).unwrap(),
+        ValidKeyPackage {
+            identity: b"dev-1".to_vec(),
+            last_resort: false,
+        }
+    );
+    let last_resort = d.last_resort_key_package().unwrap();
+    assert_eq!(
+        validate_key_package(&last_resort).unwrap(),
+        ValidKeyPackage {
+            identity: b"dev-1".to_vec(),
+            last_resort: true,
+        }
+    );
+
+    assert!(matches!(
+        validate_key_package(b"garbage"),
+        Err(MlsError::Malformed(_))
+    ));
+    assert!(matches!(
+        validate_key_package(b""),
+        Err(MlsError::Malformed(_))
+    ));
+    assert!(matches!(
+        validate_key_package(&one_time[..one_time.len() - 3]),
+        Err(MlsError::Malformed(_))
+    ));
+    // Tampering anywhere in the signed part or the signature is caught. The
+    // identity "dev-1" is inside the signed leaf node: change it to "dev-2".
+    let pos = one_time.windows(5).position(|w| w == b"dev-1").unwrap();
+    let mut renamed = one_time.clone();
+    renamed[pos + 4] = b'2';
+    assert!(matches!(
+        validate_key_package(&renamed),
+        Err(MlsError::InvalidKeyPackage(_))
+    ));
+    let mut bad_signature = one_time.clone();
+    let last = bad_signature.len() - 1;
+    bad_signature[last] ^= 0x01;
+    assert!(matches!(
+        validate_key_package(&bad_signature),
+        Err(MlsError::InvalidKeyPackage(_))
+    ));
+
+    // Other message types are refused.
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let m = devs[0].encrypt(G, b"x", &[]).unwrap();
+    assert!(matches!(
+        validate_key_package(&m),
+        Err(MlsError::WrongMessageType { .. })
+    ));
+    assert!(matches!(
+        check_welcome(&m),
+        Err(MlsError::WrongMessageType { .. })
+    ));
+    assert!(matches!(check_welcome(b"x"), Err(MlsError::Malformed(_))));
+}
+
+#[test]
+fn last_resort_key_package_can_be_used_twice() {
+    let mut relay = Relay::default();
+    let mut a = device("a");
+    let mut b = device("b");
+    let lr = b.last_resort_key_package().unwrap();
+    for g in [&b"conv-x"[..], &b"conv-y"[..]] {
+        a.create_group(g).unwrap();
+        let pc = a.commit(g, vec![("b".into(), lr.clone())], vec![]).unwrap();
+        assert!(relay.submit_commit(&pc.commit));
+        a.confirm_commit(g).unwrap();
+        assert_eq!(b.join(pc.welcome.as_ref().unwrap()).unwrap(), g);
+    }
+    // A one-time package works once; its Welcome cannot be used again, and
+    // another device's Welcome is not for us.
+    let mut c = device("c");
+    a.create_group(G).unwrap();
+    let pc = a.commit(G, vec![kp(&mut c)], vec![]).unwrap();
+    a.confirm_commit(G).unwrap();
+    let welcome = pc.welcome.unwrap();
+    c.join(&welcome).unwrap();
+    c.forget_group(G).unwrap();
+    assert!(matches!(c.join(&welcome), Err(MlsError::WelcomeNotForMe)));
+    assert!(matches!(b.join(&welcome), Err(MlsError::WelcomeNotForMe)));
+}
+
+#[test]
+fn join_ignores_expired_lifetimes_of_leaves_in_the_tree() {
+    // b joins with a key package that expires in 2 s and never commits, so
+    // its leaf keeps that lifetime. After it expired, c must still be able
+    // to join.
+    let mut relay = Relay::default();
+    let mut a = device("a");
+    let mut b = device("b");
+    let mut c = device("c");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let short = b.key_package_with_lifetime(Lifetime::init(now - 60, now + 2));
+    a.create_group(G).unwrap();
+    let pc = a.commit(G, vec![("b".into(), short)], vec![]).unwrap();
+    assert!(pc.rejected.is_empty(), "{:?}", pc.rejected);
+    assert!(relay.submit_commit(&pc.commit));
+    a.confirm_commit(G).unwrap();
+    b.join(pc.welcome.as_ref().unwrap()).unwrap();
+
+    std::thread::sleep(Duration::from_secs(3));
+    let pc = a.commit(G, vec![kp(&mut c)], vec![]).unwrap();
+    assert!(relay.submit_commit(&pc.commit));
+    a.confirm_commit(G).unwrap();
+    b.process(G, &pc.commit).unwrap();
+    c.join(pc.welcome.as_ref().unwrap()).unwrap();
+    let m = b.encrypt(G, b"still here", &[]).unwrap();
+    assert_eq!(plaintext(c.process(G, &m).unwrap()).0, b"still here");
+}
+
+#[test]
+fn persistence_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.mls"), dir.path().join("b.mls"));
+    let mut relay = Relay::default();
+
+    let mut a = MlsDevice::create("a", Some(&pa)).unwrap();
+    let mut b = MlsDevice::create("b", Some(&pb)).unwrap();
+    let b_kps = b.key_packages(2).unwrap();
+    let b_lr = b.last_resort_key_package().unwrap();
+    drop(b);
+
+    // a creates the group; b, reopened, joins with a package made before.
+    a.create_group(G).unwrap();
+    let pc = a
+        .commit(G, vec![("b".into(), b_kps[0].clone())], vec![])
+        .unwrap();
+    drop(a);
+    let mut a = MlsDevice::open(&pa).unwrap();
+    // The pending commit survived the restart.
+    assert!(relay.submit_commit(&pc.commit));
+    a.confirm_commit(G).unwrap();
+    let mut b = MlsDevice::open(&pb).unwrap();
+    assert_eq!(b.device_id(), "b");
+    b.join(pc.welcome.as_ref().unwrap()).unwrap();
+
+    let m1 = a.encrypt(G, b"one", &[]).unwrap();
+    drop(a);
+    drop(b);
+    let mut a = MlsDevice::open_or_create("a", &pa).unwrap();
+    let mut b = MlsDevice::open_or_create("b", &pb).unwrap();
+    assert_eq!((a.epoch(G), b.epoch(G)), (Some(1), Some(1)));
+    assert_eq!(b.members(G), vec!["a", "b"]);
+    assert_eq!(plaintext(b.process(G, &m1).unwrap()).0, b"one");
+    // The sender ratchet was saved: a's next message uses a new key and
+    // b (reopened after processing m1) reads it.
+    let m2 = a.encrypt(G, b"two", &[]).unwrap();
+    drop(b);
+    let mut b = MlsDevice::open(&pb).unwrap();
+    assert_eq!(plaintext(b.process(G, &m2).unwrap()).0, b"two");
+    let m3 = b.encrypt(G, b"three", &[]).unwrap();
+    assert_eq!(plaintext(a.process(G, &m3).unwrap()).0, b"three");
+
+    // The unused one-time package and the last-resort one still work.
+    for (g, package) in [(&b"conv-2"[..], &b_kps[1]), (&b"conv-3"[..], &b_lr)] {
+        a.create_group(g).unwrap();
+        let pc = a
+            .commit(g, vec![("b".into(), package.clone())], vec![])
+            .unwrap();
+        a.confirm_commit(g).unwrap();
+        drop(b);
+        b = MlsDevice::open(&pb).unwrap();
+        assert_eq!(b.join(pc.welcome.as_ref().unwrap()).unwrap(), g);
+    }
+    // Forgetting a group is saved too.
+    b.forget_group(b"conv-2").unwrap();
+    drop(b);
+    let b = MlsDevice::open(&pb).unwrap();
+    assert!(!b.has_group(b"conv-2") && b.has_group(b"conv-3") && b.has_group(G));
+
+    // Only the two state files are left, no temp files.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["a.mls", "b.mls"]);
+}
+
+#[test]
+fn state_file_errors_are_specific() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.mls");
+    MlsDevice::create("dev", Some(&path)).unwrap();
+    assert!(matches!(
+        MlsDevice::create("dev", Some(&path)),
+        Err(MlsError::StateExists(_))
+    ));
+    assert!(matches!(
+        MlsDevice::open_or_create("other", &path),
+        Err(MlsError::DeviceMismatch { .. })
+    ));
+    assert!(matches!(
+        MlsDevice::open(&dir.path().join("missing.mls")),
+        Err(MlsError::Io { .. })
+    ));
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    assert!(matches!(
+        MlsDevice::open(&path),
+        Err(MlsError::CorruptState { .. })
+    ));
+    std::fs::write(&path, b"something else entirely").unwrap();
+    assert!(matches!(
+        MlsDevice::open(&path),
+        Err(MlsError::CorruptState { .. })
+    ));
+    assert!(matches!(
+        MlsDevice::create("", None),
+        Err(MlsError::EmptyDeviceId)
+    ));
+}
+
+#[test]
+fn aad_round_trip() {
+    for v in [0, 1, -1, 1_700_000_000_000, i64::MAX, i64::MIN] {
+        assert_eq!(decode_aad(&encode_aad(v)).unwrap(), v);
+    }
+    assert_eq!(encode_aad(0).len(), 20);
+    assert!(encode_aad(0).starts_with(b"herold/1 aad"));
+    assert!(decode_aad(b"").is_err());
+    assert!(decode_aad(b"herold/2 aad12345678").is_err());
+    assert!(decode_aad(&encode_aad(5)[..19]).is_err());
+    let mut long = encode_aad(5);
+    long.push(0);
+    assert!(decode_aad(&long).is_err());
+}
+
+#[test]
+fn debug_shows_no_key_material() {
+    let mut relay = Relay::default();
+    let devs = setup(&mut relay, &["a", "b"]);
+    assert_eq!(
+        format!("{:?}", devs[0]),
+        r#"MlsDevice { device_id: "a", path: None, groups: [("conv-1", 1)], .. }"#
+    );
+}
+
+#[test]
+fn device_is_send() {
+    fn send<T: Send>() {}
+    send::<MlsDevice>();
+}
+
+#[test]
+fn errors_read_well() {
+    let e = MlsError::FutureEpoch {
+        group: "conv-1".into(),
+        message_epoch: 5,
+        current: 3,
+    };
+    assert_eq!(
+        e.to_string(),
+        "message of MLS group conv-1 is from epoch 5 but the group is at epoch 3: a commit is missing"
+    );
+}
