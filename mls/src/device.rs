@@ -9,7 +9,7 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
-use crate::ds::{basic_identity, device_identity, parse, parse_key_package, parse_welcome};
+use crate::ds::{basic_identity, parse, parse_key_package, parse_welcome};
 use crate::error::{MlsError, group_text};
 use crate::state::{State, write_atomic};
 use crate::{CIPHERSUITE, create_config, join_config};
@@ -265,10 +265,7 @@ impl MlsDevice {
             .map(|g| {
                 g.mls
                     .members()
-                    .map(|m| match basic_identity(&m.credential) {
-                        Ok(id) => String::from_utf8_lossy(&id).into_owned(),
-                        Err(_) => String::new(),
-                    })
+                    .map(|m| identity_text(&m.credential))
                     .collect()
             })
             .unwrap_or_default()
@@ -280,9 +277,10 @@ impl MlsDevice {
         if group_id.is_empty() {
             return Err(MlsError::openmls("creating the group", "empty group id"));
         }
-        if self.groups.contains_key(group_id) {
+        if let Some(epoch) = self.epoch(group_id) {
             return Err(MlsError::GroupExists {
                 group: group_text(group_id),
+                epoch,
             });
         }
         let mls = MlsGroup::new_with_group_id(
@@ -516,24 +514,49 @@ impl MlsDevice {
 
     /// Joins a group from a Welcome (tree inside) addressed to one of this
     /// device's key packages; returns the group id. One-time key packages
-    /// are used up by this, last-resort ones are kept.
+    /// are used up by this, last-resort ones are kept. If the device still
+    /// has the group at an older epoch (it was removed and added again but
+    /// has not processed its removal), the old state is replaced; a Welcome
+    /// for an epoch the device already has fails with
+    /// [`MlsError::GroupExists`].
     pub fn join(&mut self, welcome: &[u8]) -> Result<Vec<u8>, MlsError> {
         let welcome = parse_welcome(welcome)?;
+        let builder = StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
+            .map_err(welcome_error)?;
+        let info = builder.processed_welcome().unverified_group_info();
+        let group_id = info.group_id().as_slice().to_vec();
+        let welcome_epoch = info.epoch().as_u64();
+        let exists = |device: &Self| MlsError::GroupExists {
+            group: group_text(&group_id),
+            epoch: device.epoch(&group_id).unwrap_or_default(),
+        };
+        let replace = match self.epoch(&group_id) {
+            Some(current) if current >= welcome_epoch => return Err(exists(self)),
+            Some(_) => true,
+            None => false,
+        };
         // Lifetimes of the leaves already in the tree are not checked: in
         // add-only commits the added leaves keep their key package's
         // lifetime until the member commits itself, and a member that never
         // commits would otherwise lock newcomers out after 12 weeks. Key
         // packages are checked when they are added.
-        let staged = StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
-            .map_err(welcome_error)?
-            .skip_lifetime_validation()
-            .build()
-            .map_err(welcome_error)?;
-        let group_id = staged.group_context().group_id().as_slice().to_vec();
-        if self.groups.contains_key(&group_id) {
-            return Err(MlsError::GroupExists {
-                group: group_text(&group_id),
-            });
+        let builder = builder.skip_lifetime_validation();
+        let builder = if replace {
+            builder.replace_old_group()
+        } else {
+            builder
+        };
+        let staged = builder.build().map_err(welcome_error)?;
+        if staged.group_context().group_id().as_slice() != group_id
+            || staged.group_context().epoch().as_u64() != welcome_epoch
+        {
+            return Err(MlsError::openmls(
+                "joining from the Welcome",
+                "verified group info differs from the unverified one",
+            ));
+        }
+        if replace {
+            self.delete_group(&group_id)?;
         }
         let mls = staged.into_group(&self.provider).map_err(welcome_error)?;
         let joined_epoch = mls.epoch().as_u64();
@@ -606,12 +629,14 @@ impl MlsDevice {
             .map_err(|e| MlsError::openmls("processing the message", e))?;
         let aad = processed.aad().to_vec();
         let message_epoch = processed.epoch().as_u64();
-        let sender = device_identity(processed.credential());
+        // Identities are reported lossily: the message is consumed (ratchet
+        // advanced, commit valid), so failing here would lose it.
+        let sender = identity_text(processed.credential());
         let result = match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(m) => Processed::Application {
                 plaintext: m.into_bytes(),
                 aad,
-                sender: sender?,
+                sender,
                 epoch: message_epoch,
             },
             ProcessedMessageContent::OwnPrivateMessage => {
@@ -636,15 +661,13 @@ impl MlsDevice {
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let added = staged
                     .add_proposals()
-                    .map(|p| {
-                        device_identity(p.add_proposal().key_package().leaf_node().credential())
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .map(|p| identity_text(p.add_proposal().key_package().leaf_node().credential()))
+                    .collect();
                 let removed = staged
                     .remove_proposals()
                     .filter_map(|p| group.mls.member(p.remove_proposal().removed()))
-                    .map(device_identity)
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .map(identity_text)
+                    .collect();
                 let removed_me = staged.self_removed();
                 let new_epoch = staged.epoch().as_u64();
                 // A commit of our epoch from someone else means the relay
@@ -773,6 +796,14 @@ fn credential(device_id: &str, signer: &SignatureKeyPair) -> CredentialWithKey {
     }
 }
 
+/// A member's device id for reports: the BasicCredential identity as text
+/// (lossy; empty for other credential types, which Herold never creates).
+fn identity_text(credential: &Credential) -> String {
+    basic_identity(credential)
+        .map(|id| String::from_utf8_lossy(&id).into_owned())
+        .unwrap_or_default()
+}
+
 fn key_package_bytes(kp: &KeyPackage) -> Result<Vec<u8>, MlsError> {
     MlsMessageOut::from(kp.clone())
         .tls_serialize_detached()
@@ -790,9 +821,6 @@ fn welcome_error<E: std::error::Error>(e: WelcomeError<E>) -> MlsError {
         WelcomeError::NoMatchingKeyPackage | WelcomeError::JoinerSecretNotFound => {
             MlsError::WelcomeNotForMe
         }
-        WelcomeError::GroupAlreadyExists => MlsError::GroupExists {
-            group: "(from the Welcome)".into(),
-        },
         other => MlsError::openmls("joining from the Welcome", other),
     }
 }

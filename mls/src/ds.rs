@@ -176,11 +176,6 @@ pub(crate) fn basic_identity(credential: &Credential) -> Result<Vec<u8>, MlsErro
     Ok(basic.identity().to_vec())
 }
 
-/// The identity of a BasicCredential as a device id.
-pub(crate) fn device_identity(credential: &Credential) -> Result<String, MlsError> {
-    String::from_utf8(basic_identity(credential)?).map_err(|_| MlsError::NonUtf8Identity)
-}
-
 pub(crate) fn body_name(body: &MlsMessageBodyIn) -> &'static str {
     match body {
         MlsMessageBodyIn::PublicMessage(_) => "a PublicMessage",

@@ -40,11 +40,6 @@ pub enum MlsError {
     )]
     UnsupportedCredential(String),
 
-    /// A BasicCredential whose identity is not UTF-8, so it cannot be a
-    /// device id.
-    #[error("credential identity is not UTF-8, so it is not a Herold device id")]
-    NonUtf8Identity,
-
     /// Authenticated data that is not Herold's format.
     #[error("invalid authenticated data: {0}")]
     InvalidAad(&'static str),
@@ -61,11 +56,14 @@ pub enum MlsError {
         group: String,
     },
 
-    /// `join` or `create_group` for a group the device already has.
-    #[error("MLS group {group} already exists on this device; forget it first to replace it")]
+    /// `create_group` for a group the device already has, or `join` with a
+    /// Welcome for an epoch the device already has.
+    #[error("MLS group {group} already exists on this device at epoch {epoch}")]
     GroupExists {
         /// The group id, as text.
         group: String,
+        /// The group's epoch on this device.
+        epoch: u64,
     },
 
     /// `process` got a message of another group than the one named.

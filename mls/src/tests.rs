@@ -379,6 +379,67 @@ fn first_commit_race_loser_forgets_its_group_and_joins() {
 }
 
 #[test]
+fn readded_device_replaces_its_stale_group() {
+    // b is removed and added again before it processed its removal.
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let removal = devs[0].commit(G, vec![], vec!["b".into()]).unwrap();
+    assert!(relay.submit_commit(&removal.commit));
+    devs[0].confirm_commit(G).unwrap();
+    let lr = devs[1].last_resort_key_package().unwrap();
+    let readd = devs[0].commit(G, vec![("b".into(), lr)], vec![]).unwrap();
+    assert!(relay.submit_commit(&readd.commit));
+    devs[0].confirm_commit(G).unwrap();
+
+    let welcome = readd.welcome.unwrap();
+    assert_eq!(devs[1].epoch(G), Some(1));
+    assert_eq!(devs[1].join(&welcome).unwrap(), G);
+    assert_eq!(devs[1].epoch(G), Some(3));
+    assert!(is_skipped(&devs[1].process(G, &removal.commit).unwrap()));
+    assert!(is_skipped(&devs[1].process(G, &readd.commit).unwrap()));
+    let m = devs[0].encrypt(G, b"welcome back", &[]).unwrap();
+    assert_eq!(
+        plaintext(devs[1].process(G, &m).unwrap()).0,
+        b"welcome back"
+    );
+    // The same Welcome again (the last-resort key is still there) does not
+    // replace the current state.
+    assert!(matches!(
+        devs[1].join(&welcome),
+        Err(MlsError::GroupExists { epoch: 3, .. })
+    ));
+}
+
+#[test]
+fn reinstalled_device_is_replaced_in_one_commit() {
+    // Same device id, new keys (say, the app was reinstalled): remove the
+    // old leaf and add the new one in one commit.
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let mut b2 = device("b");
+    let pc = devs[0]
+        .commit(G, vec![kp(&mut b2)], vec!["b".into()])
+        .unwrap();
+    assert_eq!(
+        (pc.added.as_slice(), pc.removed.as_slice()),
+        (&["b".to_string()][..], &["b".to_string()][..])
+    );
+    assert!(relay.submit_commit(&pc.commit));
+    devs[0].confirm_commit(G).unwrap();
+    assert!(matches!(
+        devs[1].process(G, &pc.commit).unwrap(),
+        Processed::Commit {
+            removed_me: true,
+            ..
+        }
+    ));
+    b2.join(pc.welcome.as_ref().unwrap()).unwrap();
+    assert_eq!(b2.members(G), vec!["a", "b"]);
+    let m = b2.encrypt(G, b"new install", &[]).unwrap();
+    assert_eq!(plaintext(devs[0].process(G, &m).unwrap()).0, b"new install");
+}
+
+#[test]
 fn commit_rejects_bad_key_packages() {
     let mut relay = Relay::default();
     let mut devs = setup(&mut relay, &["a", "b"]);
