@@ -275,7 +275,7 @@ impl MlsDevice {
     /// The relay knows nothing of it until the first commit is accepted.
     pub fn create_group(&mut self, group_id: &[u8]) -> Result<(), MlsError> {
         if group_id.is_empty() {
-            return Err(MlsError::openmls("creating the group", "empty group id"));
+            return Err(MlsError::EmptyGroupId);
         }
         if let Some(epoch) = self.epoch(group_id) {
             return Err(MlsError::GroupExists {

@@ -48,6 +48,10 @@ pub enum MlsError {
     #[error("device id must not be empty")]
     EmptyDeviceId,
 
+    /// An empty group id.
+    #[error("group id must not be empty")]
+    EmptyGroupId,
+
     /// The device has no group with this id (never joined, removed, or
     /// forgotten).
     #[error("no MLS group {group} on this device")]

@@ -371,6 +371,10 @@ fn first_commit_race_loser_forgets_its_group_and_joins() {
     assert!(relay.submit_commit(&px.commit));
     assert!(!relay.submit_commit(&py.commit));
     x.confirm_commit(G).unwrap();
+    assert!(matches!(
+        x.create_group(G),
+        Err(MlsError::GroupExists { epoch: 1, .. })
+    ));
     y.discard_commit(G).unwrap();
     assert!(!y.has_group(G));
     y.join(px.welcome.as_ref().unwrap()).unwrap();
@@ -784,6 +788,13 @@ fn persistence_round_trip() {
     let b = MlsDevice::open(&pb).unwrap();
     assert!(!b.has_group(b"conv-2") && b.has_group(b"conv-3") && b.has_group(G));
 
+    // The files hold private keys: owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&pb).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     // Only the two state files are left, no temp files.
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -824,6 +835,10 @@ fn state_file_errors_are_specific() {
     assert!(matches!(
         MlsDevice::create("", None),
         Err(MlsError::EmptyDeviceId)
+    ));
+    assert!(matches!(
+        device("x").create_group(b""),
+        Err(MlsError::EmptyGroupId)
     ));
 }
 
