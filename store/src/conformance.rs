@@ -120,6 +120,7 @@ fn message(conversation_id: &str, message_id: &str, sender: &str) -> NewMessage 
         server_time_ms: NOW,
         expires_at_ms: None,
         ciphertext: format!("ciphertext of {message_id}").into_bytes(),
+        mls: None,
     }
 }
 

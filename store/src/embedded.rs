@@ -109,8 +109,9 @@ use tokio::sync::oneshot;
 
 use crate::{
     Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
-    Device, DirectChats, EnrollmentCode, Member, NewMessage, Page, Policy, PolicyScope, Role,
-    Store, StoreError, StoredMessage, UnixMillis,
+    Device, DirectChats, EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsCheck,
+    MlsState, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError, StoredMessage,
+    UnixMillis, admit_mls, reconcile,
 };
 
 #[cfg(test)]
@@ -141,6 +142,11 @@ const ACCOUNTS_BY_TAG: TableDefinition<(&str, &str), ()> = TableDefinition::new(
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const ENROLL_CODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("enroll_codes");
 const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit");
+const MLS_STATE: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("mls_state");
+const KEY_PACKAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("key_packages");
+const LAST_RESORT: TableDefinition<&str, &[u8]> = TableDefinition::new("last_resort_packages");
+const WELCOMES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("welcomes");
+const DEVICE_WELCOMES: TableDefinition<(&str, &str), u64> = TableDefinition::new("device_welcomes");
 
 // ---------------------------------------------------------------------------
 // configuration
@@ -486,7 +492,12 @@ fn is_logical(error: &StoreError) -> bool {
         | StoreError::NoSuchConversation(_)
         | StoreError::DirectNeedsTwo(_)
         | StoreError::NoSuchCode
-        | StoreError::InvalidConfig(_) => true,
+        | StoreError::InvalidConfig(_)
+        | StoreError::WrongEpoch { .. }
+        | StoreError::MembershipPending { .. }
+        | StoreError::InvalidRosterVersion { .. }
+        | StoreError::MlsRequired
+        | StoreError::KeyPackageLimit { .. } => true,
         StoreError::Corrupt { .. } | StoreError::Backend(_) | StoreError::Closed => false,
     }
 }
@@ -536,6 +547,59 @@ fn load_conversation(
 
 fn load_head(table: &impl ReadableTable<&'static str, u64>, id: &str) -> Result<u64, StoreError> {
     Ok(table.get(id).or_backend()?.map_or(0, |g| g.value()))
+}
+
+/// A conversation's MLS state; all zero until the first change.
+fn load_mls(
+    table: &impl ReadableTable<&'static str, (u64, u64, u64)>,
+    id: &str,
+) -> Result<MlsState, StoreError> {
+    Ok(table
+        .get(id)
+        .or_backend()?
+        .map_or_else(MlsState::default, |g| {
+            let (epoch, roster_version, group_roster_version) = g.value();
+            MlsState {
+                epoch,
+                roster_version,
+                group_roster_version,
+            }
+        }))
+}
+
+/// The one-time packages of a device, as (index, bytes), in upload order.
+fn scan_key_packages(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    device_id: &str,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    for item in table
+        .range((device_id, 0)..=(device_id, u64::MAX))
+        .or_backend()?
+    {
+        let (key, value) = item.or_backend()?;
+        out.push((key.value().1, value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn count_key_packages(
+    one_time: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    last_resort: &impl ReadableTable<&'static str, &'static [u8]>,
+    device_id: &str,
+) -> Result<KeyPackageCount, StoreError> {
+    let mut available = 0u32;
+    for item in one_time
+        .range((device_id, 0)..=(device_id, u64::MAX))
+        .or_backend()?
+    {
+        item.or_backend()?;
+        available = available.saturating_add(1);
+    }
+    Ok(KeyPackageCount {
+        available,
+        last_resort: exists(last_resort, device_id)?,
+    })
 }
 
 /// The second elements of the keys `(first, _)`, in order.
@@ -620,6 +684,11 @@ struct WriteTables<'t> {
     policies: Table<'t, &'static str, &'static [u8]>,
     enroll_codes: Table<'t, &'static [u8], &'static [u8]>,
     audit: Table<'t, (i64, &'static str), &'static [u8]>,
+    mls_state: Table<'t, &'static str, (u64, u64, u64)>,
+    key_packages: Table<'t, (&'static str, u64), &'static [u8]>,
+    last_resort: Table<'t, &'static str, &'static [u8]>,
+    welcomes: Table<'t, (&'static str, u64), &'static [u8]>,
+    device_welcomes: Table<'t, (&'static str, &'static str), u64>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -641,6 +710,11 @@ impl<'t> WriteTables<'t> {
             policies: txn.open_table(POLICIES).or_backend()?,
             enroll_codes: txn.open_table(ENROLL_CODES).or_backend()?,
             audit: txn.open_table(AUDIT).or_backend()?,
+            mls_state: txn.open_table(MLS_STATE).or_backend()?,
+            key_packages: txn.open_table(KEY_PACKAGES).or_backend()?,
+            last_resort: txn.open_table(LAST_RESORT).or_backend()?,
+            welcomes: txn.open_table(WELCOMES).or_backend()?,
+            device_welcomes: txn.open_table(DEVICE_WELCOMES).or_backend()?,
         })
     }
 }
@@ -667,6 +741,7 @@ fn w_delete_account(t: &mut WriteTables<'_>, account_id: &str) -> Result<Account
     let conversations = scan_keys(&t.account_convs, account_id)?;
     let mut purge = AccountPurge::default();
     for device in &devices {
+        w_purge_device_mls(t, device)?;
         for conv in scan_keys(&t.cursors, device)? {
             t.cursors
                 .remove((device.as_str(), conv.as_str()))
@@ -685,6 +760,7 @@ fn w_delete_account(t: &mut WriteTables<'_>, account_id: &str) -> Result<Account
             .remove((account_id, conv.as_str()))
             .or_backend()?;
         purge.memberships = purge.memberships.saturating_add(1);
+        w_bump_roster(t, conv)?;
     }
     if let Some(state) = load_account_state(&t.account_state, account_id)? {
         for tag in &state.tags {
@@ -847,7 +923,161 @@ fn w_revoke_device(t: &mut WriteTables<'_>, device_id: &str) -> Result<Device, S
             .insert(device_id, device_rec(&device).encode_to_vec().as_slice())
             .or_backend()?;
     }
+    t.key_packages_purge(device_id)?;
+    w_bump_account(t, &device.account_id)?;
     Ok(device)
+}
+
+impl WriteTables<'_> {
+    /// Deletes a device's one-time and last-resort key packages.
+    fn key_packages_purge(&mut self, device_id: &str) -> Result<(), StoreError> {
+        for (index, _) in scan_key_packages(&self.key_packages, device_id)? {
+            self.key_packages.remove((device_id, index)).or_backend()?;
+        }
+        self.last_resort.remove(device_id).or_backend()?;
+        Ok(())
+    }
+}
+
+/// Deletes what MLS keeps about a device that goes away: its key packages
+/// and its Welcome index.
+fn w_purge_device_mls(t: &mut WriteTables<'_>, device_id: &str) -> Result<(), StoreError> {
+    t.key_packages_purge(device_id)?;
+    for conv in scan_keys(&t.device_welcomes, device_id)? {
+        t.device_welcomes
+            .remove((device_id, conv.as_str()))
+            .or_backend()?;
+    }
+    Ok(())
+}
+
+fn store_mls(
+    t: &mut WriteTables<'_>,
+    conversation_id: &str,
+    state: MlsState,
+) -> Result<(), StoreError> {
+    t.mls_state
+        .insert(
+            conversation_id,
+            (
+                state.epoch,
+                state.roster_version,
+                state.group_roster_version,
+            ),
+        )
+        .or_backend()?;
+    Ok(())
+}
+
+/// roster_version += 1 for one conversation.
+fn w_bump_roster(t: &mut WriteTables<'_>, conversation_id: &str) -> Result<(), StoreError> {
+    let mut state = load_mls(&t.mls_state, conversation_id)?;
+    state.roster_version = state.roster_version.saturating_add(1);
+    store_mls(t, conversation_id, state)
+}
+
+/// roster_version += 1 for every conversation of an account.
+fn w_bump_account(t: &mut WriteTables<'_>, account_id: &str) -> Result<(), StoreError> {
+    for conv in scan_keys(&t.account_convs, account_id)? {
+        w_bump_roster(t, &conv)?;
+    }
+    Ok(())
+}
+
+fn w_upload_key_packages(
+    t: &mut WriteTables<'_>,
+    device_id: &str,
+    one_time: &[Vec<u8>],
+    last_resort: Option<&[u8]>,
+    max_available: u32,
+) -> Result<KeyPackageUpload, StoreError> {
+    let device = match load_device(&t.devices, device_id)? {
+        Some(d) if !d.revoked => d,
+        _ => return Err(StoreError::NoSuchDevice(device_id.to_owned())),
+    };
+    let before = count_key_packages(&t.key_packages, &t.last_resort, device_id)?;
+    let available = u64::from(before.available).saturating_add(one_time.len() as u64);
+    if available > u64::from(max_available) {
+        return Err(StoreError::KeyPackageLimit {
+            limit: max_available,
+        });
+    }
+    let mut next = match t
+        .key_packages
+        .range((device_id, 0)..=(device_id, u64::MAX))
+        .or_backend()?
+        .next_back()
+    {
+        Some(item) => item.or_backend()?.0.value().1.saturating_add(1),
+        None => 0,
+    };
+    for package in one_time {
+        t.key_packages
+            .insert((device_id, next), package.as_slice())
+            .or_backend()?;
+        next = next.saturating_add(1);
+    }
+    if let Some(package) = last_resort {
+        t.last_resort.insert(device_id, package).or_backend()?;
+    }
+    let became_ready = !before.last_resort && last_resort.is_some();
+    if became_ready {
+        w_bump_account(t, &device.account_id)?;
+    }
+    Ok(KeyPackageUpload {
+        count: KeyPackageCount {
+            available: u32::try_from(available).unwrap_or(u32::MAX),
+            last_resort: before.last_resort || last_resort.is_some(),
+        },
+        became_ready,
+    })
+}
+
+fn w_claim_key_package(
+    t: &mut WriteTables<'_>,
+    device_id: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    match load_device(&t.devices, device_id)? {
+        Some(d) if !d.revoked => {}
+        _ => return Ok(None),
+    }
+    let first = match t
+        .key_packages
+        .range((device_id, 0)..=(device_id, u64::MAX))
+        .or_backend()?
+        .next()
+    {
+        Some(item) => {
+            let (key, value) = item.or_backend()?;
+            Some((key.value().1, value.value().to_vec()))
+        }
+        None => None,
+    };
+    if let Some((index, package)) = first {
+        t.key_packages.remove((device_id, index)).or_backend()?;
+        return Ok(Some(package));
+    }
+    Ok(t.last_resort
+        .get(device_id)
+        .or_backend()?
+        .map(|g| g.value().to_vec()))
+}
+
+fn w_mark_reconciled(
+    t: &mut WriteTables<'_>,
+    conversation_id: &str,
+    epoch: u64,
+    roster_version: u64,
+) -> Result<MlsState, StoreError> {
+    if !exists(&t.conversations, conversation_id)? {
+        return Err(StoreError::NoSuchConversation(conversation_id.to_owned()));
+    }
+    let state = load_mls(&t.mls_state, conversation_id)?;
+    let next = reconcile(state, epoch, roster_version)?;
+    if next != state {
+        store_mls(t, conversation_id, next)?;
+    }
+    Ok(next)
 }
 
 fn w_insert_members(
@@ -925,7 +1155,11 @@ fn w_put_members(
             return Err(StoreError::DirectNeedsTwo(total));
         }
     }
-    w_insert_members(t, conversation_id, &members)
+    w_insert_members(t, conversation_id, &members)?;
+    if !members.is_empty() {
+        w_bump_roster(t, conversation_id)?;
+    }
+    Ok(())
 }
 
 fn w_remove_members(
@@ -949,6 +1183,9 @@ fn w_remove_members(
                 .or_backend()?;
             removed = removed.saturating_add(1);
         }
+    }
+    if !account_ids.is_empty() {
+        w_bump_roster(t, conversation_id)?;
     }
     Ok(removed)
 }
@@ -977,6 +1214,9 @@ fn w_append(t: &mut WriteTables<'_>, message: &NewMessage) -> Result<Appended, S
             duplicate: true,
         });
     }
+    // Idempotency first: only a new message id meets the MLS condition.
+    let state = load_mls(&t.mls_state, conv)?;
+    let after = admit_mls(message.mls.as_ref(), state)?;
     let seq = load_head(&t.heads, conv)?
         .checked_add(1)
         .ok_or_else(|| StoreError::Backend(format!("sequence of {conv:?} overflows")))?;
@@ -997,6 +1237,23 @@ fn w_append(t: &mut WriteTables<'_>, message: &NewMessage) -> Result<Appended, S
         .or_backend()?;
     if let Some(expires_at) = message.expires_at_ms {
         t.expiry.insert((expires_at, conv, seq), ()).or_backend()?;
+    }
+    if after != state {
+        store_mls(t, conv, after)?;
+    }
+    if let Some(MlsCheck::Commit {
+        welcome: Some(welcome),
+        ..
+    }) = &message.mls
+    {
+        t.welcomes
+            .insert((conv, seq), welcome.bytes.as_slice())
+            .or_backend()?;
+        for device in &welcome.device_ids {
+            t.device_welcomes
+                .insert((device.as_str(), conv), seq)
+                .or_backend()?;
+        }
     }
     Ok(Appended {
         seq,
@@ -1934,6 +2191,115 @@ impl Store for EmbeddedStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn upload_key_packages(
+        &self,
+        device_id: &str,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        max_available: u32,
+    ) -> Result<KeyPackageUpload, StoreError> {
+        let id = device_id.to_owned();
+        self.write(move |t| {
+            w_upload_key_packages(t, &id, &one_time, last_resort.as_deref(), max_available)
+        })
+        .await
+    }
+
+    async fn claim_key_package(&self, device_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = device_id.to_owned();
+        self.write(move |t| w_claim_key_package(t, &id)).await
+    }
+
+    async fn key_package_count(&self, device_id: &str) -> Result<KeyPackageCount, StoreError> {
+        let id = device_id.to_owned();
+        self.read_with(move |txn| {
+            match load_device(&txn.open_table(DEVICES).or_backend()?, &id)? {
+                Some(d) if !d.revoked => {}
+                _ => return Ok(KeyPackageCount::default()),
+            }
+            count_key_packages(
+                &txn.open_table(KEY_PACKAGES).or_backend()?,
+                &txn.open_table(LAST_RESORT).or_backend()?,
+                &id,
+            )
+        })
+        .await
+    }
+
+    async fn mls_state(&self, conversation_id: &str) -> Result<MlsState, StoreError> {
+        let id = conversation_id.to_owned();
+        self.read_with(move |txn| {
+            if !exists(&txn.open_table(CONVERSATIONS).or_backend()?, &id)? {
+                return Err(StoreError::NoSuchConversation(id));
+            }
+            load_mls(&txn.open_table(MLS_STATE).or_backend()?, &id)
+        })
+        .await
+    }
+
+    async fn mls_roster(&self, conversation_id: &str) -> Result<Vec<String>, StoreError> {
+        let id = conversation_id.to_owned();
+        self.read_with(move |txn| {
+            let members = txn.open_table(MEMBERS).or_backend()?;
+            let index = txn.open_table(ACCOUNT_DEVICES).or_backend()?;
+            let devices = txn.open_table(DEVICES).or_backend()?;
+            let last_resort = txn.open_table(LAST_RESORT).or_backend()?;
+            let mut out = Vec::new();
+            for account in scan_keys(&members, &id)? {
+                for device_id in scan_keys(&index, &account)? {
+                    let ready = load_device(&devices, &device_id)?.is_some_and(|d| !d.revoked)
+                        && exists(&last_resort, &device_id)?;
+                    if ready {
+                        out.push(device_id);
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_reconciled(
+        &self,
+        conversation_id: &str,
+        epoch: u64,
+        roster_version: u64,
+    ) -> Result<MlsState, StoreError> {
+        let id = conversation_id.to_owned();
+        self.write(move |t| w_mark_reconciled(t, &id, epoch, roster_version))
+            .await
+    }
+
+    async fn welcome_for(
+        &self,
+        device_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let (device, conv) = (device_id.to_owned(), conversation_id.to_owned());
+        self.read_with(move |txn| {
+            let index = txn.open_table(DEVICE_WELCOMES).or_backend()?;
+            let Some(seq) = index
+                .get((device.as_str(), conv.as_str()))
+                .or_backend()?
+                .map(|g| g.value())
+            else {
+                return Ok(None);
+            };
+            let welcomes = txn.open_table(WELCOMES).or_backend()?;
+            match welcomes.get((conv.as_str(), seq)).or_backend()? {
+                Some(g) => Ok(Some((seq, g.value().to_vec()))),
+                None => Err(StoreError::Corrupt {
+                    table: "device_welcomes",
+                    detail: format!(
+                        "{device:?} in {conv:?} points at missing Welcome of seq {seq}"
+                    ),
+                }),
+            }
         })
         .await
     }

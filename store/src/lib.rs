@@ -23,6 +23,19 @@
 //! the embedded backend). A relay acknowledges a message to its sender only
 //! after `append` returned.
 //!
+//! # MLS
+//! Every conversation that uses end-to-end encryption is one MLS group; the
+//! store is the Delivery Service's memory of it ([`MlsState`]): the epoch of
+//! the accepted group, the roster version (bumped by every change of who
+//! should be in the group: [`Store::put_members`], [`Store::remove_members`],
+//! [`Store::revoke_device`], [`Store::delete_account`], and a device becoming
+//! ready in [`Store::upload_key_packages`]) and the roster version the group
+//! reflects. [`Store::append`] checks a message's [`MlsCheck`] atomically
+//! with its seq claim: exactly one commit per epoch wins, and application
+//! messages are refused while the group lags behind the roster. Key packages
+//! are handed out once each ([`Store::claim_key_package`]); Welcomes are
+//! kept per commit with an index per device ([`Store::welcome_for`]).
+//!
 //! # Unknown ids
 //! Reading an unknown id is not an error: it gives `None`, an empty list or
 //! head 0. Writing through an unknown id fails with the matching
@@ -148,6 +161,80 @@ pub struct NewMessage {
     pub expires_at_ms: Option<UnixMillis>,
     /// Opaque end-to-end encrypted payload.
     pub ciphertext: Vec<u8>,
+    /// The MLS condition the message is accepted under; `None` for an opaque
+    /// envelope, accepted only while the conversation has no MLS group
+    /// (epoch 0). See [`MlsCheck`].
+    pub mls: Option<MlsCheck>,
+}
+
+/// The MLS condition of an appended message, checked atomically with the
+/// seq claim. A resend of an already accepted message id is a duplicate
+/// before any check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MlsCheck {
+    /// Application message of `epoch`: accepted only if `epoch` is the
+    /// conversation's current epoch and `group_roster_version ==
+    /// roster_version`; else [`StoreError::WrongEpoch`] /
+    /// [`StoreError::MembershipPending`].
+    Application {
+        /// The MLS epoch the message was encrypted in.
+        epoch: u64,
+    },
+    /// Commit from `epoch` to `epoch + 1` that reflects `roster_version`:
+    /// accepted only if the group is at `epoch` (the first commit of an epoch
+    /// wins; else [`StoreError::WrongEpoch`]) and `roster_version <=` the
+    /// current roster version (else [`StoreError::InvalidRosterVersion`]).
+    /// On success, atomically with the seq: epoch += 1,
+    /// `group_roster_version = roster_version` (never decreasing), and the
+    /// Welcome stored for its devices.
+    Commit {
+        /// The epoch the commit starts from.
+        epoch: u64,
+        /// The roster version the committed group reflects.
+        roster_version: u64,
+        /// The Welcome for the devices the commit adds, if it adds any.
+        welcome: Option<Welcome>,
+    },
+}
+
+/// An MLS Welcome attached to a commit, for the devices it adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The MlsMessage-wrapped Welcome, opaque to the store.
+    pub bytes: Vec<u8>,
+    /// The devices it welcomes.
+    pub device_ids: Vec<String>,
+}
+
+/// How many key packages a device has on the relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyPackageCount {
+    /// One-time packages not yet handed out.
+    pub available: u32,
+    /// Whether the device has a last-resort package (is "ready").
+    pub last_resort: bool,
+}
+
+/// The result of [`Store::upload_key_packages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPackageUpload {
+    /// The device's packages after the upload.
+    pub count: KeyPackageCount,
+    /// The device had no last-resort package before and has one now: it
+    /// became addable, and the roster version of every conversation of its
+    /// account was bumped.
+    pub became_ready: bool,
+}
+
+/// The MLS state of a conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MlsState {
+    /// Epoch of the accepted MLS group; 0 = no group yet.
+    pub epoch: u64,
+    /// Bumped by every change of who should be in the group.
+    pub roster_version: u64,
+    /// The roster version the group reflects.
+    pub group_roster_version: u64,
 }
 
 /// A message as stored, with its place in the conversation's order.
@@ -340,6 +427,108 @@ pub enum StoreError {
     /// A backend's configuration is invalid.
     #[error("invalid store configuration: {0}")]
     InvalidConfig(String),
+    /// The MLS message is not for the conversation's current epoch, or a
+    /// commit lost the race for its epoch.
+    #[error("the MLS group of the conversation is at epoch {current}")]
+    WrongEpoch {
+        /// The conversation's current epoch.
+        current: u64,
+    },
+    /// The group does not reflect the conversation's roster yet: a member
+    /// must commit the changes before application messages are accepted.
+    #[error(
+        "the MLS group does not reflect roster version {roster_version} yet: commit the membership changes first"
+    )]
+    MembershipPending {
+        /// The conversation's current roster version.
+        roster_version: u64,
+    },
+    /// A commit or reconciliation claims a roster version the conversation
+    /// has not reached.
+    #[error("roster version is ahead of the conversation's current roster version {current}")]
+    InvalidRosterVersion {
+        /// The conversation's current roster version.
+        current: u64,
+    },
+    /// The conversation has an MLS group: only MLS messages are accepted.
+    #[error("the conversation has an MLS group: only MLS messages are accepted")]
+    MlsRequired,
+    /// The device would hold more one-time key packages than allowed.
+    #[error("a device may hold at most {limit} one-time key packages")]
+    KeyPackageLimit {
+        /// The most one-time packages a device may hold.
+        limit: u32,
+    },
+}
+
+/// The state of a conversation at `state` after accepting a message under
+/// `check`, or why the message is refused (see [`MlsCheck`]).
+pub(crate) fn admit_mls(check: Option<&MlsCheck>, state: MlsState) -> Result<MlsState, StoreError> {
+    match check {
+        None if state.epoch > 0 => Err(StoreError::MlsRequired),
+        None => Ok(state),
+        Some(MlsCheck::Application { epoch }) => {
+            if *epoch != state.epoch {
+                Err(StoreError::WrongEpoch {
+                    current: state.epoch,
+                })
+            } else if state.group_roster_version != state.roster_version {
+                Err(StoreError::MembershipPending {
+                    roster_version: state.roster_version,
+                })
+            } else {
+                Ok(state)
+            }
+        }
+        Some(MlsCheck::Commit {
+            epoch,
+            roster_version,
+            ..
+        }) => {
+            if *epoch != state.epoch {
+                return Err(StoreError::WrongEpoch {
+                    current: state.epoch,
+                });
+            }
+            if *roster_version > state.roster_version {
+                return Err(StoreError::InvalidRosterVersion {
+                    current: state.roster_version,
+                });
+            }
+            let next = state.epoch.checked_add(1).ok_or(StoreError::Corrupt {
+                table: "conversations",
+                detail: "the MLS epoch is at its maximum".into(),
+            })?;
+            Ok(MlsState {
+                epoch: next,
+                roster_version: state.roster_version,
+                group_roster_version: state.group_roster_version.max(*roster_version),
+            })
+        }
+    }
+}
+
+/// The state after [`Store::mark_reconciled`] at `epoch` with
+/// `roster_version`, or why it is refused.
+pub(crate) fn reconcile(
+    state: MlsState,
+    epoch: u64,
+    roster_version: u64,
+) -> Result<MlsState, StoreError> {
+    if epoch != state.epoch {
+        return Err(StoreError::WrongEpoch {
+            current: state.epoch,
+        });
+    }
+    if roster_version > state.roster_version {
+        return Err(StoreError::InvalidRosterVersion {
+            current: state.roster_version,
+        });
+    }
+    Ok(MlsState {
+        group_roster_version: state.group_roster_version.max(roster_version),
+        ..state
+    })
 }
 
 /// The durable store. All methods are cancellation-safe in the sense that a
@@ -353,7 +542,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The account, if it exists.
     async fn get_account(&self, account_id: &str) -> Result<Option<Account>, StoreError>;
     /// Deletes an account and purges its devices, their cursors, its
-    /// memberships, tags and suspension. Messages it sent stay in the conversations (the other
+    /// memberships, tags and suspension, and its devices' key packages and
+    /// Welcome index; bumps the roster version of every conversation it was
+    /// a member of. Messages it sent stay in the conversations (the other
     /// members can still read them) until they expire.
     async fn delete_account(&self, account_id: &str) -> Result<AccountPurge, StoreError>;
 
@@ -377,7 +568,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         }
         Ok(out)
     }
-    /// Marks a device revoked. Returns the updated device.
+    /// Marks a device revoked, deletes its key packages and bumps the roster
+    /// version of every conversation of its account. Returns the updated
+    /// device.
     async fn revoke_device(&self, device_id: &str) -> Result<Device, StoreError>;
 
     // ---- directory: conversations ----
@@ -396,7 +589,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<Conversation>, StoreError>;
     /// Adds members or changes their roles. Every account must exist. A
     /// direct conversation cannot get a third member
-    /// ([`StoreError::DirectNeedsTwo`]).
+    /// ([`StoreError::DirectNeedsTwo`]). Bumps the roster version (unless
+    /// `members` is empty).
     async fn put_members(
         &self,
         conversation_id: &str,
@@ -404,6 +598,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
     /// Removes members; absent ones are ignored. Returns how many were removed.
     /// [`StoreError::NoSuchConversation`] if the conversation does not exist.
+    /// Bumps the roster version (unless `account_ids` is empty), even when
+    /// none of them was a member, so that a retry after a failure completes
+    /// the bump.
     async fn remove_members(
         &self,
         conversation_id: &str,
@@ -421,7 +618,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// first acceptance with `duplicate: true` and writes nothing.
     /// [`StoreError::NoSuchConversation`] if the conversation does not exist;
     /// the store does not check that the sender is a member (the caller
-    /// authorises).
+    /// authorises). Then the MLS condition ([`NewMessage::mls`], see
+    /// [`MlsCheck`]): `None` fails with [`StoreError::MlsRequired`] once the
+    /// conversation's epoch is above 0. A refused message writes nothing.
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
     /// Up to `limit` messages with seq > `after_seq`, in seq order, leaving
     /// out those expired at `now_ms` (expired: `expires_at_ms <= now_ms`).
@@ -544,6 +743,63 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         before_id: &str,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    // ---- MLS: key packages ----
+
+    /// Stores one-time packages (appended to what is there) and, if given,
+    /// replaces the last-resort package. Fails with
+    /// [`StoreError::KeyPackageLimit`] if the available one-time packages
+    /// would exceed `max_available` (nothing is stored then),
+    /// [`StoreError::NoSuchDevice`] for an unknown or revoked device. When
+    /// the device becomes ready (had no last-resort package before, has one
+    /// now), the roster version of every conversation of its account is
+    /// bumped and `became_ready` is true.
+    async fn upload_key_packages(
+        &self,
+        device_id: &str,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        max_available: u32,
+    ) -> Result<KeyPackageUpload, StoreError>;
+    /// Hands out one one-time package (each exactly once, even under
+    /// concurrency, across relays), else the last-resort package (not
+    /// consumed), else `None` (also for an unknown or revoked device).
+    async fn claim_key_package(&self, device_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The device's packages; zero for an unknown or revoked device.
+    /// A device is "ready" (addable) once it has a last-resort package;
+    /// [`Store::revoke_device`] and [`Store::delete_account`] delete its
+    /// packages.
+    async fn key_package_count(&self, device_id: &str) -> Result<KeyPackageCount, StoreError>;
+
+    // ---- MLS: group state ----
+
+    /// The conversation's MLS state. [`StoreError::NoSuchConversation`] if
+    /// it does not exist.
+    async fn mls_state(&self, conversation_id: &str) -> Result<MlsState, StoreError>;
+    /// The ids of the ready (has a last-resort package), non-revoked devices
+    /// of the member accounts, ordered by id. Empty for an unknown
+    /// conversation.
+    async fn mls_roster(&self, conversation_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Records that the group at `epoch` already reflects `roster_version`
+    /// (no commit needed): sets `group_roster_version` to it (never
+    /// decreasing) if the group is at `epoch` and `roster_version` is not
+    /// ahead of the current one; returns the new state.
+    /// [`StoreError::WrongEpoch`] if the group is at another epoch,
+    /// [`StoreError::InvalidRosterVersion`] if `roster_version` is in the
+    /// future, [`StoreError::NoSuchConversation`].
+    async fn mark_reconciled(
+        &self,
+        conversation_id: &str,
+        epoch: u64,
+        roster_version: u64,
+    ) -> Result<MlsState, StoreError>;
+    /// The latest Welcome stored for this device in this conversation: the
+    /// seq of its commit and the Welcome's bytes.
+    async fn welcome_for(
+        &self,
+        device_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
 
     // ---- lifecycle ----
 

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_admin.cql",
         cql: include_str!("../../migrations/cql/0002_admin.cql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_mls.cql",
+        cql: include_str!("../../migrations/cql/0003_mls.cql"),
+    },
 ];
 
 impl Migration {
@@ -140,11 +145,26 @@ pub async fn migrate(
             continue;
         }
         for stmt in m.statements() {
+            let added = added_column(&stmt);
+            if let Some((table, column)) = added
+                && has_column(session, keyspace, table, column).await?
+            {
+                continue;
+            }
             let stmt = qualify(&stmt, keyspace);
-            session
-                .query_unpaged(stmt.clone(), ())
-                .await
-                .map_err(|e| StoreError::Backend(format!("migration {}: {stmt}: {e}", m.name)))?;
+            if let Err(e) = session.query_unpaged(stmt.clone(), ()).await {
+                // Another relay migrating at the same time added it first.
+                let added_meanwhile = match added {
+                    Some((table, column)) => has_column(session, keyspace, table, column).await?,
+                    None => false,
+                };
+                if !added_meanwhile {
+                    return Err(StoreError::Backend(format!(
+                        "migration {}: {stmt}: {e}",
+                        m.name
+                    )));
+                }
+            }
         }
         session
             .await_schema_agreement()
@@ -165,10 +185,57 @@ pub async fn migrate(
     Ok(now_applied)
 }
 
-/// Puts the keyspace before the table name of a `CREATE TABLE IF NOT EXISTS`
-/// (or `CREATE TABLE`) statement; other statements are left alone.
+/// The table and column of an `ALTER TABLE <table> ADD <column> <type>`
+/// statement (one column per statement).
+fn added_column(stmt: &str) -> Option<(&str, &str)> {
+    let mut words = stmt.split_whitespace();
+    match (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) {
+        (Some("ALTER"), Some("TABLE"), Some(table), Some("ADD"), Some(column)) => {
+            Some((table, column))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the table has the column already (`ALTER TABLE ... ADD` is not
+/// idempotent: Scylla has no `ADD IF NOT EXISTS`).
+async fn has_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, StoreError> {
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| StoreError::Backend(format!("schema agreement: {e}")))?;
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await
+        .map_err(|e| backend("read system_schema.columns", e))?
+        .into_rows_result()
+        .map_err(|e| backend("read system_schema.columns", e))?;
+    Ok(rows.rows_num() > 0)
+}
+
+/// Puts the keyspace before the table name of a `CREATE TABLE [IF NOT
+/// EXISTS]` or `ALTER TABLE` statement; other statements are left alone.
 fn qualify(stmt: &str, keyspace: &str) -> String {
-    for prefix in ["CREATE TABLE IF NOT EXISTS ", "CREATE TABLE "] {
+    for prefix in [
+        "CREATE TABLE IF NOT EXISTS ",
+        "CREATE TABLE ",
+        "ALTER TABLE ",
+    ] {
         if let Some(rest) = stmt.strip_prefix(prefix) {
             return format!("{prefix}{keyspace}.{rest}");
         }
@@ -187,16 +254,26 @@ mod tests {
             let stmts = m.statements();
             assert!(!stmts.is_empty());
             for s in &stmts {
-                assert!(s.starts_with("CREATE "), "{s}");
+                assert!(s.starts_with("CREATE ") || added_column(s).is_some(), "{s}");
                 assert!(!s.contains(';'), "{s}");
                 assert!(!s.contains("--"), "{s}");
             }
         }
         assert_eq!(MIGRATIONS[0].statements().len(), 11);
         assert_eq!(MIGRATIONS[1].statements().len(), 6);
+        assert_eq!(MIGRATIONS[2].statements().len(), 8);
         assert_eq!(
             qualify("CREATE TABLE IF NOT EXISTS t (a int PRIMARY KEY)", "ks"),
             "CREATE TABLE IF NOT EXISTS ks.t (a int PRIMARY KEY)"
         );
+        assert_eq!(
+            qualify("ALTER TABLE t ADD c bigint", "ks"),
+            "ALTER TABLE ks.t ADD c bigint"
+        );
+        assert_eq!(
+            added_column("ALTER TABLE conversations ADD mls_epoch bigint"),
+            Some(("conversations", "mls_epoch"))
+        );
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS t (a int)"), None);
     }
 }

@@ -52,17 +52,19 @@ use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
+use scylla::value::{CqlValue, MaybeUnset, Row};
 
 use crate::{
     Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
-    Device, EnrollmentCode, Member, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError,
-    StoredMessage, UnixMillis,
+    Device, EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsCheck, MlsState,
+    NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError, StoredMessage, UnixMillis,
+    admit_mls,
 };
 
 mod admin;
 pub mod config;
 pub mod migrate;
+mod mls;
 
 #[cfg(test)]
 mod tests;
@@ -210,6 +212,20 @@ impl Lwt {
             _ => None,
         }
     }
+
+    /// A list (or set) of text; empty when NULL.
+    fn texts(&self, name: &str) -> Vec<String> {
+        match self.get(name) {
+            Some(CqlValue::List(v) | CqlValue::Set(v)) => v
+                .iter()
+                .filter_map(|x| match x {
+                    CqlValue::Text(s) | CqlValue::Ascii(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A message's payload as kept in `message_ids`.
@@ -221,13 +237,44 @@ struct Payload {
     server_time_ms: UnixMillis,
     expires_at_ms: Option<UnixMillis>,
     ciphertext: Vec<u8>,
+    /// A commit's Welcome and the devices it welcomes.
+    welcome: Option<(Vec<u8>, Vec<String>)>,
+}
+
+/// The MLS columns of a conversation row as stored: NULL (a row from before
+/// migration 3) reads as 0 but is compared as NULL in LWT conditions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct MlsCols {
+    epoch: Option<i64>,
+    roster: Option<i64>,
+    group: Option<i64>,
+}
+
+impl MlsCols {
+    fn state(self) -> MlsState {
+        MlsState {
+            epoch: to_u64(self.epoch.unwrap_or(0)),
+            roster_version: to_u64(self.roster.unwrap_or(0)),
+            group_roster_version: to_u64(self.group.unwrap_or(0)),
+        }
+    }
+}
+
+/// The claim-relevant columns of a conversation row.
+#[derive(Debug, Clone, Default)]
+struct ConvHead {
+    /// Last seq given out.
+    head: u64,
+    /// The message that owns it.
+    mid: Vec<u8>,
+    mls: MlsCols,
 }
 
 /// What this process knows about a conversation's head.
 #[derive(Debug, Default)]
 struct Head {
-    /// Known head and the message that owns it; `None` until read.
-    known: Option<(u64, Vec<u8>)>,
+    /// Known head row; `None` until read.
+    known: Option<ConvHead>,
     /// The known head's log row is written.
     complete: bool,
 }
@@ -250,6 +297,7 @@ struct Statements {
     conv_get: PreparedStatement,
     conv_head: PreparedStatement,
     conv_claim: PreparedStatement,
+    mid_forget: PreparedStatement,
     mem_put: PreparedStatement,
     mem_list: PreparedStatement,
     mem_get: PreparedStatement,
@@ -302,10 +350,14 @@ impl Statements {
             dba_insert: p(format!("INSERT INTO {ks}.devices_by_account (account_id, device_id) VALUES (?, ?)")).await?,
             dba_list: p(format!("SELECT device_id FROM {ks}.devices_by_account WHERE account_id = ?")).await?,
             dba_delete_all: p(format!("DELETE FROM {ks}.devices_by_account WHERE account_id = ?")).await?,
-            conv_insert: p(format!("INSERT INTO {ks}.conversations (id, kind, title, default_ttl_seconds, created_at_ms, head, head_message_id) VALUES (?, ?, ?, ?, ?, 0, 0x) IF NOT EXISTS")).await?,
+            conv_insert: p(format!("INSERT INTO {ks}.conversations (id, kind, title, default_ttl_seconds, created_at_ms, head, head_message_id, mls_epoch, roster_version, group_roster_version) VALUES (?, ?, ?, ?, ?, 0, 0x, 0, 0, 0) IF NOT EXISTS")).await?,
             conv_get: p(format!("SELECT kind, title, default_ttl_seconds, created_at_ms FROM {ks}.conversations WHERE id = ?")).await?,
-            conv_head: p(format!("SELECT head, head_message_id FROM {ks}.conversations WHERE id = ?")).await?,
-            conv_claim: p(format!("UPDATE {ks}.conversations SET head = ?, head_message_id = ? WHERE id = ? IF head = ? AND head_message_id = ?")).await?,
+            conv_head: p(format!("SELECT head, head_message_id, mls_epoch, roster_version, group_roster_version FROM {ks}.conversations WHERE id = ?")).await?,
+            // The seq claim carries the MLS condition: conditions on every
+            // MLS column as read, the new epoch and group roster version set
+            // in the same write.
+            conv_claim: p(format!("UPDATE {ks}.conversations SET head = ?, head_message_id = ?, mls_epoch = ?, group_roster_version = ? WHERE id = ? IF head = ? AND head_message_id = ? AND mls_epoch = ? AND roster_version = ? AND group_roster_version = ?")).await?,
+            mid_forget: p(format!("DELETE FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ? IF EXISTS")).await?,
             mem_put: p(format!("INSERT INTO {ks}.members (conversation_id, account_id, role) VALUES (?, ?, ?)")).await?,
             mem_list: p(format!("SELECT account_id, role FROM {ks}.members WHERE conversation_id = ?")).await?,
             mem_get: p(format!("SELECT role FROM {ks}.members WHERE conversation_id = ? AND account_id = ?")).await?,
@@ -314,8 +366,8 @@ impl Statements {
             cba_list: p(format!("SELECT conversation_id FROM {ks}.conversations_by_account WHERE account_id = ?")).await?,
             cba_delete: p(format!("DELETE FROM {ks}.conversations_by_account WHERE account_id = ? AND conversation_id = ?")).await?,
             cba_delete_all: p(format!("DELETE FROM {ks}.conversations_by_account WHERE account_id = ?")).await?,
-            mid_insert: p(format!("INSERT INTO {ks}.message_ids (conversation_id, message_id, sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?")).await?,
-            mid_get: p(format!("SELECT sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ?")).await?,
+            mid_insert: p(format!("INSERT INTO {ks}.message_ids (conversation_id, message_id, sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext, welcome, welcome_devices) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?")).await?,
+            mid_get: p(format!("SELECT sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext, welcome, welcome_devices FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ?")).await?,
             mid_delete: p(format!("DELETE FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ?")).await?,
             seq_put: p(format!("INSERT INTO {ks}.message_seqs (conversation_id, message_id, seq) VALUES (?, ?, ?) USING TTL ?")).await?,
             seq_get: p(format!("SELECT seq FROM {ks}.message_seqs WHERE conversation_id = ? AND message_id = ?")).await?,
@@ -341,6 +393,10 @@ pub struct CqlStore {
     session: Session,
     st: Statements,
     adm: admin::AdminStatements,
+    mls: mls::MlsStatements,
+    /// Per device: an async mutex serialising this process's changes of the
+    /// device's key packages (the LWTs then contend only between processes).
+    devices: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per conversation: the head this process knows, behind an async mutex
     /// that serialises this process's appends to the conversation (held
     /// across the LWT round trips, hence tokio's). The outer std mutex only
@@ -406,10 +462,13 @@ impl CqlStore {
         }
         let st = Statements::prepare(&session, &config.keyspace).await?;
         let adm = admin::AdminStatements::prepare(&session, &config.keyspace).await?;
+        let mls = mls::MlsStatements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
             session,
             st,
             adm,
+            mls,
+            devices: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             keyspace: config.keyspace,
@@ -505,6 +564,17 @@ impl CqlStore {
         map.entry(conversation_id.to_owned()).or_default().clone()
     }
 
+    fn device_lock(&self, device_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .devices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > HEAD_CACHE_MAX {
+            map.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        map.entry(device_id.to_owned()).or_default().clone()
+    }
+
     /// Whether this process knows `head`, owned by `mid`, to be written
     /// (without waiting for an append in progress).
     fn known_complete(&self, cid: &str, head: u64, mid: &[u8]) -> bool {
@@ -518,14 +588,28 @@ impl CqlStore {
                 h.complete
                     && h.known
                         .as_ref()
-                        .is_some_and(|(s, m)| *s == head && m == mid)
+                        .is_some_and(|k| k.head == head && k.mid == mid)
             })
     }
 
-    async fn read_head(&self, cid: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let row: Option<(Option<i64>, Option<Vec<u8>>)> =
-            self.one(&self.st.conv_head, (cid,), "read head").await?;
-        Ok(row.map(|(h, m)| (to_u64(h.unwrap_or(0)), m.unwrap_or_default())))
+    async fn read_head(&self, cid: &str) -> Result<Option<ConvHead>, StoreError> {
+        type R = (
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let row: Option<R> = self.one(&self.st.conv_head, (cid,), "read head").await?;
+        Ok(row.map(|(h, m, epoch, roster, group)| ConvHead {
+            head: to_u64(h.unwrap_or(0)),
+            mid: m.unwrap_or_default(),
+            mls: MlsCols {
+                epoch,
+                roster,
+                group,
+            },
+        }))
     }
 
     async fn seq_of(&self, cid: &str, mid: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -541,21 +625,25 @@ impl CqlStore {
             Option<i64>,
             Option<i64>,
             Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<String>>,
         );
         let row: Option<R> = self
             .one(&self.st.mid_get, (cid, mid), "read message id")
             .await?;
-        Ok(row.map(|(a, d, t, e, c)| Payload {
+        Ok(row.map(|(a, d, t, e, c, w, wd)| Payload {
             message_id: mid.to_vec(),
             sender_account_id: a.unwrap_or_default(),
             sender_device_id: d.unwrap_or_default(),
             server_time_ms: t.unwrap_or(0),
             expires_at_ms: e,
             ciphertext: c.unwrap_or_default(),
+            welcome: w.map(|w| (w, wd.unwrap_or_default())),
         }))
     }
 
-    /// Step 3 of append: the log row, then the id -> seq row. Idempotent.
+    /// Step 3 of append: the log row, a commit's Welcome, then the id -> seq
+    /// row (so a known seq means everything is written). Idempotent.
     async fn complete(&self, cid: &str, seq: u64, p: &Payload) -> Result<(), StoreError> {
         let now = wall_ms();
         let (ttl, expired) = ttl_for(p.expires_at_ms, now);
@@ -586,6 +674,9 @@ impl CqlStore {
             )
             .await?;
         }
+        if let Some((welcome, devices)) = &p.welcome {
+            self.store_welcome(cid, seq, welcome, devices).await?;
+        }
         self.exec(
             &self.st.seq_put,
             (cid, &p.message_id, s, ttl),
@@ -610,7 +701,7 @@ impl CqlStore {
     /// Deletes a conversation's messages (every bucket up to the head):
     /// used when its last member's account is deleted.
     async fn purge_conversation_messages(&self, cid: &str) -> Result<(), StoreError> {
-        let Some((head, _)) = self.read_head(cid).await? else {
+        let Some(ConvHead { head, .. }) = self.read_head(cid).await? else {
             return Ok(());
         };
         if head == 0 {
@@ -842,6 +933,8 @@ impl Store for CqlStore {
                     "delete cursors",
                 )
                 .await?;
+                self.delete_key_packages(&device_id).await?;
+                self.delete_welcome_index(&device_id).await?;
                 self.lwt(&self.st.dev_delete, (&device_id,), "delete device")
                     .await?;
                 purge.devices += 1;
@@ -860,6 +953,7 @@ impl Store for CqlStore {
                 self.exec(&self.st.mem_delete, (&cid, account_id), "delete member")
                     .await?;
                 purge.memberships += 1;
+                self.bump_roster(&cid).await?;
                 // Messages only this account could still read go with it.
                 if self.members(&cid).await?.is_empty() {
                     self.purge_conversation_messages(&cid).await?;
@@ -961,9 +1055,14 @@ impl Store for CqlStore {
         if !r.applied {
             return Err(StoreError::NoSuchDevice(device_id.to_owned()));
         }
-        self.get_device(device_id)
+        let device = self
+            .get_device(device_id)
             .await?
-            .ok_or_else(|| StoreError::NoSuchDevice(device_id.to_owned()))
+            .ok_or_else(|| StoreError::NoSuchDevice(device_id.to_owned()))?;
+        self.delete_key_packages(device_id).await?;
+        // Every call bumps, so a retry after a failure here completes it.
+        self.bump_account(&device.account_id).await?;
+        Ok(device)
     }
 
     async fn create_conversation(
@@ -1046,7 +1145,12 @@ impl Store for CqlStore {
                 return Err(StoreError::DirectNeedsTwo(all.len()));
             }
         }
-        self.write_members(conversation_id, &by_account).await
+        self.write_members(conversation_id, &by_account).await?;
+        // After the rows: whoever sees the new roster version sees them.
+        if !by_account.is_empty() {
+            self.bump_roster(conversation_id).await?;
+        }
+        Ok(())
     }
 
     async fn remove_members(
@@ -1058,6 +1162,7 @@ impl Store for CqlStore {
             return Err(StoreError::NoSuchConversation(conversation_id.to_owned()));
         }
         let unique: std::collections::BTreeSet<String> = account_ids.into_iter().collect();
+        let unique_empty = unique.is_empty();
         let mut removed = 0;
         for a in unique {
             let was: Option<(Option<i8>,)> = self
@@ -1074,6 +1179,12 @@ impl Store for CqlStore {
                 .await?;
                 removed += 1;
             }
+        }
+        // Always (a retry after a failure between the deletes and the bump
+        // completes it); after the deletes, so that whoever sees the new
+        // roster version also sees the new membership.
+        if !unique_empty {
+            self.bump_roster(conversation_id).await?;
         }
         Ok(removed)
     }
@@ -1104,18 +1215,26 @@ impl Store for CqlStore {
         let cid = m.conversation_id.clone();
         let lock = self.head_lock(&cid);
         let mut head_state = lock.lock().await;
-        let (mut head, mut head_mid) = match head_state.known.clone() {
-            Some(k) => k,
+        // `fresh`: `row` was read from the database during this call (not
+        // taken from the cache), so a refusal on it is the current answer.
+        let (mut row, mut fresh) = match head_state.known.clone() {
+            Some(k) => (k, false),
             None => {
                 let Some(k) = self.read_head(&cid).await? else {
                     return Err(StoreError::NoSuchConversation(cid));
                 };
                 head_state.complete = false;
-                k
+                (k, true)
             }
         };
         let now = wall_ms();
         let (ttl, _) = ttl_for(m.expires_at_ms, now);
+        let welcome = match &m.mls {
+            Some(MlsCheck::Commit {
+                welcome: Some(w), ..
+            }) => Some(w),
+            _ => None,
+        };
         let ins = self
             .lwt(
                 &self.st.mid_insert,
@@ -1127,6 +1246,8 @@ impl Store for CqlStore {
                     m.server_time_ms,
                     m.expires_at_ms,
                     &m.ciphertext,
+                    welcome.map_or(MaybeUnset::Unset, |w| MaybeUnset::Set(&w.bytes)),
+                    welcome.map_or(MaybeUnset::Unset, |w| MaybeUnset::Set(&w.device_ids)),
                     ttl,
                 ),
                 "record message id",
@@ -1140,6 +1261,7 @@ impl Store for CqlStore {
                 server_time_ms: m.server_time_ms,
                 expires_at_ms: m.expires_at_ms,
                 ciphertext: m.ciphertext,
+                welcome: welcome.map(|w| (w.bytes.clone(), w.device_ids.clone())),
             }
         } else {
             let first = Payload {
@@ -1155,7 +1277,12 @@ impl Store for CqlStore {
                 server_time_ms: ins.bigint("server_time_ms").unwrap_or(0),
                 expires_at_ms: ins.bigint("expires_at_ms"),
                 ciphertext: ins.blob("ciphertext").unwrap_or_default(),
+                welcome: ins
+                    .blob("welcome")
+                    .map(|w| (w, ins.texts("welcome_devices"))),
             };
+            // Idempotency first: an accepted id is a duplicate, whatever its
+            // MLS condition says now.
             if let Some(seq) = self.seq_of(&cid, &m.message_id).await? {
                 return Ok(Appended {
                     seq,
@@ -1166,28 +1293,13 @@ impl Store for CqlStore {
             first
         };
         for attempt in 0..200u32 {
-            if head > 0 && head_mid == payload.message_id {
+            if row.head > 0 && row.mid == payload.message_id {
                 // Claimed for this id already (a crashed or concurrent
                 // attempt): finish it; this call is the duplicate.
-                self.complete(&cid, head, &payload).await?;
+                let seq = row.head;
+                self.complete(&cid, seq, &payload).await?;
                 *head_state = Head {
-                    known: Some((head, head_mid)),
-                    complete: true,
-                };
-                return Ok(Appended {
-                    seq: head,
-                    server_time_ms: payload.server_time_ms,
-                    duplicate: true,
-                });
-            }
-            if !(head_state.complete && head_state.known.as_ref().is_some_and(|k| k.0 == head)) {
-                self.help(&cid, head, &head_mid).await?;
-            }
-            if attempt > 0
-                && let Some(seq) = self.seq_of(&cid, &payload.message_id).await?
-            {
-                *head_state = Head {
-                    known: Some((head, head_mid)),
+                    known: Some(row),
                     complete: true,
                 };
                 return Ok(Appended {
@@ -1196,16 +1308,74 @@ impl Store for CqlStore {
                     duplicate: true,
                 });
             }
-            let next = head + 1;
+            if !(head_state.complete
+                && head_state
+                    .known
+                    .as_ref()
+                    .is_some_and(|k| k.head == row.head))
+            {
+                self.help(&cid, row.head, &row.mid).await?;
+            }
+            if attempt > 0
+                && let Some(seq) = self.seq_of(&cid, &payload.message_id).await?
+            {
+                *head_state = Head {
+                    known: Some(row),
+                    complete: true,
+                };
+                return Ok(Appended {
+                    seq,
+                    server_time_ms: payload.server_time_ms,
+                    duplicate: true,
+                });
+            }
+            let after = match admit_mls(m.mls.as_ref(), row.mls.state()) {
+                Ok(after) => after,
+                Err(refusal) if fresh => {
+                    // The head is complete: helped above or known.
+                    *head_state = Head {
+                        known: Some(row),
+                        complete: true,
+                    };
+                    if ins.applied {
+                        // A refused message leaves nothing behind: its id
+                        // may come again (re-encrypted after catching up).
+                        self.lwt(
+                            &self.st.mid_forget,
+                            (&cid, &payload.message_id),
+                            "forget refused message",
+                        )
+                        .await?;
+                    }
+                    return Err(refusal);
+                }
+                Err(_) => {
+                    // Refused on the cached row, which may be stale: decide
+                    // on the current one.
+                    let Some(current) = self.read_head(&cid).await? else {
+                        *head_state = Head::default();
+                        return Err(StoreError::NoSuchConversation(cid));
+                    };
+                    row = current;
+                    fresh = true;
+                    continue;
+                }
+            };
+            let next = row.head + 1;
             let claim = self
                 .lwt(
                     &self.st.conv_claim,
                     (
                         to_i64(next),
                         &payload.message_id,
+                        to_i64(after.epoch),
+                        to_i64(after.group_roster_version),
                         &cid,
-                        to_i64(head),
-                        &head_mid,
+                        to_i64(row.head),
+                        &row.mid,
+                        row.mls.epoch,
+                        row.mls.roster,
+                        row.mls.group,
                     ),
                     "claim seq",
                 )
@@ -1214,7 +1384,15 @@ impl Store for CqlStore {
                 // Known before the log row is written: if that write fails,
                 // the next append or read completes it.
                 *head_state = Head {
-                    known: Some((next, payload.message_id.clone())),
+                    known: Some(ConvHead {
+                        head: next,
+                        mid: payload.message_id.clone(),
+                        mls: MlsCols {
+                            epoch: Some(to_i64(after.epoch)),
+                            roster: row.mls.roster,
+                            group: Some(to_i64(after.group_roster_version)),
+                        },
+                    }),
                     complete: false,
                 };
                 self.complete(&cid, next, &payload).await?;
@@ -1225,20 +1403,29 @@ impl Store for CqlStore {
                     duplicate: false,
                 });
             }
-            match (claim.bigint("head"), claim.blob("head_message_id")) {
-                (Some(h), mid) => {
-                    head = to_u64(h);
-                    head_mid = mid.unwrap_or_default();
-                    *head_state = Head {
-                        known: Some((head, head_mid.clone())),
-                        complete: false,
-                    };
-                }
-                (None, _) => {
-                    *head_state = Head::default();
-                    return Err(StoreError::NoSuchConversation(cid));
-                }
-            }
+            let Some(h) = claim.bigint("head") else {
+                *head_state = Head::default();
+                return Err(StoreError::NoSuchConversation(cid));
+            };
+            row = ConvHead {
+                head: to_u64(h),
+                mid: claim.blob("head_message_id").unwrap_or_default(),
+                mls: MlsCols {
+                    epoch: claim.bigint("mls_epoch"),
+                    roster: claim.bigint("roster_version"),
+                    group: claim.bigint("group_roster_version"),
+                },
+            };
+            fresh = true;
+            let complete = head_state.complete
+                && head_state
+                    .known
+                    .as_ref()
+                    .is_some_and(|k| k.head == row.head);
+            *head_state = Head {
+                known: Some(row.clone()),
+                complete,
+            };
             backoff(attempt).await;
         }
         *head_state = Head::default();
@@ -1257,7 +1444,12 @@ impl Store for CqlStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let Some((head, head_mid)) = self.read_head(conversation_id).await? else {
+        let Some(ConvHead {
+            head,
+            mid: head_mid,
+            ..
+        }) = self.read_head(conversation_id).await?
+        else {
             return Ok(Vec::new());
         };
         if after_seq >= head {
@@ -1311,7 +1503,7 @@ impl Store for CqlStore {
     }
 
     async fn head(&self, conversation_id: &str) -> Result<u64, StoreError> {
-        Ok(self.read_head(conversation_id).await?.map_or(0, |(h, _)| h))
+        Ok(self.read_head(conversation_id).await?.map_or(0, |h| h.head))
     }
 
     async fn advance_cursors(
@@ -1374,6 +1566,51 @@ impl Store for CqlStore {
             .into_iter()
             .map(|(c, s)| (c, to_u64(s.unwrap_or(0))))
             .collect())
+    }
+
+    async fn upload_key_packages(
+        &self,
+        device_id: &str,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        max_available: u32,
+    ) -> Result<KeyPackageUpload, StoreError> {
+        self.m_upload_key_packages(device_id, one_time, last_resort, max_available)
+            .await
+    }
+
+    async fn claim_key_package(&self, device_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.m_claim_key_package(device_id).await
+    }
+
+    async fn key_package_count(&self, device_id: &str) -> Result<KeyPackageCount, StoreError> {
+        self.m_key_package_count(device_id).await
+    }
+
+    async fn mls_state(&self, conversation_id: &str) -> Result<MlsState, StoreError> {
+        self.m_mls_state(conversation_id).await
+    }
+
+    async fn mls_roster(&self, conversation_id: &str) -> Result<Vec<String>, StoreError> {
+        self.m_mls_roster(conversation_id).await
+    }
+
+    async fn mark_reconciled(
+        &self,
+        conversation_id: &str,
+        epoch: u64,
+        roster_version: u64,
+    ) -> Result<MlsState, StoreError> {
+        self.m_mark_reconciled(conversation_id, epoch, roster_version)
+            .await
+    }
+
+    async fn welcome_for(
+        &self,
+        device_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.m_welcome_for(device_id, conversation_id).await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -119,6 +119,7 @@ fn msg(conv: &str, id: &str, sender: &str, expires: Option<i64>) -> NewMessage {
         server_time_ms: super::wall_ms(),
         expires_at_ms: expires,
         ciphertext: vec![1, 2, 3],
+        mls: None,
     }
 }
 

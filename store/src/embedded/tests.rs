@@ -45,6 +45,7 @@ fn message(conv: &str, id: &str) -> NewMessage {
         server_time_ms: NOW,
         expires_at_ms: None,
         ciphertext: id.as_bytes().to_vec(),
+        mls: None,
     }
 }
 
