@@ -253,6 +253,7 @@ fn fanout(c: &mut Criterion) {
             conversation_id: "g".into(),
             expires_at_ms: 0,
             ciphertext: vec![0xab; PAYLOAD],
+            ..Default::default()
         })),
     };
     let mut wire = BytesMut::new();

@@ -117,6 +117,7 @@ fn store(c: &mut Criterion) {
                                     server_time_ms: 0,
                                     expires_at_ms: None,
                                     ciphertext: vec![0xab; 256],
+                                    mls: None,
                                 })
                                 .await
                                 .unwrap()

@@ -38,6 +38,7 @@ fn message(conv: &str, n: u64) -> NewMessage {
         expires_at_ms: None,
         // A typical MLS application message carrying a short text.
         ciphertext: vec![0xAB; 1024],
+        mls: None,
     }
 }
 

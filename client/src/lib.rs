@@ -31,6 +31,7 @@ use ed25519_dalek::SigningKey;
 use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+pub mod e2e;
 pub mod raw;
 pub mod roster;
 pub mod tls;
@@ -162,6 +163,8 @@ pub struct ClientConfig {
     /// How long a silent relay is given before the client reconnects
     /// elsewhere (keep-alives go out at half of it).
     pub idle_timeout: Duration,
+    /// Where to copy every byte of every connection (see [`raw::WireTap`]).
+    pub wire_tap: Option<raw::WireTap>,
 }
 
 impl ClientConfig {
@@ -178,6 +181,7 @@ impl ClientConfig {
             max_in_flight: 64,
             endpoint: None,
             idle_timeout: crate::tls::DEFAULT_IDLE_TIMEOUT,
+            wire_tap: None,
         }
     }
 }
@@ -222,6 +226,10 @@ enum Cmd {
         submit: v1::Submit,
         done: oneshot::Sender<Result<Accepted, ClientError>>,
     },
+    Request {
+        kind: v1::request::Kind,
+        done: oneshot::Sender<Result<v1::response::Kind, ClientError>>,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -240,6 +248,7 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Cmd::Submit { .. } => "Submit",
+            Cmd::Request { .. } => "Request",
             Cmd::Close(_) => "Close",
         })
     }
@@ -262,6 +271,8 @@ impl Client {
             cursors: cursors.clone(),
             events: ev_tx,
             pending: HashMap::new(),
+            requests: HashMap::new(),
+            next_request: 1,
             dirty: HashMap::new(),
             relay_index: 0,
         };
@@ -393,20 +404,45 @@ impl Sender {
                 max,
             });
         }
+        self.submit(v1::Submit {
+            message_id: message_id.to_vec(),
+            conversation_id: conversation_id.to_owned(),
+            expires_at_ms,
+            ciphertext,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Submits a complete Submit frame (an MLS commit with its Welcome, for
+    /// instance) and waits for its acceptance. Re-sent after a reconnect
+    /// like every submit.
+    pub async fn submit(&self, submit: v1::Submit) -> Result<Accepted, ClientError> {
         let _permit = self
             .in_flight
             .acquire()
             .await
             .map_err(|_| ClientError::Shutdown)?;
         let (done, rx) = oneshot::channel();
-        let submit = v1::Submit {
-            message_id: message_id.to_vec(),
-            conversation_id: conversation_id.to_owned(),
-            expires_at_ms,
-            ciphertext,
-        };
         self.cmd
             .send(Cmd::Submit { submit, done })
+            .await
+            .map_err(|_| ClientError::Shutdown)?;
+        rx.await.map_err(|_| ClientError::Shutdown)?
+    }
+
+    /// Sends a Request and waits for its Response; a relay error becomes
+    /// [`ClientError::Relay`]. Unanswered requests are sent again after a
+    /// reconnect.
+    pub async fn request(&self, kind: v1::request::Kind) -> Result<v1::response::Kind, ClientError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Shutdown)?;
+        let (done, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Request { kind, done })
             .await
             .map_err(|_| ClientError::Shutdown)?;
         rx.await.map_err(|_| ClientError::Shutdown)?
@@ -415,6 +451,8 @@ impl Sender {
 
 /// Where a submit's outcome goes.
 type Reply = oneshot::Sender<Result<Accepted, ClientError>>;
+/// Where a request's outcome goes.
+type RequestReply = oneshot::Sender<Result<v1::response::Kind, ClientError>>;
 
 struct Driver {
     /// The relay's ciphertext limit, refreshed at every authentication.
@@ -425,6 +463,10 @@ struct Driver {
     /// Submits sent but not yet answered, by message id: re-sent after a
     /// reconnect.
     pending: HashMap<Vec<u8>, (v1::Submit, Reply)>,
+    /// Requests sent but not yet answered, by request id: re-sent after a
+    /// reconnect.
+    requests: HashMap<u64, (v1::request::Kind, RequestReply)>,
+    next_request: u64,
     /// Acks to send, per conversation.
     dirty: HashMap<String, u64>,
     /// Which relay to connect to next: 0 is `config.relay`, then the
@@ -489,6 +531,9 @@ impl Driver {
         for (_, (_, done)) in self.pending.drain() {
             let _ = done.send(Err(e.clone()));
         }
+        for (_, (_, done)) in self.requests.drain() {
+            let _ = done.send(Err(e.clone()));
+        }
     }
 
     /// Moves on to the next relay address (if there are several).
@@ -545,6 +590,20 @@ impl Driver {
                 return Outcome::Lost(e.to_string());
             }
         }
+        let again: Vec<(u64, v1::request::Kind)> = self
+            .requests
+            .iter()
+            .map(|(id, (k, _))| (*id, k.clone()))
+            .collect();
+        for (request_id, kind) in again {
+            let frame = client_frame::Kind::Request(v1::Request {
+                request_id,
+                kind: Some(kind),
+            });
+            if let Err(e) = c.send_kind(frame).await {
+                return Outcome::Lost(e.to_string());
+            }
+        }
         // Acks go out at most 50 ms after the first unacked delivery; an idle
         // client arms no timer at all (thousands of idle devices in one load
         // generator would otherwise wake 20 times a second each).
@@ -555,6 +614,18 @@ impl Driver {
                     Some(Cmd::Submit { submit, done }) => {
                         let frame = client_frame::Kind::Submit(submit.clone());
                         self.pending.insert(submit.message_id.clone(), (submit, done));
+                        if let Err(e) = c.send_kind(frame).await {
+                            return Outcome::Lost(e.to_string());
+                        }
+                    }
+                    Some(Cmd::Request { kind, done }) => {
+                        let request_id = self.next_request;
+                        self.next_request += 1;
+                        let frame = client_frame::Kind::Request(v1::Request {
+                            request_id,
+                            kind: Some(kind.clone()),
+                        });
+                        self.requests.insert(request_id, (kind, done));
                         if let Err(e) = c.send_kind(frame).await {
                             return Outcome::Lost(e.to_string());
                         }
@@ -659,6 +730,16 @@ impl Driver {
                 }
                 None
             }
+            server_frame::Kind::Response(r) => {
+                if let Some((_, done)) = self.requests.remove(&r.request_id) {
+                    let _ = done.send(match r.kind {
+                        Some(v1::response::Kind::Error(e)) => Err(ClientError::relay(&e)),
+                        Some(k) => Ok(k),
+                        None => Err(ClientError::Protocol("an empty Response".into())),
+                    });
+                }
+                None
+            }
             server_frame::Kind::Draining(_) => Some(Outcome::Draining),
             server_frame::Kind::Pong(_)
             | server_frame::Kind::AuthChallenge(_)
@@ -676,7 +757,13 @@ async fn open(config: &ClientConfig, relay: SocketAddr) -> Result<RawConnection,
             &own
         }
     };
-    RawConnection::connect_via_idle(endpoint, relay, config.fingerprint, config.idle_timeout).await
+    let mut c =
+        RawConnection::connect_via_idle(endpoint, relay, config.fingerprint, config.idle_timeout)
+            .await?;
+    if let Some(tap) = &config.wire_tap {
+        c.set_tap(tap.clone());
+    }
+    Ok(c)
 }
 
 /// How long acks may wait to be coalesced.

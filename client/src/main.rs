@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use herold_client::admin::AdminClient;
-use herold_client::{Client, ClientConfig, Event, generate_key};
+use herold_client::e2e::{E2eClient, E2eEvent, Message};
+use herold_client::{ClientConfig, generate_key};
+use herold_mls::MlsDevice;
 use herold_proto::v1;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -210,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status)?;
             save_key(&path, &key)?;
             println!("device {device_id} enrolled; key in {}", path.display());
-            Ok(())
+            publish_key_packages(&cli, &device_id).await
         }
         Cmd::Device {
             cmd: DeviceCmd::Enroll { device, code },
@@ -237,7 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 d.account_id,
                 path.display()
             );
-            Ok(())
+            publish_key_packages(&cli, device).await
         }
         Cmd::Roster {
             cmd:
@@ -286,16 +288,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             text,
             expire_after,
         } => {
-            let client = connect(&cli, device).await?;
+            let client = connect_e2e(&cli, device).await?;
             let expires = match expire_after {
                 Some(s) => now_ms() + i64::try_from(*s).unwrap_or(i64::MAX / 2000) * 1000,
                 None => 0,
             };
-            // Until end-to-end encryption lands, the CLI sends the text's
-            // bytes as the payload; the relay treats them as opaque.
-            let result = client
-                .send(conversation, text.as_bytes().to_vec(), expires)
-                .await;
+            // Commits and Welcomes that arrive meanwhile are processed in the
+            // background; this device's state file keeps them.
+            let result = client.send(conversation, text.as_bytes(), expires).await;
             client.close().await;
             let a = result?;
             println!(
@@ -311,8 +311,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             until_synced,
             count,
         } => {
-            let mut client = connect(&cli, device).await?;
+            let mut client = connect_e2e(&cli, device).await?;
             let state = state_path(&cli.home, device);
+            let mut cursors = load_state(&state)?;
             let mut n = 0u64;
             loop {
                 let ev = tokio::select! {
@@ -320,38 +321,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     _ = tokio::signal::ctrl_c() => None,
                 };
                 match ev {
-                    Some(Event::Message(m)) => {
+                    Some(E2eEvent::Message(m)) => {
                         print_message(&m);
-                        save_state(&state, &client.cursors())?;
+                        cursors.insert(m.conversation_id.clone(), m.seq);
+                        save_state(&state, &cursors)?;
                         n += 1;
                         if count.is_some_and(|c| n >= c) {
                             break;
                         }
                     }
-                    Some(Event::Synced { .. }) => {
+                    Some(E2eEvent::Unreadable {
+                        conversation_id,
+                        seq,
+                        reason,
+                    }) => {
+                        eprintln!("({conversation_id} #{seq}: not shown: {reason})");
+                        cursors.insert(conversation_id, seq);
+                    }
+                    Some(E2eEvent::Joined {
+                        conversation_id, ..
+                    }) => eprintln!("(joined the encrypted group of {conversation_id})"),
+                    Some(E2eEvent::Removed { conversation_id }) => {
+                        eprintln!("(removed from the encrypted group of {conversation_id})")
+                    }
+                    Some(E2eEvent::GroupChanged {
+                        conversation_id,
+                        added,
+                        removed,
+                        ..
+                    }) => eprintln!(
+                        "({conversation_id}: {} device(s) added, {} removed)",
+                        added.len(),
+                        removed.len()
+                    ),
+                    Some(E2eEvent::Synced) => {
                         if *until_synced {
                             break;
                         }
                     }
-                    Some(Event::Disconnected { reason }) => {
+                    Some(E2eEvent::Disconnected { reason }) => {
                         eprintln!("(disconnected: {reason}; reconnecting)");
                     }
-                    Some(Event::Reconnected) => eprintln!("(reconnected)"),
-                    Some(Event::Stopped(e)) => bail!("stopped: {e}"),
+                    Some(E2eEvent::Stopped(e)) => bail!("stopped: {e}"),
                     None => break,
                 }
             }
-            save_state(&state, &client.cursors())?;
+            save_state(&state, &cursors)?;
             client.close().await;
             Ok(())
         }
     }
 }
 
-fn print_message(m: &v1::Envelope) {
+fn print_message(m: &Message) {
     let secs = m.server_time_ms.div_euclid(1000);
     let (h, min, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let text = String::from_utf8_lossy(&m.ciphertext);
+    let text = String::from_utf8_lossy(&m.plaintext);
     println!(
         "[{} #{} {h:02}:{min:02}:{s:02} UTC] {} ({}): {text}",
         m.conversation_id, m.seq, m.sender_account_id, m.sender_device_id
@@ -381,11 +406,29 @@ fn fingerprint(cli: &Cli) -> anyhow::Result<[u8; 32]> {
     herold_client::tls::parse_fingerprint(&text).map_err(anyhow::Error::msg)
 }
 
-async fn connect(cli: &Cli, device: &str) -> anyhow::Result<Client> {
+/// Creates the device's MLS state and uploads its key packages, so that
+/// it can be added to its account's encrypted groups before it first
+/// connects on its own.
+async fn publish_key_packages(cli: &Cli, device: &str) -> anyhow::Result<()> {
+    let client = connect_e2e(cli, device).await?;
+    client.close().await;
+    println!("device {device} published its MLS key packages");
+    Ok(())
+}
+
+/// Connects with end-to-end encryption; the device's MLS state lives in
+/// `<home>/mls/<device>.mls` (created on first use).
+async fn connect_e2e(cli: &Cli, device: &str) -> anyhow::Result<E2eClient> {
     let key = load_key(&key_path(&cli.home, device))?;
     let mut config = ClientConfig::new(cli.relay, fingerprint(cli)?, device, key);
     config.cursors = load_state(&state_path(&cli.home, device))?;
-    Client::connect(config)
+    let path = cli.home.join("mls").join(format!("{device}.mls"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mls = MlsDevice::open_or_create(device, &path)
+        .with_context(|| format!("opening the MLS state {}", path.display()))?;
+    E2eClient::connect(config, mls)
         .await
         .with_context(|| format!("connecting to {} as {device}", cli.relay))
 }

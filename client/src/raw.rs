@@ -36,6 +36,20 @@ pub struct RawConnection {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
     out: BytesMut,
+    tap: Option<WireTap>,
+}
+
+/// A copy of every byte a connection's control stream carried, both ways,
+/// after TLS: what the relay saw and sent. For audits and tests that check
+/// what crosses the wire (e.g. that no plaintext does).
+pub type WireTap = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+fn tap_bytes(tap: &Option<WireTap>, bytes: &[u8]) {
+    if let Some(t) = tap {
+        t.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+    }
 }
 
 impl RawConnection {
@@ -88,7 +102,14 @@ impl RawConnection {
             recv,
             decoder: FrameDecoder::new(CLIENT_MAX_FRAME_BYTES),
             out: BytesMut::new(),
+            tap: None,
         })
+    }
+
+    /// Copies everything this connection sends and receives from now on
+    /// into `tap`.
+    pub fn set_tap(&mut self, tap: WireTap) {
+        self.tap = Some(tap);
     }
 
     /// The underlying QUIC connection.
@@ -110,6 +131,7 @@ impl RawConnection {
         self.out.clear();
         encode_frame(frame, usize::MAX, &mut self.out)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tap_bytes(&self.tap, &self.out);
         self.send
             .write_all(&self.out)
             .await
@@ -141,7 +163,10 @@ impl RawConnection {
                 return Ok(Some(f));
             }
             match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
+                Ok(Some(chunk)) => {
+                    tap_bytes(&self.tap, &chunk.bytes);
+                    self.decoder.extend(&chunk.bytes)
+                }
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(ClientError::Closed(e.to_string())),
             }
@@ -220,6 +245,7 @@ fn unexpected(k: server_frame::Kind) -> ClientError {
         server_frame::Kind::Error(_) => "Error",
         server_frame::Kind::Pong(_) => "Pong",
         server_frame::Kind::Draining(_) => "Draining",
+        server_frame::Kind::Response(_) => "Response",
     };
     ClientError::Protocol(format!("unexpected {name} frame"))
 }

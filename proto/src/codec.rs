@@ -71,6 +71,12 @@ impl FrameDecoder {
         self.max_frame_bytes
     }
 
+    /// Changes the limit for the frames still to come (e.g. a small limit
+    /// until the peer has authenticated, a larger one after).
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.max_frame_bytes = max_frame_bytes;
+    }
+
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -209,6 +215,7 @@ mod tests {
                     conversation_id: conv,
                     expires_at_ms: exp,
                     ciphertext: ct,
+                    ..Default::default()
                 })),
             })
     }

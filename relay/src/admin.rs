@@ -143,6 +143,11 @@ fn store_status(e: StoreError) -> Status {
             Status::unavailable("storage is unavailable")
         }
         StoreError::InvalidConfig(_) => Status::internal(e.to_string()),
+        StoreError::WrongEpoch { .. }
+        | StoreError::MembershipPending { .. }
+        | StoreError::InvalidRosterVersion { .. }
+        | StoreError::MlsRequired
+        | StoreError::KeyPackageLimit { .. } => Status::failed_precondition(e.to_string()),
     }
 }
 

@@ -60,12 +60,18 @@ pub struct Args {
     /// Devices one account may enroll [default: 10].
     #[arg(long, env = "HEROLD_MAX_DEVICES_PER_ACCOUNT")]
     pub max_devices_per_account: Option<u32>,
-    /// Largest client frame in bytes [default: 266240].
+    /// Largest client frame in bytes, once authenticated [default: 8454144].
     #[arg(long, env = "HEROLD_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u32>,
     /// Largest ciphertext of one message in bytes [default: 262144].
     #[arg(long, env = "HEROLD_MAX_CIPHERTEXT_BYTES")]
     pub max_ciphertext_bytes: Option<u32>,
+    /// Largest MLS commit plus its Welcome in bytes [default: 8388608].
+    #[arg(long, env = "HEROLD_MAX_HANDSHAKE_BYTES")]
+    pub max_handshake_bytes: Option<u32>,
+    /// One-time MLS key packages kept per device [default: 100].
+    #[arg(long, env = "HEROLD_MAX_KEY_PACKAGES")]
+    pub max_key_packages: Option<u32>,
     /// Concurrent client connections [default: 100000].
     #[arg(long, env = "HEROLD_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
@@ -145,6 +151,8 @@ struct FileConfig {
     max_devices_per_account: Option<u32>,
     max_frame_bytes: Option<u32>,
     max_ciphertext_bytes: Option<u32>,
+    max_handshake_bytes: Option<u32>,
+    max_key_packages: Option<u32>,
     max_connections: Option<u32>,
     max_in_flight: Option<u32>,
     device_queue: Option<u32>,
@@ -297,6 +305,11 @@ pub struct Limits {
     pub max_frame_bytes: u32,
     /// Largest ciphertext of one message, bytes.
     pub max_ciphertext_bytes: u32,
+    /// Largest MLS commit plus Welcome, bytes (a commit adding many members
+    /// to a large group is big: 2 MB for 7,000; docs/BENCHMARKS.md).
+    pub max_handshake_bytes: u32,
+    /// One-time MLS key packages kept per device.
+    pub max_key_packages: u32,
     /// Concurrent client connections.
     pub max_connections: u32,
     /// Submits awaiting acceptance per connection.
@@ -315,8 +328,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_devices_per_account: 10,
-            max_frame_bytes: herold_proto::codec::DEFAULT_MAX_FRAME_BYTES as u32,
+            max_frame_bytes: 8 * 1024 * 1024 + 64 * 1024,
             max_ciphertext_bytes: 256 * 1024,
+            max_handshake_bytes: 8 * 1024 * 1024,
+            max_key_packages: 100,
             max_connections: 100_000,
             max_in_flight: 64,
             device_queue: 1024,
@@ -420,6 +435,14 @@ impl Config {
                 .max_ciphertext_bytes
                 .or(file.max_ciphertext_bytes)
                 .unwrap_or(defaults.max_ciphertext_bytes),
+            max_handshake_bytes: args
+                .max_handshake_bytes
+                .or(file.max_handshake_bytes)
+                .unwrap_or(defaults.max_handshake_bytes),
+            max_key_packages: args
+                .max_key_packages
+                .or(file.max_key_packages)
+                .unwrap_or(defaults.max_key_packages),
             max_connections: args
                 .max_connections
                 .or(file.max_connections)
@@ -556,6 +579,8 @@ impl Config {
             ),
             ("max-frame-bytes", u64::from(l.max_frame_bytes)),
             ("max-ciphertext-bytes", u64::from(l.max_ciphertext_bytes)),
+            ("max-handshake-bytes", u64::from(l.max_handshake_bytes)),
+            ("max-key-packages", u64::from(l.max_key_packages)),
             ("max-connections", u64::from(l.max_connections)),
             ("max-in-flight", u64::from(l.max_in_flight)),
             ("device-queue", u64::from(l.device_queue)),
@@ -593,6 +618,21 @@ impl Config {
                     "{} leaves no room for the envelope in max-frame-bytes {} (need 1024 bytes more)",
                     l.max_ciphertext_bytes, l.max_frame_bytes
                 ),
+            });
+        }
+        if u64::from(l.max_handshake_bytes) + 64 * 1024 > u64::from(l.max_frame_bytes) {
+            return Err(ConfigError::Invalid {
+                name: "max-handshake-bytes",
+                reason: format!(
+                    "{} leaves no room for the envelope in max-frame-bytes {} (need 65536 bytes more)",
+                    l.max_handshake_bytes, l.max_frame_bytes
+                ),
+            });
+        }
+        if l.max_key_packages > 10_000 {
+            return Err(ConfigError::Invalid {
+                name: "max-key-packages",
+                reason: format!("{} is above the hard ceiling of 10000", l.max_key_packages),
             });
         }
         if herold_proto::ids::validate_id("node", &self.node_id).is_err() {

@@ -27,6 +27,7 @@
 mod admin;
 pub mod config;
 mod cursors;
+mod e2e;
 pub mod operators;
 mod policy;
 mod registry;

@@ -82,13 +82,14 @@ fn error_frame(code: ErrorCode, message: &str, message_id: Vec<u8>, fatal: bool)
             message: message.to_owned(),
             message_id,
             fatal,
+            mls_epoch: 0,
         })),
     };
     // An error frame is a few hundred bytes: it always fits.
     frame_bytes(&f, usize::MAX).unwrap_or_default()
 }
 
-fn server_frame(kind: server_frame::Kind) -> Bytes {
+pub(crate) fn server_frame(kind: server_frame::Kind) -> Bytes {
     frame_bytes(&v1::ServerFrame { kind: Some(kind) }, usize::MAX).unwrap_or_default()
 }
 
@@ -108,8 +109,14 @@ pub(crate) fn deliver_frame(m: &StoredMessage) -> Bytes {
     }))
 }
 
+/// Largest frame before authentication: Hello and AuthResponse are small, so
+/// an unauthenticated peer cannot make the relay buffer a large frame.
+const AUTH_FRAME_BYTES: usize = 16 * 1024;
+
 async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, tx: mpsc::Sender<ReadEvent>) {
-    let mut dec = FrameDecoder::new(max_frame);
+    let mut dec = FrameDecoder::new(max_frame.min(AUTH_FRAME_BYTES));
+    // Hello and AuthResponse come first; the session ends if they are not.
+    let mut auth_frames = 2u8;
     loop {
         match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => {
@@ -117,6 +124,12 @@ async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, tx: mpsc::Send
                 loop {
                     match dec.next_frame() {
                         Ok(Some(body)) => {
+                            if auth_frames > 0 {
+                                auth_frames -= 1;
+                                if auth_frames == 0 {
+                                    dec.set_max_frame_bytes(max_frame);
+                                }
+                            }
                             let ev = match decode_message::<v1::ClientFrame>(&body) {
                                 Ok(f) => ReadEvent::Frame(f),
                                 Err(e) => ReadEvent::Malformed(e.to_string()),
@@ -581,6 +594,30 @@ impl Session {
                 });
                 Ok(())
             }
+            Some(client_frame::Kind::Request(r)) => {
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let f = server_frame(server_frame::Kind::Response(v1::Response {
+                        request_id: r.request_id,
+                        kind: Some(v1::response::Kind::Error(v1::Error {
+                            code: ErrorCode::TooManyInFlight as i32,
+                            message: format!(
+                                "more than {} requests awaiting an answer",
+                                self.shared.limits.max_in_flight
+                            ),
+                            ..Default::default()
+                        })),
+                    }));
+                    return self.write(&f).await;
+                };
+                let shared = self.shared.clone();
+                let ctx = live.ctx.clone();
+                let reply_tx = reply_tx.clone();
+                tokio::spawn(async move {
+                    crate::e2e::handle_request(shared, ctx, r, reply_tx).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
             Some(client_frame::Kind::Ack(a)) => {
                 if live.take_ack(a) {
                     return Ok(());
@@ -808,8 +845,25 @@ async fn submit(
     if s.ciphertext.is_empty() {
         return reject(ErrorCode::InvalidEnvelope, "the ciphertext is empty");
     }
+    // An MLS message's framing is checked before anything is stored; the
+    // store decides its epoch (see e2e.rs).
+    let mut s = s;
+    let (mls, commit) = if s.mls {
+        match crate::e2e::check_submit(&shared, &mut s) {
+            Ok((check, commit)) => (Some(check), commit),
+            Err(r) => {
+                let _ = reply.send(server_frame(server_frame::Kind::Error(
+                    r.to_error(message_id.clone()),
+                )));
+                return;
+            }
+        }
+    } else {
+        (None, false)
+    };
     let max_ct = shared.limits.max_ciphertext_bytes as usize;
-    if s.ciphertext.len() > max_ct {
+    // A commit is bounded by max_handshake_bytes (checked above).
+    if !commit && s.ciphertext.len() > max_ct {
         return reject(
             ErrorCode::InvalidEnvelope,
             &format!(
@@ -856,7 +910,7 @@ async fn submit(
         );
     }
     let policy_ct = roster.policy.max_attachment_bytes;
-    if s.ciphertext.len() as u64 > policy_ct {
+    if !commit && s.ciphertext.len() as u64 > policy_ct {
         return reject(
             ErrorCode::InvalidEnvelope,
             &format!(
@@ -867,7 +921,11 @@ async fn submit(
     }
     let now = now_ms();
     let max_expiry = i64::try_from(roster.policy.max_expiry().as_millis()).unwrap_or(i64::MAX);
-    let expires_at_ms = if s.expires_at_ms == 0 {
+    let expires_at_ms = if commit {
+        // A commit is the group's history: a device that syncs late needs
+        // every one of them, so commits live as long as the conversation.
+        None
+    } else if s.expires_at_ms == 0 {
         let ttl_ms = i64::try_from(roster.policy.default_expiry_seconds.saturating_mul(1000))
             .unwrap_or(i64::MAX)
             .min(max_expiry);
@@ -893,15 +951,16 @@ async fn submit(
         server_time_ms: now,
         expires_at_ms,
         ciphertext: s.ciphertext,
+        mls,
     };
     let appended = match shared.store.append(msg.clone()).await {
         Ok(a) => a,
         Err(e) => {
-            warn!(error = %e, "append failed");
-            return reject(
-                ErrorCode::Unavailable,
-                "storage is unavailable; retry with the same message id",
-            );
+            let r = crate::e2e::store_refusal(&e);
+            let _ = reply.send(server_frame(server_frame::Kind::Error(
+                r.to_error(message_id.clone()),
+            )));
+            return;
         }
     };
     let _ = reply.send(server_frame(server_frame::Kind::Accepted(v1::Accepted {

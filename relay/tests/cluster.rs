@@ -578,3 +578,125 @@ where
     )
     .await;
 }
+
+/// Two members commit in the same epoch through two different relays: the
+/// store (shared by the relays) takes exactly one, the other is refused with
+/// MLS_WRONG_EPOCH, and that client recovers: it processes the winner's
+/// commit and its message reaches everyone, newcomer included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mls_concurrent_commits_through_two_relays_one_wins() {
+    use herold_client::e2e::{E2eClient, E2eEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let t = run_tag("m");
+    let relays = spawn_cluster(dir.path(), 2, &shared_redis(), &t, &cql_args()).await;
+    let fp = relays[0].fingerprint;
+    let mut admin = admin_at(relays[0].admin).await;
+    let names = ["p", "q", "r", "s"];
+    let mut keys = HashMap::new();
+    for n in names {
+        let a = format!("{t}{n}");
+        create_account(&mut admin, &a).await;
+        keys.insert(n, enroll(&mut admin, &a, &format!("{a}.1")).await);
+    }
+    let acc = |n: &str| format!("{t}{n}");
+    let dev = |n: &str| format!("{t}{n}.1");
+    let conv = format!("{t}team");
+    create_conversation(
+        &mut admin,
+        &conv,
+        ConversationKind::Group,
+        &[&acc("p"), &acc("q"), &acc("r")],
+    )
+    .await;
+    // p on relay 0, q on relay 1, r and s on either.
+    let (bell, _) = watch::channel(0u64);
+    let got: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    let mut clients = HashMap::new();
+    for (i, n) in names.iter().enumerate() {
+        let addr = relays[i % 2].addr;
+        let cfg = ClientConfig::new(addr, fp, &dev(n), keys[n].clone());
+        let mls = herold_mls::MlsDevice::create(&dev(n), None).unwrap();
+        let mut c = E2eClient::connect(cfg, mls).await.expect("connect");
+        let mut events = c.take_events();
+        let (got, bell, me) = (got.clone(), bell.clone(), n.to_string());
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let E2eEvent::Message(m) = ev {
+                    let text = String::from_utf8_lossy(&m.plaintext).into_owned();
+                    got.lock().unwrap().entry(me.clone()).or_default().push(text);
+                }
+                bell.send_modify(|x| *x += 1);
+            }
+        });
+        clients.insert(*n, c);
+    }
+    let until = |who: Vec<&'static str>, text: &'static str| {
+        let (got, mut bell) = (got.clone(), bell.subscribe());
+        async move {
+            tokio::time::timeout(DEADLINE, async {
+                loop {
+                    let ok = who.iter().all(|w| {
+                        got.lock()
+                            .unwrap()
+                            .get(*w)
+                            .is_some_and(|v| v.iter().any(|t| t == text))
+                    });
+                    if ok {
+                        return;
+                    }
+                    bell.changed().await.unwrap();
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{who:?} did not read {text:?}"));
+        }
+    };
+    clients["p"].send(&conv, b"first", 0).await.unwrap();
+    until(vec!["q", "r"], "first").await;
+    let epoch = clients["q"].epoch(&conv).unwrap();
+    assert_eq!(clients["p"].epoch(&conv), Some(epoch));
+
+    // s is added by IT: p and q both prepare the commit that adds it, from
+    // the same epoch, then submit at once through their own relays.
+    admin
+        .add_members(v1::AddMembersRequest {
+            conversation_id: conv.clone(),
+            members: vec![v1::Member {
+                account_id: acc("s"),
+                role: v1::Role::Member as i32,
+            }],
+        })
+        .await
+        .unwrap();
+    let pc = clients["p"]
+        .prepare_membership_commit(&conv)
+        .await
+        .unwrap()
+        .expect("p has a commit to make");
+    let qc = clients["q"]
+        .prepare_membership_commit(&conv)
+        .await
+        .unwrap()
+        .expect("q has a commit to make");
+    assert_eq!((pc.from_epoch, qc.from_epoch), (epoch, epoch));
+    assert_eq!(pc.added, vec![dev("s")]);
+    let (pw, qw) = tokio::join!(
+        clients["p"].submit_membership_commit(pc),
+        clients["q"].submit_membership_commit(qc)
+    );
+    let (pw, qw) = (pw.unwrap(), qw.unwrap());
+    assert!(pw ^ qw, "exactly one commit wins the epoch (p: {pw}, q: {qw})");
+    let (winner, loser) = if pw { ("p", "q") } else { ("q", "p") };
+    // The loser recovers: it processes the winner's commit and sends.
+    clients[loser].send(&conv, b"from-the-loser", 0).await.unwrap();
+    until(vec![winner, "r", "s"], "from-the-loser").await;
+    clients[winner].send(&conv, b"from-the-winner", 0).await.unwrap();
+    until(vec![loser, "r", "s"], "from-the-winner").await;
+    for n in names {
+        assert_eq!(clients[n].epoch(&conv), Some(epoch + 1), "{n}'s epoch");
+    }
+    assert!(
+        !got.lock().unwrap().get("s").is_some_and(|v| v.iter().any(|t| t == "first")),
+        "the newcomer cannot read what came before it"
+    );
+}

@@ -260,6 +260,7 @@ async fn unknown_and_unauthenticated_devices_are_rejected() {
         conversation_id: "x".into(),
         expires_at_ms: 0,
         ciphertext: b"x".to_vec(),
+        ..Default::default()
     }))
     .await
     .unwrap();
@@ -398,6 +399,7 @@ async fn oversized_frame_gets_an_error_and_harms_nobody_else() {
         conversation_id: "g".into(),
         expires_at_ms: 0,
         ciphertext: vec![1; ok.max_ciphertext_bytes as usize + 1],
+        ..Default::default()
     }))
     .await
     .unwrap();

@@ -1,0 +1,750 @@
+//! End-to-end encryption with MLS (RFC 9420), transparent to the app.
+//!
+//! [`E2eClient`] wraps a [`Client`]: the app sends and receives plaintext,
+//! the relay and its store only ever see MLS ciphertext. Every conversation
+//! is one MLS group (group id = conversation id). The relay orders each
+//! group's commits (one per epoch) and says who should be in the group;
+//! the client keeps the group in line with it:
+//!
+//! - On connect the device uploads key packages (and a last-resort one) so
+//!   that others can add it, and refills them when they run low.
+//! - Before sending, the client brings the group up to date: it creates the
+//!   group if there is none, adds the devices the relay lists and removes
+//!   those it no longer lists, in one commit. If another member's commit won
+//!   the epoch, the client processes it and tries again.
+//! - A background task processes every delivery in conversation order:
+//!   commits advance the group, Welcomes add this device to groups, and
+//!   application messages come out as plaintext [`Message`]s.
+//! - Expiry travels in the authenticated data of each message: the relay
+//!   checks it matches the envelope, and the client never surfaces an expired
+//!   message (a message store of the app removes them with
+//!   [`Message::is_expired`]).
+//!
+//! The MLS state (keys, groups) lives in a [`herold_mls::MlsDevice`]; give
+//! it a file to keep it across restarts.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herold_mls::{MlsDevice, Processed};
+use herold_proto::v1::{self, ErrorCode, request, response};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::{Accepted, Client, ClientConfig, ClientError, Event, Sender, new_message_id};
+
+/// One-time key packages a device keeps on the relay.
+pub const KEY_PACKAGE_TARGET: usize = 20;
+/// How long [`E2eClient::send`] waits for the group to catch up (a commit
+/// to arrive, a Welcome to be processed) before it gives up.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attempts of [`E2eClient::send`] when commits keep racing.
+const SEND_ATTEMPTS: usize = 12;
+
+/// Errors of the end-to-end layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum E2eError {
+    /// The connection or the relay failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The MLS layer failed.
+    #[error("MLS: {0}")]
+    Mls(String),
+    /// This device is not in the conversation's group yet, and no member
+    /// has added it within the wait.
+    #[error("this device is not in the group of {0:?} yet: a member must add it first")]
+    NotInGroup(String),
+    /// The relay answered something unexpected.
+    #[error("unexpected answer from the relay: {0}")]
+    Protocol(String),
+    /// Commits kept racing; try again later.
+    #[error("the group of {0:?} kept changing; try again")]
+    Contended(String),
+}
+
+impl From<herold_mls::MlsError> for E2eError {
+    fn from(e: herold_mls::MlsError) -> Self {
+        E2eError::Mls(e.to_string())
+    }
+}
+
+/// A decrypted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Conversation.
+    pub conversation_id: String,
+    /// Position in the conversation.
+    pub seq: u64,
+    /// Sending account, as the relay stored it.
+    pub sender_account_id: String,
+    /// Sending device, as authenticated by MLS (its credential).
+    pub sender_device_id: String,
+    /// Relay time of acceptance, unix milliseconds.
+    pub server_time_ms: i64,
+    /// Expiry from the authenticated data, unix milliseconds; 0: none.
+    pub expires_at_ms: i64,
+    /// The plaintext.
+    pub plaintext: Vec<u8>,
+}
+
+impl Message {
+    /// Whether the message has expired at `now_ms` (an app's message store
+    /// deletes it then).
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+}
+
+/// What the end-to-end client reports to the app.
+#[derive(Debug, Clone)]
+pub enum E2eEvent {
+    /// A decrypted message, in conversation order, once.
+    Message(Message),
+    /// The group changed: devices added or removed (by a commit).
+    GroupChanged {
+        /// Conversation.
+        conversation_id: String,
+        /// The group's new epoch.
+        epoch: u64,
+        /// Devices added.
+        added: Vec<String>,
+        /// Devices removed.
+        removed: Vec<String>,
+    },
+    /// This device joined the conversation's group (from a Welcome).
+    Joined {
+        /// Conversation.
+        conversation_id: String,
+        /// The epoch it joined at.
+        epoch: u64,
+    },
+    /// This device was removed from the conversation's group.
+    Removed {
+        /// Conversation.
+        conversation_id: String,
+    },
+    /// An envelope this device cannot read: sent before it joined, after
+    /// it left, expired, or not end-to-end encrypted.
+    Unreadable {
+        /// Conversation.
+        conversation_id: String,
+        /// Its seq.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Everything stored up to now has been processed (after each connect).
+    Synced,
+    /// The connection was lost; the client is reconnecting.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The client stopped for good.
+    Stopped(ClientError),
+}
+
+/// A commit prepared by [`E2eClient::prepare_membership_commit`].
+#[derive(Debug, Clone)]
+pub struct PreparedCommit {
+    /// Conversation.
+    pub conversation_id: String,
+    /// The epoch the commit starts from.
+    pub from_epoch: u64,
+    /// Devices it adds.
+    pub added: Vec<String>,
+    /// Devices it removes.
+    pub removed: Vec<String>,
+    submit: v1::Submit,
+}
+
+/// A device's end-to-end encrypted connection. See the module docs.
+#[derive(Debug)]
+pub struct E2eClient {
+    sender: Sender,
+    mls: Arc<Mutex<MlsDevice>>,
+    events: mpsc::UnboundedReceiver<E2eEvent>,
+    /// Bumped after every processed delivery: senders wait on it to catch up.
+    progress: watch::Receiver<u64>,
+    account_id: String,
+    device_id: String,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+fn lock(m: &Mutex<MlsDevice>) -> MutexGuard<'_, MlsDevice> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl E2eClient {
+    /// Connects, uploads key packages as needed and starts processing
+    /// deliveries. `mls` must belong to `config.device_id`.
+    pub async fn connect(config: ClientConfig, mls: MlsDevice) -> Result<Self, E2eError> {
+        if mls.device_id() != config.device_id {
+            return Err(E2eError::Mls(format!(
+                "the MLS state belongs to device {:?}, not {:?}",
+                mls.device_id(),
+                config.device_id
+            )));
+        }
+        let device_id = config.device_id.clone();
+        let client = Client::connect(config).await?;
+        let sender = client.sender();
+        let account_id = client.account_id().to_owned();
+        let mls = Arc::new(Mutex::new(mls));
+        refill_key_packages(&sender, &mls).await?;
+        // Unbounded: the background task must never stall on a slow app,
+        // or a sender waiting for its group to catch up would wait forever.
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress_rx) = watch::channel(0u64);
+        let pump = Pump {
+            client,
+            backlog: VecDeque::new(),
+            sender: sender.clone(),
+            mls: mls.clone(),
+            events: ev_tx,
+            progress: progress_tx,
+            welcome_checked: HashMap::new(),
+        };
+        let pump = tokio::spawn(pump.run());
+        Ok(Self {
+            sender,
+            mls,
+            events: ev_rx,
+            progress: progress_rx,
+            account_id,
+            device_id,
+            pump,
+        })
+    }
+
+    /// The device's account.
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// The device's id.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The next event; `None` after the client stopped.
+    pub async fn next_event(&mut self) -> Option<E2eEvent> {
+        self.events.recv().await
+    }
+
+    /// The next decrypted message, skipping other events.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        loop {
+            match self.events.recv().await? {
+                E2eEvent::Message(m) => return Some(m),
+                E2eEvent::Stopped(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// The group's epoch on this device, if it is in the group.
+    pub fn epoch(&self, conversation_id: &str) -> Option<u64> {
+        lock(&self.mls).epoch(conversation_id.as_bytes())
+    }
+
+    /// The devices in the conversation's group, as this device sees it.
+    pub fn group_members(&self, conversation_id: &str) -> Vec<String> {
+        lock(&self.mls).members(conversation_id.as_bytes())
+    }
+
+    /// Encrypts `plaintext` for the conversation's group and sends it;
+    /// brings the group up to date first (see the module docs).
+    /// `expires_at_ms` 0: no expiry.
+    pub async fn send(
+        &self,
+        conversation_id: &str,
+        plaintext: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<Accepted, E2eError> {
+        let conv = conversation_id;
+        let gid = conv.as_bytes();
+        let mut message_id = new_message_id()?;
+        for _ in 0..SEND_ATTEMPTS {
+            self.bring_up_to_date(conv).await?;
+            let ciphertext = {
+                let mut m = lock(&self.mls);
+                m.encrypt(gid, plaintext, &herold_mls::encode_aad(expires_at_ms))?
+            };
+            let submit = v1::Submit {
+                message_id: message_id.to_vec(),
+                conversation_id: conv.to_owned(),
+                expires_at_ms,
+                ciphertext,
+                mls: true,
+                ..Default::default()
+            };
+            match self.sender.submit(submit).await {
+                Ok(a) => return Ok(a),
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(ErrorCode::MlsWrongEpoch | ErrorCode::MlsMembershipPending)
+                    ) =>
+                {
+                    debug!(conversation = conv, error = %e, "group moved on; again");
+                    // A new id: the refused attempt is not stored.
+                    message_id = new_message_id()?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(E2eError::Contended(conv.to_owned()))
+    }
+
+    /// Makes the local group match the relay: same epoch, same devices as
+    /// the roster. Commits when something must change.
+    pub async fn bring_up_to_date(&self, conv: &str) -> Result<(), E2eError> {
+        let gid = conv.as_bytes();
+        for _ in 0..SEND_ATTEMPTS {
+            let st = self.mls_state(conv).await?;
+            let local = lock(&self.mls).epoch(gid);
+            match local {
+                None if st.epoch == 0 => {
+                    // Nobody made the group yet: this device does.
+                    lock(&self.mls).create_group(gid)?;
+                    if self.commit_roster(conv, &st).await? {
+                        return Ok(());
+                    }
+                    // Another device created it first: its Welcome adds us.
+                    self.wait_for(conv, |e| e.is_some()).await;
+                }
+                None => {
+                    if !self.wait_for(conv, |e| e.is_some()).await {
+                        return Err(E2eError::NotInGroup(conv.to_owned()));
+                    }
+                }
+                Some(e) if e < st.epoch => {
+                    let target = st.epoch;
+                    if !self.wait_for(conv, |e| e.is_some_and(|e| e >= target)).await {
+                        return Err(E2eError::Contended(conv.to_owned()));
+                    }
+                }
+                Some(_) if st.group_roster_version < st.roster_version => {
+                    if self.commit_roster(conv, &st).await? {
+                        return Ok(());
+                    }
+                }
+                Some(_) => return Ok(()),
+            }
+        }
+        Err(E2eError::Contended(conv.to_owned()))
+    }
+
+    async fn mls_state(&self, conv: &str) -> Result<v1::MlsState, E2eError> {
+        match self
+            .sender
+            .request(request::Kind::GetMlsState(v1::GetMlsState {
+                conversation_id: conv.to_owned(),
+            }))
+            .await?
+        {
+            response::Kind::MlsState(s) => Ok(s),
+            other => Err(E2eError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Commits the difference between the group and the roster of `st`.
+    /// Ok(true): the group now matches; Ok(false): another commit won.
+    async fn commit_roster(&self, conv: &str, st: &v1::MlsState) -> Result<bool, E2eError> {
+        match self.prepare(conv, st).await? {
+            Some(p) => self.submit_membership_commit(p).await,
+            None => match self
+                .sender
+                .request(request::Kind::MarkReconciled(v1::MarkReconciled {
+                    conversation_id: conv.to_owned(),
+                    epoch: st.epoch,
+                    roster_version: st.roster_version,
+                }))
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some(ErrorCode::MlsWrongEpoch) => Ok(false),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Prepares (without sending) the commit that makes the group match the
+    /// relay's roster: `None` when nothing must change. This device must be
+    /// in the group at the relay's epoch. With
+    /// [`E2eClient::submit_membership_commit`], this is what
+    /// [`E2eClient::send`] does when the membership changed.
+    pub async fn prepare_membership_commit(
+        &self,
+        conv: &str,
+    ) -> Result<Option<PreparedCommit>, E2eError> {
+        let st = self.mls_state(conv).await?;
+        match lock(&self.mls).epoch(conv.as_bytes()) {
+            Some(e) if e == st.epoch => {}
+            _ => return Err(E2eError::Contended(conv.to_owned())),
+        }
+        self.prepare(conv, &st).await
+    }
+
+    async fn prepare(
+        &self,
+        conv: &str,
+        st: &v1::MlsState,
+    ) -> Result<Option<PreparedCommit>, E2eError> {
+        let gid = conv.as_bytes();
+        let members: HashSet<String> = lock(&self.mls).members(gid).into_iter().collect();
+        let roster: HashSet<&String> = st.roster.iter().collect();
+        let to_add: Vec<String> = st
+            .roster
+            .iter()
+            .filter(|d| !members.contains(*d))
+            .cloned()
+            .collect();
+        let to_remove: Vec<String> = members
+            .iter()
+            .filter(|d| !roster.contains(d) && **d != self.device_id)
+            .cloned()
+            .collect();
+        let local_epoch = lock(&self.mls).epoch(gid).unwrap_or(0);
+        if to_add.is_empty() && to_remove.is_empty() && local_epoch > 0 {
+            // Already right (e.g. a device was enrolled and revoked).
+            return Ok(None);
+        }
+        let add = if to_add.is_empty() {
+            Vec::new()
+        } else {
+            match self
+                .sender
+                .request(request::Kind::ClaimKeyPackages(v1::ClaimKeyPackages {
+                    conversation_id: conv.to_owned(),
+                    device_ids: to_add,
+                }))
+                .await?
+            {
+                response::Kind::ClaimedKeyPackages(c) => c
+                    .packages
+                    .into_iter()
+                    .filter(|p| !p.key_package.is_empty())
+                    .map(|p| (p.device_id, p.key_package))
+                    .collect(),
+                other => return Err(E2eError::Protocol(format!("{other:?}"))),
+            }
+        };
+        let pending = lock(&self.mls).commit(gid, add, to_remove)?;
+        for (device, why) in &pending.rejected {
+            warn!(conversation = conv, device, why, "key package rejected");
+        }
+        let welcome = pending.welcome.unwrap_or_default();
+        let submit = v1::Submit {
+            message_id: new_message_id()?.to_vec(),
+            conversation_id: conv.to_owned(),
+            ciphertext: pending.commit,
+            mls: true,
+            mls_roster_version: st.roster_version,
+            mls_welcome_devices: if welcome.is_empty() {
+                Vec::new()
+            } else {
+                pending.added.clone()
+            },
+            mls_welcome: welcome,
+            ..Default::default()
+        };
+        Ok(Some(PreparedCommit {
+            conversation_id: conv.to_owned(),
+            from_epoch: pending.from_epoch,
+            added: pending.added,
+            removed: pending.removed,
+            submit,
+        }))
+    }
+
+    /// Sends a prepared commit. Ok(true): the relay accepted it and the
+    /// group moved to the next epoch; Ok(false): another member's commit won
+    /// this epoch, ours is discarded (process theirs, then try again).
+    pub async fn submit_membership_commit(&self, p: PreparedCommit) -> Result<bool, E2eError> {
+        let gid = p.conversation_id.as_bytes();
+        match self.sender.submit(p.submit).await {
+            Ok(_) => {
+                lock(&self.mls).confirm_commit(gid)?;
+                Ok(true)
+            }
+            Err(e) if e.code() == Some(ErrorCode::MlsWrongEpoch) => {
+                lock(&self.mls).discard_commit(gid)?;
+                Ok(false)
+            }
+            Err(e) => {
+                lock(&self.mls).discard_commit(gid)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Decrypts a ciphertext obtained elsewhere (an exported envelope, an
+    /// audit) with this device's state, without the relay.
+    pub fn process_raw(
+        &self,
+        conversation_id: &str,
+        ciphertext: &[u8],
+    ) -> Result<Processed, E2eError> {
+        Ok(lock(&self.mls).process(conversation_id.as_bytes(), ciphertext)?)
+    }
+
+    /// Takes the event stream, e.g. to read it in another task while this
+    /// handle sends; [`E2eClient::next_event`] returns `None` afterwards.
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<E2eEvent> {
+        let (_, empty) = mpsc::unbounded_channel();
+        std::mem::replace(&mut self.events, empty)
+    }
+
+    /// Waits until the local epoch of `conv` satisfies `ok`, while the
+    /// background task processes deliveries; false after the timeout.
+    async fn wait_for(&self, conv: &str, ok: impl Fn(Option<u64>) -> bool) -> bool {
+        let gid = conv.as_bytes();
+        let mut progress = self.progress.clone();
+        let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+        loop {
+            if ok(lock(&self.mls).epoch(gid)) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return ok(lock(&self.mls).epoch(gid)),
+            }
+        }
+    }
+
+    /// Stops processing and closes the connection.
+    pub async fn close(self) {
+        self.pump.abort();
+    }
+}
+
+/// Tops the device's key packages up on the relay.
+async fn refill_key_packages(sender: &Sender, mls: &Mutex<MlsDevice>) -> Result<(), E2eError> {
+    let status = match sender
+        .request(request::Kind::UploadKeyPackages(v1::UploadKeyPackages::default()))
+        .await?
+    {
+        response::Kind::KeyPackageStatus(s) => s,
+        other => return Err(E2eError::Protocol(format!("{other:?}"))),
+    };
+    let target = KEY_PACKAGE_TARGET.min(status.max_available as usize);
+    let missing = target.saturating_sub(status.available as usize);
+    if status.last_resort && missing < target / 2 {
+        return Ok(());
+    }
+    let upload = {
+        let mut m = lock(mls);
+        v1::UploadKeyPackages {
+            key_packages: m.key_packages(missing)?,
+            last_resort: if status.last_resort {
+                Vec::new()
+            } else {
+                m.last_resort_key_package()?
+            },
+        }
+    };
+    sender
+        .request(request::Kind::UploadKeyPackages(upload))
+        .await?;
+    Ok(())
+}
+
+/// Processes deliveries in order, in the background.
+struct Pump {
+    client: Client,
+    /// Events read while a request was awaiting its answer.
+    backlog: VecDeque<Event>,
+    sender: Sender,
+    mls: Arc<Mutex<MlsDevice>>,
+    events: mpsc::UnboundedSender<E2eEvent>,
+    progress: watch::Sender<u64>,
+    /// Per conversation without a group: the highest seq for which the
+    /// relay had no Welcome for us (asked again at the next commit).
+    welcome_checked: HashMap<String, u64>,
+}
+
+impl Pump {
+    async fn run(mut self) {
+        loop {
+            let ev = match self.backlog.pop_front() {
+                Some(ev) => ev,
+                None => match self.client.next_event().await {
+                    Some(ev) => ev,
+                    None => return,
+                },
+            };
+            let out = match ev {
+                Event::Message(env) => self.on_envelope(env).await,
+                Event::Synced { .. } => vec![E2eEvent::Synced],
+                Event::Disconnected { reason } => vec![E2eEvent::Disconnected { reason }],
+                Event::Reconnected => {
+                    let (sender, mls) = (self.sender.clone(), self.mls.clone());
+                    let r = self
+                        .draining(async move { refill_key_packages(&sender, &mls).await })
+                        .await;
+                    if let Err(e) = r {
+                        warn!(error = %e, "refilling key packages failed");
+                    }
+                    Vec::new()
+                }
+                Event::Stopped(e) => vec![E2eEvent::Stopped(e)],
+            };
+            self.progress.send_modify(|p| *p += 1);
+            for e in out {
+                if self.events.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Awaits `fut` (a request to the relay) while still reading events
+    /// into the backlog: the connection's event queue is bounded, and a full
+    /// queue would hold back the very answer awaited here.
+    async fn draining<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        tokio::pin!(fut);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                r = &mut fut => return r,
+                ev = self.client.next_event(), if open => match ev {
+                    Some(ev) => self.backlog.push_back(ev),
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    async fn on_envelope(&mut self, env: v1::Envelope) -> Vec<E2eEvent> {
+        let conv = env.conversation_id.clone();
+        let unreadable = |reason: String| E2eEvent::Unreadable {
+            conversation_id: env.conversation_id.clone(),
+            seq: env.seq,
+            reason,
+        };
+        let header = match herold_mls::inspect(&env.ciphertext) {
+            Ok(h) if h.group_id == conv.as_bytes() => h,
+            Ok(_) => return vec![unreadable("an MLS message of another group".into())],
+            Err(_) => return vec![unreadable("not end-to-end encrypted with MLS".into())],
+        };
+        let mut out = Vec::new();
+        let has_group = lock(&self.mls).has_group(conv.as_bytes());
+        if !has_group {
+            // Only a commit can add us; ask for a Welcome then.
+            let is_commit = matches!(header.kind, herold_mls::ContentKind::Commit);
+            let checked = self.welcome_checked.get(&conv).copied();
+            if !is_commit || checked.is_some_and(|c| c >= env.seq) {
+                return vec![unreadable("sent before this device joined the group".into())];
+            }
+            let sender = self.sender.clone();
+            let c = conv.clone();
+            match self.draining(async move { fetch_welcome(&sender, &c).await }).await {
+                Ok(Some((seq, welcome))) if seq >= env.seq => {
+                    if seq > env.seq {
+                        self.welcome_checked.insert(conv.clone(), seq - 1);
+                        return vec![unreadable("sent before this device joined the group".into())];
+                    }
+                    let joined = lock(&self.mls).join(&welcome);
+                    match joined {
+                        Ok(_) => {
+                            self.welcome_checked.remove(&conv);
+                            let epoch = lock(&self.mls).epoch(conv.as_bytes()).unwrap_or(0);
+                            // The Welcome used up one of our key packages.
+                            let (sender, mls) = (self.sender.clone(), self.mls.clone());
+                            let r = self
+                                .draining(async move { refill_key_packages(&sender, &mls).await })
+                                .await;
+                            if let Err(e) = r {
+                                warn!(error = %e, "refilling key packages failed");
+                            }
+                            return vec![E2eEvent::Joined {
+                                conversation_id: conv,
+                                epoch,
+                            }];
+                        }
+                        Err(e) => return vec![unreadable(format!("the Welcome failed: {e}"))],
+                    }
+                }
+                Ok(_) => {
+                    self.welcome_checked.insert(conv.clone(), env.seq);
+                    return vec![unreadable("sent before this device joined the group".into())];
+                }
+                Err(e) => return vec![unreadable(format!("fetching the Welcome failed: {e}"))],
+            }
+        }
+        let processed = lock(&self.mls).process(conv.as_bytes(), &env.ciphertext);
+        match processed {
+            Ok(Processed::Application {
+                plaintext,
+                aad,
+                sender,
+                ..
+            }) => {
+                let expires_at_ms = herold_mls::decode_aad(&aad).unwrap_or(0);
+                if expires_at_ms != 0 && expires_at_ms <= now_ms() {
+                    out.push(unreadable("expired".into()));
+                } else {
+                    out.push(E2eEvent::Message(Message {
+                        conversation_id: conv,
+                        seq: env.seq,
+                        sender_account_id: env.sender_account_id,
+                        sender_device_id: sender,
+                        server_time_ms: env.server_time_ms,
+                        expires_at_ms,
+                        plaintext,
+                    }));
+                }
+            }
+            Ok(Processed::Commit {
+                epoch,
+                added,
+                removed,
+                removed_me,
+            }) => {
+                if removed_me {
+                    out.push(E2eEvent::Removed {
+                        conversation_id: conv,
+                    });
+                } else {
+                    out.push(E2eEvent::GroupChanged {
+                        conversation_id: conv,
+                        epoch,
+                        added,
+                        removed,
+                    });
+                }
+            }
+            Ok(Processed::Skipped { reason }) => out.push(unreadable(reason)),
+            Err(e) => out.push(unreadable(format!("cannot decrypt: {e}"))),
+        }
+        out
+    }
+
+}
+
+/// The latest Welcome the relay holds for this device in `conv`.
+async fn fetch_welcome(sender: &Sender, conv: &str) -> Result<Option<(u64, Vec<u8>)>, E2eError> {
+    {
+        match sender
+            .request(request::Kind::FetchWelcome(v1::FetchWelcome {
+                conversation_id: conv.to_owned(),
+            }))
+            .await?
+        {
+            response::Kind::Welcome(w) if w.welcome.is_empty() => Ok(None),
+            response::Kind::Welcome(w) => Ok(Some((w.seq, w.welcome))),
+            other => Err(E2eError::Protocol(format!("{other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The relay as MLS Delivery Service (RFC 9750): it keeps key packages,
+//! orders each group's handshakes (one commit per epoch, decided by the
+//! store, so it holds across relays), hands out Welcomes and tells clients
+//! who should be in a group. It reads only MLS framing: group id, epoch,
+//! content type and authenticated data, which RFC 9420 keeps in the clear.
+//! Never content. See docs/e2e.md.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use herold_proto::ids;
+use herold_proto::v1::{self, ErrorCode, request, response, server_frame};
+use herold_store::{MlsCheck, StoreError, Welcome};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::server::Shared;
+use crate::session::{DeviceCtx, server_frame as frame};
+
+/// Largest key package accepted (a typical one is about 300 bytes).
+pub(crate) const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;
+/// Devices one ClaimKeyPackages may name (a 7,000-member channel fits).
+pub(crate) const MAX_CLAIM_DEVICES: usize = 10_000;
+/// Concurrent store claims per request.
+const CLAIM_CONCURRENCY: usize = 32;
+
+/// A request's failure: an error code and an explanation for the client.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    pub mls_epoch: u64,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            mls_epoch: 0,
+        }
+    }
+
+    pub(crate) fn to_error(&self, message_id: Vec<u8>) -> v1::Error {
+        v1::Error {
+            code: self.code as i32,
+            message: self.message.clone(),
+            message_id,
+            fatal: false,
+            mls_epoch: self.mls_epoch,
+        }
+    }
+}
+
+/// The refusal for a store error of an MLS operation.
+pub(crate) fn store_refusal(e: &StoreError) -> Refusal {
+    match e {
+        StoreError::WrongEpoch { current } => Refusal {
+            code: ErrorCode::MlsWrongEpoch,
+            message: format!(
+                "the group is at epoch {current}: process the conversation up to it, then send again"
+            ),
+            mls_epoch: *current,
+        },
+        StoreError::MembershipPending { roster_version } => Refusal::new(
+            ErrorCode::MlsMembershipPending,
+            format!(
+                "the conversation's members changed (roster version {roster_version}): commit the change to the group first"
+            ),
+        ),
+        StoreError::InvalidRosterVersion { current } => Refusal::new(
+            ErrorCode::MlsInvalid,
+            format!("the commit names a roster version above the current one ({current})"),
+        ),
+        StoreError::MlsRequired => Refusal::new(
+            ErrorCode::MlsRequired,
+            "this conversation has an MLS group: only MLS messages are accepted",
+        ),
+        StoreError::KeyPackageLimit { limit } => Refusal::new(
+            ErrorCode::KeyPackageLimit,
+            format!("the relay keeps at most {limit} one-time key packages per device"),
+        ),
+        StoreError::NoSuchConversation(_) => {
+            Refusal::new(ErrorCode::UnknownConversation, "no such conversation")
+        }
+        StoreError::NoSuchDevice(_) => {
+            Refusal::new(ErrorCode::DeviceRevoked, "this device is no longer enrolled")
+        }
+        other => {
+            warn!(error = %other, "store failed on an MLS operation");
+            Refusal::new(
+                ErrorCode::Unavailable,
+                "storage is unavailable; retry with the same message id",
+            )
+        }
+    }
+}
+
+/// What a Submit flagged `mls` asks of the store, after checking its framing.
+/// `expires_at_ms` is the Submit's own field, which must match the expiry in
+/// the message's authenticated data.
+pub(crate) fn check_submit(
+    shared: &Shared,
+    s: &mut v1::Submit,
+) -> Result<(MlsCheck, bool /* commit */), Refusal> {
+    let invalid = |m: String| Refusal::new(ErrorCode::MlsInvalid, m);
+    let header = herold_mls::inspect(&s.ciphertext)
+        .map_err(|e| invalid(format!("not an MLS message: {e}")))?;
+    if header.group_id != s.conversation_id.as_bytes() {
+        return Err(invalid(
+            "the MLS message belongs to another group than this conversation".into(),
+        ));
+    }
+    match header.kind {
+        herold_mls::ContentKind::Proposal => Err(invalid(
+            "proposals are not relayed: put them in a commit".into(),
+        )),
+        herold_mls::ContentKind::Application => {
+            if !s.mls_welcome.is_empty() || !s.mls_welcome_devices.is_empty() {
+                return Err(invalid("only a commit carries a Welcome".into()));
+            }
+            let expiry = herold_mls::decode_aad(&header.aad)
+                .map_err(|e| invalid(format!("the authenticated data is not Herold's: {e}")))?;
+            if expiry != s.expires_at_ms {
+                return Err(invalid(format!(
+                    "the expiry in the authenticated data ({expiry}) differs from the envelope's ({})",
+                    s.expires_at_ms
+                )));
+            }
+            Ok((
+                MlsCheck::Application {
+                    epoch: header.epoch,
+                },
+                false,
+            ))
+        }
+        herold_mls::ContentKind::Commit => {
+            let max = shared.limits.max_handshake_bytes as usize;
+            let total = s.ciphertext.len().saturating_add(s.mls_welcome.len());
+            if total > max {
+                return Err(invalid(format!(
+                    "the commit and its Welcome have {total} bytes; the limit is {max}"
+                )));
+            }
+            let welcome = if s.mls_welcome.is_empty() {
+                if !s.mls_welcome_devices.is_empty() {
+                    return Err(invalid("Welcome devices without a Welcome".into()));
+                }
+                None
+            } else {
+                if s.mls_welcome_devices.is_empty() {
+                    return Err(invalid("a Welcome names no device".into()));
+                }
+                if s.mls_welcome_devices.len() > MAX_CLAIM_DEVICES {
+                    return Err(invalid(format!(
+                        "a Welcome names at most {MAX_CLAIM_DEVICES} devices"
+                    )));
+                }
+                for d in &s.mls_welcome_devices {
+                    ids::validate_id("device", d).map_err(|e| invalid(e.to_string()))?;
+                }
+                herold_mls::check_welcome(&s.mls_welcome)
+                    .map_err(|e| invalid(format!("the Welcome is not valid: {e}")))?;
+                Some(Welcome {
+                    bytes: std::mem::take(&mut s.mls_welcome),
+                    device_ids: std::mem::take(&mut s.mls_welcome_devices),
+                })
+            };
+            Ok((
+                MlsCheck::Commit {
+                    epoch: header.epoch,
+                    roster_version: s.mls_roster_version,
+                    welcome,
+                },
+                true,
+            ))
+        }
+    }
+}
+
+/// Answers one Request on the device's connection.
+pub(crate) async fn handle_request(
+    shared: Arc<Shared>,
+    ctx: Arc<DeviceCtx>,
+    req: v1::Request,
+    reply: mpsc::UnboundedSender<Bytes>,
+) {
+    let kind = match answer(&shared, &ctx, req.kind).await {
+        Ok(k) => k,
+        Err(r) => response::Kind::Error(r.to_error(Vec::new())),
+    };
+    let _ = reply.send(frame(server_frame::Kind::Response(v1::Response {
+        request_id: req.request_id,
+        kind: Some(kind),
+    })));
+}
+
+async fn answer(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    kind: Option<request::Kind>,
+) -> Result<response::Kind, Refusal> {
+    match kind {
+        Some(request::Kind::UploadKeyPackages(u)) => upload(shared, ctx, u).await,
+        Some(request::Kind::ClaimKeyPackages(c)) => claim(shared, ctx, c).await,
+        Some(request::Kind::GetMlsState(g)) => {
+            member(shared, ctx, &g.conversation_id).await?;
+            state(shared, &g.conversation_id).await
+        }
+        Some(request::Kind::FetchWelcome(f)) => {
+            member(shared, ctx, &f.conversation_id).await?;
+            let found = shared
+                .store
+                .welcome_for(&ctx.device_id, &f.conversation_id)
+                .await
+                .map_err(|e| store_refusal(&e))?;
+            let (seq, welcome) = found.unwrap_or_default();
+            Ok(response::Kind::Welcome(v1::WelcomeFound {
+                conversation_id: f.conversation_id,
+                seq,
+                welcome,
+            }))
+        }
+        Some(request::Kind::MarkReconciled(m)) => {
+            member(shared, ctx, &m.conversation_id).await?;
+            shared
+                .store
+                .mark_reconciled(&m.conversation_id, m.epoch, m.roster_version)
+                .await
+                .map_err(|e| store_refusal(&e))?;
+            state(shared, &m.conversation_id).await
+        }
+        None => Err(Refusal::new(
+            ErrorCode::UnknownFrame,
+            "unknown request; this relay speaks protocol version 1",
+        )),
+    }
+}
+
+/// The device's account must be a member of the conversation.
+async fn member(shared: &Shared, ctx: &DeviceCtx, conversation_id: &str) -> Result<(), Refusal> {
+    ids::validate_id("conversation", conversation_id)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidEnvelope, e.to_string()))?;
+    match shared.rosters.get(conversation_id).await {
+        Ok(Some(r)) if r.members.contains_key(&ctx.account_id) => Ok(()),
+        Ok(Some(_)) => Err(Refusal::new(
+            ErrorCode::NotMember,
+            "your account is not a member of this conversation",
+        )),
+        Ok(None) => Err(Refusal::new(
+            ErrorCode::UnknownConversation,
+            "no such conversation",
+        )),
+        Err(e) => {
+            warn!(error = %e, "roster load failed");
+            Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "storage is unavailable; retry",
+            ))
+        }
+    }
+}
+
+async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind, Refusal> {
+    let s = shared
+        .store
+        .mls_state(conversation_id)
+        .await
+        .map_err(|e| store_refusal(&e))?;
+    let roster = shared
+        .store
+        .mls_roster(conversation_id)
+        .await
+        .map_err(|e| store_refusal(&e))?;
+    Ok(response::Kind::MlsState(v1::MlsState {
+        conversation_id: conversation_id.to_owned(),
+        epoch: s.epoch,
+        roster_version: s.roster_version,
+        group_roster_version: s.group_roster_version,
+        roster,
+    }))
+}
+
+async fn upload(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    u: v1::UploadKeyPackages,
+) -> Result<response::Kind, Refusal> {
+    let invalid = |m: String| Refusal::new(ErrorCode::MlsInvalid, m);
+    let max = shared.limits.max_key_packages;
+    if u.key_packages.len() > max as usize {
+        return Err(Refusal::new(
+            ErrorCode::KeyPackageLimit,
+            format!("the relay keeps at most {max} one-time key packages per device"),
+        ));
+    }
+    let check = |bytes: &[u8], last_resort: bool, what: &str| -> Result<(), Refusal> {
+        if bytes.len() > MAX_KEY_PACKAGE_BYTES {
+            return Err(invalid(format!(
+                "{what} has {} bytes; the limit is {MAX_KEY_PACKAGE_BYTES}",
+                bytes.len()
+            )));
+        }
+        let kp = herold_mls::validate_key_package(bytes)
+            .map_err(|e| invalid(format!("{what} is not a valid key package: {e}")))?;
+        if kp.identity != ctx.device_id.as_bytes() {
+            return Err(invalid(format!(
+                "{what} names another device than this one"
+            )));
+        }
+        if kp.last_resort != last_resort {
+            return Err(invalid(if last_resort {
+                format!("{what} is not marked as last resort")
+            } else {
+                format!("{what} is a last-resort package; send it as last_resort")
+            }));
+        }
+        Ok(())
+    };
+    for (i, kp) in u.key_packages.iter().enumerate() {
+        check(kp, false, &format!("key package {i}"))?;
+    }
+    let last_resort = if u.last_resort.is_empty() {
+        None
+    } else {
+        check(&u.last_resort, true, "the last-resort package")?;
+        Some(u.last_resort)
+    };
+    let up = shared
+        .store
+        .upload_key_packages(&ctx.device_id, u.key_packages, last_resort, max)
+        .await
+        .map_err(|e| store_refusal(&e))?;
+    Ok(response::Kind::KeyPackageStatus(v1::KeyPackageStatus {
+        available: up.count.available,
+        last_resort: up.count.last_resort,
+        max_available: max,
+    }))
+}
+
+async fn claim(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    c: v1::ClaimKeyPackages,
+) -> Result<response::Kind, Refusal> {
+    member(shared, ctx, &c.conversation_id).await?;
+    if c.device_ids.len() > MAX_CLAIM_DEVICES {
+        return Err(Refusal::new(
+            ErrorCode::MlsInvalid,
+            format!("a claim names at most {MAX_CLAIM_DEVICES} devices"),
+        ));
+    }
+    let roster: std::collections::HashSet<String> = shared
+        .store
+        .mls_roster(&c.conversation_id)
+        .await
+        .map_err(|e| store_refusal(&e))?
+        .into_iter()
+        .collect();
+    if let Some(d) = c.device_ids.iter().find(|d| !roster.contains(*d)) {
+        return Err(Refusal::new(
+            ErrorCode::MlsInvalid,
+            format!("device {d:?} is not in this conversation's roster"),
+        ));
+    }
+    let store = &shared.store;
+    let claimed: Vec<Result<v1::ClaimedKeyPackage, StoreError>> = stream::iter(c.device_ids)
+        .map(|d| async move {
+            let kp = match store.claim_key_package(&d).await {
+                // Revoked since the roster was read: nothing to add.
+                Err(StoreError::NoSuchDevice(_)) => None,
+                r => r?,
+            };
+            Ok(v1::ClaimedKeyPackage {
+                device_id: d,
+                key_package: kp.unwrap_or_default(),
+            })
+        })
+        .buffered(CLAIM_CONCURRENCY)
+        .collect()
+        .await;
+    let packages = claimed
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| store_refusal(&e))?;
+    Ok(response::Kind::ClaimedKeyPackages(v1::ClaimedKeyPackages {
+        packages,
+    }))
+}
