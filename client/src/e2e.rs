@@ -330,7 +330,10 @@ impl E2eClient {
                 }
                 Some(e) if e < st.epoch => {
                     let target = st.epoch;
-                    if !self.wait_for(conv, |e| e.is_some_and(|e| e >= target)).await {
+                    if !self
+                        .wait_for(conv, |e| e.is_some_and(|e| e >= target))
+                        .await
+                    {
                         return Err(E2eError::Contended(conv.to_owned()));
                     }
                 }
@@ -532,7 +535,9 @@ impl E2eClient {
 /// Tops the device's key packages up on the relay.
 async fn refill_key_packages(sender: &Sender, mls: &Mutex<MlsDevice>) -> Result<(), E2eError> {
     let status = match sender
-        .request(request::Kind::UploadKeyPackages(v1::UploadKeyPackages::default()))
+        .request(request::Kind::UploadKeyPackages(
+            v1::UploadKeyPackages::default(),
+        ))
         .await?
     {
         response::Kind::KeyPackageStatus(s) => s,
@@ -645,15 +650,22 @@ impl Pump {
             let is_commit = matches!(header.kind, herold_mls::ContentKind::Commit);
             let checked = self.welcome_checked.get(&conv).copied();
             if !is_commit || checked.is_some_and(|c| c >= env.seq) {
-                return vec![unreadable("sent before this device joined the group".into())];
+                return vec![unreadable(
+                    "sent before this device joined the group".into(),
+                )];
             }
             let sender = self.sender.clone();
             let c = conv.clone();
-            match self.draining(async move { fetch_welcome(&sender, &c).await }).await {
+            match self
+                .draining(async move { fetch_welcome(&sender, &c).await })
+                .await
+            {
                 Ok(Some((seq, welcome))) if seq >= env.seq => {
                     if seq > env.seq {
                         self.welcome_checked.insert(conv.clone(), seq - 1);
-                        return vec![unreadable("sent before this device joined the group".into())];
+                        return vec![unreadable(
+                            "sent before this device joined the group".into(),
+                        )];
                     }
                     let joined = lock(&self.mls).join(&welcome);
                     match joined {
@@ -678,7 +690,9 @@ impl Pump {
                 }
                 Ok(_) => {
                     self.welcome_checked.insert(conv.clone(), env.seq);
-                    return vec![unreadable("sent before this device joined the group".into())];
+                    return vec![unreadable(
+                        "sent before this device joined the group".into(),
+                    )];
                 }
                 Err(e) => return vec![unreadable(format!("fetching the Welcome failed: {e}"))],
             }
@@ -730,7 +744,6 @@ impl Pump {
         }
         out
     }
-
 }
 
 /// The latest Welcome the relay holds for this device in `conv`.

@@ -434,7 +434,10 @@ impl Sender {
     /// Sends a Request and waits for its Response; a relay error becomes
     /// [`ClientError::Relay`]. Unanswered requests are sent again after a
     /// reconnect.
-    pub async fn request(&self, kind: v1::request::Kind) -> Result<v1::response::Kind, ClientError> {
+    pub async fn request(
+        &self,
+        kind: v1::request::Kind,
+    ) -> Result<v1::response::Kind, ClientError> {
         let _permit = self
             .in_flight
             .acquire()

@@ -84,9 +84,10 @@ pub(crate) fn store_refusal(e: &StoreError) -> Refusal {
         StoreError::NoSuchConversation(_) => {
             Refusal::new(ErrorCode::UnknownConversation, "no such conversation")
         }
-        StoreError::NoSuchDevice(_) => {
-            Refusal::new(ErrorCode::DeviceRevoked, "this device is no longer enrolled")
-        }
+        StoreError::NoSuchDevice(_) => Refusal::new(
+            ErrorCode::DeviceRevoked,
+            "this device is no longer enrolled",
+        ),
         other => {
             warn!(error = %other, "store failed on an MLS operation");
             Refusal::new(

@@ -623,7 +623,11 @@ async fn mls_concurrent_commits_through_two_relays_one_wins() {
             while let Some(ev) = events.recv().await {
                 if let E2eEvent::Message(m) = ev {
                     let text = String::from_utf8_lossy(&m.plaintext).into_owned();
-                    got.lock().unwrap().entry(me.clone()).or_default().push(text);
+                    got.lock()
+                        .unwrap()
+                        .entry(me.clone())
+                        .or_default()
+                        .push(text);
                 }
                 bell.send_modify(|x| *x += 1);
             }
@@ -685,18 +689,30 @@ async fn mls_concurrent_commits_through_two_relays_one_wins() {
         clients["q"].submit_membership_commit(qc)
     );
     let (pw, qw) = (pw.unwrap(), qw.unwrap());
-    assert!(pw ^ qw, "exactly one commit wins the epoch (p: {pw}, q: {qw})");
+    assert!(
+        pw ^ qw,
+        "exactly one commit wins the epoch (p: {pw}, q: {qw})"
+    );
     let (winner, loser) = if pw { ("p", "q") } else { ("q", "p") };
     // The loser recovers: it processes the winner's commit and sends.
-    clients[loser].send(&conv, b"from-the-loser", 0).await.unwrap();
+    clients[loser]
+        .send(&conv, b"from-the-loser", 0)
+        .await
+        .unwrap();
     until(vec![winner, "r", "s"], "from-the-loser").await;
-    clients[winner].send(&conv, b"from-the-winner", 0).await.unwrap();
+    clients[winner]
+        .send(&conv, b"from-the-winner", 0)
+        .await
+        .unwrap();
     until(vec![loser, "r", "s"], "from-the-winner").await;
     for n in names {
         assert_eq!(clients[n].epoch(&conv), Some(epoch + 1), "{n}'s epoch");
     }
     assert!(
-        !got.lock().unwrap().get("s").is_some_and(|v| v.iter().any(|t| t == "first")),
+        !got.lock()
+            .unwrap()
+            .get("s")
+            .is_some_and(|v| v.iter().any(|t| t == "first")),
         "the newcomer cannot read what came before it"
     );
 }
