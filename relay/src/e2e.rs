@@ -180,6 +180,29 @@ pub(crate) fn check_submit(
     }
 }
 
+/// A Welcome may only name devices of the conversation's roster: a member
+/// cannot point other devices at a Welcome that is not theirs.
+pub(crate) async fn check_welcome_devices(
+    shared: &Shared,
+    conversation_id: &str,
+    welcome: &Welcome,
+) -> Result<(), Refusal> {
+    let roster: std::collections::HashSet<String> = shared
+        .store
+        .mls_roster(conversation_id)
+        .await
+        .map_err(|e| store_refusal(&e))?
+        .into_iter()
+        .collect();
+    match welcome.device_ids.iter().find(|d| !roster.contains(*d)) {
+        Some(d) => Err(Refusal::new(
+            ErrorCode::MlsInvalid,
+            format!("the Welcome names device {d:?}, which is not in this conversation's roster"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Answers one Request on the device's connection.
 pub(crate) async fn handle_request(
     shared: Arc<Shared>,

@@ -943,6 +943,16 @@ async fn submit(
     } else {
         Some(s.expires_at_ms)
     };
+    if let Some(herold_store::MlsCheck::Commit {
+        welcome: Some(w), ..
+    }) = &mls
+        && let Err(r) = crate::e2e::check_welcome_devices(&shared, &s.conversation_id, w).await
+    {
+        let _ = reply.send(server_frame(server_frame::Kind::Error(
+            r.to_error(message_id.clone()),
+        )));
+        return;
+    }
     let msg = NewMessage {
         conversation_id: s.conversation_id,
         message_id: s.message_id,
