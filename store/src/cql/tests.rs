@@ -559,3 +559,68 @@ async fn interrupted_migration_completes() {
         .await
         .unwrap();
 }
+
+/// Roster bumps happen after their trigger's writes; a relay dying in
+/// between leaves the bump to the retry: of the account deletion (its member
+/// row already gone), or of the key package upload (the last-resort package
+/// stored, the device not yet announced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_complete_interrupted_bumps() {
+    let store = connect().await;
+    let ks = store.keyspace().to_owned();
+    let conv = unique("retry-bumps");
+    let a = group(&store, &conv).await;
+    let d = format!("{conv}-device");
+    store
+        .add_device(
+            Device {
+                id: d.clone(),
+                account_id: a.clone(),
+                public_key: vec![1; 32],
+                revoked: false,
+                created_at_ms: 0,
+            },
+            5,
+        )
+        .await
+        .unwrap();
+    let up = store
+        .upload_key_packages(&d, Vec::new(), Some(b"lr".to_vec()), 10)
+        .await
+        .unwrap();
+    assert!(up.became_ready);
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 1);
+    // The upload "died" before it marked the device announced.
+    store
+        .driver_session()
+        .query_unpaged(
+            format!("UPDATE {ks}.key_packages SET announced = false WHERE device_id = ? IF EXISTS"),
+            (&d,),
+        )
+        .await
+        .unwrap();
+    let retry = store
+        .upload_key_packages(&d, vec![b"kp".to_vec()], None, 10)
+        .await
+        .unwrap();
+    assert!(retry.became_ready);
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 2);
+    let after = store
+        .upload_key_packages(&d, vec![b"kp2".to_vec()], None, 10)
+        .await
+        .unwrap();
+    assert!(!after.became_ready);
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 2);
+
+    // The deletion "died" after deleting the member row.
+    store
+        .driver_session()
+        .query_unpaged(
+            format!("DELETE FROM {ks}.members WHERE conversation_id = ? AND account_id = ?"),
+            (&conv, &a),
+        )
+        .await
+        .unwrap();
+    store.delete_account(&a).await.unwrap();
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 3);
+}
