@@ -32,10 +32,28 @@
 //! | `policies`        | `org` or `c:<conversation id>`       | `PolicyRec`                |
 //! | `enroll_codes`    | SHA-256 of the code                  | `CodeRec`                  |
 //! | `audit`           | (at ms, entry id)                    | `AuditRec`                 |
+//! | `mls_state`       | conversation id                      | (epoch, roster version, group roster version) |
+//! | `key_packages`    | (device id, upload index)            | one-time key package       |
+//! | `last_resort_packages` | device id                       | last-resort key package    |
+//! | `welcomes`        | (conversation id, seq of the commit) | Welcome bytes              |
+//! | `device_welcomes` | (device id, conversation id)         | seq of its latest Welcome  |
 //!
 //! A conversation's archived flag is field 5 of `ConversationRec`. The
-//! last five tables came with the admin API; they are created on open, so a
-//! file of the first layout opens unchanged.
+//! admin API's five tables (`account_state` to `audit`) and the five MLS
+//! tables after them are created on open, so a file of the first layout
+//! opens unchanged; a conversation without a `mls_state` row is at
+//! (0, 0, 0).
+//!
+//! # MLS
+//! Everything MLS needs to be atomic is one operation on the writer, so one
+//! transaction: `append` reads the conversation's `mls_state` after its
+//! duplicate check, refuses (before writing anything) a message whose
+//! [`MlsCheck`] fails, and writes a commit's epoch advance, its Welcome and
+//! the Welcome index with the message and its seq. A roster bump is a
+//! read-modify-write of `mls_state` in the transaction of its trigger
+//! (membership change, revocation, account deletion, a device's first
+//! last-resort package), so bumps never collapse. A claim takes the first
+//! `key_packages` entry of the device and deletes it in the same operation.
 //!
 //! `members` and `account_convs` are the two directions of one relation, and
 //! `account_devices` indexes `devices` by account; a write keeps them in step
@@ -55,9 +73,9 @@
 //!
 //! Because one thread applies all writes, in order, an operation sees the
 //! effects of the operations before it in its batch: `append` reads the
-//! conversation's head and writes head + 1, and two appends of the same
-//! conversation (or of the same message id) in one batch are ordered
-//! correctly.
+//! conversation's head (and MLS state) and writes head + 1, and two appends
+//! of the same conversation (or of the same message id, or two commits of
+//! one epoch) in one batch are ordered correctly.
 //!
 //! Contract of an operation within a batch:
 //! - It validates before it mutates. A *logical* error (an id taken or

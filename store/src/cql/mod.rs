@@ -36,6 +36,20 @@
 //! Within one process, appends to one conversation are serialised by an
 //! async mutex per conversation, so the LWT sees contention only between
 //! processes.
+//!
+//! # MLS (migration 3, `cql/mls.rs`)
+//! The conversation row also holds `mls_epoch`, `roster_version` and
+//! `group_roster_version`. The claim of step 2 carries the message's
+//! [`MlsCheck`]: it is evaluated on the row as read, and the LWT has
+//! conditions on every MLS column as read (NULL, from rows older than the
+//! migration, compares as NULL) and sets the new epoch and group roster
+//! version with the head, so a commit's epoch advance and its seq are one
+//! write, and a lost race re-evaluates on the values the LWT returns. A
+//! refusal is only ever decided on values read from the database during the
+//! call (never on this process's cached row), and it deletes the
+//! `message_ids` row the attempt wrote, so the id can come again. A commit's
+//! Welcome is part of its `message_ids` payload; step 3 stores it in
+//! `welcomes` and indexes it per device before `message_seqs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -953,12 +967,15 @@ impl Store for CqlStore {
                 self.exec(&self.st.mem_delete, (&cid, account_id), "delete member")
                     .await?;
                 purge.memberships += 1;
-                self.bump_roster(&cid).await?;
                 // Messages only this account could still read go with it.
                 if self.members(&cid).await?.is_empty() {
                     self.purge_conversation_messages(&cid).await?;
                 }
             }
+            // After the member row, and for every conversation still listed
+            // (even if the member row went in an earlier, failed attempt):
+            // the retry of a failed deletion completes the bumps.
+            self.bump_roster(&cid).await?;
         }
         self.exec(&self.st.cba_delete_all, (account_id,), "delete memberships")
             .await?;

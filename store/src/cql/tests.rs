@@ -9,7 +9,10 @@ use std::time::Duration;
 use scylla::statement::Consistency;
 
 use super::{CqlConfig, CqlStore, Replication};
-use crate::{Account, Conversation, ConversationKind, Member, NewMessage, Role, Store};
+use crate::{
+    Account, Conversation, ConversationKind, Device, Member, MlsCheck, MlsState, NewMessage, Role,
+    Store, StoreError, Welcome,
+};
 
 /// The test server's address; panics with what to do when it is not set.
 pub(crate) fn test_contact_point() -> String {
@@ -238,4 +241,386 @@ async fn two_processes_share_a_conversation() {
     assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     let read = s2.read(&conv, 0, 100, 0).await.unwrap();
     assert_eq!(read.len(), 40);
+}
+
+fn mls_msg(conv: &str, id: &str, sender: &str, check: MlsCheck) -> NewMessage {
+    NewMessage {
+        mls: Some(check),
+        ..msg(conv, id, sender, None)
+    }
+}
+
+fn commit(epoch: u64, roster_version: u64, welcome: Option<(&[u8], &str)>) -> MlsCheck {
+    MlsCheck::Commit {
+        epoch,
+        roster_version,
+        welcome: welcome.map(|(bytes, device)| Welcome {
+            bytes: bytes.to_vec(),
+            device_ids: vec![device.to_owned()],
+        }),
+    }
+}
+
+/// Two relays committing on one epoch at once: the epoch condition is in
+/// the seq-claim LWT, so exactly one commit wins and no application message
+/// of the old epoch is accepted after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_one_commit_per_epoch() {
+    let (s1, s2) = (Arc::new(connect().await), Arc::new(connect().await));
+    let conv = unique("commits");
+    let a = group(&s1, &conv).await;
+    for epoch in 0..3u64 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            let is_commit = i % 4 < 2;
+            let check = if is_commit {
+                commit(epoch, 0, None)
+            } else {
+                MlsCheck::Application { epoch }
+            };
+            let m = mls_msg(&conv, &format!("e{epoch}-{i}"), &a, check);
+            tasks.spawn(async move { (is_commit, s.append(m).await) });
+        }
+        let (mut commits, mut apps) = (Vec::new(), Vec::new());
+        while let Some(j) = tasks.join_next().await {
+            match j.unwrap() {
+                (true, Ok(x)) => commits.push(x.seq),
+                (false, Ok(x)) => apps.push(x.seq),
+                (_, Err(StoreError::WrongEpoch { current })) => assert_eq!(current, epoch + 1),
+                (_, Err(e)) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(commits.len(), 1, "epoch {epoch}: {commits:?}");
+        assert!(apps.iter().all(|s| *s < commits[0]), "{apps:?} {commits:?}");
+        for s in [&s1, &s2] {
+            assert_eq!(s.mls_state(&conv).await.unwrap().epoch, epoch + 1);
+        }
+    }
+    let head = s1.head(&conv).await.unwrap();
+    let read = s2.read(&conv, 0, 1000, 0).await.unwrap();
+    assert_eq!(read.len() as u64, head, "no gaps");
+}
+
+/// Two relays claiming one device's key packages: each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_claim_each_key_package_once() {
+    let (s1, s2) = (Arc::new(connect().await), Arc::new(connect().await));
+    let conv = unique("claims");
+    let a = group(&s1, &conv).await;
+    let d = format!("{conv}-device");
+    s1.add_device(
+        Device {
+            id: d.clone(),
+            account_id: a.clone(),
+            public_key: vec![1; 32],
+            revoked: false,
+            created_at_ms: 0,
+        },
+        5,
+    )
+    .await
+    .unwrap();
+    let packages: Vec<Vec<u8>> = (0..20).map(|i| format!("kp{i}").into_bytes()).collect();
+    s2.upload_key_packages(&d, packages.clone(), Some(b"lr".to_vec()), 100)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..26 {
+        let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+        let d = d.clone();
+        tasks.spawn(async move { s.claim_key_package(&d).await.unwrap().unwrap() });
+    }
+    let mut got = Vec::new();
+    while let Some(j) = tasks.join_next().await {
+        got.push(j.unwrap());
+    }
+    got.sort();
+    let lr = got.iter().filter(|p| p.as_slice() == b"lr").count();
+    got.retain(|p| p.as_slice() != b"lr");
+    let mut want = packages;
+    want.sort();
+    assert_eq!((got, lr), (want, 6));
+}
+
+/// Two relays bumping one conversation's roster version: none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_bump_without_losing() {
+    let (s1, s2) = (Arc::new(connect().await), Arc::new(connect().await));
+    let conv = unique("bumps");
+    group(&s1, &conv).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+        let conv = conv.clone();
+        tasks.spawn(async move {
+            s.remove_members(&conv, vec![format!("nobody-{i}")])
+                .await
+                .unwrap()
+        });
+    }
+    while let Some(j) = tasks.join_next().await {
+        j.unwrap();
+    }
+    assert_eq!(s2.mls_state(&conv).await.unwrap().roster_version, 24);
+}
+
+/// A relay's cached conversation row may be stale: it never refuses on it,
+/// and it never accepts against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_cache_decides_nothing() {
+    let (s1, s2) = (connect().await, connect().await);
+    let conv = unique("stale");
+    let a = group(&s1, &conv).await;
+    s1.append(mls_msg(&conv, "c0", &a, commit(0, 0, None)))
+        .await
+        .unwrap();
+    // s1 caches epoch 1; s2 moves the group to epoch 2.
+    s2.append(mls_msg(&conv, "c1", &a, commit(1, 0, None)))
+        .await
+        .unwrap();
+    let ok = s1
+        .append(mls_msg(&conv, "a2", &a, MlsCheck::Application { epoch: 2 }))
+        .await
+        .unwrap();
+    assert_eq!(ok.seq, 3);
+    // s1 caches roster version 0; s2 bumps it.
+    let b = format!("{conv}-bob");
+    s2.create_account(Account {
+        id: b.clone(),
+        display_name: String::new(),
+        created_at_ms: 0,
+    })
+    .await
+    .unwrap();
+    s2.put_members(
+        &conv,
+        vec![Member {
+            account_id: b,
+            role: Role::Member,
+        }],
+    )
+    .await
+    .unwrap();
+    let refused = s1
+        .append(mls_msg(&conv, "a3", &a, MlsCheck::Application { epoch: 2 }))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::MembershipPending { roster_version: 1 })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(s2.head(&conv).await.unwrap(), 3);
+}
+
+/// Conversation rows written before migration 3 have NULL MLS columns: they
+/// read as 0, and every conditional write on them works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_before_migration_3_read_as_zero() {
+    let store = connect().await;
+    let conv = unique("old-row");
+    let a = format!("{conv}-alice");
+    store
+        .create_account(Account {
+            id: a.clone(),
+            display_name: String::new(),
+            created_at_ms: 0,
+        })
+        .await
+        .unwrap();
+    let ks = store.keyspace().to_owned();
+    // What version 2 wrote at creation.
+    store
+        .driver_session()
+        .query_unpaged(
+            format!("INSERT INTO {ks}.conversations (id, kind, title, default_ttl_seconds, created_at_ms, head, head_message_id) VALUES (?, 1, '', 0, 0, 0, 0x) IF NOT EXISTS"),
+            (&conv,),
+        )
+        .await
+        .unwrap();
+    let zero = MlsState::default();
+    assert_eq!(store.mls_state(&conv).await.unwrap(), zero);
+    assert_eq!(store.mark_reconciled(&conv, 0, 0).await.unwrap(), zero);
+    assert_eq!(
+        store.append(msg(&conv, "old", &a, None)).await.unwrap().seq,
+        1
+    );
+    let fresh = connect().await;
+    fresh
+        .put_members(
+            &conv,
+            vec![Member {
+                account_id: a.clone(),
+                role: Role::Owner,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fresh.mls_state(&conv).await.unwrap().roster_version, 1);
+    let c = fresh
+        .append(mls_msg(&conv, "c0", &a, commit(0, 1, None)))
+        .await
+        .unwrap();
+    assert_eq!(c.seq, 2);
+    assert_eq!(
+        store.mls_state(&conv).await.unwrap(),
+        MlsState {
+            epoch: 1,
+            roster_version: 1,
+            group_roster_version: 1
+        }
+    );
+    // A roster bump on a conversation that does not exist creates no row.
+    let ghost = unique("ghost");
+    store
+        .remove_members(&ghost, vec![a.clone()])
+        .await
+        .unwrap_err();
+    fresh.bump_roster(&ghost).await.unwrap();
+    assert!(store.get_conversation(&ghost).await.unwrap().is_none());
+}
+
+/// A commit whose relay died after claiming its seq (steps 1 and 2 by raw
+/// CQL): whoever completes the claim also stores its Welcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_commit_claim_stores_its_welcome() {
+    let store = connect().await;
+    let conv = unique("crashed-commit");
+    let a = group(&store, &conv).await;
+    store.append(msg(&conv, "m1", &a, None)).await.unwrap();
+    let ks = store.keyspace().to_owned();
+    let s = store.driver_session();
+    s.query_unpaged(
+        format!("INSERT INTO {ks}.message_ids (conversation_id, message_id, sender_account_id, sender_device_id, server_time_ms, ciphertext, welcome, welcome_devices) VALUES (?, ?, ?, 'd', 5, 0x09, 0x5757, ['joiner']) IF NOT EXISTS"),
+        (&conv, b"c0".to_vec(), &a),
+    )
+    .await
+    .unwrap();
+    s.query_unpaged(
+        format!("UPDATE {ks}.conversations SET head = 2, head_message_id = ?, mls_epoch = 1, group_roster_version = 0 WHERE id = ? IF head = 1 AND head_message_id = ?"),
+        (b"c0".to_vec(), &conv, b"m1".to_vec()),
+    )
+    .await
+    .unwrap();
+    let other = connect().await;
+    assert_eq!(other.read(&conv, 0, 10, 0).await.unwrap().len(), 2);
+    assert_eq!(
+        other.welcome_for("joiner", &conv).await.unwrap(),
+        Some((2, b"WW".to_vec()))
+    );
+    // The retry of the commit is the duplicate, not a WrongEpoch.
+    let retry = other
+        .append(mls_msg(&conv, "c0", &a, commit(0, 0, None)))
+        .await
+        .unwrap();
+    assert_eq!((retry.seq, retry.duplicate), (2, true));
+}
+
+/// A migration interrupted after its ALTER TABLE statements (or run by two
+/// relays at once) completes when run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_migration_completes() {
+    let base = test_config();
+    let config = CqlConfig {
+        keyspace: format!("{}_mig{}", base.keyspace, std::process::id()),
+        ..base
+    };
+    let session = CqlStore::session(&config).await.unwrap();
+    let ks = config.keyspace.clone();
+    let first = CqlStore::migrate(&config).await.unwrap();
+    assert_eq!(first, vec![1, 2, 3]);
+    session
+        .query_unpaged(
+            format!("DELETE FROM {ks}.schema_migrations WHERE version = 3"),
+            (),
+        )
+        .await
+        .unwrap();
+    let (again, concurrently) =
+        tokio::join!(CqlStore::migrate(&config), CqlStore::migrate(&config));
+    let mut applied = again.unwrap();
+    applied.extend(concurrently.unwrap());
+    assert!(applied.iter().all(|v| *v == 3), "{applied:?}");
+    let store = CqlStore::connect(CqlConfig {
+        migrate: false,
+        ..config
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        store.mls_roster("nothing").await.unwrap(),
+        Vec::<String>::new()
+    );
+    drop(store);
+    session
+        .query_unpaged(format!("DROP KEYSPACE {ks}"), ())
+        .await
+        .unwrap();
+}
+
+/// Roster bumps happen after their trigger's writes; a relay dying in
+/// between leaves the bump to the retry: of the account deletion (its member
+/// row already gone), or of the key package upload (the last-resort package
+/// stored, the device not yet announced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_complete_interrupted_bumps() {
+    let store = connect().await;
+    let ks = store.keyspace().to_owned();
+    let conv = unique("retry-bumps");
+    let a = group(&store, &conv).await;
+    let d = format!("{conv}-device");
+    store
+        .add_device(
+            Device {
+                id: d.clone(),
+                account_id: a.clone(),
+                public_key: vec![1; 32],
+                revoked: false,
+                created_at_ms: 0,
+            },
+            5,
+        )
+        .await
+        .unwrap();
+    let up = store
+        .upload_key_packages(&d, Vec::new(), Some(b"lr".to_vec()), 10)
+        .await
+        .unwrap();
+    assert!(up.became_ready);
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 1);
+    // The upload "died" before it marked the device announced.
+    store
+        .driver_session()
+        .query_unpaged(
+            format!("UPDATE {ks}.key_packages SET announced = false WHERE device_id = ? IF EXISTS"),
+            (&d,),
+        )
+        .await
+        .unwrap();
+    let retry = store
+        .upload_key_packages(&d, vec![b"kp".to_vec()], None, 10)
+        .await
+        .unwrap();
+    assert!(retry.became_ready);
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 2);
+    let after = store
+        .upload_key_packages(&d, vec![b"kp2".to_vec()], None, 10)
+        .await
+        .unwrap();
+    assert!(!after.became_ready);
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 2);
+
+    // The deletion "died" after deleting the member row.
+    store
+        .driver_session()
+        .query_unpaged(
+            format!("DELETE FROM {ks}.members WHERE conversation_id = ? AND account_id = ?"),
+            (&conv, &a),
+        )
+        .await
+        .unwrap();
+    store.delete_account(&a).await.unwrap();
+    assert_eq!(store.mls_state(&conv).await.unwrap().roster_version, 3);
 }
