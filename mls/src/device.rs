@@ -659,15 +659,18 @@ impl MlsDevice {
                 ),
             },
             ProcessedMessageContent::StagedCommitMessage(staged) => {
-                let added = staged
+                // Sorted: the proposal store has no stable order.
+                let mut added: Vec<String> = staged
                     .add_proposals()
                     .map(|p| identity_text(p.add_proposal().key_package().leaf_node().credential()))
                     .collect();
-                let removed = staged
+                added.sort();
+                let mut removed: Vec<String> = staged
                     .remove_proposals()
                     .filter_map(|p| group.mls.member(p.remove_proposal().removed()))
                     .map(identity_text)
                     .collect();
+                removed.sort();
                 let removed_me = staged.self_removed();
                 let new_epoch = staged.epoch().as_u64();
                 // A commit of our epoch from someone else means the relay

@@ -718,7 +718,17 @@ fn join_ignores_expired_lifetimes_of_leaves_in_the_tree() {
     a.confirm_commit(G).unwrap();
     b.join(pc.welcome.as_ref().unwrap()).unwrap();
 
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait on the condition itself: the wall clock past b's lifetime.
+    let expired = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            > now + 2
+    };
+    while !expired() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let pc = a.commit(G, vec![kp(&mut c)], vec![]).unwrap();
     assert!(relay.submit_commit(&pc.commit));
     a.confirm_commit(G).unwrap();
