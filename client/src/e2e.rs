@@ -171,6 +171,9 @@ pub struct E2eClient {
     account_id: String,
     device_id: String,
     pump: tokio::task::JoinHandle<()>,
+    /// One send at a time per conversation: two commits prepared at once by
+    /// one device would collide in its own MLS state.
+    conv_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn lock(m: &Mutex<MlsDevice>) -> MutexGuard<'_, MlsDevice> {
@@ -200,13 +203,15 @@ impl E2eClient {
         let sender = client.sender();
         let account_id = client.account_id().to_owned();
         let mls = Arc::new(Mutex::new(mls));
-        refill_key_packages(&sender, &mls).await?;
         // Unbounded: the background task must never stall on a slow app,
         // or a sender waiting for its group to catch up would wait forever.
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = watch::channel(0u64);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let pump = Pump {
+            ready: Some(ready_tx),
             client,
+            device_id: device_id.clone(),
             backlog: VecDeque::new(),
             sender: sender.clone(),
             mls: mls.clone(),
@@ -215,6 +220,16 @@ impl E2eClient {
             welcome_checked: HashMap::new(),
         };
         let pump = tokio::spawn(pump.run());
+        // Connected once the key packages are up: the device can be added
+        // to groups from then on.
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                pump.abort();
+                return Err(e);
+            }
+            Err(_) => return Err(E2eError::Client(ClientError::Shutdown)),
+        }
         Ok(Self {
             sender,
             mls,
@@ -223,6 +238,7 @@ impl E2eClient {
             account_id,
             device_id,
             pump,
+            conv_locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -273,6 +289,14 @@ impl E2eClient {
     ) -> Result<Accepted, E2eError> {
         let conv = conversation_id;
         let gid = conv.as_bytes();
+        let conv_lock = self
+            .conv_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(conv.to_owned())
+            .or_default()
+            .clone();
+        let _one_at_a_time = conv_lock.lock().await;
         let mut message_id = new_message_id()?;
         for _ in 0..SEND_ATTEMPTS {
             self.bring_up_to_date(conv).await?;
@@ -419,6 +443,11 @@ impl E2eClient {
             .cloned()
             .collect();
         let local_epoch = lock(&self.mls).epoch(gid).unwrap_or(0);
+        if local_epoch > 0 && local_epoch == st.epoch {
+            // A commit of ours still pending at the relay's epoch was not
+            // taken (the relay would be one epoch ahead): drop it.
+            lock(&self.mls).discard_commit(gid)?;
+        }
         if to_add.is_empty() && to_remove.is_empty() && local_epoch > 0 {
             // Already right (e.g. a device was enrolled and revoked).
             return Ok(None);
@@ -478,17 +507,27 @@ impl E2eClient {
         let gid = p.conversation_id.as_bytes();
         match self.sender.submit(p.submit).await {
             Ok(_) => {
-                lock(&self.mls).confirm_commit(gid)?;
-                Ok(true)
+                let mut m = lock(&self.mls);
+                match m.confirm_commit(gid) {
+                    // The background task saw the commit come back first
+                    // and merged it already.
+                    Err(herold_mls::MlsError::NoPendingCommit { .. })
+                        if m.epoch(gid).is_some_and(|e| e > p.from_epoch) =>
+                    {
+                        Ok(true)
+                    }
+                    r => r.map(|()| true).map_err(E2eError::from),
+                }
             }
             Err(e) if e.code() == Some(ErrorCode::MlsWrongEpoch) => {
                 lock(&self.mls).discard_commit(gid)?;
                 Ok(false)
             }
-            Err(e) => {
-                lock(&self.mls).discard_commit(gid)?;
-                Err(e.into())
-            }
+            // Anything else leaves the commit pending: the relay may have
+            // stored it (a timeout after the write). Its echo in the
+            // delivery stream merges it; otherwise the next attempt, finding
+            // the relay still at this epoch, drops it.
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -567,7 +606,10 @@ async fn refill_key_packages(sender: &Sender, mls: &Mutex<MlsDevice>) -> Result<
 
 /// Processes deliveries in order, in the background.
 struct Pump {
+    /// Told when the first key-package upload is done.
+    ready: Option<tokio::sync::oneshot::Sender<Result<(), E2eError>>>,
     client: Client,
+    device_id: String,
     /// Events read while a request was awaiting its answer.
     backlog: VecDeque<Event>,
     sender: Sender,
@@ -581,6 +623,17 @@ struct Pump {
 
 impl Pump {
     async fn run(mut self) {
+        // First thing: key packages, so that others can add this device. In
+        // the background task, which keeps reading deliveries meanwhile: a
+        // long sync would otherwise fill the connection's queue and hold
+        // back the answer.
+        let (sender, mls) = (self.sender.clone(), self.mls.clone());
+        let r = self
+            .draining(async move { refill_key_packages(&sender, &mls).await })
+            .await;
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(r);
+        }
         loop {
             let ev = match self.backlog.pop_front() {
                 Some(ev) => ev,
@@ -644,22 +697,44 @@ impl Pump {
             Err(_) => return vec![unreadable("not end-to-end encrypted with MLS".into())],
         };
         let mut out = Vec::new();
-        let has_group = lock(&self.mls).has_group(conv.as_bytes());
+        let is_commit = matches!(header.kind, herold_mls::ContentKind::Commit);
+        let local = lock(&self.mls).epoch(conv.as_bytes());
+        if is_commit && env.sender_device_id == self.device_id {
+            // Our own commit, back from the relay: proof that it was taken.
+            // Merge it if the sender has not yet (or crashed before it could).
+            if local == Some(header.epoch) {
+                let merged = lock(&self.mls).confirm_commit(conv.as_bytes());
+                if let Err(e) = merged
+                    && !matches!(e, herold_mls::MlsError::NoPendingCommit { .. })
+                {
+                    warn!(conversation = conv, error = %e, "merging our own commit failed");
+                }
+            }
+            return vec![unreadable("this device's own commit".into())];
+        }
+        // A group still at epoch 0 is only a proposal of ours: another
+        // device's first commit wins over it, and we join from its Welcome.
+        let has_group = local.is_some_and(|e| e > 0);
         if !has_group {
             // Only a commit can add us; ask for a Welcome then.
-            let is_commit = matches!(header.kind, herold_mls::ContentKind::Commit);
             let checked = self.welcome_checked.get(&conv).copied();
             if !is_commit || checked.is_some_and(|c| c >= env.seq) {
                 return vec![unreadable(
                     "sent before this device joined the group".into(),
                 )];
             }
-            let sender = self.sender.clone();
-            let c = conv.clone();
-            match self
-                .draining(async move { fetch_welcome(&sender, &c).await })
-                .await
-            {
+            let mut fetched = Err(E2eError::Protocol("not asked".into()));
+            for _ in 0..3 {
+                let sender = self.sender.clone();
+                let c = conv.clone();
+                fetched = self
+                    .draining(async move { fetch_welcome(&sender, &c).await })
+                    .await;
+                if fetched.is_ok() {
+                    break;
+                }
+            }
+            match fetched {
                 Ok(Some((seq, welcome))) if seq >= env.seq => {
                     if seq > env.seq {
                         self.welcome_checked.insert(conv.clone(), seq - 1);
@@ -667,9 +742,9 @@ impl Pump {
                             "sent before this device joined the group".into(),
                         )];
                     }
-                    let joined = lock(&self.mls).join(&welcome);
+                    let joined = lock(&self.mls).join_group(conv.as_bytes(), &welcome);
                     match joined {
-                        Ok(_) => {
+                        Ok(()) => {
                             self.welcome_checked.remove(&conv);
                             let epoch = lock(&self.mls).epoch(conv.as_bytes()).unwrap_or(0);
                             // The Welcome used up one of our key packages.

@@ -288,14 +288,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             text,
             expire_after,
         } => {
-            let client = connect_e2e(&cli, device).await?;
+            let mut client = connect_e2e(&cli, device).await?;
             let expires = match expire_after {
                 Some(s) => now_ms() + i64::try_from(*s).unwrap_or(i64::MAX / 2000) * 1000,
                 None => 0,
             };
-            // Commits and Welcomes that arrive meanwhile are processed in the
-            // background; this device's state file keeps them.
-            let result = client.send(conversation, text.as_bytes(), expires).await;
+            // What arrives meanwhile is decrypted (and acknowledged): print
+            // it, as `listen` would, or it would be lost to this device.
+            let state = state_path(&cli.home, device);
+            let mut cursors = load_state(&state)?;
+            let mut events = client.take_events();
+            let result = {
+                let send = client.send(conversation, text.as_bytes(), expires);
+                tokio::pin!(send);
+                loop {
+                    tokio::select! {
+                        r = &mut send => break r,
+                        Some(ev) = events.recv() => show_event(ev, &mut cursors),
+                    }
+                }
+            };
+            while let Ok(ev) = events.try_recv() {
+                show_event(ev, &mut cursors);
+            }
+            save_state(&state, &cursors)?;
             client.close().await;
             let a = result?;
             println!(
@@ -370,6 +386,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.close().await;
             Ok(())
         }
+    }
+}
+
+/// Prints what `send` received meanwhile (messages on stdout, the rest as
+/// notes on stderr) and advances the cursors.
+fn show_event(ev: E2eEvent, cursors: &mut HashMap<String, u64>) {
+    match ev {
+        E2eEvent::Message(m) => {
+            print_message(&m);
+            cursors.insert(m.conversation_id.clone(), m.seq);
+        }
+        E2eEvent::Unreadable {
+            conversation_id,
+            seq,
+            ..
+        } => {
+            cursors.insert(conversation_id, seq);
+        }
+        E2eEvent::Joined {
+            conversation_id, ..
+        } => eprintln!("(joined the encrypted group of {conversation_id})"),
+        E2eEvent::Removed { conversation_id } => {
+            eprintln!("(removed from the encrypted group of {conversation_id})")
+        }
+        _ => {}
     }
 }
 

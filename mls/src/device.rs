@@ -520,11 +520,35 @@ impl MlsDevice {
     /// for an epoch the device already has fails with
     /// [`MlsError::GroupExists`].
     pub fn join(&mut self, welcome: &[u8]) -> Result<Vec<u8>, MlsError> {
+        self.join_checked(welcome, None)
+    }
+
+    /// Like [`MlsDevice::join`], for a Welcome that must be for
+    /// `expected_group`: one for any other group fails with
+    /// [`MlsError::GroupMismatch`] before any state changes (a Welcome
+    /// fetched for one conversation must not touch another's group).
+    pub fn join_group(&mut self, expected_group: &[u8], welcome: &[u8]) -> Result<(), MlsError> {
+        self.join_checked(welcome, Some(expected_group)).map(|_| ())
+    }
+
+    fn join_checked(
+        &mut self,
+        welcome: &[u8],
+        expected: Option<&[u8]>,
+    ) -> Result<Vec<u8>, MlsError> {
         let welcome = parse_welcome(welcome)?;
         let builder = StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
             .map_err(welcome_error)?;
         let info = builder.processed_welcome().unverified_group_info();
         let group_id = info.group_id().as_slice().to_vec();
+        if let Some(expected) = expected
+            && expected != group_id.as_slice()
+        {
+            return Err(MlsError::GroupMismatch {
+                expected: group_text(expected),
+                found: group_text(&group_id),
+            });
+        }
         let welcome_epoch = info.epoch().as_u64();
         let exists = |device: &Self| MlsError::GroupExists {
             group: group_text(&group_id),

@@ -895,3 +895,15 @@ fn errors_read_well() {
         "message of MLS group conv-1 is from epoch 5 but the group is at epoch 3: a commit is missing"
     );
 }
+
+#[test]
+fn join_group_refuses_a_welcome_for_another_group() {
+    let mut a = device("a");
+    let mut b = device("b");
+    a.create_group(b"other").unwrap();
+    let pc = a.commit(b"other", vec![kp(&mut b)], vec![]).unwrap();
+    a.confirm_commit(b"other").unwrap();
+    let e = b.join_group(G, pc.welcome.as_ref().unwrap()).unwrap_err();
+    assert!(matches!(e, MlsError::GroupMismatch { .. }), "{e}");
+    assert!(!b.has_group(b"other") && !b.has_group(G));
+}

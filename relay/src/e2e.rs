@@ -118,6 +118,11 @@ pub(crate) fn check_submit(
             "proposals are not relayed: put them in a commit".into(),
         )),
         herold_mls::ContentKind::Application => {
+            if header.epoch == 0 {
+                return Err(invalid(
+                    "no application message before the group's first commit (epoch 0)".into(),
+                ));
+            }
             if !s.mls_welcome.is_empty() || !s.mls_welcome_devices.is_empty() {
                 return Err(invalid("only a commit carries a Welcome".into()));
             }
@@ -247,7 +252,15 @@ async fn answer(
             }))
         }
         Some(request::Kind::MarkReconciled(m)) => {
-            member(shared, ctx, &m.conversation_id).await?;
+            // Only someone who could commit may declare that nothing needs
+            // committing, and only for a group that exists.
+            poster(shared, ctx, &m.conversation_id).await?;
+            if m.epoch == 0 {
+                return Err(Refusal::new(
+                    ErrorCode::MlsInvalid,
+                    "the group has no first commit yet: commit instead",
+                ));
+            }
             shared
                 .store
                 .mark_reconciled(&m.conversation_id, m.epoch, m.roster_version)
@@ -272,6 +285,45 @@ async fn member(shared: &Shared, ctx: &DeviceCtx, conversation_id: &str) -> Resu
             ErrorCode::NotMember,
             "your account is not a member of this conversation",
         )),
+        Ok(None) => Err(Refusal::new(
+            ErrorCode::UnknownConversation,
+            "no such conversation",
+        )),
+        Err(e) => {
+            warn!(error = %e, "roster load failed");
+            Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "storage is unavailable; retry",
+            ))
+        }
+    }
+}
+
+/// The device's account must be allowed to post (and so to commit) in the
+/// conversation: a member of a group, a publisher of a channel, and the
+/// conversation not archived.
+async fn poster(shared: &Shared, ctx: &DeviceCtx, conversation_id: &str) -> Result<(), Refusal> {
+    member(shared, ctx, conversation_id).await?;
+    match shared.rosters.get(conversation_id).await {
+        Ok(Some(r)) => {
+            let may = r
+                .members
+                .get(&ctx.account_id)
+                .is_some_and(|role| role.may_post(r.kind));
+            if !may {
+                return Err(Refusal::new(
+                    ErrorCode::NotPublisher,
+                    "only publishers may change this channel's group",
+                ));
+            }
+            if r.archived {
+                return Err(Refusal::new(
+                    ErrorCode::ConversationArchived,
+                    "this conversation is archived",
+                ));
+            }
+            Ok(())
+        }
         Ok(None) => Err(Refusal::new(
             ErrorCode::UnknownConversation,
             "no such conversation",
@@ -366,9 +418,13 @@ async fn upload(
 async fn claim(
     shared: &Shared,
     ctx: &DeviceCtx,
-    c: v1::ClaimKeyPackages,
+    mut c: v1::ClaimKeyPackages,
 ) -> Result<response::Kind, Refusal> {
-    member(shared, ctx, &c.conversation_id).await?;
+    // Claims exist to commit adds: only who may commit may claim.
+    poster(shared, ctx, &c.conversation_id).await?;
+    // One package per device per claim, however often it is named.
+    let mut seen = std::collections::HashSet::new();
+    c.device_ids.retain(|d| seen.insert(d.clone()));
     if c.device_ids.len() > MAX_CLAIM_DEVICES {
         return Err(Refusal::new(
             ErrorCode::MlsInvalid,

@@ -110,26 +110,24 @@ pub(crate) fn deliver_frame(m: &StoredMessage) -> Bytes {
 }
 
 /// Largest frame before authentication: Hello and AuthResponse are small, so
-/// an unauthenticated peer cannot make the relay buffer a large frame.
+/// an unauthenticated peer cannot make the relay buffer a large frame. The
+/// session raises the limit once the device has authenticated.
 const AUTH_FRAME_BYTES: usize = 16 * 1024;
 
-async fn read_loop(mut recv: quinn::RecvStream, max_frame: usize, tx: mpsc::Sender<ReadEvent>) {
-    let mut dec = FrameDecoder::new(max_frame.min(AUTH_FRAME_BYTES));
-    // Hello and AuthResponse come first; the session ends if they are not.
-    let mut auth_frames = 2u8;
+async fn read_loop(
+    mut recv: quinn::RecvStream,
+    limit: Arc<std::sync::atomic::AtomicUsize>,
+    tx: mpsc::Sender<ReadEvent>,
+) {
+    let mut dec = FrameDecoder::new(AUTH_FRAME_BYTES);
     loop {
         match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => {
                 dec.extend(&chunk.bytes);
                 loop {
+                    dec.set_max_frame_bytes(limit.load(std::sync::atomic::Ordering::Acquire));
                     match dec.next_frame() {
                         Ok(Some(body)) => {
-                            if auth_frames > 0 {
-                                auth_frames -= 1;
-                                if auth_frames == 0 {
-                                    dec.set_max_frame_bytes(max_frame);
-                                }
-                            }
                             let ev = match decode_message::<v1::ClientFrame>(&body) {
                                 Ok(f) => ReadEvent::Frame(f),
                                 Err(e) => ReadEvent::Malformed(e.to_string()),
@@ -193,11 +191,10 @@ pub(crate) async fn serve(
         }
     };
     let (frames_tx, frames_rx) = mpsc::channel(32);
-    let reader = tokio::spawn(read_loop(
-        recv,
-        shared.limits.max_frame_bytes as usize,
-        frames_tx,
+    let frame_limit = Arc::new(std::sync::atomic::AtomicUsize::new(
+        AUTH_FRAME_BYTES.min(shared.limits.max_frame_bytes as usize),
     ));
+    let reader = tokio::spawn(read_loop(recv, frame_limit.clone(), frames_tx));
     let mut s = Session {
         shared: shared.clone(),
         conn: conn.clone(),
@@ -207,7 +204,15 @@ pub(crate) async fn serve(
     };
     let auth = tokio::time::timeout_at(deadline, s.authenticate()).await;
     let ctx = match auth {
-        Ok(Ok(ctx)) => ctx,
+        Ok(Ok(ctx)) => {
+            // Authenticated: full-size frames from now on (before AuthOk
+            // goes out, so the client's first Submit already fits).
+            frame_limit.store(
+                shared.limits.max_frame_bytes as usize,
+                std::sync::atomic::Ordering::Release,
+            );
+            ctx
+        }
         Ok(Err(f)) => {
             s.close_with(f).await;
             reader.abort();

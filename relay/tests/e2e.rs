@@ -389,6 +389,21 @@ async fn oversized_frame_gets_an_error_and_harms_nobody_else() {
     assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
     assert!(matches!(err, ClientError::Relay { fatal: true, .. }));
 
+    // Before authentication frames are small: a 20 KiB frame is refused
+    // although it is far below max_frame_bytes.
+    let mut pre = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    pre.send_bytes(&(20u32 * 1024).to_be_bytes()).await.unwrap();
+    pre.send_bytes(&vec![0u8; 20 * 1024]).await.unwrap();
+    let err = loop {
+        match pre.expect_frame().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
+
     // A ciphertext above the limit in a frame within it: a non-fatal error.
     let mut m2 = RawConnection::connect(relay.addr, relay.fingerprint)
         .await

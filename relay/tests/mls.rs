@@ -585,9 +585,30 @@ async fn relay_refuses_mismatched_expiry_foreign_groups_and_plain_payloads() {
     );
     assert_eq!(
         code(s.submit(sub("pq", ct, expires, true)).await),
-        Some(ErrorCode::MlsWrongEpoch),
-        "an epoch the group is not at"
+        Some(ErrorCode::MlsInvalid),
+        "an application message before any commit (epoch 0)"
     );
+    // Two local commits take the crafter's own group to epoch 2; the
+    // relay's group is at 1.
+    for _ in 0..2 {
+        mls.commit(b"pq", vec![], vec![]).unwrap();
+        mls.confirm_commit(b"pq").unwrap();
+    }
+    let ahead = mls
+        .encrypt(b"pq", b"x", &herold_mls::encode_aad(expires))
+        .unwrap();
+    let e = s.submit(sub("pq", ahead, expires, true)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::MlsWrongEpoch), "{e}");
+    // Nobody may declare a group reconciled before its first commit.
+    let e = s
+        .request(v1::request::Kind::MarkReconciled(v1::MarkReconciled {
+            conversation_id: "other".into(),
+            epoch: 0,
+            roster_version: 1,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::MlsInvalid), "{e}");
     sender.close().await;
     relay.stop().await;
 }
@@ -641,6 +662,11 @@ async fn key_packages_are_claimed_once_with_a_last_resort() {
     }
     // target one-time packages, then the same last-resort one twice.
     assert_eq!(seen.len(), target + 1);
+    // A device named twice in one claim gets one package.
+    match claim(vec!["k1".into(), "k1".into()]).await.unwrap() {
+        v1::response::Kind::ClaimedKeyPackages(c) => assert_eq!(c.packages.len(), 1),
+        other => panic!("{other:?}"),
+    }
     let e = claim(vec!["nobody".into()]).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::MlsInvalid), "{e}");
     // A device may only upload packages that name itself.
@@ -671,5 +697,43 @@ async fn key_packages_are_claimed_once_with_a_last_resort() {
     assert_eq!(e.code(), Some(ErrorCode::NotMember), "{e}");
     o1.close().await;
     l1.close().await;
+    relay.stop().await;
+}
+
+/// Two devices send the first message of a conversation at the same time:
+/// both make a group, one wins the first epoch, the other joins from its
+/// Welcome and its message goes out in the winner's group. Both messages
+/// reach everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_messages_race_and_both_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let net = Net::new(relay.addr, relay.fingerprint);
+    let mut c = HashMap::new();
+    for a in ["ra", "sa", "ta"] {
+        relay.account(a).await;
+        let d = format!("{a}.1");
+        let key = relay.device(a, &d).await;
+        c.insert(a, net.connect(&d, &key).await);
+    }
+    relay
+        .conversation("race", ConversationKind::Group, &["ra", "sa", "ta"])
+        .await;
+    let (r1, r2) = tokio::join!(
+        c["ra"].send("race", b"SECRET-from-r", 0),
+        c["sa"].send("race", b"SECRET-from-s", 0)
+    );
+    r1.unwrap();
+    r2.unwrap();
+    net.until("both messages reached the third device", |i| {
+        i.texts("ta.1", "race").len() == 2
+    })
+    .await;
+    net.until("each sender read the other", |i| {
+        i.texts("ra.1", "race") == vec!["SECRET-from-s".to_owned()]
+            && i.texts("sa.1", "race") == vec!["SECRET-from-r".to_owned()]
+    })
+    .await;
+    assert_eq!(c["ra"].epoch("race"), c["sa"].epoch("race"));
     relay.stop().await;
 }
