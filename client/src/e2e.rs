@@ -572,7 +572,11 @@ impl E2eClient {
 }
 
 /// Tops the device's key packages up on the relay.
-async fn refill_key_packages(sender: &Sender, mls: &Mutex<MlsDevice>) -> Result<(), E2eError> {
+async fn refill_key_packages(
+    sender: &Sender,
+    mls: &Mutex<MlsDevice>,
+    renew_last_resort: bool,
+) -> Result<(), E2eError> {
     let status = match sender
         .request(request::Kind::UploadKeyPackages(
             v1::UploadKeyPackages::default(),
@@ -584,14 +588,16 @@ async fn refill_key_packages(sender: &Sender, mls: &Mutex<MlsDevice>) -> Result<
     };
     let target = KEY_PACKAGE_TARGET.min(status.max_available as usize);
     let missing = target.saturating_sub(status.available as usize);
-    if status.last_resort && missing < target / 2 {
+    if status.last_resort && !renew_last_resort && missing < target / 2 {
         return Ok(());
     }
     let upload = {
         let mut m = lock(mls);
         v1::UploadKeyPackages {
             key_packages: m.key_packages(missing)?,
-            last_resort: if status.last_resort {
+            // A new one at every start, so that it never outlives its
+            // lifetime (12 weeks) on a device that is used now and then.
+            last_resort: if status.last_resort && !renew_last_resort {
                 Vec::new()
             } else {
                 m.last_resort_key_package()?
@@ -629,7 +635,7 @@ impl Pump {
         // back the answer.
         let (sender, mls) = (self.sender.clone(), self.mls.clone());
         let r = self
-            .draining(async move { refill_key_packages(&sender, &mls).await })
+            .draining(async move { refill_key_packages(&sender, &mls, true).await })
             .await;
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(r);
@@ -649,7 +655,7 @@ impl Pump {
                 Event::Reconnected => {
                     let (sender, mls) = (self.sender.clone(), self.mls.clone());
                     let r = self
-                        .draining(async move { refill_key_packages(&sender, &mls).await })
+                        .draining(async move { refill_key_packages(&sender, &mls, false).await })
                         .await;
                     if let Err(e) = r {
                         warn!(error = %e, "refilling key packages failed");
@@ -750,7 +756,9 @@ impl Pump {
                             // The Welcome used up one of our key packages.
                             let (sender, mls) = (self.sender.clone(), self.mls.clone());
                             let r = self
-                                .draining(async move { refill_key_packages(&sender, &mls).await })
+                                .draining(
+                                    async move { refill_key_packages(&sender, &mls, false).await },
+                                )
                                 .await;
                             if let Err(e) = r {
                                 warn!(error = %e, "refilling key packages failed");

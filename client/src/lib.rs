@@ -593,6 +593,22 @@ impl Driver {
                 return Outcome::Lost(e.to_string());
             }
         }
+        // An upload is not idempotent (the relay would keep the packages
+        // twice): it fails, and the caller asks for the status and uploads
+        // what is missing. Every other request is sent again.
+        let uploads: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, (k, _))| matches!(k, v1::request::Kind::UploadKeyPackages(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in uploads {
+            if let Some((_, done)) = self.requests.remove(&id) {
+                let _ = done.send(Err(ClientError::Closed(
+                    "the connection was lost during the upload; ask for the status again".into(),
+                )));
+            }
+        }
         let again: Vec<(u64, v1::request::Kind)> = self
             .requests
             .iter()

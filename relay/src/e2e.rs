@@ -22,6 +22,8 @@ use crate::session::{DeviceCtx, server_frame as frame};
 pub(crate) const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;
 /// Devices one ClaimKeyPackages may name (a 7,000-member channel fits).
 pub(crate) const MAX_CLAIM_DEVICES: usize = 10_000;
+/// Expired packages skipped per device and claim before giving up.
+const MAX_STALE_PACKAGES: usize = 8;
 /// Concurrent store claims per request.
 const CLAIM_CONCURRENCY: usize = 32;
 
@@ -447,11 +449,25 @@ async fn claim(
     let store = &shared.store;
     let claimed: Vec<Result<v1::ClaimedKeyPackage, StoreError>> = stream::iter(c.device_ids)
         .map(|d| async move {
-            let kp = match store.claim_key_package(&d).await {
-                // Revoked since the roster was read: nothing to add.
-                Err(StoreError::NoSuchDevice(_)) => None,
-                r => r?,
-            };
+            let mut kp = None;
+            // A package that no longer validates (its lifetime ended while
+            // it waited) is used up and the next one taken; the last-resort
+            // package comes back on every claim, so a bounded number of
+            // tries ends.
+            for _ in 0..MAX_STALE_PACKAGES {
+                let got = match store.claim_key_package(&d).await {
+                    // Revoked since the roster was read: nothing to add.
+                    Err(StoreError::NoSuchDevice(_)) => None,
+                    r => r?,
+                };
+                match got {
+                    Some(p) if herold_mls::validate_key_package(&p).is_err() => continue,
+                    other => {
+                        kp = other;
+                        break;
+                    }
+                }
+            }
             Ok(v1::ClaimedKeyPackage {
                 device_id: d,
                 key_package: kp.unwrap_or_default(),
