@@ -277,12 +277,16 @@ async fn answer(
     }
 }
 
-/// The device's account must be a member of the conversation.
-async fn member(shared: &Shared, ctx: &DeviceCtx, conversation_id: &str) -> Result<(), Refusal> {
+/// The device's account must be a member of the conversation; its roster.
+async fn member(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    conversation_id: &str,
+) -> Result<Arc<crate::roster::Roster>, Refusal> {
     ids::validate_id("conversation", conversation_id)
         .map_err(|e| Refusal::new(ErrorCode::InvalidEnvelope, e.to_string()))?;
     match shared.rosters.get(conversation_id).await {
-        Ok(Some(r)) if r.members.contains_key(&ctx.account_id) => Ok(()),
+        Ok(Some(r)) if r.members.contains_key(&ctx.account_id) => Ok(r),
         Ok(Some(_)) => Err(Refusal::new(
             ErrorCode::NotMember,
             "your account is not a member of this conversation",
@@ -305,39 +309,24 @@ async fn member(shared: &Shared, ctx: &DeviceCtx, conversation_id: &str) -> Resu
 /// conversation: a member of a group, a publisher of a channel, and the
 /// conversation not archived.
 async fn poster(shared: &Shared, ctx: &DeviceCtx, conversation_id: &str) -> Result<(), Refusal> {
-    member(shared, ctx, conversation_id).await?;
-    match shared.rosters.get(conversation_id).await {
-        Ok(Some(r)) => {
-            let may = r
-                .members
-                .get(&ctx.account_id)
-                .is_some_and(|role| role.may_post(r.kind));
-            if !may {
-                return Err(Refusal::new(
-                    ErrorCode::NotPublisher,
-                    "only publishers may change this channel's group",
-                ));
-            }
-            if r.archived {
-                return Err(Refusal::new(
-                    ErrorCode::ConversationArchived,
-                    "this conversation is archived",
-                ));
-            }
-            Ok(())
-        }
-        Ok(None) => Err(Refusal::new(
-            ErrorCode::UnknownConversation,
-            "no such conversation",
-        )),
-        Err(e) => {
-            warn!(error = %e, "roster load failed");
-            Err(Refusal::new(
-                ErrorCode::Unavailable,
-                "storage is unavailable; retry",
-            ))
-        }
+    let r = member(shared, ctx, conversation_id).await?;
+    let may = r
+        .members
+        .get(&ctx.account_id)
+        .is_some_and(|role| role.may_post(r.kind));
+    if !may {
+        return Err(Refusal::new(
+            ErrorCode::NotPublisher,
+            "only publishers may change this channel's group",
+        ));
     }
+    if r.archived {
+        return Err(Refusal::new(
+            ErrorCode::ConversationArchived,
+            "this conversation is archived",
+        ));
+    }
+    Ok(())
 }
 
 async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind, Refusal> {

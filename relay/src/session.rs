@@ -834,6 +834,11 @@ async fn submit(
     let reject = |code: ErrorCode, msg: &str| {
         let _ = reply.send(error_frame(code, msg, message_id.clone(), false));
     };
+    let refuse = |r: crate::e2e::Refusal| {
+        let _ = reply.send(server_frame(server_frame::Kind::Error(
+            r.to_error(message_id.clone()),
+        )));
+    };
     if s.message_id.len() != ids::MESSAGE_ID_BYTES {
         return reject(
             ErrorCode::InvalidEnvelope,
@@ -856,12 +861,7 @@ async fn submit(
     let (mls, commit) = if s.mls {
         match crate::e2e::check_submit(&shared, &mut s) {
             Ok((check, commit)) => (Some(check), commit),
-            Err(r) => {
-                let _ = reply.send(server_frame(server_frame::Kind::Error(
-                    r.to_error(message_id.clone()),
-                )));
-                return;
-            }
+            Err(r) => return refuse(r),
         }
     } else {
         (None, false)
@@ -953,10 +953,7 @@ async fn submit(
     }) = &mls
         && let Err(r) = crate::e2e::check_welcome_devices(&shared, &s.conversation_id, w).await
     {
-        let _ = reply.send(server_frame(server_frame::Kind::Error(
-            r.to_error(message_id.clone()),
-        )));
-        return;
+        return refuse(r);
     }
     let msg = NewMessage {
         conversation_id: s.conversation_id,
@@ -970,13 +967,7 @@ async fn submit(
     };
     let appended = match shared.store.append(msg.clone()).await {
         Ok(a) => a,
-        Err(e) => {
-            let r = crate::e2e::store_refusal(&e);
-            let _ = reply.send(server_frame(server_frame::Kind::Error(
-                r.to_error(message_id.clone()),
-            )));
-            return;
-        }
+        Err(e) => return refuse(crate::e2e::store_refusal(&e)),
     };
     let _ = reply.send(server_frame(server_frame::Kind::Accepted(v1::Accepted {
         message_id: msg.message_id.clone(),
