@@ -25,7 +25,7 @@ for s in "${scales[@]}"; do
   dir="$out/$s"
   rm -rf "$dir"; mkdir -p "$dir"
   taskset -c "$relay_cpu" "$bin/herold-relay" --dev --data-dir "$dir/data" \
-    --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 >"$dir/relay.log" 2>&1 &
+    --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 --metrics-listen 127.0.0.1:7392 >"$dir/relay.log" 2>&1 &
   relay=$!
   for _ in $(seq 1 100); do
     [ -s "$dir/data/tls/cert.sha256" ] && grep -q "admin" "$dir/relay.log" && break

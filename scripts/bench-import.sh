@@ -36,7 +36,7 @@ for i in $(seq "$runs"); do
         store=(--cql-contact-points "$CQL" --cql-keyspace "herold_import_${stamp}_$i")
     fi
     HEROLD_LOG=warn "$bin/herold-relay" --dev --data-dir "$work/data-$i" "${store[@]}" \
-        --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$port" >"$work/relay-$i.log" 2>&1 &
+        --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 >"$work/relay-$i.log" 2>&1 &
     relay=$!
     for _ in $(seq 150); do
         if ! kill -0 "$relay" 2>/dev/null; then

@@ -68,6 +68,8 @@ fn locate(c: &mut Criterion) {
             conversation_id: "station-42".into(),
             seq: 1,
             expires_at_ms: None,
+            accepted_at_ms: None,
+            traceparent: None,
             frame: Bytes::from(vec![7u8; 1024]),
             devices: devices[..12].to_vec(),
         };

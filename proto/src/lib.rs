@@ -10,6 +10,8 @@
 //!   [`codec::encode_frame`] appends one frame to an output buffer.
 //! - [`auth`]: the authentication transcript both sides sign and verify.
 //! - [`ids`]: validation of account, device and conversation ids.
+//! - [`udpstat`]: the kernel's UDP drop counters, parsed (for the relay's
+//!   metrics and the load tester's report).
 //!
 //! The protocol itself is specified in `docs/protocol.md`.
 
@@ -18,6 +20,7 @@
 pub mod auth;
 pub mod codec;
 pub mod ids;
+pub mod udpstat;
 
 /// Generated protobuf types of package `herold.v1`.
 #[allow(

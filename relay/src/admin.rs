@@ -66,12 +66,16 @@ pub(crate) struct EnrollmentService {
 
 /// Serves the admin API on `listener` until `shutdown` completes: TLS when
 /// `tls` is given (client certificates verified against its CA, if any),
-/// operators authenticated by `auth`.
+/// operators authenticated by `auth`, and the gRPC health service whose
+/// status the relay's readiness sets (`crate::health`).
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     auth: Auth,
     tls: Option<tonic::transport::ServerTlsConfig>,
     listener: tokio::net::TcpListener,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let check = move |mut req: Request<()>| -> Result<Request<()>, Status> {
@@ -86,13 +90,6 @@ pub(crate) async fn serve(
         req.extensions_mut().insert(op);
         Ok(req)
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("herold.v1.Admin", tonic_health::ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status("herold.v1.Enrollment", tonic_health::ServingStatus::Serving)
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(herold_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -109,6 +106,7 @@ pub(crate) async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let router = builder
+        .layer(crate::grpc_metrics::AdminMetricsLayer)
         .add_service(AdminServer::with_interceptor(
             AdminService::new(shared.clone()),
             check,

@@ -97,6 +97,25 @@ pub struct Args {
     /// Log filter, e.g. `info` or `herold_relay=debug` [default: info].
     #[arg(long, env = "HEROLD_LOG")]
     pub log: Option<String>,
+    /// Log format: `text` or `json` (one object per line) [default: text].
+    #[arg(long, env = "HEROLD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log client IP addresses (off by default: they are personal data and
+    /// the relay keeps metadata to the minimum).
+    #[arg(long, env = "HEROLD_LOG_CLIENT_ADDRESSES")]
+    pub log_client_addresses: bool,
+    /// TCP address of the operations listener: `/metrics`, `/healthz`,
+    /// `/readyz` over plain HTTP [default: 127.0.0.1:7302].
+    #[arg(long, env = "HEROLD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// OpenTelemetry collector (OTLP over gRPC) to send traces to, e.g.
+    /// `http://otel-collector:4317`. Without it the relay traces nothing.
+    #[arg(long, env = "HEROLD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0; a trace started by another
+    /// relay follows that relay's decision [default: 0.01].
+    #[arg(long, env = "HEROLD_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// CQL (Scylla) contact points, `host:port[,host:port...]`. When set, the
     /// relay stores everything there (migrating the schema at start) instead
     /// of the embedded store.
@@ -161,6 +180,11 @@ struct FileConfig {
     max_expiry_days: Option<u32>,
     drain_grace_secs: Option<u64>,
     log: Option<String>,
+    log_format: Option<String>,
+    log_client_addresses: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
+    otlp_endpoint: Option<String>,
+    trace_sample_ratio: Option<f64>,
     cql_contact_points: Option<String>,
     cql_keyspace: Option<String>,
     cql_consistency: Option<String>,
@@ -282,6 +306,31 @@ fn cql_config(
     Ok(Some(config))
 }
 
+/// Share of new traces sampled when none is configured: one in a hundred,
+/// enough to see where time goes without tracing every election post.
+pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.01;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?} is neither text nor json")),
+        }
+    }
+}
+
 /// Where the TLS certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -380,6 +429,16 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Log filter.
     pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Whether client IP addresses may appear in logs.
+    pub log_client_addresses: bool,
+    /// The operations listener (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics_listen: SocketAddr,
+    /// OTLP gRPC endpoint of the trace collector; `None`: no tracing.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled.
+    pub trace_sample_ratio: f64,
     /// The CQL store, when contact points are configured; `None` runs the
     /// embedded store in `data_dir`.
     pub cql: Option<herold_store::cql::CqlConfig>,
@@ -407,6 +466,11 @@ impl Config {
             limits: Limits::default(),
             drain_grace: Duration::from_secs(10),
             log: "info".into(),
+            log_format: LogFormat::Text,
+            log_client_addresses: false,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            otlp_endpoint: None,
+            trace_sample_ratio: DEFAULT_TRACE_SAMPLE_RATIO,
             cql: None,
             migrate_only: false,
             redis: None,
@@ -531,6 +595,27 @@ impl Config {
                 .or(file.drain_grace_secs)
                 .map_or(Duration::from_secs(10), secs),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log_format: match args.log_format.or(file.log_format) {
+                Some(f) => f.parse().map_err(|reason| ConfigError::Invalid {
+                    name: "log-format",
+                    reason,
+                })?,
+                None => LogFormat::Text,
+            },
+            log_client_addresses: args.log_client_addresses
+                || file.log_client_addresses.unwrap_or(false),
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7302))),
+            otlp_endpoint: args
+                .otlp_endpoint
+                .or(file.otlp_endpoint)
+                .filter(|e| !e.trim().is_empty()),
+            trace_sample_ratio: args
+                .trace_sample_ratio
+                .or(file.trace_sample_ratio)
+                .unwrap_or(DEFAULT_TRACE_SAMPLE_RATIO),
             cql: cql_config(
                 args.cql_contact_points.or(file.cql_contact_points),
                 args.cql_keyspace.or(file.cql_keyspace),
@@ -571,6 +656,26 @@ impl Config {
 
     /// Checks every value; the first bad one is reported with its name.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(ConfigError::Invalid {
+                name: "trace-sample-ratio",
+                reason: format!("{} is outside 0.0..=1.0", self.trace_sample_ratio),
+            });
+        }
+        if let Some(e) = &self.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "otlp-endpoint",
+                reason: format!("{e:?} must be an http:// or https:// URL"),
+            });
+        }
+        if self.metrics_listen == self.admin_listen && self.metrics_listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                name: "metrics-listen",
+                reason: "must differ from admin-listen".into(),
+            });
+        }
         let l = &self.limits;
         let positive = [
             (

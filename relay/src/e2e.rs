@@ -217,9 +217,26 @@ pub(crate) async fn handle_request(
     req: v1::Request,
     reply: mpsc::UnboundedSender<Bytes>,
 ) {
+    let label = match &req.kind {
+        Some(request::Kind::UploadKeyPackages(_)) => "upload_key_packages",
+        Some(request::Kind::ClaimKeyPackages(_)) => "claim_key_packages",
+        Some(request::Kind::GetMlsState(_)) => "get_mls_state",
+        Some(request::Kind::FetchWelcome(_)) => "fetch_welcome",
+        Some(request::Kind::MarkReconciled(_)) => "mark_reconciled",
+        None => "unknown",
+    };
     let kind = match answer(&shared, &ctx, req.kind).await {
-        Ok(k) => k,
-        Err(r) => response::Kind::Error(r.to_error(Vec::new())),
+        Ok(k) => {
+            metrics::counter!(crate::metrics::MLS_REQUESTS, "kind" => label, "outcome" => "ok")
+                .increment(1);
+            k
+        }
+        Err(r) => {
+            let outcome = crate::metrics::code_label(r.code);
+            metrics::counter!(crate::metrics::MLS_REQUESTS, "kind" => label, "outcome" => outcome)
+                .increment(1);
+            response::Kind::Error(r.to_error(Vec::new()))
+        }
     };
     let _ = reply.send(frame(server_frame::Kind::Response(v1::Response {
         request_id: req.request_id,

@@ -11,6 +11,14 @@
 //! - `roster`: cached conversation rosters.
 //! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
 //!   health and reflection), its authorisation and audit log.
+//! - [`metrics`]: every metric's name, help and buckets; the Prometheus
+//!   recorder.
+//! - `health`: the operations listener (`/metrics`, `/healthz`,
+//!   `/readyz`) and readiness, also published to gRPC health.
+//! - `udp`: the QUIC socket, counting datagrams and reading its kernel
+//!   drops.
+//! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces, the
+//!   trace context carried across relays.
 //! - [`operators`]: operator identities and roles (the operators file).
 //! - `policy`: effective policies (conversation over organisation over the
 //!   relay's limits).
@@ -28,13 +36,18 @@ mod admin;
 pub mod config;
 mod cursors;
 mod e2e;
+mod grpc_metrics;
+mod health;
+pub mod metrics;
 pub mod operators;
 mod policy;
 mod registry;
 mod roster;
 pub mod server;
 mod session;
+pub mod telemetry;
 mod tls;
+mod udp;
 
 pub use config::{Config, ConfigError};
 pub use server::Relay;

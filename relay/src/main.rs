@@ -2,8 +2,8 @@
 //! SIGTERM or Ctrl-C, then drains.
 
 use clap::Parser;
-use herold_relay::{Config, Relay, config::Args};
-use tracing_subscriber::EnvFilter;
+use herold_relay::config::Args;
+use herold_relay::{Config, Relay};
 
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
@@ -16,18 +16,6 @@ fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    let filter = match EnvFilter::try_new(&config.log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("herold-relay: invalid log: {e}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -35,7 +23,19 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run(config)) {
+    let result = runtime.block_on(async {
+        let telemetry = match herold_relay::telemetry::init(&config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("herold-relay: {e:#}");
+                std::process::exit(EXIT_CONFIG);
+            }
+        };
+        let result = run(config).await;
+        telemetry.shutdown().await;
+        result
+    });
+    if let Err(e) = result {
         eprintln!("herold-relay: {e:#}");
         std::process::exit(1);
     }
@@ -60,6 +60,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("herold relay listening");
     println!("  quic        {}", relay.local_addr()?);
     println!("  admin api   http://{}", relay.admin_addr()?);
+    println!("  metrics     http://{}/metrics", relay.metrics_addr()?);
     match &cql {
         Some(c) => println!(
             "  data        cql {} keyspace {}",

@@ -8,6 +8,8 @@ use herold_proto::v1::ErrorCode;
 use herold_router::Delivery;
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics as m;
+
 /// Something for a session to send to its device.
 #[derive(Debug, Clone)]
 pub(crate) enum Push {
@@ -58,7 +60,11 @@ impl Registry {
     /// Registers a session; a previous session of the same device is told it
     /// was replaced.
     pub fn insert(&self, device_id: String, handle: SessionHandle) {
-        if let Some(old) = self.sessions.insert(device_id, handle) {
+        let old = self.sessions.insert(device_id, handle);
+        if old.is_none() {
+            metrics::gauge!(m::SESSIONS).increment(1.0);
+        }
+        if let Some(old) = old {
             kick(
                 &old,
                 Kick {
@@ -71,9 +77,14 @@ impl Registry {
 
     /// Removes the device's session if it is still `conn_id`.
     pub fn remove(&self, device_id: &str, conn_id: u64) -> bool {
-        self.sessions
+        let removed = self
+            .sessions
             .remove_if(device_id, |_, h| h.conn_id == conn_id)
-            .is_some()
+            .is_some();
+        if removed {
+            metrics::gauge!(m::SESSIONS).decrement(1.0);
+        }
+        removed
     }
 
     /// Queues a push without waiting; a full queue disconnects the device
@@ -82,10 +93,13 @@ impl Registry {
         let Some(h) = self.sessions.get(device_id) else {
             return PushOutcome::NotConnected;
         };
+        let depth = h.push.max_capacity() - h.push.capacity();
+        metrics::histogram!(m::DEVICE_QUEUE_DEPTH).record(depth as f64);
         match h.push.try_send(push) {
             Ok(()) => PushOutcome::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::NotConnected,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(m::SLOW_CONSUMERS).increment(1);
                 h.conn.close(
                     quinn::VarInt::from_u32(ErrorCode::SlowConsumer as u32),
                     b"slow consumer: reconnect and sync",

@@ -16,6 +16,8 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Limits};
 use crate::cursors::CursorSink;
+use crate::health::Health;
+use crate::metrics as m;
 use crate::registry::{Kick, Push, PushOutcome, Registry};
 use crate::roster::Rosters;
 use herold_proto::v1::{self, ErrorCode, cluster_event};
@@ -23,6 +25,8 @@ use prost::Message as _;
 
 /// How often acknowledged cursors are written, all devices in one operation.
 const CURSOR_FLUSH: Duration = Duration::from_millis(250);
+/// How often the drain's progress gauge is updated.
+const DRAIN_PROGRESS: Duration = Duration::from_millis(500);
 /// How often expired messages are purged from the store.
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -43,6 +47,8 @@ pub(crate) struct Shared {
     pub rosters: Rosters,
     pub cursors: CursorSink,
     pub limits: Limits,
+    /// Whether logs may carry client IP addresses (off by default).
+    pub log_client_addresses: bool,
 }
 
 impl Shared {
@@ -118,6 +124,7 @@ impl Shared {
 /// store, cached rosters are dropped, and every connected device is checked
 /// against the directory (a revocation broadcast may be among the lost).
 fn recover_from_lag(shared: &Arc<Shared>) {
+    metrics::counter!(m::RESYNCS).increment(1);
     shared.rosters.invalidate();
     shared.registry.push_all(&Push::Resync);
     let shared = shared.clone();
@@ -152,7 +159,12 @@ fn recover_from_lag(shared: &Arc<Shared>) {
 pub struct Relay {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
+    /// The relay's UDP socket in the kernel's tables (for its drop counter).
+    socket: crate::udp::SocketStats,
     admin: tokio::net::TcpListener,
+    /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
+    ops: tokio::net::TcpListener,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
     /// TLS of the admin API, loaded at bind so a bad file fails early.
     admin_tls: Option<tonic::transport::ServerTlsConfig>,
     admin_auth: crate::operators::Auth,
@@ -198,16 +210,28 @@ impl Relay {
         router: Arc<dyn Router>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        let prometheus = crate::metrics::install().map_err(anyhow::Error::msg)?;
         let identity = crate::tls::load_identity(&config)?;
         let fingerprint = identity.fingerprint.clone();
         let server_config = crate::tls::server_config(identity, &config.limits)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let (endpoint, socket) = crate::udp::bind(server_config, config.listen)
             .with_context(|| format!("binding QUIC on {}", config.listen))?;
         let admin_tls = admin_tls_config(&config)?;
         let admin_auth = admin_auth(&config);
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding the admin API on {}", config.admin_listen))?;
+        let ops = tokio::net::TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the metrics and health listener on {}",
+                    config.metrics_listen
+                )
+            })?;
+        // Every store and router operation is timed and its errors counted.
+        let store: Arc<dyn Store> = Arc::new(herold_store::metered::Metered::new(store));
+        let router: Arc<dyn Router> = Arc::new(herold_router::metered::Metered::new(router));
         let inbox = register(&*router, &config).await?;
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
@@ -217,11 +241,15 @@ impl Relay {
             registry: Registry::default(),
             cursors: CursorSink::default(),
             limits: config.limits.clone(),
+            log_client_addresses: config.log_client_addresses,
         });
         Ok(Self {
             shared,
             endpoint,
+            socket,
             admin,
+            ops,
+            prometheus,
             admin_tls,
             admin_auth,
             inbox,
@@ -240,6 +268,11 @@ impl Relay {
         self.admin.local_addr()
     }
 
+    /// The operations listener's address (`/metrics`, `/healthz`, `/readyz`).
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ops.local_addr()
+    }
+
     /// SHA-256 fingerprint (hex) of the TLS certificate, for pinning.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -252,7 +285,10 @@ impl Relay {
         let Relay {
             shared,
             endpoint,
+            socket,
             admin,
+            ops,
+            prometheus,
             admin_tls,
             admin_auth,
             inbox,
@@ -260,18 +296,42 @@ impl Relay {
             ..
         } = self;
         let (drain_tx, drain_rx) = watch::channel(false);
+        // The admin API and the operations listener outlive the drain, so
+        // probes and operators see it happen; they stop at the very end.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let (grpc_health, grpc_health_service) = tonic_health::server::health_reporter();
+        let health = Arc::new(Health::new(
+            shared.store.clone(),
+            shared.router.clone(),
+            grpc_health,
+            prometheus,
+            socket,
+        ));
+        metrics::gauge!(m::DRAINING).set(0.0);
+        metrics::gauge!(m::DRAIN_STARTED).set(0.0);
+        if let Err(why) = health.refresh().await {
+            warn!(%why, "not ready at start");
+        }
         let inbox_task = tokio::spawn(consume_inbox(shared.clone(), inbox));
         let purge_task = tokio::spawn(purge_expired(shared.clone()));
         let cursor_task = tokio::spawn(flush_cursors(shared.clone()));
+        let health_task = tokio::spawn(crate::health::keep_checking(health.clone()));
+        let ops_task = tokio::spawn(crate::health::serve(health.clone(), ops, stopped()));
         let admin_task = {
             let shared = shared.clone();
             let auth = admin_auth;
-            let mut rx = drain_rx.clone();
+            let stop = stopped();
             tokio::spawn(async move {
-                let stop = async move {
-                    let _ = rx.wait_for(|d| *d).await;
-                };
-                if let Err(e) = crate::admin::serve(shared, auth, admin_tls, admin, stop).await {
+                if let Err(e) =
+                    crate::admin::serve(shared, auth, admin_tls, admin, grpc_health_service, stop)
+                        .await
+                {
                     warn!(error = %e, "admin API stopped with an error");
                 }
             })
@@ -287,6 +347,7 @@ impl Relay {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
+                        metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
                         incoming.refuse();
                         continue;
                     };
@@ -294,28 +355,51 @@ impl Relay {
                     let done = done_tx.clone();
                     let drain = drain_rx.clone();
                     let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
+                    // Client addresses are personal data: in the logs only
+                    // when the operator asked for them.
+                    let span = tracing::info_span!(
+                        "conn",
+                        conn.id = id,
+                        client.addr = tracing::field::Empty
+                    );
+                    if shared.log_client_addresses {
+                        span.record("client.addr", tracing::field::display(incoming.remote_address()));
+                    }
+                    tokio::spawn(tracing::Instrument::instrument(async move {
                         crate::session::serve(shared, incoming, id, drain).await;
                         drop(permit);
                         drop(done);
-                    });
+                    }, span));
                 }
             }
         }
 
         info!(sessions = shared.registry.len(), "draining");
+        health.start_drain().await;
+        metrics::gauge!(m::DRAINING).set(1.0);
+        metrics::gauge!(m::DRAIN_STARTED).set(now_ms() as f64 / 1000.0);
+        metrics::gauge!(m::DRAIN_REMAINING).set(shared.registry.len() as f64);
         endpoint.set_server_config(None);
         let _ = drain_tx.send(true);
         drop(done_tx);
-        if tokio::time::timeout(config.drain_grace, done_rx.recv())
-            .await
-            .is_err()
-        {
-            warn!(
-                remaining = shared.registry.len(),
-                "drain grace period over; closing the remaining connections"
-            );
+        let grace_over = tokio::time::Instant::now() + config.drain_grace;
+        let mut progress = tokio::time::interval(DRAIN_PROGRESS);
+        loop {
+            tokio::select! {
+                _ = done_rx.recv() => break,
+                _ = tokio::time::sleep_until(grace_over) => {
+                    warn!(
+                        remaining = shared.registry.len(),
+                        "drain grace period over; closing the remaining connections"
+                    );
+                    break;
+                }
+                _ = progress.tick() => {
+                    metrics::gauge!(m::DRAIN_REMAINING).set(shared.registry.len() as f64);
+                }
+            }
         }
+        metrics::gauge!(m::DRAIN_REMAINING).set(shared.registry.len() as f64);
         endpoint.close(0u32.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         let _ = shared.router.deregister_node(&shared.node_id).await;
@@ -325,7 +409,12 @@ impl Relay {
         if let Err(e) = shared.cursors.flush(&*shared.store).await {
             warn!(error = %e, "writing the last cursors failed");
         }
+        let _ = stop_tx.send(true);
+        health_task.abort();
         let _ = admin_task.await;
+        if let Ok(Err(e)) = ops_task.await {
+            warn!(error = %e, "metrics and health listener stopped with an error");
+        }
         if let Err(e) = shared.store.close().await {
             warn!(error = %e, "closing the store failed");
         }
@@ -409,6 +498,7 @@ fn admin_auth(config: &Config) -> crate::operators::Auth {
 /// Sends one stored message to every online recipient device: one delivery
 /// per relay node holding any of them.
 pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessage) {
+    metrics::histogram!(m::FANOUT_DEVICES).record(devices.len() as f64);
     let frame = crate::session::deliver_frame(m);
     let located = match shared.router.locate(devices).await {
         Ok(l) => l,
@@ -420,6 +510,8 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
                 conversation_id: m.conversation_id.clone(),
                 seq: m.seq,
                 expires_at_ms: m.expires_at_ms,
+                accepted_at_ms: Some(m.server_time_ms),
+                traceparent: None,
                 frame,
                 devices: Vec::new(),
             });
@@ -429,6 +521,9 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
             return;
         }
     };
+    metrics::histogram!(m::FANOUT_NODES).record(located.len() as f64);
+    // The receiving relays' spans join this trace (when it is sampled).
+    let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
     let batch: Vec<(String, Delivery)> = located
         .into_iter()
         .map(|(node, devices)| {
@@ -436,6 +531,8 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
                 conversation_id: m.conversation_id.clone(),
                 seq: m.seq,
                 expires_at_ms: m.expires_at_ms,
+                accepted_at_ms: Some(m.server_time_ms),
+                traceparent: traceparent.clone(),
                 frame: frame.clone(),
                 devices,
             };
@@ -453,7 +550,18 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
 async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
     while let Some(ev) = inbox.recv().await {
         match ev {
-            InboxEvent::Delivery(d) => {
+            InboxEvent::Delivery(mut d) => {
+                let span = match &d.traceparent {
+                    Some(tp) => {
+                        let span = tracing::info_span!("deliver", devices = d.devices.len());
+                        crate::telemetry::follow(&span, tp);
+                        // The pushes to devices are children of this span.
+                        d.traceparent = crate::telemetry::traceparent(&span);
+                        span
+                    }
+                    None => tracing::Span::none(),
+                };
+                let _entered = span.enter();
                 // One allocation per delivery, not per recipient device.
                 let d = Arc::new(d);
                 for device in &d.devices {
@@ -475,8 +583,13 @@ async fn flush_cursors(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = shared.cursors.flush(&*shared.store).await {
-            warn!(error = %e, "writing cursors failed; retrying");
+        match shared.cursors.flush(&*shared.store).await {
+            Ok(0) => {}
+            Ok(n) => metrics::histogram!(m::CURSOR_FLUSH_CURSORS).record(n as f64),
+            Err(e) => {
+                metrics::counter!(m::CURSOR_FLUSH_ERRORS).increment(1);
+                warn!(error = %e, "writing cursors failed; retrying");
+            }
         }
     }
 }
@@ -487,7 +600,10 @@ async fn purge_expired(shared: Arc<Shared>) {
         tick.tick().await;
         match shared.store.purge_expired(now_ms()).await {
             Ok(0) => {}
-            Ok(n) => info!(purged = n, "expired messages deleted"),
+            Ok(n) => {
+                metrics::counter!(m::PURGED).increment(n);
+                info!(purged = n, "expired messages deleted");
+            }
             Err(e) => warn!(error = %e, "purging expired messages failed"),
         }
     }

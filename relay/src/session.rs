@@ -26,8 +26,9 @@ use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
 use herold_proto::{auth, ids};
 use herold_store::{NewMessage, StoredMessage};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, warn};
 
+use crate::metrics::{self as m, code_label};
 use crate::registry::{Kick, Push, SessionHandle};
 use crate::server::{Shared, now_ms};
 
@@ -173,13 +174,16 @@ pub(crate) async fn serve(
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
+            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "error").increment(1);
             return;
         }
         Err(_) => {
             debug!("handshake timed out");
+            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
             return;
         }
     };
+    let mut open = OpenConnection::new();
     let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         _ => {
@@ -187,6 +191,8 @@ pub(crate) async fn serve(
                 quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
                 b"no stream opened in time",
             );
+            metrics::counter!(m::AUTH, "outcome" => "auth_timeout").increment(1);
+            open.reason = code_label(ErrorCode::AuthTimeout);
             return;
         }
     };
@@ -205,6 +211,7 @@ pub(crate) async fn serve(
     let auth = tokio::time::timeout_at(deadline, s.authenticate()).await;
     let ctx = match auth {
         Ok(Ok(ctx)) => {
+            metrics::counter!(m::AUTH, "outcome" => "ok").increment(1);
             // Authenticated: full-size frames from now on (before AuthOk
             // goes out, so the client's first Submit already fits).
             frame_limit.store(
@@ -214,11 +221,15 @@ pub(crate) async fn serve(
             ctx
         }
         Ok(Err(f)) => {
+            metrics::counter!(m::AUTH, "outcome" => code_label(f.code)).increment(1);
+            open.reason = code_label(f.code);
             s.close_with(f).await;
             reader.abort();
             return;
         }
         Err(_) => {
+            metrics::counter!(m::AUTH, "outcome" => "auth_timeout").increment(1);
+            open.reason = code_label(ErrorCode::AuthTimeout);
             s.close_with(Fatal::new(
                 ErrorCode::AuthTimeout,
                 "authentication timed out",
@@ -231,11 +242,41 @@ pub(crate) async fn serve(
     let ctx = Arc::new(ctx);
     let end = s.live(ctx.clone(), drain).await;
     if let Some(f) = end {
+        open.reason = code_label(f.code);
         s.close_with(f).await;
     } else {
+        open.reason = match conn.close_reason() {
+            Some(quinn::ConnectionError::TimedOut) => "timeout".into(),
+            Some(quinn::ConnectionError::Reset) => "reset".into(),
+            _ => "closed".into(),
+        };
         conn.close(0u32.into(), b"bye");
     }
     reader.abort();
+}
+
+/// An open connection in the metrics: counted open when created, closed
+/// with its `reason` when dropped (whichever way the session ends).
+struct OpenConnection {
+    reason: String,
+}
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        Self {
+            reason: "closed".into(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        let reason = std::mem::take(&mut self.reason);
+        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+    }
 }
 
 struct Session {
@@ -552,6 +593,7 @@ impl Session {
                     live.take_ack(a);
                 }
                 Some(client_frame::Kind::Submit(s)) => {
+                    count_rejected(ErrorCode::Draining);
                     let f = error_frame(
                         ErrorCode::Draining,
                         "the relay is shutting down; send again after reconnecting",
@@ -580,6 +622,7 @@ impl Session {
         match frame.kind {
             Some(client_frame::Kind::Submit(s)) => {
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    count_rejected(ErrorCode::TooManyInFlight);
                     let f = error_frame(
                         ErrorCode::TooManyInFlight,
                         &format!(
@@ -594,9 +637,10 @@ impl Session {
                 let shared = self.shared.clone();
                 let ctx = live.ctx.clone();
                 let reply_tx = reply_tx.clone();
-                tokio::spawn(async move {
-                    submit(shared, ctx, s, reply_tx, permit).await;
-                });
+                tokio::spawn(
+                    submit(shared, ctx, s, reply_tx, permit)
+                        .instrument(tracing::info_span!("submit")),
+                );
                 Ok(())
             }
             Some(client_frame::Kind::Request(r)) => {
@@ -714,6 +758,7 @@ impl Session {
                 for m in &page {
                     self.write(&deliver_frame(m)).await?;
                 }
+                metrics::counter!(m::DELIVERIES, "path" => "sync").increment(page.len() as u64);
                 delivered += page.len() as u64;
                 after = last;
                 live.sent_upto.insert(conv.clone(), after);
@@ -759,6 +804,7 @@ impl Session {
                         .map_err(|e| unavailable(&e))?;
                     for m in page.iter().filter(|m| m.seq < seq) {
                         self.write(&deliver_frame(m)).await?;
+                        metrics::counter!(m::DELIVERIES, "path" => "sync").increment(1);
                         upto = m.seq;
                     }
                     if upto + 1 < seq && missing > SYNC_PAGE * 4 {
@@ -767,7 +813,19 @@ impl Session {
                         return self.sync(live, HashMap::new()).await;
                     }
                 }
-                self.write(&d.frame).await?;
+                match &d.traceparent {
+                    Some(tp) => {
+                        let span = tracing::info_span!("push");
+                        crate::telemetry::follow(&span, tp);
+                        self.write(&d.frame).instrument(span).await?;
+                    }
+                    None => self.write(&d.frame).await?,
+                }
+                metrics::counter!(m::DELIVERIES, "path" => "live").increment(1);
+                if let Some(t) = d.accepted_at_ms {
+                    let ms = now_ms().saturating_sub(t).max(0);
+                    metrics::histogram!(m::DELIVERY_SECONDS).record(ms as f64 / 1000.0);
+                }
                 match live.sent_upto.get_mut(conversation_id) {
                     Some(u) => *u = seq,
                     None => {
@@ -830,11 +888,14 @@ async fn submit(
     // submits awaiting an answer, not fan-outs.
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let started = tokio::time::Instant::now();
     let message_id = s.message_id.clone();
     let reject = |code: ErrorCode, msg: &str| {
+        count_rejected(code);
         let _ = reply.send(error_frame(code, msg, message_id.clone(), false));
     };
     let refuse = |r: crate::e2e::Refusal| {
+        count_rejected(r.code);
         let _ = reply.send(server_frame(server_frame::Kind::Error(
             r.to_error(message_id.clone()),
         )));
@@ -965,7 +1026,12 @@ async fn submit(
         ciphertext: s.ciphertext,
         mls,
     };
-    let appended = match shared.store.append(msg.clone()).await {
+    let appended = match shared
+        .store
+        .append(msg.clone())
+        .instrument(tracing::info_span!("store", op = "append"))
+        .await
+    {
         Ok(a) => a,
         Err(e) => return refuse(crate::e2e::store_refusal(&e)),
     };
@@ -977,6 +1043,13 @@ async fn submit(
         duplicate: appended.duplicate,
     })));
     drop(permit);
+    let outcome = if appended.duplicate {
+        "duplicate"
+    } else {
+        "accepted"
+    };
+    metrics::counter!(m::SUBMITS, "outcome" => outcome, "code" => "none").increment(1);
+    metrics::histogram!(m::SUBMIT_ACCEPT_SECONDS).record(m::seconds_since(started));
     if appended.duplicate {
         // The first acceptance was fanned out already; sessions that missed
         // it fill the gap from the store on the next message or sync.
@@ -992,5 +1065,12 @@ async fn submit(
         expires_at_ms: msg.expires_at_ms,
         ciphertext: msg.ciphertext,
     };
-    crate::server::fan_out(&shared, &roster.devices, &stored).await;
+    crate::server::fan_out(&shared, &roster.devices, &stored)
+        .instrument(tracing::info_span!("route", devices = roster.devices.len()))
+        .await;
+}
+
+/// Counts a refused submit under its error code.
+fn count_rejected(code: ErrorCode) {
+    metrics::counter!(m::SUBMITS, "outcome" => "rejected", "code" => code_label(code)).increment(1);
 }

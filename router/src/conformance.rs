@@ -25,6 +25,8 @@ fn delivery(conv: &str, seq: u64, devices: Vec<String>) -> Delivery {
         conversation_id: conv.to_owned(),
         seq,
         expires_at_ms: None,
+        accepted_at_ms: None,
+        traceparent: None,
         frame: Bytes::from(format!("frame-{conv}-{seq}")),
         devices,
     }

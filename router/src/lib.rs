@@ -13,6 +13,9 @@
 //!   Sentinel or Redis Cluster; `docs/routing.md` describes its keys.
 //! - [`conformance`] (feature `conformance`, and in tests): the suite every
 //!   backend passes.
+//! - [`metered::Metered`]: wraps any backend and records the duration and
+//!   failures of each operation under the names declared in [`metrics`]; the
+//!   backends record their inbox metrics themselves.
 //!
 //! # Ordering and loss
 //! The router does not number messages: the store does, atomically with the
@@ -33,6 +36,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod memory;
+pub mod metered;
+pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -43,7 +48,7 @@ pub mod conformance;
 pub type NodeId = String;
 
 /// One envelope for the devices of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// The envelope's conversation.
     pub conversation_id: String,
@@ -51,6 +56,13 @@ pub struct Delivery {
     pub seq: u64,
     /// The envelope's expiry (unix milliseconds): past it, it is not delivered.
     pub expires_at_ms: Option<i64>,
+    /// When the store accepted the envelope (unix milliseconds): the
+    /// receiving relay measures acceptance-to-delivery latency from it.
+    pub accepted_at_ms: Option<i64>,
+    /// The W3C `traceparent` of the fan-out that published this delivery,
+    /// when it was traced: the receiving relay's spans join the sender's
+    /// trace. Carries trace and span ids only, nothing of the message.
+    pub traceparent: Option<String>,
     /// The complete, length-prefixed `ServerFrame::Deliver` frame, encoded
     /// once and written unchanged to every device.
     pub frame: Bytes,

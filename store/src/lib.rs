@@ -10,6 +10,8 @@
 //!   tests), with versioned migrations; see `docs/storage.md`.
 //! - [`conformance`] (feature `conformance`, and in this crate's tests): the
 //!   suite every backend must pass.
+//! - [`metered::Metered`]: wraps any backend and records the duration and
+//!   failures of each operation under the names declared in [`metrics`].
 //!
 //! # Ordering
 //! [`Store::append`] gives each accepted message the next sequence number of
@@ -48,6 +50,8 @@ use std::fmt;
 use async_trait::async_trait;
 
 pub mod embedded;
+pub mod metered;
+pub mod metrics;
 
 #[cfg(feature = "cql")]
 pub mod cql;

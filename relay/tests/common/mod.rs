@@ -22,6 +22,8 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub struct TestRelay {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The operations listener (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics_addr: SocketAddr,
     pub fingerprint: [u8; 32],
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -36,6 +38,7 @@ impl TestRelay {
         let relay = Relay::bind(config).await.expect("bind relay");
         let addr = relay.local_addr().unwrap();
         let admin_addr = relay.admin_addr().unwrap();
+        let metrics_addr = relay.metrics_addr().unwrap();
         let fingerprint = herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(relay.run(async move {
@@ -44,10 +47,20 @@ impl TestRelay {
         Self {
             addr,
             admin_addr,
+            metrics_addr,
             fingerprint,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Starts the drain now; the returned future waits until the relay
+    /// stopped.
+    pub fn begin_stop(mut self) -> impl std::future::Future<Output = ()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        async move { self.stop().await }
     }
 
     /// Drains and stops the relay.
@@ -271,6 +284,8 @@ pub struct RelayProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The operations listener (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics: SocketAddr,
     pub fingerprint: [u8; 32],
 }
 
@@ -284,6 +299,8 @@ pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir)
@@ -295,7 +312,7 @@ pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
         .expect("spawn herold-relay");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut admin, mut fp) = (None, None, None);
+    let (mut addr, mut admin, mut metrics, mut fp) = (None, None, None, None);
     tokio::time::timeout(DEADLINE, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             let mut words = line.split_whitespace();
@@ -304,12 +321,20 @@ pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
                 (Some("admin"), Some(a)) => {
                     admin = Some(a.trim_start_matches("http://").parse().unwrap())
                 }
+                (Some("metrics"), Some(a)) => {
+                    metrics = Some(
+                        a.trim_start_matches("http://")
+                            .trim_end_matches("/metrics")
+                            .parse()
+                            .unwrap(),
+                    )
+                }
                 (Some("fingerprint"), Some(f)) => {
                     fp = Some(herold_client::tls::parse_fingerprint(f).unwrap())
                 }
                 _ => {}
             }
-            if addr.is_some() && admin.is_some() && fp.is_some() {
+            if addr.is_some() && admin.is_some() && metrics.is_some() && fp.is_some() {
                 break;
             }
         }
@@ -322,6 +347,7 @@ pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
         child,
         addr: addr.expect("quic address"),
         admin: admin.expect("admin address"),
+        metrics: metrics.expect("metrics address"),
         fingerprint: fp.expect("fingerprint"),
     }
 }

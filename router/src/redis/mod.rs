@@ -21,6 +21,11 @@
 //! - `P:nodes` → the set of registered nodes, for broadcasts.
 //!
 //! Ordering never depends on Redis: the store numbers messages.
+//!
+//! Metrics: the reader counts every entry it reads ([`INBOX_ENTRIES`]) and
+//! observes its age ([`INBOX_LAG_SECONDS`], from the time in the stream id
+//! Redis gave it to this relay's clock); every [`InboxEvent::Lagged`] the
+//! reader or the lease keeper sends counts in [`INBOX_LAGGED`].
 //! `docs/routing.md` has the commands per operation and the scaling notes.
 
 mod conn;
@@ -31,17 +36,19 @@ mod wire;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
+use metrics::{counter, histogram};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError, Script, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::metrics::{INBOX_ENTRIES, INBOX_LAG_SECONDS, INBOX_LAGGED};
 use crate::{Delivery, Inbox, InboxEvent, NodeId, Router, RouterError};
 
 /// Where Redis is.
@@ -639,6 +646,7 @@ async fn keep_lease(
     let Some(period) = inner.upgrade().map(|i| i.cfg.lease / 3) else {
         return;
     };
+    let lagged_total = counter!(INBOX_LAGGED);
     let mut tick = tokio::time::interval(period.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -706,6 +714,7 @@ async fn keep_lease(
             Ok(()) => {
                 info!(node, devices = devices.len(), "presence re-announced");
                 // Pushes may have been lost meanwhile: devices resync.
+                lagged_total.increment(1);
                 if tx.send(InboxEvent::Lagged).await.is_err() {
                     return;
                 }
@@ -743,6 +752,9 @@ async fn read_inbox(
     let opts = StreamReadOptions::default()
         .count(READ_COUNT)
         .block(READ_BLOCK.as_millis() as usize);
+    let entries_read = counter!(INBOX_ENTRIES);
+    let entry_age = histogram!(INBOX_LAG_SECONDS);
+    let lagged_total = counter!(INBOX_LAGGED);
     'connect: loop {
         if *stop.borrow() {
             return;
@@ -761,8 +773,11 @@ async fn read_inbox(
             }
         };
         backoff = Duration::from_millis(50);
-        if std::mem::take(&mut lagged) && tx.send(InboxEvent::Lagged).await.is_err() {
-            return;
+        if std::mem::take(&mut lagged) {
+            lagged_total.increment(1);
+            if tx.send(InboxEvent::Lagged).await.is_err() {
+                return;
+            }
         }
         loop {
             let (keys, ids) = ([&inbox], [&last_id]);
@@ -787,8 +802,13 @@ async fn read_inbox(
                 }
                 continue;
             };
+            let now_ms = unix_now_ms();
             for key in reply.keys {
                 for entry in key.ids {
+                    entries_read.increment(1);
+                    if let Some(age) = entry_age_seconds(&entry.id, now_ms) {
+                        entry_age.record(age);
+                    }
                     last_id = entry.id.clone();
                     let n = entry.map.get("n").and_then(value_i64).unwrap_or(-1);
                     let mut events = Vec::with_capacity(2);
@@ -818,6 +838,9 @@ async fn read_inbox(
                         }
                     }
                     for ev in events {
+                        if matches!(ev, InboxEvent::Lagged) {
+                            lagged_total.increment(1);
+                        }
                         if tx.send(ev).await.is_err() {
                             return;
                         }
@@ -854,6 +877,22 @@ async fn trim(c: &mut conn::Conn, inbox: &str, last_id: &str, node: &str) {
     }
 }
 
+/// This machine's time, in milliseconds since the Unix epoch (0 before it).
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The age at `now_ms`, in seconds, of the stream entry `id` (`<ms>-<seq>`,
+/// the time Redis appended it): 0 when Redis's clock is ahead of ours,
+/// `None` for an id of another form.
+fn entry_age_seconds(id: &str, now_ms: i64) -> Option<f64> {
+    let (ms, _seq) = id.split_once('-')?;
+    let appended_ms: i64 = ms.parse().ok()?;
+    Some(now_ms.saturating_sub(appended_ms).max(0) as f64 / 1000.0)
+}
+
 /// A stable bucket of a device id (FNV-1a), the same on every relay.
 fn bucket(device: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -872,5 +911,28 @@ fn value_bytes(v: &Value) -> Option<Bytes> {
     match v {
         Value::BulkString(b) => Some(Bytes::copy_from_slice(b)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod entry_age_tests {
+    use super::entry_age_seconds;
+
+    #[test]
+    fn age_is_now_minus_the_id_time() {
+        assert_eq!(entry_age_seconds("1000-0", 3500), Some(2.5));
+        assert_eq!(entry_age_seconds("1000-7", 1000), Some(0.0));
+    }
+
+    #[test]
+    fn a_clock_behind_redis_gives_zero() {
+        assert_eq!(entry_age_seconds("5000-0", 4000), Some(0.0));
+    }
+
+    #[test]
+    fn other_ids_give_none() {
+        assert_eq!(entry_age_seconds("0", 1), None);
+        assert_eq!(entry_age_seconds("x-1", 1), None);
+        assert_eq!(entry_age_seconds("99999999999999999999-0", 1), None);
     }
 }

@@ -167,6 +167,8 @@ async fn lost_keys_are_recovered(var: &str) {
         conversation_id: "c".into(),
         seq: 9,
         expires_at_ms: None,
+        accepted_at_ms: None,
+        traceparent: None,
         frame: bytes::Bytes::from_static(b"f"),
         devices: devices.clone(),
     };

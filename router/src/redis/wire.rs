@@ -1,15 +1,20 @@
 //! The binary form of a [`Delivery`] in a node's inbox stream.
 //!
-//! `version u8 = 1 | conv_len u16 | conv | seq u64 | has_expiry u8 |
-//! [expires_at_ms i64] | frame_len u32 | frame | n u32 | (len u16 | device)*`,
-//! all big-endian. Only relays of the same cluster read it; a version bump
-//! is a rolling-upgrade concern documented in docs/routing.md.
+//! `version u8 = 2 | conv_len u16 | conv | seq u64 | has_expiry u8 |
+//! [expires_at_ms i64] | has_accepted u8 | [accepted_at_ms i64] |
+//! traceparent_len u16 | traceparent | frame_len u32 | frame | n u32 |
+//! (len u16 | device)*`, all big-endian; an empty traceparent means none.
+//! Version 1 (without the accepted time and the traceparent) is still
+//! read, so relays of the previous version can finish a rolling upgrade;
+//! docs/routing.md has the details.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::Delivery;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The encoding before the accepted time and the traceparent.
+const VERSION_1: u8 = 1;
 
 /// Why a stream entry could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +45,14 @@ pub(crate) fn encode(d: &Delivery) -> Result<Bytes, WireError> {
         }
         None => b.put_u8(0),
     }
+    match d.accepted_at_ms {
+        Some(t) => {
+            b.put_u8(1);
+            b.put_i64(t);
+        }
+        None => b.put_u8(0),
+    }
+    put_str(&mut b, d.traceparent.as_deref().unwrap_or(""))?;
     let frame_len = u32::try_from(d.frame.len()).map_err(|_| WireError::TooLong)?;
     b.put_u32(frame_len);
     b.put_slice(&d.frame);
@@ -53,7 +66,7 @@ pub(crate) fn encode(d: &Delivery) -> Result<Bytes, WireError> {
 
 pub(crate) fn decode(mut b: Bytes) -> Result<Delivery, WireError> {
     let version = get_u8(&mut b)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(WireError::Version(version));
     }
     let conversation_id = get_str(&mut b)?;
@@ -65,6 +78,19 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Delivery, WireError> {
             need(&b, 8)?;
             Some(b.get_i64())
         }
+    };
+    let (accepted_at_ms, traceparent) = if version == VERSION_1 {
+        (None, None)
+    } else {
+        let accepted = match get_u8(&mut b)? {
+            0 => None,
+            _ => {
+                need(&b, 8)?;
+                Some(b.get_i64())
+            }
+        };
+        let tp = get_str(&mut b)?;
+        (accepted, (!tp.is_empty()).then_some(tp))
     };
     need(&b, 4)?;
     let frame_len = b.get_u32() as usize;
@@ -81,6 +107,8 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Delivery, WireError> {
         conversation_id,
         seq,
         expires_at_ms,
+        accepted_at_ms,
+        traceparent,
         frame,
         devices,
     })
@@ -124,6 +152,8 @@ mod tests {
             conversation_id: "grp-17".into(),
             seq: 42,
             expires_at_ms: Some(1_700_000_000_000),
+            accepted_at_ms: Some(1_699_999_999_000),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             frame: Bytes::from_static(b"\x00\x00\x00\x03abc"),
             devices: vec!["dev-a".into(), "dev-b".into()],
         }
@@ -135,10 +165,30 @@ mod tests {
         assert_eq!(decode(encode(&d).unwrap()).unwrap(), d);
         let d = Delivery {
             expires_at_ms: None,
+            accepted_at_ms: None,
+            traceparent: None,
             devices: vec![],
             ..sample()
         };
         assert_eq!(decode(encode(&d).unwrap()).unwrap(), d);
+    }
+
+    #[test]
+    fn version_1_entries_are_still_read() {
+        let mut b = BytesMut::new();
+        b.put_u8(VERSION_1);
+        b.put_u16(1);
+        b.put_slice(b"c");
+        b.put_u64(7);
+        b.put_u8(0);
+        b.put_u32(1);
+        b.put_slice(b"f");
+        b.put_u32(1);
+        b.put_u16(1);
+        b.put_slice(b"d");
+        let d = decode(b.freeze()).unwrap();
+        assert_eq!((d.seq, d.accepted_at_ms, d.traceparent), (7, None, None));
+        assert_eq!(d.devices, vec!["d".to_owned()]);
     }
 
     #[test]
@@ -164,6 +214,8 @@ mod tests {
         b.put_slice(b"c");
         b.put_u64(1);
         b.put_u8(0);
+        b.put_u8(0);
+        b.put_u16(0);
         b.put_u32(0);
         b.put_u32(u32::MAX);
         assert_eq!(decode(b.freeze()), Err(WireError::Truncated));

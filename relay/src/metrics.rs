@@ -1,0 +1,293 @@
+//! Every metric of the relay, declared in one place.
+//!
+//! Names follow `herold_<subsystem>_<thing>_<unit>`; labels are bounded
+//! (an error code, an outcome, an operation name, a close reason), never a
+//! device, account or conversation id. [`describe`] gives each one its help
+//! text and unit, so a scrape passes `promtool check metrics`;
+//! [`install`] sets up the Prometheus recorder with histogram buckets so
+//! `histogram_quantile` works on every histogram. The store and the router
+//! declare their own metrics in their crates' `metrics.rs`.
+//!
+//! `docs/observability.md` is the catalogue an SRE reads; keep the two in
+//! step.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Build information: always 1, the version in a label.
+pub const BUILD_INFO: &str = "herold_build_info";
+/// Whether this relay is ready (1) or not (0): store and router reachable
+/// and not draining; what `/readyz` answers.
+pub const READY: &str = "herold_relay_ready";
+
+/// QUIC connections open now (authenticated or not).
+pub const CONNECTIONS: &str = "herold_relay_connections";
+/// QUIC connections whose handshake completed.
+pub const CONNECTIONS_OPENED: &str = "herold_relay_connections_opened_total";
+/// Connections that ended, by `reason`.
+pub const CONNECTIONS_CLOSED: &str = "herold_relay_connections_closed_total";
+/// Connection attempts refused: the relay is at `max_connections` or draining.
+pub const CONNECTIONS_REFUSED: &str = "herold_relay_connections_refused_total";
+/// TLS handshakes that failed or timed out, by `reason` (`error`, `timeout`).
+pub const HANDSHAKE_FAILURES: &str = "herold_relay_handshake_failures_total";
+/// Authenticated device sessions on this relay now.
+pub const SESSIONS: &str = "herold_relay_sessions";
+/// Authentications, by `outcome` (`ok` or the error code).
+pub const AUTH: &str = "herold_relay_auth_total";
+
+/// Submits, by `outcome` (`accepted`, `duplicate`, `rejected`) and `code`
+/// (the error code of a rejection, `none` otherwise).
+pub const SUBMITS: &str = "herold_relay_submits_total";
+/// From a submit's arrival to its Accepted (validation and durable write).
+pub const SUBMIT_ACCEPT_SECONDS: &str = "herold_relay_submit_accept_seconds";
+/// From a message's acceptance to its Deliver being written to a
+/// recipient device's stream (live deliveries only, across relays).
+pub const DELIVERY_SECONDS: &str = "herold_relay_delivery_seconds";
+/// Deliver frames written to devices, by `path` (`live`, `sync`).
+pub const DELIVERIES: &str = "herold_relay_deliveries_total";
+/// Recipient devices of one accepted message (the fan-out's size).
+pub const FANOUT_DEVICES: &str = "herold_relay_fanout_devices";
+/// Relay nodes one accepted message was published to.
+pub const FANOUT_NODES: &str = "herold_relay_fanout_nodes";
+/// A device's delivery queue depth, sampled at each push.
+pub const DEVICE_QUEUE_DEPTH: &str = "herold_relay_device_queue_depth";
+/// Devices disconnected because their delivery queue was full.
+pub const SLOW_CONSUMERS: &str = "herold_relay_slow_consumer_disconnects_total";
+/// Cluster resyncs: the node inbox reported lost deliveries.
+pub const RESYNCS: &str = "herold_relay_resyncs_total";
+/// Device cursors written per flush.
+pub const CURSOR_FLUSH_CURSORS: &str = "herold_relay_cursor_flush_cursors";
+/// Cursor flushes that failed (retried on the next tick).
+pub const CURSOR_FLUSH_ERRORS: &str = "herold_relay_cursor_flush_errors_total";
+/// Expired messages deleted by the purge.
+pub const PURGED: &str = "herold_relay_purged_messages_total";
+
+/// 1 while the relay drains, 0 otherwise.
+pub const DRAINING: &str = "herold_relay_draining";
+/// Unix time the current drain started (0 when not draining).
+pub const DRAIN_STARTED: &str = "herold_relay_drain_started_timestamp_seconds";
+/// Device sessions still open during a drain.
+pub const DRAIN_REMAINING: &str = "herold_relay_drain_sessions_remaining";
+
+/// MLS requests (key packages, state, Welcomes), by `kind` and `outcome`.
+pub const MLS_REQUESTS: &str = "herold_mls_requests_total";
+/// Admin API calls, by `method` and `outcome` (`ok` or the gRPC code).
+pub const ADMIN_CALLS: &str = "herold_admin_calls_total";
+/// Admin API call duration, by `method`.
+pub const ADMIN_CALL_SECONDS: &str = "herold_admin_call_seconds";
+
+/// UDP datagrams the relay's QUIC socket received.
+pub const UDP_RECEIVED: &str = "herold_udp_datagrams_received_total";
+/// UDP datagrams the relay's QUIC socket sent.
+pub const UDP_SENT: &str = "herold_udp_datagrams_sent_total";
+/// Datagrams the kernel dropped before the relay's socket read them (its
+/// receive buffer was full): the `drops` column of `/proc/net/udp`.
+pub const UDP_RECEIVE_DROPS: &str = "herold_udp_receive_drops_total";
+/// The host's UDP receive-buffer errors, all sockets (`RcvbufErrors` of
+/// `/proc/net/snmp`): drops of other processes on the same host show here.
+pub const UDP_HOST_RCVBUF_ERRORS: &str = "herold_udp_host_receive_buffer_errors_total";
+/// The receive buffer the kernel granted the relay's socket.
+pub const UDP_RECEIVE_BUFFER: &str = "herold_udp_receive_buffer_bytes";
+
+/// Latency buckets (seconds) of every `_seconds` histogram: from 100 µs to
+/// a minute, dense where the delivery goal (p99 < 50 ms) lies.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets of the size histograms (devices, nodes, cursors, queue depth).
+pub const SIZE_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    25000.0, 100000.0,
+];
+
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return
+/// the same handle) and describes every metric of the relay, the store and
+/// the router.
+pub fn install() -> Result<PrometheusHandle, String> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(FANOUT_DEVICES.into()), SIZE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(FANOUT_NODES.into()), SIZE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CURSOR_FLUSH_CURSORS.into()),
+                        SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(DEVICE_QUEUE_DEPTH.into()), SIZE_BUCKETS)
+                })
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+            describe();
+            herold_store::metrics::describe();
+            herold_router::metrics::describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            Ok(handle)
+        })
+        .clone()
+}
+
+/// Help texts and units of the relay's metrics.
+pub fn describe() {
+    describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+    describe_gauge!(
+        READY,
+        "1 when the relay is ready (store and router reachable, not draining), else 0."
+    );
+    describe_gauge!(CONNECTIONS, Unit::Count, "QUIC connections open now.");
+    describe_counter!(
+        CONNECTIONS_OPENED,
+        Unit::Count,
+        "QUIC connections whose handshake completed."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "Connections that ended, by reason."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connection attempts refused (connection limit reached or draining)."
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES,
+        Unit::Count,
+        "QUIC/TLS handshakes that failed or timed out, by reason."
+    );
+    describe_gauge!(SESSIONS, Unit::Count, "Authenticated device sessions now.");
+    describe_counter!(AUTH, Unit::Count, "Device authentications, by outcome.");
+    describe_counter!(SUBMITS, Unit::Count, "Submits, by outcome and error code.");
+    describe_histogram!(
+        SUBMIT_ACCEPT_SECONDS,
+        Unit::Seconds,
+        "From a submit's arrival to its Accepted."
+    );
+    describe_histogram!(
+        DELIVERY_SECONDS,
+        Unit::Seconds,
+        "From a message's acceptance to its Deliver written to a device (live path)."
+    );
+    describe_counter!(
+        DELIVERIES,
+        Unit::Count,
+        "Deliver frames written to devices, by path (live, sync)."
+    );
+    describe_histogram!(
+        FANOUT_DEVICES,
+        Unit::Count,
+        "Recipient devices of one accepted message."
+    );
+    describe_histogram!(
+        FANOUT_NODES,
+        Unit::Count,
+        "Relay nodes one accepted message was published to."
+    );
+    describe_histogram!(
+        DEVICE_QUEUE_DEPTH,
+        Unit::Count,
+        "A device's delivery queue depth, sampled at each push."
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        Unit::Count,
+        "Devices disconnected because their delivery queue was full."
+    );
+    describe_counter!(
+        RESYNCS,
+        Unit::Count,
+        "Node inbox lags: every device resynced from the store."
+    );
+    describe_histogram!(
+        CURSOR_FLUSH_CURSORS,
+        Unit::Count,
+        "Device cursors written per flush."
+    );
+    describe_counter!(
+        CURSOR_FLUSH_ERRORS,
+        Unit::Count,
+        "Cursor flushes that failed (retried)."
+    );
+    describe_counter!(
+        PURGED,
+        Unit::Count,
+        "Expired messages deleted by the purge."
+    );
+    describe_gauge!(DRAINING, "1 while the relay drains, else 0.");
+    describe_gauge!(
+        DRAIN_STARTED,
+        Unit::Seconds,
+        "Unix time the current drain started; 0 when not draining."
+    );
+    describe_gauge!(
+        DRAIN_REMAINING,
+        Unit::Count,
+        "Device sessions still open during a drain."
+    );
+    describe_counter!(
+        MLS_REQUESTS,
+        Unit::Count,
+        "MLS requests of devices, by kind and outcome."
+    );
+    describe_counter!(
+        ADMIN_CALLS,
+        Unit::Count,
+        "Admin API calls, by method and outcome."
+    );
+    describe_histogram!(
+        ADMIN_CALL_SECONDS,
+        Unit::Seconds,
+        "Admin API call duration, by method."
+    );
+    describe_counter!(
+        UDP_RECEIVED,
+        Unit::Count,
+        "UDP datagrams received by the relay's QUIC socket."
+    );
+    describe_counter!(
+        UDP_SENT,
+        Unit::Count,
+        "UDP datagrams sent by the relay's QUIC socket."
+    );
+    describe_counter!(
+        UDP_RECEIVE_DROPS,
+        Unit::Count,
+        "Datagrams the kernel dropped at the relay's socket (receive buffer full)."
+    );
+    describe_counter!(
+        UDP_HOST_RCVBUF_ERRORS,
+        Unit::Count,
+        "UDP receive-buffer errors of the whole host (all sockets)."
+    );
+    describe_gauge!(
+        UDP_RECEIVE_BUFFER,
+        Unit::Bytes,
+        "Receive buffer the kernel granted the relay's UDP socket."
+    );
+}
+
+/// The label of an error code: its protobuf name in lower case
+/// (`not_member`, `slow_consumer`).
+pub(crate) fn code_label(code: herold_proto::v1::ErrorCode) -> String {
+    code.as_str_name().to_ascii_lowercase()
+}
+
+/// Seconds between two instants of tokio's clock, never negative.
+pub(crate) fn seconds_since(start: tokio::time::Instant) -> f64 {
+    tokio::time::Instant::now()
+        .saturating_duration_since(start)
+        .as_secs_f64()
+}

@@ -1,0 +1,182 @@
+//! The relay's UDP socket, counted: every datagram quinn sends or receives
+//! through it increments a counter, and the kernel's drops at the socket
+//! (its receive buffer was full) are read from `/proc/net/udp` when
+//! `/metrics` is scraped. A datagram dropped there is invisible to QUIC
+//! until loss recovery notices, which is where seconds of latency come from:
+//! SREs must see it.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use metrics::Counter;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+
+use crate::metrics as m;
+
+/// A quinn socket that counts the datagrams passing through it.
+#[derive(Debug)]
+struct CountingSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    received: Counter,
+    sent: Counter,
+}
+
+/// Datagrams in a buffer of `len` bytes cut at `stride` (GRO/GSO batches).
+fn datagrams(len: usize, stride: usize) -> u64 {
+    if stride == 0 || len <= stride {
+        1
+    } else {
+        len.div_ceil(stride) as u64
+    }
+}
+
+impl AsyncUdpSocket for CountingSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)?;
+        let n = match transmit.segment_size {
+            Some(s) => datagrams(transmit.contents.len(), s),
+            None => 1,
+        };
+        self.sent.increment(n);
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let r = self.inner.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(n)) = &r {
+            let count: u64 = meta
+                .iter()
+                .take(*n)
+                .map(|m| datagrams(m.len, m.stride))
+                .sum();
+            self.received.increment(count);
+        }
+        r
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// What identifies the relay's socket in the kernel's tables.
+#[derive(Debug, Clone)]
+pub(crate) struct SocketStats {
+    /// The socket's inode (`/proc/net/udp`'s `inode` column); `None` where
+    /// `/proc` is not available.
+    inode: Option<u64>,
+}
+
+impl SocketStats {
+    /// Reads the kernel's counters into the metrics: the socket's drops,
+    /// the host's receive-buffer errors. Cheap (two small files); called on
+    /// every scrape.
+    pub fn refresh(&self) {
+        let Some(inode) = self.inode else { return };
+        let mut drops = 0u64;
+        for table in ["/proc/net/udp", "/proc/net/udp6"] {
+            if let Ok(text) = std::fs::read_to_string(table) {
+                drops += herold_proto::udpstat::socket_drops(&text, &[inode]).0;
+            }
+        }
+        metrics::counter!(m::UDP_RECEIVE_DROPS).absolute(drops);
+        if let Some(e) = std::fs::read_to_string("/proc/net/snmp")
+            .ok()
+            .and_then(|s| herold_proto::udpstat::host_rcvbuf_errors(&s))
+        {
+            metrics::counter!(m::UDP_HOST_RCVBUF_ERRORS).absolute(e);
+        }
+    }
+}
+
+/// Binds the relay's QUIC endpoint on a counted socket.
+pub(crate) fn bind(
+    server_config: quinn::ServerConfig,
+    addr: SocketAddr,
+) -> anyhow::Result<(quinn::Endpoint, SocketStats)> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let inode = socket_inode(&socket);
+    if let Ok(size) = socket2::SockRef::from(&socket).recv_buffer_size() {
+        metrics::gauge!(m::UDP_RECEIVE_BUFFER).set(size as f64);
+    }
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    let inner = runtime.wrap_udp_socket(socket)?;
+    let socket = Arc::new(CountingSocket {
+        inner,
+        received: metrics::counter!(m::UDP_RECEIVED),
+        sent: metrics::counter!(m::UDP_SENT),
+    });
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        runtime,
+    )?;
+    let stats = SocketStats { inode };
+    stats.refresh();
+    Ok((endpoint, stats))
+}
+
+/// The inode of a socket, as `/proc/self/fd/<fd>` reports it.
+#[cfg(unix)]
+fn socket_inode(socket: &std::net::UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+        .ok()
+        .map(|m| m.ino())
+}
+
+#[cfg(not(unix))]
+fn socket_inode(_: &std::net::UdpSocket) -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gro_buffer_counts_each_datagram() {
+        assert_eq!(datagrams(1200, 1200), 1);
+        assert_eq!(datagrams(100, 1200), 1);
+        assert_eq!(datagrams(3600, 1200), 3);
+        assert_eq!(datagrams(3601, 1200), 4);
+        assert_eq!(datagrams(10, 0), 1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn finds_its_own_socket_in_the_kernel_table() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let inode = socket_inode(&socket).expect("the socket's inode");
+        let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+        assert_eq!(herold_proto::udpstat::socket_drops(&table, &[inode]).1, 1);
+    }
+}

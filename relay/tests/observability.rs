@@ -1,0 +1,413 @@
+//! What an SRE sees: `/metrics` of a relay process under real QUIC traffic
+//! moves by exactly what the traffic implies and passes `promtool check
+//! metrics`; `/healthz` and `/readyz` answer; readiness (HTTP and gRPC
+//! health) turns off the moment a drain starts.
+//!
+//! The metric tests run the relay binary as a child process, so its
+//! counters are its own. `promtool` comes from `HEROLD_PROMTOOL` or `PATH`
+//! (scripts/test.sh installs it with scripts/promtool.sh).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use herold_client::raw::RawConnection;
+use herold_proto::v1::{self, ConversationKind, ErrorCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.1 GET: (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let text = String::from_utf8(buf).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, body.to_owned())
+}
+
+/// One scrape: series (name and labels) -> value.
+#[derive(Debug, Default)]
+struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Scrape {
+    async fn take(addr: SocketAddr) -> (Self, String) {
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        (Self::parse(&body), body)
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut out = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("series value");
+            let value: f64 = value.parse().expect("a number");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').expect("label=value");
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            out.push((name.to_owned(), labels, value));
+        }
+        Self(out)
+    }
+
+    /// The sum of the series named `name` that carry all of `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+}
+
+/// Polls the relay's metrics until `ok` holds for a scrape.
+async fn wait_for_metrics(addr: SocketAddr, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (s, body) = Scrape::take(addr).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn promtool() -> String {
+    std::env::var("HEROLD_PROMTOOL").unwrap_or_else(|_| "promtool".into())
+}
+
+/// `promtool check metrics` on a scrape: the names, units, types and help
+/// texts pass Prometheus' own lint.
+async fn promtool_check(exposition: &str) {
+    let mut child = tokio::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): run scripts/test.sh, or set HEROLD_PROMTOOL to \
+                 the output of `scripts/promtool.sh path`"
+            )
+        });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(exposition.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_by_what_the_traffic_implies() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(dir.path(), &[]).await;
+    let (status, body) = http_get(relay.metrics, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let mut admin = admin_at(relay.admin).await;
+    for a in ["alice", "bob", "carol"] {
+        create_account(&mut admin, a).await;
+    }
+    let alice = enroll(&mut admin, "alice", "alice.phone").await;
+    let bob_phone = enroll(&mut admin, "bob", "bob.phone").await;
+    let bob_laptop = enroll(&mut admin, "bob", "bob.laptop").await;
+    create_conversation(
+        &mut admin,
+        "station-42",
+        ConversationKind::Group,
+        &["alice", "bob"],
+    )
+    .await;
+    create_conversation(&mut admin, "hq", ConversationKind::Group, &["bob", "carol"]).await;
+
+    let before = wait_for_metrics(relay.metrics, "readiness", |s| {
+        s.get("herold_relay_ready", &[]) == 1.0
+    })
+    .await;
+    let (status, _) = http_get(relay.metrics, "/readyz").await;
+    assert_eq!(status, 200);
+    // The admin calls above, counted by method and outcome.
+    assert_eq!(
+        before.get(
+            "herold_admin_calls_total",
+            &[("method", "Admin/CreateAccount"), ("outcome", "ok")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        before.get(
+            "herold_admin_calls_total",
+            &[("method", "Admin/RegisterDevice"), ("outcome", "ok")]
+        ),
+        3.0
+    );
+
+    let connect = |device: &'static str, key| {
+        let (addr, fp) = (relay.addr, relay.fingerprint);
+        async move {
+            let mut c = herold_client::Client::connect(herold_client::ClientConfig::new(
+                addr, fp, device, key,
+            ))
+            .await
+            .expect("client connects");
+            receive_until_synced(&mut c).await;
+            c
+        }
+    };
+    let mut a = connect("alice.phone", alice).await;
+    let mut bp = connect("bob.phone", bob_phone).await;
+    let mut bl = connect("bob.laptop", bob_laptop.clone()).await;
+    // A device nobody enrolled is refused at authentication.
+    let stranger = herold_client::generate_key().unwrap();
+    let refused = herold_client::Client::connect(herold_client::ClientConfig::new(
+        relay.addr,
+        relay.fingerprint,
+        "nobody.phone",
+        stranger,
+    ))
+    .await;
+    assert!(refused.is_err(), "an unknown device must not authenticate");
+
+    const N: usize = 5;
+    for i in 0..N {
+        a.send("station-42", format!("ciphertext {i}").into_bytes(), 0)
+            .await
+            .unwrap();
+    }
+    // Not a member: refused with a code.
+    let err = a.send("hq", b"x".to_vec(), 0).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotMember));
+    for c in [&mut a, &mut bp, &mut bl] {
+        assert_eq!(receive(c, N).await.len(), N);
+    }
+
+    // Every device of the conversation (the sender's too) got each message
+    // live: 3 devices x N.
+    let live = (3 * N) as f64;
+    let after = wait_for_metrics(relay.metrics, "the deliveries", |s| {
+        s.get("herold_relay_deliveries_total", &[("path", "live")])
+            - before.get("herold_relay_deliveries_total", &[("path", "live")])
+            >= live
+    })
+    .await;
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    assert_eq!(
+        delta("herold_relay_deliveries_total", &[("path", "live")]),
+        live
+    );
+    assert_eq!(
+        delta("herold_relay_deliveries_total", &[("path", "sync")]),
+        0.0
+    );
+    assert_eq!(
+        delta(
+            "herold_relay_submits_total",
+            &[("outcome", "accepted"), ("code", "none")]
+        ),
+        N as f64
+    );
+    assert_eq!(
+        delta(
+            "herold_relay_submits_total",
+            &[("outcome", "rejected"), ("code", "not_member")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta("herold_relay_submit_accept_seconds_count", &[]),
+        N as f64
+    );
+    assert_eq!(delta("herold_relay_delivery_seconds_count", &[]), live);
+    // Each message fanned out to the conversation's 3 devices on 1 node.
+    assert_eq!(delta("herold_relay_fanout_devices_count", &[]), N as f64);
+    assert_eq!(delta("herold_relay_fanout_devices_sum", &[]), live);
+    assert_eq!(delta("herold_relay_fanout_nodes_sum", &[]), N as f64);
+    assert_eq!(delta("herold_relay_device_queue_depth_count", &[]), live);
+    assert_eq!(delta("herold_relay_auth_total", &[("outcome", "ok")]), 3.0);
+    assert_eq!(
+        delta("herold_relay_auth_total", &[("outcome", "unknown_device")]),
+        1.0
+    );
+    assert_eq!(delta("herold_relay_connections_opened_total", &[]), 4.0);
+    assert_eq!(after.get("herold_relay_connections", &[]), 3.0);
+    assert_eq!(after.get("herold_relay_sessions", &[]), 3.0);
+    assert_eq!(
+        delta(
+            "herold_relay_connections_closed_total",
+            &[("reason", "unknown_device")]
+        ),
+        1.0
+    );
+    // The store wrote each message once, whatever the number of devices.
+    assert_eq!(
+        delta("herold_store_operation_seconds_count", &[("op", "append")]),
+        N as f64
+    );
+    assert_eq!(delta("herold_store_errors_total", &[]), 0.0);
+    assert_eq!(
+        delta(
+            "herold_router_operation_seconds_count",
+            &[("op", "publish_many")]
+        ),
+        N as f64
+    );
+    // Datagrams both ways: at least one per delivery and per submit.
+    assert!(delta("herold_udp_datagrams_received_total", &[]) >= N as f64);
+    assert!(delta("herold_udp_datagrams_sent_total", &[]) >= live);
+    assert_eq!(after.get("herold_udp_receive_drops_total", &[]), 0.0);
+    assert!(after.get("herold_udp_receive_buffer_bytes", &[]) > 0.0);
+    assert_eq!(
+        after.get(
+            "herold_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+
+    // A device that leaves is counted closed by its reason; the gauges fall.
+    bl.close().await;
+    let closed = wait_for_metrics(relay.metrics, "the closed connection", |s| {
+        s.get("herold_relay_connections", &[]) == 2.0
+    })
+    .await;
+    assert_eq!(closed.get("herold_relay_sessions", &[]), 2.0);
+    assert_eq!(
+        closed.get(
+            "herold_relay_connections_closed_total",
+            &[("reason", "closed")]
+        ) - after.get(
+            "herold_relay_connections_closed_total",
+            &[("reason", "closed")]
+        ),
+        1.0
+    );
+
+    // The laptop comes back; its session counts again.
+    let bl = connect("bob.laptop", bob_laptop).await;
+    let (s, body) = Scrape::take(relay.metrics).await;
+    assert_eq!(s.get("herold_relay_sessions", &[]), 3.0);
+    promtool_check(&body).await;
+
+    // Cursors flushed (the acks of the deliveries above).
+    wait_for_metrics(relay.metrics, "a cursor flush", |s| {
+        s.get("herold_relay_cursor_flush_cursors_count", &[]) >= 1.0
+    })
+    .await;
+    for c in [a, bp, bl] {
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_off_the_moment_a_drain_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let ops = relay.metrics_addr;
+    assert_eq!(http_get(ops, "/readyz").await.0, 200);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", relay.admin_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        status_of(&mut health, "").await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // A device that stays connected and silent holds the drain open for
+    // its read grace (2 s): readiness must be off during all of it.
+    relay.account("dora").await;
+    let key = relay.device("dora", "dora.phone").await;
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    raw.authenticate("dora.phone", &key).await.unwrap();
+    let stop = relay.begin_stop();
+    // Draining is announced to the device first thing.
+    loop {
+        match tokio::time::timeout(DEADLINE, raw.expect_frame()).await {
+            Ok(Ok(v1::server_frame::Kind::Draining(_))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("expected Draining, got {other:?}"),
+        }
+    }
+    let (status, body) = http_get(ops, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
+    assert_eq!(
+        status_of(&mut health, "").await,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        status_of(&mut health, "herold.v1.Admin").await,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    // Liveness stays on: the process still serves.
+    assert_eq!(http_get(ops, "/healthz").await.0, 200);
+    let (s, _) = Scrape::take(ops).await;
+    assert_eq!(s.get("herold_relay_ready", &[]), 0.0);
+    assert_eq!(s.get("herold_relay_draining", &[]), 1.0);
+    assert!(s.get("herold_relay_drain_started_timestamp_seconds", &[]) > 1.0e9);
+    drop(raw);
+    stop.await;
+}
+
+async fn status_of(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> i32 {
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
