@@ -8,6 +8,8 @@
 # Cluster on loopback from scripts/redis.sh (Debian's redis-server,
 # installed with apt if missing; `scripts/redis.sh stop`), for the router's
 # conformance suite and the cluster tests of several relay processes.
+# Prometheus' promtool (scripts/promtool.sh) for the alerting rules, the
+# dashboard and a real scrape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/cassandra.sh start
@@ -17,4 +19,10 @@ while IFS='=' read -r name value; do
   # A value already in the environment wins (another Redis of the developer's).
   if [ -z "${!name:-}" ]; then export "$name=$value"; fi
 done < <(scripts/redis.sh env)
+# Prometheus' promtool (from Debian's package, no daemon; cached outside the
+# clone): the alerting rules' unit tests and the dashboard's queries here,
+# `promtool check metrics` on a real scrape in relay/tests/observability.rs.
+HEROLD_PROMTOOL="${HEROLD_PROMTOOL:-$(scripts/promtool.sh path)}"
+export HEROLD_PROMTOOL
+scripts/promtool.sh check
 exec cargo test --workspace --locked "$@"

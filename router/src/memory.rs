@@ -166,7 +166,10 @@ mod tests {
         let _b = router.register_node("b").await.unwrap();
 
         router.publish("a", Delivery::default()).await.unwrap();
-        router.publish("gone", Delivery::default()).await.unwrap_err();
+        router
+            .publish("gone", Delivery::default())
+            .await
+            .unwrap_err();
         router.broadcast(Bytes::from_static(b"x")).await.unwrap();
 
         // One delivery, one broadcast into each of two inboxes; the failed
