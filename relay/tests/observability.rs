@@ -411,3 +411,38 @@ async fn status_of(
         .into_inner()
         .status
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_store() {
+    use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
+    use herold_store::unreliable::Unreliable;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded =
+        EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap();
+    let store = std::sync::Arc::new(Unreliable::new(std::sync::Arc::new(embedded)));
+    let router = std::sync::Arc::new(herold_router::memory::MemoryRouter::default());
+    let relay =
+        TestRelay::start_on(herold_relay::Config::dev(dir.path()), store.clone(), router).await;
+    let ops = relay.metrics_addr;
+    assert_eq!(http_get(ops, "/readyz").await.0, 200);
+
+    store.set_failing(true);
+    let (status, body) = http_get(ops, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: store unavailable"), "{body}");
+    // The probe's failure shows in the store's error counter too.
+    let (s, _) = Scrape::take(ops).await;
+    assert!(
+        s.get(
+            "herold_store_errors_total",
+            &[("op", "get_device"), ("kind", "unavailable")]
+        ) >= 1.0
+    );
+    assert_eq!(s.get("herold_relay_ready", &[]), 0.0);
+    // Liveness is not readiness: the process still serves.
+    assert_eq!(http_get(ops, "/healthz").await.0, 200);
+
+    store.set_failing(false);
+    assert_eq!(http_get(ops, "/readyz").await.0, 200);
+    relay.stop().await;
+}

@@ -54,7 +54,10 @@ fn text(v: &Option<AnyValue>) -> String {
 }
 
 fn attribute(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attrs.iter().find(|kv| kv.key == key).map(|kv| text(&kv.value))
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| text(&kv.value))
 }
 
 #[tonic::async_trait]
@@ -125,7 +128,12 @@ async fn one_message_is_one_trace_across_two_relays() {
         .map_or(0, |d| d.as_millis());
     let t = format!("tr{}x{ms:x}", std::process::id());
     let mut extra = cql_args();
-    extra.extend(["--otlp-endpoint".into(), otlp, "--trace-sample-ratio".into(), "1".into()]);
+    extra.extend([
+        "--otlp-endpoint".into(),
+        otlp,
+        "--trace-sample-ratio".into(),
+        "1".into(),
+    ]);
     let relays = spawn_cluster(dir.path(), 2, &shared_redis(), &t, &extra).await;
 
     let mut admin = admin_at(relays[0].admin).await;
@@ -136,7 +144,13 @@ async fn one_message_is_one_trace_across_two_relays() {
     let sk = enroll(&mut admin, &sender, &sd).await;
     let rk = enroll(&mut admin, &recipient, &rd).await;
     let conv = format!("{t}grp");
-    create_conversation(&mut admin, &conv, ConversationKind::Group, &[&sender, &recipient]).await;
+    create_conversation(
+        &mut admin,
+        &conv,
+        ConversationKind::Group,
+        &[&sender, &recipient],
+    )
+    .await;
 
     let fp = relays[0].fingerprint;
     let mut r = Client::connect(ClientConfig::new(relays[1].addr, fp, &rd, rk))
@@ -155,14 +169,19 @@ async fn one_message_is_one_trace_across_two_relays() {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let spans = loop {
         let spans = collector.spans.lock().unwrap().clone();
-        let has_push = spans.iter().any(|x| x.node == "r1" && x.span.name == "push");
+        let has_push = spans
+            .iter()
+            .any(|x| x.node == "r1" && x.span.name == "push");
         if has_push {
             break spans;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no push span from the recipient's relay; received: {:?}",
-            spans.iter().map(|x| (&x.node, &x.span.name)).collect::<Vec<_>>()
+            spans
+                .iter()
+                .map(|x| (&x.node, &x.span.name))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -180,14 +199,24 @@ async fn one_message_is_one_trace_across_two_relays() {
     let deliver = one("r1", "deliver");
     let push = one("r1", "push");
     for s in [&store, &route, &deliver, &push] {
-        assert_eq!(s.trace_id, submit.trace_id, "{} is in another trace", s.name);
+        assert_eq!(
+            s.trace_id, submit.trace_id,
+            "{} is in another trace",
+            s.name
+        );
     }
     assert!(submit.parent_span_id.is_empty(), "submit starts the trace");
     assert_eq!(store.parent_span_id, submit.span_id);
     assert_eq!(route.parent_span_id, submit.span_id);
-    assert_eq!(deliver.parent_span_id, route.span_id, "deliver joins across relays");
+    assert_eq!(
+        deliver.parent_span_id, route.span_id,
+        "deliver joins across relays"
+    );
     assert_eq!(push.parent_span_id, deliver.span_id);
-    assert_eq!(attribute(&route.attributes, "devices").as_deref(), Some("2"));
+    assert_eq!(
+        attribute(&route.attributes, "devices").as_deref(),
+        Some("2")
+    );
 
     // Nothing that identifies a person or a conversation, and no payload.
     let secrets = [&sender, &recipient, &sd, &rd, &conv];
@@ -195,9 +224,18 @@ async fn one_message_is_one_trace_across_two_relays() {
         for kv in &x.span.attributes {
             let v = text(&kv.value);
             for s in secrets {
-                assert!(!v.contains(s.as_str()), "span {} attribute {} names {s}", x.span.name, kv.key);
+                assert!(
+                    !v.contains(s.as_str()),
+                    "span {} attribute {} names {s}",
+                    x.span.name,
+                    kv.key
+                );
             }
-            assert!(!v.contains("opaque ciphertext"), "a payload in span {}", x.span.name);
+            assert!(
+                !v.contains("opaque ciphertext"),
+                "a payload in span {}",
+                x.span.name
+            );
         }
     }
     server.abort();

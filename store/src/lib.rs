@@ -52,6 +52,8 @@ use async_trait::async_trait;
 pub mod embedded;
 pub mod metered;
 pub mod metrics;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod unreliable;
 
 #[cfg(feature = "cql")]
 pub mod cql;

@@ -19,6 +19,7 @@ use metrics::{counter, histogram};
 use tokio::time::Instant;
 
 use crate::metrics::{ERRORS, OPERATION_SECONDS};
+#[allow(unused_imports)] // used by the expansions of `delegate_store!`
 use crate::{
     Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, Device,
     EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsState, NewMessage, Page, Policy,
@@ -112,226 +113,269 @@ async fn timed<T>(
     result
 }
 
-/// `call!(self.method(args..))`: the inner store's `method`, [`timed`] under
-/// the label `"method"` (the name is written once, so label and method
-/// cannot disagree).
+impl<S: Store + ?Sized> Metered<S> {
+    /// What [`delegate_store!`] wraps every call in: [`timed`].
+    async fn around<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        timed(op, call).await
+    }
+}
+
+/// `call!(self.method(args..))`: the inner store's `method`, passed through
+/// the wrapper's `around` with the method's name as `op` (the name is
+/// written once, so label and method cannot disagree).
 macro_rules! call {
     ($self:ident . $method:ident ( $($arg:expr),* $(,)? )) => {
-        timed(stringify!($method), $self.inner.$method($($arg),*)).await
+        $self.around(stringify!($method), $self.inner.$method($($arg),*)).await
     };
 }
+pub(crate) use call;
 
-#[async_trait]
-impl<S: Store + ?Sized> Store for Metered<S> {
-    async fn create_account(&self, account: Account) -> Result<(), StoreError> {
-        call!(self.create_account(account))
-    }
-    async fn get_account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
-        call!(self.get_account(account_id))
-    }
-    async fn delete_account(&self, account_id: &str) -> Result<AccountPurge, StoreError> {
-        call!(self.delete_account(account_id))
-    }
+/// `delegate_store!(Wrapper)`: implements [`Store`] for `Wrapper<S>` (a
+/// struct with an `inner: Arc<S>` and an `async fn around(&self, op, call)`)
+/// by sending every method, the trait's default ones included, to the inner
+/// store through `around`. One list of the trait's methods for every
+/// wrapper ([`Metered`], and the fault-injecting `Unreliable` of the tests).
+macro_rules! delegate_store {
+    ($wrapper:ident) => {
+        #[async_trait]
+        impl<S: Store + ?Sized> Store for $wrapper<S> {
+            async fn create_account(&self, account: Account) -> Result<(), StoreError> {
+                call!(self.create_account(account))
+            }
+            async fn get_account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
+                call!(self.get_account(account_id))
+            }
+            async fn delete_account(&self, account_id: &str) -> Result<AccountPurge, StoreError> {
+                call!(self.delete_account(account_id))
+            }
 
-    async fn add_device(&self, device: Device, max_devices: u32) -> Result<(), StoreError> {
-        call!(self.add_device(device, max_devices))
-    }
-    async fn get_device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
-        call!(self.get_device(device_id))
-    }
-    async fn list_devices(&self, account_id: &str) -> Result<Vec<Device>, StoreError> {
-        call!(self.list_devices(account_id))
-    }
-    async fn devices_of(&self, account_ids: Vec<String>) -> Result<Vec<Device>, StoreError> {
-        call!(self.devices_of(account_ids))
-    }
-    async fn revoke_device(&self, device_id: &str) -> Result<Device, StoreError> {
-        call!(self.revoke_device(device_id))
-    }
+            async fn add_device(&self, device: Device, max_devices: u32) -> Result<(), StoreError> {
+                call!(self.add_device(device, max_devices))
+            }
+            async fn get_device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
+                call!(self.get_device(device_id))
+            }
+            async fn list_devices(&self, account_id: &str) -> Result<Vec<Device>, StoreError> {
+                call!(self.list_devices(account_id))
+            }
+            async fn devices_of(
+                &self,
+                account_ids: Vec<String>,
+            ) -> Result<Vec<Device>, StoreError> {
+                call!(self.devices_of(account_ids))
+            }
+            async fn revoke_device(&self, device_id: &str) -> Result<Device, StoreError> {
+                call!(self.revoke_device(device_id))
+            }
 
-    async fn create_conversation(
-        &self,
-        conversation: Conversation,
-        members: Vec<Member>,
-    ) -> Result<(), StoreError> {
-        call!(self.create_conversation(conversation, members))
-    }
-    async fn get_conversation(
-        &self,
-        conversation_id: &str,
-    ) -> Result<Option<Conversation>, StoreError> {
-        call!(self.get_conversation(conversation_id))
-    }
-    async fn put_members(
-        &self,
-        conversation_id: &str,
-        members: Vec<Member>,
-    ) -> Result<(), StoreError> {
-        call!(self.put_members(conversation_id, members))
-    }
-    async fn remove_members(
-        &self,
-        conversation_id: &str,
-        account_ids: Vec<String>,
-    ) -> Result<u32, StoreError> {
-        call!(self.remove_members(conversation_id, account_ids))
-    }
-    async fn members(&self, conversation_id: &str) -> Result<Vec<Member>, StoreError> {
-        call!(self.members(conversation_id))
-    }
-    async fn conversations_of(&self, account_id: &str) -> Result<Vec<String>, StoreError> {
-        call!(self.conversations_of(account_id))
-    }
+            async fn create_conversation(
+                &self,
+                conversation: Conversation,
+                members: Vec<Member>,
+            ) -> Result<(), StoreError> {
+                call!(self.create_conversation(conversation, members))
+            }
+            async fn get_conversation(
+                &self,
+                conversation_id: &str,
+            ) -> Result<Option<Conversation>, StoreError> {
+                call!(self.get_conversation(conversation_id))
+            }
+            async fn put_members(
+                &self,
+                conversation_id: &str,
+                members: Vec<Member>,
+            ) -> Result<(), StoreError> {
+                call!(self.put_members(conversation_id, members))
+            }
+            async fn remove_members(
+                &self,
+                conversation_id: &str,
+                account_ids: Vec<String>,
+            ) -> Result<u32, StoreError> {
+                call!(self.remove_members(conversation_id, account_ids))
+            }
+            async fn members(&self, conversation_id: &str) -> Result<Vec<Member>, StoreError> {
+                call!(self.members(conversation_id))
+            }
+            async fn conversations_of(&self, account_id: &str) -> Result<Vec<String>, StoreError> {
+                call!(self.conversations_of(account_id))
+            }
 
-    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
-        call!(self.append(message))
-    }
-    async fn read(
-        &self,
-        conversation_id: &str,
-        after_seq: u64,
-        limit: usize,
-        now_ms: UnixMillis,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        call!(self.read(conversation_id, after_seq, limit, now_ms))
-    }
-    async fn head(&self, conversation_id: &str) -> Result<u64, StoreError> {
-        call!(self.head(conversation_id))
-    }
+            async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
+                call!(self.append(message))
+            }
+            async fn read(
+                &self,
+                conversation_id: &str,
+                after_seq: u64,
+                limit: usize,
+                now_ms: UnixMillis,
+            ) -> Result<Vec<StoredMessage>, StoreError> {
+                call!(self.read(conversation_id, after_seq, limit, now_ms))
+            }
+            async fn head(&self, conversation_id: &str) -> Result<u64, StoreError> {
+                call!(self.head(conversation_id))
+            }
 
-    async fn advance_cursors(
-        &self,
-        device_id: &str,
-        cursors: Vec<(String, u64)>,
-    ) -> Result<(), StoreError> {
-        call!(self.advance_cursors(device_id, cursors))
-    }
-    async fn advance_cursors_many(
-        &self,
-        updates: Vec<(String, Vec<(String, u64)>)>,
-    ) -> Result<(), StoreError> {
-        call!(self.advance_cursors_many(updates))
-    }
-    async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        call!(self.cursors(device_id))
-    }
+            async fn advance_cursors(
+                &self,
+                device_id: &str,
+                cursors: Vec<(String, u64)>,
+            ) -> Result<(), StoreError> {
+                call!(self.advance_cursors(device_id, cursors))
+            }
+            async fn advance_cursors_many(
+                &self,
+                updates: Vec<(String, Vec<(String, u64)>)>,
+            ) -> Result<(), StoreError> {
+                call!(self.advance_cursors_many(updates))
+            }
+            async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError> {
+                call!(self.cursors(device_id))
+            }
 
-    async fn account_state(&self, account_id: &str) -> Result<Option<AccountState>, StoreError> {
-        call!(self.account_state(account_id))
-    }
-    async fn set_account_state(
-        &self,
-        account_id: &str,
-        state: AccountState,
-    ) -> Result<(), StoreError> {
-        call!(self.set_account_state(account_id, state))
-    }
-    async fn list_accounts(
-        &self,
-        tag: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<Account>, StoreError> {
-        call!(self.list_accounts(tag, after, limit))
-    }
+            async fn account_state(
+                &self,
+                account_id: &str,
+            ) -> Result<Option<AccountState>, StoreError> {
+                call!(self.account_state(account_id))
+            }
+            async fn set_account_state(
+                &self,
+                account_id: &str,
+                state: AccountState,
+            ) -> Result<(), StoreError> {
+                call!(self.set_account_state(account_id, state))
+            }
+            async fn list_accounts(
+                &self,
+                tag: Option<&str>,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Page<Account>, StoreError> {
+                call!(self.list_accounts(tag, after, limit))
+            }
 
-    async fn update_conversation(
-        &self,
-        conversation_id: &str,
-        title: Option<String>,
-        archived: Option<bool>,
-    ) -> Result<(), StoreError> {
-        call!(self.update_conversation(conversation_id, title, archived))
-    }
-    async fn conversation_archived(&self, conversation_id: &str) -> Result<bool, StoreError> {
-        call!(self.conversation_archived(conversation_id))
-    }
-    async fn list_conversations(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<Conversation>, StoreError> {
-        call!(self.list_conversations(after, limit))
-    }
+            async fn update_conversation(
+                &self,
+                conversation_id: &str,
+                title: Option<String>,
+                archived: Option<bool>,
+            ) -> Result<(), StoreError> {
+                call!(self.update_conversation(conversation_id, title, archived))
+            }
+            async fn conversation_archived(
+                &self,
+                conversation_id: &str,
+            ) -> Result<bool, StoreError> {
+                call!(self.conversation_archived(conversation_id))
+            }
+            async fn list_conversations(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Page<Conversation>, StoreError> {
+                call!(self.list_conversations(after, limit))
+            }
 
-    async fn put_policy(&self, scope: PolicyScope, policy: Policy) -> Result<(), StoreError> {
-        call!(self.put_policy(scope, policy))
-    }
-    async fn get_policy(&self, scope: PolicyScope) -> Result<Option<Policy>, StoreError> {
-        call!(self.get_policy(scope))
-    }
+            async fn put_policy(
+                &self,
+                scope: PolicyScope,
+                policy: Policy,
+            ) -> Result<(), StoreError> {
+                call!(self.put_policy(scope, policy))
+            }
+            async fn get_policy(&self, scope: PolicyScope) -> Result<Option<Policy>, StoreError> {
+                call!(self.get_policy(scope))
+            }
 
-    async fn create_enrollment_code(&self, code: EnrollmentCode) -> Result<(), StoreError> {
-        call!(self.create_enrollment_code(code))
-    }
-    async fn redeem_enrollment_code(
-        &self,
-        code_hash: &[u8],
-        device: Device,
-        now_ms: UnixMillis,
-        max_devices: u32,
-    ) -> Result<Device, StoreError> {
-        call!(self.redeem_enrollment_code(code_hash, device, now_ms, max_devices))
-    }
+            async fn create_enrollment_code(&self, code: EnrollmentCode) -> Result<(), StoreError> {
+                call!(self.create_enrollment_code(code))
+            }
+            async fn redeem_enrollment_code(
+                &self,
+                code_hash: &[u8],
+                device: Device,
+                now_ms: UnixMillis,
+                max_devices: u32,
+            ) -> Result<Device, StoreError> {
+                call!(self.redeem_enrollment_code(code_hash, device, now_ms, max_devices))
+            }
 
-    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        call!(self.append_audit(entry))
-    }
-    async fn list_audit(
-        &self,
-        before_ms: UnixMillis,
-        before_id: &str,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        call!(self.list_audit(before_ms, before_id, limit))
-    }
+            async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+                call!(self.append_audit(entry))
+            }
+            async fn list_audit(
+                &self,
+                before_ms: UnixMillis,
+                before_id: &str,
+                limit: usize,
+            ) -> Result<Vec<AuditEntry>, StoreError> {
+                call!(self.list_audit(before_ms, before_id, limit))
+            }
 
-    async fn upload_key_packages(
-        &self,
-        device_id: &str,
-        one_time: Vec<Vec<u8>>,
-        last_resort: Option<Vec<u8>>,
-        max_available: u32,
-    ) -> Result<KeyPackageUpload, StoreError> {
-        call!(self.upload_key_packages(device_id, one_time, last_resort, max_available))
-    }
-    async fn claim_key_package(&self, device_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        call!(self.claim_key_package(device_id))
-    }
-    async fn key_package_count(&self, device_id: &str) -> Result<KeyPackageCount, StoreError> {
-        call!(self.key_package_count(device_id))
-    }
+            async fn upload_key_packages(
+                &self,
+                device_id: &str,
+                one_time: Vec<Vec<u8>>,
+                last_resort: Option<Vec<u8>>,
+                max_available: u32,
+            ) -> Result<KeyPackageUpload, StoreError> {
+                call!(self.upload_key_packages(device_id, one_time, last_resort, max_available))
+            }
+            async fn claim_key_package(
+                &self,
+                device_id: &str,
+            ) -> Result<Option<Vec<u8>>, StoreError> {
+                call!(self.claim_key_package(device_id))
+            }
+            async fn key_package_count(
+                &self,
+                device_id: &str,
+            ) -> Result<KeyPackageCount, StoreError> {
+                call!(self.key_package_count(device_id))
+            }
 
-    async fn mls_state(&self, conversation_id: &str) -> Result<MlsState, StoreError> {
-        call!(self.mls_state(conversation_id))
-    }
-    async fn mls_roster(&self, conversation_id: &str) -> Result<Vec<String>, StoreError> {
-        call!(self.mls_roster(conversation_id))
-    }
-    async fn mark_reconciled(
-        &self,
-        conversation_id: &str,
-        epoch: u64,
-        roster_version: u64,
-    ) -> Result<MlsState, StoreError> {
-        call!(self.mark_reconciled(conversation_id, epoch, roster_version))
-    }
-    async fn welcome_for(
-        &self,
-        device_id: &str,
-        conversation_id: &str,
-    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        call!(self.welcome_for(device_id, conversation_id))
-    }
+            async fn mls_state(&self, conversation_id: &str) -> Result<MlsState, StoreError> {
+                call!(self.mls_state(conversation_id))
+            }
+            async fn mls_roster(&self, conversation_id: &str) -> Result<Vec<String>, StoreError> {
+                call!(self.mls_roster(conversation_id))
+            }
+            async fn mark_reconciled(
+                &self,
+                conversation_id: &str,
+                epoch: u64,
+                roster_version: u64,
+            ) -> Result<MlsState, StoreError> {
+                call!(self.mark_reconciled(conversation_id, epoch, roster_version))
+            }
+            async fn welcome_for(
+                &self,
+                device_id: &str,
+                conversation_id: &str,
+            ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+                call!(self.welcome_for(device_id, conversation_id))
+            }
 
-    async fn close(&self) -> Result<(), StoreError> {
-        call!(self.close())
-    }
+            async fn close(&self) -> Result<(), StoreError> {
+                call!(self.close())
+            }
 
-    async fn purge_expired(&self, now_ms: UnixMillis) -> Result<u64, StoreError> {
-        call!(self.purge_expired(now_ms))
-    }
+            async fn purge_expired(&self, now_ms: UnixMillis) -> Result<u64, StoreError> {
+                call!(self.purge_expired(now_ms))
+            }
+        }
+    };
 }
+pub(crate) use delegate_store;
+
+delegate_store!(Metered);
 
 #[cfg(test)]
 mod tests {

@@ -35,7 +35,23 @@ impl TestRelay {
     }
 
     pub async fn start_with(config: Config) -> Self {
-        let relay = Relay::bind(config).await.expect("bind relay");
+        Self::started(Relay::bind(config).await.expect("bind relay"))
+    }
+
+    /// A relay on the given store and router.
+    pub async fn start_on(
+        config: Config,
+        store: std::sync::Arc<dyn herold_store::Store>,
+        router: std::sync::Arc<dyn herold_router::Router>,
+    ) -> Self {
+        Self::started(
+            Relay::bind_with(config, store, router)
+                .await
+                .expect("bind relay"),
+        )
+    }
+
+    fn started(relay: Relay) -> Self {
         let addr = relay.local_addr().unwrap();
         let admin_addr = relay.admin_addr().unwrap();
         let metrics_addr = relay.metrics_addr().unwrap();
