@@ -10,6 +10,8 @@
 //!   checked (exactly once, in the conversation's order, only to members);
 //!   latencies are measured from the intended send time.
 //! - [`report`]: JSON, Markdown and SVG plots.
+//! - [`udp`]: datagrams the kernel dropped during the run, at the relays
+//!   (their `/metrics`) and at the load tester's own sockets.
 //!
 //! `docs/loadtest.md` tells an SRE how to run a pre-election load test.
 
@@ -18,6 +20,7 @@
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod udp;
 pub mod world;
 
 pub use report::Report;

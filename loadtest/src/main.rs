@@ -54,6 +54,14 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// `/metrics` URL of a relay under test (repeat for a cluster): its UDP
+    /// datagram and drop counters go into the report. `none` to skip.
+    #[arg(
+        long,
+        env = "HEROLD_RELAY_METRICS",
+        default_value = "http://127.0.0.1:7302/metrics"
+    )]
+    relay_metrics: Vec<String>,
 }
 
 fn main() {
@@ -120,6 +128,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             endpoints: args.endpoints,
             concurrency: args.concurrency,
             progress: !args.quiet,
+            relay_metrics: args
+                .relay_metrics
+                .into_iter()
+                .filter(|u| u != "none")
+                .collect(),
         },
     )
     .await?;

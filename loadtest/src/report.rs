@@ -136,6 +136,8 @@ pub struct Report {
     pub submit_to_delivered: Latency,
     /// Exactly-once and order check.
     pub verification: Verification,
+    /// UDP datagrams the kernel dropped, relay side and load tester side.
+    pub udp: crate::udp::UdpReport,
     /// Per-second figures.
     pub timeline: Vec<Second>,
 }
@@ -157,6 +159,35 @@ impl Report {
         let lat = dir.join(format!("{}-latency.svg", self.scenario));
         self.plot_latency(&lat)?;
         Ok(vec![json, md, tp, lat])
+    }
+
+    /// The UDP drop table: the latencies above only measure Herold when
+    /// both sides dropped nothing.
+    fn udp_markdown(&self) -> String {
+        let u = &self.udp;
+        let n = |v: Option<u64>| v.map_or_else(|| "not measured".to_owned(), |v| v.to_string());
+        let relay = match (&u.relay, &u.relay_error) {
+            (Some(r), _) => format!("{} / {} / {}", r.received, r.sent, r.drops),
+            (None, Some(e)) => format!("not measured ({e})"),
+            (None, None) => "not measured".to_owned(),
+        };
+        let verdict = if u.dropped_any() {
+            "**Datagrams were dropped**: the latencies above include QUIC loss \
+             recovery and measure the kernel's socket buffers, not only Herold."
+        } else if u.relay.is_some() && u.loadtest_drops.is_some() {
+            "No datagram was dropped on either side."
+        } else {
+            "Drops were not measured on both sides (give `--relay-metrics`)."
+        };
+        format!(
+            "| UDP datagrams (kernel, over the run) | |\n|---|---|\n\
+             | relays: received / sent / dropped | {relay} |\n\
+             | load tester: dropped | {own} |\n\
+             | host receive-buffer errors (all processes) | {host} |\n\n\
+             {verdict}\n",
+            own = n(u.loadtest_drops),
+            host = n(u.host_rcvbuf_errors),
+        )
     }
 
     /// The report as Markdown.
@@ -197,6 +228,7 @@ impl Report {
              |---|---|---|---|---|---|---|\n\
              | submit -> accepted {acc_lat}\n\
              | submit -> delivered {del_lat}\n\n\
+             {udp}\n\
              Plots: `{name}-throughput.svg`, `{name}-latency.svg`.\n",
             name = self.scenario,
             verdict = if v.is_clean() { "PASS" } else { "FAIL" },
@@ -223,6 +255,7 @@ impl Report {
             peak = self.peak_delivered_per_sec,
             acc_lat = lat(&self.submit_to_accepted),
             del_lat = lat(&self.submit_to_delivered),
+            udp = self.udp_markdown(),
         )
     }
 

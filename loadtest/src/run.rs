@@ -44,6 +44,9 @@ pub struct Target {
     pub concurrency: usize,
     /// Show live progress bars.
     pub progress: bool,
+    /// `/metrics` URLs of the relays under test, for their UDP counters
+    /// (datagrams dropped by the kernel); empty: not measured.
+    pub relay_metrics: Vec<String>,
 }
 
 /// What a device's receiver hands back at the end.
@@ -128,8 +131,15 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
 
     // Connect every device.
     let t1 = Instant::now();
+    let relay_udp_before = if target.relay_metrics.is_empty() {
+        None
+    } else {
+        Some(crate::udp::scrape_all(&target.relay_metrics).await)
+    };
+    let host_before = crate::udp::host_rcvbuf_errors();
+    let mut own = crate::udp::OwnSockets::default();
     let endpoints: Vec<quinn::Endpoint> = (0..target.endpoints.max(1))
-        .map(|_| herold_client::raw::client_endpoint(target.relay))
+        .map(|_| own.endpoint(target.relay))
         .collect::<Result<_, _>>()?;
     let pb = bar(target.progress, world.devices.len() as u64, "connect");
     let limit = Arc::new(Semaphore::new(target.concurrency.max(1)));
@@ -390,6 +400,21 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         })
         .collect::<Vec<_>>();
     let errors = std::mem::take(&mut *errors.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut udp = crate::udp::UdpReport {
+        loadtest_drops: own.drops(),
+        host_rcvbuf_errors: crate::udp::host_rcvbuf_errors()
+            .zip(host_before)
+            .map(|(after, before)| after.saturating_sub(before)),
+        ..Default::default()
+    };
+    match relay_udp_before {
+        None => udp.relay_error = Some("no --relay-metrics given".into()),
+        Some(Err(e)) => udp.relay_error = Some(format!("{e:#}")),
+        Some(Ok(before)) => match crate::udp::scrape_all(&target.relay_metrics).await {
+            Ok(after) => udp.relay = Some(after.since(before)),
+            Err(e) => udp.relay_error = Some(format!("{e:#}")),
+        },
+    }
     Ok(Report {
         scenario: scenario.name.clone(),
         scale: scenario.scale,
@@ -411,6 +436,7 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         submit_to_accepted: Latency::from(&acc_h),
         submit_to_delivered: Latency::from(&del_h),
         verification,
+        udp,
         timeline,
     })
 }

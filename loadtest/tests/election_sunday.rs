@@ -20,6 +20,7 @@ async fn scaled_down_election_sunday_loses_nothing() {
         endpoints: 2,
         concurrency: 32,
         progress: false,
+        relay_metrics: vec![format!("http://{}/metrics", relay.metrics_addr().unwrap())],
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(relay.run(async move {
@@ -46,6 +47,14 @@ async fn scaled_down_election_sunday_loses_nothing() {
     assert_eq!(v.delivered, v.expected, "{v:?}");
     assert!(report.devices >= 140);
     assert!(report.submit_to_delivered.count >= v.delivered);
+    // The relay's UDP counters moved with the traffic (read from its
+    // /metrics), and the load tester's own sockets were looked up.
+    let relay_udp = report.udp.relay.expect("the relay's UDP counters");
+    assert!(
+        relay_udp.received > 0 && relay_udp.sent > 0,
+        "{relay_udp:?}"
+    );
+    assert!(report.udp.loadtest_drops.is_some());
 
     let out = dir.path().join("report");
     let files = report.write(&out).unwrap();
@@ -58,6 +67,7 @@ async fn scaled_down_election_sunday_loses_nothing() {
     }
     let md = std::fs::read_to_string(&files[1]).unwrap();
     assert!(md.contains("Verdict: PASS"), "{md}");
+    assert!(md.contains("relays: received / sent / dropped"), "{md}");
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();

@@ -132,6 +132,8 @@ macro_rules! call {
         $self.around(stringify!($method), $self.inner.$method($($arg),*)).await
     };
 }
+// Used again by `unreliable` (tests and feature `fault-injection`).
+#[cfg_attr(not(any(test, feature = "fault-injection")), allow(unused_imports))]
 pub(crate) use call;
 
 /// `delegate_store!(Wrapper)`: implements [`Store`] for `Wrapper<S>` (a
@@ -373,6 +375,8 @@ macro_rules! delegate_store {
         }
     };
 }
+// Used again by `unreliable` (tests and feature `fault-injection`).
+#[cfg_attr(not(any(test, feature = "fault-injection")), allow(unused_imports))]
 pub(crate) use delegate_store;
 
 delegate_store!(Metered);
