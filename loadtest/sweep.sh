@@ -19,8 +19,8 @@ cargo build --release -q -p herold-relay -p herold-loadtest
 bin=${CARGO_TARGET_DIR:-target}/release
 relay_cpu=${HEROLD_RELAY_CPU:-0}
 load_cpu=${HEROLD_LOAD_CPU:-1}
-printf '| rate scale | accepted/s | deliveries/s (mean / peak) | accepted p50 / p99 | delivered p50 / p99 | lost / dup / reordered |\n'
-printf '|---|---|---|---|---|---|\n'
+printf '| rate scale | accepted/s | deliveries/s (mean / peak) | accepted p50 / p99 | delivered p50 / p99 | lost / dup / reordered | UDP drops relay / load tester |\n'
+printf '|---|---|---|---|---|---|---|\n'
 for s in "${scales[@]}"; do
   dir="$out/$s"
   rm -rf "$dir"; mkdir -p "$dir"
@@ -33,18 +33,21 @@ for s in "${scales[@]}"; do
   done
   taskset -c "$load_cpu" "$bin/herold-loadtest" "$scenario" --rate-scale "$s" \
     --relay 127.0.0.1:7390 --admin http://127.0.0.1:7391 --data-dir "$dir/data" \
+    --relay-metrics http://127.0.0.1:7392/metrics \
     --quiet --out "$dir/report" >"$dir/loadtest.log" 2>&1 || true
   kill "$relay"; wait "$relay" 2>/dev/null || true
   python3 - "$dir/report" "$s" <<'PY'
 import json, sys, glob
 files = glob.glob(sys.argv[1] + "/*.json")
 if not files:
-    print(f"| {sys.argv[2]} | (no report: see the loadtest log) | | | | |"); sys.exit()
+    print(f"| {sys.argv[2]} | (no report: see the loadtest log) | | | | | |"); sys.exit()
 r = json.load(open(files[0]))
 a, d, v = r["submit_to_accepted"], r["submit_to_delivered"], r["verification"]
+u = r.get("udp", {})
 ms = lambda x: f"{x:.1f} ms" if x < 1000 else f"{x/1000:.2f} s"
 print(f"| {r['rate_scale']:g} | {r['accepted_per_sec']:,.0f} | {r['delivered_per_sec']:,.0f} / {r['peak_delivered_per_sec']:,} | "
       f"{ms(a['p50_ms'])} / {ms(a['p99_ms'])} | {ms(d['p50_ms'])} / {ms(d['p99_ms'])} | "
-      f"{v.get('lost', '?')} / {v.get('duplicated', '?')} / {v.get('reordered', '?')} |")
+      f"{v.get('lost', '?')} / {v.get('duplicated', '?')} / {v.get('reordered', '?')} | "
+      f"{(u.get('relay') or {}).get('drops', '?')} / {u.get('loadtest_drops', '?')} |")
 PY
 done

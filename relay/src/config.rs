@@ -973,6 +973,52 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_settings_have_defaults_and_are_validated() {
+        let c = parse(&["--dev"]).unwrap();
+        assert_eq!(c.metrics_listen, SocketAddr::from(([127, 0, 0, 1], 7302)));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(
+            !c.log_client_addresses,
+            "client addresses stay out of logs by default"
+        );
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!(c.trace_sample_ratio, DEFAULT_TRACE_SAMPLE_RATIO);
+        let c = parse(&[
+            "--dev",
+            "--log-format",
+            "JSON",
+            "--otlp-endpoint",
+            "http://collector:4317",
+            "--trace-sample-ratio",
+            "1",
+            "--metrics-listen",
+            "0.0.0.0:9100",
+            "--log-client-addresses",
+        ])
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(c.trace_sample_ratio, 1.0);
+        assert_eq!(c.metrics_listen.port(), 9100);
+        assert!(c.log_client_addresses);
+        for (args, name) in [
+            (&["--log-format", "xml"][..], "log-format"),
+            (&["--trace-sample-ratio", "1.5"][..], "trace-sample-ratio"),
+            (&["--trace-sample-ratio=-0.1"][..], "trace-sample-ratio"),
+            (&["--otlp-endpoint", "collector:4317"][..], "otlp-endpoint"),
+            (
+                &["--metrics-listen", "127.0.0.1:7301"][..],
+                "metrics-listen",
+            ),
+        ] {
+            let mut v = vec!["--dev"];
+            v.extend_from_slice(args);
+            let e = parse(&v).unwrap_err();
+            assert!(e.to_string().contains(name), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn file_is_overridden_by_flags() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "dev = true\nnode_id = \"from-file\"\nmax_in_flight = 7").unwrap();
