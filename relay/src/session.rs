@@ -275,6 +275,7 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         let reason = std::mem::take(&mut self.reason);
+        debug!(%reason, "connection closed");
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
     }
 }

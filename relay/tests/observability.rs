@@ -446,3 +446,59 @@ async fn readiness_follows_the_store() {
     assert_eq!(http_get(ops, "/readyz").await.0, 200);
     relay.stop().await;
 }
+
+/// Log lines of a relay process until one contains `marker`.
+async fn log_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    marker: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains(marker);
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("the relay's log ended before {marker:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {marker:?} in the log: {seen:?}"));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_client_addresses_only_when_asked() {
+    use tokio::io::AsyncBufReadExt;
+    for opt_in in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra = vec!["--log-format".to_owned(), "json".to_owned()];
+        if opt_in {
+            extra.push("--log-client-addresses".into());
+        }
+        let mut relay =
+            spawn_relay_logging(dir.path(), &extra, "herold_relay=debug,warn", true).await;
+        let stderr = relay.child.stderr.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        // A device nobody enrolled connects and is refused.
+        let key = herold_client::generate_key().unwrap();
+        let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+            .await
+            .unwrap();
+        assert!(raw.authenticate("nobody.phone", &key).await.is_err());
+        let seen = log_until(&mut lines, "connection closed").await;
+        for line in &seen {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            assert!(v.get("level").is_some(), "{line}");
+        }
+        let closed = seen.last().unwrap();
+        assert!(closed.contains("unknown_device"), "{closed}");
+        assert!(closed.contains("conn.id"), "{closed}");
+        let with_addr = seen
+            .iter()
+            .any(|l| l.contains("\"client.addr\":\"127.0.0.1:"));
+        assert_eq!(with_addr, opt_in, "client.addr in the log: {seen:?}");
+    }
+}

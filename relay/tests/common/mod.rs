@@ -308,6 +308,17 @@ pub struct RelayProcess {
 /// Starts `herold-relay --dev` on `dir` with OS-chosen ports and reads the
 /// addresses it prints.
 pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
+    spawn_relay_logging(dir, extra, "warn", false).await
+}
+
+/// Like [`spawn_relay`] with the log filter `log`; with `capture`, the
+/// relay's stderr (its log) is piped into `RelayProcess::child`.
+pub async fn spawn_relay_logging(
+    dir: &Path,
+    extra: &[String],
+    log: &str,
+    capture: bool,
+) -> RelayProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herold-relay"))
         .args([
             "--dev",
@@ -321,8 +332,13 @@ pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
-        .env("HEROLD_LOG", "warn")
+        .env("HEROLD_LOG", log)
         .stdout(Stdio::piped())
+        .stderr(if capture {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .kill_on_drop(true)
         .spawn()
         .expect("spawn herold-relay");
