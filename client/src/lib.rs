@@ -207,6 +207,10 @@ pub enum Event {
     Stopped(ClientError),
 }
 
+/// The longest a draining relay may make the client wait before it
+/// reconnects (`Draining.reconnect_after_ms` is capped at this).
+const MAX_DRAIN_WAIT_MS: u64 = 10_000;
+
 /// Generates a fresh device key.
 pub fn generate_key() -> Result<SigningKey, ClientError> {
     let mut seed = [0u8; 32];
@@ -275,6 +279,7 @@ impl Client {
             next_request: 1,
             dirty: HashMap::new(),
             relay_index: 0,
+            reconnect_after: None,
         };
         tokio::spawn(driver.run(conn, cmd_rx));
         Ok(Self {
@@ -475,6 +480,9 @@ struct Driver {
     /// Which relay to connect to next: 0 is `config.relay`, then the
     /// fallbacks in order.
     relay_index: usize,
+    /// How long a draining relay asked us to wait before reconnecting (its
+    /// devices spread out instead of all arriving at the next relay at once).
+    reconnect_after: Option<Duration>,
 }
 
 enum Outcome {
@@ -514,6 +522,9 @@ impl Driver {
                 Outcome::Lost(reason) => {
                     self.next_relay();
                     let _ = self.events.send(Event::Disconnected { reason }).await;
+                    if let Some(wait) = self.reconnect_after.take() {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
                 Outcome::Draining => {
                     self.next_relay();
@@ -759,7 +770,12 @@ impl Driver {
                 }
                 None
             }
-            server_frame::Kind::Draining(_) => Some(Outcome::Draining),
+            server_frame::Kind::Draining(d) => {
+                // Bounded: a relay cannot park its devices for long.
+                let ms = u64::from(d.reconnect_after_ms).min(MAX_DRAIN_WAIT_MS);
+                self.reconnect_after = (ms > 0).then(|| Duration::from_millis(ms));
+                Some(Outcome::Draining)
+            }
             server_frame::Kind::Pong(_)
             | server_frame::Kind::AuthChallenge(_)
             | server_frame::Kind::AuthOk(_) => None,

@@ -94,6 +94,11 @@ pub struct Args {
     /// Seconds SIGTERM waits for sessions to drain [default: 10].
     #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
     pub drain_grace_secs: Option<u64>,
+    /// Milliseconds over which a draining relay's devices spread their
+    /// reconnects (each waits a random part of it), so the relays taking
+    /// over are not stampeded; at most 10000 [default: 2000].
+    #[arg(long, env = "HEROLD_DRAIN_RECONNECT_SPREAD_MS")]
+    pub drain_reconnect_spread_ms: Option<u64>,
     /// Log filter, e.g. `info` or `herold_relay=debug` [default: info].
     #[arg(long, env = "HEROLD_LOG")]
     pub log: Option<String>,
@@ -179,6 +184,7 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     max_expiry_days: Option<u32>,
     drain_grace_secs: Option<u64>,
+    drain_reconnect_spread_ms: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
     log_client_addresses: Option<bool>,
@@ -306,6 +312,10 @@ fn cql_config(
     Ok(Some(config))
 }
 
+/// The longest reconnect spread a drain may ask for: the SDK waits at most
+/// this long after a Draining.
+pub const MAX_DRAIN_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
+
 /// Share of new traces sampled when none is configured: one in a hundred,
 /// enough to see where time goes without tracing every election post.
 pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.01;
@@ -371,6 +381,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Longest expiry a message may ask for.
     pub max_expiry: Duration,
+    /// Window over which a draining relay's devices spread their reconnects.
+    pub drain_reconnect_spread: Duration,
 }
 
 impl Default for Limits {
@@ -387,6 +399,7 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_expiry: Duration::from_secs(365 * 24 * 3600),
+            drain_reconnect_spread: Duration::from_millis(2000),
         }
     }
 }
@@ -531,12 +544,18 @@ impl Config {
                 .max_expiry_days
                 .or(file.max_expiry_days)
                 .map_or(defaults.max_expiry, |d| secs(u64::from(d) * 24 * 3600)),
+            drain_reconnect_spread: args
+                .drain_reconnect_spread_ms
+                .or(file.drain_reconnect_spread_ms)
+                .map_or(defaults.drain_reconnect_spread, Duration::from_millis),
         };
         let tls_cert = args.tls_cert.or(file.tls_cert);
         let tls_key = args.tls_key.or(file.tls_key);
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
             (None, None) if dev => TlsSource::DevSelfSigned,
+            // Migrating binds nothing: no certificate needed.
+            (None, None) if args.migrate_only => TlsSource::DevSelfSigned,
             (None, None) => return Err(ConfigError::NoCertificate),
             (Some(_), None) => return Err(ConfigError::HalfTls("tls-cert", "tls-key")),
             (None, Some(_)) => return Err(ConfigError::HalfTls("tls-key", "tls-cert")),
@@ -656,6 +675,16 @@ impl Config {
 
     /// Checks every value; the first bad one is reported with its name.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.drain_reconnect_spread > MAX_DRAIN_RECONNECT_SPREAD {
+            return Err(ConfigError::Invalid {
+                name: "drain-reconnect-spread-ms",
+                reason: format!(
+                    "{} is above {} (clients wait at most that long)",
+                    self.limits.drain_reconnect_spread.as_millis(),
+                    MAX_DRAIN_RECONNECT_SPREAD.as_millis()
+                ),
+            });
+        }
         if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
             return Err(ConfigError::Invalid {
                 name: "trace-sample-ratio",
@@ -1006,6 +1035,10 @@ mod tests {
             (&["--trace-sample-ratio", "1.5"][..], "trace-sample-ratio"),
             (&["--trace-sample-ratio=-0.1"][..], "trace-sample-ratio"),
             (&["--otlp-endpoint", "collector:4317"][..], "otlp-endpoint"),
+            (
+                &["--drain-reconnect-spread-ms", "10001"][..],
+                "drain-reconnect-spread-ms",
+            ),
             (
                 &["--metrics-listen", "127.0.0.1:7301"][..],
                 "metrics-listen",

@@ -77,13 +77,18 @@ impl Health {
         if self.draining.load(Ordering::Acquire) {
             return Err("draining".into());
         }
-        match tokio::time::timeout(PROBE_TIMEOUT, self.store.get_device(PROBE_ID)).await {
+        // Both at once: a probe answers within PROBE_TIMEOUT, not twice it.
+        let probe = [PROBE_ID.to_owned()];
+        let (store, router) = tokio::join!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.store.get_device(PROBE_ID)),
+            tokio::time::timeout(PROBE_TIMEOUT, self.router.locate(&probe)),
+        );
+        match store {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("store unavailable: {e}")),
             Err(_) => return Err("store unavailable: no answer within 2 s".into()),
         }
-        let probe = [PROBE_ID.to_owned()];
-        match tokio::time::timeout(PROBE_TIMEOUT, self.router.locate(&probe)).await {
+        match router {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("router unavailable: {e}")),
             Err(_) => return Err("router unavailable: no answer within 2 s".into()),

@@ -38,6 +38,9 @@ pub(crate) struct SessionHandle {
     pub kick: watch::Sender<Option<Kick>>,
     /// To cut off a session that cannot even take an error frame.
     pub conn: quinn::Connection,
+    /// Set when the registry cut the session off as a slow consumer, so
+    /// the session reports why it ended.
+    pub slow: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What happened to a push.
@@ -100,6 +103,7 @@ impl Registry {
             Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::NotConnected,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!(m::SLOW_CONSUMERS).increment(1);
+                h.slow.store(true, std::sync::atomic::Ordering::Release);
                 h.conn.close(
                     quinn::VarInt::from_u32(ErrorCode::SlowConsumer as u32),
                     b"slow consumer: reconnect and sync",

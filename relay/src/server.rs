@@ -25,6 +25,11 @@ use prost::Message as _;
 
 /// How often acknowledged cursors are written, all devices in one operation.
 const CURSOR_FLUSH: Duration = Duration::from_millis(250);
+/// The least time a drain gives running fan-outs, even after a grace
+/// period spent on sessions.
+const FAN_OUT_GRACE: Duration = Duration::from_secs(1);
+/// How long the end of a drain waits for admin calls still running.
+const ADMIN_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the drain's progress gauge is updated.
 const DRAIN_PROGRESS: Duration = Duration::from_millis(500);
 /// How often expired messages are purged from the store.
@@ -49,6 +54,9 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// Whether logs may carry client IP addresses (off by default).
     pub log_client_addresses: bool,
+    /// Fan-outs under way: a drain waits for them before the relay leaves
+    /// the router, so what it accepted reaches the other relays live.
+    pub fan_outs: tokio_util::task::TaskTracker,
 }
 
 impl Shared {
@@ -242,6 +250,7 @@ impl Relay {
             cursors: CursorSink::default(),
             limits: config.limits.clone(),
             log_client_addresses: config.log_client_addresses,
+            fan_outs: tokio_util::task::TaskTracker::new(),
         });
         Ok(Self {
             shared,
@@ -400,6 +409,19 @@ impl Relay {
             }
         }
         metrics::gauge!(m::DRAIN_REMAINING).set(shared.registry.len() as f64);
+        // The sessions have ended (or the grace is over): let the fan-outs
+        // already running reach the other relays before this one leaves.
+        shared.fan_outs.close();
+        let left = grace_over.saturating_duration_since(tokio::time::Instant::now());
+        if tokio::time::timeout(left.max(FAN_OUT_GRACE), shared.fan_outs.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                fan_outs = shared.fan_outs.len(),
+                "fan-outs still running at the end of the grace period; their devices sync"
+            );
+        }
         endpoint.close(0u32.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         let _ = shared.router.deregister_node(&shared.node_id).await;
@@ -411,7 +433,16 @@ impl Relay {
         }
         let _ = stop_tx.send(true);
         health_task.abort();
-        let _ = admin_task.await;
+        // An admin call still running (a long import) must not hold the
+        // exit past its grace: it is cut off, and it is idempotent to redo.
+        let admin_abort = admin_task.abort_handle();
+        if tokio::time::timeout(ADMIN_STOP_GRACE, admin_task)
+            .await
+            .is_err()
+        {
+            warn!("admin calls still running at exit were cut off; repeat them");
+            admin_abort.abort();
+        }
         if let Ok(Err(e)) = ops_task.await {
             warn!(error = %e, "metrics and health listener stopped with an error");
         }

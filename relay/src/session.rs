@@ -207,6 +207,7 @@ pub(crate) async fn serve(
         send,
         frames: frames_rx,
         conn_id,
+        slow: Arc::default(),
     };
     let auth = tokio::time::timeout_at(deadline, s.authenticate()).await;
     let ctx = match auth {
@@ -241,6 +242,11 @@ pub(crate) async fn serve(
     };
     let ctx = Arc::new(ctx);
     let end = s.live(ctx.clone(), drain).await;
+    if s.slow.load(std::sync::atomic::Ordering::Acquire) {
+        open.reason = code_label(ErrorCode::SlowConsumer);
+        reader.abort();
+        return;
+    }
     if let Some(f) = end {
         open.reason = code_label(f.code);
         s.close_with(f).await;
@@ -286,6 +292,8 @@ struct Session {
     send: quinn::SendStream,
     frames: mpsc::Receiver<ReadEvent>,
     conn_id: u64,
+    /// Set by the registry when it cut this session off as a slow consumer.
+    slow: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// State of an authenticated session's loop.
@@ -472,6 +480,7 @@ impl Session {
                 push: push_tx,
                 kick: kick_tx,
                 conn: self.conn.clone(),
+                slow: self.slow.clone(),
             },
         );
         if let Err(e) = shared
@@ -573,16 +582,24 @@ impl Session {
         reply_rx: &mut mpsc::UnboundedReceiver<Bytes>,
     ) -> Result<(), Fatal> {
         let all = self.shared.limits.max_in_flight;
+        debug!(
+            in_flight = all as usize - in_flight.available_permits(),
+            "drain: finishing in-flight submits"
+        );
         // Submit tasks send their reply before releasing their permit, so
         // once all permits are back every reply is in the channel.
         let _all = in_flight.acquire_many(all).await;
+        debug!("drain: in-flight submits answered");
         while let Ok(reply) = reply_rx.try_recv() {
             self.write(&reply).await?;
         }
+        // Each device waits its own random moment before reconnecting, so
+        // the relays that take over see a ramp, not a stampede.
         let frame = server_frame(server_frame::Kind::Draining(v1::Draining {
-            reconnect_after_ms: 0,
+            reconnect_after_ms: reconnect_jitter_ms(self.shared.limits.drain_reconnect_spread),
         }));
         self.write(&frame).await?;
+        debug!("drain: Draining sent");
         // Give the device a moment to send its last acks and finish its
         // stream, so that it does not see those messages again elsewhere.
         let until = tokio::time::Instant::now() + DRAIN_READ_GRACE;
@@ -863,6 +880,20 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// A uniformly random wait in `0..spread`, in milliseconds.
+fn reconnect_jitter_ms(spread: Duration) -> u32 {
+    let spread = u32::try_from(spread.as_millis()).unwrap_or(u32::MAX);
+    if spread == 0 {
+        return 0;
+    }
+    let mut b = [0u8; 4];
+    // Without randomness, no jitter: reconnecting at once is still correct.
+    if getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    u32::from_le_bytes(b) % spread
+}
+
 fn codec_fatal(e: CodecError) -> Fatal {
     match e {
         CodecError::FrameTooLarge { .. } => Fatal::new(ErrorCode::FrameTooLarge, e.to_string()),
@@ -1066,9 +1097,10 @@ async fn submit(
         expires_at_ms: msg.expires_at_ms,
         ciphertext: msg.ciphertext,
     };
-    crate::server::fan_out(&shared, &roster.devices, &stored)
-        .instrument(tracing::info_span!("route", devices = roster.devices.len()))
-        .await;
+    // Tracked: a drain waits for the fan-outs of what it accepted.
+    let fan_out = crate::server::fan_out(&shared, &roster.devices, &stored)
+        .instrument(tracing::info_span!("route", devices = roster.devices.len()));
+    shared.fan_outs.track_future(fan_out).await;
 }
 
 /// Counts a refused submit under its error code.

@@ -716,3 +716,152 @@ async fn mls_concurrent_commits_through_two_relays_one_wins() {
         "the newcomer cannot read what came before it"
     );
 }
+
+/// A relay drained with SIGTERM under traffic, as Kubernetes does in a
+/// rolling restart: it goes not-ready at once, its devices are told to
+/// reconnect (each after its own random wait) and move to the other
+/// relays, its in-flight submits are answered, and it exits within its
+/// grace period. Every accepted message reaches every device, in order,
+/// exactly once; the devices that sent through the drained relay carry on
+/// through the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_relay_hands_its_devices_over_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = run_tag("d");
+    let mut extra = cql_args();
+    extra.extend(
+        [
+            "--drain-grace-secs",
+            "10",
+            "--drain-reconnect-spread-ms",
+            "1500",
+        ]
+        .map(str::to_owned),
+    );
+    let mut relays = spawn_cluster(dir.path(), 3, &shared_redis(), &t, &extra).await;
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let fp = relays[0].fingerprint;
+    let mut admin = admin_at(relays[1].admin).await;
+    let accounts: Vec<String> = (0..30).map(|i| format!("{t}v{i}")).collect();
+    let mut keys = Vec::new();
+    for a in &accounts {
+        create_account(&mut admin, a).await;
+        let id = format!("{a}.p");
+        keys.push((id.clone(), enroll(&mut admin, a, &id).await));
+    }
+    let grp = format!("{t}grp");
+    let member = |a: &String| (a.clone(), v1::Role::Member);
+    members(
+        &mut admin,
+        &grp,
+        ConversationKind::Group,
+        &accounts.iter().map(member).collect::<Vec<_>>(),
+    )
+    .await;
+    let (net, mut bell) = net(&addrs, fp);
+    let received = net.received.clone();
+    let mut devices = Vec::new();
+    for (k, (id, key)) in keys.iter().enumerate() {
+        devices.push(connect(&net, k, id, key).await);
+    }
+    let everyone: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+
+    // Senders on every relay, relay 0's among them.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (s, k) in [0usize, 3, 1, 2].into_iter().enumerate() {
+        let sender = devices[k].sender.clone();
+        let (accepted, conv, stop) = (accepted.clone(), grp.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !*stop.borrow() {
+                let body = format!("drain-s{s}-{i}").into_bytes();
+                let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
+                assert!(accepted.lock().unwrap().insert(a.seq, body).is_none());
+                i += 1;
+            }
+        }));
+    }
+    let until = |n: usize| {
+        let accepted = accepted.clone();
+        async move {
+            tokio::time::timeout(DEADLINE, async {
+                while accepted.lock().unwrap().len() < n {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("traffic flows");
+        }
+    };
+    until(40).await;
+    let pid = relays[0].child.id().expect("relay 0 runs");
+    let term = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(term.success());
+    let drain_started = tokio::time::Instant::now();
+    // Not ready at once, while it still serves its probes.
+    let ready = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match tokio::net::TcpStream::connect(relays[0].metrics).await {
+                Ok(mut s) => {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let mut buf = String::new();
+                    let _ = s.read_to_string(&mut buf).await;
+                    if buf.starts_with("HTTP/1.1 503") {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        ready,
+        "the drained relay reported not-ready before it stopped serving"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), relays[0].child.wait())
+        .await
+        .expect("the drained relay exits within its grace period")
+        .unwrap();
+    assert!(status.success(), "a drain ends with exit code 0: {status}");
+    // Well within the 10 s grace: no session had to be cut off.
+    assert!(
+        drain_started.elapsed() < Duration::from_secs(9),
+        "the drain took {:?}",
+        drain_started.elapsed()
+    );
+    // Traffic goes on through the others, relay 0's sender included.
+    let at_exit = accepted.lock().unwrap().len();
+    until(at_exit + 60).await;
+    stop_tx.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = accepted.lock().unwrap().clone();
+    let head = *all.keys().next_back().unwrap();
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>(),
+        "every seq accepted once"
+    );
+    wait_all(
+        &received,
+        &mut bell,
+        &everyone,
+        &grp,
+        &all,
+        Duration::from_secs(60),
+    )
+    .await;
+}

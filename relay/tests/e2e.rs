@@ -755,6 +755,16 @@ async fn slow_consumer_is_disconnected_without_blocking_others() {
         .expect("slow consumer disconnected");
     let text = closed.to_string();
     assert!(text.contains("slow consumer"), "{text}");
+    // The metrics say why it went (other tests of this binary share the
+    // process's counters: none of them has a slow consumer).
+    common::scrape::wait_for_metrics(relay.metrics_addr, "the slow consumer", |s| {
+        s.get("herold_relay_slow_consumer_disconnects_total", &[]) >= 1.0
+            && s.get(
+                "herold_relay_connections_closed_total",
+                &[("reason", "slow_consumer")],
+            ) >= 1.0
+    })
+    .await;
     relay.stop().await;
 }
 

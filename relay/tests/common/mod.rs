@@ -16,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
+pub mod scrape;
+
 /// Upper bound for anything a test waits for.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -308,7 +310,9 @@ pub struct RelayProcess {
 /// Starts `herold-relay --dev` on `dir` with OS-chosen ports and reads the
 /// addresses it prints.
 pub async fn spawn_relay(dir: &Path, extra: &[String]) -> RelayProcess {
-    spawn_relay_logging(dir, extra, "warn", false).await
+    // HEROLD_TEST_RELAY_LOG=herold_relay=debug shows the relays' logs.
+    let log = std::env::var("HEROLD_TEST_RELAY_LOG").unwrap_or_else(|_| "warn".into());
+    spawn_relay_logging(dir, extra, &log, false).await
 }
 
 /// Like [`spawn_relay`] with the log filter `log`; with `capture`, the

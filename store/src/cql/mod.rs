@@ -815,7 +815,12 @@ async fn backoff(attempt: u32) {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let base = 2u64 << attempt.min(6);
+    // Capped low: a contender that backs off longer than the others
+    // retry loses every round to them and starves (a relay's submit to a
+    // conversation that other relays' devices keep posting to waited 10 s
+    // and more with a cap of 128 ms). With every contender retrying within
+    // a few milliseconds, each round is a fair draw.
+    let base = 2u64 << attempt.min(3);
     let jitter = u64::from(nanos % 1000) * base / 1000;
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
