@@ -9,7 +9,8 @@
 # installed with apt if missing; `scripts/redis.sh stop`), for the router's
 # conformance suite and the cluster tests of several relay processes.
 # Prometheus' promtool (scripts/promtool.sh) for the alerting rules, the
-# dashboard and a real scrape.
+# dashboard and a real scrape; Helm and kubernetes-validate (scripts/helm.sh)
+# for the chart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/cassandra.sh start
@@ -25,4 +26,8 @@ done < <(scripts/redis.sh env)
 HEROLD_PROMTOOL="${HEROLD_PROMTOOL:-$(scripts/promtool.sh path)}"
 export HEROLD_PROMTOOL
 scripts/promtool.sh check
+# The Helm chart: helm lint and template for both profiles, the rendered
+# manifests against the Kubernetes schemas (offline) and their invariants
+# (Helm built from the Go module proxy, cached outside the clone).
+scripts/helm.sh check
 exec cargo test --workspace --locked "$@"

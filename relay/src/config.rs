@@ -91,6 +91,15 @@ pub struct Args {
     /// Longest expiry a message may ask for, in days [default: 365].
     #[arg(long, env = "HEROLD_MAX_EXPIRY_DAYS")]
     pub max_expiry_days: Option<u32>,
+    /// Receive buffer to ask the kernel for on the QUIC socket, bytes; the
+    /// kernel grants at most `net.core.rmem_max` (docs/operations.md)
+    /// [default: 8388608].
+    #[arg(long, env = "HEROLD_UDP_RECV_BUFFER_BYTES")]
+    pub udp_recv_buffer_bytes: Option<u32>,
+    /// Send buffer to ask the kernel for on the QUIC socket, bytes; at most
+    /// `net.core.wmem_max` [default: 8388608].
+    #[arg(long, env = "HEROLD_UDP_SEND_BUFFER_BYTES")]
+    pub udp_send_buffer_bytes: Option<u32>,
     /// Seconds SIGTERM waits for sessions to drain [default: 10].
     #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
     pub drain_grace_secs: Option<u64>,
@@ -184,6 +193,8 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     max_expiry_days: Option<u32>,
     drain_grace_secs: Option<u64>,
+    udp_recv_buffer_bytes: Option<u32>,
+    udp_send_buffer_bytes: Option<u32>,
     drain_reconnect_spread_ms: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
@@ -383,6 +394,10 @@ pub struct Limits {
     pub max_expiry: Duration,
     /// Window over which a draining relay's devices spread their reconnects.
     pub drain_reconnect_spread: Duration,
+    /// Receive buffer asked for on the QUIC socket.
+    pub udp_recv_buffer_bytes: u32,
+    /// Send buffer asked for on the QUIC socket.
+    pub udp_send_buffer_bytes: u32,
 }
 
 impl Default for Limits {
@@ -400,6 +415,10 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_expiry: Duration::from_secs(365 * 24 * 3600),
             drain_reconnect_spread: Duration::from_millis(2000),
+            // A fan-out to thousands of devices answers with thousands of
+            // acks at once: the kernel's default (208 KiB) drops them.
+            udp_recv_buffer_bytes: 8 * 1024 * 1024,
+            udp_send_buffer_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -548,6 +567,14 @@ impl Config {
                 .drain_reconnect_spread_ms
                 .or(file.drain_reconnect_spread_ms)
                 .map_or(defaults.drain_reconnect_spread, Duration::from_millis),
+            udp_recv_buffer_bytes: args
+                .udp_recv_buffer_bytes
+                .or(file.udp_recv_buffer_bytes)
+                .unwrap_or(defaults.udp_recv_buffer_bytes),
+            udp_send_buffer_bytes: args
+                .udp_send_buffer_bytes
+                .or(file.udp_send_buffer_bytes)
+                .unwrap_or(defaults.udp_send_buffer_bytes),
         };
         let tls_cert = args.tls_cert.or(file.tls_cert);
         let tls_key = args.tls_key.or(file.tls_key);
@@ -675,6 +702,17 @@ impl Config {
 
     /// Checks every value; the first bad one is reported with its name.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("udp-recv-buffer-bytes", self.limits.udp_recv_buffer_bytes),
+            ("udp-send-buffer-bytes", self.limits.udp_send_buffer_bytes),
+        ] {
+            if !(64 * 1024..=1024 * 1024 * 1024).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: format!("{v} is outside 65536..=1073741824"),
+                });
+            }
+        }
         if self.limits.drain_reconnect_spread > MAX_DRAIN_RECONNECT_SPREAD {
             return Err(ConfigError::Invalid {
                 name: "drain-reconnect-spread-ms",
@@ -1038,6 +1076,10 @@ mod tests {
             (
                 &["--drain-reconnect-spread-ms", "10001"][..],
                 "drain-reconnect-spread-ms",
+            ),
+            (
+                &["--udp-recv-buffer-bytes", "1000"][..],
+                "udp-recv-buffer-bytes",
             ),
             (
                 &["--metrics-listen", "127.0.0.1:7301"][..],

@@ -222,7 +222,7 @@ impl Relay {
         let identity = crate::tls::load_identity(&config)?;
         let fingerprint = identity.fingerprint.clone();
         let server_config = crate::tls::server_config(identity, &config.limits)?;
-        let (endpoint, socket) = crate::udp::bind(server_config, config.listen)
+        let (endpoint, socket) = crate::udp::bind(server_config, config.listen, &config.limits)
             .with_context(|| format!("binding QUIC on {}", config.listen))?;
         let admin_tls = admin_tls_config(&config)?;
         let admin_auth = admin_auth(&config);

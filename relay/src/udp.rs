@@ -119,9 +119,11 @@ impl SocketStats {
 pub(crate) fn bind(
     server_config: quinn::ServerConfig,
     addr: SocketAddr,
+    limits: &crate::config::Limits,
 ) -> anyhow::Result<(quinn::Endpoint, SocketStats)> {
     let socket = std::net::UdpSocket::bind(addr)?;
     let inode = socket_inode(&socket);
+    size_buffers(&socket, limits);
     if let Ok(size) = socket2::SockRef::from(&socket).recv_buffer_size() {
         metrics::gauge!(m::UDP_RECEIVE_BUFFER).set(size as f64);
     }
@@ -141,6 +143,35 @@ pub(crate) fn bind(
     let stats = SocketStats { inode };
     stats.refresh();
     Ok((endpoint, stats))
+}
+
+/// Asks the kernel for the configured socket buffers and says so when it
+/// grants less: Linux caps the request at `net.core.rmem_max` /
+/// `wmem_max` (and reports twice what it reserves for payload, its
+/// bookkeeping included).
+fn size_buffers(socket: &std::net::UdpSocket, limits: &crate::config::Limits) {
+    let s = socket2::SockRef::from(socket);
+    let want_recv = limits.udp_recv_buffer_bytes as usize;
+    let want_send = limits.udp_send_buffer_bytes as usize;
+    let _ = s.set_recv_buffer_size(want_recv);
+    let _ = s.set_send_buffer_size(want_send);
+    let got_recv = s.recv_buffer_size().unwrap_or(0);
+    let got_send = s.send_buffer_size().unwrap_or(0);
+    if got_recv < want_recv {
+        tracing::warn!(
+            requested = want_recv,
+            granted = got_recv,
+            "the kernel granted a smaller UDP receive buffer than configured: raise \
+             net.core.rmem_max, or bursts of acks will be dropped (docs/operations.md)"
+        );
+    }
+    if got_send < want_send {
+        tracing::warn!(
+            requested = want_send,
+            granted = got_send,
+            "the kernel granted a smaller UDP send buffer than configured: raise net.core.wmem_max"
+        );
+    }
 }
 
 /// The inode of a socket, as `/proc/self/fd/<fd>` reports it.
