@@ -17,9 +17,16 @@ const EXIT_USAGE: i32 = 64;
 struct Args {
     /// Scenario file, e.g. loadtest/scenarios/election-sunday.toml.
     scenario: PathBuf,
-    /// Relay QUIC address.
-    #[arg(long, env = "HEROLD_RELAY", default_value = "127.0.0.1:7300")]
-    relay: SocketAddr,
+    /// Relay QUIC address; repeat it (or separate by commas) for every relay
+    /// of a cluster: devices are spread over them round robin and get the
+    /// others as fallbacks.
+    #[arg(
+        long,
+        env = "HEROLD_RELAY",
+        default_value = "127.0.0.1:7300",
+        value_delimiter = ','
+    )]
+    relay: Vec<SocketAddr>,
     /// Relay admin API URL.
     #[arg(long, env = "HEROLD_ADMIN", default_value = "http://127.0.0.1:7301")]
     admin: String,
@@ -62,6 +69,14 @@ struct Args {
         default_value = "http://127.0.0.1:7302/metrics"
     )]
     relay_metrics: Vec<String>,
+    /// Seconds a device gives a silent relay before it reconnects to the
+    /// next one (default: the SDK's, 30). Failover drills use a few seconds.
+    #[arg(long)]
+    client_idle_timeout: Option<f64>,
+    /// When the traffic begins, write its start time (Unix milliseconds)
+    /// into this file: drill scripts place their faults from it.
+    #[arg(long)]
+    started_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -121,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let report = herold_loadtest::run(
         scenario,
         Target {
-            relay: args.relay,
+            relays: args.relay,
             fingerprint,
             admin: args.admin,
             admin_token,
@@ -133,6 +148,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .into_iter()
                 .filter(|u| u != "none")
                 .collect(),
+            client_idle_timeout: args
+                .client_idle_timeout
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(std::time::Duration::from_secs_f64),
+            started_file: args.started_file,
         },
     )
     .await?;

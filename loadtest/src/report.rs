@@ -78,6 +78,40 @@ impl Verification {
     }
 }
 
+/// How the devices lived through lost connections (a relay killed or
+/// drained) and how long deliveries stalled: the recovery figures of a
+/// failover drill.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Recovery {
+    /// Devices that lost their connection at least once.
+    pub devices_disconnected: u64,
+    /// Lost connections (`Event::Disconnected`), all devices.
+    pub disconnects: u64,
+    /// Reconnections (`Event::Reconnected`), all devices.
+    pub reconnects: u64,
+    /// Per disconnect, from `Event::Disconnected` (the first of a chain of
+    /// failed attempts) to the device's first delivery after reconnecting:
+    /// the "time to receive again" (milliseconds). It starts when the
+    /// device *noticed*: a killed relay is noticed after the client's idle
+    /// timeout, a draining one at once.
+    pub time_to_receive_again: Latency,
+    /// Devices that were disconnected at the end of the run and had received
+    /// nothing since (a device with no traffic after its reconnect also
+    /// counts).
+    pub never_received_again: u64,
+    /// Earliest disconnect, seconds since the schedule started.
+    pub first_disconnect_at_secs: Option<f64>,
+    /// Latest "received again", seconds since the schedule started: with the
+    /// time a fault was injected, "until every device received again".
+    pub last_received_again_at_secs: Option<f64>,
+    /// Longest time without any delivery to any device, between the first
+    /// delivery and the end of the schedule (when deliveries were due all
+    /// the time), seconds.
+    pub longest_delivery_gap_secs: f64,
+    /// When that silence began, seconds since the schedule started.
+    pub longest_delivery_gap_from_secs: f64,
+}
+
 /// One second of the run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Second {
@@ -120,8 +154,12 @@ pub struct Report {
     pub sent: u64,
     /// Submits accepted.
     pub accepted: u64,
-    /// Submits that failed.
+    /// Submits that failed (after their retries).
     pub failed: u64,
+    /// Submits sent again with the same message id after the relay
+    /// answered UNAVAILABLE (store briefly unreachable), all attempts.
+    #[serde(default)]
+    pub retried: u64,
     /// Failures by message.
     pub errors: HashMap<String, u64>,
     /// Accepted submits per second over the schedule.
@@ -136,6 +174,13 @@ pub struct Report {
     pub submit_to_delivered: Latency,
     /// Exactly-once and order check.
     pub verification: Verification,
+    /// Disconnects, reconnects, time to receive again, delivery stalls.
+    #[serde(default)]
+    pub recovery: Recovery,
+    /// When the schedule started (Unix milliseconds): places faults
+    /// injected from outside (drill scripts) on the report's time axis.
+    #[serde(default)]
+    pub started_at_unix_ms: u64,
     /// UDP datagrams the kernel dropped, relay side and load tester side.
     pub udp: crate::udp::UdpReport,
     /// Per-second figures.
@@ -190,6 +235,34 @@ impl Report {
         )
     }
 
+    /// The recovery table: lost connections and how long until the devices
+    /// received again.
+    fn recovery_markdown(&self) -> String {
+        let r = &self.recovery;
+        let t = &r.time_to_receive_again;
+        let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} s"));
+        format!(
+            "| recovery | |\n|---|---|\n\
+             | devices disconnected / disconnects / reconnects | {dd} / {d} / {rc} |\n\
+             | time to receive again (disconnect -> first delivery): p50 / p99 / max | {p50:.2} s / {p99:.2} s / {max:.2} s ({n} samples) |\n\
+             | devices still waiting to receive again at the end | {never} |\n\
+             | first disconnect / last device receiving again | {first} / {last} |\n\
+             | longest time without any delivery during the schedule | {gap:.2} s (from {from:.1} s) |\n",
+            dd = r.devices_disconnected,
+            d = r.disconnects,
+            rc = r.reconnects,
+            p50 = t.p50_ms / 1000.0,
+            p99 = t.p99_ms / 1000.0,
+            max = t.max_ms / 1000.0,
+            n = t.count,
+            never = r.never_received_again,
+            first = secs(r.first_disconnect_at_secs),
+            last = secs(r.last_received_again_at_secs),
+            gap = r.longest_delivery_gap_secs,
+            from = r.longest_delivery_gap_from_secs,
+        )
+    }
+
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
         let v = &self.verification;
@@ -219,7 +292,7 @@ impl Report {
              | provisioning / connecting | {prov:.1} s / {conn:.1} s |\n\n\
              | traffic | |\n|---|---|\n\
              | schedule / with settling | {sched:.1} s / {el:.1} s |\n\
-             | submits sent / accepted / failed | {sent} / {accd} / {failed} |\n\
+             | submits sent / accepted / failed (retries after UNAVAILABLE) | {sent} / {accd} / {failed} ({retried}) |\n\
              | accepted per second | {aps:.1} |\n\
              | deliveries expected / seen | {exp} / {del} |\n\
              | deliveries per second (mean / peak second) | {dps:.1} / {peak} |\n\
@@ -228,6 +301,7 @@ impl Report {
              |---|---|---|---|---|---|---|\n\
              | submit -> accepted {acc_lat}\n\
              | submit -> delivered {del_lat}\n\n\
+             {recovery}\n\
              {udp}\n\
              Plots: `{name}-throughput.svg`, `{name}-latency.svg`.\n",
             name = self.scenario,
@@ -248,6 +322,7 @@ impl Report {
             sent = self.sent,
             accd = self.accepted,
             failed = self.failed,
+            retried = self.retried,
             aps = self.accepted_per_sec,
             exp = v.expected,
             del = v.delivered,
@@ -255,6 +330,7 @@ impl Report {
             peak = self.peak_delivered_per_sec,
             acc_lat = lat(&self.submit_to_accepted),
             del_lat = lat(&self.submit_to_delivered),
+            recovery = self.recovery_markdown(),
             udp = self.udp_markdown(),
         )
     }

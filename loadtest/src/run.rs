@@ -15,23 +15,31 @@ use std::time::Duration;
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use herold_client::{Client, ClientConfig, Event};
+use herold_proto::v1::ErrorCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::report::{Latency, Report, Second, Verification};
+use crate::report::{Latency, Recovery, Report, Second, Verification};
 use crate::scenario::{HEADER_BYTES, Scenario};
 use crate::world::World;
 
 const MAGIC: &[u8; 4] = b"HLT1";
 
+/// Times a submit refused with UNAVAILABLE is sent again (same message id,
+/// backoff from 250 ms doubling to 2 s: about half a minute in all).
+const SUBMIT_RETRIES: usize = 18;
+
 /// Where and how to run.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Relay QUIC address.
-    pub relay: SocketAddr,
+    /// Relay QUIC addresses (one relay, or every relay of a cluster). Device
+    /// `i` connects to `relays[i % n]` and gets the others, in order, as
+    /// its fallbacks: when its relay dies or drains, the SDK reconnects to
+    /// the next one.
+    pub relays: Vec<SocketAddr>,
     /// Relay certificate fingerprint.
     pub fingerprint: [u8; 32],
     /// Admin API URL.
@@ -47,6 +55,39 @@ pub struct Target {
     /// `/metrics` URLs of the relays under test, for their UDP counters
     /// (datagrams dropped by the kernel); empty: not measured.
     pub relay_metrics: Vec<String>,
+    /// How long a device gives a silent relay before reconnecting elsewhere
+    /// (`ClientConfig::idle_timeout`); `None`: the SDK's default.
+    pub client_idle_timeout: Option<Duration>,
+    /// A file to write the schedule's start (Unix milliseconds) into when
+    /// the traffic begins, for scripts that inject faults during the run.
+    pub started_file: Option<std::path::PathBuf>,
+}
+
+impl Target {
+    /// A target with one relay and the defaults of the command line
+    /// (8 endpoints, 64 at once, no progress bars, no `/metrics`).
+    pub fn new(relay: SocketAddr, fingerprint: [u8; 32], admin: impl Into<String>) -> Self {
+        Self {
+            relays: vec![relay],
+            fingerprint,
+            admin: admin.into(),
+            admin_token: None,
+            endpoints: 8,
+            concurrency: 64,
+            progress: false,
+            relay_metrics: Vec::new(),
+            client_idle_timeout: None,
+            started_file: None,
+        }
+    }
+
+    /// The relay device `i` connects to first, and its fallbacks.
+    fn relays_for(&self, i: usize) -> (SocketAddr, Vec<SocketAddr>) {
+        let n = self.relays.len();
+        let first = self.relays[i % n];
+        let rest = (1..n).map(|k| self.relays[(i + k) % n]).collect();
+        (first, rest)
+    }
 }
 
 /// What a device's receiver hands back at the end.
@@ -56,11 +97,21 @@ struct Received {
     messages: Vec<(u64, u64)>,
     /// Deliveries whose seq did not increase within their conversation.
     reordered: u64,
+    /// Lost connections (`Event::Disconnected`).
+    disconnects: u64,
+    /// Successful reconnections (`Event::Reconnected`).
+    reconnects: u64,
+    /// (disconnected at, received again at) in seconds since the schedule
+    /// started: from a disconnect (the first of a chain of failed attempts)
+    /// to the first delivery after reconnecting.
+    recoveries: Vec<(f64, f64)>,
+    /// Disconnected at, with no delivery since (at the end of the run).
+    waiting_since: Option<f64>,
 }
 
 enum Sample {
     Accepted { sec: usize, us: u64 },
-    Delivered { sec: usize, us: u64 },
+    Delivered { sec: usize, us: u64, at_us: u64 },
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +119,7 @@ struct Counters {
     sent: AtomicU64,
     accepted: AtomicU64,
     failed: AtomicU64,
+    retried: AtomicU64,
     delivered: AtomicU64,
 }
 
@@ -138,15 +190,21 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     };
     let host_before = crate::udp::host_rcvbuf_errors();
     let mut own = crate::udp::OwnSockets::default();
+    anyhow::ensure!(!target.relays.is_empty(), "no relay to run against");
     let endpoints: Vec<quinn::Endpoint> = (0..target.endpoints.max(1))
-        .map(|_| own.endpoint(target.relay))
+        .map(|_| own.endpoint(target.relays[0]))
         .collect::<Result<_, _>>()?;
     let pb = bar(target.progress, world.devices.len() as u64, "connect");
     let limit = Arc::new(Semaphore::new(target.concurrency.max(1)));
     let mut connecting = JoinSet::new();
     for (i, d) in world.devices.iter().enumerate() {
-        let mut config = ClientConfig::new(target.relay, target.fingerprint, &d.id, d.key.clone());
+        let (first, fallbacks) = target.relays_for(i);
+        let mut config = ClientConfig::new(first, target.fingerprint, &d.id, d.key.clone());
+        config.fallback_relays = fallbacks;
         config.endpoint = Some(endpoints[i % endpoints.len()].clone());
+        if let Some(t) = target.client_idle_timeout {
+            config.idle_timeout = t;
+        }
         let limit = limit.clone();
         connecting.spawn(async move {
             let _p = limit.acquire().await?;
@@ -170,34 +228,62 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     let (samples_tx, mut samples_rx) = mpsc::unbounded_channel::<Sample>();
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
+    let started_at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if let Some(f) = &target.started_file {
+        std::fs::write(f, format!("{started_at_unix_ms}\n"))
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
     let mut senders = Vec::with_capacity(clients.len());
     let mut receivers = Vec::with_capacity(clients.len());
+    // Each receiver's findings, also read while settling.
+    let mut progress: Vec<Arc<Mutex<Received>>> = Vec::with_capacity(clients.len());
     for c in clients.into_iter() {
         let mut c = c.context("a device did not connect")?;
         senders.push(c.sender());
         let (samples, counters, mut stop) = (samples_tx.clone(), counters.clone(), stop_rx.clone());
+        let shared = Arc::new(Mutex::new(Received::default()));
+        progress.push(shared.clone());
         receivers.push(tokio::spawn(async move {
-            let mut got = Received::default();
+            let got = Shared(shared);
             let mut last: HashMap<String, u64> = HashMap::new();
             loop {
                 let ev = tokio::select! {
                     ev = c.next_event() => ev,
                     _ = stop.wait_for(|s| *s) => break,
                 };
-                let Some(Event::Message(m)) = ev else {
-                    if ev.is_none() {
-                        break;
+                let m = match ev {
+                    None => break,
+                    Some(Event::Message(m)) => m,
+                    Some(Event::Disconnected { .. }) => {
+                        let mut got = got.lock();
+                        got.disconnects += 1;
+                        // A chain of failed attempts counts from its first.
+                        if got.waiting_since.is_none() {
+                            got.waiting_since = Some(start.elapsed().as_secs_f64());
+                        }
+                        continue;
                     }
-                    continue;
+                    Some(Event::Reconnected) => {
+                        got.lock().reconnects += 1;
+                        continue;
+                    }
+                    Some(_) => continue,
                 };
                 let Some((msg, intended_us)) = parse(run_tag, &m.ciphertext) else {
                     continue;
                 };
                 let now = start.elapsed();
+                let mut got = got.lock();
+                if let Some(since) = got.waiting_since.take() {
+                    got.recoveries.push((since, now.as_secs_f64()));
+                }
                 let us = (now.as_micros() as u64).saturating_sub(intended_us).max(1);
                 let _ = samples.send(Sample::Delivered {
                     sec: now.as_secs() as usize,
                     us,
+                    at_us: now.as_micros() as u64,
                 });
                 let l = last.entry(m.conversation_id).or_insert(0);
                 if m.seq <= *l {
@@ -207,7 +293,6 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                 got.messages.push((msg, m.seq));
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            got
         }));
     }
     let senders = Arc::new(senders);
@@ -215,7 +300,9 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     // Aggregator of latency samples.
     let duration = scenario.duration_secs;
     let seconds = (duration + scenario.settle_secs).ceil() as usize + 2;
+    let schedule_end_us = (duration * 1e6) as u64;
     let aggregator = tokio::spawn(async move {
+        let mut gap = Gap::default();
         let mut acc = new_hist()?;
         let mut del = new_hist()?;
         let mut per_sec: Vec<(u64, u64, Histogram<u64>)> = Vec::with_capacity(seconds);
@@ -230,7 +317,8 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                         p.0 += 1;
                     }
                 }
-                Sample::Delivered { sec, us } => {
+                Sample::Delivered { sec, us, at_us } => {
+                    gap.delivered(at_us, schedule_end_us);
                     let _ = del.record(us);
                     if let Some(p) = per_sec.get_mut(sec) {
                         p.1 += 1;
@@ -239,7 +327,7 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                 }
             }
         }
-        anyhow::Ok((acc, del, per_sec))
+        anyhow::Ok((acc, del, per_sec, gap))
     });
 
     // Open-loop schedule, one task per traffic stream.
@@ -301,7 +389,26 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                 );
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 inflight.spawn(async move {
-                    let r = sender.send(&conv_id, payload, 0).await;
+                    // As an app does: a submit the relay could not store now
+                    // (UNAVAILABLE) is sent again with the same message id,
+                    // so it is stored at most once.
+                    let id = herold_client::new_message_id();
+                    let mut r = match &id {
+                        Ok(id) => sender.send_with_id(*id, &conv_id, payload.clone(), 0).await,
+                        Err(e) => Err(e.clone()),
+                    };
+                    let mut backoff = Duration::from_millis(250);
+                    for _ in 0..SUBMIT_RETRIES {
+                        match (&r, &id) {
+                            (Err(e), Ok(id)) if e.code() == Some(ErrorCode::Unavailable) => {
+                                counters.retried.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(2));
+                                r = sender.send_with_id(*id, &conv_id, payload.clone(), 0).await;
+                            }
+                            _ => break,
+                        }
+                    }
                     let now = start.elapsed();
                     match r {
                         Ok(a) => {
@@ -362,23 +469,42 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         .sum();
     let deadline = Instant::now() + Duration::from_secs_f64(scenario.settle_secs);
     let mut poll = tokio::time::interval(Duration::from_millis(20));
-    while counters.delivered.load(Ordering::Relaxed) < expected_total && Instant::now() < deadline {
+    // Deliveries of messages whose submit failed (the relay may have stored
+    // them) do not count: only deliveries of accepted messages settle a run.
+    let accepted_ids: std::collections::HashSet<u64> = accepted
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+        .map(|(m, _, _)| *m)
+        .collect();
+    let mut owed_seen = OwedSeen::new(progress.len());
+    while Instant::now() < deadline {
+        if counters.delivered.load(Ordering::Relaxed) >= expected_total
+            && owed_seen.update(&progress, &accepted_ids) >= expected_total
+        {
+            break;
+        }
         poll.tick().await;
     }
     ticker.abort();
     pb.finish();
     let elapsed = start.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
-    let mut received = Vec::with_capacity(receivers.len());
     for r in receivers {
-        received.push(r.await?);
+        r.await?;
     }
+    let received: Vec<Received> = progress
+        .iter()
+        .map(|p| p.lock().map(|mut g| std::mem::take(&mut *g)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
     drop(senders);
-    let (acc_h, del_h, per_sec) = aggregator.await??;
+    let (acc_h, del_h, per_sec, gap) = aggregator.await??;
 
     // Verify.
     let accepted = std::mem::take(&mut *accepted.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let verification = verify(&world, &accepted, &received);
+    let recovery = recovery(&received, &gap)?;
     let timeline = per_sec
         .iter()
         .enumerate()
@@ -429,6 +555,7 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         sent: counters.sent.load(Ordering::Relaxed),
         accepted: accepted.len() as u64,
         failed: counters.failed.load(Ordering::Relaxed),
+        retried: counters.retried.load(Ordering::Relaxed),
         errors,
         accepted_per_sec: accepted.len() as f64 / schedule_secs.max(1e-9),
         delivered_per_sec: verification.delivered as f64 / elapsed.max(1e-9),
@@ -436,9 +563,113 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         submit_to_accepted: Latency::from(&acc_h),
         submit_to_delivered: Latency::from(&del_h),
         verification,
+        recovery,
+        started_at_unix_ms,
         udp,
         timeline,
     })
+}
+
+/// A receiver's [`Received`], shared with the settling loop.
+struct Shared(Arc<Mutex<Received>>);
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
+        // A receiver never panics while holding it; recover the data anyway.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counts deliveries of accepted messages, looking at each device's new
+/// arrivals only.
+struct OwedSeen {
+    checked: Vec<usize>,
+    seen: u64,
+}
+
+impl OwedSeen {
+    fn new(devices: usize) -> Self {
+        Self {
+            checked: vec![0; devices],
+            seen: 0,
+        }
+    }
+
+    fn update(
+        &mut self,
+        progress: &[Arc<Mutex<Received>>],
+        accepted: &std::collections::HashSet<u64>,
+    ) -> u64 {
+        for (d, p) in progress.iter().enumerate() {
+            let got = p.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (m, _) in &got.messages[self.checked[d]..] {
+                if accepted.contains(m) {
+                    self.seen += 1;
+                }
+            }
+            self.checked[d] = got.messages.len();
+        }
+        self.seen
+    }
+}
+
+/// The longest silence between two deliveries (to any device) from the
+/// first delivery to the end of the schedule: while the schedule runs,
+/// deliveries are expected all the time.
+#[derive(Debug, Default)]
+struct Gap {
+    last_us: Option<u64>,
+    longest_us: u64,
+    longest_from_us: u64,
+}
+
+impl Gap {
+    fn delivered(&mut self, at_us: u64, schedule_end_us: u64) {
+        if let Some(last) = self.last_us {
+            // Only the part of a silence that lies within the schedule.
+            let end = at_us.min(schedule_end_us.max(last));
+            if at_us > last && end.saturating_sub(last) > self.longest_us {
+                self.longest_us = end - last;
+                self.longest_from_us = last;
+            }
+        }
+        self.last_us = Some(self.last_us.map_or(at_us, |l| l.max(at_us)));
+    }
+}
+
+/// Disconnects, reconnects and the time each device took to receive again.
+fn recovery(received: &[Received], gap: &Gap) -> anyhow::Result<Recovery> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).context("histogram")?;
+    let mut r = Recovery {
+        longest_delivery_gap_secs: gap.longest_us as f64 / 1e6,
+        longest_delivery_gap_from_secs: gap.longest_from_us as f64 / 1e6,
+        ..Default::default()
+    };
+    for got in received {
+        r.disconnects += got.disconnects;
+        r.reconnects += got.reconnects;
+        if got.disconnects > 0 {
+            r.devices_disconnected += 1;
+        }
+        if got.waiting_since.is_some() {
+            r.never_received_again += 1;
+        }
+        for (from, to) in &got.recoveries {
+            let _ = h.record((((to - from) * 1e6) as u64).max(1));
+            r.first_disconnect_at_secs =
+                Some(r.first_disconnect_at_secs.map_or(*from, |f| f.min(*from)));
+            r.last_received_again_at_secs =
+                Some(r.last_received_again_at_secs.map_or(*to, |l| l.max(*to)));
+        }
+        if let Some(from) = got.waiting_since {
+            r.first_disconnect_at_secs =
+                Some(r.first_disconnect_at_secs.map_or(from, |f| f.min(from)));
+        }
+    }
+    r.time_to_receive_again = Latency::from(&h);
+    Ok(r)
 }
 
 /// Checks every delivery against every acceptance.
@@ -508,5 +739,75 @@ mod tests {
         assert_eq!(parse(7, &p), Some((42, 1234)));
         assert_eq!(parse(8, &p), None);
         assert_eq!(parse(7, &p[..10]), None);
+    }
+
+    #[test]
+    fn devices_spread_round_robin_with_the_others_as_fallbacks() {
+        let a: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut t = Target::new(a[0], [0; 32], "http://127.0.0.1:7301");
+        assert_eq!(t.relays_for(5), (a[0], vec![]));
+        t.relays = a.clone();
+        assert_eq!(t.relays_for(0), (a[0], vec![a[1], a[2]]));
+        assert_eq!(t.relays_for(4), (a[1], vec![a[2], a[0]]));
+        assert_eq!(t.relays_for(5), (a[2], vec![a[0], a[1]]));
+    }
+
+    #[test]
+    fn the_longest_gap_counts_only_within_the_schedule() {
+        let mut g = Gap::default();
+        let end = 10_000_000;
+        for at in [
+            1_000_000, 1_100_000, 4_100_000, 4_000_000, 4_200_000, 5_000_000, 6_000_000, 7_000_000,
+        ] {
+            g.delivered(at, end);
+        }
+        assert_eq!((g.longest_us, g.longest_from_us), (3_000_000, 1_100_000));
+        // A silence running past the end of the schedule counts up to it.
+        g.delivered(16_000_000, end);
+        assert_eq!((g.longest_us, g.longest_from_us), (3_000_000, 1_100_000));
+        let mut g = Gap::default();
+        g.delivered(1_000_000, end);
+        g.delivered(15_000_000, end);
+        assert_eq!((g.longest_us, g.longest_from_us), (9_000_000, 1_000_000));
+    }
+
+    #[test]
+    fn time_to_receive_again_per_device() {
+        let received = vec![
+            Received {
+                disconnects: 2,
+                reconnects: 2,
+                recoveries: vec![(10.0, 13.0), (20.0, 20.5)],
+                ..Default::default()
+            },
+            Received {
+                disconnects: 1,
+                reconnects: 1,
+                recoveries: vec![(11.0, 17.0)],
+                ..Default::default()
+            },
+            Received {
+                disconnects: 1,
+                waiting_since: Some(30.0),
+                ..Default::default()
+            },
+            Received::default(),
+        ];
+        let r = recovery(&received, &Gap::default()).unwrap();
+        assert_eq!(
+            (r.devices_disconnected, r.disconnects, r.reconnects),
+            (3, 4, 3)
+        );
+        assert_eq!(r.never_received_again, 1);
+        assert_eq!(r.time_to_receive_again.count, 3);
+        assert!(
+            (r.time_to_receive_again.max_ms - 6000.0).abs() < 10.0,
+            "{r:?}"
+        );
+        assert_eq!(r.first_disconnect_at_secs, Some(10.0));
+        assert_eq!(r.last_received_again_at_secs, Some(20.5));
     }
 }

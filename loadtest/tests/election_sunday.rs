@@ -13,14 +13,14 @@ async fn scaled_down_election_sunday_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::bind(Config::dev(dir.path())).await.unwrap();
     let target = Target {
-        relay: relay.local_addr().unwrap(),
-        fingerprint: herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap(),
-        admin: format!("http://{}", relay.admin_addr().unwrap()),
-        admin_token: None,
         endpoints: 2,
         concurrency: 32,
-        progress: false,
         relay_metrics: vec![format!("http://{}/metrics", relay.metrics_addr().unwrap())],
+        ..Target::new(
+            relay.local_addr().unwrap(),
+            herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap(),
+            format!("http://{}", relay.admin_addr().unwrap()),
+        )
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(relay.run(async move {
@@ -55,6 +55,12 @@ async fn scaled_down_election_sunday_loses_nothing() {
         "{relay_udp:?}"
     );
     assert!(report.udp.loadtest_drops.is_some());
+    // Nobody lost a connection, and deliveries never stalled for long.
+    let r = &report.recovery;
+    assert_eq!(r.disconnects, 0, "{r:?}");
+    assert_eq!(r.time_to_receive_again.count, 0, "{r:?}");
+    assert!(r.longest_delivery_gap_secs < 5.0, "{r:?}");
+    assert!(report.started_at_unix_ms > 0);
 
     let out = dir.path().join("report");
     let files = report.write(&out).unwrap();
@@ -68,6 +74,7 @@ async fn scaled_down_election_sunday_loses_nothing() {
     let md = std::fs::read_to_string(&files[1]).unwrap();
     assert!(md.contains("Verdict: PASS"), "{md}");
     assert!(md.contains("relays: received / sent / dropped"), "{md}");
+    assert!(md.contains("time to receive again"), "{md}");
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
