@@ -55,7 +55,7 @@ impl Refusal {
     }
 }
 
-/// The refusal for a store error of an MLS operation.
+/// The refusal for a store error of a submit or an MLS request.
 pub(crate) fn store_refusal(e: &StoreError) -> Refusal {
     match e {
         StoreError::WrongEpoch { current } => Refusal {
@@ -91,7 +91,7 @@ pub(crate) fn store_refusal(e: &StoreError) -> Refusal {
             "this device is no longer enrolled",
         ),
         other => {
-            warn!(error = %other, "store failed on an MLS operation");
+            warn!(error = %other, "store unavailable; the device retries with the same id");
             Refusal::new(
                 ErrorCode::Unavailable,
                 "storage is unavailable; retry with the same message id",
