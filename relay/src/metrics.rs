@@ -104,6 +104,38 @@ pub const SIZE_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+/// Handles of the metrics recorded once per delivery or per accepted
+/// message, registered once: the `counter!`/`histogram!` macros look the
+/// metric up in the recorder's registry at every call, which the delivery
+/// path need not pay.
+#[derive(Debug)]
+pub(crate) struct Hot {
+    pub deliveries_live: metrics::Counter,
+    pub delivery_seconds: metrics::Histogram,
+    pub device_queue_depth: metrics::Histogram,
+    pub submits_accepted: metrics::Counter,
+    pub submits_duplicate: metrics::Counter,
+    pub submit_accept_seconds: metrics::Histogram,
+    pub fanout_devices: metrics::Histogram,
+    pub fanout_nodes: metrics::Histogram,
+}
+
+/// The hot-path handles, bound to the recorder [`install`] set (taken
+/// after it; without a recorder they record nothing).
+pub(crate) fn hot() -> &'static Hot {
+    HOT.get_or_init(|| Hot {
+        deliveries_live: metrics::counter!(DELIVERIES, "path" => "live"),
+        delivery_seconds: metrics::histogram!(DELIVERY_SECONDS),
+        device_queue_depth: metrics::histogram!(DEVICE_QUEUE_DEPTH),
+        submits_accepted: metrics::counter!(SUBMITS, "outcome" => "accepted", "code" => "none"),
+        submits_duplicate: metrics::counter!(SUBMITS, "outcome" => "duplicate", "code" => "none"),
+        submit_accept_seconds: metrics::histogram!(SUBMIT_ACCEPT_SECONDS),
+        fanout_devices: metrics::histogram!(FANOUT_DEVICES),
+        fanout_nodes: metrics::histogram!(FANOUT_NODES),
+    })
+}
 
 /// Installs the process-wide Prometheus recorder (once; later calls return
 /// the same handle) and describes every metric of the relay, the store and
@@ -135,6 +167,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
             herold_store::metrics::describe();
             herold_router::metrics::describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            hot();
             Ok(handle)
         })
         .clone()

@@ -97,7 +97,7 @@ impl Registry {
             return PushOutcome::NotConnected;
         };
         let depth = h.push.max_capacity() - h.push.capacity();
-        metrics::histogram!(m::DEVICE_QUEUE_DEPTH).record(depth as f64);
+        m::hot().device_queue_depth.record(depth as f64);
         match h.push.try_send(push) {
             Ok(()) => PushOutcome::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::NotConnected,

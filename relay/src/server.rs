@@ -529,7 +529,7 @@ fn admin_auth(config: &Config) -> crate::operators::Auth {
 /// Sends one stored message to every online recipient device: one delivery
 /// per relay node holding any of them.
 pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessage) {
-    metrics::histogram!(m::FANOUT_DEVICES).record(devices.len() as f64);
+    m::hot().fanout_devices.record(devices.len() as f64);
     let frame = crate::session::deliver_frame(m);
     let located = match shared.router.locate(devices).await {
         Ok(l) => l,
@@ -552,7 +552,7 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
             return;
         }
     };
-    metrics::histogram!(m::FANOUT_NODES).record(located.len() as f64);
+    m::hot().fanout_nodes.record(located.len() as f64);
     // The receiving relays' spans join this trace (when it is sampled).
     let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
     let batch: Vec<(String, Delivery)> = located

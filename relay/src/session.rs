@@ -839,10 +839,10 @@ impl Session {
                     }
                     None => self.write(&d.frame).await?,
                 }
-                metrics::counter!(m::DELIVERIES, "path" => "live").increment(1);
+                m::hot().deliveries_live.increment(1);
                 if let Some(t) = d.accepted_at_ms {
                     let ms = now_ms().saturating_sub(t).max(0);
-                    metrics::histogram!(m::DELIVERY_SECONDS).record(ms as f64 / 1000.0);
+                    m::hot().delivery_seconds.record(ms as f64 / 1000.0);
                 }
                 match live.sent_upto.get_mut(conversation_id) {
                     Some(u) => *u = seq,
@@ -1075,13 +1075,13 @@ async fn submit(
         duplicate: appended.duplicate,
     })));
     drop(permit);
-    let outcome = if appended.duplicate {
-        "duplicate"
+    let hot = m::hot();
+    if appended.duplicate {
+        hot.submits_duplicate.increment(1);
     } else {
-        "accepted"
-    };
-    metrics::counter!(m::SUBMITS, "outcome" => outcome, "code" => "none").increment(1);
-    metrics::histogram!(m::SUBMIT_ACCEPT_SECONDS).record(m::seconds_since(started));
+        hot.submits_accepted.increment(1);
+    }
+    hot.submit_accept_seconds.record(m::seconds_since(started));
     if appended.duplicate {
         // The first acceptance was fanned out already; sessions that missed
         // it fill the gap from the store on the next message or sync.

@@ -28,29 +28,6 @@ use redis_support::*;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-fn cql_args() -> Vec<String> {
-    let cp = match std::env::var("HEROLD_TEST_CQL") {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => panic!(
-            "HEROLD_TEST_CQL is not set: a cluster of relays shares the CQL store. Run \
-             scripts/test.sh, or `scripts/cassandra.sh start` and HEROLD_TEST_CQL=127.0.0.1:9042"
-        ),
-    };
-    let ks = std::env::var("HEROLD_TEST_CQL_KEYSPACE").unwrap_or_else(|_| "herold_test".into());
-    [
-        "--cql-contact-points",
-        &cp,
-        "--cql-keyspace",
-        &ks,
-        "--cql-consistency",
-        "LOCAL_ONE",
-        "--cql-replication",
-        "simple:1",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 /// Ids unique to this run: the test keyspace is shared and persistent.
 fn run_tag(name: &str) -> String {
     let ms = SystemTime::now()
@@ -220,6 +197,74 @@ async fn send_all(
         }
     }
     all
+}
+
+/// Senders posting to one conversation as fast as they are answered, until
+/// stopped; every acceptance is recorded (a seq given out twice fails).
+struct Traffic {
+    stop: watch::Sender<bool>,
+    accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// Starts one task per sender; bodies are `<tag>s<sender>-<n>`.
+    fn start(senders: Vec<Sender>, conversation: &str, tag: &str) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+        let tasks = senders
+            .into_iter()
+            .enumerate()
+            .map(|(s, sender)| {
+                let (accepted, conv, stop) =
+                    (accepted.clone(), conversation.to_owned(), stop_rx.clone());
+                let tag = format!("{tag}s{s}");
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !*stop.borrow() {
+                        let body = format!("{tag}-{i}").into_bytes();
+                        let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
+                        assert!(
+                            accepted.lock().unwrap().insert(a.seq, body).is_none(),
+                            "seq {} given out twice",
+                            a.seq
+                        );
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            accepted,
+            tasks,
+        }
+    }
+
+    /// Messages accepted so far.
+    fn count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` messages were accepted.
+    async fn until(&self, n: usize) {
+        tokio::time::timeout(DEADLINE, async {
+            while self.count() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("messages accepted");
+    }
+
+    /// Stops the senders (each finishes its submit) and returns seq -> body.
+    async fn stop(self) -> BTreeMap<u64, Vec<u8>> {
+        self.stop.send(true).unwrap();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.accepted.lock().unwrap().clone()
+    }
 }
 
 async fn members(
@@ -402,43 +447,13 @@ async fn three_relays_deliver_to_everyone_and_survive_a_sigkill() {
         .iter()
         .map(|&k| devices[k].sender.clone())
         .collect();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for (s, sender) in killers.into_iter().enumerate() {
-        let (accepted, conv, stop) = (accepted.clone(), grp.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !*stop.borrow() {
-                let body = format!("kill-s{s}-{i}").into_bytes();
-                let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
-                assert!(accepted.lock().unwrap().insert(a.seq, body).is_none());
-                i += 1;
-            }
-        }));
-    }
-    tokio::time::timeout(DEADLINE, async {
-        while accepted.lock().unwrap().len() < 60 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("traffic before the kill");
+    let traffic = Traffic::start(killers, &grp, "kill-");
+    traffic.until(60).await;
     relays[1].child.start_kill().unwrap();
     relays[1].child.wait().await.unwrap();
-    let at_kill = accepted.lock().unwrap().len();
-    tokio::time::timeout(DEADLINE, async {
-        while accepted.lock().unwrap().len() < at_kill + 60 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("traffic goes on after the kill");
-    stop_tx.send(true).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    grp_all.extend(accepted.lock().unwrap().clone());
+    // Traffic goes on after the kill.
+    traffic.until(traffic.count() + 60).await;
+    grp_all.extend(traffic.stop().await);
     let head = *grp_all.keys().next_back().unwrap();
     assert_eq!(
         grp_all.keys().copied().collect::<Vec<_>>(),
@@ -523,45 +538,14 @@ where
     }
     let all: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for (s, k) in [0usize, 1].into_iter().enumerate() {
-        let sender = devices[k].sender.clone();
-        let (accepted, conv, stop) = (accepted.clone(), grp.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !*stop.borrow() {
-                let body = format!("s{s}-{i}").into_bytes();
-                let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
-                assert!(accepted.lock().unwrap().insert(a.seq, body).is_none());
-                i += 1;
-            }
-        }));
-    }
-    let wait_accepted = |n: usize| {
-        let accepted = accepted.clone();
-        async move {
-            tokio::time::timeout(DEADLINE, async {
-                while accepted.lock().unwrap().len() < n {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("messages accepted");
-        }
-    };
-    wait_accepted(50).await;
+    let senders = vec![devices[0].sender.clone(), devices[1].sender.clone()];
+    let traffic = Traffic::start(senders, &grp, "");
+    traffic.until(50).await;
     disrupt().await;
-    let now = accepted.lock().unwrap().len();
-    wait_accepted(now + 50).await;
-    stop_tx.send(true).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    traffic.until(traffic.count() + 50).await;
+    let mut expected = traffic.stop().await;
     // A fence after the recovery: delivered live, not only by a resync.
     let fence = send_all(&[devices[2].sender.clone()], &grp, 1, "fence").await;
-    let mut expected = accepted.lock().unwrap().clone();
     expected.extend(fence);
     let head = *expected.keys().next_back().unwrap();
     assert_eq!(
@@ -767,35 +751,12 @@ async fn a_drained_relay_hands_its_devices_over_and_loses_nothing() {
     let everyone: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
 
     // Senders on every relay, relay 0's among them.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let accepted: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for (s, k) in [0usize, 3, 1, 2].into_iter().enumerate() {
-        let sender = devices[k].sender.clone();
-        let (accepted, conv, stop) = (accepted.clone(), grp.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !*stop.borrow() {
-                let body = format!("drain-s{s}-{i}").into_bytes();
-                let a = sender.send(&conv, body.clone(), 0).await.expect("accepted");
-                assert!(accepted.lock().unwrap().insert(a.seq, body).is_none());
-                i += 1;
-            }
-        }));
-    }
-    let until = |n: usize| {
-        let accepted = accepted.clone();
-        async move {
-            tokio::time::timeout(DEADLINE, async {
-                while accepted.lock().unwrap().len() < n {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("traffic flows");
-        }
-    };
-    until(40).await;
+    let senders = [0usize, 3, 1, 2]
+        .iter()
+        .map(|&k| devices[k].sender.clone())
+        .collect();
+    let traffic = Traffic::start(senders, &grp, "drain-");
+    traffic.until(40).await;
     let pid = relays[0].child.id().expect("relay 0 runs");
     let term = tokio::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -804,32 +765,21 @@ async fn a_drained_relay_hands_its_devices_over_and_loses_nothing() {
         .unwrap();
     assert!(term.success());
     let drain_started = tokio::time::Instant::now();
-    // Not ready at once, while it still serves its probes.
-    let ready = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match tokio::net::TcpStream::connect(relays[0].metrics).await {
-                Ok(mut s) => {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
-                        .await
-                        .unwrap();
-                    let mut buf = String::new();
-                    let _ = s.read_to_string(&mut buf).await;
-                    if buf.starts_with("HTTP/1.1 503") {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // Not ready as soon as the signal is handled, while it still serves its
+    // probes (a relay that stopped serving first fails the probe's connect).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = common::scrape::http_get(relays[0].metrics, "/readyz").await;
+        if status == 503 {
+            assert_eq!(body, "not ready: draining\n");
+            break;
         }
-    })
-    .await
-    .unwrap();
-    assert!(
-        ready,
-        "the drained relay reported not-ready before it stopped serving"
-    );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = tokio::time::timeout(Duration::from_secs(15), relays[0].child.wait())
         .await
         .expect("the drained relay exits within its grace period")
@@ -842,13 +792,8 @@ async fn a_drained_relay_hands_its_devices_over_and_loses_nothing() {
         drain_started.elapsed()
     );
     // Traffic goes on through the others, relay 0's sender included.
-    let at_exit = accepted.lock().unwrap().len();
-    until(at_exit + 60).await;
-    stop_tx.send(true).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let all = accepted.lock().unwrap().clone();
+    traffic.until(traffic.count() + 60).await;
+    let all = traffic.stop().await;
     let head = *all.keys().next_back().unwrap();
     assert_eq!(
         all.keys().copied().collect::<Vec<_>>(),

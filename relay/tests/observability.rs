@@ -17,6 +17,10 @@ use herold_client::raw::RawConnection;
 use herold_proto::v1::{self, ConversationKind, ErrorCode};
 use tokio::io::AsyncWriteExt;
 
+/// The in-process relays of this binary share the process's metrics
+/// recorder (`herold_relay_ready` is one gauge): their tests take turns.
+static IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn promtool() -> String {
     std::env::var("HEROLD_PROMTOOL").unwrap_or_else(|_| "promtool".into())
 }
@@ -252,6 +256,7 @@ async fn metrics_move_by_what_the_traffic_implies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_turns_off_the_moment_a_drain_starts() {
+    let _turn = IN_PROCESS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let ops = relay.metrics_addr;
@@ -321,6 +326,7 @@ async fn status_of(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_store() {
+    let _turn = IN_PROCESS.lock().await;
     use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
     use herold_store::unreliable::Unreliable;
     let dir = tempfile::tempdir().unwrap();

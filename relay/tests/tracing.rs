@@ -88,29 +88,6 @@ impl TraceService for Collector {
     }
 }
 
-fn cql_args() -> Vec<String> {
-    let cp = match std::env::var("HEROLD_TEST_CQL") {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => panic!(
-            "HEROLD_TEST_CQL is not set: a cluster of relays shares the CQL store. Run \
-             scripts/test.sh, or `scripts/cassandra.sh start` and HEROLD_TEST_CQL=127.0.0.1:9042"
-        ),
-    };
-    let ks = std::env::var("HEROLD_TEST_CQL_KEYSPACE").unwrap_or_else(|_| "herold_test".into());
-    [
-        "--cql-contact-points",
-        &cp,
-        "--cql-keyspace",
-        &ks,
-        "--cql-consistency",
-        "LOCAL_ONE",
-        "--cql-replication",
-        "simple:1",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_across_two_relays() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -488,3 +488,28 @@ pub async fn assert_nothing_lost(
         .unwrap();
     assert_eq!(a.seq, head + 1, "the order continues where it stopped");
 }
+
+/// The CQL store settings of clustered relays in tests: the test server of
+/// `HEROLD_TEST_CQL` (scripts/test.sh), its keyspace, one replica.
+pub fn cql_args() -> Vec<String> {
+    let cp = match std::env::var("HEROLD_TEST_CQL") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!(
+            "HEROLD_TEST_CQL is not set: a cluster of relays shares the CQL store. Run \
+             scripts/test.sh, or `scripts/cassandra.sh start` and HEROLD_TEST_CQL=127.0.0.1:9042"
+        ),
+    };
+    let ks = std::env::var("HEROLD_TEST_CQL_KEYSPACE").unwrap_or_else(|_| "herold_test".into());
+    [
+        "--cql-contact-points",
+        &cp,
+        "--cql-keyspace",
+        &ks,
+        "--cql-consistency",
+        "LOCAL_ONE",
+        "--cql-replication",
+        "simple:1",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
