@@ -47,6 +47,10 @@ const PROBE_ID: &str = "readyz probe";
 pub(crate) struct Health {
     /// Set once when the drain starts; never cleared (a drained relay exits).
     draining: AtomicBool,
+    /// One check at a time, check and publish together: otherwise a check
+    /// that began before a change could publish its stale answer after a
+    /// newer one. A tokio mutex: held across the probes' `.await`.
+    checking: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     router: Arc<dyn Router>,
     grpc: HealthReporter,
@@ -64,6 +68,7 @@ impl Health {
     ) -> Self {
         Self {
             draining: AtomicBool::new(false),
+            checking: tokio::sync::Mutex::new(()),
             store,
             router,
             grpc,
@@ -102,6 +107,7 @@ impl Health {
 
     /// Checks readiness and publishes it (gauge and gRPC health).
     pub async fn refresh(&self) -> Result<(), String> {
+        let _one = self.checking.lock().await;
         let r = self.check().await;
         self.publish(r.is_ok()).await;
         r
@@ -122,6 +128,8 @@ impl Health {
     /// The drain started: not ready from now on, everywhere at once.
     pub async fn start_drain(&self) {
         self.draining.store(true, Ordering::Release);
+        // After a check under way, so that its answer cannot come last.
+        let _one = self.checking.lock().await;
         self.publish(false).await;
     }
 
