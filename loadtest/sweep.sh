@@ -6,8 +6,10 @@
 #   loadtest/sweep.sh [scenario] [rate scales...]
 #   default: loadtest/scenarios/throughput.toml 1 2 4 8 12 16 24
 #
-# Builds the release binaries first; writes every report under
-# ${HEROLD_SWEEP_DIR:-/tmp/herold-sweep}/<scale>/.
+# Builds the release binaries first, unless HEROLD_BIN_DIR names a folder
+# holding herold-relay and herold-loadtest (to measure another build);
+# extra relay flags come from HEROLD_RELAY_ARGS. Writes every report under
+# ${HEROLD_SWEEP_DIR:-/tmp/herold-sweep}/<run>-<scale>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:-loadtest/scenarios/throughput.toml}
@@ -15,17 +17,25 @@ shift || true
 scales=("$@")
 [ "${#scales[@]}" -gt 0 ] || scales=(1 2 4 8 12 16 24)
 out=${HEROLD_SWEEP_DIR:-/tmp/herold-sweep}
-cargo build --release -q -p herold-relay -p herold-loadtest
-bin=${CARGO_TARGET_DIR:-target}/release
+if [ -n "${HEROLD_BIN_DIR:-}" ]; then
+  bin=$HEROLD_BIN_DIR
+else
+  cargo build --release -q -p herold-relay -p herold-loadtest
+  bin=${CARGO_TARGET_DIR:-target}/release
+fi
+read -r -a relay_args <<<"${HEROLD_RELAY_ARGS:-}"
 relay_cpu=${HEROLD_RELAY_CPU:-0}
 load_cpu=${HEROLD_LOAD_CPU:-1}
 printf '| rate scale | accepted/s | deliveries/s (mean / peak) | accepted p50 / p99 | delivered p50 / p99 | lost / dup / reordered | UDP drops relay / load tester |\n'
 printf '|---|---|---|---|---|---|---|\n'
+run=0
 for s in "${scales[@]}"; do
-  dir="$out/$s"
+  # A scale may be repeated (medians of several runs): one folder per run.
+  run=$((run + 1))
+  dir="$out/$run-$s"
   rm -rf "$dir"; mkdir -p "$dir"
   taskset -c "$relay_cpu" "$bin/herold-relay" --dev --data-dir "$dir/data" \
-    --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 --metrics-listen 127.0.0.1:7392 >"$dir/relay.log" 2>&1 &
+    --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 --metrics-listen 127.0.0.1:7392 "${relay_args[@]}" >"$dir/relay.log" 2>&1 &
   relay=$!
   for _ in $(seq 1 100); do
     [ -s "$dir/data/tls/cert.sha256" ] && grep -q "admin" "$dir/relay.log" && break

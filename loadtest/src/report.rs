@@ -227,10 +227,13 @@ impl Report {
         format!(
             "| UDP datagrams (kernel, over the run) | |\n|---|---|\n\
              | relays: received / sent / dropped | {relay} |\n\
-             | load tester: dropped | {own} |\n\
+             | load tester: dropped (receive buffer per socket) | {own} ({buf}) |\n\
              | host receive-buffer errors (all processes) | {host} |\n\n\
              {verdict}\n",
             own = n(u.loadtest_drops),
+            buf = u
+                .loadtest_recv_buffer_bytes
+                .map_or_else(|| "?".to_owned(), |b| format!("{} KiB", b / 1024)),
             host = n(u.host_rcvbuf_errors),
         )
     }
@@ -260,6 +263,28 @@ impl Report {
             last = secs(r.last_received_again_at_secs),
             gap = r.longest_delivery_gap_secs,
             from = r.longest_delivery_gap_from_secs,
+        )
+    }
+
+    /// The verdict line: delivery first (PASS or FAIL), then whether the
+    /// latencies can be trusted (datagrams dropped on either side).
+    pub fn verdict(&self) -> String {
+        let delivery = if self.verification.is_clean() {
+            "PASS"
+        } else {
+            "FAIL"
+        };
+        let u = &self.udp;
+        if !u.dropped_any() {
+            return delivery.to_owned();
+        }
+        let n = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        format!(
+            "{delivery}, but UDP datagrams were dropped (relays {}, load tester {}, host {}): \
+             the latencies include QUIC loss recovery",
+            n(u.relay.map(|r| r.drops)),
+            n(u.loadtest_drops),
+            n(u.host_rcvbuf_errors),
         )
     }
 
@@ -305,7 +330,7 @@ impl Report {
              {udp}\n\
              Plots: `{name}-throughput.svg`, `{name}-latency.svg`.\n",
             name = self.scenario,
-            verdict = if v.is_clean() { "PASS" } else { "FAIL" },
+            verdict = self.verdict(),
             lost = v.lost,
             dup = v.duplicated,
             reo = v.reordered,

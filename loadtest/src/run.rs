@@ -194,6 +194,15 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     let endpoints: Vec<quinn::Endpoint> = (0..target.endpoints.max(1))
         .map(|_| own.endpoint(target.relays[0]))
         .collect::<Result<_, _>>()?;
+    if let Some(g) = own.granted_recv_buffer()
+        && g < crate::udp::SOCKET_BUFFER_BYTES
+    {
+        eprintln!(
+            "warning: the kernel granted the load tester's sockets {g} bytes of receive \
+             buffer, not {}: bursts may be dropped (raise net.core.rmem_max)",
+            crate::udp::SOCKET_BUFFER_BYTES
+        );
+    }
     let pb = bar(target.progress, world.devices.len() as u64, "connect");
     let limit = Arc::new(Semaphore::new(target.concurrency.max(1)));
     let mut connecting = JoinSet::new();
@@ -531,6 +540,7 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         host_rcvbuf_errors: crate::udp::host_rcvbuf_errors()
             .zip(host_before)
             .map(|(after, before)| after.saturating_sub(before)),
+        loadtest_recv_buffer_bytes: own.granted_recv_buffer().map(|g| g as u64),
         ..Default::default()
     };
     match relay_udp_before {

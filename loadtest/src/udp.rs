@@ -14,29 +14,57 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long a scrape of a relay's metrics may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Socket buffers the load tester asks for: a fan-out to thousands of its
+/// devices arrives as one burst of datagrams, and the kernel's default
+/// (208 KiB) holds about a hundred of them.
+pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
 /// The load tester's UDP sockets, as the kernel knows them.
 #[derive(Debug, Default, Clone)]
 pub struct OwnSockets {
     /// Socket inodes (`/proc/net/udp`'s `inode` column).
     inodes: Vec<u64>,
+    /// The smallest receive buffer the kernel granted, in bytes of payload.
+    granted: Option<usize>,
 }
 
 impl OwnSockets {
-    /// Binds a client endpoint for `relay`'s address family and remembers
-    /// its socket.
+    /// Binds a client endpoint for `relay`'s address family on a socket
+    /// with large buffers, and remembers the socket.
     pub fn endpoint(&mut self, relay: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
         let bind: SocketAddr = if relay.is_ipv6() {
             SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
-        let socket = std::net::UdpSocket::bind(bind).context("binding a client UDP socket")?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(bind),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .context("creating a client UDP socket")?;
+        // Best effort: the kernel caps both at net.core.{r,w}mem_max.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        // Linux reports twice what it reserves for payload.
+        let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+        self.granted = Some(self.granted.map_or(granted, |g| g.min(granted)));
+        socket
+            .bind(&bind.into())
+            .context("binding a client UDP socket")?;
+        let socket: std::net::UdpSocket = socket.into();
         if let Some(inode) = socket_inode(&socket) {
             self.inodes.push(inode);
         }
         let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
         quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             .context("creating a QUIC endpoint")
+    }
+
+    /// The receive buffer the kernel granted each socket (the smallest),
+    /// in bytes of payload; `None` before the first socket.
+    pub fn granted_recv_buffer(&self) -> Option<usize> {
+        self.granted
     }
 
     /// Datagrams dropped at these sockets so far; `None` without `/proc`.
@@ -175,6 +203,10 @@ pub struct UdpReport {
     pub loadtest_drops: Option<u64>,
     /// The host's UDP receive-buffer errors over the run (all processes).
     pub host_rcvbuf_errors: Option<u64>,
+    /// The receive buffer the kernel granted each of the load tester's
+    /// sockets, bytes of payload (capped by `net.core.rmem_max`).
+    #[serde(default)]
+    pub loadtest_recv_buffer_bytes: Option<u64>,
 }
 
 impl UdpReport {

@@ -75,6 +75,27 @@ async fn scaled_down_election_sunday_loses_nothing() {
     assert!(md.contains("Verdict: PASS"), "{md}");
     assert!(md.contains("relays: received / sent / dropped"), "{md}");
     assert!(md.contains("time to receive again"), "{md}");
+    // The verdict line says when datagrams were dropped, on either side.
+    assert_eq!(
+        report.verdict().contains("datagrams were dropped"),
+        report.udp.dropped_any(),
+        "{}",
+        report.verdict()
+    );
+    let mut dropped = report.clone();
+    dropped.udp.loadtest_drops = Some(7);
+    assert!(
+        dropped.verdict().contains("load tester 7"),
+        "{}",
+        dropped.verdict()
+    );
+    assert!(
+        dropped
+            .markdown()
+            .contains("but UDP datagrams were dropped (relays"),
+        "{}",
+        dropped.markdown()
+    );
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();

@@ -100,6 +100,11 @@ pub struct Args {
     /// `net.core.wmem_max` [default: 8388608].
     #[arg(long, env = "HEROLD_UDP_SEND_BUFFER_BYTES")]
     pub udp_send_buffer_bytes: Option<u32>,
+    /// UDP sockets on the QUIC port (`SO_REUSEPORT`), each drained by its
+    /// own task, so that a burst of acks is read on every core; 1..=64
+    /// [default: the number of cores the relay may use].
+    #[arg(long, env = "HEROLD_UDP_SOCKETS")]
+    pub udp_sockets: Option<u32>,
     /// Seconds SIGTERM waits for sessions to drain [default: 10].
     #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
     pub drain_grace_secs: Option<u64>,
@@ -195,6 +200,7 @@ struct FileConfig {
     drain_grace_secs: Option<u64>,
     udp_recv_buffer_bytes: Option<u32>,
     udp_send_buffer_bytes: Option<u32>,
+    udp_sockets: Option<u32>,
     drain_reconnect_spread_ms: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
@@ -326,6 +332,8 @@ fn cql_config(
 /// The longest reconnect spread a drain may ask for: the SDK waits at most
 /// this long after a Draining.
 pub const MAX_DRAIN_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
+/// Most UDP sockets the relay opens on its QUIC port.
+pub const MAX_UDP_SOCKETS: u32 = 64;
 
 /// Share of new traces sampled when none is configured: one in a hundred,
 /// enough to see where time goes without tracing every election post.
@@ -398,6 +406,8 @@ pub struct Limits {
     pub udp_recv_buffer_bytes: u32,
     /// Send buffer asked for on the QUIC socket.
     pub udp_send_buffer_bytes: u32,
+    /// UDP sockets sharing the QUIC port.
+    pub udp_sockets: u32,
 }
 
 impl Default for Limits {
@@ -419,6 +429,9 @@ impl Default for Limits {
             // acks at once: the kernel's default (208 KiB) drops them.
             udp_recv_buffer_bytes: 8 * 1024 * 1024,
             udp_send_buffer_bytes: 8 * 1024 * 1024,
+            udp_sockets: std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+                .clamp(1, MAX_UDP_SOCKETS),
         }
     }
 }
@@ -575,6 +588,10 @@ impl Config {
                 .udp_send_buffer_bytes
                 .or(file.udp_send_buffer_bytes)
                 .unwrap_or(defaults.udp_send_buffer_bytes),
+            udp_sockets: args
+                .udp_sockets
+                .or(file.udp_sockets)
+                .unwrap_or(defaults.udp_sockets),
         };
         let tls_cert = args.tls_cert.or(file.tls_cert);
         let tls_key = args.tls_key.or(file.tls_key);
@@ -712,6 +729,15 @@ impl Config {
                     reason: format!("{v} is outside 65536..=1073741824"),
                 });
             }
+        }
+        if !(1..=MAX_UDP_SOCKETS).contains(&self.limits.udp_sockets) {
+            return Err(ConfigError::Invalid {
+                name: "udp-sockets",
+                reason: format!(
+                    "{} is outside 1..={MAX_UDP_SOCKETS}",
+                    self.limits.udp_sockets
+                ),
+            });
         }
         if self.limits.drain_reconnect_spread > MAX_DRAIN_RECONNECT_SPREAD {
             return Err(ConfigError::Invalid {
@@ -1081,6 +1107,8 @@ mod tests {
                 &["--udp-recv-buffer-bytes", "1000"][..],
                 "udp-recv-buffer-bytes",
             ),
+            (&["--udp-sockets", "0"][..], "udp-sockets"),
+            (&["--udp-sockets", "65"][..], "udp-sockets"),
             (
                 &["--metrics-listen", "127.0.0.1:7301"][..],
                 "metrics-listen",

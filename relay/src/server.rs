@@ -162,12 +162,34 @@ fn recover_from_lag(shared: &Arc<Shared>) {
     });
 }
 
+/// Devices a fan-out hands their delivery to before it lets the other
+/// tasks run: the sessions it woke write their packets, and the endpoints
+/// read the acknowledgements already coming back, before the next slice.
+/// Without it a 7,000-device channel post wakes 7,000 sessions at once and
+/// the acks pile up in the socket until the kernel drops them.
+const FAN_OUT_SLICE: usize = 256;
+
+/// Queues one delivery to its local devices, a slice at a time.
+async fn push_in_slices(registry: &Registry, d: &Arc<Delivery>) {
+    for (i, slice) in d.devices.chunks(FAN_OUT_SLICE).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        for device in slice {
+            if registry.push(device, Push::Deliver(d.clone())) == PushOutcome::SlowConsumer {
+                warn!("slow consumer disconnected; it will resync");
+            }
+        }
+    }
+}
+
 /// A bound, not yet running relay node.
 #[derive(Debug)]
 pub struct Relay {
     shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
-    /// The relay's UDP socket in the kernel's tables (for its drop counter).
+    /// One QUIC endpoint per UDP socket, all on the same port.
+    endpoints: Vec<quinn::Endpoint>,
+    /// The relay's UDP sockets in the kernel's tables (for their drop counter).
     socket: crate::udp::SocketStats,
     admin: tokio::net::TcpListener,
     /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
@@ -222,7 +244,7 @@ impl Relay {
         let identity = crate::tls::load_identity(&config)?;
         let fingerprint = identity.fingerprint.clone();
         let server_config = crate::tls::server_config(identity, &config.limits)?;
-        let (endpoint, socket) = crate::udp::bind(server_config, config.listen, &config.limits)
+        let (endpoints, socket) = crate::udp::bind(server_config, config.listen, &config.limits)
             .with_context(|| format!("binding QUIC on {}", config.listen))?;
         let admin_tls = admin_tls_config(&config)?;
         let admin_auth = admin_auth(&config);
@@ -254,7 +276,7 @@ impl Relay {
         });
         Ok(Self {
             shared,
-            endpoint,
+            endpoints,
             socket,
             admin,
             ops,
@@ -269,7 +291,10 @@ impl Relay {
 
     /// The QUIC address clients connect to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        match self.endpoints.first() {
+            Some(e) => e.local_addr(),
+            None => Err(std::io::Error::other("no QUIC endpoint is bound")),
+        }
     }
 
     /// The admin API address.
@@ -293,7 +318,7 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Relay {
             shared,
-            endpoint,
+            endpoints,
             socket,
             admin,
             ops,
@@ -346,6 +371,23 @@ impl Relay {
             })
         };
 
+        // Each endpoint accepts on its own task; the loop below sees one
+        // stream of incoming connections.
+        let (incoming_tx, mut incoming_rx) = mpsc::channel::<quinn::Incoming>(64);
+        let acceptors: Vec<_> = endpoints
+            .iter()
+            .map(|e| {
+                let (e, tx) = (e.clone(), incoming_tx.clone());
+                tokio::spawn(async move {
+                    while let Some(incoming) = e.accept().await {
+                        if tx.send(incoming).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(incoming_tx);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let conn_limit = Arc::new(Semaphore::new(config.limits.max_connections as usize));
         let next_conn = AtomicU64::new(1);
@@ -353,7 +395,7 @@ impl Relay {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                incoming = endpoint.accept() => {
+                incoming = incoming_rx.recv() => {
                     let Some(incoming) = incoming else { break };
                     let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
                         metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
@@ -388,7 +430,17 @@ impl Relay {
         metrics::gauge!(m::DRAINING).set(1.0);
         metrics::gauge!(m::DRAIN_STARTED).set(now_ms() as f64 / 1000.0);
         metrics::gauge!(m::DRAIN_REMAINING).set(shared.registry.len() as f64);
-        endpoint.set_server_config(None);
+        for e in &endpoints {
+            e.set_server_config(None);
+        }
+        for a in &acceptors {
+            a.abort();
+        }
+        // Connections accepted by an endpoint but not yet served are refused.
+        incoming_rx.close();
+        while let Ok(incoming) = incoming_rx.try_recv() {
+            incoming.refuse();
+        }
         let _ = drain_tx.send(true);
         drop(done_tx);
         let grace_over = tokio::time::Instant::now() + config.drain_grace;
@@ -422,8 +474,14 @@ impl Relay {
                 "fan-outs still running at the end of the grace period; their devices sync"
             );
         }
-        endpoint.close(0u32.into(), b"relay shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        for e in &endpoints {
+            e.close(0u32.into(), b"relay shutting down");
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            futures_util::future::join_all(endpoints.iter().map(|e| e.wait_idle())),
+        )
+        .await;
         let _ = shared.router.deregister_node(&shared.node_id).await;
         inbox_task.abort();
         purge_task.abort();
@@ -592,16 +650,9 @@ async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
                     }
                     None => tracing::Span::none(),
                 };
-                let _entered = span.enter();
                 // One allocation per delivery, not per recipient device.
                 let d = Arc::new(d);
-                for device in &d.devices {
-                    if shared.registry.push(device, Push::Deliver(d.clone()))
-                        == PushOutcome::SlowConsumer
-                    {
-                        warn!("slow consumer disconnected; it will resync");
-                    }
-                }
+                tracing::Instrument::instrument(push_in_slices(&shared.registry, &d), span).await;
             }
             InboxEvent::Lagged => recover_from_lag(&shared),
             InboxEvent::Broadcast(payload) => shared.apply_cluster_event(&payload),

@@ -85,24 +85,26 @@ impl AsyncUdpSocket for CountingSocket {
     }
 }
 
-/// What identifies the relay's socket in the kernel's tables.
+/// What identifies the relay's sockets in the kernel's tables.
 #[derive(Debug, Clone)]
 pub(crate) struct SocketStats {
-    /// The socket's inode (`/proc/net/udp`'s `inode` column); `None` where
+    /// The sockets' inodes (`/proc/net/udp`'s `inode` column); empty where
     /// `/proc` is not available.
-    inode: Option<u64>,
+    inodes: Vec<u64>,
 }
 
 impl SocketStats {
-    /// Reads the kernel's counters into the metrics: the socket's drops,
+    /// Reads the kernel's counters into the metrics: the sockets' drops,
     /// the host's receive-buffer errors. Cheap (two small files); called on
     /// every scrape.
     pub fn refresh(&self) {
-        let Some(inode) = self.inode else { return };
+        if self.inodes.is_empty() {
+            return;
+        }
         let mut drops = 0u64;
         for table in ["/proc/net/udp", "/proc/net/udp6"] {
             if let Ok(text) = std::fs::read_to_string(table) {
-                drops += herold_proto::udpstat::socket_drops(&text, &[inode]).0;
+                drops += herold_proto::udpstat::socket_drops(&text, &self.inodes).0;
             }
         }
         metrics::counter!(m::UDP_RECEIVE_DROPS).absolute(drops);
@@ -115,54 +117,115 @@ impl SocketStats {
     }
 }
 
-/// Binds the relay's QUIC endpoint on a counted socket.
+/// Binds the relay's QUIC endpoints: `sockets` UDP sockets on one port
+/// (`SO_REUSEPORT`; the kernel spreads the clients over them by address, so
+/// each socket has its own receive queue and its own task draining it), each
+/// counted and with the configured buffers. The endpoints share one
+/// configuration, stateless-reset key included: a device whose address
+/// changes mid-connection lands on another socket, which resets the
+/// connection at once, and the device reconnects and syncs.
 pub(crate) fn bind(
     server_config: quinn::ServerConfig,
     addr: SocketAddr,
     limits: &crate::config::Limits,
-) -> anyhow::Result<(quinn::Endpoint, SocketStats)> {
-    let socket = std::net::UdpSocket::bind(addr)?;
-    let inode = socket_inode(&socket);
-    size_buffers(&socket, limits);
-    if let Ok(size) = socket2::SockRef::from(&socket).recv_buffer_size() {
-        metrics::gauge!(m::UDP_RECEIVE_BUFFER).set(size as f64);
-    }
+) -> anyhow::Result<(Vec<quinn::Endpoint>, SocketStats)> {
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    let inner = runtime.wrap_udp_socket(socket)?;
-    let socket = Arc::new(CountingSocket {
-        inner,
-        received: metrics::counter!(m::UDP_RECEIVED),
-        sent: metrics::counter!(m::UDP_SENT),
-    });
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket,
-        runtime,
-    )?;
-    let stats = SocketStats { inode };
+    let endpoint_config = quinn::EndpointConfig::default();
+    let received = metrics::counter!(m::UDP_RECEIVED);
+    let sent = metrics::counter!(m::UDP_SENT);
+    let n = limits.udp_sockets.max(1) as usize;
+    let mut endpoints = Vec::with_capacity(n);
+    let mut inodes = Vec::with_capacity(n);
+    // The first socket picks the port when `addr` asks for any (port 0);
+    // the others join it.
+    let mut addr = addr;
+    for i in 0..n {
+        let socket = new_socket(addr, n > 1, limits)
+            .with_context(|| format!("binding UDP socket {} of {n} on {addr}", i + 1))?;
+        if i == 0 {
+            addr = socket.local_addr()?;
+            if let Ok(size) = socket2::SockRef::from(&socket).recv_buffer_size() {
+                metrics::gauge!(m::UDP_RECEIVE_BUFFER).set(size as f64);
+            }
+        }
+        if let Some(inode) = socket_inode(&socket) {
+            inodes.push(inode);
+        }
+        let inner = runtime.wrap_udp_socket(socket)?;
+        let socket = Arc::new(CountingSocket {
+            inner,
+            received: received.clone(),
+            sent: sent.clone(),
+        });
+        endpoints.push(quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config.clone(),
+            Some(server_config.clone()),
+            socket,
+            runtime.clone(),
+        )?);
+    }
+    let stats = SocketStats { inodes };
     stats.refresh();
-    Ok((endpoint, stats))
+    Ok((endpoints, stats))
+}
+
+/// One UDP socket of the relay, buffers sized, bound to `addr`.
+fn new_socket(
+    addr: SocketAddr,
+    reuse_port: bool,
+    limits: &crate::config::Limits,
+) -> anyhow::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Clients on IPv4 reach an IPv6 wildcard too, as with std's bind.
+        let _ = socket.set_only_v6(false);
+    }
+    if reuse_port {
+        set_reuse_port(&socket)?;
+    }
+    size_buffers(&socket, limits);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+#[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+fn set_reuse_port(socket: &socket2::Socket) -> anyhow::Result<()> {
+    socket
+        .set_reuse_port(true)
+        .context("SO_REUSEPORT (for several sockets on one port)")
+}
+
+#[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+fn set_reuse_port(_: &socket2::Socket) -> anyhow::Result<()> {
+    anyhow::bail!("several UDP sockets on one port need SO_REUSEPORT: set --udp-sockets 1")
 }
 
 /// Asks the kernel for the configured socket buffers and says so when it
 /// grants less: Linux caps the request at `net.core.rmem_max` /
-/// `wmem_max` (and reports twice what it reserves for payload, its
-/// bookkeeping included).
-fn size_buffers(socket: &std::net::UdpSocket, limits: &crate::config::Limits) {
-    let s = socket2::SockRef::from(socket);
+/// `wmem_max`, and reports twice what it reserves for payload (its
+/// bookkeeping included), so the grant is compared at half.
+fn size_buffers(s: &socket2::Socket, limits: &crate::config::Limits) {
     let want_recv = limits.udp_recv_buffer_bytes as usize;
     let want_send = limits.udp_send_buffer_bytes as usize;
     let _ = s.set_recv_buffer_size(want_recv);
     let _ = s.set_send_buffer_size(want_send);
-    let got_recv = s.recv_buffer_size().unwrap_or(0);
-    let got_send = s.send_buffer_size().unwrap_or(0);
+    let payload = |reported: usize| {
+        if cfg!(target_os = "linux") {
+            reported / 2
+        } else {
+            reported
+        }
+    };
+    let got_recv = payload(s.recv_buffer_size().unwrap_or(0));
+    let got_send = payload(s.send_buffer_size().unwrap_or(0));
     if got_recv < want_recv {
         tracing::warn!(
             requested = want_recv,
             granted = got_recv,
             "the kernel granted a smaller UDP receive buffer than configured: raise \
-             net.core.rmem_max, or bursts of acks will be dropped (docs/operations.md)"
+             net.core.rmem_max, or bursts of acks may be dropped (docs/operations.md)"
         );
     }
     if got_send < want_send {
