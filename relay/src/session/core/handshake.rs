@@ -1,0 +1,191 @@
+//! Authentication in the core: Hello, the directory lookups, the challenge,
+//! the signature over the transcript (nonce, TLS exporter, device id), and
+//! the device's cursors before the session goes live. The driver hands in
+//! the nonce and the exporter; nothing here waits or draws randomness.
+
+use std::sync::Arc;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
+use herold_proto::{auth, ids};
+use herold_store::{AccountState, Device};
+
+use super::{Action, Core, Now, Pending, Phase, Query};
+use crate::session::{DeviceCtx, Fatal, ReadEvent, codec_fatal, server_frame};
+
+impl Core {
+    /// A frame expected during authentication, or why the session ends.
+    fn auth_frame(ev: ReadEvent) -> Result<v1::ClientFrame, Fatal> {
+        match ev {
+            ReadEvent::Frame(f) => Ok(f),
+            ReadEvent::Malformed(e) => Err(Fatal::new(ErrorCode::BadFrame, e)),
+            ReadEvent::Codec(e) => Err(codec_fatal(e)),
+            ReadEvent::Closed => Err(Fatal::new(ErrorCode::Unspecified, "connection closed")),
+        }
+    }
+
+    pub(super) fn on_hello(&mut self, ev: ReadEvent) {
+        let hello = match Self::auth_frame(ev).map(|f| f.kind) {
+            Ok(Some(client_frame::Kind::Hello(h))) => h,
+            Ok(_) => {
+                return self.close(Some(Fatal::new(
+                    ErrorCode::AuthRequired,
+                    "the first frame must be Hello",
+                )));
+            }
+            Err(f) => return self.close(Some(f)),
+        };
+        if hello.version != herold_proto::PROTOCOL_VERSION {
+            return self.close(Some(Fatal::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported; this relay speaks {}",
+                    hello.version,
+                    herold_proto::PROTOCOL_VERSION
+                ),
+            )));
+        }
+        if let Err(e) = ids::validate_id("device", &hello.device_id) {
+            return self.close(Some(Fatal::new(ErrorCode::UnknownDevice, e.to_string())));
+        }
+        self.phase = Phase::Lookup;
+        self.ask(Pending::Device, Query::Device(hello.device_id));
+    }
+
+    pub(super) fn on_device(&mut self, device: Option<Device>) {
+        let Some(device) = device else {
+            return self.close(Some(Fatal::new(
+                ErrorCode::UnknownDevice,
+                "no such device is enrolled",
+            )));
+        };
+        if device.revoked {
+            return self.close(Some(Fatal::new(
+                ErrorCode::DeviceRevoked,
+                "this device was revoked",
+            )));
+        }
+        let account = device.account_id.clone();
+        self.ask(Pending::Account(device), Query::AccountState(account));
+    }
+
+    pub(super) fn on_account(&mut self, device: Device, state: Option<AccountState>) {
+        match state {
+            None => {
+                return self.close(Some(Fatal::new(
+                    ErrorCode::DeviceRevoked,
+                    "this device's account was deleted",
+                )));
+            }
+            Some(s) if s.suspended => {
+                return self.close(Some(Fatal::new(
+                    ErrorCode::DeviceRevoked,
+                    "this device's account is suspended",
+                )));
+            }
+            Some(_) => {}
+        }
+        let nonce = match &self.secrets.nonce {
+            Ok(n) => *n,
+            Err(e) => {
+                let message = format!("no randomness: {e}");
+                return self.close(Some(Fatal::new(ErrorCode::Internal, message)));
+            }
+        };
+        self.frames
+            .push(server_frame(server_frame::Kind::AuthChallenge(
+                v1::AuthChallenge {
+                    nonce: nonce.to_vec(),
+                    version: herold_proto::PROTOCOL_VERSION,
+                },
+            )));
+        self.phase = Phase::Challenged { device, nonce };
+    }
+
+    pub(super) fn on_auth_response(&mut self, ev: ReadEvent) {
+        let Phase::Challenged { device, nonce } =
+            std::mem::replace(&mut self.phase, Phase::Loading)
+        else {
+            return;
+        };
+        match self.verify(ev, &device, &nonce) {
+            Ok(()) => {
+                let ctx = Arc::new(DeviceCtx {
+                    device_id: device.id,
+                    account_id: device.account_id,
+                });
+                self.ctx = Some(ctx.clone());
+                let device_id = ctx.device_id.clone();
+                self.actions.push_back(Action::Authenticated(ctx));
+                self.ask(Pending::Cursors, Query::Cursors(device_id));
+            }
+            Err(f) => self.close(Some(f)),
+        }
+    }
+
+    fn verify(
+        &self,
+        ev: ReadEvent,
+        device: &Device,
+        nonce: &[u8; auth::NONCE_BYTES],
+    ) -> Result<(), Fatal> {
+        let response = match Self::auth_frame(ev)?.kind {
+            Some(client_frame::Kind::AuthResponse(r)) => r,
+            _ => {
+                return Err(Fatal::new(
+                    ErrorCode::AuthRequired,
+                    "expected AuthResponse after AuthChallenge",
+                ));
+            }
+        };
+        let exporter = self
+            .secrets
+            .exporter
+            .ok_or_else(|| Fatal::new(ErrorCode::Internal, "TLS exporter unavailable"))?;
+        let transcript = auth::transcript(nonce, &exporter, &device.id);
+        let malformed = || Fatal::new(ErrorCode::Internal, "the enrolled public key is malformed");
+        let key_bytes: [u8; 32] = device
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| malformed())?;
+        let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| malformed())?;
+        let sig = Signature::from_slice(&response.signature)
+            .map_err(|_| Fatal::new(ErrorCode::AuthFailed, "the signature is malformed"))?;
+        key.verify_strict(&transcript, &sig).map_err(|_| {
+            Fatal::new(
+                ErrorCode::AuthFailed,
+                "the signature does not verify for this device and connection",
+            )
+        })
+    }
+
+    pub(super) fn on_cursors(
+        &mut self,
+        now: Now,
+        stored: Vec<(String, u64)>,
+        pending: Vec<(String, u64)>,
+    ) {
+        self.stored = stored.into_iter().collect();
+        // Acks from a previous connection that are not written yet.
+        for (c, s) in pending {
+            let e = self.stored.entry(c).or_insert(0);
+            *e = (*e).max(s);
+        }
+        let Some(ctx) = self.ctx.clone() else {
+            return self.close(Some(Fatal::new(ErrorCode::Internal, "no device")));
+        };
+        self.actions.push_back(Action::Register);
+        self.frames
+            .push(server_frame(server_frame::Kind::AuthOk(v1::AuthOk {
+                account_id: ctx.account_id.clone(),
+                server_time_ms: now.wall_ms,
+                max_frame_bytes: self.config.max_frame_bytes,
+                max_ciphertext_bytes: self.config.max_ciphertext_bytes,
+            })));
+        self.phase = Phase::Live;
+        if let Some(ms) = self.drain_requested.take() {
+            self.begin_drain(now, ms);
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! The session's driver: the async side of a device connection. It owns the
+//! QUIC stream, the reader task, the registry entry and the clock; it feeds
+//! the sans-IO [`Core`] and carries out what the core asks for (store
+//! queries, submit and request tasks, registration, cursor records, close).
+//!
+//! On every wake-up the driver takes whatever is ready on its channels
+//! (client frames, pushes, task answers) before it writes, and then writes
+//! every frame the core produced in one stream write: a device with several
+//! pending deliveries gets them in one go, in as few packets as QUIC needs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herold_proto::auth;
+use herold_proto::codec::{FrameDecoder, decode_message};
+use herold_proto::v1::{self, ErrorCode};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument as _, debug, warn};
+
+use super::core::{Action, Answer, AuthSecrets, Core, CoreConfig, Input, Now, Query};
+use super::submit::{Done, submit};
+use super::{AUTH_FRAME_BYTES, DeviceCtx, Fatal, ReadEvent, SYNC_PAGE, error_frame};
+use crate::config::Limits;
+use crate::metrics::{self as m, code_label};
+use crate::registry::{Kick, Push, SessionHandle};
+use crate::server::{Shared, now_ms};
+
+/// Inputs taken without waiting per wake-up, at most (per channel), so that
+/// a busy device still gets its frames written.
+const READY_BATCH: usize = 64;
+
+type QueryFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+impl CoreConfig {
+    /// The core's limits for a relay's `limits`.
+    pub(crate) fn from_limits(limits: &Limits) -> Self {
+        Self {
+            max_in_flight: limits.max_in_flight,
+            max_frame_bytes: limits.max_frame_bytes,
+            max_ciphertext_bytes: limits.max_ciphertext_bytes,
+            sync_page: SYNC_PAGE,
+            max_inline_gap: SYNC_PAGE * 4,
+            max_held_pushes: (limits.device_queue as usize).max(1),
+        }
+    }
+}
+
+fn now() -> Now {
+    Now {
+        mono: tokio::time::Instant::now().into_std(),
+        wall_ms: now_ms(),
+    }
+}
+
+async fn read_loop(
+    mut recv: quinn::RecvStream,
+    limit: Arc<AtomicUsize>,
+    tx: mpsc::Sender<ReadEvent>,
+) {
+    let mut dec = FrameDecoder::new(AUTH_FRAME_BYTES);
+    loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => {
+                dec.extend(&chunk.bytes);
+                loop {
+                    dec.set_max_frame_bytes(limit.load(Ordering::Acquire));
+                    match dec.next_frame() {
+                        Ok(Some(body)) => {
+                            let ev = match decode_message::<v1::ClientFrame>(&body) {
+                                Ok(f) => ReadEvent::Frame(f),
+                                Err(e) => ReadEvent::Malformed(e.to_string()),
+                            };
+                            if tx.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(ReadEvent::Codec(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                let ev = match dec.finish() {
+                    Ok(()) => ReadEvent::Closed,
+                    Err(e) => ReadEvent::Codec(e),
+                };
+                let _ = tx.send(ev).await;
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(ReadEvent::Closed).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Serves one incoming connection until it ends.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    conn_id: u64,
+    drain: watch::Receiver<bool>,
+) {
+    // One deadline covers the TLS handshake, the stream and authentication.
+    let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "error").increment(1);
+            return;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
+            return;
+        }
+    };
+    let mut open = OpenConnection::new();
+    let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
+                b"no stream opened in time",
+            );
+            metrics::counter!(m::AUTH, "outcome" => "auth_timeout").increment(1);
+            open.reason = code_label(ErrorCode::AuthTimeout);
+            return;
+        }
+    };
+    let (frames_tx, frames_rx) = mpsc::channel(32);
+    let frame_limit = Arc::new(AtomicUsize::new(
+        AUTH_FRAME_BYTES.min(shared.limits.max_frame_bytes as usize),
+    ));
+    let reader = tokio::spawn(read_loop(recv, frame_limit.clone(), frames_tx));
+    let mut exporter = [0u8; auth::NONCE_BYTES];
+    let exporter = conn
+        .export_keying_material(&mut exporter, auth::EXPORTER_LABEL, b"")
+        .ok()
+        .map(|()| exporter);
+    let mut nonce = [0u8; auth::NONCE_BYTES];
+    let nonce = getrandom::fill(&mut nonce)
+        .map(|()| nonce)
+        .map_err(|e| e.to_string());
+    let core = Core::new(
+        CoreConfig::from_limits(&shared.limits),
+        AuthSecrets { nonce, exporter },
+        deadline.into_std(),
+    );
+    let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+    let mut d = Driver {
+        shared,
+        conn: conn.clone(),
+        send,
+        frames: frames_rx,
+        conn_id,
+        slow: Arc::default(),
+        frame_limit,
+        core,
+        ctx: None,
+        pushes: None,
+        kicks: None,
+        query: None,
+        replies_tx,
+        replies_rx,
+        out: Vec::new(),
+        traced: Vec::new(),
+        dead: false,
+    };
+    let end = d.run(drain).await;
+    d.unregister().await;
+    if d.ctx.is_none() {
+        // Authentication failed or timed out.
+        let f = end.unwrap_or_else(|| Fatal::new(ErrorCode::Unspecified, "connection closed"));
+        metrics::counter!(m::AUTH, "outcome" => code_label(f.code)).increment(1);
+        open.reason = code_label(f.code);
+        d.close_with(f).await;
+        reader.abort();
+        return;
+    }
+    if d.slow.load(Ordering::Acquire) {
+        open.reason = code_label(ErrorCode::SlowConsumer);
+        reader.abort();
+        return;
+    }
+    match end {
+        Some(f) => {
+            open.reason = code_label(f.code);
+            d.close_with(f).await;
+        }
+        None => {
+            open.reason = match conn.close_reason() {
+                Some(quinn::ConnectionError::TimedOut) => "timeout".into(),
+                Some(quinn::ConnectionError::Reset) => "reset".into(),
+                _ => "closed".into(),
+            };
+            conn.close(0u32.into(), b"bye");
+        }
+    }
+    reader.abort();
+}
+
+/// An open connection in the metrics: counted open when created, closed
+/// with its `reason` when dropped (whichever way the session ends).
+struct OpenConnection {
+    reason: String,
+}
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        Self {
+            reason: "closed".into(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        let reason = std::mem::take(&mut self.reason);
+        debug!(%reason, "connection closed");
+        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    frames: mpsc::Receiver<ReadEvent>,
+    conn_id: u64,
+    /// Set by the registry when it cut this session off as a slow consumer.
+    slow: Arc<AtomicBool>,
+    /// The reader's frame limit, raised once the device authenticated.
+    frame_limit: Arc<AtomicUsize>,
+    core: Core,
+    ctx: Option<Arc<DeviceCtx>>,
+    /// Present once the session is registered.
+    pushes: Option<mpsc::Receiver<Push>>,
+    kicks: Option<watch::Receiver<Option<Kick>>>,
+    /// The store query the core waits for.
+    query: Option<QueryFuture>,
+    /// Answers of submit and request tasks.
+    replies_tx: mpsc::UnboundedSender<Option<Bytes>>,
+    replies_rx: mpsc::UnboundedReceiver<Option<Bytes>>,
+    /// Frames to write, reused between writes.
+    out: Vec<Bytes>,
+    traced: Vec<String>,
+    /// The stream cannot be written any more.
+    dead: bool,
+}
+
+impl Driver {
+    /// Feeds the core until it closes; returns the error to end with.
+    async fn run(&mut self, mut drain: watch::Receiver<bool>) -> Option<Fatal> {
+        let spread = self.shared.limits.drain_reconnect_spread;
+        let mut drain_open = true;
+        if *drain.borrow_and_update() {
+            drain_open = false;
+            let reconnect_after_ms = reconnect_jitter_ms(spread);
+            self.core.handle(now(), Input::Drain { reconnect_after_ms });
+        }
+        loop {
+            if let Some(end) = self.carry_out().await {
+                return end;
+            }
+            let timeout = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            let wants_frames = self.core.wants_frames();
+            let input = tokio::select! {
+                biased;
+                Some(k) = kicked(&mut self.kicks) => Input::Kick(k),
+                open = drained(&mut drain), if drain_open => {
+                    drain_open = false;
+                    if !open {
+                        continue;
+                    }
+                    Input::Drain { reconnect_after_ms: reconnect_jitter_ms(spread) }
+                }
+                a = answer(&mut self.query) => {
+                    self.query = None;
+                    Input::Store(a)
+                }
+                Some(r) = self.replies_rx.recv() => Input::TaskDone(r),
+                ev = self.frames.recv(), if wants_frames => {
+                    Input::Read(ev.unwrap_or(ReadEvent::Closed))
+                }
+                Some(p) = recv_push(&mut self.pushes) => Input::Push(p),
+                () = sleep_until_some(timeout) => Input::Timeout,
+            };
+            self.core.handle(now(), input);
+            self.take_ready();
+        }
+    }
+
+    /// Feeds the core what is ready on the channels, without waiting.
+    fn take_ready(&mut self) {
+        for _ in 0..READY_BATCH {
+            if self.core.is_closed() {
+                return;
+            }
+            let mut took = false;
+            if let Ok(r) = self.replies_rx.try_recv() {
+                self.core.handle(now(), Input::TaskDone(r));
+                took = true;
+            }
+            if self.core.wants_frames()
+                && let Ok(ev) = self.frames.try_recv()
+            {
+                self.core.handle(now(), Input::Read(ev));
+                took = true;
+            }
+            if let Some(p) = self.pushes.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                self.core.handle(now(), Input::Push(p));
+                took = true;
+            }
+            if !took {
+                return;
+            }
+        }
+    }
+
+    /// Carries out the core's actions and writes its frames; returns
+    /// `Some` once the core closed.
+    async fn carry_out(&mut self) -> Option<Option<Fatal>> {
+        loop {
+            let mut close = None;
+            while let Some(a) = self.core.poll_action() {
+                match a {
+                    Action::Query(q) => self.query = Some(self.start_query(q)),
+                    Action::Authenticated(ctx) => {
+                        metrics::counter!(m::AUTH, "outcome" => "ok").increment(1);
+                        // Full-size frames from now on (before AuthOk goes
+                        // out, so the client's first Submit already fits).
+                        self.frame_limit.store(
+                            self.shared.limits.max_frame_bytes as usize,
+                            Ordering::Release,
+                        );
+                        self.ctx = Some(ctx);
+                    }
+                    Action::Register => self.register().await,
+                    Action::Submit(s) => self.start_submit(s),
+                    Action::Request(r) => self.start_request(r),
+                    Action::RecordCursors(acks) => {
+                        if let Some(ctx) = &self.ctx {
+                            self.shared.cursors.record(&ctx.device_id, acks);
+                        }
+                    }
+                    Action::Close(f) => close = Some(f),
+                }
+            }
+            self.core.take_transmit(&mut self.out, &mut self.traced);
+            if !self.out.is_empty() && !self.dead && self.write_out().await.is_err() {
+                self.dead = true;
+                if close.is_none() {
+                    // Ends the core; its last actions (acks) still run.
+                    self.core
+                        .fail(Fatal::new(ErrorCode::Unspecified, "stream closed"));
+                    self.out.clear();
+                    self.traced.clear();
+                    continue;
+                }
+            }
+            self.out.clear();
+            self.traced.clear();
+            return close;
+        }
+    }
+
+    /// Writes every pending frame in one go.
+    async fn write_out(&mut self) -> Result<(), quinn::WriteError> {
+        if self.traced.is_empty() {
+            return self.send.write_all_chunks(&mut self.out).await;
+        }
+        // Traced deliveries: the write is a child of each one's trace.
+        let mut write: Pin<Box<dyn Future<Output = _> + Send + '_>> =
+            Box::pin(self.send.write_all_chunks(&mut self.out));
+        for tp in self.traced.drain(..) {
+            let span = tracing::info_span!("push");
+            crate::telemetry::follow(&span, &tp);
+            write = Box::pin(write.instrument(span));
+        }
+        write.await
+    }
+
+    fn start_query(&self, q: Query) -> QueryFuture {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let store = &shared.store;
+            let answer = match q {
+                Query::Device(d) => store.get_device(&d).await.map(Answer::Device),
+                Query::AccountState(a) => store.account_state(&a).await.map(Answer::AccountState),
+                Query::Cursors(d) => store.cursors(&d).await.map(|stored| Answer::Cursors {
+                    stored,
+                    pending: shared.cursors.pending_for(&d),
+                }),
+                Query::ConversationsOf(a) => {
+                    store.conversations_of(&a).await.map(Answer::Conversations)
+                }
+                Query::Head(c) => store.head(&c).await.map(Answer::Head),
+                Query::Read {
+                    conversation_id,
+                    after,
+                    limit,
+                    now_ms,
+                } => store
+                    .read(&conversation_id, after, limit, now_ms)
+                    .await
+                    .map(Answer::Page),
+            };
+            answer.unwrap_or_else(|e| {
+                warn!(error = %e, "store unavailable");
+                Answer::Failed
+            })
+        })
+    }
+
+    fn start_submit(&self, s: v1::Submit) {
+        let Some(ctx) = self.ctx.clone() else {
+            return;
+        };
+        let done = Done::new(self.replies_tx.clone());
+        tokio::spawn(
+            submit(self.shared.clone(), ctx, s, done).instrument(tracing::info_span!("submit")),
+        );
+    }
+
+    fn start_request(&self, r: v1::Request) {
+        let Some(ctx) = self.ctx.clone() else {
+            return;
+        };
+        let done = Done::new(self.replies_tx.clone());
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            crate::e2e::handle_request(shared, ctx, r, tx).await;
+            done.finish(rx.try_recv().ok());
+        });
+    }
+
+    /// Registers the session for pushes and presence.
+    async fn register(&mut self) {
+        let Some(ctx) = self.ctx.clone() else {
+            return;
+        };
+        let shared = &self.shared;
+        let (push_tx, push_rx) = mpsc::channel(shared.limits.device_queue as usize);
+        let (kick_tx, kick_rx) = watch::channel(None::<Kick>);
+        shared.registry.insert(
+            ctx.device_id.clone(),
+            SessionHandle {
+                conn_id: self.conn_id,
+                push: push_tx,
+                kick: kick_tx,
+                conn: self.conn.clone(),
+                slow: self.slow.clone(),
+            },
+        );
+        self.pushes = Some(push_rx);
+        self.kicks = Some(kick_rx);
+        if let Err(e) = shared
+            .router
+            .set_present(&shared.node_id, std::slice::from_ref(&ctx.device_id))
+            .await
+        {
+            warn!(error = %e, "router presence failed");
+        }
+    }
+
+    async fn unregister(&mut self) {
+        let (Some(ctx), Some(_)) = (&self.ctx, self.pushes.take()) else {
+            return;
+        };
+        let shared = &self.shared;
+        // A replaced session must not clear the presence of its successor.
+        if shared.registry.remove(&ctx.device_id, self.conn_id)
+            && let Err(e) = shared
+                .router
+                .set_absent(&shared.node_id, std::slice::from_ref(&ctx.device_id))
+                .await
+        {
+            warn!(error = %e, "router presence failed");
+        }
+    }
+
+    /// Sends the error frame, finishes the stream, waits briefly for the peer
+    /// to read it, then closes the connection with the code.
+    async fn close_with(&mut self, f: Fatal) {
+        if f.code != ErrorCode::Unspecified && !self.dead {
+            let frame = error_frame(f.code, &f.message, Vec::new(), true);
+            if self.send.write_all(&frame).await.is_ok() && self.send.finish().is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped()).await;
+            }
+        }
+        self.conn
+            .close(quinn::VarInt::from_u32(f.code as u32), f.message.as_bytes());
+    }
+}
+
+/// The next kick, once registered.
+async fn kicked(rx: &mut Option<watch::Receiver<Option<Kick>>>) -> Option<Kick> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(k) = rx.borrow_and_update().clone() {
+            return Some(k);
+        }
+    }
+}
+
+/// Resolves when the relay starts draining (`true`), or can no longer tell
+/// (`false`).
+async fn drained(rx: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        if rx.changed().await.is_err() {
+            return false;
+        }
+        if *rx.borrow_and_update() {
+            return true;
+        }
+    }
+}
+
+async fn answer(q: &mut Option<QueryFuture>) -> Answer {
+    match q {
+        Some(f) => f.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_push(rx: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A uniformly random wait in `0..spread`, in milliseconds.
+fn reconnect_jitter_ms(spread: Duration) -> u32 {
+    let spread = u32::try_from(spread.as_millis()).unwrap_or(u32::MAX);
+    if spread == 0 {
+        return 0;
+    }
+    let mut b = [0u8; 4];
+    // Without randomness, no jitter: reconnecting at once is still correct.
+    if getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    u32::from_le_bytes(b) % spread
+}

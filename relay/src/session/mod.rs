@@ -1,0 +1,150 @@
+//! One device connection: authentication, then the session that takes
+//! submits, acks and syncs from the device and pushes deliveries to it.
+//!
+//! The session is split the way quinn splits QUIC: a sans-IO core
+//! ([`core`]) holds every decision (the authentication steps, what was sent
+//! per conversation, gap fills, sync paging, acks, in-flight submits, the
+//! drain) and is driven by inputs with the time as an argument; the driver
+//! ([`driver`]) owns the QUIC stream, the store, the registry and the clock,
+//! feeds the core and carries out what it asks for. The core can therefore
+//! be tested in virtual time without sockets (`tests`, `sim`).
+//!
+//! Per connection there are two tasks: a reader that decodes frames from the
+//! QUIC stream into a bounded channel (so a fast sender is slowed down by QUIC
+//! flow control, not by our memory), and the driver, the only writer of the
+//! stream. Submits and requests run as their own tasks ([`submit`]), at most
+//! `max_in_flight` per connection, and hand their answer back to the driver.
+//!
+//! Delivery order: the core remembers, per conversation, the last seq it sent
+//! (`sent_upto`). A live delivery at or below it is a duplicate and skipped;
+//! one beyond `sent_upto + 1` means earlier messages are in flight or were
+//! lost in transit, so the gap is filled from the store first. The store
+//! numbers messages without gaps and writes them before they are fanned out,
+//! so the gap is always readable. Each device therefore receives each
+//! conversation in seq order, each message once per connection, and nothing
+//! whose expiry has passed when its frame is produced.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use herold_proto::codec::{CodecError, frame_bytes};
+use herold_proto::v1::{self, ErrorCode};
+use herold_store::StoredMessage;
+
+use crate::metrics::{self as m, code_label};
+
+mod core;
+mod driver;
+mod submit;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use driver::serve;
+
+/// Largest number of cursors one Sync may carry.
+pub const MAX_SYNC_CURSORS: usize = 10_000;
+/// Messages read from the store per page while syncing.
+const SYNC_PAGE: usize = 256;
+/// How long a draining session waits for the device's last acks.
+const DRAIN_READ_GRACE: Duration = Duration::from_secs(2);
+/// How long a session holds acks before handing them to the cursor sink.
+const ACK_FLUSH: Duration = Duration::from_millis(200);
+/// Largest frame before authentication: Hello and AuthResponse are small, so
+/// an unauthenticated peer cannot make the relay buffer a large frame. The
+/// session raises the limit once the device has authenticated.
+const AUTH_FRAME_BYTES: usize = 16 * 1024;
+
+/// An error that ends the connection, sent to the device first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fatal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Fatal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The store could not answer (the driver logs the cause).
+    fn unavailable() -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            "storage is unavailable; retry with the same message id",
+        )
+    }
+}
+
+/// What the reader task hands to the session.
+#[derive(Debug)]
+pub(crate) enum ReadEvent {
+    Frame(v1::ClientFrame),
+    /// A frame whose body did not decode; the stream is still in sync.
+    Malformed(String),
+    /// The stream is out of sync or cut short.
+    Codec(CodecError),
+    /// The device finished its stream or the connection dropped.
+    Closed,
+}
+
+/// The authenticated device of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceCtx {
+    pub device_id: String,
+    pub account_id: String,
+}
+
+fn error_frame(code: ErrorCode, message: &str, message_id: Vec<u8>, fatal: bool) -> Bytes {
+    let f = v1::ServerFrame {
+        kind: Some(v1::server_frame::Kind::Error(v1::Error {
+            code: code as i32,
+            message: message.to_owned(),
+            message_id,
+            fatal,
+            mls_epoch: 0,
+        })),
+    };
+    // An error frame is a few hundred bytes: it always fits.
+    frame_bytes(&f, usize::MAX).unwrap_or_default()
+}
+
+pub(crate) fn server_frame(kind: v1::server_frame::Kind) -> Bytes {
+    frame_bytes(&v1::ServerFrame { kind: Some(kind) }, usize::MAX).unwrap_or_default()
+}
+
+/// The framed Deliver for a stored message.
+pub(crate) fn deliver_frame(m: &StoredMessage) -> Bytes {
+    server_frame(v1::server_frame::Kind::Deliver(v1::Deliver {
+        envelope: Some(v1::Envelope {
+            conversation_id: m.conversation_id.clone(),
+            seq: m.seq,
+            message_id: m.message_id.clone(),
+            sender_account_id: m.sender_account_id.clone(),
+            sender_device_id: m.sender_device_id.clone(),
+            server_time_ms: m.server_time_ms,
+            expires_at_ms: m.expires_at_ms.unwrap_or(0),
+            ciphertext: m.ciphertext.clone(),
+        }),
+    }))
+}
+
+fn codec_fatal(e: CodecError) -> Fatal {
+    match e {
+        CodecError::FrameTooLarge { .. } => Fatal::new(ErrorCode::FrameTooLarge, e.to_string()),
+        CodecError::Truncated { .. } => Fatal::new(ErrorCode::BadFrame, e.to_string()),
+        CodecError::Malformed(_) => Fatal::new(ErrorCode::BadFrame, e.to_string()),
+    }
+}
+
+/// Counts a refused submit under its error code.
+fn count_rejected(code: ErrorCode) {
+    metrics::counter!(m::SUBMITS, "outcome" => "rejected", "code" => code_label(code)).increment(1);
+}

@@ -1,0 +1,307 @@
+//! Submit tasks: validate a device's Submit, append it to the store, answer
+//! Accepted, then fan it out. Each runs as its own task and hands its answer
+//! back to the session through [`Done`], which also counts it out of the
+//! session's in-flight budget (even if the task panics).
+//!
+//! A resend the store reports as a duplicate is fanned out again: the first
+//! acceptance may never have been (the relay crashed after the write, or a
+//! CQL write timed out with unknown outcome and actually landed), and the
+//! recipients on other relays should not have to wait for the next message
+//! of the conversation. Sessions skip what they sent already, so a second
+//! fan-out costs a push, never a duplicate on a device.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herold_proto::ids;
+use herold_proto::v1::{self, ErrorCode, server_frame};
+use herold_store::{NewMessage, StoredMessage};
+use tokio::sync::mpsc;
+use tracing::{Instrument as _, warn};
+
+use super::{DeviceCtx, count_rejected, error_frame, server_frame};
+use crate::metrics as m;
+use crate::server::{Shared, now_ms};
+
+/// A task's answer slot: sends the frame to the session once; dropped
+/// unused (a panic), it tells the session the task is over without one.
+#[derive(Debug)]
+pub(super) struct Done {
+    tx: Option<mpsc::UnboundedSender<Option<Bytes>>>,
+}
+
+impl Done {
+    pub(super) fn new(tx: mpsc::UnboundedSender<Option<Bytes>>) -> Self {
+        Self { tx: Some(tx) }
+    }
+
+    /// Hands the answer to the session.
+    pub(super) fn finish(mut self, frame: Option<Bytes>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(frame);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(None);
+        }
+    }
+}
+
+/// A refused submit's error frame (counted under its code).
+fn reject(code: ErrorCode, msg: &str, message_id: &[u8]) -> Bytes {
+    count_rejected(code);
+    error_frame(code, msg, message_id.to_vec(), false)
+}
+
+fn refuse(r: &crate::e2e::Refusal, message_id: &[u8]) -> Bytes {
+    count_rejected(r.code);
+    server_frame(server_frame::Kind::Error(r.to_error(message_id.to_vec())))
+}
+
+/// What an accepted submit leaves to fan out.
+struct Stored {
+    message: StoredMessage,
+    roster: Arc<crate::roster::Roster>,
+    duplicate: bool,
+}
+
+/// Validates, stores and acknowledges one submit, then fans it out.
+pub(super) async fn submit(shared: Arc<Shared>, ctx: Arc<DeviceCtx>, s: v1::Submit, done: Done) {
+    let started = tokio::time::Instant::now();
+    let stored = match store(&shared, &ctx, s).await {
+        Ok(s) => s,
+        Err(frame) => return done.finish(Some(frame)),
+    };
+    let msg = &stored.message;
+    // Answered before the fan-out: the device's in-flight budget counts
+    // submits awaiting an answer, not fan-outs.
+    done.finish(Some(server_frame(server_frame::Kind::Accepted(
+        v1::Accepted {
+            message_id: msg.message_id.clone(),
+            conversation_id: msg.conversation_id.clone(),
+            seq: msg.seq,
+            server_time_ms: msg.server_time_ms,
+            duplicate: stored.duplicate,
+        },
+    ))));
+    let hot = m::hot();
+    if stored.duplicate {
+        hot.submits_duplicate.increment(1);
+    } else {
+        hot.submits_accepted.increment(1);
+    }
+    hot.submit_accept_seconds.record(m::seconds_since(started));
+    let message = if stored.duplicate {
+        // The first acceptance may never have been fanned out: fan out the
+        // stored message again (unless it expired meanwhile).
+        match stored_again(&shared, &stored.message).await {
+            Some(m) => m,
+            None => return,
+        }
+    } else {
+        stored.message
+    };
+    let devices = &stored.roster.devices;
+    // Tracked: a drain waits for the fan-outs of what it accepted.
+    let fan_out = crate::server::fan_out(&shared, devices, &message)
+        .instrument(tracing::info_span!("route", devices = devices.len()));
+    shared.fan_outs.track_future(fan_out).await;
+}
+
+/// The message a duplicate submit refers to, read back from the store.
+async fn stored_again(shared: &Shared, m: &StoredMessage) -> Option<StoredMessage> {
+    let page = shared
+        .store
+        .read(&m.conversation_id, m.seq.saturating_sub(1), 1, now_ms())
+        .instrument(tracing::info_span!("store", op = "read"))
+        .await;
+    match page {
+        Ok(page) => page.into_iter().next().filter(|s| s.seq == m.seq),
+        Err(e) => {
+            // Sessions that missed it fill the gap on the next message or sync.
+            warn!(error = %e, "reading a resent message back failed");
+            None
+        }
+    }
+}
+
+/// Validates and appends a submit; the error frame to answer if refused.
+async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored, Bytes> {
+    let id = s.message_id.clone();
+    if s.message_id.len() != ids::MESSAGE_ID_BYTES {
+        return Err(reject(
+            ErrorCode::InvalidEnvelope,
+            &format!(
+                "message_id must be {} bytes, not {}",
+                ids::MESSAGE_ID_BYTES,
+                s.message_id.len()
+            ),
+            &id,
+        ));
+    }
+    if let Err(e) = ids::validate_id("conversation", &s.conversation_id) {
+        return Err(reject(ErrorCode::InvalidEnvelope, &e.to_string(), &id));
+    }
+    if s.ciphertext.is_empty() {
+        return Err(reject(
+            ErrorCode::InvalidEnvelope,
+            "the ciphertext is empty",
+            &id,
+        ));
+    }
+    // An MLS message's framing is checked before anything is stored; the
+    // store decides its epoch (see e2e.rs).
+    let mut s = s;
+    let (mls, commit) = if s.mls {
+        match crate::e2e::check_submit(shared, &mut s) {
+            Ok((check, commit)) => (Some(check), commit),
+            Err(r) => return Err(refuse(&r, &id)),
+        }
+    } else {
+        (None, false)
+    };
+    let max_ct = shared.limits.max_ciphertext_bytes as usize;
+    // A commit is bounded by max_handshake_bytes (checked above).
+    if !commit && s.ciphertext.len() > max_ct {
+        return Err(reject(
+            ErrorCode::InvalidEnvelope,
+            &format!(
+                "the ciphertext has {} bytes; the limit is {max_ct}",
+                s.ciphertext.len()
+            ),
+            &id,
+        ));
+    }
+    let roster = match shared.rosters.get(&s.conversation_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Err(reject(
+                ErrorCode::UnknownConversation,
+                "no such conversation",
+                &id,
+            ));
+        }
+        Err(e) => {
+            warn!(error = %e, "roster load failed");
+            return Err(reject(
+                ErrorCode::Unavailable,
+                "storage is unavailable; retry with the same message id",
+                &id,
+            ));
+        }
+    };
+    let Some(role) = roster.members.get(&ctx.account_id) else {
+        return Err(reject(
+            ErrorCode::NotMember,
+            "your account is not a member of this conversation",
+            &id,
+        ));
+    };
+    if !role.may_post(roster.kind) {
+        return Err(reject(
+            ErrorCode::NotPublisher,
+            "only publishers may post in this channel",
+            &id,
+        ));
+    }
+    if roster.archived {
+        return Err(reject(
+            ErrorCode::ConversationArchived,
+            "this conversation is archived: it can be read, not posted to",
+            &id,
+        ));
+    }
+    if roster.kind == herold_store::ConversationKind::Direct
+        && roster.policy.direct_chats == herold_store::DirectChats::Nobody
+    {
+        return Err(reject(
+            ErrorCode::PolicyDenied,
+            "the organisation's policy allows no direct conversations",
+            &id,
+        ));
+    }
+    let policy_ct = roster.policy.max_attachment_bytes;
+    if !commit && s.ciphertext.len() as u64 > policy_ct {
+        return Err(reject(
+            ErrorCode::InvalidEnvelope,
+            &format!(
+                "the ciphertext has {} bytes; this conversation's policy allows {policy_ct}",
+                s.ciphertext.len()
+            ),
+            &id,
+        ));
+    }
+    let now = now_ms();
+    let max_expiry = i64::try_from(roster.policy.max_expiry().as_millis()).unwrap_or(i64::MAX);
+    let expires_at_ms = if commit {
+        // A commit is the group's history: a device that syncs late needs
+        // every one of them, so commits live as long as the conversation.
+        None
+    } else if s.expires_at_ms == 0 {
+        let ttl_ms = i64::try_from(roster.policy.default_expiry_seconds.saturating_mul(1000))
+            .unwrap_or(i64::MAX)
+            .min(max_expiry);
+        (ttl_ms > 0).then(|| now.saturating_add(ttl_ms))
+    } else if s.expires_at_ms <= now {
+        return Err(reject(
+            ErrorCode::InvalidExpiry,
+            "the expiry lies in the past",
+            &id,
+        ));
+    } else if s.expires_at_ms > now.saturating_add(max_expiry) {
+        return Err(reject(
+            ErrorCode::InvalidExpiry,
+            &format!(
+                "the expiry lies more than {} seconds ahead (the policy's maximum)",
+                roster.policy.max_expiry_seconds
+            ),
+            &id,
+        ));
+    } else {
+        Some(s.expires_at_ms)
+    };
+    if let Some(herold_store::MlsCheck::Commit {
+        welcome: Some(w), ..
+    }) = &mls
+        && let Err(r) = crate::e2e::check_welcome_devices(shared, &s.conversation_id, w).await
+    {
+        return Err(refuse(&r, &id));
+    }
+    let msg = NewMessage {
+        conversation_id: s.conversation_id,
+        message_id: s.message_id,
+        sender_account_id: ctx.account_id.clone(),
+        sender_device_id: ctx.device_id.clone(),
+        server_time_ms: now,
+        expires_at_ms,
+        ciphertext: s.ciphertext,
+        mls,
+    };
+    let appended = match shared
+        .store
+        .append(msg.clone())
+        .instrument(tracing::info_span!("store", op = "append"))
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(&crate::e2e::store_refusal(&e), &id)),
+    };
+    Ok(Stored {
+        message: StoredMessage {
+            conversation_id: msg.conversation_id,
+            seq: appended.seq,
+            message_id: msg.message_id,
+            sender_account_id: msg.sender_account_id,
+            sender_device_id: msg.sender_device_id,
+            server_time_ms: appended.server_time_ms,
+            expires_at_ms: msg.expires_at_ms,
+            ciphertext: msg.ciphertext,
+        },
+        roster,
+        duplicate: appended.duplicate,
+    })
+}
