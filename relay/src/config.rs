@@ -101,10 +101,17 @@ pub struct Args {
     #[arg(long, env = "HEROLD_UDP_SEND_BUFFER_BYTES")]
     pub udp_send_buffer_bytes: Option<u32>,
     /// UDP sockets on the QUIC port (`SO_REUSEPORT`), each drained by its
-    /// own task, so that a burst of acks is read on every core; 1..=64
-    /// [default: the number of cores the relay may use].
+    /// own task, so that a burst of acks is read on every core and is not
+    /// starved by thousands of busy sessions; 1..=64 [default: the number
+    /// of cores the relay may use, at least 4].
     #[arg(long, env = "HEROLD_UDP_SOCKETS")]
     pub udp_sockets: Option<u32>,
+    /// Devices per second this relay hands deliveries to, all conversations
+    /// together: a post to a big channel is spread at this rate, so the
+    /// acknowledgements coming back are read before the socket overflows;
+    /// 1000..=10000000 [default: 32000 per core the relay may use].
+    #[arg(long, env = "HEROLD_FAN_OUT_RATE")]
+    pub fan_out_rate: Option<u32>,
     /// Seconds SIGTERM waits for sessions to drain [default: 10].
     #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
     pub drain_grace_secs: Option<u64>,
@@ -201,6 +208,7 @@ struct FileConfig {
     udp_recv_buffer_bytes: Option<u32>,
     udp_send_buffer_bytes: Option<u32>,
     udp_sockets: Option<u32>,
+    fan_out_rate: Option<u32>,
     drain_reconnect_spread_ms: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
@@ -334,6 +342,13 @@ fn cql_config(
 pub const MAX_DRAIN_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
 /// Most UDP sockets the relay opens on its QUIC port.
 pub const MAX_UDP_SOCKETS: u32 = 64;
+/// Fewest UDP sockets the relay opens by default, whatever its cores.
+const MIN_DEFAULT_UDP_SOCKETS: u32 = 4;
+/// Devices per second handed a delivery, per core, by default.
+const FAN_OUT_RATE_PER_CORE: u32 = 32_000;
+/// Bounds of `fan-out-rate`.
+const MIN_FAN_OUT_RATE: u32 = 1_000;
+const MAX_FAN_OUT_RATE: u32 = 10_000_000;
 
 /// Share of new traces sampled when none is configured: one in a hundred,
 /// enough to see where time goes without tracing every election post.
@@ -408,6 +423,8 @@ pub struct Limits {
     pub udp_send_buffer_bytes: u32,
     /// UDP sockets sharing the QUIC port.
     pub udp_sockets: u32,
+    /// Devices per second handed a delivery.
+    pub fan_out_rate: u32,
 }
 
 impl Default for Limits {
@@ -429,9 +446,19 @@ impl Default for Limits {
             // acks at once: the kernel's default (208 KiB) drops them.
             udp_recv_buffer_bytes: 8 * 1024 * 1024,
             udp_send_buffer_bytes: 8 * 1024 * 1024,
+            // At least 4 even on one core: quinn reads a socket for at
+            // most 50 µs before it yields to the other tasks, so during a
+            // fan-out to thousands of sessions each socket gets a small
+            // share of the core; more sockets, more shares.
             udp_sockets: std::thread::available_parallelism()
                 .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
-                .clamp(1, MAX_UDP_SOCKETS),
+                .clamp(MIN_DEFAULT_UDP_SOCKETS, MAX_UDP_SOCKETS),
+            // About what one core serves (docs/BENCHMARKS.md, "Delivery
+            // path"): faster, the acks of a channel post overflow the socket.
+            fan_out_rate: std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+                .saturating_mul(FAN_OUT_RATE_PER_CORE)
+                .min(MAX_FAN_OUT_RATE),
         }
     }
 }
@@ -592,6 +619,10 @@ impl Config {
                 .udp_sockets
                 .or(file.udp_sockets)
                 .unwrap_or(defaults.udp_sockets),
+            fan_out_rate: args
+                .fan_out_rate
+                .or(file.fan_out_rate)
+                .unwrap_or(defaults.fan_out_rate),
         };
         let tls_cert = args.tls_cert.or(file.tls_cert);
         let tls_key = args.tls_key.or(file.tls_key);
@@ -736,6 +767,15 @@ impl Config {
                 reason: format!(
                     "{} is outside 1..={MAX_UDP_SOCKETS}",
                     self.limits.udp_sockets
+                ),
+            });
+        }
+        if !(MIN_FAN_OUT_RATE..=MAX_FAN_OUT_RATE).contains(&self.limits.fan_out_rate) {
+            return Err(ConfigError::Invalid {
+                name: "fan-out-rate",
+                reason: format!(
+                    "{} is outside {MIN_FAN_OUT_RATE}..={MAX_FAN_OUT_RATE}",
+                    self.limits.fan_out_rate
                 ),
             });
         }
@@ -1109,6 +1149,7 @@ mod tests {
             ),
             (&["--udp-sockets", "0"][..], "udp-sockets"),
             (&["--udp-sockets", "65"][..], "udp-sockets"),
+            (&["--fan-out-rate", "999"][..], "fan-out-rate"),
             (
                 &["--metrics-listen", "127.0.0.1:7301"][..],
                 "metrics-listen",

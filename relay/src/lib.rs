@@ -40,6 +40,7 @@ mod grpc_metrics;
 mod health;
 pub mod metrics;
 pub mod operators;
+mod pacer;
 mod policy;
 mod registry;
 mod roster;

@@ -18,7 +18,7 @@ use crate::config::{Config, Limits};
 use crate::cursors::CursorSink;
 use crate::health::Health;
 use crate::metrics as m;
-use crate::registry::{Kick, Push, PushOutcome, Registry};
+use crate::registry::{Kick, Push, Registry};
 use crate::roster::Rosters;
 use herold_proto::v1::{self, ErrorCode, cluster_event};
 use prost::Message as _;
@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     /// Fan-outs under way: a drain waits for them before the relay leaves
     /// the router, so what it accepted reaches the other relays live.
     pub fan_outs: tokio_util::task::TaskTracker,
+    /// Spreads deliveries to this node's devices over time.
+    pub pacer: crate::pacer::Pacer,
 }
 
 impl Shared {
@@ -162,27 +164,6 @@ fn recover_from_lag(shared: &Arc<Shared>) {
     });
 }
 
-/// Devices a fan-out hands their delivery to before it lets the other
-/// tasks run: the sessions it woke write their packets, and the endpoints
-/// read the acknowledgements already coming back, before the next slice.
-/// Without it a 7,000-device channel post wakes 7,000 sessions at once and
-/// the acks pile up in the socket until the kernel drops them.
-const FAN_OUT_SLICE: usize = 256;
-
-/// Queues one delivery to its local devices, a slice at a time.
-async fn push_in_slices(registry: &Registry, d: &Arc<Delivery>) {
-    for (i, slice) in d.devices.chunks(FAN_OUT_SLICE).enumerate() {
-        if i > 0 {
-            tokio::task::yield_now().await;
-        }
-        for device in slice {
-            if registry.push(device, Push::Deliver(d.clone())) == PushOutcome::SlowConsumer {
-                warn!("slow consumer disconnected; it will resync");
-            }
-        }
-    }
-}
-
 /// A bound, not yet running relay node.
 #[derive(Debug)]
 pub struct Relay {
@@ -273,6 +254,7 @@ impl Relay {
             limits: config.limits.clone(),
             log_client_addresses: config.log_client_addresses,
             fan_outs: tokio_util::task::TaskTracker::new(),
+            pacer: crate::pacer::Pacer::new(config.limits.fan_out_rate),
         });
         Ok(Self {
             shared,
@@ -586,7 +568,7 @@ fn admin_auth(config: &Config) -> crate::operators::Auth {
 
 /// Sends one stored message to every online recipient device: one delivery
 /// per relay node holding any of them.
-pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessage) {
+pub(crate) async fn fan_out(shared: &Arc<Shared>, devices: &[String], m: &StoredMessage) {
     m::hot().fanout_devices.record(devices.len() as f64);
     let frame = crate::session::deliver_frame(m);
     let located = match shared.router.locate(devices).await {
@@ -602,11 +584,9 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
                 accepted_at_ms: Some(m.server_time_ms),
                 traceparent: None,
                 frame,
-                devices: Vec::new(),
+                devices: devices.to_vec(),
             });
-            for device in devices {
-                shared.registry.push(device, Push::Deliver(d.clone()));
-            }
+            crate::pacer::Pacer::deliver(shared, d);
             return;
         }
     };
@@ -650,9 +630,9 @@ async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
                     }
                     None => tracing::Span::none(),
                 };
+                let _entered = span.enter();
                 // One allocation per delivery, not per recipient device.
-                let d = Arc::new(d);
-                tracing::Instrument::instrument(push_in_slices(&shared.registry, &d), span).await;
+                crate::pacer::Pacer::deliver(&shared, Arc::new(d));
             }
             InboxEvent::Lagged => recover_from_lag(&shared),
             InboxEvent::Broadcast(payload) => shared.apply_cluster_event(&payload),
