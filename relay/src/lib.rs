@@ -1,27 +1,39 @@
 //! The Herold relay node.
 //!
 //! # Layout
-//! - [`config`]: flags, `HEROLD_*` environment and TOML file, validated.
-//! - `tls`: TLS 1.3 for QUIC, ALPN `herold/1`, the dev certificate.
-//! - [`server`]: [`Relay`]: binds QUIC and the admin API, accepts
-//!   connections, consumes the node inbox, fans out, drains on shutdown.
-//! - `session`: one device connection: authentication, submits, acks, sync,
-//!   in-order delivery with gap filling from the store.
-//! - `registry`: connected devices of this node (dashmap) and their queues.
-//! - `roster`: cached conversation rosters.
-//! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
-//!   health and reflection), its authorisation and audit log.
+//! Each module uses only those listed above it (`tests/layout.rs` checks
+//! that no two modules import each other, directly or in a circle).
 //! - [`metrics`]: every metric's name, help and buckets; the Prometheus
 //!   recorder.
-//! - `health`: the operations listener (`/metrics`, `/healthz`,
-//!   `/readyz`) and readiness, also published to gRPC health.
-//! - `udp`: the QUIC socket, counting datagrams and reading its kernel
-//!   drops.
-//! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces, the
-//!   trace context carried across relays.
 //! - [`operators`]: operator identities and roles (the operators file).
+//! - [`config`]: flags, `HEROLD_*` environment and TOML file, validated.
 //! - `policy`: effective policies (conversation over organisation over the
 //!   relay's limits).
+//! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces, the
+//!   trace context carried across relays.
+//! - `tls`: TLS 1.3 for QUIC, ALPN `herold/1`, the dev certificate.
+//! - `udp`: the QUIC sockets, counting datagrams and reading their kernel
+//!   drops.
+//! - `health`: the operations listener (`/metrics`, `/healthz`,
+//!   `/readyz`) and readiness, also published to gRPC health.
+//! - `grpc_metrics`: the admin API's per-call metrics.
+//! - `frames`: the server's frames as bytes.
+//! - `registry`: connected devices of this node and their queues.
+//! - `roster`: cached conversation rosters.
+//! - `cursors`: acknowledged cursors, written in batches.
+//! - `pacer`: deliveries to this node's devices spread over time.
+//! - `cluster`: directory changes told to and heard from the other relays,
+//!   and recovery when the node's inbox lagged.
+//! - `node`: the state every task shares, and the clock.
+//! - `delivery`: a stored message fanned out to the nodes of its
+//!   recipients; the node's inbox handed to its devices.
+//! - `session`: one device connection: a sans-IO core (authentication,
+//!   submits, acks, sync, in-order delivery with gap filling) driven by an
+//!   async loop; its MLS requests and checks (`session::e2e`).
+//! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
+//!   health and reflection), its authorisation and audit log.
+//! - [`server`]: [`Relay`]: binds QUIC and the admin API, accepts
+//!   connections, runs the node's tasks, drains on shutdown.
 //!
 //! # Life of a message
 //! A device's Submit is validated (ids, size, membership, expiry), appended
@@ -33,12 +45,15 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod cluster;
 pub mod config;
 mod cursors;
-mod e2e;
+mod delivery;
+mod frames;
 mod grpc_metrics;
 mod health;
 pub mod metrics;
+mod node;
 pub mod operators;
 mod pacer;
 mod policy;

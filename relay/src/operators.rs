@@ -21,11 +21,25 @@
 //! be served over TLS with `--admin-client-ca`). The single token of
 //! `--admin-token-file` is an org admin named `admin`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+/// The operators file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorsFileError {
+    /// Not readable or not TOML.
+    #[error("config file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Read, but an entry is wrong.
+    #[error("invalid admin-operators-file: {0}")]
+    Invalid(String),
+}
 
 /// An operator's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -88,19 +102,16 @@ struct OperatorsFile {
 }
 
 /// Reads and checks the operators file.
-pub fn read_operators(path: &Path) -> Result<Vec<OperatorEntry>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+pub fn read_operators(path: &Path) -> Result<Vec<OperatorEntry>, OperatorsFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| OperatorsFileError::File {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let file: OperatorsFile = toml::from_str(&text).map_err(|e| ConfigError::File {
+    let file: OperatorsFile = toml::from_str(&text).map_err(|e| OperatorsFileError::File {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let invalid = |reason: String| ConfigError::Invalid {
-        name: "admin-operators-file",
-        reason,
-    };
+    let invalid = OperatorsFileError::Invalid;
     let mut names = std::collections::BTreeSet::new();
     for op in &file.operator {
         if herold_proto::ids::validate_id("operator", &op.name).is_err() {

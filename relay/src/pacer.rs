@@ -23,7 +23,6 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::registry::{Push, PushOutcome, Registry};
-use crate::server::Shared;
 
 /// Devices handed a delivery at once; a delivery to more is paced.
 pub(crate) const SLICE: usize = 64;
@@ -66,13 +65,15 @@ type Workers = HashMap<String, mpsc::UnboundedSender<Arc<Delivery>>>;
 pub(crate) struct Pacer {
     schedule: Schedule,
     workers: Mutex<Workers>,
+    registry: Arc<Registry>,
 }
 
 impl Pacer {
-    pub fn new(rate_per_sec: u32) -> Self {
+    pub fn new(rate_per_sec: u32, registry: Arc<Registry>) -> Self {
         Self {
             schedule: Schedule::new(rate_per_sec),
             workers: Mutex::default(),
+            registry,
         }
     }
 
@@ -86,9 +87,8 @@ impl Pacer {
     /// Hands `d` to its local devices: at once if it is small and its
     /// conversation has nothing paced under way, else through the
     /// conversation's worker (started if needed), behind what it has queued.
-    pub fn deliver(shared: &Arc<Shared>, d: Arc<Delivery>) {
-        let this = &shared.pacer;
-        let mut workers = this.workers();
+    pub fn deliver(self: &Arc<Self>, d: Arc<Delivery>) {
+        let mut workers = self.workers();
         if let Some(w) = workers.get(&d.conversation_id) {
             match w.send(d) {
                 Ok(()) => return,
@@ -97,14 +97,14 @@ impl Pacer {
                 Err(mpsc::error::SendError(d)) => {
                     workers.remove(&d.conversation_id);
                     drop(workers);
-                    return Self::deliver(shared, d);
+                    return self.deliver(d);
                 }
             }
         }
         if d.devices.len() <= SLICE {
             drop(workers);
-            this.schedule.reserve(Instant::now(), d.devices.len());
-            push(&shared.registry, &d, &d.devices);
+            self.schedule.reserve(Instant::now(), d.devices.len());
+            push(&self.registry, &d, &d.devices);
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -113,13 +113,13 @@ impl Pacer {
         let _ = tx.send(d);
         workers.insert(conversation.clone(), tx);
         drop(workers);
-        tokio::spawn(work(shared.clone(), conversation, rx));
+        tokio::spawn(work(self.clone(), conversation, rx));
     }
 }
 
 /// Paces one conversation's deliveries, in order, until none is left.
 async fn work(
-    shared: Arc<Shared>,
+    pacer: Arc<Pacer>,
     conversation: String,
     mut rx: mpsc::UnboundedReceiver<Arc<Delivery>>,
 ) {
@@ -129,7 +129,7 @@ async fn work(
             Err(_) => {
                 // Leave only when nothing was queued meanwhile: a
                 // sender holds the map's lock while it sends.
-                let mut workers = shared.pacer.workers();
+                let mut workers = pacer.workers();
                 match rx.try_recv() {
                     Ok(d) => {
                         drop(workers);
@@ -143,11 +143,11 @@ async fn work(
             }
         };
         for slice in d.devices.chunks(SLICE) {
-            let at = shared.pacer.schedule.reserve(Instant::now(), slice.len());
+            let at = pacer.schedule.reserve(Instant::now(), slice.len());
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
-            push(&shared.registry, &d, slice);
+            push(&pacer.registry, &d, slice);
         }
     }
 }

@@ -25,8 +25,9 @@ pub(crate) struct Roster {
     pub devices: Vec<String>,
 }
 
-/// The cache. Any directory change invalidates all of it: changes are rare
-/// (admin actions), messages are many.
+/// The cache. A directory change drops the rosters it touches (all of them
+/// when that is not known); changes are rare (admin actions), messages are
+/// many.
 #[derive(Debug)]
 pub(crate) struct Rosters {
     store: Arc<dyn Store>,
@@ -110,7 +111,8 @@ impl Rosters {
         Ok(Some(roster))
     }
 
-    /// Forgets everything; called after any directory change.
+    /// Forgets everything: after a change whose conversations are not known,
+    /// or when this node may have missed changes (its inbox lagged).
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();

@@ -5,23 +5,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
-use herold_router::{Delivery, Inbox, InboxEvent, Router, memory::MemoryRouter};
+use herold_router::{Inbox, Router, memory::MemoryRouter};
+use herold_store::Store;
 use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
-use herold_store::{Store, StoredMessage};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::config::{Config, Limits};
-use crate::cursors::CursorSink;
+use crate::config::Config;
 use crate::health::Health;
 use crate::metrics as m;
-use crate::registry::{Kick, Push, Registry};
-use crate::roster::Rosters;
-use herold_proto::v1::{self, ErrorCode, cluster_event};
-use prost::Message as _;
+use crate::node::{Shared, now_ms};
 
 /// How often acknowledged cursors are written, all devices in one operation.
 const CURSOR_FLUSH: Duration = Duration::from_millis(250);
@@ -34,135 +30,6 @@ const ADMIN_STOP_GRACE: Duration = Duration::from_secs(5);
 const DRAIN_PROGRESS: Duration = Duration::from_millis(500);
 /// How often expired messages are purged from the store.
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Wall clock in unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// State shared by every task of the relay.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub node_id: String,
-    pub store: Arc<dyn Store>,
-    pub router: Arc<dyn Router>,
-    pub registry: Registry,
-    pub rosters: Rosters,
-    pub cursors: CursorSink,
-    pub limits: Limits,
-    /// Whether logs may carry client IP addresses (off by default).
-    pub log_client_addresses: bool,
-    /// Fan-outs under way: a drain waits for them before the relay leaves
-    /// the router, so what it accepted reaches the other relays live.
-    pub fan_outs: tokio_util::task::TaskTracker,
-    /// Spreads deliveries to this node's devices over time.
-    pub pacer: crate::pacer::Pacer,
-}
-
-impl Shared {
-    /// Membership or devices of these conversations changed (an empty
-    /// slice: of any conversation): every node's roster cache forgets them.
-    pub async fn rosters_changed(&self, conversations: &[String]) {
-        self.rosters.invalidate_some(conversations);
-        self.tell_cluster(cluster_event::Kind::RostersChanged(v1::RostersChanged {
-            conversation_ids: conversations.to_vec(),
-        }))
-        .await;
-    }
-
-    /// Ends the sessions of these devices on every node, with `why`.
-    pub async fn kick_devices(&self, devices: &[String], why: Kick) {
-        for d in devices {
-            self.registry.kick(d, why.clone());
-        }
-        self.tell_cluster(cluster_event::Kind::KickDevices(v1::KickDevices {
-            device_ids: devices.to_vec(),
-            code: why.code as i32,
-            message: why.message,
-        }))
-        .await;
-    }
-
-    /// Broadcasts a change this node has applied already to the others. If
-    /// the router is unreachable the others learn it when they resync
-    /// (their inbox reports `Lagged`, which clears caches and re-checks
-    /// every connected device).
-    async fn tell_cluster(&self, kind: cluster_event::Kind) {
-        let ev = v1::ClusterEvent {
-            origin_node: self.node_id.clone(),
-            kind: Some(kind),
-        };
-        if let Err(e) = self.router.broadcast(ev.encode_to_vec().into()).await {
-            warn!(error = %e, "telling the other relays failed; they catch up when they resync");
-        }
-    }
-
-    /// Applies another node's broadcast.
-    fn apply_cluster_event(&self, payload: &[u8]) {
-        let ev = match v1::ClusterEvent::decode(payload) {
-            Ok(ev) => ev,
-            Err(e) => {
-                warn!(error = %e, "undecodable cluster event; clearing the roster cache");
-                self.rosters.invalidate();
-                return;
-            }
-        };
-        if ev.origin_node == self.node_id {
-            return;
-        }
-        match ev.kind {
-            Some(cluster_event::Kind::RostersChanged(r)) => {
-                self.rosters.invalidate_some(&r.conversation_ids);
-            }
-            Some(cluster_event::Kind::KickDevices(k)) => {
-                let why = Kick {
-                    code: ErrorCode::try_from(k.code).unwrap_or(ErrorCode::DeviceRevoked),
-                    message: k.message,
-                };
-                for d in &k.device_ids {
-                    self.registry.kick(d, why.clone());
-                }
-            }
-            None => {}
-        }
-    }
-}
-
-/// After the router may have lost messages: every device resyncs from the
-/// store, cached rosters are dropped, and every connected device is checked
-/// against the directory (a revocation broadcast may be among the lost).
-fn recover_from_lag(shared: &Arc<Shared>) {
-    metrics::counter!(m::RESYNCS).increment(1);
-    shared.rosters.invalidate();
-    shared.registry.push_all(&Push::Resync);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let devices = shared.registry.device_ids();
-        futures_util::stream::iter(devices)
-            .for_each_concurrent(32, |d| {
-                let shared = shared.clone();
-                async move {
-                    match shared.store.get_device(&d).await {
-                        Ok(Some(dev)) if !dev.revoked => {}
-                        Ok(_) => {
-                            shared.registry.kick(
-                                &d,
-                                Kick {
-                                    code: ErrorCode::DeviceRevoked,
-                                    message: "this device was revoked".into(),
-                                },
-                            );
-                        }
-                        Err(e) => warn!(error = %e, "re-checking a device failed"),
-                    }
-                }
-            })
-            .await;
-    });
-}
 
 /// A bound, not yet running relay node.
 #[derive(Debug)]
@@ -227,8 +94,8 @@ impl Relay {
         let server_config = crate::tls::server_config(identity, &config.limits)?;
         let (endpoints, socket) = crate::udp::bind(server_config, config.listen, &config.limits)
             .with_context(|| format!("binding QUIC on {}", config.listen))?;
-        let admin_tls = admin_tls_config(&config)?;
-        let admin_auth = admin_auth(&config);
+        let admin_tls = crate::admin::tls_config(&config)?;
+        let admin_auth = crate::admin::auth(&config);
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding the admin API on {}", config.admin_listen))?;
@@ -244,18 +111,13 @@ impl Relay {
         let store: Arc<dyn Store> = Arc::new(herold_store::metered::Metered::new(store));
         let router: Arc<dyn Router> = Arc::new(herold_router::metered::Metered::new(router));
         let inbox = register(&*router, &config).await?;
-        let shared = Arc::new(Shared {
-            node_id: config.node_id.clone(),
-            rosters: Rosters::new(store.clone(), config.limits.clone()),
+        let shared = Arc::new(Shared::new(
+            config.node_id.clone(),
             store,
             router,
-            registry: Registry::default(),
-            cursors: CursorSink::default(),
-            limits: config.limits.clone(),
-            log_client_addresses: config.log_client_addresses,
-            fan_outs: tokio_util::task::TaskTracker::new(),
-            pacer: crate::pacer::Pacer::new(config.limits.fan_out_rate),
-        });
+            &config.limits,
+            config.log_client_addresses,
+        ));
         Ok(Self {
             shared,
             endpoints,
@@ -334,18 +196,22 @@ impl Relay {
         if let Err(why) = health.refresh().await {
             warn!(%why, "not ready at start");
         }
-        let inbox_task = tokio::spawn(consume_inbox(shared.clone(), inbox));
+        let inbox_task = tokio::spawn(crate::delivery::consume_inbox(
+            inbox,
+            shared.pacer.clone(),
+            shared.cluster.clone(),
+        ));
         let purge_task = tokio::spawn(purge_expired(shared.clone()));
         let cursor_task = tokio::spawn(flush_cursors(shared.clone()));
         let health_task = tokio::spawn(crate::health::keep_checking(health.clone()));
         let ops_task = tokio::spawn(crate::health::serve(health.clone(), ops, stopped()));
         let admin_task = {
-            let shared = shared.clone();
+            let node = crate::admin::AdminNode::new(&shared);
             let auth = admin_auth;
             let stop = stopped();
             tokio::spawn(async move {
                 if let Err(e) =
-                    crate::admin::serve(shared, auth, admin_tls, admin, grpc_health_service, stop)
+                    crate::admin::serve(node, auth, admin_tls, admin, grpc_health_service, stop)
                         .await
                 {
                     warn!(error = %e, "admin API stopped with an error");
@@ -527,119 +393,6 @@ async fn register(router: &dyn Router, config: &Config) -> anyhow::Result<Inbox>
 }
 
 /// The admin API's TLS configuration, read from the configured PEM files.
-fn admin_tls_config(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
-    let Some(t) = &config.admin_tls else {
-        return Ok(None);
-    };
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).with_context(|| format!("reading admin TLS file {}", p.display()))
-    };
-    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?),
-    );
-    if let Some(ca) = &t.client_ca {
-        // Optional: operators may authenticate with a token instead.
-        tls = tls
-            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(Some(tls))
-}
-
-/// Who may call the admin API: the operators file plus the single token;
-/// nobody configured means open (loopback only, checked by the config).
-fn admin_auth(config: &Config) -> crate::operators::Auth {
-    let mut ops = config.admin_operators.clone();
-    if let Some(token) = &config.admin_token {
-        ops.push(crate::operators::OperatorEntry {
-            name: "admin".into(),
-            role: crate::operators::OperatorRole::OrgAdmin,
-            token: Some(token.clone()),
-            cert_sha256: None,
-            groups: Vec::new(),
-        });
-    }
-    if ops.is_empty() {
-        crate::operators::Auth::Open
-    } else {
-        crate::operators::Auth::Operators(ops)
-    }
-}
-
-/// Sends one stored message to every online recipient device: one delivery
-/// per relay node holding any of them.
-pub(crate) async fn fan_out(shared: &Arc<Shared>, devices: &[String], m: &StoredMessage) {
-    m::hot().fanout_devices.record(devices.len() as f64);
-    let frame = crate::session::deliver_frame(m);
-    let located = match shared.router.locate(devices).await {
-        Ok(l) => l,
-        Err(e) => {
-            // Without the router, this node still serves its own devices;
-            // the others resync when their inboxes report the lag.
-            warn!(error = %e, "router locate failed; delivering to local devices only");
-            let d = Arc::new(Delivery {
-                conversation_id: m.conversation_id.clone(),
-                seq: m.seq,
-                expires_at_ms: m.expires_at_ms,
-                accepted_at_ms: Some(m.server_time_ms),
-                traceparent: None,
-                frame,
-                devices: devices.to_vec(),
-            });
-            crate::pacer::Pacer::deliver(shared, d);
-            return;
-        }
-    };
-    m::hot().fanout_nodes.record(located.len() as f64);
-    // The receiving relays' spans join this trace (when it is sampled).
-    let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
-    let batch: Vec<(String, Delivery)> = located
-        .into_iter()
-        .map(|(node, devices)| {
-            let d = Delivery {
-                conversation_id: m.conversation_id.clone(),
-                seq: m.seq,
-                expires_at_ms: m.expires_at_ms,
-                accepted_at_ms: Some(m.server_time_ms),
-                traceparent: traceparent.clone(),
-                frame: frame.clone(),
-                devices,
-            };
-            (node, d)
-        })
-        .collect();
-    for r in shared.router.publish_many(batch).await {
-        if let Err(e) = r {
-            // A node that just died: its devices reconnect elsewhere and sync.
-            warn!(error = %e, "router publish failed");
-        }
-    }
-}
-
-async fn consume_inbox(shared: Arc<Shared>, mut inbox: Inbox) {
-    while let Some(ev) = inbox.recv().await {
-        match ev {
-            InboxEvent::Delivery(mut d) => {
-                let span = match &d.traceparent {
-                    Some(tp) => {
-                        let span = tracing::info_span!("deliver", devices = d.devices.len());
-                        crate::telemetry::follow(&span, tp);
-                        // The pushes to devices are children of this span.
-                        d.traceparent = crate::telemetry::traceparent(&span);
-                        span
-                    }
-                    None => tracing::Span::none(),
-                };
-                let _entered = span.enter();
-                // One allocation per delivery, not per recipient device.
-                crate::pacer::Pacer::deliver(&shared, Arc::new(d));
-            }
-            InboxEvent::Lagged => recover_from_lag(&shared),
-            InboxEvent::Broadcast(payload) => shared.apply_cluster_event(&payload),
-        }
-    }
-}
-
 async fn flush_cursors(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(CURSOR_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -17,7 +17,7 @@
 //! [`Store::append`] gives each accepted message the next sequence number of
 //! its conversation, atomically with the durable write. The store, not the
 //! router, is the source of order: it is the one component whose writes are
-//! not lost on failover (DESIGN.md invariant 2). Sequence numbers start at 1
+//! not lost on failover (docs/design.md, invariant 2). Sequence numbers start at 1
 //! and have no gaps.
 //!
 //! # Durability

@@ -25,7 +25,7 @@ CHART = os.path.join(ROOT, "helm", "herold")
 PROFILES = ("town", "election")
 HELM = os.environ.get("HEROLD_HELM", "helm")
 KUBE_VERSION = "1.30.0"
-RELAY_CONFIG = os.path.join(ROOT, "relay", "src", "config.rs")
+RELAY_CONFIG = os.path.join(ROOT, "relay", "src", "config", "args.rs")
 
 # Settings of the relay's config file that the chart writes from its own
 # sections (listeners, mounted Secrets, store, router, tracing, drain).
@@ -61,14 +61,14 @@ FAKE_TOKEN = "herold-fake-operator-token-0123456789"
 
 
 def relay_file_settings():
-    """The fields of relay/src/config.rs's FileConfig: the TOML keys the
+    """The fields of relay/src/config/args.rs's FileConfig: the TOML keys the
     relay accepts (it denies unknown ones)."""
     with open(RELAY_CONFIG) as f:
         source = f.read()
     m = re.search(r"struct FileConfig \{(.*?)\n\}", source, re.S)
     if not m:
         raise AssertionError(f"no `struct FileConfig {{ ... }}` in {RELAY_CONFIG}")
-    fields = set(re.findall(r"^\s*(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:", m.group(1), re.M))
+    fields = set(re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?([a-z_][a-z0-9_]*)\s*:", m.group(1), re.M))
     if len(fields) < 10:
         raise AssertionError(f"only {sorted(fields)} found in FileConfig: has the struct changed shape?")
     return fields
@@ -240,7 +240,7 @@ class Config(Rendered):
         for p, r in self.each():
             cfg = r.config_toml()
             unknown = set(cfg) - known
-            self.assertFalse(unknown, f"{p}: config.toml sets {sorted(unknown)}, which relay/src/config.rs's FileConfig does not know")
+            self.assertFalse(unknown, f"{p}: config.toml sets {sorted(unknown)}, which relay/src/config/args.rs's FileConfig does not know")
             self.assertFalse(set(cfg) & NEVER_SET, f"{p}: config.toml sets {sorted(set(cfg) & NEVER_SET)}")
 
     def test_every_relay_setting_is_handled_by_the_chart(self):

@@ -26,8 +26,8 @@ use super::submit::{Done, submit};
 use super::{AUTH_FRAME_BYTES, DeviceCtx, Fatal, ReadEvent, SYNC_PAGE, error_frame};
 use crate::config::Limits;
 use crate::metrics::{self as m, code_label};
+use crate::node::{Shared, now_ms};
 use crate::registry::{Kick, Push, SessionHandle};
-use crate::server::{Shared, now_ms};
 
 /// Inputs taken without waiting per wake-up, at most (per channel), so that
 /// a busy device still gets its frames written.
@@ -443,7 +443,7 @@ impl Driver {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            crate::e2e::handle_request(shared, ctx, r, tx).await;
+            super::e2e::handle_request(shared, ctx, r, tx).await;
             done.finish(rx.try_recv().ok());
         });
     }

@@ -21,7 +21,7 @@ use tracing::{Instrument as _, warn};
 
 use super::{DeviceCtx, count_rejected, error_frame, server_frame};
 use crate::metrics as m;
-use crate::server::{Shared, now_ms};
+use crate::node::{Shared, now_ms};
 
 /// A task's answer slot: sends the frame to the session once; dropped
 /// unused (a panic), it tells the session the task is over without one.
@@ -57,7 +57,7 @@ fn reject(code: ErrorCode, msg: &str, message_id: &[u8]) -> Bytes {
     error_frame(code, msg, message_id.to_vec(), false)
 }
 
-fn refuse(r: &crate::e2e::Refusal, message_id: &[u8]) -> Bytes {
+fn refuse(r: &super::e2e::Refusal, message_id: &[u8]) -> Bytes {
     count_rejected(r.code);
     server_frame(server_frame::Kind::Error(r.to_error(message_id.to_vec())))
 }
@@ -107,7 +107,7 @@ pub(super) async fn submit(shared: Arc<Shared>, ctx: Arc<DeviceCtx>, s: v1::Subm
     };
     let devices = &stored.roster.devices;
     // Tracked: a drain waits for the fan-outs of what it accepted.
-    let fan_out = crate::server::fan_out(&shared, devices, &message)
+    let fan_out = crate::delivery::fan_out(&shared, devices, &message)
         .instrument(tracing::info_span!("route", devices = devices.len()));
     shared.fan_outs.track_future(fan_out).await;
 }
@@ -157,7 +157,7 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
     // store decides its epoch (see e2e.rs).
     let mut s = s;
     let (mls, commit) = if s.mls {
-        match crate::e2e::check_submit(shared, &mut s) {
+        match super::e2e::check_submit(shared, &mut s) {
             Ok((check, commit)) => (Some(check), commit),
             Err(r) => return Err(refuse(&r, &id)),
         }
@@ -267,7 +267,7 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
     if let Some(herold_store::MlsCheck::Commit {
         welcome: Some(w), ..
     }) = &mls
-        && let Err(r) = crate::e2e::check_welcome_devices(shared, &s.conversation_id, w).await
+        && let Err(r) = super::e2e::check_welcome_devices(shared, &s.conversation_id, w).await
     {
         return Err(refuse(&r, &id));
     }
@@ -288,7 +288,7 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
         .await
     {
         Ok(a) => a,
-        Err(e) => return Err(refuse(&crate::e2e::store_refusal(&e), &id)),
+        Err(e) => return Err(refuse(&super::e2e::store_refusal(&e), &id)),
     };
     Ok(Stored {
         message: StoredMessage {

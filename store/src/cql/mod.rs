@@ -344,7 +344,7 @@ impl Statements {
         let p = |cql: String| async move {
             let mut st = s.prepare(cql.clone()).await.map_err(|e| {
                 StoreError::Backend(format!(
-                    "cql prepare {cql:?}: {e} (is keyspace {ks} migrated? run `herold-relay migrate`)"
+                    "cql prepare {cql:?}: {e} (is keyspace {ks} migrated? start the relay with --cql-contact-points, which migrates first, or run `herold-relay --migrate-only`)"
                 ))
             })?;
             // Reads and blind upserts are safe to retry; LWTs are not

@@ -15,8 +15,8 @@ use herold_store::{MlsCheck, StoreError, Welcome};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::server::Shared;
-use crate::session::{DeviceCtx, server_frame as frame};
+use super::{DeviceCtx, server_frame as frame};
+use crate::node::Shared;
 
 /// Largest key package accepted (a typical one is about 300 bytes).
 pub(crate) const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;

@@ -1,0 +1,242 @@
+//! One-time enrollment codes: issued by operators (service `Admin`),
+//! redeemed by devices (service `Enrollment`).
+
+use super::*;
+
+impl AdminService {
+    /// Issues a code for an account and returns it for printing.
+    pub(super) async fn issue_code(
+        &self,
+        account: &herold_store::Account,
+        ttl_seconds: u64,
+        station: &str,
+    ) -> Result<v1::EnrollmentCode, Status> {
+        let (code, hash) = new_code()?;
+        let now = now_ms();
+        let expires_at_ms =
+            now.saturating_add(i64::try_from(ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
+        self.node
+            .store
+            .create_enrollment_code(EnrollmentCode {
+                code_hash: hash,
+                account_id: account.id.clone(),
+                account_created_at_ms: account.created_at_ms,
+                created_at_ms: now,
+                expires_at_ms,
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(v1::EnrollmentCode {
+            account_id: account.id.clone(),
+            display_name: account.display_name.clone(),
+            code,
+            expires_at_ms,
+            station: station.to_owned(),
+        })
+    }
+
+    /// A code for one account (none if it has devices and
+    /// `only_without_devices`), with its station for printing.
+    pub(super) async fn code_for(
+        &self,
+        a: herold_store::Account,
+        ttl: u64,
+        only_without_devices: bool,
+    ) -> Result<Option<v1::EnrollmentCode>, Status> {
+        let store = &self.node.store;
+        if only_without_devices
+            && !store
+                .list_devices(&a.id)
+                .await
+                .map_err(store_status)?
+                .is_empty()
+        {
+            return Ok(None);
+        }
+        // The station, for printing: the first group's title.
+        let mut station = String::new();
+        for c in store.conversations_of(&a.id).await.map_err(store_status)? {
+            if let Some(conv) = store.get_conversation(&c).await.map_err(store_status)?
+                && conv.kind == ConversationKind::Group
+            {
+                station = conv.title;
+                break;
+            }
+        }
+        self.issue_code(&a, ttl, &station).await.map(Some)
+    }
+
+    pub(super) async fn issue_enrollment_codes(
+        &self,
+        req: Request<v1::IssueEnrollmentCodesRequest>,
+    ) -> Result<Response<v1::IssueEnrollmentCodesResponse>, Status> {
+        let op = operator_of(&req)?;
+        let r = req.into_inner();
+        let target = if r.tag.is_empty() {
+            r.account_ids.join(",")
+        } else {
+            r.tag.clone()
+        };
+        self.audited_then(
+            &op,
+            "IssueEnrollmentCodes",
+            Need::Org,
+            &target,
+            async {
+                let ttl = match r.ttl_seconds {
+                    0 => CODE_TTL_DEFAULT,
+                    t if t > CODE_TTL_MAX => {
+                        return Err(Status::invalid_argument(format!(
+                            "ttl_seconds {t} is above the maximum of {CODE_TTL_MAX} (30 days)"
+                        )));
+                    }
+                    t => t,
+                };
+                if r.account_ids.is_empty() && r.tag.is_empty() {
+                    return Err(Status::invalid_argument("give account_ids or a tag"));
+                }
+                for a in &r.account_ids {
+                    check_id("account", a)?;
+                }
+                let store = &self.node.store;
+                let mut accounts = Vec::new();
+                for a in &r.account_ids {
+                    accounts.push(
+                        store
+                            .get_account(a)
+                            .await
+                            .map_err(store_status)?
+                            .ok_or_else(|| Status::not_found(format!("no account {a:?}")))?,
+                    );
+                }
+                if !r.tag.is_empty() {
+                    check_id("tag", &r.tag)?;
+                    let mut after: Option<String> = None;
+                    loop {
+                        let page = store
+                            .list_accounts(Some(&r.tag), after.as_deref(), PAGE_MAX as usize)
+                            .await
+                            .map_err(store_status)?;
+                        accounts.extend(page.items);
+                        match page.next {
+                            Some(n) => after = Some(n),
+                            None => break,
+                        }
+                    }
+                }
+                let only_without_devices = r.only_without_devices;
+                let futs: Vec<_> = accounts
+                    .into_iter()
+                    .map(|a| {
+                        let this = self.clone();
+                        async move { this.code_for(a, ttl, only_without_devices).await }
+                    })
+                    .collect();
+                let results: Vec<Result<Option<v1::EnrollmentCode>, Status>> =
+                    futures_util::stream::iter(futs)
+                        .buffered(BULK_CONCURRENCY)
+                        .collect()
+                        .await;
+
+                let mut codes = Vec::new();
+                for res in results {
+                    if let Some(c) = res? {
+                        codes.push(c);
+                    }
+                }
+                Ok(v1::IssueEnrollmentCodesResponse { codes })
+            },
+            |result| match result {
+                Ok(o) => format!("codes={}", o.codes.len()),
+                Err(_) => String::new(),
+            },
+        )
+        .await
+    }
+}
+
+/// A fresh enrollment code, `XXXX-XXXX-XXXX`, and its hash.
+pub(super) fn new_code() -> Result<(String, Vec<u8>), Status> {
+    let mut raw = [0u8; CODE_CHARS];
+    getrandom::fill(&mut raw).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+    let chars: String = raw
+        .iter()
+        .map(|b| char::from(CODE_ALPHABET[usize::from(b & 31)]))
+        .collect();
+    let hash = code_hash(&chars);
+    let shown = format!("{}-{}-{}", &chars[0..4], &chars[4..8], &chars[8..12]);
+    Ok((shown, hash))
+}
+
+/// SHA-256 of a code as typed: case, dashes and spaces ignored, and the
+/// letters Crockford's base32 confuses read as digits.
+pub(crate) fn code_hash(code: &str) -> Vec<u8> {
+    let norm: String = code
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| match c.to_ascii_uppercase() {
+            'O' => '0',
+            'I' | 'L' => '1',
+            c => c,
+        })
+        .collect();
+    Sha256::digest(norm.as_bytes()).to_vec()
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        req: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let r = req.into_inner();
+        let result = async {
+            check_id("device", &r.device_id)?;
+            valid_public_key(&r.public_key)?;
+            if r.code.trim().is_empty() || r.code.len() > 64 {
+                return Err(Status::invalid_argument("code is empty or too long"));
+            }
+            let store = &self.node.store;
+            let org = store
+                .get_policy(PolicyScope::Org)
+                .await
+                .map_err(store_status)?;
+            let limit = Effective::org(&self.node.limits, org.as_ref()).max_devices;
+            let device = herold_store::Device {
+                id: r.device_id.clone(),
+                account_id: String::new(),
+                public_key: r.public_key,
+                revoked: false,
+                created_at_ms: now_ms(),
+            };
+            let d = store
+                .redeem_enrollment_code(&code_hash(&r.code), device, now_ms(), limit)
+                .await
+                .map_err(store_status)?;
+            devices_changed(&self.node, &d.account_id).await;
+            Ok(device_to(d))
+        }
+        .await;
+        let (operator, detail) = match &result {
+            Ok(d) => (
+                format!("device:{}", d.device_id),
+                format!("account={}", d.account_id),
+            ),
+            Err(_) => ("device".to_owned(), String::new()),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        record_audit(
+            &self.node,
+            &operator,
+            "Enroll",
+            &r.device_id,
+            outcome,
+            detail,
+        )
+        .await;
+        result.map(Response::new)
+    }
+}

@@ -1,0 +1,217 @@
+use super::*;
+use clap::Parser;
+use std::io::Write;
+
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    let mut v = vec!["herold-relay"];
+    v.extend_from_slice(args);
+    Config::from_args(Args::try_parse_from(v).unwrap())
+}
+
+#[test]
+fn dev_defaults_are_valid() {
+    let c = parse(&["--dev"]).unwrap();
+    assert_eq!(c.listen.port(), 7300);
+    assert_eq!(c.admin_listen.port(), 7301);
+    assert_eq!(c.limits.max_devices_per_account, 10);
+    assert_eq!(c.tls, TlsSource::DevSelfSigned);
+}
+
+#[test]
+fn production_needs_a_certificate() {
+    assert!(matches!(parse(&[]), Err(ConfigError::NoCertificate)));
+    assert!(matches!(
+        parse(&["--tls-cert", "c.pem"]),
+        Err(ConfigError::HalfTls("tls-cert", "tls-key"))
+    ));
+}
+
+#[test]
+fn cql_settings_are_validated() {
+    let c = parse(&["--dev"]).unwrap();
+    assert!(c.cql.is_none());
+    let c = parse(&[
+        "--dev",
+        "--cql-contact-points",
+        "10.0.0.1:9042, 10.0.0.2:9042",
+        "--cql-replication",
+        "nts:muc1=3",
+    ])
+    .unwrap();
+    let cql = c.cql.unwrap();
+    assert_eq!(cql.contact_points, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+    assert_eq!(cql.keyspace, "herold");
+    assert_eq!(
+        cql.consistency,
+        herold_store::cql::parse_consistency("LOCAL_QUORUM").unwrap()
+    );
+    assert_eq!(cql.replication.to_string(), "nts:muc1=3");
+    assert!(cql.migrate);
+    for (args, name) in [
+        (&["--cql-consistency", "MOST"][..], "cql-consistency"),
+        (&["--cql-replication", "simple:0"][..], "cql-replication"),
+        (&["--cql-keyspace", "a-b"][..], "cql-keyspace"),
+    ] {
+        let mut v = vec!["--dev", "--cql-contact-points", "127.0.0.1:9042"];
+        v.extend_from_slice(args);
+        let e = parse(&v).unwrap_err();
+        assert!(e.to_string().contains(name), "{e}");
+    }
+    let e = parse(&["--dev", "--cql-keyspace", "x"]).unwrap_err();
+    assert!(e.to_string().contains("cql-contact-points"), "{e}");
+    let e = parse(&["--dev", "--migrate-only"]).unwrap_err();
+    assert!(e.to_string().contains("migrate-only"), "{e}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let e = parse(&["--dev", "--max-in-flight", "0"]).unwrap_err();
+    assert!(e.to_string().contains("max-in-flight"), "{e}");
+    let e = parse(&[
+        "--dev",
+        "--max-ciphertext-bytes",
+        "300000",
+        "--max-frame-bytes",
+        "300000",
+    ])
+    .unwrap_err();
+    assert!(e.to_string().contains("max-ciphertext-bytes"), "{e}");
+    let e = parse(&["--dev", "--node-id", "a b"]).unwrap_err();
+    assert!(e.to_string().contains("node-id"), "{e}");
+    let e = parse(&["--dev", "--admin-listen", "0.0.0.0:7301"]).unwrap_err();
+    assert!(e.to_string().contains("refusing"), "{e}");
+    // A token alone is not enough off loopback: it would travel in the clear.
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "0123456789abcdef0123").unwrap();
+    let token = f.path().to_str().unwrap();
+    let e = parse(&[
+        "--dev",
+        "--admin-listen",
+        "0.0.0.0:7301",
+        "--admin-token-file",
+        token,
+    ])
+    .unwrap_err();
+    assert!(e.to_string().contains("admin-tls-cert"), "{e}");
+    let c = parse(&[
+        "--dev",
+        "--admin-listen",
+        "0.0.0.0:7301",
+        "--admin-token-file",
+        token,
+        "--admin-tls-cert",
+        "c.pem",
+        "--admin-tls-key",
+        "k.pem",
+    ])
+    .unwrap();
+    assert!(c.admin_tls.is_some());
+}
+
+#[test]
+fn telemetry_settings_have_defaults_and_are_validated() {
+    let c = parse(&["--dev"]).unwrap();
+    assert_eq!(c.metrics_listen, SocketAddr::from(([127, 0, 0, 1], 7302)));
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert!(
+        !c.log_client_addresses,
+        "client addresses stay out of logs by default"
+    );
+    assert_eq!(c.otlp_endpoint, None);
+    assert_eq!(c.trace_sample_ratio, DEFAULT_TRACE_SAMPLE_RATIO);
+    let c = parse(&[
+        "--dev",
+        "--log-format",
+        "JSON",
+        "--otlp-endpoint",
+        "http://collector:4317",
+        "--trace-sample-ratio",
+        "1",
+        "--metrics-listen",
+        "0.0.0.0:9100",
+        "--log-client-addresses",
+    ])
+    .unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+    assert_eq!(c.trace_sample_ratio, 1.0);
+    assert_eq!(c.metrics_listen.port(), 9100);
+    assert!(c.log_client_addresses);
+    for (args, name) in [
+        (&["--log-format", "xml"][..], "log-format"),
+        (&["--trace-sample-ratio", "1.5"][..], "trace-sample-ratio"),
+        (&["--trace-sample-ratio=-0.1"][..], "trace-sample-ratio"),
+        (&["--otlp-endpoint", "collector:4317"][..], "otlp-endpoint"),
+        (
+            &["--drain-reconnect-spread-ms", "10001"][..],
+            "drain-reconnect-spread-ms",
+        ),
+        (
+            &["--udp-recv-buffer-bytes", "1000"][..],
+            "udp-recv-buffer-bytes",
+        ),
+        (&["--udp-sockets", "0"][..], "udp-sockets"),
+        (&["--udp-sockets", "65"][..], "udp-sockets"),
+        (&["--fan-out-rate", "999"][..], "fan-out-rate"),
+        (
+            &["--metrics-listen", "127.0.0.1:7301"][..],
+            "metrics-listen",
+        ),
+    ] {
+        let mut v = vec!["--dev"];
+        v.extend_from_slice(args);
+        let e = parse(&v).unwrap_err();
+        assert!(e.to_string().contains(name), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn file_is_overridden_by_flags() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "dev = true\nnode_id = \"from-file\"\nmax_in_flight = 7").unwrap();
+    let path = f.path().to_str().unwrap();
+    let c = parse(&["--config", path, "--node-id", "from-flag"]).unwrap();
+    assert_eq!(c.node_id, "from-flag");
+    assert_eq!(c.limits.max_in_flight, 7);
+    assert!(c.dev);
+}
+
+#[test]
+fn operators_file_is_checked() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        f,
+        "[[operator]]\nname = \"ops\"\nrole = \"org-admin\"\ntoken = \"0123456789abcdef\"\n\
+         [[operator]]\nname = \"lead\"\nrole = \"group-admin\"\ngroups = [\"g1\"]\ntoken = \"fedcba9876543210\""
+    )
+    .unwrap();
+    let c = parse(&[
+        "--dev",
+        "--admin-operators-file",
+        f.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(c.admin_operators.len(), 2);
+    assert_eq!(c.admin_operators[1].groups, ["g1"]);
+    let mut bad = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        bad,
+        "[[operator]]\nname = \"lead\"\nrole = \"group-admin\"\ntoken = \"fedcba9876543210\""
+    )
+    .unwrap();
+    let e = parse(&[
+        "--dev",
+        "--admin-operators-file",
+        bad.path().to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(e.to_string().contains("no groups"), "{e}");
+}
+
+#[test]
+fn unknown_file_keys_are_errors() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "dev = true\nmax_in_fligth = 7").unwrap();
+    let e = parse(&["--config", f.path().to_str().unwrap()]).unwrap_err();
+    assert!(e.to_string().contains("max_in_fligth"), "{e}");
+}

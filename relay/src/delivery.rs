@@ -1,0 +1,89 @@
+//! Delivery: a stored message fanned out to the nodes that hold its
+//! recipients' devices, and this node's inbox handed to its devices.
+
+use std::sync::Arc;
+
+use herold_router::{Delivery, Inbox, InboxEvent};
+use herold_store::StoredMessage;
+use tracing::warn;
+
+use crate::cluster::Cluster;
+use crate::metrics as m;
+use crate::node::Shared;
+use crate::pacer::Pacer;
+
+/// Sends one stored message to every online recipient device: one delivery
+/// per relay node holding any of them.
+pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessage) {
+    m::hot().fanout_devices.record(devices.len() as f64);
+    let frame = crate::frames::deliver_frame(m);
+    let located = match shared.router.locate(devices).await {
+        Ok(l) => l,
+        Err(e) => {
+            // Without the router, this node still serves its own devices;
+            // the others resync when their inboxes report the lag.
+            warn!(error = %e, "router locate failed; delivering to local devices only");
+            let d = Arc::new(Delivery {
+                conversation_id: m.conversation_id.clone(),
+                seq: m.seq,
+                expires_at_ms: m.expires_at_ms,
+                accepted_at_ms: Some(m.server_time_ms),
+                traceparent: None,
+                frame,
+                devices: devices.to_vec(),
+            });
+            shared.pacer.deliver(d);
+            return;
+        }
+    };
+    m::hot().fanout_nodes.record(located.len() as f64);
+    // The receiving relays' spans join this trace (when it is sampled).
+    let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
+    let batch: Vec<(String, Delivery)> = located
+        .into_iter()
+        .map(|(node, devices)| {
+            let d = Delivery {
+                conversation_id: m.conversation_id.clone(),
+                seq: m.seq,
+                expires_at_ms: m.expires_at_ms,
+                accepted_at_ms: Some(m.server_time_ms),
+                traceparent: traceparent.clone(),
+                frame: frame.clone(),
+                devices,
+            };
+            (node, d)
+        })
+        .collect();
+    for r in shared.router.publish_many(batch).await {
+        if let Err(e) = r {
+            // A node that just died: its devices reconnect elsewhere and sync.
+            warn!(error = %e, "router publish failed");
+        }
+    }
+}
+
+/// Hands this node's inbox to its devices and applies the other relays'
+/// broadcasts, until the inbox closes.
+pub(crate) async fn consume_inbox(mut inbox: Inbox, pacer: Arc<Pacer>, cluster: Arc<Cluster>) {
+    while let Some(ev) = inbox.recv().await {
+        match ev {
+            InboxEvent::Delivery(mut d) => {
+                let span = match &d.traceparent {
+                    Some(tp) => {
+                        let span = tracing::info_span!("deliver", devices = d.devices.len());
+                        crate::telemetry::follow(&span, tp);
+                        // The pushes to devices are children of this span.
+                        d.traceparent = crate::telemetry::traceparent(&span);
+                        span
+                    }
+                    None => tracing::Span::none(),
+                };
+                let _entered = span.enter();
+                // One allocation per delivery, not per recipient device.
+                pacer.deliver(Arc::new(d));
+            }
+            InboxEvent::Lagged => cluster.recover_from_lag(),
+            InboxEvent::Broadcast(payload) => cluster.apply(&payload),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The server's frames as bytes on a device's stream: built once, shared
+//! by every device that receives them.
+
+use bytes::Bytes;
+use herold_proto::codec::frame_bytes;
+use herold_proto::v1::{self, ErrorCode};
+use herold_store::StoredMessage;
+
+/// An Error frame; `fatal` ends the session.
+pub(crate) fn error_frame(
+    code: ErrorCode,
+    message: &str,
+    message_id: Vec<u8>,
+    fatal: bool,
+) -> Bytes {
+    let f = v1::ServerFrame {
+        kind: Some(v1::server_frame::Kind::Error(v1::Error {
+            code: code as i32,
+            message: message.to_owned(),
+            message_id,
+            fatal,
+            mls_epoch: 0,
+        })),
+    };
+    // An error frame is a few hundred bytes: it always fits.
+    frame_bytes(&f, usize::MAX).unwrap_or_default()
+}
+
+/// A server frame, framed for the stream.
+pub(crate) fn server_frame(kind: v1::server_frame::Kind) -> Bytes {
+    frame_bytes(&v1::ServerFrame { kind: Some(kind) }, usize::MAX).unwrap_or_default()
+}
+
+/// The framed Deliver for a stored message.
+pub(crate) fn deliver_frame(m: &StoredMessage) -> Bytes {
+    server_frame(v1::server_frame::Kind::Deliver(v1::Deliver {
+        envelope: Some(v1::Envelope {
+            conversation_id: m.conversation_id.clone(),
+            seq: m.seq,
+            message_id: m.message_id.clone(),
+            sender_account_id: m.sender_account_id.clone(),
+            sender_device_id: m.sender_device_id.clone(),
+            server_time_ms: m.server_time_ms,
+            expires_at_ms: m.expires_at_ms.unwrap_or(0),
+            ciphertext: m.ciphertext.clone(),
+        }),
+    }))
+}

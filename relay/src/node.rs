@@ -1,0 +1,81 @@
+//! The node's state: what every task of this relay shares, and the clock.
+//!
+//! Tasks get the narrowest handle that serves them: a session gets
+//! [`Shared`] (it needs nearly all of it), the admin API its
+//! `admin::AdminNode` (the store, the limits and the [`Cluster`]), the
+//! inbox consumer only the [`Cluster`] and the [`Pacer`].
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use herold_router::Router;
+use herold_store::Store;
+
+use crate::cluster::Cluster;
+use crate::config::Limits;
+use crate::cursors::CursorSink;
+use crate::pacer::Pacer;
+use crate::registry::Registry;
+use crate::roster::Rosters;
+
+/// Wall clock in unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// State shared by every task of the relay.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub node_id: String,
+    pub store: Arc<dyn Store>,
+    pub router: Arc<dyn Router>,
+    pub registry: Arc<Registry>,
+    pub rosters: Arc<Rosters>,
+    pub cursors: CursorSink,
+    pub limits: Limits,
+    /// Whether logs may carry client IP addresses (off by default).
+    pub log_client_addresses: bool,
+    /// Fan-outs under way: a drain waits for them before the relay leaves
+    /// the router, so what it accepted reaches the other relays live.
+    pub fan_outs: tokio_util::task::TaskTracker,
+    /// Spreads deliveries to this node's devices over time.
+    pub pacer: Arc<Pacer>,
+    /// Directory changes told to and heard from the other relays.
+    pub cluster: Arc<Cluster>,
+}
+
+impl Shared {
+    /// The node's state on these backends.
+    pub fn new(
+        node_id: String,
+        store: Arc<dyn Store>,
+        router: Arc<dyn Router>,
+        limits: &Limits,
+        log_client_addresses: bool,
+    ) -> Self {
+        let registry = Arc::new(Registry::default());
+        let rosters = Arc::new(Rosters::new(store.clone(), limits.clone()));
+        let cluster = Arc::new(Cluster::new(
+            node_id.clone(),
+            router.clone(),
+            store.clone(),
+            registry.clone(),
+            rosters.clone(),
+        ));
+        Self {
+            node_id,
+            pacer: Arc::new(Pacer::new(limits.fan_out_rate, registry.clone())),
+            store,
+            router,
+            registry,
+            rosters,
+            cursors: CursorSink::default(),
+            limits: limits.clone(),
+            log_client_addresses,
+            fan_outs: tokio_util::task::TaskTracker::new(),
+            cluster,
+        }
+    }
+}
