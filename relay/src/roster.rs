@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use herold_proto::v1::ErrorCode;
 use herold_store::{ConversationKind, PolicyScope, Role, Store, StoreError};
 
 use crate::config::Limits;
@@ -23,6 +24,50 @@ pub(crate) struct Roster {
     pub members: HashMap<String, Role>,
     /// Every non-revoked device of every member.
     pub devices: Vec<String>,
+}
+
+/// Why an account may not post in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PostRefusal {
+    NotMember,
+    NotPublisher,
+    Archived,
+}
+
+impl PostRefusal {
+    /// The error a device is told.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Self::NotMember => ErrorCode::NotMember,
+            Self::NotPublisher => ErrorCode::NotPublisher,
+            Self::Archived => ErrorCode::ConversationArchived,
+        }
+    }
+
+    /// What the device is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NotMember => "your account is not a member of this conversation",
+            Self::NotPublisher => "only publishers may post in this channel",
+            Self::Archived => "this conversation is archived: it can be read, not posted to",
+        }
+    }
+}
+
+impl Roster {
+    /// The posting rules, the same for messages and for MLS commits: the
+    /// account is a member, a publisher if this is a channel, and the
+    /// conversation is not archived.
+    pub fn check_post(&self, account_id: &str) -> Result<(), PostRefusal> {
+        let role = self.members.get(account_id).ok_or(PostRefusal::NotMember)?;
+        if !role.may_post(self.kind) {
+            return Err(PostRefusal::NotPublisher);
+        }
+        if self.archived {
+            return Err(PostRefusal::Archived);
+        }
+        Ok(())
+    }
 }
 
 /// The cache. A directory change drops the rosters it touches (all of them
@@ -127,5 +172,40 @@ impl Rosters {
         for c in conversations {
             self.cache.remove(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roster(kind: ConversationKind, archived: bool) -> Roster {
+        Roster {
+            kind,
+            archived,
+            policy: Effective::org(&Limits::default(), None),
+            members: HashMap::from([
+                ("reader".to_owned(), Role::Member),
+                ("lead".to_owned(), Role::Publisher),
+            ]),
+            devices: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn posting_rules() {
+        let group = roster(ConversationKind::Group, false);
+        assert_eq!(group.check_post("reader"), Ok(()));
+        assert_eq!(group.check_post("stranger"), Err(PostRefusal::NotMember));
+        let channel = roster(ConversationKind::Channel, false);
+        assert_eq!(channel.check_post("lead"), Ok(()));
+        assert_eq!(channel.check_post("reader"), Err(PostRefusal::NotPublisher));
+        let archived = roster(ConversationKind::Channel, true);
+        assert_eq!(archived.check_post("lead"), Err(PostRefusal::Archived));
+        assert_eq!(archived.check_post("stranger"), Err(PostRefusal::NotMember));
+        assert_eq!(
+            PostRefusal::Archived.code(),
+            ErrorCode::ConversationArchived
+        );
     }
 }

@@ -129,7 +129,7 @@ use crate::{
     Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
     Device, DirectChats, EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsCheck,
     MlsState, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError, StoredMessage,
-    UnixMillis, admit_mls, reconcile,
+    UnixMillis, admit_mls, normalize_tags, reconcile,
 };
 
 #[cfg(test)]
@@ -359,13 +359,6 @@ fn policy_from(r: PolicyRec) -> Result<Policy, StoreError> {
             }
         },
     })
-}
-
-/// Sorted, deduplicated tags.
-pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
-    tags.sort();
-    tags.dedup();
-    tags
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -885,12 +878,14 @@ fn w_redeem_code(
         None => return Err(StoreError::NoSuchCode),
         Some(g) => decode("enroll_codes", g.value())?,
     };
-    if rec.expires_at_ms <= now_ms {
+    let account = load_account(&t.accounts, &rec.account_id)?;
+    if !EnrollmentCode::redeemable(
+        rec.expires_at_ms,
+        rec.account_created_at_ms,
+        account.as_ref(),
+        now_ms,
+    ) {
         return Err(StoreError::NoSuchCode);
-    }
-    match load_account(&t.accounts, &rec.account_id)? {
-        Some(a) if a.created_at_ms == rec.account_created_at_ms => {}
-        _ => return Err(StoreError::NoSuchCode),
     }
     let device = Device {
         account_id: rec.account_id,

@@ -360,6 +360,30 @@ pub struct EnrollmentCode {
     pub expires_at_ms: UnixMillis,
 }
 
+impl EnrollmentCode {
+    /// Whether a code issued for an account created at
+    /// `account_created_at_ms`, void from `expires_at_ms`, still enrols a
+    /// device at `now_ms`, given the account of that id as it is now: the
+    /// code has not expired and the account is the one it was issued for (a
+    /// code outlives neither its account nor a later account of the same id).
+    /// Both backends decide with this.
+    pub fn redeemable(
+        expires_at_ms: UnixMillis,
+        account_created_at_ms: UnixMillis,
+        account: Option<&Account>,
+        now_ms: UnixMillis,
+    ) -> bool {
+        expires_at_ms > now_ms && account.is_some_and(|a| a.created_at_ms == account_created_at_ms)
+    }
+}
+
+/// Sorted, deduplicated tags: how both backends keep an account's tags.
+pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
 /// One entry of the audit log: who did what, when, with what outcome. Ids
 /// and actions only, never message content.
 #[derive(Debug, Clone, PartialEq, Eq)]

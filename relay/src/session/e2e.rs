@@ -17,6 +17,7 @@ use tracing::warn;
 
 use super::{DeviceCtx, server_frame as frame};
 use crate::node::Shared;
+use crate::roster::PostRefusal;
 
 /// Largest key package accepted (a typical one is about 300 bytes).
 pub(crate) const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;
@@ -304,10 +305,10 @@ async fn member(
         .map_err(|e| Refusal::new(ErrorCode::InvalidEnvelope, e.to_string()))?;
     match shared.rosters.get(conversation_id).await {
         Ok(Some(r)) if r.members.contains_key(&ctx.account_id) => Ok(r),
-        Ok(Some(_)) => Err(Refusal::new(
-            ErrorCode::NotMember,
-            "your account is not a member of this conversation",
-        )),
+        Ok(Some(_)) => {
+            let why = PostRefusal::NotMember;
+            Err(Refusal::new(why.code(), why.message()))
+        }
         Ok(None) => Err(Refusal::new(
             ErrorCode::UnknownConversation,
             "no such conversation",
@@ -327,23 +328,8 @@ async fn member(
 /// conversation not archived.
 async fn poster(shared: &Shared, ctx: &DeviceCtx, conversation_id: &str) -> Result<(), Refusal> {
     let r = member(shared, ctx, conversation_id).await?;
-    let may = r
-        .members
-        .get(&ctx.account_id)
-        .is_some_and(|role| role.may_post(r.kind));
-    if !may {
-        return Err(Refusal::new(
-            ErrorCode::NotPublisher,
-            "only publishers may change this channel's group",
-        ));
-    }
-    if r.archived {
-        return Err(Refusal::new(
-            ErrorCode::ConversationArchived,
-            "this conversation is archived",
-        ));
-    }
-    Ok(())
+    r.check_post(&ctx.account_id)
+        .map_err(|why| Refusal::new(why.code(), why.message()))
 }
 
 async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind, Refusal> {

@@ -194,26 +194,8 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
             ));
         }
     };
-    let Some(role) = roster.members.get(&ctx.account_id) else {
-        return Err(reject(
-            ErrorCode::NotMember,
-            "your account is not a member of this conversation",
-            &id,
-        ));
-    };
-    if !role.may_post(roster.kind) {
-        return Err(reject(
-            ErrorCode::NotPublisher,
-            "only publishers may post in this channel",
-            &id,
-        ));
-    }
-    if roster.archived {
-        return Err(reject(
-            ErrorCode::ConversationArchived,
-            "this conversation is archived: it can be read, not posted to",
-            &id,
-        ));
+    if let Err(why) = roster.check_post(&ctx.account_id) {
+        return Err(reject(why.code(), why.message(), &id));
     }
     if roster.kind == herold_store::ConversationKind::Direct
         && roster.policy.direct_chats == herold_store::DirectChats::Nobody

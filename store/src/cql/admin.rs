@@ -8,10 +8,10 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{CONCURRENCY, CqlStore, backend, to_i64, to_u64};
-use crate::embedded::normalize_tags;
+
 use crate::{
     Account, AccountState, AuditEntry, Conversation, Device, DirectChats, EnrollmentCode, Page,
-    Policy, PolicyScope, Store, StoreError, UnixMillis,
+    Policy, PolicyScope, Store, StoreError, UnixMillis, normalize_tags,
 };
 
 /// Audit log partition: 30 days.
@@ -418,12 +418,9 @@ impl CqlStore {
         let Some((Some(account_id), Some(acc_created), created, Some(expires))) = row else {
             return Err(StoreError::NoSuchCode);
         };
-        if expires <= now_ms {
+        let account = self.get_account(&account_id).await?;
+        if !EnrollmentCode::redeemable(expires, acc_created, account.as_ref(), now_ms) {
             return Err(StoreError::NoSuchCode);
-        }
-        match self.get_account(&account_id).await? {
-            Some(a) if a.created_at_ms == acc_created => {}
-            _ => return Err(StoreError::NoSuchCode),
         }
         // Take the code first, with Paxos: of two concurrent redemptions
         // exactly one gets it.
