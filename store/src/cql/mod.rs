@@ -10,7 +10,11 @@
 //! - [`CqlStore`]: the [`Store`] on a driver [`Session`], every statement
 //!   prepared once at connect; token-aware routing is the driver's default
 //!   load balancing, so each prepared statement goes to a replica of its
-//!   partition.
+//!   partition. The [`Store`] methods are spread by domain: `directory`
+//!   (accounts, devices, conversations, members), `log` (appends, reads,
+//!   cursors, the purge), `admin` (tags, suspension, policies, enrollment
+//!   codes, the audit log), `mls`; `statements` prepares those of
+//!   migration 1.
 //!
 //! # Sequence numbers without gaps (append)
 //! Seqs are dense, start at 1 and are unique per conversation across every
@@ -77,14 +81,18 @@ use crate::{
 
 mod admin;
 pub mod config;
+mod directory;
+mod log;
 pub mod migrate;
 mod mls;
+mod statements;
 
 #[cfg(test)]
 mod tests;
 
 pub use config::{CqlConfig, Replication, parse_consistency};
 pub use migrate::{MIGRATIONS, Migration};
+use statements::Statements;
 
 /// Seqs per log partition: partition `(conversation, seq / BUCKET_SIZE)`.
 /// Part of the data layout: never change it for an existing keyspace.
@@ -293,114 +301,6 @@ struct Head {
     complete: bool,
 }
 
-/// Every statement, prepared once.
-#[derive(Debug)]
-struct Statements {
-    acc_insert: PreparedStatement,
-    acc_get: PreparedStatement,
-    acc_slot: PreparedStatement,
-    acc_delete: PreparedStatement,
-    dev_insert: PreparedStatement,
-    dev_get: PreparedStatement,
-    dev_revoke: PreparedStatement,
-    dev_delete: PreparedStatement,
-    dba_insert: PreparedStatement,
-    dba_list: PreparedStatement,
-    dba_delete_all: PreparedStatement,
-    conv_insert: PreparedStatement,
-    conv_get: PreparedStatement,
-    conv_head: PreparedStatement,
-    conv_claim: PreparedStatement,
-    mid_forget: PreparedStatement,
-    mem_put: PreparedStatement,
-    mem_list: PreparedStatement,
-    mem_get: PreparedStatement,
-    mem_delete: PreparedStatement,
-    cba_put: PreparedStatement,
-    cba_list: PreparedStatement,
-    cba_delete: PreparedStatement,
-    cba_delete_all: PreparedStatement,
-    mid_insert: PreparedStatement,
-    mid_get: PreparedStatement,
-    mid_delete: PreparedStatement,
-    seq_put: PreparedStatement,
-    seq_get: PreparedStatement,
-    seq_delete: PreparedStatement,
-    log_put: PreparedStatement,
-    log_read: PreparedStatement,
-    log_ids: PreparedStatement,
-    log_delete: PreparedStatement,
-    log_delete_bucket: PreparedStatement,
-    eaw_put: PreparedStatement,
-    eaw_list: PreparedStatement,
-    eaw_delete: PreparedStatement,
-    cur_put: PreparedStatement,
-    cur_list: PreparedStatement,
-    cur_delete_all: PreparedStatement,
-}
-
-impl Statements {
-    async fn prepare(s: &Session, ks: &str) -> Result<Self, StoreError> {
-        let p = |cql: String| async move {
-            let mut st = s.prepare(cql.clone()).await.map_err(|e| {
-                StoreError::Backend(format!(
-                    "cql prepare {cql:?}: {e} (is keyspace {ks} migrated? start the relay with --cql-contact-points, which migrates first, or run `herold-relay --migrate-only`)"
-                ))
-            })?;
-            // Reads and blind upserts are safe to retry; LWTs are not
-            // marked idempotent (the driver then does not speculate them).
-            st.set_is_idempotent(!cql.contains(" IF "));
-            Ok::<_, StoreError>(st)
-        };
-        Ok(Self {
-            acc_insert: p(format!("INSERT INTO {ks}.accounts (id, display_name, created_at_ms, device_slots) VALUES (?, ?, ?, 0) IF NOT EXISTS")).await?,
-            acc_get: p(format!("SELECT display_name, created_at_ms, device_slots FROM {ks}.accounts WHERE id = ?")).await?,
-            acc_slot: p(format!("UPDATE {ks}.accounts SET device_slots = ? WHERE id = ? IF device_slots = ?")).await?,
-            acc_delete: p(format!("DELETE FROM {ks}.accounts WHERE id = ? IF EXISTS")).await?,
-            dev_insert: p(format!("INSERT INTO {ks}.devices (id, account_id, public_key, revoked, created_at_ms, incarnation) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
-            dev_get: p(format!("SELECT id, account_id, public_key, revoked, created_at_ms, incarnation FROM {ks}.devices WHERE id = ?")).await?,
-            dev_revoke: p(format!("UPDATE {ks}.devices SET revoked = true WHERE id = ? IF EXISTS")).await?,
-            dev_delete: p(format!("DELETE FROM {ks}.devices WHERE id = ? IF EXISTS")).await?,
-            dba_insert: p(format!("INSERT INTO {ks}.devices_by_account (account_id, device_id) VALUES (?, ?)")).await?,
-            dba_list: p(format!("SELECT device_id FROM {ks}.devices_by_account WHERE account_id = ?")).await?,
-            dba_delete_all: p(format!("DELETE FROM {ks}.devices_by_account WHERE account_id = ?")).await?,
-            conv_insert: p(format!("INSERT INTO {ks}.conversations (id, kind, title, default_ttl_seconds, created_at_ms, head, head_message_id, mls_epoch, roster_version, group_roster_version) VALUES (?, ?, ?, ?, ?, 0, 0x, 0, 0, 0) IF NOT EXISTS")).await?,
-            conv_get: p(format!("SELECT kind, title, default_ttl_seconds, created_at_ms FROM {ks}.conversations WHERE id = ?")).await?,
-            conv_head: p(format!("SELECT head, head_message_id, mls_epoch, roster_version, group_roster_version FROM {ks}.conversations WHERE id = ?")).await?,
-            // The seq claim carries the MLS condition: conditions on every
-            // MLS column as read, the new epoch and group roster version set
-            // in the same write.
-            conv_claim: p(format!("UPDATE {ks}.conversations SET head = ?, head_message_id = ?, mls_epoch = ?, group_roster_version = ? WHERE id = ? IF head = ? AND head_message_id = ? AND mls_epoch = ? AND roster_version = ? AND group_roster_version = ?")).await?,
-            mid_forget: p(format!("DELETE FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ? IF EXISTS")).await?,
-            mem_put: p(format!("INSERT INTO {ks}.members (conversation_id, account_id, role) VALUES (?, ?, ?)")).await?,
-            mem_list: p(format!("SELECT account_id, role FROM {ks}.members WHERE conversation_id = ?")).await?,
-            mem_get: p(format!("SELECT role FROM {ks}.members WHERE conversation_id = ? AND account_id = ?")).await?,
-            mem_delete: p(format!("DELETE FROM {ks}.members WHERE conversation_id = ? AND account_id = ?")).await?,
-            cba_put: p(format!("INSERT INTO {ks}.conversations_by_account (account_id, conversation_id) VALUES (?, ?)")).await?,
-            cba_list: p(format!("SELECT conversation_id FROM {ks}.conversations_by_account WHERE account_id = ?")).await?,
-            cba_delete: p(format!("DELETE FROM {ks}.conversations_by_account WHERE account_id = ? AND conversation_id = ?")).await?,
-            cba_delete_all: p(format!("DELETE FROM {ks}.conversations_by_account WHERE account_id = ?")).await?,
-            mid_insert: p(format!("INSERT INTO {ks}.message_ids (conversation_id, message_id, sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext, welcome, welcome_devices) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?")).await?,
-            mid_get: p(format!("SELECT sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext, welcome, welcome_devices FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ?")).await?,
-            mid_delete: p(format!("DELETE FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ?")).await?,
-            seq_put: p(format!("INSERT INTO {ks}.message_seqs (conversation_id, message_id, seq) VALUES (?, ?, ?) USING TTL ?")).await?,
-            seq_get: p(format!("SELECT seq FROM {ks}.message_seqs WHERE conversation_id = ? AND message_id = ?")).await?,
-            seq_delete: p(format!("DELETE FROM {ks}.message_seqs WHERE conversation_id = ? AND message_id = ?")).await?,
-            log_put: p(format!("INSERT INTO {ks}.conversation_log (conversation_id, bucket, seq, message_id, sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")).await?,
-            log_read: p(format!("SELECT seq, message_id, sender_account_id, sender_device_id, server_time_ms, expires_at_ms, ciphertext FROM {ks}.conversation_log WHERE conversation_id = ? AND bucket = ? AND seq > ?")).await?,
-            log_ids: p(format!("SELECT message_id FROM {ks}.conversation_log WHERE conversation_id = ? AND bucket = ?")).await?,
-            log_delete: p(format!("DELETE FROM {ks}.conversation_log WHERE conversation_id = ? AND bucket = ? AND seq = ?")).await?,
-            log_delete_bucket: p(format!("DELETE FROM {ks}.conversation_log WHERE conversation_id = ? AND bucket = ?")).await?,
-            eaw_put: p(format!("INSERT INTO {ks}.expired_at_write (shard, expires_at_ms, conversation_id, seq) VALUES (?, ?, ?, ?) USING TTL ?")).await?,
-            eaw_list: p(format!("SELECT expires_at_ms, conversation_id, seq FROM {ks}.expired_at_write WHERE shard = ? AND expires_at_ms <= ?")).await?,
-            eaw_delete: p(format!("DELETE FROM {ks}.expired_at_write WHERE shard = ? AND expires_at_ms <= ?")).await?,
-            cur_put: p(format!("INSERT INTO {ks}.cursors (device_id, incarnation, conversation_id, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?")).await?,
-            cur_list: p(format!("SELECT conversation_id, seq FROM {ks}.cursors WHERE device_id = ? AND incarnation = ?")).await?,
-            cur_delete_all: p(format!("DELETE FROM {ks}.cursors WHERE device_id = ? AND incarnation = ?")).await?,
-        })
-    }
-}
-
 /// The [`Store`] on Scylla / Cassandra.
 #[derive(Debug)]
 pub struct CqlStore {
@@ -588,223 +488,6 @@ impl CqlStore {
         }
         map.entry(device_id.to_owned()).or_default().clone()
     }
-
-    /// Whether this process knows `head`, owned by `mid`, to be written
-    /// (without waiting for an append in progress).
-    fn known_complete(&self, cid: &str, head: u64, mid: &[u8]) -> bool {
-        let map = self
-            .heads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(cid)
-            .and_then(|h| h.try_lock().ok())
-            .is_some_and(|h| {
-                h.complete
-                    && h.known
-                        .as_ref()
-                        .is_some_and(|k| k.head == head && k.mid == mid)
-            })
-    }
-
-    async fn read_head(&self, cid: &str) -> Result<Option<ConvHead>, StoreError> {
-        type R = (
-            Option<i64>,
-            Option<Vec<u8>>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-        );
-        let row: Option<R> = self.one(&self.st.conv_head, (cid,), "read head").await?;
-        Ok(row.map(|(h, m, epoch, roster, group)| ConvHead {
-            head: to_u64(h.unwrap_or(0)),
-            mid: m.unwrap_or_default(),
-            mls: MlsCols {
-                epoch,
-                roster,
-                group,
-            },
-        }))
-    }
-
-    async fn seq_of(&self, cid: &str, mid: &[u8]) -> Result<Option<u64>, StoreError> {
-        let row: Option<(Option<i64>,)> =
-            self.one(&self.st.seq_get, (cid, mid), "read seq").await?;
-        Ok(row.and_then(|(s,)| s).map(to_u64))
-    }
-
-    async fn payload(&self, cid: &str, mid: &[u8]) -> Result<Option<Payload>, StoreError> {
-        type R = (
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<i64>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Option<Vec<String>>,
-        );
-        let row: Option<R> = self
-            .one(&self.st.mid_get, (cid, mid), "read message id")
-            .await?;
-        Ok(row.map(|(a, d, t, e, c, w, wd)| Payload {
-            message_id: mid.to_vec(),
-            sender_account_id: a.unwrap_or_default(),
-            sender_device_id: d.unwrap_or_default(),
-            server_time_ms: t.unwrap_or(0),
-            expires_at_ms: e,
-            ciphertext: c.unwrap_or_default(),
-            welcome: w.map(|w| (w, wd.unwrap_or_default())),
-        }))
-    }
-
-    /// Step 3 of append: the log row, a commit's Welcome, then the id -> seq
-    /// row (so a known seq means everything is written). Idempotent.
-    async fn complete(&self, cid: &str, seq: u64, p: &Payload) -> Result<(), StoreError> {
-        let now = wall_ms();
-        let (ttl, expired) = ttl_for(p.expires_at_ms, now);
-        let s = to_i64(seq);
-        self.exec(
-            &self.st.log_put,
-            (
-                cid,
-                to_i64(seq / BUCKET_SIZE),
-                s,
-                &p.message_id,
-                &p.sender_account_id,
-                &p.sender_device_id,
-                p.server_time_ms,
-                p.expires_at_ms,
-                &p.ciphertext,
-                ttl,
-            ),
-            "write log row",
-        )
-        .await?;
-        if expired {
-            let shard = i32::try_from(seq % EXPIRED_SHARDS as u64).unwrap_or(0);
-            self.exec(
-                &self.st.eaw_put,
-                (shard, p.expires_at_ms, cid, s, EXPIRED_AT_WRITE_TTL),
-                "index expired message",
-            )
-            .await?;
-        }
-        if let Some((welcome, devices)) = &p.welcome {
-            self.store_welcome(cid, seq, welcome, devices).await?;
-        }
-        self.exec(
-            &self.st.seq_put,
-            (cid, &p.message_id, s, ttl),
-            "write message seq",
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Makes sure the head `seq`, owned by `mid`, has its log row.
-    async fn help(&self, cid: &str, seq: u64, mid: &[u8]) -> Result<(), StoreError> {
-        if seq == 0 || self.seq_of(cid, mid).await?.is_some() {
-            return Ok(());
-        }
-        match self.payload(cid, mid).await? {
-            Some(p) => self.complete(cid, seq, &p).await,
-            // Expired and gone by TTL: an expired message is never shown.
-            None => Ok(()),
-        }
-    }
-
-    /// Deletes a conversation's messages (every bucket up to the head):
-    /// used when its last member's account is deleted.
-    async fn purge_conversation_messages(&self, cid: &str) -> Result<(), StoreError> {
-        let Some(ConvHead { head, .. }) = self.read_head(cid).await? else {
-            return Ok(());
-        };
-        if head == 0 {
-            return Ok(());
-        }
-        for bucket in 0..=head / BUCKET_SIZE {
-            let b = to_i64(bucket);
-            let ids: Vec<(Option<Vec<u8>>,)> =
-                self.all(&self.st.log_ids, (cid, b), "list log ids").await?;
-            for mid in ids.into_iter().filter_map(|(m,)| m) {
-                self.exec(&self.st.mid_delete, (cid, &mid), "delete message id")
-                    .await?;
-                self.exec(&self.st.seq_delete, (cid, &mid), "delete message seq")
-                    .await?;
-            }
-            self.exec(&self.st.log_delete_bucket, (cid, b), "delete log bucket")
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn require_accounts(&self, ids: &[&str]) -> Result<(), StoreError> {
-        for id in ids {
-            if self.get_account(id).await?.is_none() {
-                return Err(StoreError::NoSuchAccount((*id).to_owned()));
-            }
-        }
-        Ok(())
-    }
-
-    async fn device_row(&self, id: &str) -> Result<Option<(Device, i64)>, StoreError> {
-        let row: Option<DeviceRow> = self.one(&self.st.dev_get, (id,), "read device").await?;
-        Ok(row.map(|(id, acc, key, revoked, created, inc)| {
-            (
-                Device {
-                    id,
-                    account_id: acc.unwrap_or_default(),
-                    public_key: key.unwrap_or_default(),
-                    revoked: revoked.unwrap_or(false),
-                    created_at_ms: created.unwrap_or(0),
-                },
-                inc.unwrap_or(0),
-            )
-        }))
-    }
-
-    /// Changes an account's device slots by one with an LWT loop; `limit`
-    /// bounds an increment.
-    async fn change_slots(&self, account_id: &str, up: bool, limit: u32) -> Result<(), StoreError> {
-        let row: Option<(Option<String>, Option<i64>, Option<i32>)> = self
-            .one(&self.st.acc_get, (account_id,), "read account")
-            .await?;
-        let Some((_, _, slots)) = row else {
-            return Err(StoreError::NoSuchAccount(account_id.to_owned()));
-        };
-        let mut current = slots.unwrap_or(0);
-        for attempt in 0..100u32 {
-            let next = if up {
-                if i64::from(current) >= i64::from(limit) {
-                    return Err(StoreError::DeviceLimit {
-                        account: account_id.to_owned(),
-                        limit,
-                    });
-                }
-                current + 1
-            } else {
-                (current - 1).max(0)
-            };
-            let r = self
-                .lwt(
-                    &self.st.acc_slot,
-                    (next, account_id, current),
-                    "claim device slot",
-                )
-                .await?;
-            if r.applied {
-                return Ok(());
-            }
-            match r.get("device_slots") {
-                Some(CqlValue::Int(v)) => current = *v,
-                // The row is gone: the account was deleted meanwhile.
-                _ => return Err(StoreError::NoSuchAccount(account_id.to_owned())),
-            }
-            backoff(attempt).await;
-        }
-        Err(StoreError::Backend(format!(
-            "cql: device slots of {account_id:?} stayed contended"
-        )))
-    }
 }
 
 /// A short randomised pause after a lost LWT race.
@@ -907,184 +590,35 @@ impl Store for CqlStore {
     }
 
     async fn create_account(&self, account: Account) -> Result<(), StoreError> {
-        let r = self
-            .lwt(
-                &self.st.acc_insert,
-                (&account.id, &account.display_name, account.created_at_ms),
-                "create account",
-            )
-            .await?;
-        if r.applied {
-            Ok(())
-        } else {
-            Err(StoreError::AccountExists(account.id))
-        }
+        self.d_create_account(account).await
     }
 
     async fn get_account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
-        let row: Option<(Option<String>, Option<i64>, Option<i32>)> = self
-            .one(&self.st.acc_get, (account_id,), "read account")
-            .await?;
-        Ok(row.map(|(name, created, _)| Account {
-            id: account_id.to_owned(),
-            display_name: name.unwrap_or_default(),
-            created_at_ms: created.unwrap_or(0),
-        }))
+        self.d_get_account(account_id).await
     }
 
     async fn delete_account(&self, account_id: &str) -> Result<AccountPurge, StoreError> {
-        if self.get_account(account_id).await?.is_none() {
-            return Err(StoreError::NoSuchAccount(account_id.to_owned()));
-        }
-        let mut purge = AccountPurge::default();
-        let devices: Vec<(String,)> = self
-            .all(&self.st.dba_list, (account_id,), "list devices")
-            .await?;
-        for (device_id,) in devices {
-            if let Some((_, incarnation)) = self.device_row(&device_id).await? {
-                let cursors: Vec<(String, Option<i64>)> = self
-                    .all(&self.st.cur_list, (&device_id, incarnation), "list cursors")
-                    .await?;
-                purge.cursors += u32::try_from(cursors.len()).unwrap_or(u32::MAX);
-                self.exec(
-                    &self.st.cur_delete_all,
-                    (&device_id, incarnation),
-                    "delete cursors",
-                )
-                .await?;
-                self.delete_key_packages(&device_id).await?;
-                self.delete_welcome_index(&device_id).await?;
-                self.lwt(&self.st.dev_delete, (&device_id,), "delete device")
-                    .await?;
-                purge.devices += 1;
-            }
-        }
-        self.exec(&self.st.dba_delete_all, (account_id,), "delete device list")
-            .await?;
-        let convs: Vec<(String,)> = self
-            .all(&self.st.cba_list, (account_id,), "list memberships")
-            .await?;
-        for (cid,) in convs {
-            let was: Option<(Option<i8>,)> = self
-                .one(&self.st.mem_get, (&cid, account_id), "read member")
-                .await?;
-            if was.is_some() {
-                self.exec(&self.st.mem_delete, (&cid, account_id), "delete member")
-                    .await?;
-                purge.memberships += 1;
-                // Messages only this account could still read go with it.
-                if self.members(&cid).await?.is_empty() {
-                    self.purge_conversation_messages(&cid).await?;
-                }
-            }
-            // After the member row, and for every conversation still listed
-            // (even if the member row went in an earlier, failed attempt):
-            // the retry of a failed deletion completes the bumps.
-            self.bump_roster(&cid).await?;
-        }
-        self.exec(&self.st.cba_delete_all, (account_id,), "delete memberships")
-            .await?;
-        self.a_purge_state(account_id).await?;
-        self.lwt(&self.st.acc_delete, (account_id,), "delete account")
-            .await?;
-        Ok(purge)
+        self.d_delete_account(account_id).await
     }
 
     async fn add_device(&self, device: Device, max_devices: u32) -> Result<(), StoreError> {
-        if self.get_account(&device.account_id).await?.is_none() {
-            return Err(StoreError::NoSuchAccount(device.account_id));
-        }
-        if self.device_row(&device.id).await?.is_some() {
-            return Err(StoreError::DeviceExists(device.id));
-        }
-        // The slot first: a crash then costs a slot, never an uncounted device.
-        self.change_slots(&device.account_id, true, max_devices)
-            .await?;
-        let incarnation = i64::from(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos()),
-        ) ^ wall_ms().rotate_left(20);
-        let r = self
-            .lwt(
-                &self.st.dev_insert,
-                (
-                    &device.id,
-                    &device.account_id,
-                    &device.public_key,
-                    device.revoked,
-                    device.created_at_ms,
-                    incarnation,
-                ),
-                "add device",
-            )
-            .await?;
-        if !r.applied {
-            self.change_slots(&device.account_id, false, max_devices)
-                .await?;
-            return Err(StoreError::DeviceExists(device.id));
-        }
-        self.exec(
-            &self.st.dba_insert,
-            (&device.account_id, &device.id),
-            "list device",
-        )
-        .await?;
-        Ok(())
+        self.d_add_device(device, max_devices).await
     }
 
     async fn get_device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
-        Ok(self.device_row(device_id).await?.map(|(d, _)| d))
+        self.d_get_device(device_id).await
     }
 
     async fn list_devices(&self, account_id: &str) -> Result<Vec<Device>, StoreError> {
-        let ids: Vec<(String,)> = self
-            .all(&self.st.dba_list, (account_id,), "list devices")
-            .await?;
-        // Point reads of single-row partitions, several in flight, in order.
-        let found: Vec<Option<Device>> = futures_util::stream::iter(
-            ids.into_iter()
-                .map(|(id,)| async move { self.get_device(&id).await }),
-        )
-        .buffered(CONCURRENCY)
-        .try_collect()
-        .await?;
-        Ok(found
-            .into_iter()
-            .flatten()
-            .filter(|d| d.account_id == account_id)
-            .collect())
+        self.d_list_devices(account_id).await
     }
 
     async fn devices_of(&self, account_ids: Vec<String>) -> Result<Vec<Device>, StoreError> {
-        // One partition per account: many reads in flight, not one at a
-        // time (a 7,000-member channel's roster).
-        let lists: Vec<Vec<Device>> = futures_util::stream::iter(
-            account_ids
-                .into_iter()
-                .map(|a| async move { self.list_devices(&a).await }),
-        )
-        .buffered(CONCURRENCY)
-        .try_collect()
-        .await?;
-        Ok(lists.into_iter().flatten().collect())
+        self.d_devices_of(account_ids).await
     }
 
     async fn revoke_device(&self, device_id: &str) -> Result<Device, StoreError> {
-        let r = self
-            .lwt(&self.st.dev_revoke, (device_id,), "revoke device")
-            .await?;
-        if !r.applied {
-            return Err(StoreError::NoSuchDevice(device_id.to_owned()));
-        }
-        let device = self
-            .get_device(device_id)
-            .await?
-            .ok_or_else(|| StoreError::NoSuchDevice(device_id.to_owned()))?;
-        self.delete_key_packages(device_id).await?;
-        // Every call bumps, so a retry after a failure here completes it.
-        self.bump_account(&device.account_id).await?;
-        Ok(device)
+        self.d_revoke_device(device_id).await
     }
 
     async fn create_conversation(
@@ -1092,52 +626,14 @@ impl Store for CqlStore {
         conversation: Conversation,
         members: Vec<Member>,
     ) -> Result<(), StoreError> {
-        // Last role wins for a repeated account.
-        let mut by_account: BTreeMap<&str, Role> = BTreeMap::new();
-        for m in &members {
-            by_account.insert(&m.account_id, m.role);
-        }
-        if conversation.kind == ConversationKind::Direct && by_account.len() != 2 {
-            return Err(StoreError::DirectNeedsTwo(by_account.len()));
-        }
-        let ids: Vec<&str> = by_account.keys().copied().collect();
-        self.require_accounts(&ids).await?;
-        let r = self
-            .lwt(
-                &self.st.conv_insert,
-                (
-                    &conversation.id,
-                    kind_code(conversation.kind),
-                    &conversation.title,
-                    to_i64(conversation.default_ttl_seconds),
-                    conversation.created_at_ms,
-                ),
-                "create conversation",
-            )
-            .await?;
-        if !r.applied {
-            return Err(StoreError::ConversationExists(conversation.id));
-        }
-        self.write_members(&conversation.id, &by_account).await
+        self.d_create_conversation(conversation, members).await
     }
 
     async fn get_conversation(
         &self,
         conversation_id: &str,
     ) -> Result<Option<Conversation>, StoreError> {
-        let row: Option<(Option<i8>, Option<String>, Option<i64>, Option<i64>)> = self
-            .one(&self.st.conv_get, (conversation_id,), "read conversation")
-            .await?;
-        row.map(|(kind, title, ttl, created)| {
-            Ok(Conversation {
-                id: conversation_id.to_owned(),
-                kind: kind_of(kind.unwrap_or(1))?,
-                title: title.unwrap_or_default(),
-                default_ttl_seconds: to_u64(ttl.unwrap_or(0)),
-                created_at_ms: created.unwrap_or(0),
-            })
-        })
-        .transpose()
+        self.d_get_conversation(conversation_id).await
     }
 
     async fn put_members(
@@ -1145,34 +641,7 @@ impl Store for CqlStore {
         conversation_id: &str,
         members: Vec<Member>,
     ) -> Result<(), StoreError> {
-        let conv = self
-            .get_conversation(conversation_id)
-            .await?
-            .ok_or_else(|| StoreError::NoSuchConversation(conversation_id.to_owned()))?;
-        let mut by_account: BTreeMap<&str, Role> = BTreeMap::new();
-        for m in &members {
-            by_account.insert(&m.account_id, m.role);
-        }
-        let ids: Vec<&str> = by_account.keys().copied().collect();
-        self.require_accounts(&ids).await?;
-        if conv.kind == ConversationKind::Direct {
-            let mut all: std::collections::BTreeSet<String> = self
-                .members(conversation_id)
-                .await?
-                .into_iter()
-                .map(|m| m.account_id)
-                .collect();
-            all.extend(ids.iter().map(|s| (*s).to_owned()));
-            if all.len() > 2 {
-                return Err(StoreError::DirectNeedsTwo(all.len()));
-            }
-        }
-        self.write_members(conversation_id, &by_account).await?;
-        // After the rows: whoever sees the new roster version sees them.
-        if !by_account.is_empty() {
-            self.bump_roster(conversation_id).await?;
-        }
-        Ok(())
+        self.d_put_members(conversation_id, members).await
     }
 
     async fn remove_members(
@@ -1180,280 +649,19 @@ impl Store for CqlStore {
         conversation_id: &str,
         account_ids: Vec<String>,
     ) -> Result<u32, StoreError> {
-        if self.get_conversation(conversation_id).await?.is_none() {
-            return Err(StoreError::NoSuchConversation(conversation_id.to_owned()));
-        }
-        let unique: std::collections::BTreeSet<String> = account_ids.into_iter().collect();
-        let unique_empty = unique.is_empty();
-        let mut removed = 0;
-        for a in unique {
-            let was: Option<(Option<i8>,)> = self
-                .one(&self.st.mem_get, (conversation_id, &a), "read member")
-                .await?;
-            if was.is_some() {
-                self.exec(&self.st.mem_delete, (conversation_id, &a), "delete member")
-                    .await?;
-                self.exec(
-                    &self.st.cba_delete,
-                    (&a, conversation_id),
-                    "delete membership",
-                )
-                .await?;
-                removed += 1;
-            }
-        }
-        // Always (a retry after a failure between the deletes and the bump
-        // completes it); after the deletes, so that whoever sees the new
-        // roster version also sees the new membership.
-        if !unique_empty {
-            self.bump_roster(conversation_id).await?;
-        }
-        Ok(removed)
+        self.d_remove_members(conversation_id, account_ids).await
     }
 
     async fn members(&self, conversation_id: &str) -> Result<Vec<Member>, StoreError> {
-        let rows: Vec<(String, Option<i8>)> = self
-            .all(&self.st.mem_list, (conversation_id,), "list members")
-            .await?;
-        rows.into_iter()
-            .map(|(account_id, role)| {
-                Ok(Member {
-                    account_id,
-                    role: role_of(role.unwrap_or(0))?,
-                })
-            })
-            .collect()
+        self.d_members(conversation_id).await
     }
 
     async fn conversations_of(&self, account_id: &str) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = self
-            .all(&self.st.cba_list, (account_id,), "list memberships")
-            .await?;
-        Ok(rows.into_iter().map(|(c,)| c).collect())
+        self.d_conversations_of(account_id).await
     }
 
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
-        self.check_open()?;
-        let cid = m.conversation_id.clone();
-        let lock = self.head_lock(&cid);
-        let mut head_state = lock.lock().await;
-        // `fresh`: `row` was read from the database during this call (not
-        // taken from the cache), so a refusal on it is the current answer.
-        let (mut row, mut fresh) = match head_state.known.clone() {
-            Some(k) => (k, false),
-            None => {
-                let Some(k) = self.read_head(&cid).await? else {
-                    return Err(StoreError::NoSuchConversation(cid));
-                };
-                head_state.complete = false;
-                (k, true)
-            }
-        };
-        let now = wall_ms();
-        let (ttl, _) = ttl_for(m.expires_at_ms, now);
-        let welcome = match &m.mls {
-            Some(MlsCheck::Commit {
-                welcome: Some(w), ..
-            }) => Some(w),
-            _ => None,
-        };
-        let ins = self
-            .lwt(
-                &self.st.mid_insert,
-                (
-                    &cid,
-                    &m.message_id,
-                    &m.sender_account_id,
-                    &m.sender_device_id,
-                    m.server_time_ms,
-                    m.expires_at_ms,
-                    &m.ciphertext,
-                    welcome.map_or(MaybeUnset::Unset, |w| MaybeUnset::Set(&w.bytes)),
-                    welcome.map_or(MaybeUnset::Unset, |w| MaybeUnset::Set(&w.device_ids)),
-                    ttl,
-                ),
-                "record message id",
-            )
-            .await?;
-        let payload = if ins.applied {
-            Payload {
-                message_id: m.message_id.clone(),
-                sender_account_id: m.sender_account_id,
-                sender_device_id: m.sender_device_id,
-                server_time_ms: m.server_time_ms,
-                expires_at_ms: m.expires_at_ms,
-                ciphertext: m.ciphertext,
-                welcome: welcome.map(|w| (w.bytes.clone(), w.device_ids.clone())),
-            }
-        } else {
-            let first = Payload {
-                message_id: m.message_id.clone(),
-                sender_account_id: match ins.get("sender_account_id") {
-                    Some(CqlValue::Text(s)) => s.clone(),
-                    _ => String::new(),
-                },
-                sender_device_id: match ins.get("sender_device_id") {
-                    Some(CqlValue::Text(s)) => s.clone(),
-                    _ => String::new(),
-                },
-                server_time_ms: ins.bigint("server_time_ms").unwrap_or(0),
-                expires_at_ms: ins.bigint("expires_at_ms"),
-                ciphertext: ins.blob("ciphertext").unwrap_or_default(),
-                welcome: ins
-                    .blob("welcome")
-                    .map(|w| (w, ins.texts("welcome_devices"))),
-            };
-            // Idempotency first: an accepted id is a duplicate, whatever its
-            // MLS condition says now.
-            if let Some(seq) = self.seq_of(&cid, &m.message_id).await? {
-                return Ok(Appended {
-                    seq,
-                    server_time_ms: first.server_time_ms,
-                    duplicate: true,
-                });
-            }
-            first
-        };
-        for attempt in 0..200u32 {
-            if row.head > 0 && row.mid == payload.message_id {
-                // Claimed for this id already (a crashed or concurrent
-                // attempt): finish it; this call is the duplicate.
-                let seq = row.head;
-                self.complete(&cid, seq, &payload).await?;
-                *head_state = Head {
-                    known: Some(row),
-                    complete: true,
-                };
-                return Ok(Appended {
-                    seq,
-                    server_time_ms: payload.server_time_ms,
-                    duplicate: true,
-                });
-            }
-            if !(head_state.complete
-                && head_state
-                    .known
-                    .as_ref()
-                    .is_some_and(|k| k.head == row.head))
-            {
-                self.help(&cid, row.head, &row.mid).await?;
-            }
-            if attempt > 0
-                && let Some(seq) = self.seq_of(&cid, &payload.message_id).await?
-            {
-                *head_state = Head {
-                    known: Some(row),
-                    complete: true,
-                };
-                return Ok(Appended {
-                    seq,
-                    server_time_ms: payload.server_time_ms,
-                    duplicate: true,
-                });
-            }
-            let after = match admit_mls(m.mls.as_ref(), row.mls.state()) {
-                Ok(after) => after,
-                Err(refusal) if fresh => {
-                    // The head is complete: helped above or known.
-                    *head_state = Head {
-                        known: Some(row),
-                        complete: true,
-                    };
-                    if ins.applied {
-                        // A refused message leaves nothing behind: its id
-                        // may come again (re-encrypted after catching up).
-                        self.lwt(
-                            &self.st.mid_forget,
-                            (&cid, &payload.message_id),
-                            "forget refused message",
-                        )
-                        .await?;
-                    }
-                    return Err(refusal);
-                }
-                Err(_) => {
-                    // Refused on the cached row, which may be stale: decide
-                    // on the current one.
-                    let Some(current) = self.read_head(&cid).await? else {
-                        *head_state = Head::default();
-                        return Err(StoreError::NoSuchConversation(cid));
-                    };
-                    row = current;
-                    fresh = true;
-                    continue;
-                }
-            };
-            let next = row.head + 1;
-            let claim = self
-                .lwt(
-                    &self.st.conv_claim,
-                    (
-                        to_i64(next),
-                        &payload.message_id,
-                        to_i64(after.epoch),
-                        to_i64(after.group_roster_version),
-                        &cid,
-                        to_i64(row.head),
-                        &row.mid,
-                        row.mls.epoch,
-                        row.mls.roster,
-                        row.mls.group,
-                    ),
-                    "claim seq",
-                )
-                .await?;
-            if claim.applied {
-                // Known before the log row is written: if that write fails,
-                // the next append or read completes it.
-                *head_state = Head {
-                    known: Some(ConvHead {
-                        head: next,
-                        mid: payload.message_id.clone(),
-                        mls: MlsCols {
-                            epoch: Some(to_i64(after.epoch)),
-                            roster: row.mls.roster,
-                            group: Some(to_i64(after.group_roster_version)),
-                        },
-                    }),
-                    complete: false,
-                };
-                self.complete(&cid, next, &payload).await?;
-                head_state.complete = true;
-                return Ok(Appended {
-                    seq: next,
-                    server_time_ms: payload.server_time_ms,
-                    duplicate: false,
-                });
-            }
-            let Some(h) = claim.bigint("head") else {
-                *head_state = Head::default();
-                return Err(StoreError::NoSuchConversation(cid));
-            };
-            row = ConvHead {
-                head: to_u64(h),
-                mid: claim.blob("head_message_id").unwrap_or_default(),
-                mls: MlsCols {
-                    epoch: claim.bigint("mls_epoch"),
-                    roster: claim.bigint("roster_version"),
-                    group: claim.bigint("group_roster_version"),
-                },
-            };
-            fresh = true;
-            let complete = head_state.complete
-                && head_state
-                    .known
-                    .as_ref()
-                    .is_some_and(|k| k.head == row.head);
-            *head_state = Head {
-                known: Some(row.clone()),
-                complete,
-            };
-            backoff(attempt).await;
-        }
-        *head_state = Head::default();
-        Err(StoreError::Backend(format!(
-            "cql: the head of {cid:?} stayed contended"
-        )))
+        self.l_append(m).await
     }
 
     async fn read(
@@ -1463,69 +671,11 @@ impl Store for CqlStore {
         limit: usize,
         now_ms: UnixMillis,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let Some(ConvHead {
-            head,
-            mid: head_mid,
-            ..
-        }) = self.read_head(conversation_id).await?
-        else {
-            return Ok(Vec::new());
-        };
-        if after_seq >= head {
-            return Ok(Vec::new());
-        }
-        // Only the head can be claimed but unwritten: complete it first
-        // (no round trip when this process wrote that head itself).
-        if !self.known_complete(conversation_id, head, &head_mid) {
-            self.help(conversation_id, head, &head_mid).await?;
-        }
-        let mut out = Vec::new();
-        let page = i32::try_from(limit.clamp(16, 1000)).unwrap_or(1000);
-        for bucket in (after_seq + 1) / BUCKET_SIZE..=head / BUCKET_SIZE {
-            let mut bound = self
-                .st
-                .log_read
-                .clone()
-                .bind(&(conversation_id, to_i64(bucket), to_i64(after_seq)))
-                .map_err(|e| backend("read log", e))?;
-            bound.set_page_size(page);
-            self.check_open()?;
-            let mut rows = self
-                .session
-                .execute_bound_iter(bound)
-                .await
-                .map_err(|e| backend("read log", e))?
-                .rows_stream::<LogRow>()
-                .map_err(|e| backend("read log", e))?;
-            while let Some(row) = rows.next().await {
-                let (seq, mid, acc, dev, time, exp, ct) =
-                    row.map_err(|e| backend("read log", e))?;
-                if exp.is_some_and(|e| e <= now_ms) {
-                    continue;
-                }
-                out.push(StoredMessage {
-                    conversation_id: conversation_id.to_owned(),
-                    seq: to_u64(seq),
-                    message_id: mid.unwrap_or_default(),
-                    sender_account_id: acc.unwrap_or_default(),
-                    sender_device_id: dev.unwrap_or_default(),
-                    server_time_ms: time.unwrap_or(0),
-                    expires_at_ms: exp,
-                    ciphertext: ct.unwrap_or_default(),
-                });
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-            }
-        }
-        Ok(out)
+        self.l_read(conversation_id, after_seq, limit, now_ms).await
     }
 
     async fn head(&self, conversation_id: &str) -> Result<u64, StoreError> {
-        Ok(self.read_head(conversation_id).await?.map_or(0, |h| h.head))
+        self.l_head(conversation_id).await
     }
 
     async fn advance_cursors(
@@ -1533,61 +683,18 @@ impl Store for CqlStore {
         device_id: &str,
         cursors: Vec<(String, u64)>,
     ) -> Result<(), StoreError> {
-        let Some((_, incarnation)) = self.device_row(device_id).await? else {
-            return Err(StoreError::NoSuchDevice(device_id.to_owned()));
-        };
-        let mut max: BTreeMap<String, u64> = BTreeMap::new();
-        for (c, s) in cursors {
-            let e = max.entry(c).or_insert(s);
-            *e = (*e).max(s);
-        }
-        if max.is_empty() {
-            return Ok(());
-        }
-        // One partition (the device's): an unlogged batch is atomic there.
-        // The write timestamp is the seq, so the highest seq wins.
-        let mut batch = Batch::new(BatchType::Unlogged);
-        let mut values = Vec::with_capacity(max.len());
-        for (c, s) in &max {
-            batch.append_statement(self.st.cur_put.clone());
-            values.push((device_id, incarnation, c.as_str(), to_i64(*s), to_i64(*s)));
-        }
-        self.check_open()?;
-        self.session
-            .batch(&batch, values)
-            .await
-            .map_err(|e| backend("advance cursors", e))?;
-        Ok(())
+        self.l_advance_cursors(device_id, cursors).await
     }
 
     async fn advance_cursors_many(
         &self,
         updates: Vec<(String, Vec<(String, u64)>)>,
     ) -> Result<(), StoreError> {
-        // One batch per device partition, several devices in flight.
-        futures_util::stream::iter(updates.into_iter().map(|(device, cursors)| async move {
-            match self.advance_cursors(&device, cursors).await {
-                Ok(()) | Err(StoreError::NoSuchDevice(_)) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-        Ok(())
+        self.l_advance_cursors_many(updates).await
     }
 
     async fn cursors(&self, device_id: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let Some((_, incarnation)) = self.device_row(device_id).await? else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<(String, Option<i64>)> = self
-            .all(&self.st.cur_list, (device_id, incarnation), "list cursors")
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(c, s)| (c, to_u64(s.unwrap_or(0))))
-            .collect())
+        self.l_cursors(device_id).await
     }
 
     async fn upload_key_packages(
@@ -1641,28 +748,7 @@ impl Store for CqlStore {
     }
 
     async fn purge_expired(&self, now_ms: UnixMillis) -> Result<u64, StoreError> {
-        let mut purged = 0u64;
-        for shard in 0..EXPIRED_SHARDS {
-            let rows: Vec<(i64, String, i64)> = self
-                .all(&self.st.eaw_list, (shard, now_ms), "list expired")
-                .await?;
-            if rows.is_empty() {
-                continue;
-            }
-            for (_, cid, seq) in &rows {
-                self.exec(
-                    &self.st.log_delete,
-                    (cid, seq / to_i64(BUCKET_SIZE), *seq),
-                    "delete expired",
-                )
-                .await?;
-                purged += 1;
-            }
-            // One range tombstone for the whole shard prefix.
-            self.exec(&self.st.eaw_delete, (shard, now_ms), "delete expired index")
-                .await?;
-        }
-        Ok(purged)
+        self.l_purge_expired(now_ms).await
     }
 }
 
