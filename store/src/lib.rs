@@ -173,6 +173,23 @@ pub struct NewMessage {
     pub mls: Option<MlsCheck>,
 }
 
+impl NewMessage {
+    /// The message as the store keeps it once `append` answered `appended`
+    /// (for a duplicate: the seq and time of its first acceptance).
+    pub fn stored(self, appended: &Appended) -> StoredMessage {
+        StoredMessage {
+            conversation_id: self.conversation_id,
+            seq: appended.seq,
+            message_id: self.message_id,
+            sender_account_id: self.sender_account_id,
+            sender_device_id: self.sender_device_id,
+            server_time_ms: appended.server_time_ms,
+            expires_at_ms: self.expires_at_ms,
+            ciphertext: self.ciphertext,
+        }
+    }
+}
+
 /// The MLS condition of an appended message, checked atomically with the
 /// seq claim. A resend of an already accepted message id is a duplicate
 /// before any check.

@@ -273,16 +273,7 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
         Err(e) => return Err(refuse(&super::e2e::store_refusal(&e), &id)),
     };
     Ok(Stored {
-        message: StoredMessage {
-            conversation_id: msg.conversation_id,
-            seq: appended.seq,
-            message_id: msg.message_id,
-            sender_account_id: msg.sender_account_id,
-            sender_device_id: msg.sender_device_id,
-            server_time_ms: appended.server_time_ms,
-            expires_at_ms: msg.expires_at_ms,
-            ciphertext: msg.ciphertext,
-        },
+        message: msg.stored(&appended),
         roster,
         duplicate: appended.duplicate,
     })

@@ -12,6 +12,7 @@ pub async fn append_sequential(store: Arc<dyn Store>) {
     group_with(&*store, &conv, &[&a]).await;
     assert_eq!(store.head(&conv).await.unwrap(), 0);
     let mut sent = Vec::new();
+    let mut expected = Vec::new();
     for (i, name) in ["one", "two", "three"].into_iter().enumerate() {
         let mut m = message(&conv, name, &a);
         m.server_time_ms = NOW + i as i64;
@@ -23,6 +24,7 @@ pub async fn append_sequential(store: Arc<dyn Store>) {
         assert_eq!(appended.seq, i as u64 + 1);
         assert_eq!(appended.server_time_ms, m.server_time_ms);
         assert!(!appended.duplicate);
+        expected.push(m.clone().stored(&appended));
         sent.push(m);
     }
     assert_eq!(store.head(&conv).await.unwrap(), 3);
@@ -38,6 +40,8 @@ pub async fn append_sequential(store: Arc<dyn Store>) {
         assert_eq!(got.expires_at_ms, m.expires_at_ms);
         assert_eq!(got.ciphertext, m.ciphertext);
     }
+    // What a relay fans out right after the append is what a read gives.
+    assert_eq!(read, expected);
 }
 
 /// A repeated message id returns the first acceptance and writes nothing.
