@@ -192,22 +192,8 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
             title,
             ttl,
         } => {
-            let mut ms: Vec<v1::Member> = members
-                .iter()
-                .map(|m| member(m, v1::Role::Member))
-                .collect();
-            ms.extend(owners.iter().map(|m| member(m, v1::Role::Owner)));
-            let c = a
-                .create_conversation(v1::CreateConversationRequest {
-                    conversation_id: id.clone(),
-                    kind: v1::ConversationKind::Group as i32,
-                    title: title.clone(),
-                    members: ms,
-                    default_ttl_seconds: *ttl,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let ms = [(members, v1::Role::Member), (owners, v1::Role::Owner)];
+            let c = create(&mut a, id, v1::ConversationKind::Group, title, &ms, *ttl).await?;
             print_conversation(j, &c)?;
         }
         AdminCmd::Channel {
@@ -216,36 +202,17 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
             members,
             title,
         } => {
-            let mut ms: Vec<v1::Member> = publishers
-                .iter()
-                .map(|m| member(m, v1::Role::Publisher))
-                .collect();
-            ms.extend(members.iter().map(|m| member(m, v1::Role::Member)));
-            let c = a
-                .create_conversation(v1::CreateConversationRequest {
-                    conversation_id: id.clone(),
-                    kind: v1::ConversationKind::Channel as i32,
-                    title: title.clone(),
-                    members: ms,
-                    default_ttl_seconds: 0,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let ms = [
+                (publishers, v1::Role::Publisher),
+                (members, v1::Role::Member),
+            ];
+            let c = create(&mut a, id, v1::ConversationKind::Channel, title, &ms, 0).await?;
             print_conversation(j, &c)?;
         }
         AdminCmd::Direct { id, a: x, b: y } => {
-            let c = a
-                .create_conversation(v1::CreateConversationRequest {
-                    conversation_id: id.clone(),
-                    kind: v1::ConversationKind::Direct as i32,
-                    title: String::new(),
-                    members: vec![member(x, v1::Role::Member), member(y, v1::Role::Member)],
-                    default_ttl_seconds: 0,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let both = vec![x.clone(), y.clone()];
+            let ms = [(&both, v1::Role::Member)];
+            let c = create(&mut a, id, v1::ConversationKind::Direct, "", &ms, 0).await?;
             print_conversation(j, &c)?;
         }
         AdminCmd::Conversations {
@@ -479,6 +446,32 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates a conversation with these accounts in these roles.
+async fn create(
+    a: &mut super::Admin,
+    id: &str,
+    kind: v1::ConversationKind,
+    title: &str,
+    members: &[(&Vec<String>, v1::Role)],
+    default_ttl_seconds: u64,
+) -> anyhow::Result<v1::Conversation> {
+    let members = members
+        .iter()
+        .flat_map(|(accounts, role)| accounts.iter().map(|m| member(m, *role)))
+        .collect();
+    let req = v1::CreateConversationRequest {
+        conversation_id: id.to_owned(),
+        kind: kind as i32,
+        title: title.to_owned(),
+        members,
+        default_ttl_seconds,
+    };
+    Ok(a.create_conversation(req)
+        .await
+        .map_err(status)?
+        .into_inner())
 }
 
 async fn update(
