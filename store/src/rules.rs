@@ -1,0 +1,98 @@
+//! Rules both backends apply, written once: enrollment-code validity, how
+//! tags are kept, and which MLS messages a conversation admits.
+
+use crate::{Account, EnrollmentCode, MlsCheck, MlsState, StoreError, UnixMillis};
+
+impl EnrollmentCode {
+    /// Whether a code issued for an account created at
+    /// `account_created_at_ms`, void from `expires_at_ms`, still enrols a
+    /// device at `now_ms`, given the account of that id as it is now: the
+    /// code has not expired and the account is the one it was issued for (a
+    /// code outlives neither its account nor a later account of the same id).
+    /// Both backends decide with this.
+    pub fn redeemable(
+        expires_at_ms: UnixMillis,
+        account_created_at_ms: UnixMillis,
+        account: Option<&Account>,
+        now_ms: UnixMillis,
+    ) -> bool {
+        expires_at_ms > now_ms && account.is_some_and(|a| a.created_at_ms == account_created_at_ms)
+    }
+}
+
+/// Sorted, deduplicated tags: how both backends keep an account's tags.
+pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+/// The state of a conversation at `state` after accepting a message under
+/// `check`, or why the message is refused (see [`MlsCheck`]).
+pub(crate) fn admit_mls(check: Option<&MlsCheck>, state: MlsState) -> Result<MlsState, StoreError> {
+    match check {
+        None if state.epoch > 0 => Err(StoreError::MlsRequired),
+        None => Ok(state),
+        Some(MlsCheck::Application { epoch }) => {
+            if *epoch != state.epoch {
+                Err(StoreError::WrongEpoch {
+                    current: state.epoch,
+                })
+            } else if state.group_roster_version != state.roster_version {
+                Err(StoreError::MembershipPending {
+                    roster_version: state.roster_version,
+                })
+            } else {
+                Ok(state)
+            }
+        }
+        Some(MlsCheck::Commit {
+            epoch,
+            roster_version,
+            ..
+        }) => {
+            if *epoch != state.epoch {
+                return Err(StoreError::WrongEpoch {
+                    current: state.epoch,
+                });
+            }
+            if *roster_version > state.roster_version {
+                return Err(StoreError::InvalidRosterVersion {
+                    current: state.roster_version,
+                });
+            }
+            let next = state.epoch.checked_add(1).ok_or(StoreError::Corrupt {
+                table: "conversations",
+                detail: "the MLS epoch is at its maximum".into(),
+            })?;
+            Ok(MlsState {
+                epoch: next,
+                roster_version: state.roster_version,
+                group_roster_version: state.group_roster_version.max(*roster_version),
+            })
+        }
+    }
+}
+
+/// The state after [`Store::mark_reconciled`] at `epoch` with
+/// `roster_version`, or why it is refused.
+pub(crate) fn reconcile(
+    state: MlsState,
+    epoch: u64,
+    roster_version: u64,
+) -> Result<MlsState, StoreError> {
+    if epoch != state.epoch {
+        return Err(StoreError::WrongEpoch {
+            current: state.epoch,
+        });
+    }
+    if roster_version > state.roster_version {
+        return Err(StoreError::InvalidRosterVersion {
+            current: state.roster_version,
+        });
+    }
+    Ok(MlsState {
+        group_roster_version: state.group_roster_version.max(roster_version),
+        ..state
+    })
+}
