@@ -26,6 +26,26 @@ pub(crate) struct Roster {
     pub devices: Vec<String>,
 }
 
+/// A load under way; when it ends (or is cancelled) its gate leaves the
+/// map unless others wait on it, so the map holds only loads under way, not
+/// every conversation id ever asked for (unknown ones included).
+struct Gate<'a> {
+    rosters: &'a Rosters,
+    conversation_id: &'a str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        // Two holders: the map and this load. A waiter holds a third.
+        self.rosters
+            .loading
+            .remove_if(self.conversation_id, |_, g| {
+                Arc::ptr_eq(g, &self.lock) && Arc::strong_count(g) <= 2
+            });
+    }
+}
+
 /// Why an account may not post in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PostRefusal {
@@ -105,12 +125,16 @@ impl Rosters {
         }
         // One load per conversation at a time: concurrent submits to a cold
         // 7,000-member channel wait for the first load instead of repeating it.
-        let gate = self
-            .loading
-            .entry(conversation_id.to_owned())
-            .or_default()
-            .clone();
-        let _loading = gate.lock().await;
+        let gate = Gate {
+            rosters: self,
+            conversation_id,
+            lock: self
+                .loading
+                .entry(conversation_id.to_owned())
+                .or_default()
+                .clone(),
+        };
+        let _loading = gate.lock.lock().await;
         if let Some(r) = self.cache.get(conversation_id) {
             return Ok(Some(r.clone()));
         }
@@ -190,6 +214,54 @@ mod tests {
             ]),
             devices: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn loads_leave_no_gate_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = herold_store::embedded::EmbeddedStore::open(
+            dir.path(),
+            herold_store::embedded::EmbeddedConfig::default(),
+        )
+        .unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        store
+            .create_account(herold_store::Account {
+                id: "a".into(),
+                display_name: String::new(),
+                created_at_ms: 1,
+            })
+            .await
+            .unwrap();
+        store
+            .create_conversation(
+                herold_store::Conversation {
+                    id: "known".into(),
+                    kind: ConversationKind::Group,
+                    title: String::new(),
+                    default_ttl_seconds: 0,
+                    created_at_ms: 1,
+                },
+                vec![herold_store::Member {
+                    account_id: "a".into(),
+                    role: Role::Member,
+                }],
+            )
+            .await
+            .unwrap();
+        let rosters = Rosters::new(store, Limits::default());
+        // A device asking for ids that do not exist, many times over.
+        for i in 0..200 {
+            assert!(rosters.get(&format!("nope-{i}")).await.unwrap().is_none());
+        }
+        let r = rosters.get("known").await.unwrap().unwrap();
+        assert!(r.members.contains_key("a"));
+        assert_eq!(rosters.loading.len(), 0);
+        // Concurrent loads of one conversation share a gate and leave none.
+        rosters.invalidate();
+        let (x, y) = tokio::join!(rosters.get("known"), rosters.get("known"));
+        assert!(x.unwrap().is_some() && y.unwrap().is_some());
+        assert_eq!(rosters.loading.len(), 0);
     }
 
     #[test]
