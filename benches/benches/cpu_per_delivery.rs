@@ -482,22 +482,17 @@ fn cpu_per_delivery(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(1));
     g.measurement_time(Duration::from_millis(100));
     let wire = submit_wire();
-    let mut quinn = None;
-    g.bench_function("quinn", |b| {
-        let rig = quinn.get_or_insert_with(CpuRig::quinn);
-        b.iter_custom(|iters| rig.run(iters, &wire))
-    });
-    // Each server is stopped before the next starts.
-    if let Some(rig) = quinn.take() {
-        rig.finish();
-    }
-    let mut herold = None;
-    g.bench_function("herold", |b| {
-        let rig = herold.get_or_insert_with(CpuRig::herold);
-        b.iter_custom(|iters| rig.run(iters, &wire))
-    });
-    if let Some(rig) = herold.take() {
-        rig.finish();
+    let quinn: fn() -> CpuRig = CpuRig::quinn;
+    for (name, start) in [("quinn", quinn), ("herold", CpuRig::herold)] {
+        let mut rig = None;
+        g.bench_function(name, |b| {
+            let rig = rig.get_or_insert_with(start);
+            b.iter_custom(|iters| rig.run(iters, &wire))
+        });
+        // Each server is stopped before the next starts.
+        if let Some(rig) = rig.take() {
+            rig.finish();
+        }
     }
     g.finish();
 }

@@ -3,6 +3,15 @@
 use super::*;
 
 impl AdminService {
+    /// A conversation's members or settings changed: every relay forgets
+    /// its roster; the conversation as it is now.
+    async fn changed(&self, conversation_id: &str) -> Result<v1::Conversation, Status> {
+        self.node
+            .rosters_changed(&[conversation_id.to_owned()])
+            .await;
+        self.conversation(conversation_id, true).await
+    }
+
     pub(super) async fn conversation(
         &self,
         id: &str,
@@ -116,10 +125,7 @@ impl AdminService {
                     .create_conversation(c, members)
                     .await
                     .map_err(store_status)?;
-                self.node
-                    .rosters_changed(std::slice::from_ref(&r.conversation_id))
-                    .await;
-                self.conversation(&r.conversation_id, true).await
+                self.changed(&r.conversation_id).await
             },
         )
         .await
@@ -217,10 +223,7 @@ impl AdminService {
                     .update_conversation(&r.conversation_id, r.title.clone(), r.archived)
                     .await
                     .map_err(store_status)?;
-                self.node
-                    .rosters_changed(std::slice::from_ref(&r.conversation_id))
-                    .await;
-                self.conversation(&r.conversation_id, true).await
+                self.changed(&r.conversation_id).await
             },
         )
         .await
@@ -247,10 +250,7 @@ impl AdminService {
                     .put_members(&r.conversation_id, members)
                     .await
                     .map_err(store_status)?;
-                self.node
-                    .rosters_changed(std::slice::from_ref(&r.conversation_id))
-                    .await;
-                self.conversation(&r.conversation_id, true).await
+                self.changed(&r.conversation_id).await
             },
         )
         .await
@@ -279,10 +279,7 @@ impl AdminService {
                     .remove_members(&r.conversation_id, r.account_ids.clone())
                     .await
                     .map_err(store_status)?;
-                self.node
-                    .rosters_changed(std::slice::from_ref(&r.conversation_id))
-                    .await;
-                self.conversation(&r.conversation_id, true).await
+                self.changed(&r.conversation_id).await
             },
         )
         .await
