@@ -9,6 +9,8 @@
 //!   QUIC; sends follow an open-loop Poisson schedule; every delivery is
 //!   checked (exactly once, in the conversation's order, only to members);
 //!   latencies are measured from the intended send time.
+//! - `check`: every delivery checked against every acceptance; silences
+//!   and recoveries.
 //! - [`report`]: JSON, Markdown and SVG plots.
 //! - [`udp`]: datagrams the kernel dropped during the run, at the relays
 //!   (their `/metrics`) and at the load tester's own sockets.
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod check;
 pub mod report;
 pub mod run;
 pub mod scenario;

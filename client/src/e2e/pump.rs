@@ -1,0 +1,289 @@
+//! The background task of an [`E2eClient`](super::E2eClient): processes
+//! every delivery in conversation order (commits, Welcomes, application
+//! messages) and keeps the device's key packages topped up.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use herold_mls::{MlsDevice, Processed};
+use herold_proto::v1::{self, request, response};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use super::{E2eError, E2eEvent, KEY_PACKAGE_TARGET, Message, lock, now_ms};
+use crate::{Client, Event, Sender};
+
+/// Tops the device's key packages up on the relay.
+async fn refill_key_packages(
+    sender: &Sender,
+    mls: &Mutex<MlsDevice>,
+    renew_last_resort: bool,
+) -> Result<(), E2eError> {
+    let status = match sender
+        .request(request::Kind::UploadKeyPackages(
+            v1::UploadKeyPackages::default(),
+        ))
+        .await?
+    {
+        response::Kind::KeyPackageStatus(s) => s,
+        other => return Err(E2eError::Protocol(format!("{other:?}"))),
+    };
+    let target = KEY_PACKAGE_TARGET.min(status.max_available as usize);
+    let missing = target.saturating_sub(status.available as usize);
+    if status.last_resort && !renew_last_resort && missing < target / 2 {
+        return Ok(());
+    }
+    let upload = {
+        let mut m = lock(mls);
+        v1::UploadKeyPackages {
+            key_packages: m.key_packages(missing)?,
+            // A new one at every start, so that it never outlives its
+            // lifetime (12 weeks) on a device that is used now and then.
+            last_resort: if status.last_resort && !renew_last_resort {
+                Vec::new()
+            } else {
+                m.last_resort_key_package()?
+            },
+        }
+    };
+    sender
+        .request(request::Kind::UploadKeyPackages(upload))
+        .await?;
+    Ok(())
+}
+
+/// Processes deliveries in order, in the background.
+pub(super) struct Pump {
+    /// Told when the first key-package upload is done.
+    pub ready: Option<tokio::sync::oneshot::Sender<Result<(), E2eError>>>,
+    pub client: Client,
+    pub device_id: String,
+    /// Events read while a request was awaiting its answer.
+    pub backlog: VecDeque<Event>,
+    pub sender: Sender,
+    pub mls: Arc<Mutex<MlsDevice>>,
+    pub events: mpsc::UnboundedSender<E2eEvent>,
+    pub progress: watch::Sender<u64>,
+    /// Per conversation without a group: the highest seq for which the
+    /// relay had no Welcome for us (asked again at the next commit).
+    pub welcome_checked: HashMap<String, u64>,
+}
+
+impl Pump {
+    pub(super) async fn run(mut self) {
+        // First thing: key packages, so that others can add this device. In
+        // the background task, which keeps reading deliveries meanwhile: a
+        // long sync would otherwise fill the connection's queue and hold
+        // back the answer.
+        let (sender, mls) = (self.sender.clone(), self.mls.clone());
+        let r = self
+            .draining(async move { refill_key_packages(&sender, &mls, true).await })
+            .await;
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(r);
+        }
+        loop {
+            let ev = match self.backlog.pop_front() {
+                Some(ev) => ev,
+                None => match self.client.next_event().await {
+                    Some(ev) => ev,
+                    None => return,
+                },
+            };
+            let out = match ev {
+                Event::Message(env) => self.on_envelope(env).await,
+                Event::Synced { .. } => vec![E2eEvent::Synced],
+                Event::Disconnected { reason } => vec![E2eEvent::Disconnected { reason }],
+                Event::Reconnected => {
+                    let (sender, mls) = (self.sender.clone(), self.mls.clone());
+                    let r = self
+                        .draining(async move { refill_key_packages(&sender, &mls, false).await })
+                        .await;
+                    if let Err(e) = r {
+                        warn!(error = %e, "refilling key packages failed");
+                    }
+                    Vec::new()
+                }
+                Event::Stopped(e) => vec![E2eEvent::Stopped(e)],
+            };
+            self.progress.send_modify(|p| *p += 1);
+            for e in out {
+                if self.events.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Awaits `fut` (a request to the relay) while still reading events
+    /// into the backlog: the connection's event queue is bounded, and a full
+    /// queue would hold back the very answer awaited here.
+    async fn draining<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        tokio::pin!(fut);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                r = &mut fut => return r,
+                ev = self.client.next_event(), if open => match ev {
+                    Some(ev) => self.backlog.push_back(ev),
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    async fn on_envelope(&mut self, env: v1::Envelope) -> Vec<E2eEvent> {
+        let conv = env.conversation_id.clone();
+        let unreadable = |reason: String| E2eEvent::Unreadable {
+            conversation_id: env.conversation_id.clone(),
+            seq: env.seq,
+            reason,
+        };
+        let header = match herold_mls::inspect(&env.ciphertext) {
+            Ok(h) if h.group_id == conv.as_bytes() => h,
+            Ok(_) => return vec![unreadable("an MLS message of another group".into())],
+            Err(_) => return vec![unreadable("not end-to-end encrypted with MLS".into())],
+        };
+        let mut out = Vec::new();
+        let is_commit = matches!(header.kind, herold_mls::ContentKind::Commit);
+        let local = lock(&self.mls).epoch(conv.as_bytes());
+        if is_commit && env.sender_device_id == self.device_id {
+            // Our own commit, back from the relay: proof that it was taken.
+            // Merge it if the sender has not yet (or crashed before it could).
+            if local == Some(header.epoch) {
+                let merged = lock(&self.mls).confirm_commit(conv.as_bytes());
+                if let Err(e) = merged
+                    && !matches!(e, herold_mls::MlsError::NoPendingCommit { .. })
+                {
+                    warn!(conversation = conv, error = %e, "merging our own commit failed");
+                }
+            }
+            return vec![unreadable("this device's own commit".into())];
+        }
+        // A group still at epoch 0 is only a proposal of ours: another
+        // device's first commit wins over it, and we join from its Welcome.
+        let has_group = local.is_some_and(|e| e > 0);
+        if !has_group {
+            // Only a commit can add us; ask for a Welcome then.
+            let checked = self.welcome_checked.get(&conv).copied();
+            if !is_commit || checked.is_some_and(|c| c >= env.seq) {
+                return vec![unreadable(
+                    "sent before this device joined the group".into(),
+                )];
+            }
+            let mut fetched = Err(E2eError::Protocol("not asked".into()));
+            for _ in 0..3 {
+                let sender = self.sender.clone();
+                let c = conv.clone();
+                fetched = self
+                    .draining(async move { fetch_welcome(&sender, &c).await })
+                    .await;
+                if fetched.is_ok() {
+                    break;
+                }
+            }
+            match fetched {
+                Ok(Some((seq, welcome))) if seq >= env.seq => {
+                    if seq > env.seq {
+                        self.welcome_checked.insert(conv.clone(), seq - 1);
+                        return vec![unreadable(
+                            "sent before this device joined the group".into(),
+                        )];
+                    }
+                    let joined = lock(&self.mls).join_group(conv.as_bytes(), &welcome);
+                    match joined {
+                        Ok(()) => {
+                            self.welcome_checked.remove(&conv);
+                            let epoch = lock(&self.mls).epoch(conv.as_bytes()).unwrap_or(0);
+                            // The Welcome used up one of our key packages.
+                            let (sender, mls) = (self.sender.clone(), self.mls.clone());
+                            let r = self
+                                .draining(
+                                    async move { refill_key_packages(&sender, &mls, false).await },
+                                )
+                                .await;
+                            if let Err(e) = r {
+                                warn!(error = %e, "refilling key packages failed");
+                            }
+                            return vec![E2eEvent::Joined {
+                                conversation_id: conv,
+                                epoch,
+                            }];
+                        }
+                        Err(e) => return vec![unreadable(format!("the Welcome failed: {e}"))],
+                    }
+                }
+                Ok(_) => {
+                    self.welcome_checked.insert(conv.clone(), env.seq);
+                    return vec![unreadable(
+                        "sent before this device joined the group".into(),
+                    )];
+                }
+                Err(e) => return vec![unreadable(format!("fetching the Welcome failed: {e}"))],
+            }
+        }
+        let processed = lock(&self.mls).process(conv.as_bytes(), &env.ciphertext);
+        match processed {
+            Ok(Processed::Application {
+                plaintext,
+                aad,
+                sender,
+                ..
+            }) => {
+                let expires_at_ms = herold_mls::decode_aad(&aad).unwrap_or(0);
+                if expires_at_ms != 0 && expires_at_ms <= now_ms() {
+                    out.push(unreadable("expired".into()));
+                } else {
+                    out.push(E2eEvent::Message(Message {
+                        conversation_id: conv,
+                        seq: env.seq,
+                        sender_account_id: env.sender_account_id,
+                        sender_device_id: sender,
+                        server_time_ms: env.server_time_ms,
+                        expires_at_ms,
+                        plaintext,
+                    }));
+                }
+            }
+            Ok(Processed::Commit {
+                epoch,
+                added,
+                removed,
+                removed_me,
+            }) => {
+                if removed_me {
+                    out.push(E2eEvent::Removed {
+                        conversation_id: conv,
+                    });
+                } else {
+                    out.push(E2eEvent::GroupChanged {
+                        conversation_id: conv,
+                        epoch,
+                        added,
+                        removed,
+                    });
+                }
+            }
+            Ok(Processed::Skipped { reason }) => out.push(unreadable(reason)),
+            Err(e) => out.push(unreadable(format!("cannot decrypt: {e}"))),
+        }
+        out
+    }
+}
+
+/// The latest Welcome the relay holds for this device in `conv`.
+async fn fetch_welcome(sender: &Sender, conv: &str) -> Result<Option<(u64, Vec<u8>)>, E2eError> {
+    {
+        match sender
+            .request(request::Kind::FetchWelcome(v1::FetchWelcome {
+                conversation_id: conv.to_owned(),
+            }))
+            .await?
+        {
+            response::Kind::Welcome(w) if w.welcome.is_empty() => Ok(None),
+            response::Kind::Welcome(w) => Ok(Some((w.seq, w.welcome))),
+            other => Err(E2eError::Protocol(format!("{other:?}"))),
+        }
+    }
+}
