@@ -3,6 +3,7 @@
 //! node's inbox lagged (the router may have lost messages) it recovers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use herold_proto::v1::{self, ErrorCode, cluster_event};
 use herold_router::Router;
@@ -22,6 +23,15 @@ pub(crate) struct Cluster {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     rosters: Arc<Rosters>,
+    /// A resync pass is under way.
+    resyncing: AtomicBool,
+    /// A resync was asked for since the current pass started.
+    resync_wanted: AtomicBool,
+    /// The other relays may have missed something this node told or
+    /// delivered through the router: they owe themselves a resync.
+    owed: AtomicBool,
+    /// A task is trying to tell them.
+    repairing: AtomicBool,
 }
 
 impl Cluster {
@@ -38,12 +48,16 @@ impl Cluster {
             store,
             registry,
             rosters,
+            resyncing: AtomicBool::new(false),
+            resync_wanted: AtomicBool::new(false),
+            owed: AtomicBool::new(false),
+            repairing: AtomicBool::new(false),
         }
     }
 
     /// Membership or devices of these conversations changed (an empty
     /// slice: of any conversation): every node's roster cache forgets them.
-    pub async fn rosters_changed(&self, conversations: &[String]) {
+    pub async fn rosters_changed(self: &Arc<Self>, conversations: &[String]) {
         self.rosters.invalidate_some(conversations);
         self.tell(cluster_event::Kind::RostersChanged(v1::RostersChanged {
             conversation_ids: conversations.to_vec(),
@@ -52,7 +66,7 @@ impl Cluster {
     }
 
     /// Ends the sessions of these devices on every node, with `why`.
-    pub async fn kick_devices(&self, devices: &[String], why: Kick) {
+    pub async fn kick_devices(self: &Arc<Self>, devices: &[String], why: Kick) {
         for d in devices {
             self.registry.kick(d, why.clone());
         }
@@ -65,21 +79,54 @@ impl Cluster {
     }
 
     /// Broadcasts a change this node has applied already to the others. If
-    /// the router is unreachable the others learn it when they resync
-    /// (their inbox reports `Lagged`, which clears caches and re-checks
-    /// every connected device).
-    async fn tell(&self, kind: cluster_event::Kind) {
+    /// the router fails it, the others are told to resync as soon as it
+    /// answers again (see [`Cluster::missed`]).
+    async fn tell(self: &Arc<Self>, kind: cluster_event::Kind) {
         let ev = v1::ClusterEvent {
             origin_node: self.node_id.clone(),
             kind: Some(kind),
         };
         if let Err(e) = self.router.broadcast(ev.encode_to_vec().into()).await {
-            warn!(error = %e, "telling the other relays failed; they catch up when they resync");
+            warn!(error = %e, "telling the other relays failed; they resync once the router answers");
+            self.missed();
         }
     }
 
+    /// Something this node told or delivered through the router may not
+    /// have reached the other relays. Until a [`v1::Resync`] broadcast gets
+    /// through, a task retries it every [`REPAIR_RETRY`]; the others then
+    /// resync from the store, so a missed delivery, roster change or kick
+    /// reaches them late, never not at all.
+    pub fn missed(self: &Arc<Self>) {
+        self.owed.store(true, Ordering::Release);
+        if self.repairing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ev = v1::ClusterEvent {
+                origin_node: this.node_id.clone(),
+                kind: Some(cluster_event::Kind::Resync(v1::Resync {})),
+            };
+            let payload = bytes::Bytes::from(ev.encode_to_vec());
+            loop {
+                while this.owed.swap(false, Ordering::AcqRel) {
+                    if this.router.broadcast(payload.clone()).await.is_err() {
+                        this.owed.store(true, Ordering::Release);
+                        tokio::time::sleep(REPAIR_RETRY).await;
+                    }
+                }
+                this.repairing.store(false, Ordering::Release);
+                if !this.owed.load(Ordering::Acquire) || this.repairing.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Applies another node's broadcast.
-    pub fn apply(&self, payload: &[u8]) {
+    pub fn apply(self: &Arc<Self>, payload: &[u8]) {
         let ev = match v1::ClusterEvent::decode(payload) {
             Ok(ev) => ev,
             Err(e) => {
@@ -104,41 +151,187 @@ impl Cluster {
                     self.registry.kick(d, why.clone());
                 }
             }
+            Some(cluster_event::Kind::Resync(_)) => self.recover_from_lag(),
             None => {}
         }
     }
 
     /// After the router may have lost messages: every device resyncs from the
     /// store, cached rosters are dropped, and every connected device is checked
-    /// against the directory (a revocation broadcast may be among the lost).
+    /// against the directory (a revocation, suspension or deletion broadcast
+    /// may be among the lost). Requests that come while a pass is under way
+    /// are folded into one more pass; a pass goes through the devices at
+    /// [`RESYNC_RATE`], so a relay (or every relay, when Redis returns) does
+    /// not ask the store for all its devices at once.
     pub fn recover_from_lag(self: &Arc<Self>) {
         metrics::counter!(m::RESYNCS).increment(1);
         self.rosters.invalidate();
-        self.registry.push_all(&Push::Resync);
+        self.resync_wanted.store(true, Ordering::Release);
+        if self.resyncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let this = self.clone();
         tokio::spawn(async move {
-            use futures_util::StreamExt;
-            let devices = this.registry.device_ids();
-            futures_util::stream::iter(devices)
-                .for_each_concurrent(32, |d| {
-                    let this = this.clone();
-                    async move {
-                        match this.store.get_device(&d).await {
-                            Ok(Some(dev)) if !dev.revoked => {}
-                            Ok(_) => {
-                                this.registry.kick(
-                                    &d,
-                                    Kick {
-                                        code: ErrorCode::DeviceRevoked,
-                                        message: "this device was revoked".into(),
-                                    },
-                                );
-                            }
-                            Err(e) => warn!(error = %e, "re-checking a device failed"),
-                        }
-                    }
-                })
-                .await;
+            loop {
+                while this.resync_wanted.swap(false, Ordering::AcqRel) {
+                    this.resync_pass().await;
+                }
+                this.resyncing.store(false, Ordering::Release);
+                // A request between the last check and the line above.
+                if !this.resync_wanted.load(Ordering::Acquire)
+                    || this.resyncing.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
         });
+    }
+
+    /// One pass over the connected devices, [`RESYNC_BATCH`] at a time.
+    async fn resync_pass(self: &Arc<Self>) {
+        use futures_util::StreamExt;
+        let devices = self.registry.device_ids();
+        let mut tick = tokio::time::interval(resync_tick());
+        for batch in devices.chunks(RESYNC_BATCH) {
+            tick.tick().await;
+            for d in batch {
+                self.registry.push(d, Push::Resync);
+            }
+            futures_util::stream::iter(batch)
+                .for_each_concurrent(32, |d| self.recheck(d))
+                .await;
+        }
+    }
+
+    /// Ends the session of a device that may no longer be connected.
+    async fn recheck(&self, device_id: &str) {
+        let refusal = match self.store.get_device(device_id).await {
+            Ok(Some(dev)) if !dev.revoked => {
+                match self.store.account_state(&dev.account_id).await {
+                    Ok(Some(s)) if !s.suspended => return,
+                    Ok(Some(_)) => "this device's account is suspended",
+                    Ok(None) => "this device's account was deleted",
+                    Err(e) => {
+                        warn!(error = %e, "re-checking a device's account failed");
+                        return;
+                    }
+                }
+            }
+            Ok(_) => "this device was revoked",
+            Err(e) => {
+                warn!(error = %e, "re-checking a device failed");
+                return;
+            }
+        };
+        self.registry.kick(
+            device_id,
+            Kick {
+                code: ErrorCode::DeviceRevoked,
+                message: refusal.into(),
+            },
+        );
+    }
+}
+
+/// How often a node retries telling the others to resync (see
+/// [`Cluster::missed`]).
+pub(crate) const REPAIR_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Devices told to resync per second after a lag, at most.
+pub(crate) const RESYNC_RATE: usize = 5_000;
+/// Devices told at once, every [`resync_tick`].
+pub(crate) const RESYNC_BATCH: usize = 250;
+
+/// Time between two batches of a resync pass.
+pub(crate) fn resync_tick() -> std::time::Duration {
+    std::time::Duration::from_secs(1) * RESYNC_BATCH as u32 / RESYNC_RATE as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+    use std::time::Duration;
+
+    use herold_router::faults::Faulty;
+    use herold_router::memory::MemoryRouter;
+    use herold_router::{Inbox, InboxEvent};
+
+    use super::*;
+    use crate::config::Limits;
+
+    fn node(id: &str, router: Arc<dyn Router>, store: Arc<dyn Store>) -> Arc<Cluster> {
+        let registry = Arc::new(Registry::default());
+        let rosters = Arc::new(Rosters::new(store.clone(), Limits::default()));
+        Arc::new(Cluster::new(id.into(), router, store, registry, rosters))
+    }
+
+    /// The next cluster event in `inbox`, within a deadline.
+    async fn next_event(inbox: &mut Inbox) -> v1::ClusterEvent {
+        let ev = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("a broadcast arrives within 10 s")
+            .expect("the inbox is open");
+        match ev {
+            InboxEvent::Broadcast(b) => v1::ClusterEvent::decode(&b[..]).unwrap(),
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+
+    /// A roster change or kick the router failed to carry, and a delivery
+    /// it failed to route, end in a resync broadcast once it answers again.
+    #[tokio::test]
+    async fn what_the_router_failed_to_carry_ends_in_a_resync_once_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            herold_store::embedded::EmbeddedStore::open(
+                dir.path(),
+                herold_store::embedded::EmbeddedConfig::default(),
+            )
+            .unwrap(),
+        );
+        let shared = Arc::new(MemoryRouter::default());
+        let faulty = Arc::new(Faulty::new(shared.clone()));
+        let a = node("a", faulty.clone(), store.clone());
+        let mut b_inbox = shared.register_node("b").await.unwrap();
+
+        faulty.set_down(true);
+        a.rosters_changed(&["c1".into()]).await;
+        a.kick_devices(
+            &["lost-phone".into()],
+            Kick {
+                code: ErrorCode::DeviceRevoked,
+                message: "this device was revoked".into(),
+            },
+        )
+        .await;
+        a.missed();
+        // Retried while the router is away, nothing delivered.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while faulty.refused() < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "no retry");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            tokio::time::timeout(Duration::ZERO, b_inbox.recv())
+                .await
+                .is_err(),
+            "nothing reached the other node"
+        );
+
+        faulty.set_down(false);
+        let ev = next_event(&mut b_inbox).await;
+        assert_eq!(ev.origin_node, "a");
+        assert!(
+            matches!(ev.kind, Some(cluster_event::Kind::Resync(_))),
+            "{ev:?}"
+        );
+        // One resync for all three misses, then quiet.
+        a.rosters_changed(&["c2".into()]).await;
+        let ev = next_event(&mut b_inbox).await;
+        assert!(
+            matches!(ev.kind, Some(cluster_event::Kind::RostersChanged(_))),
+            "{ev:?}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use herold_router::{Delivery, Inbox, InboxEvent};
+use herold_router::{Delivery, Inbox, InboxEvent, RouterError};
 use herold_store::StoredMessage;
 use tracing::warn;
 
@@ -23,6 +23,7 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
             // Without the router, this node still serves its own devices;
             // the others resync when their inboxes report the lag.
             warn!(error = %e, "router locate failed; delivering to local devices only");
+            shared.cluster.missed();
             let d = Arc::new(Delivery {
                 conversation_id: m.conversation_id.clone(),
                 seq: m.seq,
@@ -55,9 +56,14 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
         })
         .collect();
     for r in shared.router.publish_many(batch).await {
-        if let Err(e) = r {
+        match r {
+            Ok(()) => {}
             // A node that just died: its devices reconnect elsewhere and sync.
-            warn!(error = %e, "router publish failed");
+            Err(e @ RouterError::UnknownNode(_)) => warn!(error = %e, "router publish failed"),
+            Err(e) => {
+                warn!(error = %e, "router publish failed; the other relays will resync");
+                shared.cluster.missed();
+            }
         }
     }
 }

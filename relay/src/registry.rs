@@ -113,14 +113,6 @@ impl Registry {
         }
     }
 
-    /// Queues a push to every session (best effort).
-    pub fn push_all(&self, push: &Push) {
-        let ids: Vec<String> = self.sessions.iter().map(|e| e.key().clone()).collect();
-        for id in ids {
-            self.push(&id, push.clone());
-        }
-    }
-
     /// Ids of the connected devices.
     pub fn device_ids(&self) -> Vec<String> {
         self.sessions.iter().map(|e| e.key().clone()).collect()

@@ -36,6 +36,11 @@ fn run_tag(name: &str) -> String {
     format!("{name}{}x{ms:x}", std::process::id())
 }
 
+/// The relays' shared (dev) certificate.
+fn fp_of(relays: &[RelayProcess]) -> [u8; 32] {
+    relays[0].fingerprint
+}
+
 /// How fast a client gives up on a silent (killed) relay in these tests.
 const CLIENT_IDLE: Duration = Duration::from_secs(3);
 
@@ -485,6 +490,74 @@ async fn redis_restart_under_traffic_loses_nothing() {
         redis.restart().await;
     })
     .await;
+}
+
+/// Redis stops answering (a paused process: connections stay open, replies
+/// never come, as in a partition or while a failover is under way). Devices
+/// keep authenticating on both relays, and a post on one relay reaches the
+/// devices on the other, from the store. When Redis answers again, live
+/// delivery resumes and every device holds every accepted message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_blocks_no_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path(), free_port(), &[]).await;
+    let t = run_tag("q");
+    let relays = spawn_cluster(dir.path(), 2, &redis.url(), &t, &cql_args()).await;
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let mut admin = admin_at(relays[0].admin).await;
+    let accounts: Vec<String> = (0..16).map(|i| format!("{t}q{i}")).collect();
+    let mut keys = Vec::new();
+    for a in &accounts {
+        create_account(&mut admin, a).await;
+        let id = format!("{a}.p");
+        keys.push((id.clone(), enroll(&mut admin, a, &id).await));
+    }
+    let grp = format!("{t}grp");
+    let refs: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    create_conversation(&mut admin, &grp, ConversationKind::Group, &refs).await;
+    let (net, mut bell) = net(&addrs, fp_of(&relays));
+    let received = net.received.clone();
+    let net = Arc::new(net);
+    // Two devices before the outage, one on each relay.
+    let mut devices = vec![
+        connect(&net, 0, &keys[0].0, &keys[0].1).await,
+        connect(&net, 1, &keys[1].0, &keys[1].1).await,
+    ];
+
+    redis.pause().await;
+    // The others connect while Redis is silent, all at once, on both relays.
+    let arriving: Vec<_> = keys[2..]
+        .iter()
+        .enumerate()
+        .map(|(k, (id, key))| {
+            let (net, id, key) = (net.clone(), id.clone(), key.clone());
+            tokio::spawn(async move { connect(&net, k, &id, &key).await })
+        })
+        .collect();
+    let late = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut out = Vec::new();
+        for a in arriving {
+            out.push(a.await.unwrap());
+        }
+        out
+    })
+    .await
+    .expect("devices authenticate within 10 s while Redis is silent");
+    devices.extend(late);
+    let all: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    // Posts on relay 0 reach relay 1's devices too.
+    let mut expected = tokio::time::timeout(
+        DEADLINE,
+        send_all(&[devices[0].sender.clone()], &grp, 3, "silent"),
+    )
+    .await
+    .expect("submits are accepted while Redis is silent");
+    wait_all(&received, &mut bell, &all, &grp, &expected, DEADLINE).await;
+
+    redis.resume().await;
+    let more = send_all(&[devices[1].sender.clone()], &grp, 3, "back").await;
+    expected.extend(more);
+    wait_all(&received, &mut bell, &all, &grp, &expected, DEADLINE).await;
 }
 
 /// The same with a 3-master Redis Cluster whose master holding relay r0's

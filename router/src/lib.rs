@@ -13,6 +13,8 @@
 //!   Sentinel or Redis Cluster; `docs/routing.md` describes its keys.
 //! - [`conformance`] (feature `conformance`, and in tests): the suite every
 //!   backend passes.
+//! - [`faults::Faulty`]: wraps any backend and fails its calls while
+//!   switched off, for tests of a relay whose router is away.
 //! - [`metered::Metered`]: wraps any backend and records the duration and
 //!   failures of each operation under the names declared in [`metrics`]; the
 //!   backends record their inbox metrics themselves.
@@ -35,6 +37,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod faults;
 pub mod memory;
 pub mod metered;
 pub mod metrics;

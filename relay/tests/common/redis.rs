@@ -81,6 +81,31 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: connections stay open and nothing answers, as in a
+    /// partition or while a failover is under way.
+    pub async fn pause(&self) {
+        self.signal("-STOP").await;
+    }
+
+    /// SIGCONT after [`RedisServer::pause`]: answers again, data kept.
+    pub async fn resume(&self) {
+        self.signal("-CONT").await;
+    }
+
+    async fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server runs");
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     /// Starts it again on the same port, empty.
     pub async fn restart(&mut self) {
         self.kill().await;

@@ -92,6 +92,10 @@ fn cluster_client(nodes: &[String], response_timeout: Duration) -> RedisResult<C
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a failed connect, calls fail at once for this long instead of
+/// queueing behind the next attempt: with Redis unreachable, a thousand
+/// callers must not wait a connect timeout each, one after the other.
+pub(crate) const COOL_DOWN: Duration = Duration::from_millis(500);
 
 /// A connection to a single Redis (direct or via Sentinel) or to a cluster.
 #[derive(Clone)]
@@ -146,6 +150,8 @@ pub(crate) struct Shared {
     response_timeout: Duration,
     current: tokio::sync::Mutex<Option<(u64, Conn)>>,
     next_generation: std::sync::atomic::AtomicU64,
+    /// Until when calls fail without trying (see [`COOL_DOWN`]).
+    down_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Shared {
@@ -155,16 +161,49 @@ impl Shared {
             response_timeout,
             current: tokio::sync::Mutex::new(None),
             next_generation: std::sync::atomic::AtomicU64::new(1),
+            down_until: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether a connect failed less than [`COOL_DOWN`] ago.
+    fn cooling_down(&self) -> bool {
+        let until = *self
+            .down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|u| tokio::time::Instant::now() < u)
     }
 
     /// The current connection and its generation, connecting if needed.
     pub async fn get(&self) -> RedisResult<(u64, Conn)> {
+        let unreachable = || {
+            RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis is unreachable; the next attempt follows shortly",
+            ))
+        };
+        if self.cooling_down() {
+            return Err(unreachable());
+        }
         let mut cur = self.current.lock().await;
         if let Some((g, c)) = &*cur {
             return Ok((*g, c.clone()));
         }
-        let c = self.connector.connect(self.response_timeout).await?;
+        // Another caller's attempt failed while this one waited.
+        if self.cooling_down() {
+            return Err(unreachable());
+        }
+        let c = match self.connector.connect(self.response_timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                *self
+                    .down_until
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(tokio::time::Instant::now() + COOL_DOWN);
+                return Err(e);
+            }
+        };
         let g = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -119,6 +119,8 @@ pub(super) async fn read_inbox(
     let mut expected: i64 = 1;
     let mut backoff = Duration::from_millis(50);
     let mut lagged = false;
+    // During an outage: when the devices were last resynced from the store.
+    let mut last_outage_resync: Option<tokio::time::Instant> = None;
     // Batches read since the inbox was last trimmed, and when that was.
     let mut untrimmed = 0u32;
     let mut last_trim = tokio::time::Instant::now();
@@ -137,6 +139,16 @@ pub(super) async fn read_inbox(
             Err(e) => {
                 warn!(node, error = %e, "connecting the inbox reader failed; retrying");
                 lagged = true;
+                // Redis is away: what the other relays accepted meanwhile
+                // reaches this node's devices from the store, every so often.
+                let now = tokio::time::Instant::now();
+                if last_outage_resync.is_none_or(|t| now.duration_since(t) >= OUTAGE_RESYNC) {
+                    last_outage_resync = Some(now);
+                    lagged_total.increment(1);
+                    if tx.send(InboxEvent::Lagged).await.is_err() {
+                        return;
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,
@@ -146,6 +158,7 @@ pub(super) async fn read_inbox(
             }
         };
         backoff = Duration::from_millis(50);
+        last_outage_resync = None;
         if std::mem::take(&mut lagged) {
             lagged_total.increment(1);
             if tx.send(InboxEvent::Lagged).await.is_err() {

@@ -60,6 +60,9 @@ use inbox::{keep_lease, read_inbox};
 const READ_BLOCK: Duration = Duration::from_secs(2);
 /// Entries read per `XREAD`.
 const READ_COUNT: usize = 512;
+/// While the inbox cannot be read, the relay resyncs its devices from the
+/// store this often (deliveries arrive late, not never).
+const OUTAGE_RESYNC: Duration = Duration::from_secs(3);
 /// Devices per `MSET` when re-announcing a node's devices.
 const ANNOUNCE_CHUNK: usize = 1000;
 /// The inbox is trimmed after this many batches read...
@@ -442,7 +445,18 @@ impl Router for RedisRouter {
             };
             lock(&local.present).extend(devices.iter().cloned());
         }
-        let r = inner.announce(node, devices).await;
+        // Bounded: a device waits for its presence before it is told it is
+        // in, and a silent Redis must not hold it there. The lease keeper
+        // announces a dirty node's devices again once Redis answers.
+        let r =
+            match tokio::time::timeout(inner.cfg.response_timeout, inner.announce(node, devices))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(RouterError::Backend(
+                    "Redis did not answer the presence update in time".into(),
+                )),
+            };
         if r.is_err() {
             self.mark_dirty(node);
         }

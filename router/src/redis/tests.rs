@@ -246,3 +246,31 @@ async fn cluster_idle_node_does_not_lag() {
 async fn sentinel_idle_node_does_not_lag() {
     idle_node_does_not_lag("HEROLD_TEST_REDIS_SENTINEL").await;
 }
+
+/// A Redis that accepts connections and never answers (a paused process, a
+/// partition): a thousand callers get an error within a few connect
+/// timeouts, not one connect timeout each, one after the other, and the
+/// presence of a new device does not wait for Redis.
+#[tokio::test]
+async fn a_silent_redis_fails_calls_fast() {
+    // The kernel completes the handshakes; nobody ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let mut cfg = RedisConfig::new(Topology::parse(&url).unwrap());
+    cfg.prefix = unique_prefix();
+    let r = std::sync::Arc::new(RedisRouter::new(cfg).unwrap());
+    let calls: Vec<_> = (0..1000)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move { r.locate(&[format!("d{i}")]).await })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for c in calls {
+            assert!(c.await.unwrap().is_err(), "a silent Redis locates nothing");
+        }
+    })
+    .await
+    .expect("1000 calls fail within 10 s");
+    drop(silent);
+}
