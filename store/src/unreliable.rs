@@ -3,11 +3,14 @@
 //! [`Unreliable::set_failing`] is on, every operation fails with
 //! [`StoreError::Backend`] before reaching the wrapped store, as a backend
 //! that cannot be reached would; when it is off, every operation goes to
-//! the wrapped store unchanged. Feature `fault-injection`.
+//! the wrapped store unchanged. [`Unreliable::fail_after_applying`] makes
+//! the named operations reach the wrapped store and then fail anyway, as a
+//! write whose answer was lost (a timeout after the backend applied it).
+//! Feature `fault-injection`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -23,6 +26,8 @@ use crate::{
 pub struct Unreliable<S: ?Sized = dyn Store> {
     /// Whether every operation fails now.
     failing: AtomicBool,
+    /// Operations that are applied and then answered with an error.
+    lost_answers: Mutex<Vec<&'static str>>,
     /// The store the calls go to while not failing.
     inner: Arc<S>,
 }
@@ -32,6 +37,7 @@ impl<S: Store + ?Sized> Unreliable<S> {
     pub fn new(inner: Arc<S>) -> Self {
         Self {
             failing: AtomicBool::new(false),
+            lost_answers: Mutex::new(Vec::new()),
             inner,
         }
     }
@@ -39,6 +45,16 @@ impl<S: Store + ?Sized> Unreliable<S> {
     /// Makes every following operation fail (`true`) or work (`false`).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::Release);
+    }
+
+    /// From now on the operations named in `ops` (the [`Store`] method
+    /// names) are applied by the wrapped store and then answered with
+    /// [`StoreError::Backend`]; an empty list ends that.
+    pub fn fail_after_applying(&self, ops: &[&'static str]) {
+        *self
+            .lost_answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ops.to_vec();
     }
 
     async fn around<T>(
@@ -51,7 +67,18 @@ impl<S: Store + ?Sized> Unreliable<S> {
                 "injected fault: the store is unreachable ({op})"
             )));
         }
-        call.await
+        let lost = self
+            .lost_answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&op);
+        let result = call.await;
+        if lost {
+            return Err(StoreError::Backend(format!(
+                "injected fault: the answer was lost ({op})"
+            )));
+        }
+        result
     }
 }
 
@@ -76,5 +103,26 @@ mod tests {
         );
         u.set_failing(false);
         assert!(u.get_device("d").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_applied_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        let u = Unreliable::new(Arc::new(store));
+        let account = Account {
+            id: "a".into(),
+            display_name: String::new(),
+            created_at_ms: 0,
+        };
+        u.fail_after_applying(&["create_account"]);
+        let e = u.create_account(account).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Backend(ref m) if m.contains("lost")),
+            "{e}"
+        );
+        // Other operations are untouched, and the account is there.
+        assert!(u.get_account("a").await.unwrap().is_some());
+        u.fail_after_applying(&[]);
     }
 }

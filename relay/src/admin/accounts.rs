@@ -26,20 +26,19 @@ impl AdminService {
     ) -> Result<herold_store::AccountPurge, Status> {
         let store = &self.node.store;
         let devices = store.list_devices(account_id).await.map_err(store_status)?;
-        let purge = store
-            .delete_account(account_id)
-            .await
-            .map_err(store_status)?;
         let ids: Vec<String> = devices.into_iter().map(|d| d.id).collect();
-        self.node
-            .kick_devices(
-                &ids,
-                Kick {
-                    code: ErrorCode::DeviceRevoked,
-                    message: "this device's account was deleted".into(),
-                },
-            )
-            .await;
+        let why = Kick {
+            code: ErrorCode::DeviceRevoked,
+            message: "this device's account was deleted".into(),
+        };
+        let purge = match store.delete_account(account_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.node.cut_off_after_failure(&e, &ids, why).await;
+                return Err(store_status(e));
+            }
+        };
+        self.node.kick_devices(&ids, why).await;
         Ok(purge)
     }
 
@@ -174,27 +173,27 @@ impl AdminService {
                     .map_err(store_status)?
                     .ok_or_else(|| Status::not_found(format!("no account {:?}", r.account_id)))?;
                 state.suspended = r.suspended;
-                store
-                    .set_account_state(&r.account_id, state)
-                    .await
-                    .map_err(store_status)?;
-                if r.suspended {
-                    let ids: Vec<String> = store
+                let ids: Vec<String> = if r.suspended {
+                    store
                         .list_devices(&r.account_id)
                         .await
                         .map_err(store_status)?
                         .into_iter()
                         .map(|d| d.id)
-                        .collect();
-                    self.node
-                        .kick_devices(
-                            &ids,
-                            Kick {
-                                code: ErrorCode::DeviceRevoked,
-                                message: "this device's account was suspended".into(),
-                            },
-                        )
-                        .await;
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let why = Kick {
+                    code: ErrorCode::DeviceRevoked,
+                    message: "this device's account was suspended".into(),
+                };
+                if let Err(e) = store.set_account_state(&r.account_id, state).await {
+                    self.node.cut_off_after_failure(&e, &ids, why).await;
+                    return Err(store_status(e));
+                }
+                if r.suspended {
+                    self.node.kick_devices(&ids, why).await;
                 }
                 self.account(&r.account_id).await
             },

@@ -84,21 +84,22 @@ impl AdminService {
             String::new(),
             async {
                 check_id("device", &r.device_id)?;
-                let d = self
-                    .node
-                    .store
-                    .revoke_device(&r.device_id)
-                    .await
-                    .map_err(store_status)?;
+                let why = Kick {
+                    code: ErrorCode::DeviceRevoked,
+                    message: "this device was revoked".into(),
+                };
+                let d = match self.node.store.revoke_device(&r.device_id).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.node
+                            .cut_off_after_failure(&e, std::slice::from_ref(&r.device_id), why)
+                            .await;
+                        return Err(store_status(e));
+                    }
+                };
                 devices_changed(&self.node, &d.account_id).await;
                 self.node
-                    .kick_devices(
-                        std::slice::from_ref(&d.id),
-                        Kick {
-                            code: ErrorCode::DeviceRevoked,
-                            message: "this device was revoked".into(),
-                        },
-                    )
+                    .kick_devices(std::slice::from_ref(&d.id), why)
                     .await;
                 Ok(device_to(d))
             },

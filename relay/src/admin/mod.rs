@@ -102,6 +102,19 @@ impl AdminNode {
     async fn kick_devices(&self, devices: &[String], why: Kick) {
         self.cluster.kick_devices(devices, why).await;
     }
+
+    /// A cut-off (revoke, delete, suspend) whose store write failed with
+    /// `e`: if the write may have been applied all the same (the answer
+    /// was lost, not the write refused), the devices are cut off and every
+    /// roster dropped anyway. Cutting off a device whose revocation did not
+    /// land costs it a reconnect; leaving one connected whose revocation
+    /// did would keep a lost phone reading.
+    async fn cut_off_after_failure(&self, e: &StoreError, devices: &[String], why: Kick) {
+        if matches!(e, StoreError::Backend(_) | StoreError::Closed) && !devices.is_empty() {
+            self.rosters_changed(&[]).await;
+            self.kick_devices(devices, why).await;
+        }
+    }
 }
 
 /// The admin API's TLS, read now so that a bad file fails at start.

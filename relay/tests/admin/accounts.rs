@@ -325,3 +325,62 @@ async fn enrollment_codes_are_single_use_and_respect_the_device_limit() {
     );
     relay.stop().await;
 }
+
+/// A revocation, deletion or suspension the store applied but answered with
+/// an error (a lost answer, as a timeout after the write) still cuts the
+/// devices off: the operator sees the error, and the lost phone stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_whose_answer_is_lost_still_cuts_off() {
+    use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
+    use herold_store::unreliable::Unreliable;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded =
+        EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap();
+    let store = std::sync::Arc::new(Unreliable::new(std::sync::Arc::new(embedded)));
+    let router = std::sync::Arc::new(herold_router::memory::MemoryRouter::default());
+    let relay = TestRelay::start_on(Config::dev(dir.path()), store.clone(), router).await;
+    let mut admin = relay.admin().await;
+    let cases: [(&str, &str); 3] = [
+        ("revoke_device", "lost"),
+        ("delete_account", "gone"),
+        ("set_account_state", "paused"),
+    ];
+    for (op, who) in cases {
+        relay.account(who).await;
+        let device = format!("{who}.phone");
+        let key = relay.device(who, &device).await;
+        let mut phone = relay.client(&device, &key).await;
+        store.fail_after_applying(&[op]);
+        let status = match op {
+            "revoke_device" => admin
+                .revoke_device(v1::RevokeDeviceRequest {
+                    device_id: device.clone(),
+                })
+                .await
+                .map(|_| ()),
+            "delete_account" => admin
+                .delete_account(v1::DeleteAccountRequest {
+                    account_id: who.into(),
+                })
+                .await
+                .map(|_| ()),
+            _ => admin
+                .suspend_account(v1::SuspendAccountRequest {
+                    account_id: who.into(),
+                    suspended: true,
+                })
+                .await
+                .map(|_| ()),
+        }
+        .expect_err("the operator is told the store failed");
+        assert_eq!(status.code(), Code::Unavailable, "{op}: {status:?}");
+        store.fail_after_applying(&[]);
+        let stopped = next_stop(&mut phone, Duration::from_secs(5)).await;
+        assert_eq!(
+            stopped.code(),
+            Some(ErrorCode::DeviceRevoked),
+            "{op}: {stopped}"
+        );
+    }
+    relay.stop().await;
+}
