@@ -90,6 +90,11 @@ impl Roster {
     }
 }
 
+/// How long a cached roster is used before it is read again. Changes reach
+/// every relay's cache at once through the cluster's broadcasts; this bounds
+/// how long one that every other path missed can linger.
+pub(crate) const ROSTER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The cache. A directory change drops the rosters it touches (all of them
 /// when that is not known); changes are rare (admin actions), messages are
 /// many.
@@ -98,7 +103,8 @@ pub(crate) struct Rosters {
     store: Arc<dyn Store>,
     /// The relay's limits, under which policies resolve.
     limits: Limits,
-    cache: DashMap<String, Arc<Roster>>,
+    /// Each roster with when it was loaded.
+    cache: DashMap<String, (Arc<Roster>, tokio::time::Instant)>,
     /// Per-conversation load gates (an async mutex: held across the store
     /// reads of one load).
     loading: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
@@ -118,10 +124,16 @@ impl Rosters {
         }
     }
 
+    /// A cached roster younger than [`ROSTER_TTL`].
+    fn cached(&self, conversation_id: &str) -> Option<Arc<Roster>> {
+        let entry = self.cache.get(conversation_id)?;
+        (entry.1.elapsed() < ROSTER_TTL).then(|| entry.0.clone())
+    }
+
     /// The conversation's roster; `None` if it does not exist.
     pub async fn get(&self, conversation_id: &str) -> Result<Option<Arc<Roster>>, StoreError> {
-        if let Some(r) = self.cache.get(conversation_id) {
-            return Ok(Some(r.clone()));
+        if let Some(r) = self.cached(conversation_id) {
+            return Ok(Some(r));
         }
         // One load per conversation at a time: concurrent submits to a cold
         // 7,000-member channel wait for the first load instead of repeating it.
@@ -135,8 +147,8 @@ impl Rosters {
                 .clone(),
         };
         let _loading = gate.lock.lock().await;
-        if let Some(r) = self.cache.get(conversation_id) {
-            return Ok(Some(r.clone()));
+        if let Some(r) = self.cached(conversation_id) {
+            return Ok(Some(r));
         }
         let generation = self.generation.load(Ordering::Acquire);
         let Some(conv) = self.store.get_conversation(conversation_id).await? else {
@@ -174,8 +186,10 @@ impl Rosters {
             devices,
         });
         if self.generation.load(Ordering::Acquire) == generation {
-            self.cache
-                .insert(conversation_id.to_owned(), roster.clone());
+            self.cache.insert(
+                conversation_id.to_owned(),
+                (roster.clone(), tokio::time::Instant::now()),
+            );
         }
         Ok(Some(roster))
     }
@@ -262,6 +276,71 @@ mod tests {
         let (x, y) = tokio::join!(rosters.get("known"), rosters.get("known"));
         assert!(x.unwrap().is_some() && y.unwrap().is_some());
         assert_eq!(rosters.loading.len(), 0);
+    }
+
+    /// A change no broadcast announced (every other path failed) is seen
+    /// once the cached roster is older than [`ROSTER_TTL`].
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_roster_is_read_again_after_its_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            herold_store::embedded::EmbeddedStore::open(
+                dir.path(),
+                herold_store::embedded::EmbeddedConfig::default(),
+            )
+            .unwrap(),
+        );
+        for id in ["a", "b"] {
+            store
+                .create_account(herold_store::Account {
+                    id: id.into(),
+                    display_name: String::new(),
+                    created_at_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+        let member = |id: &str| herold_store::Member {
+            account_id: id.into(),
+            role: Role::Member,
+        };
+        store
+            .create_conversation(
+                herold_store::Conversation {
+                    id: "c".into(),
+                    kind: ConversationKind::Group,
+                    title: String::new(),
+                    default_ttl_seconds: 0,
+                    created_at_ms: 1,
+                },
+                vec![member("a"), member("b")],
+            )
+            .await
+            .unwrap();
+        let rosters = Rosters::new(store.clone(), Limits::default());
+        assert!(
+            rosters
+                .get("c")
+                .await
+                .unwrap()
+                .unwrap()
+                .members
+                .contains_key("b")
+        );
+        store.remove_members("c", vec!["b".into()]).await.unwrap();
+        tokio::time::advance(ROSTER_TTL - std::time::Duration::from_secs(1)).await;
+        assert!(
+            rosters
+                .get("c")
+                .await
+                .unwrap()
+                .unwrap()
+                .members
+                .contains_key("b")
+        );
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        let fresh = rosters.get("c").await.unwrap().unwrap();
+        assert!(!fresh.members.contains_key("b"), "{:?}", fresh.members);
     }
 
     #[test]

@@ -560,6 +560,42 @@ async fn a_silent_redis_blocks_no_device() {
     wait_all(&received, &mut bell, &all, &grp, &expected, DEADLINE).await;
 }
 
+/// A phone revoked through one relay while it is connected to another, and
+/// Redis silent (the kick broadcast cannot get through): the relay holding
+/// it re-checks its devices against the store while its inbox is
+/// unreadable, and cuts the phone off with Redis still silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_revoked_while_redis_is_silent_is_cut_off_on_every_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path(), free_port(), &[]).await;
+    let t = run_tag("k");
+    let relays = spawn_cluster(dir.path(), 2, &redis.url(), &t, &cql_args()).await;
+    let mut admin = admin_at(relays[0].admin).await;
+    let account = format!("{t}lost");
+    create_account(&mut admin, &account).await;
+    let device = format!("{account}.phone");
+    let key = enroll(&mut admin, &account, &device).await;
+    // Connected to relay 1 only.
+    let mut cfg = ClientConfig::new(relays[1].addr, fp_of(&relays), &device, key);
+    cfg.idle_timeout = CLIENT_IDLE;
+    let mut phone = Client::connect(cfg).await.expect("the phone connects");
+
+    redis.pause().await;
+    admin
+        .revoke_device(v1::RevokeDeviceRequest {
+            device_id: device.clone(),
+        })
+        .await
+        .expect("the store takes the revocation");
+    let stopped = next_stop(&mut phone, DEADLINE).await;
+    assert_eq!(
+        stopped.code(),
+        Some(v1::ErrorCode::DeviceRevoked),
+        "{stopped}"
+    );
+    redis.resume().await;
+}
+
 /// The same with a 3-master Redis Cluster whose master holding relay r0's
 /// inbox is killed: its replica takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,14 @@
-//! [`Faulty`]: a [`Router`] whose calls can be made to fail, for tests of
-//! what a relay does while its router is away (the style of neon's
-//! `Unreliable` wrappers). Switched per operation kind at run time; calls
-//! that pass go to the wrapped router unchanged, so the inboxes it handed
-//! out keep working.
+//! [`Faulty`]: a [`Router`] whose calls can be made to fail or to be slow,
+//! for tests of what a relay does while its router is away or slow (the
+//! style of neon's `Unreliable` wrappers). Switched at run time; calls that
+//! pass go to the wrapped router unchanged, so the inboxes it handed out
+//! keep working. It also counts the calls under way, so a test can see how
+//! much work a relay piles onto a slow router.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,6 +22,18 @@ pub struct Faulty {
     inner: Arc<dyn Router>,
     down: AtomicBool,
     refused: AtomicU64,
+    latency_ms: AtomicU64,
+    under_way: AtomicU64,
+    most_under_way: AtomicU64,
+}
+
+/// A call under way, counted until dropped.
+struct UnderWay<'a>(&'a Faulty);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.under_way.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Faulty {
@@ -29,7 +43,21 @@ impl Faulty {
             inner,
             down: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            latency_ms: AtomicU64::new(0),
+            under_way: AtomicU64::new(0),
+            most_under_way: AtomicU64::new(0),
         }
+    }
+
+    /// From now on every call waits this long before it goes through.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The most calls that were under way at once.
+    pub fn most_under_way(&self) -> u64 {
+        self.most_under_way.load(Ordering::SeqCst)
     }
 
     /// From now on every call fails (`true`) or goes through (`false`).
@@ -42,34 +70,43 @@ impl Faulty {
         self.refused.load(Ordering::SeqCst)
     }
 
-    fn check(&self, op: &str) -> Result<(), RouterError> {
+    /// Refuses the call while down; otherwise counts it and waits the
+    /// latency.
+    async fn check(&self, op: &str) -> Result<UnderWay<'_>, RouterError> {
         if self.down.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(RouterError::Backend(format!("{op}: injected fault")));
         }
-        Ok(())
+        let now = self.under_way.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_under_way.fetch_max(now, Ordering::SeqCst);
+        let guard = UnderWay(self);
+        let ms = self.latency_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Ok(guard)
     }
 }
 
 #[async_trait]
 impl Router for Faulty {
     async fn register_node(&self, node: &str) -> Result<Inbox, RouterError> {
-        self.check("register_node")?;
+        let _call = self.check("register_node").await?;
         self.inner.register_node(node).await
     }
 
     async fn deregister_node(&self, node: &str) -> Result<(), RouterError> {
-        self.check("deregister_node")?;
+        let _call = self.check("deregister_node").await?;
         self.inner.deregister_node(node).await
     }
 
     async fn set_present(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
-        self.check("set_present")?;
+        let _call = self.check("set_present").await?;
         self.inner.set_present(node, devices).await
     }
 
     async fn set_absent(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
-        self.check("set_absent")?;
+        let _call = self.check("set_absent").await?;
         self.inner.set_absent(node, devices).await
     }
 
@@ -77,12 +114,12 @@ impl Router for Faulty {
         &self,
         devices: &[String],
     ) -> Result<HashMap<NodeId, Vec<String>>, RouterError> {
-        self.check("locate")?;
+        let _call = self.check("locate").await?;
         self.inner.locate(devices).await
     }
 
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError> {
-        self.check("publish")?;
+        let _call = self.check("publish").await?;
         self.inner.publish(node, delivery).await
     }
 
@@ -90,17 +127,17 @@ impl Router for Faulty {
         &self,
         deliveries: Vec<(NodeId, Delivery)>,
     ) -> Vec<Result<(), RouterError>> {
-        if self.check("publish_many").is_err() {
+        let Ok(_call) = self.check("publish_many").await else {
             return deliveries
                 .iter()
                 .map(|_| Err(RouterError::Backend("publish_many: injected fault".into())))
                 .collect();
-        }
+        };
         self.inner.publish_many(deliveries).await
     }
 
     async fn broadcast(&self, payload: Bytes) -> Result<(), RouterError> {
-        self.check("broadcast")?;
+        let _call = self.check("broadcast").await?;
         self.inner.broadcast(payload).await
     }
 }
@@ -127,5 +164,22 @@ mod tests {
             Some(InboxEvent::Broadcast(b)) => assert_eq!(&b[..], b"kept"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_calls_are_counted_while_under_way() {
+        let r = Arc::new(Faulty::new(Arc::new(MemoryRouter::default())));
+        r.set_latency(Duration::from_secs(1));
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let r = r.clone();
+                tokio::spawn(async move { r.locate(&["d".into()]).await })
+            })
+            .collect();
+        for c in calls {
+            assert!(c.await.unwrap().unwrap().is_empty());
+        }
+        assert_eq!(r.most_under_way(), 3);
+        assert_eq!(r.under_way.load(Ordering::SeqCst), 0);
     }
 }

@@ -157,7 +157,11 @@ pub(crate) async fn serve(
         deadline.into_std(),
     );
     let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+    let fan_outs = Arc::new(tokio::sync::Semaphore::new(
+        shared.limits.max_in_flight.max(1) as usize,
+    ));
     let mut d = Driver {
+        fan_outs,
         shared,
         conn: conn.clone(),
         send,
@@ -236,6 +240,10 @@ impl Drop for OpenConnection {
 
 struct Driver {
     shared: Arc<Shared>,
+    /// One permit per submit from storing to the end of its fan-out: the
+    /// answer goes out before the fan-out, so the core's in-flight limit
+    /// alone would let a device pile up fan-outs without end.
+    fan_outs: Arc<tokio::sync::Semaphore>,
     conn: quinn::Connection,
     send: quinn::SendStream,
     frames: mpsc::Receiver<ReadEvent>,
@@ -430,8 +438,17 @@ impl Driver {
             return;
         };
         let done = Done::new(self.replies_tx.clone());
+        let (permits, shared) = (self.fan_outs.clone(), self.shared.clone());
         tokio::spawn(
-            submit(self.shared.clone(), ctx, s, done).instrument(tracing::info_span!("submit")),
+            async move {
+                // Closed only if the session's semaphore is dropped: never
+                // while this task holds a clone.
+                let Ok(_fanning_out) = permits.acquire_owned().await else {
+                    return;
+                };
+                submit(shared, ctx, s, done).await;
+            }
+            .instrument(tracing::info_span!("submit")),
         );
     }
 
