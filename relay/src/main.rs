@@ -42,6 +42,13 @@ fn main() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    for weak in &config.cql_weak_durability {
+        tracing::warn!(
+            choice = %weak,
+            "CQL durability below production: losing one node can lose acknowledged \
+             messages (accepted with --cql-accept-weak-durability)"
+        );
+    }
     if config.migrate_only {
         if let Some(cql) = &config.cql {
             let applied = herold_store::cql::CqlStore::migrate(cql).await?;

@@ -240,6 +240,9 @@ cql_contact_points = {{ join "," .Values.cql.contactPoints | quote }}
 cql_keyspace = {{ .Values.cql.keyspace | quote }}
 cql_consistency = {{ .Values.cql.consistency | quote }}
 cql_replication = {{ .Values.cql.replication | quote }}
+{{- if .Values.cql.acceptWeakDurability }}
+cql_accept_weak_durability = true
+{{- end }}
 {{- end }}
 {{- if .Values.redis.enabled }}
 
@@ -287,10 +290,14 @@ trace_sample_ratio = {{ include "herold.tomlValue" (list "trace_sample_ratio" .V
 {{- if and (or $v.admin.tls.cert $v.admin.tls.key) (not (and $v.admin.tls.cert $v.admin.tls.key)) -}}
 {{- fail "herold: admin.tls.cert and admin.tls.key go together; set both or use admin.tls.existingSecret" -}}
 {{- end -}}
-{{- if $v.admin.expose -}}
 {{- if not (or (include "herold.hasOperators" .) (include "herold.hasToken" .)) -}}
+{{- if $v.admin.expose -}}
 {{- fail (printf "herold: the admin API listens on %s (admin.expose=true) and the relay refuses that without operators: set admin.operators.existingSecret (a Secret holding operators.toml, see docs/admin.md) or admin.token.existingSecret" (include "herold.addr" (list $v.bindAddress $v.ports.admin))) -}}
+{{- else -}}
+{{- fail "herold: the relay refuses to serve the admin API without operators, on loopback too (every process in the pod would be organisation admin): set admin.operators.existingSecret (a Secret holding operators.toml, see docs/admin.md) or admin.token.existingSecret" -}}
 {{- end -}}
+{{- end -}}
+{{- if $v.admin.expose -}}
 {{- if not (include "herold.hasAdminTls" .) -}}
 {{- fail (printf "herold: the admin API listens on %s (admin.expose=true) and the relay refuses that without TLS (operator tokens would travel in the clear): set admin.tls.existingSecret (a Secret with the admin API's certificate and key)" (include "herold.addr" (list $v.bindAddress $v.ports.admin))) -}}
 {{- end -}}

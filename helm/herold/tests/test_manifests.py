@@ -36,6 +36,7 @@ CHART_MANAGED = {
     "admin_tls_cert", "admin_tls_key", "admin_client_ca",
     "drain_grace_secs", "drain_reconnect_spread_ms",
     "cql_contact_points", "cql_keyspace", "cql_consistency", "cql_replication",
+    "cql_accept_weak_durability",
     "redis", "redis_prefix", "redis_lease_ms",
     "otlp_endpoint", "trace_sample_ratio",
 }

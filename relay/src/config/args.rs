@@ -152,9 +152,16 @@ pub struct Args {
     #[arg(long, env = "HEROLD_CQL_CONSISTENCY")]
     pub cql_consistency: Option<String>,
     /// Replication of a keyspace the relay creates: `simple:RF` or
-    /// `nts:DC=RF[,DC=RF...]` [default: simple:1; production: nts:<dc>=3].
+    /// `nts:DC=RF[,DC=RF...]`. Required outside --dev [--dev default:
+    /// simple:1; production: nts:<dc>=3].
     #[arg(long, env = "HEROLD_CQL_REPLICATION")]
     pub cql_replication: Option<String>,
+    /// Run outside --dev with fewer than 3 copies of every row or with
+    /// consistency ONE / LOCAL_ONE, where losing one node can lose
+    /// acknowledged messages. Without it the relay refuses to start so; with
+    /// it, it says so in a warning at every start.
+    #[arg(long, env = "HEROLD_CQL_ACCEPT_WEAK_DURABILITY")]
+    pub cql_accept_weak_durability: bool,
     /// Apply the CQL schema migrations, print what was applied and exit
     /// (`herold-relay --cql-contact-points ... --migrate-only`).
     #[arg(long, env = "HEROLD_MIGRATE_ONLY")]
@@ -218,6 +225,7 @@ pub(super) struct FileConfig {
     pub(super) cql_keyspace: Option<String>,
     pub(super) cql_consistency: Option<String>,
     pub(super) cql_replication: Option<String>,
+    pub(super) cql_accept_weak_durability: Option<bool>,
     pub(super) redis: Option<String>,
     pub(super) redis_prefix: Option<String>,
     pub(super) redis_lease_ms: Option<u64>,

@@ -73,14 +73,25 @@ pub(super) fn default_node_id(listen: SocketAddr) -> String {
     format!("{host}-{}", listen.port())
 }
 
-/// The CQL store configuration from the flags; `None` without contact
-/// points. The relay migrates at start.
+/// The CQL flags as given (flag, environment or file).
+#[derive(Debug, Default)]
+pub(super) struct CqlFlags {
+    pub contact_points: Option<String>,
+    pub keyspace: Option<String>,
+    pub consistency: Option<String>,
+    pub replication: Option<String>,
+    /// `--cql-accept-weak-durability`.
+    pub accept_weak: bool,
+}
+
+/// The CQL store configuration from the flags (`None` without contact
+/// points), and what in it can lose acknowledged writes with one node.
+/// Outside `dev` the replication must be given, and a weak choice needs
+/// `accept_weak`. The relay migrates at start.
 pub(super) fn cql_config(
-    contact_points: Option<String>,
-    keyspace: Option<String>,
-    consistency: Option<String>,
-    replication: Option<String>,
-) -> Result<Option<herold_store::cql::CqlConfig>, ConfigError> {
+    flags: CqlFlags,
+    dev: bool,
+) -> Result<(Option<herold_store::cql::CqlConfig>, Vec<String>), ConfigError> {
     use herold_store::cql::{CqlConfig, parse_consistency};
     let invalid = |name: &'static str| {
         move |e: herold_store::StoreError| ConfigError::Invalid {
@@ -88,15 +99,31 @@ pub(super) fn cql_config(
             reason: e.to_string(),
         }
     };
+    let CqlFlags {
+        contact_points,
+        keyspace,
+        consistency,
+        replication,
+        accept_weak,
+    } = flags;
     let Some(points) = contact_points.filter(|p| !p.trim().is_empty()) else {
-        if keyspace.is_some() || consistency.is_some() || replication.is_some() {
+        if keyspace.is_some() || consistency.is_some() || replication.is_some() || accept_weak {
             return Err(ConfigError::Invalid {
                 name: "cql-contact-points",
                 reason: "other --cql-* settings are given but no contact points".into(),
             });
         }
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
+    if replication.is_none() && !dev {
+        return Err(ConfigError::Invalid {
+            name: "cql-replication",
+            reason: "is required with the CQL store outside --dev: it decides how many copies \
+                     of every message the cluster keeps. Production: nts:<datacenter>=3, which \
+                     survives the loss of one node of three"
+                .into(),
+        });
+    }
     let defaults = CqlConfig::default();
     let config = CqlConfig {
         contact_points: points.split(',').map(|p| p.trim().to_owned()).collect(),
@@ -115,5 +142,16 @@ pub(super) fn cql_config(
     config
         .validate()
         .map_err(invalid("cql-contact-points/cql-keyspace"))?;
-    Ok(Some(config))
+    let weak = config.weak_durability();
+    if !dev && !accept_weak && !weak.is_empty() {
+        return Err(ConfigError::Invalid {
+            name: "cql-accept-weak-durability",
+            reason: format!(
+                "{}; set cql-replication to nts:<datacenter>=3 and cql-consistency to \
+                 LOCAL_QUORUM, or pass --cql-accept-weak-durability to run so anyway",
+                weak.join("; ")
+            ),
+        });
+    }
+    Ok((Some(config), if dev { Vec::new() } else { weak }))
 }

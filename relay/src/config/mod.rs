@@ -13,7 +13,7 @@ mod tests;
 
 pub use args::Args;
 use args::FileConfig;
-use backends::{cql_config, default_node_id, redis_config};
+use backends::{CqlFlags, cql_config, default_node_id, redis_config};
 
 use crate::operators::OperatorsFileError;
 
@@ -194,6 +194,9 @@ pub struct Config {
     /// The CQL store, when contact points are configured; `None` runs the
     /// embedded store in `data_dir`.
     pub cql: Option<herold_store::cql::CqlConfig>,
+    /// Weak CQL durability choices accepted with
+    /// `--cql-accept-weak-durability`, warned about at every start.
+    pub cql_weak_durability: Vec<String>,
     /// Only apply the CQL migrations, then exit.
     pub migrate_only: bool,
     /// The Redis router joining this relay to a cluster; `None` routes
@@ -224,6 +227,7 @@ impl Config {
             otlp_endpoint: None,
             trace_sample_ratio: DEFAULT_TRACE_SAMPLE_RATIO,
             cql: None,
+            cql_weak_durability: Vec::new(),
             migrate_only: false,
             redis: None,
         }
@@ -304,6 +308,17 @@ impl Config {
                 .or(file.fan_out_rate)
                 .unwrap_or(defaults.fan_out_rate),
         };
+        let (cql, cql_weak_durability) = cql_config(
+            CqlFlags {
+                contact_points: args.cql_contact_points.or(file.cql_contact_points),
+                keyspace: args.cql_keyspace.or(file.cql_keyspace),
+                consistency: args.cql_consistency.or(file.cql_consistency),
+                replication: args.cql_replication.or(file.cql_replication),
+                accept_weak: args.cql_accept_weak_durability
+                    || file.cql_accept_weak_durability.unwrap_or(false),
+            },
+            dev,
+        )?;
         let tls_cert = args.tls_cert.or(file.tls_cert);
         let tls_key = args.tls_key.or(file.tls_key);
         let tls = match (tls_cert, tls_key) {
@@ -396,12 +411,8 @@ impl Config {
                 .trace_sample_ratio
                 .or(file.trace_sample_ratio)
                 .unwrap_or(DEFAULT_TRACE_SAMPLE_RATIO),
-            cql: cql_config(
-                args.cql_contact_points.or(file.cql_contact_points),
-                args.cql_keyspace.or(file.cql_keyspace),
-                args.cql_consistency.or(file.cql_consistency),
-                args.cql_replication.or(file.cql_replication),
-            )?,
+            cql,
+            cql_weak_durability,
             migrate_only: args.migrate_only,
             redis: redis_config(
                 args.redis.or(file.redis),
@@ -575,6 +586,15 @@ impl Config {
             });
         }
         let authenticated = self.admin_token.is_some() || !self.admin_operators.is_empty();
+        if !authenticated && !self.dev && !self.migrate_only {
+            return Err(ConfigError::Invalid {
+                name: "admin-operators-file",
+                reason: "outside --dev the admin API needs operators (admin-operators-file or \
+                         admin-token-file), on loopback too: without them every local process \
+                         could act as organisation admin"
+                    .into(),
+            });
+        }
         if !self.admin_listen.ip().is_loopback() {
             if !authenticated {
                 return Err(ConfigError::Invalid {

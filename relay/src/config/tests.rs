@@ -63,6 +63,77 @@ fn cql_settings_are_validated() {
     assert!(e.to_string().contains("migrate-only"), "{e}");
 }
 
+/// Outside --dev the replication must be chosen, and a choice that can
+/// lose acknowledged messages with one node needs
+/// --cql-accept-weak-durability (and is then warned about); --dev keeps
+/// the one-node default.
+#[test]
+fn production_cql_durability_is_explicit() {
+    let cql = ["--migrate-only", "--cql-contact-points", "10.0.0.1:9042"];
+    let e = parse(&cql).unwrap_err();
+    assert!(e.to_string().contains("cql-replication"), "{e}");
+    assert!(e.to_string().contains("nts:<datacenter>=3"), "{e}");
+
+    let mut strong = cql.to_vec();
+    strong.extend(["--cql-replication", "nts:muc1=3"]);
+    let c = parse(&strong).unwrap();
+    assert!(c.cql_weak_durability.is_empty());
+
+    for weak in [
+        &["--cql-replication", "simple:1"][..],
+        &[
+            "--cql-replication",
+            "nts:muc1=3",
+            "--cql-consistency",
+            "ONE",
+        ][..],
+    ] {
+        let mut v = cql.to_vec();
+        v.extend_from_slice(weak);
+        let e = parse(&v).unwrap_err();
+        assert!(e.to_string().contains("cql-accept-weak-durability"), "{e}");
+        v.push("--cql-accept-weak-durability");
+        let c = parse(&v).unwrap();
+        assert_eq!(
+            c.cql_weak_durability.len(),
+            1,
+            "{:?}",
+            c.cql_weak_durability
+        );
+    }
+
+    let c = parse(&["--dev", "--cql-contact-points", "127.0.0.1:9042"]).unwrap();
+    assert_eq!(c.cql.unwrap().replication.to_string(), "simple:1");
+    assert!(c.cql_weak_durability.is_empty());
+}
+
+/// Outside --dev nobody is admin by being local: the admin API needs
+/// operators even on loopback.
+#[test]
+fn production_admin_needs_operators_on_loopback_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, "").unwrap();
+    std::fs::write(&key, "").unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let e = parse(&["--tls-cert", cert, "--tls-key", key]).unwrap_err();
+    assert!(e.to_string().contains("admin-operators-file"), "{e}");
+    assert!(e.to_string().contains("loopback too"), "{e}");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123").unwrap();
+    let c = parse(&[
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(c.admin_listen.ip().is_loopback());
+    assert!(parse(&["--dev"]).unwrap().admin_token.is_none());
+}
+
 #[test]
 fn bad_values_are_named() {
     let e = parse(&["--dev", "--max-in-flight", "0"]).unwrap_err();

@@ -249,3 +249,57 @@ mod tests {
         assert!(none.validate().is_err());
     }
 }
+
+impl CqlConfig {
+    /// What in this configuration lets the loss of one node lose writes
+    /// that were acknowledged: fewer than 3 copies of every row in some
+    /// datacenter, or a consistency that acknowledges a write one node
+    /// holds. Empty for production settings (`nts:<dc>=3`, `LOCAL_QUORUM`).
+    pub fn weak_durability(&self) -> Vec<String> {
+        let mut weak = Vec::new();
+        let fewest = match &self.replication {
+            Replication::Simple(rf) => *rf,
+            Replication::NetworkTopology(dcs) => dcs.iter().map(|(_, rf)| *rf).min().unwrap_or(0),
+        };
+        if fewest < 3 {
+            weak.push(format!(
+                "replication {} keeps fewer than 3 copies of every row",
+                self.replication
+            ));
+        }
+        if matches!(
+            self.consistency,
+            Consistency::One | Consistency::LocalOne | Consistency::Any
+        ) {
+            weak.push(format!(
+                "consistency {:?} acknowledges a write that one node holds",
+                self.consistency
+            ));
+        }
+        weak
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+
+    #[test]
+    fn weak_durability_names_each_weak_choice() {
+        let mut c = CqlConfig {
+            replication: "nts:muc1=3,muc2=3".parse().unwrap_or_default(),
+            consistency: Consistency::LocalQuorum,
+            ..CqlConfig::default()
+        };
+        assert!(c.weak_durability().is_empty(), "{:?}", c.weak_durability());
+        c.replication = "nts:muc1=3,muc2=2".parse().unwrap_or_default();
+        c.consistency = Consistency::LocalOne;
+        let weak = c.weak_durability();
+        assert_eq!(weak.len(), 2, "{weak:?}");
+        assert!(weak[0].contains("nts:muc1=3,muc2=2"), "{weak:?}");
+        assert!(weak[1].contains("LocalOne"), "{weak:?}");
+        c.replication = Replication::Simple(1);
+        c.consistency = Consistency::Quorum;
+        assert_eq!(c.weak_durability().len(), 1);
+    }
+}
