@@ -8,7 +8,9 @@
 #
 # Builds the release binaries first, unless HEROLD_BIN_DIR names a folder
 # holding herold-relay and herold-loadtest (to measure another build);
-# extra relay flags come from HEROLD_RELAY_ARGS. Writes every report under
+# extra relay flags come from HEROLD_RELAY_ARGS. The relay's submit rate
+# limits are lifted (a sweep measures what one relay carries, not the
+# limits meant for a runaway script). Writes every report under
 # ${HEROLD_SWEEP_DIR:-/tmp/herold-sweep}/<run>-<scale>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +37,8 @@ for s in "${scales[@]}"; do
   dir="$out/$run-$s"
   rm -rf "$dir"; mkdir -p "$dir"
   taskset -c "$relay_cpu" "$bin/herold-relay" --dev --data-dir "$dir/data" \
-    --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 --metrics-listen 127.0.0.1:7392 "${relay_args[@]}" >"$dir/relay.log" 2>&1 &
+    --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 --metrics-listen 127.0.0.1:7392 \
+    --submit-rate 100000 --conversation-submit-rate 1000000 "${relay_args[@]}" >"$dir/relay.log" 2>&1 &
   relay=$!
   for _ in $(seq 1 100); do
     [ -s "$dir/data/tls/cert.sha256" ] && grep -q "admin" "$dir/relay.log" && break

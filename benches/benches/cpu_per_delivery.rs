@@ -19,6 +19,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a panic is a failure
 
+#[path = "common/config.rs"]
+mod bench;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
@@ -296,7 +299,7 @@ impl CpuRig {
         // Bound on the server's runtime, so that its sockets, tasks and
         // blocking calls live there.
         let relay = server_rt
-            .block_on(Relay::bind(Config::dev(dir.path())))
+            .block_on(Relay::bind(bench::bench_config(dir.path())))
             .unwrap();
         adopt_new_threads(&threads, &before);
         let addr = relay.local_addr().unwrap();

@@ -10,13 +10,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a panic is a failure
 
+#[path = "common/config.rs"]
+mod bench;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use herold_relay::{Config, Relay};
+use herold_relay::Relay;
 use tokio::runtime::Handle;
 
 #[path = "common/fanout.rs"]
@@ -33,7 +36,7 @@ struct HeroldSetup {
 }
 async fn herold_setup() -> HeroldSetup {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::bind(Config::dev(dir.path())).await.unwrap();
+    let relay = Relay::bind(bench::bench_config(dir.path())).await.unwrap();
     let addr = relay.local_addr().unwrap();
     let fp = herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap();
     let admin_url = format!("http://{}", relay.admin_addr().unwrap());

@@ -15,13 +15,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a panic is a failure
 
+#[path = "common/config.rs"]
+mod bench;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herold_client::{Client, ClientConfig, Event};
-use herold_relay::{Config, Relay};
+use herold_relay::Relay;
 use herold_router::redis::{RedisConfig, RedisRouter, Topology};
 use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use herold_store::{Account, Conversation, ConversationKind, Device, Member, Role, Store};
@@ -175,7 +178,7 @@ async fn main() {
     let mut addrs = Vec::new();
     let mut fingerprint = None;
     for n in 0..RELAYS {
-        let mut cfg = Config::dev(dir.path());
+        let mut cfg = bench::bench_config(dir.path());
         cfg.node_id = format!("r{n}");
         let mut rc = RedisConfig::new(Topology::parse(&url).unwrap());
         rc.prefix = prefix.clone();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herold_proto::v1::{self, client_frame, server_frame};
+use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raw::RawConnection;
@@ -33,6 +33,7 @@ pub(crate) fn spawn(
     cmds: mpsc::Receiver<Cmd>,
     shared: Shared,
 ) {
+    let (retry_tx, retry_rx) = mpsc::unbounded_channel();
     let driver = Driver {
         max_ciphertext: shared.max_ciphertext,
         config,
@@ -44,6 +45,8 @@ pub(crate) fn spawn(
         dirty: HashMap::new(),
         relay_index: 0,
         reconnect_after: None,
+        retry_tx,
+        retry_rx,
     };
     tokio::spawn(driver.run(first, cmds));
 }
@@ -69,6 +72,10 @@ struct Driver {
     /// How long a draining relay asked us to wait before reconnecting (its
     /// devices spread out instead of all arriving at the next relay at once).
     reconnect_after: Option<Duration>,
+    /// Message ids of submits the relay refused as too fast, each sent when
+    /// its wait is over (and sent again only if still unanswered).
+    retry_tx: mpsc::UnboundedSender<Vec<u8>>,
+    retry_rx: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 enum Outcome {
@@ -275,6 +282,14 @@ impl Driver {
                     Ok(None) => return Outcome::Lost("the relay closed the stream".into()),
                     Err(e) => return Outcome::Lost(e.to_string()),
                 },
+                Some(id) = self.retry_rx.recv() => {
+                    if let Some((submit, _)) = self.pending.get(&id) {
+                        let frame = client_frame::Kind::Submit(submit.clone());
+                        if let Err(e) = c.send_kind(frame).await {
+                            return Outcome::Lost(e.to_string());
+                        }
+                    }
+                }
                 _ = sleep_until_some(ack_at), if ack_at.is_some() => {
                     ack_at = None;
                     acked_at = Some(tokio::time::Instant::now());
@@ -332,6 +347,20 @@ impl Driver {
                         delivered: s.delivered,
                     })
                     .await;
+                None
+            }
+            server_frame::Kind::Error(e)
+                if e.code == ErrorCode::RateLimited as i32
+                    && self.pending.contains_key(&e.message_id) =>
+            {
+                // Too fast: the submit stays pending and goes out again,
+                // with the same message id, once the relay's wait is over.
+                let wait = jitter_up(Duration::from_millis(u64::from(e.retry_after_ms.max(1))));
+                let (tx, id) = (self.retry_tx.clone(), e.message_id);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tx.send(id);
+                });
                 None
             }
             server_frame::Kind::Error(e) => {
@@ -425,6 +454,12 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// 100% to 125% of `d`: senders told to wait the same time do not all come
+/// back at once.
+fn jitter_up(d: Duration) -> Duration {
+    d + jitter(d / 4) * 2 - d / 4
+}
+
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
     let r = if getrandom::fill(&mut b).is_ok() {
@@ -439,6 +474,15 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limited_submit_waits_at_least_what_the_relay_asked() {
+        let asked = Duration::from_millis(400);
+        for _ in 0..100 {
+            let w = jitter_up(asked);
+            assert!(w >= asked && w <= asked + asked / 4, "{w:?}");
+        }
+    }
 
     #[test]
     fn acks_go_out_soon_after_a_quiet_spell_and_once_a_second_under_a_stream() {

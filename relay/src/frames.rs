@@ -19,11 +19,27 @@ pub(crate) fn error_frame(
             message: message.to_owned(),
             message_id,
             fatal,
-            mls_epoch: 0,
+            ..Default::default()
         })),
     };
     // An error frame is a few hundred bytes: it always fits.
     frame_bytes(&f, usize::MAX).unwrap_or_default()
+}
+
+/// `RATE_LIMITED` for a submit, with how long to wait before resending.
+pub(crate) fn rate_limited_frame(
+    message: &str,
+    message_id: Vec<u8>,
+    wait: std::time::Duration,
+) -> Bytes {
+    let retry_after_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+    server_frame(v1::server_frame::Kind::Error(v1::Error {
+        code: ErrorCode::RateLimited as i32,
+        message: message.to_owned(),
+        message_id,
+        retry_after_ms,
+        ..Default::default()
+    }))
 }
 
 /// A server frame, framed for the stream.

@@ -18,6 +18,7 @@
 //!   `/readyz`) and readiness, also published to gRPC health.
 //! - `grpc_metrics`: the admin API's per-call metrics.
 //! - `frames`: the server's frames as bytes.
+//! - `rate`: token buckets (sans-IO) for the submit rate limits.
 //! - `registry`: connected devices of this node and their queues.
 //! - `roster`: cached conversation rosters.
 //! - `cursors`: acknowledged cursors, written in batches.
@@ -57,6 +58,7 @@ mod node;
 pub mod operators;
 mod pacer;
 mod policy;
+mod rate;
 mod registry;
 mod roster;
 pub mod server;

@@ -15,6 +15,11 @@ use crate::cluster::Cluster;
 use crate::config::Limits;
 use crate::cursors::CursorSink;
 use crate::pacer::Pacer;
+use crate::rate::Buckets;
+
+/// Conversations whose submit rate is tracked at once before the idle ones
+/// are forgotten.
+const MAX_RATED_CONVERSATIONS: usize = 100_000;
 use crate::registry::Registry;
 use crate::roster::Rosters;
 
@@ -44,6 +49,8 @@ pub(crate) struct Shared {
     pub pacer: Arc<Pacer>,
     /// Directory changes told to and heard from the other relays.
     pub cluster: Arc<Cluster>,
+    /// Submits per conversation through this relay.
+    pub conversation_rates: Buckets,
 }
 
 impl Shared {
@@ -76,6 +83,10 @@ impl Shared {
             log_client_addresses,
             fan_outs: tokio_util::task::TaskTracker::new(),
             cluster,
+            conversation_rates: Buckets::new(
+                limits.conversation_submit_rate,
+                MAX_RATED_CONVERSATIONS,
+            ),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! What one device can make the relay do, bounded: each limit with its
 //! default, and the work beyond it refused or held back while the other
-//! devices are served. In-process relays on the embedded store, with a
-//! fault-injecting router where a slow router is the point.
+//! devices are served: fan-outs under way per connection, submits a second
+//! per device and per conversation. In-process relays on the embedded
+//! store, with a fault-injecting router where a slow router is the point.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use herold_client::raw::RawConnection;
 use herold_client::{Client, ClientConfig};
-use herold_proto::v1::ConversationKind;
+use herold_proto::v1::{self, ConversationKind, ErrorCode, client_frame, server_frame};
 use herold_relay::Config;
 use herold_router::faults::Faulty;
 use herold_router::memory::MemoryRouter;
@@ -73,4 +75,154 @@ async fn a_device_cannot_pile_up_fan_outs_on_a_slow_router() {
     let got = receive(&mut bob, LIMIT as usize * 6).await;
     assert_eq!(got.len(), LIMIT as usize * 6);
     relay.stop().await;
+}
+
+/// Sends `n` submits into `conversation` at once over a raw connection and
+/// reads their answers: (accepted, the waits of those refused RATE_LIMITED).
+async fn burst(raw: &mut RawConnection, conversation: &str, tag: u8, n: u8) -> (usize, Vec<u32>) {
+    for i in 0..n {
+        raw.send_kind(client_frame::Kind::Submit(v1::Submit {
+            conversation_id: conversation.into(),
+            message_id: [[tag; 8], [i; 8]].concat(),
+            ciphertext: vec![i + 1],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    let (mut accepted, mut waits) = (0, Vec::new());
+    while accepted + waits.len() < usize::from(n) {
+        let frame = tokio::time::timeout(DEADLINE, raw.recv())
+            .await
+            .expect("an answer within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        match frame.kind {
+            Some(server_frame::Kind::Accepted(_)) => accepted += 1,
+            Some(server_frame::Kind::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::RateLimited as i32, "{e:?}");
+                assert!(!e.fatal);
+                waits.push(e.retry_after_ms);
+            }
+            _ => {}
+        }
+    }
+    (accepted, waits)
+}
+
+async fn raw_device(
+    relay: &TestRelay,
+    device: &str,
+    key: &ed25519_dalek::SigningKey,
+) -> RawConnection {
+    let mut raw = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    raw.authenticate(device, key).await.unwrap();
+    raw
+}
+
+/// A device beyond its submit rate (default 50 a second, a burst of 4 s)
+/// is refused with RATE_LIMITED and the time to wait. The SDK waits and
+/// resends by itself, so an app's sends all succeed, only slower; the other
+/// devices of the conversation are not slowed at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_over_its_submit_rate_is_slowed_down_alone() {
+    const RATE: u32 = 5;
+    let burst_size = (RATE * herold_relay_burst_seconds()) as u8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev(dir.path());
+    config.limits.submit_rate = RATE;
+    let relay = TestRelay::start_with(config).await;
+    for a in ["flood", "calm", "reader"] {
+        relay.account(a).await;
+    }
+    let kf = relay.device("flood", "flood.phone").await;
+    let kc = relay.device("calm", "calm.phone").await;
+    let kr = relay.device("reader", "reader.phone").await;
+    relay
+        .conversation("g", ConversationKind::Group, &["flood", "calm", "reader"])
+        .await;
+    let mut reader = relay.client("reader.phone", &kr).await;
+
+    let mut raw = raw_device(&relay, "flood.phone", &kf).await;
+    let (accepted, waits) = burst(&mut raw, "g", 1, burst_size + 3).await;
+    assert_eq!(accepted, usize::from(burst_size));
+    assert_eq!(waits.len(), 3);
+    // One token every 200 ms at 5 a second.
+    assert!(waits.iter().all(|w| (1..=200).contains(w)), "{waits:?}");
+    raw.close().await;
+
+    // Meanwhile, and after, the calm device is never refused.
+    let mut calm = raw_device(&relay, "calm.phone", &kc).await;
+    assert_eq!(burst(&mut calm, "g", 2, 10).await, (10, Vec::new()));
+
+    // Through the SDK: everything is accepted, once, in the end.
+    let flood = relay.client("flood.phone", &kf).await;
+    let sends: Vec<_> = (0..usize::from(burst_size) + 10)
+        .map(|i| {
+            let s = flood.sender();
+            tokio::spawn(async move { s.send("g", format!("sdk{i}").into_bytes(), 0).await })
+        })
+        .collect();
+    for s in sends {
+        tokio::time::timeout(DEADLINE, s)
+            .await
+            .expect("the SDK resends within the deadline")
+            .unwrap()
+            .expect("accepted after waiting");
+    }
+    let total = usize::from(burst_size) + 10 + usize::from(burst_size) + 10;
+    let got = receive(&mut reader, total).await;
+    let mut seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
+    relay.stop().await;
+}
+
+/// A conversation beyond its rate through a relay (all its senders
+/// together) is refused RATE_LIMITED; the senders of another conversation
+/// are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_over_its_submit_rate_slows_its_senders_only() {
+    const RATE: u32 = 5;
+    let burst_size = (RATE * herold_relay_burst_seconds()) as u8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev(dir.path());
+    config.limits.conversation_submit_rate = RATE;
+    let relay = TestRelay::start_with(config).await;
+    for a in ["a1", "a2", "b"] {
+        relay.account(a).await;
+    }
+    let k1 = relay.device("a1", "a1.phone").await;
+    let k2 = relay.device("a2", "a2.phone").await;
+    let kb = relay.device("b", "b.phone").await;
+    relay
+        .conversation("busy", ConversationKind::Group, &["a1", "a2"])
+        .await;
+    relay
+        .conversation("quiet", ConversationKind::Group, &["b", "a1"])
+        .await;
+    let mut a1 = raw_device(&relay, "a1.phone", &k1).await;
+    let mut a2 = raw_device(&relay, "a2.phone", &k2).await;
+    let mut b = raw_device(&relay, "b.phone", &kb).await;
+    let half = burst_size / 2 + 2;
+    let (ok1, w1) = burst(&mut a1, "busy", 1, half).await;
+    let (ok2, w2) = burst(&mut a2, "busy", 2, half).await;
+    assert_eq!(
+        ok1 + ok2,
+        usize::from(burst_size),
+        "the conversation's burst, shared"
+    );
+    assert_eq!(w1.len() + w2.len(), 4);
+    assert_eq!(
+        burst(&mut b, "quiet", 3, half).await,
+        (usize::from(half), Vec::new())
+    );
+    relay.stop().await;
+}
+
+/// The relay's burst, in seconds of the rate (`rate::BURST_SECONDS`).
+fn herold_relay_burst_seconds() -> u32 {
+    4
 }

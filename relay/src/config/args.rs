@@ -110,6 +110,16 @@ pub struct Args {
     /// 1000..=10000000 [default: 32000 per core the relay may use].
     #[arg(long, env = "HEROLD_FAN_OUT_RATE")]
     pub fan_out_rate: Option<u32>,
+    /// Submits a second one device may send, sustained, with a burst of 4 s
+    /// of it; beyond, RATE_LIMITED with the time to wait (the SDK waits and
+    /// resends by itself); 1..=100000 [default: 50].
+    #[arg(long, env = "HEROLD_SUBMIT_RATE")]
+    pub submit_rate: Option<u32>,
+    /// Submits a second into one conversation through this relay, all its
+    /// devices together, with a burst of 4 s of it; 1..=1000000
+    /// [default: 500].
+    #[arg(long, env = "HEROLD_CONVERSATION_SUBMIT_RATE")]
+    pub conversation_submit_rate: Option<u32>,
     /// Seconds SIGTERM waits for sessions to drain [default: 10].
     #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
     pub drain_grace_secs: Option<u64>,
@@ -214,6 +224,8 @@ pub(super) struct FileConfig {
     pub(super) udp_send_buffer_bytes: Option<u32>,
     pub(super) udp_sockets: Option<u32>,
     pub(super) fan_out_rate: Option<u32>,
+    pub(super) submit_rate: Option<u32>,
+    pub(super) conversation_submit_rate: Option<u32>,
     pub(super) drain_reconnect_spread_ms: Option<u64>,
     pub(super) log: Option<String>,
     pub(super) log_format: Option<String>,

@@ -105,6 +105,10 @@ pub struct Limits {
     pub udp_sockets: u32,
     /// Devices per second handed a delivery.
     pub fan_out_rate: u32,
+    /// Submits a second per device (burst: 4 s of it).
+    pub submit_rate: u32,
+    /// Submits a second per conversation through this relay (burst: 4 s).
+    pub conversation_submit_rate: u32,
 }
 
 impl Default for Limits {
@@ -139,6 +143,10 @@ impl Default for Limits {
                 .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
                 .saturating_mul(FAN_OUT_RATE_PER_CORE)
                 .min(MAX_FAN_OUT_RATE),
+            // A person types far slower; a script that posts faster is
+            // slowed down, not its conversation's readers.
+            submit_rate: 50,
+            conversation_submit_rate: 500,
         }
     }
 }
@@ -307,6 +315,14 @@ impl Config {
                 .fan_out_rate
                 .or(file.fan_out_rate)
                 .unwrap_or(defaults.fan_out_rate),
+            submit_rate: args
+                .submit_rate
+                .or(file.submit_rate)
+                .unwrap_or(defaults.submit_rate),
+            conversation_submit_rate: args
+                .conversation_submit_rate
+                .or(file.conversation_submit_rate)
+                .unwrap_or(defaults.conversation_submit_rate),
         };
         let (cql, cql_weak_durability) = cql_config(
             CqlFlags {
@@ -475,6 +491,21 @@ impl Config {
                     self.limits.fan_out_rate
                 ),
             });
+        }
+        for (name, v, max) in [
+            ("submit-rate", self.limits.submit_rate, 100_000),
+            (
+                "conversation-submit-rate",
+                self.limits.conversation_submit_rate,
+                1_000_000,
+            ),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: format!("{v} is outside 1..={max}"),
+                });
+            }
         }
         if self.limits.drain_reconnect_spread > MAX_DRAIN_RECONNECT_SPREAD {
             return Err(ConfigError::Invalid {

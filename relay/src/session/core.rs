@@ -57,6 +57,9 @@ pub(crate) struct CoreConfig {
     /// Pushes held behind a store query; beyond it they are dropped for one
     /// resync, which reads them from the store.
     pub max_held_pushes: usize,
+    /// Submits a second from this device, sustained (a burst of
+    /// [`crate::rate::BURST_SECONDS`] of it).
+    pub submit_rate: u32,
 }
 
 /// The time of an input: monotonic for timers, wall clock (unix
@@ -239,6 +242,8 @@ pub(crate) struct Core {
     /// Read events that came while frames were not wanted.
     deferred: VecDeque<ReadEvent>,
     in_flight: u32,
+    /// The device's submit rate; made full when the first submit comes.
+    submit_rate: Option<crate::rate::TokenBucket>,
     frames: Vec<Bytes>,
     traced: Vec<String>,
     actions: VecDeque<Action>,
@@ -278,6 +283,7 @@ impl Core {
             query: None,
             deferred: VecDeque::new(),
             in_flight: 0,
+            submit_rate: None,
             frames: Vec::new(),
             traced: Vec::new(),
             actions: VecDeque::new(),
@@ -292,7 +298,7 @@ impl Core {
         match input {
             Input::Read(ev) => {
                 if self.wants_frames() && self.deferred.is_empty() {
-                    self.on_read(ev);
+                    self.on_read(now, ev);
                 } else {
                     self.deferred.push_back(ev);
                 }
@@ -379,7 +385,7 @@ impl Core {
             let Some(ev) = self.deferred.pop_front() else {
                 break;
             };
-            self.on_read(ev);
+            self.on_read(now, ev);
         }
         if self.ack_at.is_none() && !self.pending_acks.is_empty() && !self.is_closed() {
             self.ack_at = Some(now.mono + ACK_FLUSH);
@@ -429,12 +435,12 @@ impl Core {
         }
     }
 
-    fn on_read(&mut self, ev: ReadEvent) {
+    fn on_read(&mut self, now: Now, ev: ReadEvent) {
         match self.phase {
             Phase::Hello => self.on_hello(ev),
             Phase::Challenged { .. } => self.on_auth_response(ev),
             Phase::Live => match ev {
-                ReadEvent::Frame(f) => self.on_frame(f),
+                ReadEvent::Frame(f) => self.on_frame(now, f),
                 ReadEvent::Malformed(e) => self.write_error(ErrorCode::BadFrame, &e, Vec::new()),
                 ReadEvent::Codec(e) => self.close(Some(codec_fatal(e))),
                 ReadEvent::Closed => self.close(None),
@@ -502,9 +508,25 @@ impl Core {
 
     // ---- live ----
 
-    fn on_frame(&mut self, frame: v1::ClientFrame) {
+    fn on_frame(&mut self, now: Now, frame: v1::ClientFrame) {
         match frame.kind {
             Some(client_frame::Kind::Submit(s)) => {
+                let rate = self.config.submit_rate;
+                let bucket = self
+                    .submit_rate
+                    .get_or_insert_with(|| crate::rate::TokenBucket::new(rate, now.mono));
+                if let Err(wait) = bucket.take(now.mono) {
+                    count_rejected(ErrorCode::RateLimited);
+                    let message = format!(
+                        "more than {rate} submits a second from this device; resend in {} ms",
+                        wait.as_millis().max(1)
+                    );
+                    return self.frames.push(crate::frames::rate_limited_frame(
+                        &message,
+                        s.message_id,
+                        wait,
+                    ));
+                }
                 if self.in_flight >= self.config.max_in_flight {
                     count_rejected(ErrorCode::TooManyInFlight);
                     let message = format!(

@@ -45,6 +45,7 @@ impl CoreConfig {
             sync_page: SYNC_PAGE,
             max_inline_gap: SYNC_PAGE * 4,
             max_held_pushes: (limits.device_queue as usize).max(1),
+            submit_rate: limits.submit_rate,
         }
     }
 }

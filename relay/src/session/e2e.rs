@@ -52,6 +52,7 @@ impl Refusal {
             message_id,
             fatal: false,
             mls_epoch: self.mls_epoch,
+            retry_after_ms: 0,
         }
     }
 }

@@ -253,6 +253,20 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
     {
         return Err(refuse(&r, &id));
     }
+    // Last: a submit refused for anything else takes nothing from the
+    // conversation's rate.
+    if let Err(wait) = shared
+        .conversation_rates
+        .take(&s.conversation_id, tokio::time::Instant::now().into_std())
+    {
+        count_rejected(ErrorCode::RateLimited);
+        let message = format!(
+            "more than {} submits a second into this conversation; resend in {} ms",
+            shared.limits.conversation_submit_rate,
+            wait.as_millis().max(1)
+        );
+        return Err(crate::frames::rate_limited_frame(&message, id, wait));
+    }
     let msg = NewMessage {
         conversation_id: s.conversation_id,
         message_id: s.message_id,

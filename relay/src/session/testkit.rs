@@ -37,6 +37,7 @@ pub(super) fn config() -> CoreConfig {
         sync_page: 2,
         max_inline_gap: 4,
         max_held_pushes: 8,
+        submit_rate: 1_000,
     }
 }
 

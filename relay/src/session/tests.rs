@@ -11,7 +11,7 @@ use ed25519_dalek::SigningKey;
 use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
 use herold_store::AccountState;
 
-use super::core::{Action, Answer, Input, Query};
+use super::core::{Action, Answer, CoreConfig, Input, Query};
 use super::testkit::*;
 use super::{DRAIN_READ_GRACE, Fatal, ReadEvent, server_frame as encode};
 use crate::registry::{Kick, Push};
@@ -590,6 +590,42 @@ fn submits_beyond_the_in_flight_limit_are_refused() {
         h.take_actions()[..],
         [Action::Submit(_), Action::Request(_)]
     ));
+}
+
+#[test]
+fn submits_beyond_the_device_rate_are_refused_with_the_time_to_wait() {
+    // 2 a second, a burst of 4 s of it; the in-flight limit out of the way.
+    let mut h = Harness::new(CoreConfig {
+        submit_rate: 2,
+        max_in_flight: 100,
+        ..config()
+    });
+    h.authenticate(&[]);
+    let burst = 2 * crate::rate::BURST_SECONDS as u8;
+    for id in 1..=burst {
+        h.feed(submit(id));
+    }
+    assert_eq!(h.take_actions().len(), usize::from(burst));
+    assert!(h.take_written().is_empty());
+    h.feed(submit(burst + 1));
+    assert!(h.take_actions().is_empty(), "not started");
+    let w = h.take_written();
+    let [server_frame::Kind::Error(e)] = &w[..] else {
+        panic!("{w:?}");
+    };
+    assert_eq!(e.code, ErrorCode::RateLimited as i32);
+    assert_eq!(e.message_id, vec![burst + 1; 16]);
+    assert!(!e.fatal);
+    assert_eq!(e.retry_after_ms, 500, "{e:?}");
+    assert!(
+        e.message.contains("more than 2 submits a second"),
+        "{}",
+        e.message
+    );
+    // Resent after the wait: taken.
+    h.advance(Duration::from_millis(500));
+    h.feed(submit(burst + 1));
+    assert!(matches!(h.take_actions()[..], [Action::Submit(_)]));
 }
 
 // ---- kick and drain ----

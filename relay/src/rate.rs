@@ -1,0 +1,140 @@
+//! Token buckets for the relay's rate limits. Sans-IO: the caller passes
+//! the time, so the session core and the tests drive them without a clock.
+
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+/// Seconds of the sustained rate a bucket saves up as its burst.
+pub(crate) const BURST_SECONDS: u32 = 4;
+
+/// `per_sec` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenBucket {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`; a burst of [`BURST_SECONDS`] of the rate.
+    pub fn new(per_sec: u32, now: Instant) -> Self {
+        let per_sec = f64::from(per_sec.max(1));
+        let burst = per_sec * f64::from(BURST_SECONDS);
+        Self {
+            per_sec,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        self.at = self.at.max(now);
+    }
+
+    /// Takes one token; without one, how long until there is one.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec);
+        Err(wait.max(Duration::from_millis(1)))
+    }
+
+    /// Whether it has refilled completely (nothing taken for a burst's time).
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+/// One bucket per key (a conversation id), created full on first use.
+/// Bounded: past `max_keys`, the buckets that refilled completely are
+/// forgotten (a forgotten bucket and a new one are the same).
+#[derive(Debug)]
+pub(crate) struct Buckets {
+    per_sec: u32,
+    max_keys: usize,
+    map: DashMap<String, TokenBucket>,
+}
+
+impl Buckets {
+    pub fn new(per_sec: u32, max_keys: usize) -> Self {
+        Self {
+            per_sec,
+            max_keys,
+            map: DashMap::new(),
+        }
+    }
+
+    /// Takes one token of `key`'s bucket; without one, how long to wait.
+    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        if let Some(mut b) = self.map.get_mut(key) {
+            return b.take(now);
+        }
+        if self.map.len() >= self.max_keys {
+            self.map.retain(|_, b| !b.is_full(now));
+        }
+        let mut b = TokenBucket::new(self.per_sec, now);
+        let taken = b.take(now);
+        self.map.insert(key.to_owned(), b);
+        taken
+    }
+
+    /// Keys with a bucket now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, t0);
+        for _ in 0..10 * BURST_SECONDS {
+            assert_eq!(b.take(t0), Ok(()));
+        }
+        let wait = b.take(t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // One token every 100 ms.
+        assert_eq!(b.take(t0 + Duration::from_millis(100)), Ok(()));
+        assert!(b.take(t0 + Duration::from_millis(150)).is_err());
+        // Never more than the burst, however long it rested.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..10 * BURST_SECONDS {
+            assert_eq!(b.take(later), Ok(()));
+        }
+        assert!(b.take(later).is_err());
+        // A clock that steps back takes nothing away.
+        assert!(b.take(t0).is_err());
+    }
+
+    #[test]
+    fn buckets_per_key_are_independent_and_bounded() {
+        let t0 = Instant::now();
+        let buckets = Buckets::new(1, 2);
+        for _ in 0..BURST_SECONDS {
+            assert_eq!(buckets.take("a", t0), Ok(()));
+        }
+        assert!(buckets.take("a", t0).is_err());
+        assert_eq!(buckets.take("b", t0), Ok(()));
+        // Full: "c" makes room by forgetting the buckets that refilled.
+        let later = t0 + Duration::from_secs(u64::from(BURST_SECONDS) + 1);
+        assert_eq!(buckets.take("c", later), Ok(()));
+        assert_eq!(buckets.len(), 1);
+    }
+}
