@@ -70,8 +70,15 @@ pub fn parse_csv(data: &[u8]) -> Result<Parsed, RosterError> {
         while matches!(data.get(end), Some(b'\n' | b'\r')) {
             end += 1;
         }
-        let n = data[..end].iter().filter(|b| **b == b'\n').count() + 1;
-        u32::try_from(n).unwrap_or(u32::MAX)
+        // A line ends as the reader ends a record: "\r\n", "\n" or a lone
+        // "\r" (an old Mac export).
+        let before = &data[..end];
+        let breaks = before
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| **b == b'\n' || (**b == b'\r' && before.get(i + 1) != Some(&b'\n')))
+            .count();
+        u32::try_from(breaks + 1).unwrap_or(u32::MAX)
     };
     let mut out = Parsed::default();
     for record in reader.records() {
@@ -377,6 +384,19 @@ mod tests {
             parse_csv(b"name,role,cohort\n"),
             Err(RosterError::MissingColumn("station"))
         ));
+    }
+
+    /// Found by the `roster_csv` fuzz target: a lone "\r" ends a record
+    /// for the CSV reader, so it ends a line in the report too; a row and
+    /// an error never share a line number.
+    #[test]
+    fn lines_end_as_the_reader_ends_records() {
+        let p = parse_csv(b"name,station,role,cohort\nAn\rna,WL 1,'ember,c\nBen,c\n").unwrap();
+        assert_eq!(p.rows.iter().map(|r| r.line).collect::<Vec<_>>(), [3]);
+        assert_eq!(p.errors.iter().map(|e| e.line).collect::<Vec<_>>(), [2, 4]);
+        let p = parse_csv(b"name,station,role,cohort\r\nA,s,member,c\r\nB\r\n").unwrap();
+        assert_eq!(p.rows.iter().map(|r| r.line).collect::<Vec<_>>(), [2]);
+        assert_eq!(p.errors.iter().map(|e| e.line).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
