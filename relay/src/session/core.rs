@@ -123,7 +123,7 @@ pub(crate) enum Query {
 }
 
 /// The store's answer to a [`Query`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Answer {
     Device(Option<Device>),
     AccountState(Option<AccountState>),
@@ -165,10 +165,15 @@ enum Phase {
     Hello,
     /// A directory lookup of authentication is out.
     Lookup,
-    /// AuthChallenge sent; waiting for AuthResponse.
+    /// AuthChallenge sent; waiting for AuthResponse. Every device id that
+    /// passed the syntax check gets here: `device` is `None` for an id
+    /// nobody enrolled, and `refusal` holds why a known device may not
+    /// connect (revoked, account deleted or suspended), told only once it
+    /// proved that it holds the key.
     Challenged {
-        device: Device,
+        device: Option<Device>,
         nonce: [u8; NONCE_BYTES],
+        refusal: Option<Fatal>,
     },
     /// Authenticated; the device's cursors are being read.
     Loading,

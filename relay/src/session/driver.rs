@@ -186,8 +186,8 @@ pub(crate) async fn serve(
     if d.ctx.is_none() {
         // Authentication failed or timed out.
         let f = end.unwrap_or_else(|| Fatal::new(ErrorCode::Unspecified, "connection closed"));
-        metrics::counter!(m::AUTH, "outcome" => code_label(f.code)).increment(1);
-        open.reason = code_label(f.code);
+        metrics::counter!(m::AUTH, "outcome" => code_label(f.recorded)).increment(1);
+        open.reason = code_label(f.recorded);
         d.close_with(f).await;
         reader.abort();
         return;

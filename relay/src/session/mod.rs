@@ -64,6 +64,10 @@ const AUTH_FRAME_BYTES: usize = 16 * 1024;
 pub(crate) struct Fatal {
     pub code: ErrorCode,
     pub message: String,
+    /// What the relay's own metrics and logs call it: `code`, unless the
+    /// peer must not learn the difference (an id nobody enrolled is told
+    /// `AUTH_FAILED`, and recorded as `UNKNOWN_DEVICE`).
+    pub recorded: ErrorCode,
 }
 
 impl Fatal {
@@ -71,6 +75,7 @@ impl Fatal {
         Self {
             code,
             message: message.into(),
+            recorded: code,
         }
     }
 

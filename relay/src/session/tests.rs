@@ -117,20 +117,30 @@ fn a_bad_signature_or_a_malformed_one_is_refused() {
     }
 }
 
+/// Before a peer proves that it holds a device's key it learns nothing of
+/// the device: every id gets a challenge. An id nobody enrolled ends like a
+/// wrong signature, whatever is signed (even with the key the relay checks
+/// it against); a revoked, deleted or suspended device is told why only
+/// after a valid signature, and like a wrong signature without one.
 #[test]
-fn unknown_revoked_deleted_and_suspended_devices_are_refused() {
+fn unknown_revoked_deleted_and_suspended_devices_learn_why_only_with_the_key() {
     let mut revoked = device(&key());
     revoked.revoked = true;
     let suspended = AccountState {
         tags: Vec::new(),
         suspended: true,
     };
+    let wrong = (
+        ErrorCode::AuthFailed,
+        "the signature does not verify for this device and connection".to_owned(),
+    );
+    let nobody = SigningKey::from_bytes(&[0; 32]);
     let cases: Vec<(Answer, Option<Answer>, ErrorCode, &str)> = vec![
         (
             Answer::Device(None),
             None,
-            ErrorCode::UnknownDevice,
-            "no such device is enrolled",
+            ErrorCode::AuthFailed,
+            "the signature does not verify for this device and connection",
         ),
         (
             Answer::Device(Some(revoked)),
@@ -150,23 +160,50 @@ fn unknown_revoked_deleted_and_suspended_devices_are_refused() {
             ErrorCode::DeviceRevoked,
             "this device's account is suspended",
         ),
-        (
-            Answer::Failed,
-            None,
-            ErrorCode::Unavailable,
-            "storage is unavailable; retry with the same message id",
-        ),
     ];
     for (dev, account, code, message) in cases {
-        let mut h = Harness::new(config());
-        h.feed(hello());
-        h.answer(dev);
-        if let Some(a) = account {
-            h.answer(a);
+        for (signer, want) in [
+            (key(), (code, message.to_owned())),
+            (SigningKey::from_bytes(&[9; 32]), wrong.clone()),
+            (nobody.clone(), wrong.clone()),
+        ] {
+            let mut h = Harness::new(config());
+            h.feed(hello());
+            h.answer(dev.clone());
+            if let Some(a) = &account {
+                h.answer(a.clone());
+            }
+            match &h.written[..] {
+                [server_frame::Kind::AuthChallenge(_)] => {}
+                other => panic!("a challenge like any other, not {other:?}"),
+            }
+            h.respond(&signer);
+            assert_eq!(fatal(&mut h), want);
+            assert!(h.take_actions().is_empty(), "not authenticated");
         }
-        assert_eq!(fatal(&mut h), (code, message.into()));
-        assert!(h.take_written().is_empty(), "no challenge");
     }
+    // The relay's own metrics and logs still tell an unknown id apart.
+    let mut h = Harness::new(config());
+    h.feed(hello());
+    h.answer(Answer::Device(None));
+    h.respond(&key());
+    let f = h.closed().expect("closed").expect("with an error");
+    assert_eq!(
+        (f.code, f.recorded),
+        (ErrorCode::AuthFailed, ErrorCode::UnknownDevice)
+    );
+    // A store that fails says so, before any challenge.
+    let mut h = Harness::new(config());
+    h.feed(hello());
+    h.answer(Answer::Failed);
+    assert_eq!(
+        fatal(&mut h),
+        (
+            ErrorCode::Unavailable,
+            "storage is unavailable; retry with the same message id".into()
+        )
+    );
+    assert!(h.take_written().is_empty(), "no challenge");
 }
 
 #[test]
@@ -715,7 +752,7 @@ fn drain_waits_for_submits_then_takes_acks_for_the_grace() {
     assert_eq!(recorded, vec![vec![("g".to_owned(), 2)]]);
     assert!(matches!(
         actions.last(),
-        Some(Action::Close(Some(Fatal { code: ErrorCode::Draining, message })))
+        Some(Action::Close(Some(Fatal { code: ErrorCode::Draining, message, .. })))
             if message == "the relay is shutting down; reconnect"
     ));
 }

@@ -13,6 +13,30 @@ use herold_store::{AccountState, Device};
 use super::{Action, Core, Now, Pending, Phase, Query};
 use crate::session::{DeviceCtx, Fatal, ReadEvent, codec_fatal, server_frame};
 
+/// The public key an unknown device id's signature is checked against (the
+/// key of the all-zero seed): the check only makes an unknown id cost the
+/// work of a known one; its outcome is never trusted.
+const NOBODYS_KEY: [u8; 32] = [
+    0x3b, 0x6a, 0x27, 0xbc, 0xce, 0xb6, 0xa4, 0x2d, 0x62, 0xa3, 0xa8, 0xd0, 0x2a, 0x6f, 0x0d, 0x73,
+    0x65, 0x32, 0x15, 0x77, 0x1d, 0xe2, 0x43, 0xa6, 0x3a, 0xc0, 0x48, 0xa1, 0x8b, 0x59, 0xda, 0x29,
+];
+
+/// Why a signature is refused; the same for an id nobody enrolled.
+fn wrong_signature() -> Fatal {
+    Fatal::new(
+        ErrorCode::AuthFailed,
+        "the signature does not verify for this device and connection",
+    )
+}
+
+/// An id nobody enrolled: told as a wrong signature, recorded as what it is.
+fn unknown_device() -> Fatal {
+    Fatal {
+        recorded: ErrorCode::UnknownDevice,
+        ..wrong_signature()
+    }
+}
+
 impl Core {
     /// A frame expected during authentication, or why the session ends.
     fn auth_frame(ev: ReadEvent) -> Result<v1::ClientFrame, Fatal> {
@@ -53,38 +77,37 @@ impl Core {
     }
 
     pub(super) fn on_device(&mut self, device: Option<Device>) {
+        // Before a peer proves that it holds a device's key it learns
+        // nothing of the device: an id nobody enrolled, a revoked device
+        // and a device whose account is gone or suspended all get a
+        // challenge like any other.
         let Some(device) = device else {
-            return self.close(Some(Fatal::new(
-                ErrorCode::UnknownDevice,
-                "no such device is enrolled",
-            )));
+            return self.challenge(None, None);
         };
         if device.revoked {
-            return self.close(Some(Fatal::new(
-                ErrorCode::DeviceRevoked,
-                "this device was revoked",
-            )));
+            let refusal = Fatal::new(ErrorCode::DeviceRevoked, "this device was revoked");
+            return self.challenge(Some(device), Some(refusal));
         }
         let account = device.account_id.clone();
         self.ask(Pending::Account(device), Query::AccountState(account));
     }
 
     pub(super) fn on_account(&mut self, device: Device, state: Option<AccountState>) {
-        match state {
-            None => {
-                return self.close(Some(Fatal::new(
-                    ErrorCode::DeviceRevoked,
-                    "this device's account was deleted",
-                )));
-            }
-            Some(s) if s.suspended => {
-                return self.close(Some(Fatal::new(
-                    ErrorCode::DeviceRevoked,
-                    "this device's account is suspended",
-                )));
-            }
-            Some(_) => {}
-        }
+        let refusal = match state {
+            None => Some(Fatal::new(
+                ErrorCode::DeviceRevoked,
+                "this device's account was deleted",
+            )),
+            Some(s) if s.suspended => Some(Fatal::new(
+                ErrorCode::DeviceRevoked,
+                "this device's account is suspended",
+            )),
+            Some(_) => None,
+        };
+        self.challenge(Some(device), refusal);
+    }
+
+    fn challenge(&mut self, device: Option<Device>, refusal: Option<Fatal>) {
         let nonce = match &self.secrets.nonce {
             Ok(n) => *n,
             Err(e) => {
@@ -99,26 +122,52 @@ impl Core {
                     version: herold_proto::PROTOCOL_VERSION,
                 },
             )));
-        self.phase = Phase::Challenged { device, nonce };
+        self.phase = Phase::Challenged {
+            device,
+            nonce,
+            refusal,
+        };
     }
 
     pub(super) fn on_auth_response(&mut self, ev: ReadEvent) {
-        let Phase::Challenged { device, nonce } =
-            std::mem::replace(&mut self.phase, Phase::Loading)
+        let Phase::Challenged {
+            device,
+            nonce,
+            refusal,
+        } = std::mem::replace(&mut self.phase, Phase::Loading)
         else {
             return;
         };
-        match self.verify(ev, &device, &nonce) {
-            Ok(()) => {
-                let ctx = Arc::new(DeviceCtx {
-                    device_id: device.id,
-                    account_id: device.account_id,
-                });
-                self.ctx = Some(ctx.clone());
-                let device_id = ctx.device_id.clone();
-                self.actions.push_back(Action::Authenticated(ctx));
-                self.ask(Pending::Cursors, Query::Cursors(device_id));
-            }
+        // An id nobody enrolled is checked against a key nobody holds: the
+        // answer, and the work, are those of a wrong signature.
+        let unknown = Device {
+            id: String::new(),
+            account_id: String::new(),
+            public_key: NOBODYS_KEY.to_vec(),
+            revoked: false,
+            created_at_ms: 0,
+        };
+        let checked = device.as_ref().unwrap_or(&unknown);
+        match self.verify(ev, checked, &nonce) {
+            Ok(()) if device.is_none() => self.close(Some(unknown_device())),
+            Ok(()) => match (refusal, device) {
+                (Some(why), _) => self.close(Some(why)),
+                (None, Some(device)) => {
+                    let ctx = Arc::new(DeviceCtx {
+                        device_id: device.id,
+                        account_id: device.account_id,
+                    });
+                    self.ctx = Some(ctx.clone());
+                    let device_id = ctx.device_id.clone();
+                    self.actions.push_back(Action::Authenticated(ctx));
+                    self.ask(Pending::Cursors, Query::Cursors(device_id));
+                }
+                (None, None) => self.close(Some(unknown_device())),
+            },
+            Err(f) if device.is_none() => self.close(Some(Fatal {
+                recorded: ErrorCode::UnknownDevice,
+                ..f
+            })),
             Err(f) => self.close(Some(f)),
         }
     }
@@ -152,12 +201,8 @@ impl Core {
         let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| malformed())?;
         let sig = Signature::from_slice(&response.signature)
             .map_err(|_| Fatal::new(ErrorCode::AuthFailed, "the signature is malformed"))?;
-        key.verify_strict(&transcript, &sig).map_err(|_| {
-            Fatal::new(
-                ErrorCode::AuthFailed,
-                "the signature does not verify for this device and connection",
-            )
-        })
+        key.verify_strict(&transcript, &sig)
+            .map_err(|_| wrong_signature())
     }
 
     pub(super) fn on_cursors(
