@@ -5,7 +5,9 @@
 #
 #   scripts/fuzz.sh [target...]        default: every target
 #
-# HEROLD_FUZZ_SECONDS (default 30) bounds each target's run. New inputs the
+# HEROLD_FUZZ_SECONDS (default 30) bounds each target's run; HEROLD_FUZZ_SEED
+# fixes libFuzzer's seed (CI does, so that a run is repeatable; without it
+# every run explores differently). New inputs the
 # fuzzer finds go to a scratch corpus, not into the tree; a crash fails the
 # run and leaves its input under fuzz/artifacts/<target>/ (rerun it with
 # `cargo +nightly fuzz run <target> <file>`). Needs the nightly toolchain
@@ -39,8 +41,10 @@ for t in "${targets[@]}"; do
   [ -d "fuzz/corpus/$t" ] || die "no seed corpus fuzz/corpus/$t"
   mkdir -p "$scratch/$t"
   echo "fuzz.sh: $t for ${SECONDS_EACH} s"
+  seed=()
+  [ -z "${HEROLD_FUZZ_SEED:-}" ] || seed=(-seed="$HEROLD_FUZZ_SEED")
   cargo +nightly fuzz run --fuzz-dir fuzz "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+    -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 "${seed[@]}" \
     2>"$scratch/$t.log" || { tail -40 "$scratch/$t.log" >&2; die "$t failed (see fuzz/artifacts/$t/)"; }
   grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb" "$scratch/$t.log" | sed "s/^/fuzz.sh: $t /"
 done
