@@ -23,15 +23,41 @@ pub(crate) struct Cluster {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     rosters: Arc<Rosters>,
-    /// A resync pass is under way.
-    resyncing: AtomicBool,
-    /// A resync was asked for since the current pass started.
-    resync_wanted: AtomicBool,
-    /// The other relays may have missed something this node told or
-    /// delivered through the router: they owe themselves a resync.
-    owed: AtomicBool,
-    /// A task is trying to tell them.
-    repairing: AtomicBool,
+    /// Resync passes over this node's devices.
+    resync: Coalesced,
+    /// Telling the other relays to resync: they may have missed something
+    /// this node told or delivered through the router.
+    repair: Coalesced,
+}
+
+/// Work that may be asked for again while it runs: one worker at a time,
+/// and a request that comes during a run is served by one more run.
+#[derive(Debug, Default)]
+struct Coalesced {
+    running: AtomicBool,
+    wanted: AtomicBool,
+}
+
+impl Coalesced {
+    /// Asks for a run; true when no worker runs and the caller starts one.
+    fn want(&self) -> bool {
+        self.wanted.store(true, Ordering::Release);
+        !self.running.swap(true, Ordering::AcqRel)
+    }
+
+    /// For the worker: takes the next request, or stops (false).
+    fn next(&self) -> bool {
+        loop {
+            if self.wanted.swap(false, Ordering::AcqRel) {
+                return true;
+            }
+            self.running.store(false, Ordering::Release);
+            // A request between the check and the line above.
+            if !self.wanted.load(Ordering::Acquire) || self.running.swap(true, Ordering::AcqRel) {
+                return false;
+            }
+        }
+    }
 }
 
 impl Cluster {
@@ -48,10 +74,8 @@ impl Cluster {
             store,
             registry,
             rosters,
-            resyncing: AtomicBool::new(false),
-            resync_wanted: AtomicBool::new(false),
-            owed: AtomicBool::new(false),
-            repairing: AtomicBool::new(false),
+            resync: Coalesced::default(),
+            repair: Coalesced::default(),
         }
     }
 
@@ -98,8 +122,7 @@ impl Cluster {
     /// resync from the store, so a missed delivery, roster change or kick
     /// reaches them late, never not at all.
     pub fn missed(self: &Arc<Self>) {
-        self.owed.store(true, Ordering::Release);
-        if self.repairing.swap(true, Ordering::AcqRel) {
+        if !self.repair.want() {
             return;
         }
         let this = self.clone();
@@ -109,17 +132,10 @@ impl Cluster {
                 kind: Some(cluster_event::Kind::Resync(v1::Resync {})),
             };
             let payload = bytes::Bytes::from(ev.encode_to_vec());
-            loop {
-                while this.owed.swap(false, Ordering::AcqRel) {
-                    if this.router.broadcast(payload.clone()).await.is_err() {
-                        this.owed.store(true, Ordering::Release);
-                        tokio::time::sleep(REPAIR_RETRY).await;
-                    }
-                }
-                this.repairing.store(false, Ordering::Release);
-                if !this.owed.load(Ordering::Acquire) || this.repairing.swap(true, Ordering::AcqRel)
-                {
-                    return;
+            while this.repair.next() {
+                if this.router.broadcast(payload.clone()).await.is_err() {
+                    tokio::time::sleep(REPAIR_RETRY).await;
+                    this.repair.want();
                 }
             }
         });
@@ -166,23 +182,13 @@ impl Cluster {
     pub fn recover_from_lag(self: &Arc<Self>) {
         metrics::counter!(m::RESYNCS).increment(1);
         self.rosters.invalidate();
-        self.resync_wanted.store(true, Ordering::Release);
-        if self.resyncing.swap(true, Ordering::AcqRel) {
+        if !self.resync.want() {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            loop {
-                while this.resync_wanted.swap(false, Ordering::AcqRel) {
-                    this.resync_pass().await;
-                }
-                this.resyncing.store(false, Ordering::Release);
-                // A request between the last check and the line above.
-                if !this.resync_wanted.load(Ordering::Acquire)
-                    || this.resyncing.swap(true, Ordering::AcqRel)
-                {
-                    return;
-                }
+            while this.resync.next() {
+                this.resync_pass().await;
             }
         });
     }

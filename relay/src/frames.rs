@@ -26,16 +26,20 @@ pub(crate) fn error_frame(
     frame_bytes(&f, usize::MAX).unwrap_or_default()
 }
 
-/// `RATE_LIMITED` for a submit, with how long to wait before resending.
+/// `RATE_LIMITED` for a submit beyond `rate` a second `whose` (the
+/// device's, the conversation's), with how long to wait before resending.
 pub(crate) fn rate_limited_frame(
-    message: &str,
+    rate: u32,
+    whose: &str,
     message_id: Vec<u8>,
     wait: std::time::Duration,
 ) -> Bytes {
     let retry_after_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
     server_frame(v1::server_frame::Kind::Error(v1::Error {
         code: ErrorCode::RateLimited as i32,
-        message: message.to_owned(),
+        message: format!(
+            "more than {rate} submits a second {whose}; resend in {retry_after_ms} ms"
+        ),
         message_id,
         retry_after_ms,
         ..Default::default()

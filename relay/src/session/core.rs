@@ -522,12 +522,9 @@ impl Core {
                     .get_or_insert_with(|| crate::rate::TokenBucket::new(rate, now.mono));
                 if let Err(wait) = bucket.take(now.mono) {
                     count_rejected(ErrorCode::RateLimited);
-                    let message = format!(
-                        "more than {rate} submits a second from this device; resend in {} ms",
-                        wait.as_millis().max(1)
-                    );
                     return self.frames.push(crate::frames::rate_limited_frame(
-                        &message,
+                        rate,
+                        "from this device",
                         s.message_id,
                         wait,
                     ));

@@ -260,12 +260,12 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
         .take(&s.conversation_id, tokio::time::Instant::now().into_std())
     {
         count_rejected(ErrorCode::RateLimited);
-        let message = format!(
-            "more than {} submits a second into this conversation; resend in {} ms",
+        return Err(crate::frames::rate_limited_frame(
             shared.limits.conversation_submit_rate,
-            wait.as_millis().max(1)
-        );
-        return Err(crate::frames::rate_limited_frame(&message, id, wait));
+            "into this conversation",
+            id,
+            wait,
+        ));
     }
     let msg = NewMessage {
         conversation_id: s.conversation_id,

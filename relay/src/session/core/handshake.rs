@@ -148,27 +148,23 @@ impl Core {
             created_at_ms: 0,
         };
         let checked = device.as_ref().unwrap_or(&unknown);
-        match self.verify(ev, checked, &nonce) {
-            Ok(()) if device.is_none() => self.close(Some(unknown_device())),
-            Ok(()) => match (refusal, device) {
-                (Some(why), _) => self.close(Some(why)),
-                (None, Some(device)) => {
-                    let ctx = Arc::new(DeviceCtx {
-                        device_id: device.id,
-                        account_id: device.account_id,
-                    });
-                    self.ctx = Some(ctx.clone());
-                    let device_id = ctx.device_id.clone();
-                    self.actions.push_back(Action::Authenticated(ctx));
-                    self.ask(Pending::Cursors, Query::Cursors(device_id));
-                }
-                (None, None) => self.close(Some(unknown_device())),
-            },
-            Err(f) if device.is_none() => self.close(Some(Fatal {
+        match (self.verify(ev, checked, &nonce), device, refusal) {
+            (Err(f), None, _) => self.close(Some(Fatal {
                 recorded: ErrorCode::UnknownDevice,
                 ..f
             })),
-            Err(f) => self.close(Some(f)),
+            (Ok(()), None, _) => self.close(Some(unknown_device())),
+            (Err(f), Some(_), _) | (Ok(()), Some(_), Some(f)) => self.close(Some(f)),
+            (Ok(()), Some(device), None) => {
+                let ctx = Arc::new(DeviceCtx {
+                    device_id: device.id,
+                    account_id: device.account_id,
+                });
+                self.ctx = Some(ctx.clone());
+                let device_id = ctx.device_id.clone();
+                self.actions.push_back(Action::Authenticated(ctx));
+                self.ask(Pending::Cursors, Query::Cursors(device_id));
+            }
         }
     }
 
