@@ -38,7 +38,9 @@ for s in "${scales[@]}"; do
   rm -rf "$dir"; mkdir -p "$dir"
   taskset -c "$relay_cpu" "$bin/herold-relay" --dev --data-dir "$dir/data" \
     --listen 127.0.0.1:7390 --admin-listen 127.0.0.1:7391 --metrics-listen 127.0.0.1:7392 \
-    --submit-rate 100000 --conversation-submit-rate 1000000 "${relay_args[@]}" >"$dir/relay.log" 2>&1 &
+    --submit-rate 100000 --conversation-submit-rate 1000000 \
+    --max-unauthenticated-per-address 100000 --handshake-rate-per-address 1000000 \
+    --auth-rate-per-account 100000 "${relay_args[@]}" >"$dir/relay.log" 2>&1 &
   relay=$!
   for _ in $(seq 1 100); do
     [ -s "$dir/data/tls/cert.sha256" ] && grep -q "admin" "$dir/relay.log" && break

@@ -52,6 +52,14 @@ pub enum ClientError {
     /// The connection could not be established.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The relay refused the connection before TLS: it is full, or this
+    /// address has too many connections awaiting authentication or starts
+    /// handshakes too fast. Trying again later (or another relay) helps.
+    #[error(
+        "the relay refused the connection (it is full, or too many connections come from \
+         this address); try again later"
+    )]
+    Refused,
     /// TLS setup failed.
     #[error("TLS: {0}")]
     Tls(String),

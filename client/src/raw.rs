@@ -90,7 +90,14 @@ impl RawConnection {
             .connect_with(config, relay, "localhost")
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(|e| match e {
+                quinn::ConnectionError::ConnectionClosed(c)
+                    if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+                {
+                    ClientError::Refused
+                }
+                e => ClientError::Connect(e.to_string()),
+            })?;
         let (send, recv) = conn
             .open_bi()
             .await

@@ -187,6 +187,7 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     }
     let pb = bar(target.progress, world.devices.len() as u64, "connect");
     let limit = Arc::new(Semaphore::new(target.concurrency.max(1)));
+    let refusals = Arc::new(AtomicU64::new(0));
     let mut connecting = JoinSet::new();
     for (i, d) in world.devices.iter().enumerate() {
         let (first, fallbacks) = target.relays_for(i);
@@ -196,10 +197,10 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         if let Some(t) = target.client_idle_timeout {
             config.idle_timeout = t;
         }
-        let limit = limit.clone();
+        let (limit, refusals) = (limit.clone(), refusals.clone());
         connecting.spawn(async move {
             let _p = limit.acquire().await?;
-            let c = Client::connect(config)
+            let c = connect_patiently(config, &refusals)
                 .await
                 .with_context(|| format!("connecting device {i}"))?;
             anyhow::Ok((i, c))
@@ -213,6 +214,15 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     }
     pb.finish();
     let connect_secs = t1.elapsed().as_secs_f64();
+    let refused = refusals.load(Ordering::Relaxed);
+    if refused > 0 {
+        eprintln!(
+            "warning: the relay turned {refused} connection attempts away (its per-address or \
+             per-account admission limits: every device here comes from one address); they \
+             were tried again. To measure, lift them: --max-unauthenticated-per-address, \
+             --handshake-rate-per-address, --auth-rate-per-account"
+        );
+    }
 
     // Receivers.
     let counters = Arc::new(Counters::default());
@@ -571,6 +581,34 @@ impl Shared {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Connects, trying again with back-off while the relay's admission limits
+/// turn the device away (a load generator plays thousands of devices from
+/// one address); counts each refusal.
+async fn connect_patiently(
+    config: ClientConfig,
+    refusals: &AtomicU64,
+) -> Result<Client, herold_client::ClientError> {
+    use herold_client::ClientError;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match Client::connect(config.clone()).await {
+            Err(
+                ClientError::Refused
+                | ClientError::Relay {
+                    code: ErrorCode::RateLimited,
+                    ..
+                },
+            ) if Instant::now() < give_up => {
+                refusals.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            r => return r,
+        }
     }
 }
 

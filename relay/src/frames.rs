@@ -46,6 +46,17 @@ pub(crate) fn rate_limited_frame(
     }))
 }
 
+/// The error that ends a connection; `retry_after_ms` 0: not said.
+pub(crate) fn fatal_frame(code: ErrorCode, message: &str, retry_after_ms: u32) -> Bytes {
+    server_frame(v1::server_frame::Kind::Error(v1::Error {
+        code: code as i32,
+        message: message.to_owned(),
+        fatal: true,
+        retry_after_ms,
+        ..Default::default()
+    }))
+}
+
 /// A server frame, framed for the stream.
 pub(crate) fn server_frame(kind: v1::server_frame::Kind) -> Bytes {
     frame_bytes(&v1::ServerFrame { kind: Some(kind) }, usize::MAX).unwrap_or_default()

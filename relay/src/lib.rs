@@ -18,7 +18,10 @@
 //!   `/readyz`) and readiness, also published to gRPC health.
 //! - `grpc_metrics`: the admin API's per-call metrics.
 //! - `frames`: the server's frames as bytes.
-//! - `rate`: token buckets (sans-IO) for the submit rate limits.
+//! - `rate`: token buckets (sans-IO) for the rate limits.
+//! - `admission`: who may start a QUIC handshake: connections awaiting
+//!   authentication bounded in total and per address, QUIC Retry under
+//!   load.
 //! - `registry`: connected devices of this node and their queues.
 //! - `roster`: cached conversation rosters.
 //! - `cursors`: acknowledged cursors, written in batches.
@@ -46,6 +49,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod admission;
 mod cluster;
 pub mod config;
 mod cursors;

@@ -28,8 +28,20 @@ pub const CONNECTIONS: &str = "herold_relay_connections";
 pub const CONNECTIONS_OPENED: &str = "herold_relay_connections_opened_total";
 /// Connections that ended, by `reason`.
 pub const CONNECTIONS_CLOSED: &str = "herold_relay_connections_closed_total";
-/// Connection attempts refused: the relay is at `max_connections` or draining.
+/// Connection attempts refused before TLS, by `reason`: `full` (at
+/// `max_connections`), `unauthenticated` (at `max_unauthenticated`),
+/// `address` (at `max_unauthenticated_per_address`), `address_rate` (over
+/// `handshake_rate_per_address`), `unvalidated` (a Retry token that did not
+/// prove the address).
 pub const CONNECTIONS_REFUSED: &str = "herold_relay_connections_refused_total";
+/// Connections awaiting authentication now (`max_unauthenticated`).
+pub const UNAUTHENTICATED: &str = "herold_relay_unauthenticated_connections";
+/// New connections answered with a QUIC Retry (more than `retry_above`
+/// awaiting authentication).
+pub const QUIC_RETRIES: &str = "herold_relay_quic_retries_total";
+/// Enroll calls refused without looking at the code: too many failed ones
+/// from the address.
+pub const ENROLL_RATE_LIMITED: &str = "herold_relay_enroll_rate_limited_total";
 /// TLS handshakes that failed or timed out, by `reason` (`error`, `timeout`).
 pub const HANDSHAKE_FAILURES: &str = "herold_relay_handshake_failures_total";
 /// Authenticated device sessions on this relay now.
@@ -53,7 +65,8 @@ pub const FANOUT_DEVICES: &str = "herold_relay_fanout_devices";
 pub const FANOUT_NODES: &str = "herold_relay_fanout_nodes";
 /// A device's delivery queue depth, sampled at each push.
 pub const DEVICE_QUEUE_DEPTH: &str = "herold_relay_device_queue_depth";
-/// Devices disconnected because their delivery queue was full.
+/// Devices disconnected because their delivery queue was full, or because
+/// a write to them did not complete within `write_timeout`.
 pub const SLOW_CONSUMERS: &str = "herold_relay_slow_consumer_disconnects_total";
 /// Cluster resyncs: the node inbox reported lost deliveries.
 pub const RESYNCS: &str = "herold_relay_resyncs_total";
@@ -194,7 +207,22 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED,
         Unit::Count,
-        "Connection attempts refused (connection limit reached or draining)."
+        "Connection attempts refused before TLS, by reason (full, unauthenticated, address, address_rate, unvalidated)."
+    );
+    describe_gauge!(
+        UNAUTHENTICATED,
+        Unit::Count,
+        "Connections awaiting authentication now."
+    );
+    describe_counter!(
+        QUIC_RETRIES,
+        Unit::Count,
+        "New connections answered with a QUIC Retry (address validation under load)."
+    );
+    describe_counter!(
+        ENROLL_RATE_LIMITED,
+        Unit::Count,
+        "Enroll calls refused: too many failed enrollments from the address."
     );
     describe_counter!(
         HANDSHAKE_FAILURES,

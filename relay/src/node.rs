@@ -11,17 +11,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use herold_router::Router;
 use herold_store::Store;
 
+use crate::admission::Admission;
 use crate::cluster::Cluster;
 use crate::config::Limits;
 use crate::cursors::CursorSink;
 use crate::pacer::Pacer;
 use crate::rate::Buckets;
 
+use crate::registry::Registry;
+use crate::roster::Rosters;
+
 /// Conversations whose submit rate is tracked at once before the idle ones
 /// are forgotten.
 const MAX_RATED_CONVERSATIONS: usize = 100_000;
-use crate::registry::Registry;
-use crate::roster::Rosters;
+/// Accounts whose authentication rate is tracked at once, likewise.
+const MAX_RATED_ACCOUNTS: usize = 100_000;
 
 /// Wall clock in unix milliseconds.
 pub(crate) fn now_ms() -> i64 {
@@ -51,6 +55,10 @@ pub(crate) struct Shared {
     pub cluster: Arc<Cluster>,
     /// Submits per conversation through this relay.
     pub conversation_rates: Buckets,
+    /// Authentications per account on this relay.
+    pub account_auths: Buckets,
+    /// Connections awaiting authentication, per address and in total.
+    pub admission: Arc<Admission>,
 }
 
 impl Shared {
@@ -87,6 +95,8 @@ impl Shared {
                 limits.conversation_submit_rate,
                 MAX_RATED_CONVERSATIONS,
             ),
+            account_auths: Buckets::new(limits.auth_rate_per_account, MAX_RATED_ACCOUNTS),
+            admission: Admission::new(limits),
         }
     }
 }

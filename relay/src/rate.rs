@@ -47,8 +47,19 @@ impl TokenBucket {
         Err(wait.max(Duration::from_millis(1)))
     }
 
+    /// Whether it has a token now, taking nothing; without one, how long
+    /// until there is one.
+    pub fn peek(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec);
+        Err(wait.max(Duration::from_millis(1)))
+    }
+
     /// Whether it has refilled completely (nothing taken for a burst's time).
-    fn is_full(&mut self, now: Instant) -> bool {
+    pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.burst
     }
@@ -87,6 +98,15 @@ impl Buckets {
         taken
     }
 
+    /// Whether `key`'s bucket has a token now, taking nothing; without one,
+    /// how long until there is one.
+    pub fn peek(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        match self.map.get_mut(key) {
+            Some(mut b) => b.peek(now),
+            None => Ok(()),
+        }
+    }
+
     /// Keys with a bucket now.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -121,6 +141,20 @@ mod tests {
         assert!(b.take(later).is_err());
         // A clock that steps back takes nothing away.
         assert!(b.take(t0).is_err());
+    }
+
+    #[test]
+    fn peeking_takes_nothing() {
+        let t0 = Instant::now();
+        let buckets = Buckets::new(1, 10);
+        assert_eq!(buckets.peek("a", t0), Ok(()));
+        for _ in 0..BURST_SECONDS {
+            assert_eq!(buckets.peek("a", t0), Ok(()));
+            assert_eq!(buckets.take("a", t0), Ok(()));
+        }
+        let wait = buckets.peek("a", t0).unwrap_err();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(buckets.peek("a", t0 + Duration::from_secs(1)), Ok(()));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{info, warn};
 
+use crate::admission::{Ticket, Verdict};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics as m;
@@ -245,9 +246,7 @@ impl Relay {
                 _ = &mut shutdown => break,
                 incoming = incoming_rx.recv() => {
                     let Some(incoming) = incoming else { break };
-                    let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
-                        metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
-                        incoming.refuse();
+                    let Some((incoming, ticket, permit)) = admit(&shared, &conn_limit, incoming) else {
                         continue;
                     };
                     let shared = shared.clone();
@@ -265,7 +264,7 @@ impl Relay {
                         span.record("client.addr", tracing::field::display(incoming.remote_address()));
                     }
                     tokio::spawn(tracing::Instrument::instrument(async move {
-                        crate::session::serve(shared, incoming, id, drain).await;
+                        crate::session::serve(shared, incoming, ticket, id, drain).await;
                         drop(permit);
                         drop(done);
                     }, span));
@@ -420,6 +419,51 @@ async fn purge_expired(shared: Arc<Shared>) {
                 info!(purged = n, "expired messages deleted");
             }
             Err(e) => warn!(error = %e, "purging expired messages failed"),
+        }
+    }
+}
+
+/// Admission of a new connection (`crate::admission`), then a place among
+/// the relay's `max_connections`; `None`: answered with a Retry or refused.
+fn admit(
+    shared: &Shared,
+    total: &Arc<Semaphore>,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Incoming, Ticket, tokio::sync::OwnedSemaphorePermit)> {
+    let refuse = |incoming: quinn::Incoming, reason: &'static str| {
+        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+        incoming.refuse();
+    };
+    let verdict = shared.admission.admit(
+        incoming.remote_address().ip(),
+        incoming.remote_address_validated(),
+        std::time::Instant::now(),
+    );
+    match verdict {
+        Verdict::Admit(ticket) => match total.clone().try_acquire_owned() {
+            Ok(permit) => Some((incoming, ticket, permit)),
+            Err(_) => {
+                refuse(incoming, "full");
+                None
+            }
+        },
+        Verdict::Retry if incoming.may_retry() => {
+            metrics::counter!(m::QUIC_RETRIES).increment(1);
+            // Fails only when the endpoint has no Retry tokens to give;
+            // the peer then tries again.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            None
+        }
+        // It came back from a Retry and its token did not prove it.
+        Verdict::Retry => {
+            refuse(incoming, "unvalidated");
+            None
+        }
+        Verdict::Refuse(why) => {
+            refuse(incoming, why.label());
+            None
         }
     }
 }

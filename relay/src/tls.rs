@@ -129,6 +129,9 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes sent to one device and not yet acknowledged, at most.
+pub(crate) const SEND_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
+
 /// The quinn server configuration for `identity`.
 pub fn server_config(
     identity: Identity,
@@ -153,6 +156,10 @@ pub fn server_config(
     let idle = quinn::IdleTimeout::try_from(limits.idle_timeout)
         .context("idle-timeout-secs is too large")?;
     transport.max_idle_timeout(Some(idle));
+    // What waits unacknowledged for one device, at most: a device that
+    // stops reading holds this much of the relay's memory (quinn's default
+    // is 10 MB) until write_timeout disconnects it.
+    transport.send_window(SEND_WINDOW_BYTES);
     // No ACK-frequency request (QUIC extension) to the devices: asking
     // them to acknowledge every tenth packet made a channel post's first
     // burst drop thousands of datagrams at the relay (docs/BENCHMARKS.md,

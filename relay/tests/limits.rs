@@ -226,3 +226,54 @@ async fn a_conversation_over_its_submit_rate_slows_its_senders_only() {
 fn herold_relay_burst_seconds() -> u32 {
     4
 }
+
+/// A device that stops reading cannot make the relay hold its frames for
+/// ever: once a write to it has blocked for `write_timeout` it is
+/// disconnected as a slow consumer (it syncs when it comes back), even
+/// when too little comes for its delivery queue to fill. Its conversation's
+/// other readers get everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_reads_nothing_is_cut_off_after_the_write_timeout() {
+    const MESSAGES: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev(dir.path());
+    config.limits.write_timeout = Duration::from_secs(1);
+    let relay = TestRelay::start_with(config).await;
+    for a in ["alice", "bob", "carol"] {
+        relay.account(a).await;
+    }
+    let ka = relay.device("alice", "alice.phone").await;
+    let kb = relay.device("bob", "bob.phone").await;
+    let kc = relay.device("carol", "carol.phone").await;
+    relay
+        .conversation("g", ConversationKind::Group, &["alice", "bob", "carol"])
+        .await;
+    let mut bob = relay.client("bob.phone", &kb).await;
+    // Authenticated, then never read again.
+    let carol = raw_device(&relay, "carol.phone", &kc).await;
+    let alice = relay.client("alice.phone", &ka).await;
+    // 16 × 240 KiB: more than QUIC lets wait for one device (its 1.25 MB
+    // stream window and the relay's 2 MiB send window).
+    for i in 0..MESSAGES {
+        alice
+            .send("g", vec![u8::try_from(i).unwrap(); 240 * 1024], 0)
+            .await
+            .unwrap();
+    }
+    let closed = tokio::time::timeout(DEADLINE, carol.connection().closed())
+        .await
+        .expect("the relay cuts carol off");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code,
+                quinn::VarInt::from_u32(ErrorCode::SlowConsumer as u32)
+            );
+            let reason = String::from_utf8_lossy(&c.reason);
+            assert!(reason.contains("read nothing for 1 s"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(receive(&mut bob, MESSAGES).await.len(), MESSAGES);
+    relay.stop().await;
+}

@@ -1,7 +1,12 @@
 //! One-time enrollment codes: issued by operators (service `Admin`),
 //! redeemed by devices (service `Enrollment`).
 
+use std::time::Instant;
+
+use tonic::Code;
+
 use super::*;
+use crate::metrics as m;
 
 impl AdminService {
     /// Issues a code for an account and returns it for printing.
@@ -189,6 +194,19 @@ impl Enrollment for EnrollmentService {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::Device>, Status> {
+        // Per address: an office or a carrier's NAT is one address, so
+        // only failures count, and only those that are the caller's.
+        let from = req.remote_addr().map_or_else(String::new, |a| {
+            crate::admission::address_key(a.ip()).to_string()
+        });
+        let at = Instant::now();
+        if let Err(wait) = self.node.enroll_failures.peek(&from, at) {
+            metrics::counter!(m::ENROLL_RATE_LIMITED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed enrollments from this address; try again in {} ms",
+                wait.as_millis().max(1)
+            )));
+        }
         let r = req.into_inner();
         let result = async {
             check_id("device", &r.device_id)?;
@@ -228,6 +246,14 @@ impl Enrollment for EnrollmentService {
             Ok(_) => "ok".to_owned(),
             Err(s) => format!("{:?}", s.code()),
         };
+        // A guesser's failures: a wrong or used code, or input that is
+        // not even well-formed. A valid code refused by policy (the device
+        // limit) or a store that did not answer is not the caller's doing.
+        if let Err(s) = &result
+            && matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument)
+        {
+            let _ = self.node.enroll_failures.take(&from, at);
+        }
         record_audit(
             &self.node,
             &operator,

@@ -37,6 +37,7 @@ use crate::config::{Config, Limits};
 use crate::node::{Shared, now_ms};
 use crate::operators::{Auth, Operator, OperatorRole};
 use crate::policy::{Effective, MAX_DEVICES_CEILING};
+use crate::rate::Buckets;
 use crate::registry::Kick;
 
 mod accounts;
@@ -77,6 +78,10 @@ const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 const CODE_CHARS: usize = 12;
 
+/// Addresses whose failed enrollments are tracked at once before those
+/// that failed nothing lately are forgotten.
+const MAX_RATED_ENROLL_ADDRESSES: usize = 100_000;
+
 /// What the admin API needs of the node: the store, the limits, and the
 /// cluster, through which directory changes and cut-offs reach every relay.
 #[derive(Debug)]
@@ -84,6 +89,8 @@ pub(crate) struct AdminNode {
     store: Arc<dyn Store>,
     limits: Limits,
     cluster: Arc<Cluster>,
+    /// Failed enrollments per address (`crate::admission::address_key`).
+    enroll_failures: Buckets,
 }
 
 impl AdminNode {
@@ -92,6 +99,10 @@ impl AdminNode {
             store: shared.store.clone(),
             limits: shared.limits.clone(),
             cluster: shared.cluster.clone(),
+            enroll_failures: Buckets::new(
+                shared.limits.enroll_failure_rate,
+                MAX_RATED_ENROLL_ADDRESSES,
+            ),
         })
     }
 

@@ -120,6 +120,39 @@ pub struct Args {
     /// [default: 500].
     #[arg(long, env = "HEROLD_CONVERSATION_SUBMIT_RATE")]
     pub conversation_submit_rate: Option<u32>,
+    /// Connections awaiting authentication (TLS handshake, Hello, key
+    /// proof), all addresses together; beyond, new ones are refused before
+    /// TLS; 1..=10000000 [default: 10000].
+    #[arg(long, env = "HEROLD_MAX_UNAUTHENTICATED")]
+    pub max_unauthenticated: Option<u32>,
+    /// Connections awaiting authentication from one address (IPv6: one
+    /// /64); 1..=10000000 [default: 256].
+    #[arg(long, env = "HEROLD_MAX_UNAUTHENTICATED_PER_ADDRESS")]
+    pub max_unauthenticated_per_address: Option<u32>,
+    /// Handshakes a second one address (IPv6: /64) may start, with a burst
+    /// of 4 s of it; beyond, refused before TLS; 1..=1000000 [default: 200].
+    #[arg(long, env = "HEROLD_HANDSHAKE_RATE_PER_ADDRESS")]
+    pub handshake_rate_per_address: Option<u32>,
+    /// Connections awaiting authentication above which a new connection
+    /// must first prove its address with a QUIC Retry (one more round
+    /// trip); 0: always [default: 1000].
+    #[arg(long, env = "HEROLD_RETRY_ABOVE")]
+    pub retry_above: Option<u32>,
+    /// Authentications a second of one account's devices, with a burst of
+    /// 4 s of it; beyond, RATE_LIMITED with the time to wait;
+    /// 1..=100000 [default: 5].
+    #[arg(long, env = "HEROLD_AUTH_RATE_PER_ACCOUNT")]
+    pub auth_rate_per_account: Option<u32>,
+    /// Failed enrollments (Enroll with a wrong or used code) a second from
+    /// one address, with a burst of 4 s of it; beyond, Enroll answers
+    /// RESOURCE_EXHAUSTED without looking at the code; 1..=100000
+    /// [default: 2].
+    #[arg(long, env = "HEROLD_ENROLL_FAILURE_RATE")]
+    pub enroll_failure_rate: Option<u32>,
+    /// Seconds a write to a device may block (it reads nothing) before the
+    /// device is disconnected as a slow consumer [default: 30].
+    #[arg(long, env = "HEROLD_WRITE_TIMEOUT_SECS")]
+    pub write_timeout_secs: Option<u64>,
     /// Seconds SIGTERM waits for sessions to drain [default: 10].
     #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
     pub drain_grace_secs: Option<u64>,
@@ -226,6 +259,13 @@ pub(super) struct FileConfig {
     pub(super) fan_out_rate: Option<u32>,
     pub(super) submit_rate: Option<u32>,
     pub(super) conversation_submit_rate: Option<u32>,
+    pub(super) max_unauthenticated: Option<u32>,
+    pub(super) max_unauthenticated_per_address: Option<u32>,
+    pub(super) handshake_rate_per_address: Option<u32>,
+    pub(super) retry_above: Option<u32>,
+    pub(super) auth_rate_per_account: Option<u32>,
+    pub(super) enroll_failure_rate: Option<u32>,
+    pub(super) write_timeout_secs: Option<u64>,
     pub(super) drain_reconnect_spread_ms: Option<u64>,
     pub(super) log: Option<String>,
     pub(super) log_format: Option<String>,

@@ -8,27 +8,21 @@ use std::time::Duration;
 
 mod args;
 mod backends;
+mod limits;
 #[cfg(test)]
 mod tests;
 
 pub use args::Args;
 use args::FileConfig;
 use backends::{CqlFlags, cql_config, default_node_id, redis_config};
+pub use limits::{Limits, MAX_UDP_SOCKETS};
+use limits::{MAX_FAN_OUT_RATE, MIN_FAN_OUT_RATE};
 
 use crate::operators::OperatorsFileError;
 
 /// The longest reconnect spread a drain may ask for: the SDK waits at most
 /// this long after a Draining.
 pub const MAX_DRAIN_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
-/// Most UDP sockets the relay opens on its QUIC port.
-pub const MAX_UDP_SOCKETS: u32 = 64;
-/// Fewest UDP sockets the relay opens by default, whatever its cores.
-const MIN_DEFAULT_UDP_SOCKETS: u32 = 4;
-/// Devices per second handed a delivery, per core, by default.
-const FAN_OUT_RATE_PER_CORE: u32 = 32_000;
-/// Bounds of `fan-out-rate`.
-const MIN_FAN_OUT_RATE: u32 = 1_000;
-const MAX_FAN_OUT_RATE: u32 = 10_000_000;
 
 /// Share of new traces sampled when none is configured: one in a hundred,
 /// enough to see where time goes without tracing every election post.
@@ -67,88 +61,6 @@ pub enum TlsSource {
         /// Private key.
         key: PathBuf,
     },
-}
-
-/// Limits protecting the relay and its other users from one client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Devices one account may enroll.
-    pub max_devices_per_account: u32,
-    /// Largest client frame body, bytes.
-    pub max_frame_bytes: u32,
-    /// Largest ciphertext of one message, bytes.
-    pub max_ciphertext_bytes: u32,
-    /// Largest MLS commit plus Welcome, bytes (a commit adding many members
-    /// to a large group is big: 2 MB for 7,000; docs/BENCHMARKS.md).
-    pub max_handshake_bytes: u32,
-    /// One-time MLS key packages kept per device.
-    pub max_key_packages: u32,
-    /// Concurrent client connections.
-    pub max_connections: u32,
-    /// Submits awaiting acceptance per connection.
-    pub max_in_flight: u32,
-    /// Deliveries queued per device before it is disconnected as slow.
-    pub device_queue: u32,
-    /// Time a connection has to authenticate.
-    pub auth_timeout: Duration,
-    /// Silence after which a connection is closed.
-    pub idle_timeout: Duration,
-    /// Longest expiry a message may ask for.
-    pub max_expiry: Duration,
-    /// Window over which a draining relay's devices spread their reconnects.
-    pub drain_reconnect_spread: Duration,
-    /// Receive buffer asked for on the QUIC socket.
-    pub udp_recv_buffer_bytes: u32,
-    /// Send buffer asked for on the QUIC socket.
-    pub udp_send_buffer_bytes: u32,
-    /// UDP sockets sharing the QUIC port.
-    pub udp_sockets: u32,
-    /// Devices per second handed a delivery.
-    pub fan_out_rate: u32,
-    /// Submits a second per device (burst: 4 s of it).
-    pub submit_rate: u32,
-    /// Submits a second per conversation through this relay (burst: 4 s).
-    pub conversation_submit_rate: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_devices_per_account: 10,
-            max_frame_bytes: 8 * 1024 * 1024 + 64 * 1024,
-            max_ciphertext_bytes: 256 * 1024,
-            max_handshake_bytes: 8 * 1024 * 1024,
-            max_key_packages: 100,
-            max_connections: 100_000,
-            max_in_flight: 64,
-            device_queue: 1024,
-            auth_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_expiry: Duration::from_secs(365 * 24 * 3600),
-            drain_reconnect_spread: Duration::from_millis(2000),
-            // A fan-out to thousands of devices answers with thousands of
-            // acks at once: the kernel's default (208 KiB) drops them.
-            udp_recv_buffer_bytes: 8 * 1024 * 1024,
-            udp_send_buffer_bytes: 8 * 1024 * 1024,
-            // At least 4 even on one core: quinn reads a socket for at
-            // most 50 µs before it yields to the other tasks, so during a
-            // fan-out to thousands of sessions each socket gets a small
-            // share of the core; more sockets, more shares.
-            udp_sockets: std::thread::available_parallelism()
-                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
-                .clamp(MIN_DEFAULT_UDP_SOCKETS, MAX_UDP_SOCKETS),
-            // About what one core serves (docs/BENCHMARKS.md, "Delivery
-            // path"): faster, the acks of a channel post overflow the socket.
-            fan_out_rate: std::thread::available_parallelism()
-                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
-                .saturating_mul(FAN_OUT_RATE_PER_CORE)
-                .min(MAX_FAN_OUT_RATE),
-            // A person types far slower; a script that posts faster is
-            // slowed down, not its conversation's readers.
-            submit_rate: 50,
-            conversation_submit_rate: 500,
-        }
-    }
 }
 
 /// TLS of the admin API.
@@ -248,82 +160,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let dev = args.dev || file.dev.unwrap_or(false);
-        let defaults = Limits::default();
-        let secs = Duration::from_secs;
-        let limits = Limits {
-            max_devices_per_account: args
-                .max_devices_per_account
-                .or(file.max_devices_per_account)
-                .unwrap_or(defaults.max_devices_per_account),
-            max_frame_bytes: args
-                .max_frame_bytes
-                .or(file.max_frame_bytes)
-                .unwrap_or(defaults.max_frame_bytes),
-            max_ciphertext_bytes: args
-                .max_ciphertext_bytes
-                .or(file.max_ciphertext_bytes)
-                .unwrap_or(defaults.max_ciphertext_bytes),
-            max_handshake_bytes: args
-                .max_handshake_bytes
-                .or(file.max_handshake_bytes)
-                .unwrap_or(defaults.max_handshake_bytes),
-            max_key_packages: args
-                .max_key_packages
-                .or(file.max_key_packages)
-                .unwrap_or(defaults.max_key_packages),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(defaults.max_connections),
-            max_in_flight: args
-                .max_in_flight
-                .or(file.max_in_flight)
-                .unwrap_or(defaults.max_in_flight),
-            device_queue: args
-                .device_queue
-                .or(file.device_queue)
-                .unwrap_or(defaults.device_queue),
-            auth_timeout: args
-                .auth_timeout_secs
-                .or(file.auth_timeout_secs)
-                .map_or(defaults.auth_timeout, secs),
-            idle_timeout: args
-                .idle_timeout_secs
-                .or(file.idle_timeout_secs)
-                .map_or(defaults.idle_timeout, secs),
-            max_expiry: args
-                .max_expiry_days
-                .or(file.max_expiry_days)
-                .map_or(defaults.max_expiry, |d| secs(u64::from(d) * 24 * 3600)),
-            drain_reconnect_spread: args
-                .drain_reconnect_spread_ms
-                .or(file.drain_reconnect_spread_ms)
-                .map_or(defaults.drain_reconnect_spread, Duration::from_millis),
-            udp_recv_buffer_bytes: args
-                .udp_recv_buffer_bytes
-                .or(file.udp_recv_buffer_bytes)
-                .unwrap_or(defaults.udp_recv_buffer_bytes),
-            udp_send_buffer_bytes: args
-                .udp_send_buffer_bytes
-                .or(file.udp_send_buffer_bytes)
-                .unwrap_or(defaults.udp_send_buffer_bytes),
-            udp_sockets: args
-                .udp_sockets
-                .or(file.udp_sockets)
-                .unwrap_or(defaults.udp_sockets),
-            fan_out_rate: args
-                .fan_out_rate
-                .or(file.fan_out_rate)
-                .unwrap_or(defaults.fan_out_rate),
-            submit_rate: args
-                .submit_rate
-                .or(file.submit_rate)
-                .unwrap_or(defaults.submit_rate),
-            conversation_submit_rate: args
-                .conversation_submit_rate
-                .or(file.conversation_submit_rate)
-                .unwrap_or(defaults.conversation_submit_rate),
-        };
+        let limits = Limits::from_flags(&args, &file);
         let (cql, cql_weak_durability) = cql_config(
             CqlFlags {
                 contact_points: args.cql_contact_points.or(file.cql_contact_points),
@@ -404,7 +241,7 @@ impl Config {
             drain_grace: args
                 .drain_grace_secs
                 .or(file.drain_grace_secs)
-                .map_or(Duration::from_secs(10), secs),
+                .map_or(Duration::from_secs(10), Duration::from_secs),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             log_format: match args.log_format.or(file.log_format) {
                 Some(f) => f.parse().map_err(|reason| ConfigError::Invalid {
@@ -499,6 +336,31 @@ impl Config {
                 self.limits.conversation_submit_rate,
                 1_000_000,
             ),
+            (
+                "max-unauthenticated",
+                self.limits.max_unauthenticated,
+                10_000_000,
+            ),
+            (
+                "max-unauthenticated-per-address",
+                self.limits.max_unauthenticated_per_address,
+                10_000_000,
+            ),
+            (
+                "handshake-rate-per-address",
+                self.limits.handshake_rate_per_address,
+                1_000_000,
+            ),
+            (
+                "auth-rate-per-account",
+                self.limits.auth_rate_per_account,
+                100_000,
+            ),
+            (
+                "enroll-failure-rate",
+                self.limits.enroll_failure_rate,
+                100_000,
+            ),
         ] {
             if !(1..=max).contains(&v) {
                 return Err(ConfigError::Invalid {
@@ -506,6 +368,12 @@ impl Config {
                     reason: format!("{v} is outside 1..={max}"),
                 });
             }
+        }
+        if self.limits.write_timeout > Duration::from_secs(86_400) {
+            return Err(ConfigError::Invalid {
+                name: "write-timeout-secs",
+                reason: format!("{} is above 86400", self.limits.write_timeout.as_secs()),
+            });
         }
         if self.limits.drain_reconnect_spread > MAX_DRAIN_RECONNECT_SPREAD {
             return Err(ConfigError::Invalid {
@@ -552,6 +420,7 @@ impl Config {
             ("device-queue", u64::from(l.device_queue)),
             ("auth-timeout-secs", l.auth_timeout.as_secs()),
             ("idle-timeout-secs", l.idle_timeout.as_secs()),
+            ("write-timeout-secs", l.write_timeout.as_secs()),
             ("max-expiry-days", l.max_expiry.as_secs()),
         ];
         for (name, v) in positive {

@@ -224,6 +224,8 @@ fn telemetry_settings_have_defaults_and_are_validated() {
         (&["--udp-sockets", "0"][..], "udp-sockets"),
         (&["--udp-sockets", "65"][..], "udp-sockets"),
         (&["--fan-out-rate", "999"][..], "fan-out-rate"),
+        (&["--write-timeout-secs", "0"][..], "write-timeout-secs"),
+        (&["--write-timeout-secs", "86401"][..], "write-timeout-secs"),
         (
             &["--metrics-listen", "127.0.0.1:7301"][..],
             "metrics-listen",
@@ -233,6 +235,57 @@ fn telemetry_settings_have_defaults_and_are_validated() {
         v.extend_from_slice(args);
         let e = parse(&v).unwrap_err();
         assert!(e.to_string().contains(name), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn admission_limits_have_defaults_and_are_validated() {
+    let c = parse(&["--dev"]).unwrap();
+    let l = &c.limits;
+    assert_eq!(l.max_unauthenticated, 10_000);
+    assert_eq!(l.max_unauthenticated_per_address, 256);
+    assert_eq!(l.handshake_rate_per_address, 200);
+    assert_eq!(l.retry_above, 1_000);
+    assert_eq!(l.auth_rate_per_account, 5);
+    assert_eq!(l.enroll_failure_rate, 2);
+    let c = parse(&[
+        "--dev",
+        "--max-unauthenticated",
+        "50",
+        "--max-unauthenticated-per-address",
+        "5",
+        "--handshake-rate-per-address",
+        "7",
+        "--retry-above",
+        "0",
+        "--auth-rate-per-account",
+        "2",
+        "--enroll-failure-rate",
+        "3",
+    ])
+    .unwrap();
+    let l = &c.limits;
+    assert_eq!(
+        (
+            l.max_unauthenticated,
+            l.max_unauthenticated_per_address,
+            l.handshake_rate_per_address,
+            l.retry_above,
+            l.auth_rate_per_account,
+            l.enroll_failure_rate
+        ),
+        (50, 5, 7, 0, 2, 3)
+    );
+    for name in [
+        "max-unauthenticated",
+        "max-unauthenticated-per-address",
+        "handshake-rate-per-address",
+        "auth-rate-per-account",
+        "enroll-failure-rate",
+    ] {
+        let flag = format!("--{name}");
+        let e = parse(&["--dev", &flag, "0"]).unwrap_err();
+        assert!(e.to_string().contains(name), "{name}: {e}");
     }
 }
 

@@ -329,6 +329,16 @@ impl Core {
         self.close(Some(fatal));
     }
 
+    /// Ends the session before anything the core asked for since its last
+    /// input is done or written: the driver refused what it was told
+    /// (an authentication over the account's rate).
+    pub(crate) fn refuse(&mut self, fatal: Fatal) {
+        self.actions.clear();
+        self.frames.clear();
+        self.traced.clear();
+        self.close(Some(fatal));
+    }
+
     /// The next thing to do, in order.
     pub(crate) fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()

@@ -18,12 +18,13 @@ use bytes::Bytes;
 use herold_proto::auth;
 use herold_proto::codec::{FrameDecoder, decode_message};
 use herold_proto::v1::{self, ErrorCode};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{Instrument as _, debug, warn};
 
 use super::core::{Action, Answer, AuthSecrets, Core, CoreConfig, Input, Now, Query};
 use super::submit::{Done, submit};
-use super::{AUTH_FRAME_BYTES, DeviceCtx, Fatal, ReadEvent, SYNC_PAGE, error_frame};
+use super::{AUTH_FRAME_BYTES, DeviceCtx, Fatal, ReadEvent, SYNC_PAGE};
+use crate::admission::Ticket;
 use crate::config::Limits;
 use crate::metrics::{self as m, code_label};
 use crate::node::{Shared, now_ms};
@@ -57,34 +58,32 @@ fn now() -> Now {
     }
 }
 
+/// What the reader hands to the driver: an event, and the part of the
+/// byte budget its frame holds until the core took it.
+type Read = (ReadEvent, Option<OwnedSemaphorePermit>);
+
+/// Decoded client frames waiting for the session, bounded in bytes as well
+/// as in number: twice the largest frame (in KiB, as permits).
+fn read_budget(max_frame_bytes: u32) -> Arc<Semaphore> {
+    let kib = (u64::from(max_frame_bytes) * 2).div_ceil(1024).max(64);
+    Arc::new(Semaphore::new(
+        usize::try_from(kib).unwrap_or(Semaphore::MAX_PERMITS),
+    ))
+}
+
 async fn read_loop(
     mut recv: quinn::RecvStream,
     limit: Arc<AtomicUsize>,
-    tx: mpsc::Sender<ReadEvent>,
+    budget: Arc<Semaphore>,
+    tx: mpsc::Sender<Read>,
 ) {
     let mut dec = FrameDecoder::new(AUTH_FRAME_BYTES);
     loop {
         match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => {
                 dec.extend(&chunk.bytes);
-                loop {
-                    dec.set_max_frame_bytes(limit.load(Ordering::Acquire));
-                    match dec.next_frame() {
-                        Ok(Some(body)) => {
-                            let ev = match decode_message::<v1::ClientFrame>(&body) {
-                                Ok(f) => ReadEvent::Frame(f),
-                                Err(e) => ReadEvent::Malformed(e.to_string()),
-                            };
-                            if tx.send(ev).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = tx.send(ReadEvent::Codec(e)).await;
-                            return;
-                        }
-                    }
+                if !forward_frames(&mut dec, &limit, &budget, &tx).await {
+                    return;
                 }
             }
             Ok(None) => {
@@ -92,14 +91,64 @@ async fn read_loop(
                     Ok(()) => ReadEvent::Closed,
                     Err(e) => ReadEvent::Codec(e),
                 };
-                let _ = tx.send(ev).await;
+                let _ = tx.send((ev, None)).await;
                 return;
             }
             Err(_) => {
-                let _ = tx.send(ReadEvent::Closed).await;
+                let _ = tx.send((ReadEvent::Closed, None)).await;
                 return;
             }
         }
+    }
+}
+
+/// Hands every whole frame in `dec` to the session, each once the byte
+/// budget has room for it (so a device sending large frames faster than
+/// they are served waits, in QUIC flow control, instead of filling the
+/// relay's memory); `false` once reading must stop.
+async fn forward_frames(
+    dec: &mut FrameDecoder,
+    limit: &AtomicUsize,
+    budget: &Arc<Semaphore>,
+    tx: &mpsc::Sender<Read>,
+) -> bool {
+    loop {
+        dec.set_max_frame_bytes(limit.load(Ordering::Acquire));
+        match dec.next_frame() {
+            Ok(Some(body)) => {
+                let kib = u32::try_from(body.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+                let Ok(permit) = budget.clone().acquire_many_owned(kib).await else {
+                    return false;
+                };
+                let ev = match decode_message::<v1::ClientFrame>(&body) {
+                    Ok(f) => ReadEvent::Frame(f),
+                    Err(e) => ReadEvent::Malformed(e.to_string()),
+                };
+                if tx.send((ev, Some(permit))).await.is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                let _ = tx.send((ReadEvent::Codec(e), None)).await;
+                return false;
+            }
+        }
+    }
+}
+
+/// The refusal of an authentication beyond the account's rate.
+fn account_rate_limited(rate: u32, wait: Duration) -> Fatal {
+    let retry_after_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+    Fatal {
+        retry_after_ms,
+        ..Fatal::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this account's devices connected more than {rate} times a second; \
+                 reconnect in {retry_after_ms} ms"
+            ),
+        )
     }
 }
 
@@ -107,6 +156,7 @@ async fn read_loop(
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
+    ticket: Ticket,
     conn_id: u64,
     drain: watch::Receiver<bool>,
 ) {
@@ -139,10 +189,11 @@ pub(crate) async fn serve(
         }
     };
     let (frames_tx, frames_rx) = mpsc::channel(32);
+    let budget = read_budget(shared.limits.max_frame_bytes);
     let frame_limit = Arc::new(AtomicUsize::new(
         AUTH_FRAME_BYTES.min(shared.limits.max_frame_bytes as usize),
     ));
-    let reader = tokio::spawn(read_loop(recv, frame_limit.clone(), frames_tx));
+    let reader = tokio::spawn(read_loop(recv, frame_limit.clone(), budget, frames_tx));
     let mut exporter = [0u8; auth::NONCE_BYTES];
     let exporter = conn
         .export_keying_material(&mut exporter, auth::EXPORTER_LABEL, b"")
@@ -162,6 +213,7 @@ pub(crate) async fn serve(
         shared.limits.max_in_flight.max(1) as usize,
     ));
     let mut d = Driver {
+        ticket: Some(ticket),
         fan_outs,
         shared,
         conn: conn.clone(),
@@ -241,13 +293,15 @@ impl Drop for OpenConnection {
 
 struct Driver {
     shared: Arc<Shared>,
+    /// Counts the connection against its address until it authenticated.
+    ticket: Option<Ticket>,
     /// One permit per submit from storing to the end of its fan-out: the
     /// answer goes out before the fan-out, so the core's in-flight limit
     /// alone would let a device pile up fan-outs without end.
     fan_outs: Arc<tokio::sync::Semaphore>,
     conn: quinn::Connection,
     send: quinn::SendStream,
-    frames: mpsc::Receiver<ReadEvent>,
+    frames: mpsc::Receiver<Read>,
     conn_id: u64,
     /// Set by the registry when it cut this session off as a slow consumer.
     slow: Arc<AtomicBool>,
@@ -302,7 +356,9 @@ impl Driver {
                 }
                 Some(r) = self.replies_rx.recv() => Input::TaskDone(r),
                 ev = self.frames.recv(), if wants_frames => {
-                    Input::Read(ev.unwrap_or(ReadEvent::Closed))
+                    // The frame's share of the read budget is given back
+                    // once the core has it.
+                    Input::Read(ev.map_or(ReadEvent::Closed, |(ev, _permit)| ev))
                 }
                 Some(p) = recv_push(&mut self.pushes) => Input::Push(p),
                 () = sleep_until_some(timeout) => Input::Timeout,
@@ -324,7 +380,7 @@ impl Driver {
                 took = true;
             }
             if self.core.wants_frames()
-                && let Ok(ev) = self.frames.try_recv()
+                && let Ok((ev, _permit)) = self.frames.try_recv()
             {
                 self.core.handle(now(), Input::Read(ev));
                 took = true;
@@ -348,6 +404,16 @@ impl Driver {
                 match a {
                     Action::Query(q) => self.query = Some(self.start_query(q)),
                     Action::Authenticated(ctx) => {
+                        let at = tokio::time::Instant::now().into_std();
+                        if let Err(wait) = self.shared.account_auths.take(&ctx.account_id, at) {
+                            self.core.refuse(account_rate_limited(
+                                self.shared.limits.auth_rate_per_account,
+                                wait,
+                            ));
+                            continue;
+                        }
+                        // No longer counted against its address.
+                        self.ticket = None;
                         metrics::counter!(m::AUTH, "outcome" => "ok").increment(1);
                         // Full-size frames from now on (before AuthOk goes
                         // out, so the client's first Submit already fits).
@@ -369,12 +435,14 @@ impl Driver {
                 }
             }
             self.core.take_transmit(&mut self.out, &mut self.traced);
-            if !self.out.is_empty() && !self.dead && self.write_out().await.is_err() {
+            if !self.out.is_empty()
+                && !self.dead
+                && let Some(f) = self.write_in_time().await
+            {
                 self.dead = true;
                 if close.is_none() {
                     // Ends the core; its last actions (acks) still run.
-                    self.core
-                        .fail(Fatal::new(ErrorCode::Unspecified, "stream closed"));
+                    self.core.fail(f);
                     self.out.clear();
                     self.traced.clear();
                     continue;
@@ -383,6 +451,27 @@ impl Driver {
             self.out.clear();
             self.traced.clear();
             return close;
+        }
+    }
+
+    /// Writes every pending frame, or says why the session must end: the
+    /// stream is gone, or the device read nothing for `write_timeout` (its
+    /// frames would wait in the relay's memory).
+    async fn write_in_time(&mut self) -> Option<Fatal> {
+        let limit = self.shared.limits.write_timeout;
+        match tokio::time::timeout(limit, self.write_out()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Fatal::new(ErrorCode::Unspecified, "stream closed")),
+            Err(_) => {
+                metrics::counter!(m::SLOW_CONSUMERS).increment(1);
+                Some(Fatal::new(
+                    ErrorCode::SlowConsumer,
+                    format!(
+                        "the device read nothing for {} s; reconnect and sync",
+                        limit.as_secs()
+                    ),
+                ))
+            }
         }
     }
 
@@ -515,7 +604,7 @@ impl Driver {
     /// to read it, then closes the connection with the code.
     async fn close_with(&mut self, f: Fatal) {
         if f.code != ErrorCode::Unspecified && !self.dead {
-            let frame = error_frame(f.code, &f.message, Vec::new(), true);
+            let frame = crate::frames::fatal_frame(f.code, &f.message, f.retry_after_ms);
             if self.send.write_all(&frame).await.is_ok() && self.send.finish().is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped()).await;
             }
@@ -586,4 +675,62 @@ fn reconnect_jitter_ms(spread: Duration) -> u32 {
         return 0;
     }
     u32::from_le_bytes(b) % spread
+}
+
+#[cfg(test)]
+mod tests {
+    use herold_proto::codec::frame_bytes;
+    use herold_proto::v1::client_frame;
+
+    use super::*;
+
+    fn submit_of(kib: usize) -> Bytes {
+        let f = v1::ClientFrame {
+            kind: Some(client_frame::Kind::Submit(v1::Submit {
+                ciphertext: vec![7; kib * 1024],
+                ..Default::default()
+            })),
+        };
+        frame_bytes(&f, usize::MAX).unwrap()
+    }
+
+    /// Frames the session has not taken yet hold their bytes of the read
+    /// budget: past it, the reader waits (the device waits in QUIC flow
+    /// control) until the session takes one.
+    #[tokio::test(start_paused = true)]
+    async fn frames_waiting_for_the_session_are_bounded_in_bytes() {
+        let budget = Arc::new(Semaphore::new(250));
+        let (tx, mut rx) = mpsc::channel(32);
+        let mut dec = FrameDecoder::new(usize::MAX);
+        for _ in 0..3 {
+            dec.extend(&submit_of(100));
+        }
+        let limit = Arc::new(AtomicUsize::new(usize::MAX));
+        let reader = {
+            let budget = budget.clone();
+            tokio::spawn(async move { forward_frames(&mut dec, &limit, &budget, &tx).await })
+        };
+        let first = rx.recv().await.unwrap();
+        let _second = rx.recv().await.unwrap();
+        // The third does not fit while two wait: the reader is stuck (in
+        // virtual time nothing else can happen).
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .is_err()
+        );
+        assert!(budget.available_permits() < 101);
+        // The session takes the first: room for the third.
+        drop(first);
+        let (third, _) = rx.recv().await.unwrap();
+        assert!(matches!(third, ReadEvent::Frame(_)));
+        assert!(reader.await.unwrap(), "the reader goes on");
+    }
+
+    #[test]
+    fn the_read_budget_is_twice_the_largest_frame() {
+        let b = read_budget(8 * 1024 * 1024);
+        assert_eq!(b.available_permits(), 16 * 1024);
+        assert_eq!(read_budget(1).available_permits(), 64);
+    }
 }

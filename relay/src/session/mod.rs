@@ -68,6 +68,8 @@ pub(crate) struct Fatal {
     /// peer must not learn the difference (an id nobody enrolled is told
     /// `AUTH_FAILED`, and recorded as `UNKNOWN_DEVICE`).
     pub recorded: ErrorCode,
+    /// When to try again, for a refusal that passes (0: not said).
+    pub retry_after_ms: u32,
 }
 
 impl Fatal {
@@ -76,6 +78,7 @@ impl Fatal {
             code,
             message: message.into(),
             recorded: code,
+            retry_after_ms: 0,
         }
     }
 
