@@ -350,11 +350,14 @@ impl Driver {
                 None
             }
             server_frame::Kind::Error(e)
-                if e.code == ErrorCode::RateLimited as i32
+                if (e.code == ErrorCode::RateLimited as i32
+                    || (e.code == ErrorCode::Unavailable as i32 && e.retry_after_ms > 0))
+                    && !e.fatal
                     && self.pending.contains_key(&e.message_id) =>
             {
-                // Too fast: the submit stays pending and goes out again,
-                // with the same message id, once the relay's wait is over.
+                // Too fast, or the relay shed it (overloaded): the submit
+                // stays pending and goes out again, with the same message
+                // id, once the relay's wait is over.
                 let wait = jitter_up(Duration::from_millis(u64::from(e.retry_after_ms.max(1))));
                 let (tx, id) = (self.retry_tx.clone(), e.message_id);
                 tokio::spawn(async move {

@@ -46,6 +46,20 @@ pub(crate) fn rate_limited_frame(
     }))
 }
 
+/// A submit shed because `pending` appends already wait for the store.
+pub(crate) fn overloaded_frame(pending: u32, message_id: Vec<u8>, retry_after_ms: u32) -> Bytes {
+    server_frame(v1::server_frame::Kind::Error(v1::Error {
+        code: ErrorCode::Unavailable as i32,
+        message: format!(
+            "the relay is overloaded ({pending} messages wait for storage); \
+             resend in {retry_after_ms} ms with the same message id"
+        ),
+        message_id,
+        retry_after_ms,
+        ..Default::default()
+    }))
+}
+
 /// The error that ends a connection; `retry_after_ms` 0: not said.
 pub(crate) fn fatal_frame(code: ErrorCode, message: &str, retry_after_ms: u32) -> Bytes {
     server_frame(v1::server_frame::Kind::Error(v1::Error {

@@ -39,6 +39,9 @@ pub const UNAUTHENTICATED: &str = "herold_relay_unauthenticated_connections";
 /// New connections answered with a QUIC Retry (more than `retry_above`
 /// awaiting authentication).
 pub const QUIC_RETRIES: &str = "herold_relay_quic_retries_total";
+/// Submits refused UNAVAILABLE (with a retry-after) because
+/// `max_pending_appends` already waited for the store.
+pub const SUBMITS_SHED: &str = "herold_relay_submits_shed_total";
 /// Enroll calls refused without looking at the code: too many failed ones
 /// from the address.
 pub const ENROLL_RATE_LIMITED: &str = "herold_relay_enroll_rate_limited_total";
@@ -218,6 +221,11 @@ pub fn describe() {
         QUIC_RETRIES,
         Unit::Count,
         "New connections answered with a QUIC Retry (address validation under load)."
+    );
+    describe_counter!(
+        SUBMITS_SHED,
+        Unit::Count,
+        "Submits refused with a retry-after because too many appends waited for the store."
     );
     describe_counter!(
         ENROLL_RATE_LIMITED,

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub account_auths: Buckets,
     /// Connections awaiting authentication, per address and in total.
     pub admission: Arc<Admission>,
+    /// Places for appends waiting for the store (`max_pending_appends`).
+    pub appends: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ impl Shared {
             ),
             account_auths: Buckets::new(limits.auth_rate_per_account, MAX_RATED_ACCOUNTS),
             admission: Admission::new(limits),
+            appends: tokio::sync::Semaphore::new(limits.max_pending_appends as usize),
         }
     }
 }

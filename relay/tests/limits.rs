@@ -277,3 +277,103 @@ async fn a_device_that_reads_nothing_is_cut_off_after_the_write_timeout() {
     assert_eq!(receive(&mut bob, MESSAGES).await.len(), MESSAGES);
     relay.stop().await;
 }
+
+/// Overload: with the store slowed down under traffic, the relay holds at
+/// most `max_pending_appends` submits waiting for it and refuses the rest
+/// UNAVAILABLE with a retry-after, instead of queueing them in memory. The
+/// SDK resends them by itself: every message is accepted once, in the end,
+/// and delivered in order; nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_makes_the_relay_shed_submits_not_hoard_them() {
+    const PENDING: u32 = 4;
+    const SENDERS: usize = 3;
+    const EACH: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded =
+        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
+    let store = Arc::new(herold_store::unreliable::Unreliable::new(embedded));
+    let mut config = Config::dev(dir.path());
+    config.limits.max_pending_appends = PENDING;
+    let relay = TestRelay::start_on(config, store.clone(), Arc::new(MemoryRouter::default())).await;
+    let mut keys = Vec::new();
+    for i in 0..SENDERS {
+        let a = format!("s{i}");
+        relay.account(&a).await;
+        keys.push(relay.device(&a, &format!("{a}.phone")).await);
+    }
+    relay.account("reader").await;
+    let kr = relay.device("reader", "reader.phone").await;
+    let mut members: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
+    members.push("reader".into());
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    relay
+        .conversation("g", ConversationKind::Group, &members)
+        .await;
+    let mut reader = relay.client("reader.phone", &kr).await;
+
+    store.set_latency(Duration::from_millis(50));
+    // Raw: a burst from one device gets refusals with the time to wait.
+    let mut raw = raw_device(&relay, "s0.phone", &keys[0]).await;
+    for i in 0..16u8 {
+        raw.send_kind(client_frame::Kind::Submit(v1::Submit {
+            conversation_id: "g".into(),
+            message_id: [[9; 8], [i; 8]].concat(),
+            ciphertext: vec![i],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    let (mut accepted, mut shed) = (0, 0);
+    while accepted + shed < 16 {
+        let frame = tokio::time::timeout(DEADLINE, raw.recv())
+            .await
+            .expect("an answer within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        match frame.kind {
+            Some(server_frame::Kind::Accepted(_)) => accepted += 1,
+            Some(server_frame::Kind::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Unavailable as i32, "{e:?}");
+                assert!(!e.fatal);
+                assert!(e.retry_after_ms > 0);
+                assert!(e.message.contains("overloaded"), "{}", e.message);
+                shed += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(shed > 0, "nothing was shed");
+    raw.close().await;
+
+    // Through the SDK, from several devices at once: all accepted.
+    let (mut sends, mut clients) = (Vec::new(), Vec::new());
+    for (i, k) in keys.iter().enumerate() {
+        let client = relay.client(&format!("s{i}.phone"), k).await;
+        for j in 0..EACH {
+            let s = client.sender();
+            sends.push(tokio::spawn(async move {
+                s.send("g", format!("{i}-{j}").into_bytes(), 0).await
+            }));
+        }
+        clients.push(client);
+    }
+    for s in sends {
+        tokio::time::timeout(DEADLINE, s)
+            .await
+            .expect("the SDK resends within the deadline")
+            .unwrap()
+            .expect("accepted after waiting");
+    }
+    // Never more waiting for the store than the bound.
+    assert!(
+        store.most_under_way("append") <= u64::from(PENDING),
+        "{} appends were under way at once",
+        store.most_under_way("append")
+    );
+    let total = accepted + SENDERS * EACH;
+    let got = receive(&mut reader, total).await;
+    let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
+    relay.stop().await;
+}

@@ -6,11 +6,15 @@
 //! the wrapped store unchanged. [`Unreliable::fail_after_applying`] makes
 //! the named operations reach the wrapped store and then fail anyway, as a
 //! write whose answer was lost (a timeout after the backend applied it).
-//! Feature `fault-injection`.
+//! [`Unreliable::set_latency`] makes every operation take longer, as an
+//! overloaded backend does, and [`Unreliable::most_under_way`] tells how
+//! many of one operation were waiting at once. Feature `fault-injection`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -28,6 +32,10 @@ pub struct Unreliable<S: ?Sized = dyn Store> {
     failing: AtomicBool,
     /// Operations that are applied and then answered with an error.
     lost_answers: Mutex<Vec<&'static str>>,
+    /// Added to every operation, in microseconds.
+    latency_us: AtomicU64,
+    /// Per operation: how many are under way now, and at most so far.
+    under_way: Mutex<HashMap<&'static str, (u64, u64)>>,
     /// The store the calls go to while not failing.
     inner: Arc<S>,
 }
@@ -38,7 +46,38 @@ impl<S: Store + ?Sized> Unreliable<S> {
         Self {
             failing: AtomicBool::new(false),
             lost_answers: Mutex::new(Vec::new()),
+            latency_us: AtomicU64::new(0),
+            under_way: Mutex::new(HashMap::new()),
             inner,
+        }
+    }
+
+    /// Adds `latency` to every following operation (zero: none).
+    pub fn set_latency(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.store(us, Ordering::Release);
+    }
+
+    /// The most calls of `op` (a [`Store`] method name) under way at once.
+    pub fn most_under_way(&self, op: &str) -> u64 {
+        self.under_way
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(op)
+            .map_or(0, |(_, most)| *most)
+    }
+
+    fn count(&self, op: &'static str, up: bool) {
+        let mut m = self
+            .under_way
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (now, most) = m.entry(op).or_insert((0, 0));
+        if up {
+            *now += 1;
+            *most = (*most).max(*now);
+        } else {
+            *now = now.saturating_sub(1);
         }
     }
 
@@ -72,7 +111,13 @@ impl<S: Store + ?Sized> Unreliable<S> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(&op);
+        self.count(op, true);
+        let latency = self.latency_us.load(Ordering::Acquire);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_micros(latency)).await;
+        }
         let result = call.await;
+        self.count(op, false);
         if lost {
             return Err(StoreError::Backend(format!(
                 "injected fault: the answer was lost ({op})"

@@ -149,6 +149,11 @@ pub struct Args {
     /// [default: 2].
     #[arg(long, env = "HEROLD_ENROLL_FAILURE_RATE")]
     pub enroll_failure_rate: Option<u32>,
+    /// Submits waiting for the store on this relay; beyond, new submits are
+    /// refused UNAVAILABLE with a retry-after (the SDK resends), so a slow
+    /// store costs time, not memory; 1..=1000000 [default: 1024].
+    #[arg(long, env = "HEROLD_MAX_PENDING_APPENDS")]
+    pub max_pending_appends: Option<u32>,
     /// Seconds a write to a device may block (it reads nothing) before the
     /// device is disconnected as a slow consumer [default: 30].
     #[arg(long, env = "HEROLD_WRITE_TIMEOUT_SECS")]
@@ -266,6 +271,7 @@ pub(super) struct FileConfig {
     pub(super) auth_rate_per_account: Option<u32>,
     pub(super) enroll_failure_rate: Option<u32>,
     pub(super) write_timeout_secs: Option<u64>,
+    pub(super) max_pending_appends: Option<u32>,
     pub(super) drain_reconnect_spread_ms: Option<u64>,
     pub(super) log: Option<String>,
     pub(super) log_format: Option<String>,

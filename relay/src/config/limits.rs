@@ -68,6 +68,9 @@ pub struct Limits {
     pub auth_rate_per_account: u32,
     /// Failed enrollments a second from one address (burst: 4 s).
     pub enroll_failure_rate: u32,
+    /// Submits waiting for the store on this relay, all devices together;
+    /// beyond, new ones are refused UNAVAILABLE with a retry-after.
+    pub max_pending_appends: u32,
     /// Longest a write to a device may block (it reads nothing) before the
     /// device is disconnected as a slow consumer.
     pub write_timeout: Duration,
@@ -128,6 +131,9 @@ impl Default for Limits {
             // Frames waiting to be written stay in the relay's memory;
             // QUIC's own window (2 MiB a connection) bounds how much.
             write_timeout: Duration::from_secs(30),
+            // A message is at most 256 KiB: at most 256 MiB held for a
+            // slow store, and thousands a second while it answers in ms.
+            max_pending_appends: 1_024,
         }
     }
 }
@@ -235,6 +241,10 @@ impl Limits {
                 .enroll_failure_rate
                 .or(file.enroll_failure_rate)
                 .unwrap_or(defaults.enroll_failure_rate),
+            max_pending_appends: args
+                .max_pending_appends
+                .or(file.max_pending_appends)
+                .unwrap_or(defaults.max_pending_appends),
             write_timeout: args
                 .write_timeout_secs
                 .or(file.write_timeout_secs)

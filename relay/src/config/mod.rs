@@ -361,6 +361,11 @@ impl Config {
                 self.limits.enroll_failure_rate,
                 100_000,
             ),
+            (
+                "max-pending-appends",
+                self.limits.max_pending_appends,
+                1_000_000,
+            ),
         ] {
             if !(1..=max).contains(&v) {
                 return Err(ConfigError::Invalid {

@@ -282,6 +282,7 @@ fn admission_limits_have_defaults_and_are_validated() {
         "handshake-rate-per-address",
         "auth-rate-per-account",
         "enroll-failure-rate",
+        "max-pending-appends",
     ] {
         let flag = format!("--{name}");
         let e = parse(&["--dev", &flag, "0"]).unwrap_err();

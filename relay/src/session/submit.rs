@@ -52,6 +52,10 @@ impl Drop for Done {
 }
 
 /// A refused submit's error frame (counted under its code).
+/// The wait a shed submit is told before it is resent (the SDK adds up to
+/// as much again at random, so the resends do not come back together).
+const SHED_RETRY_AFTER_MS: u32 = 250;
+
 fn reject(code: ErrorCode, msg: &str, message_id: &[u8]) -> Bytes {
     count_rejected(code);
     error_frame(code, msg, message_id.to_vec(), false)
@@ -276,6 +280,18 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
         expires_at_ms,
         ciphertext: s.ciphertext,
         mls,
+    };
+    // Storage slower than the submits coming in: refuse new ones with the
+    // time to wait (the SDK resends by itself) instead of queueing them in
+    // memory without end; deliveries and reads go on.
+    let Ok(_slot) = shared.appends.try_acquire() else {
+        count_rejected(ErrorCode::Unavailable);
+        metrics::counter!(m::SUBMITS_SHED).increment(1);
+        return Err(crate::frames::overloaded_frame(
+            shared.limits.max_pending_appends,
+            id.clone(),
+            SHED_RETRY_AFTER_MS,
+        ));
     };
     let appended = match shared
         .store
