@@ -30,4 +30,7 @@ scripts/promtool.sh check
 # manifests against the Kubernetes schemas (offline) and their invariants
 # (Helm built from the Go module proxy, cached outside the clone).
 scripts/helm.sh check
+# The loom models of the relay's concurrent building blocks (herold-sync,
+# every interleaving of their threads; a target folder of their own).
+scripts/loom.sh
 exec cargo test --workspace --locked "$@"

@@ -2,8 +2,8 @@
 //! the others over the router, theirs are applied here, and when this
 //! node's inbox lagged (the router may have lost messages) it recovers.
 
+use herold_sync::Coalesced;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use herold_proto::v1::{self, ErrorCode, cluster_event};
 use herold_router::Router;
@@ -28,36 +28,6 @@ pub(crate) struct Cluster {
     /// Telling the other relays to resync: they may have missed something
     /// this node told or delivered through the router.
     repair: Coalesced,
-}
-
-/// Work that may be asked for again while it runs: one worker at a time,
-/// and a request that comes during a run is served by one more run.
-#[derive(Debug, Default)]
-struct Coalesced {
-    running: AtomicBool,
-    wanted: AtomicBool,
-}
-
-impl Coalesced {
-    /// Asks for a run; true when no worker runs and the caller starts one.
-    fn want(&self) -> bool {
-        self.wanted.store(true, Ordering::Release);
-        !self.running.swap(true, Ordering::AcqRel)
-    }
-
-    /// For the worker: takes the next request, or stops (false).
-    fn next(&self) -> bool {
-        loop {
-            if self.wanted.swap(false, Ordering::AcqRel) {
-                return true;
-            }
-            self.running.store(false, Ordering::Release);
-            // A request between the check and the line above.
-            if !self.wanted.load(Ordering::Acquire) || self.running.swap(true, Ordering::AcqRel) {
-                return false;
-            }
-        }
-    }
 }
 
 impl Cluster {

@@ -8,44 +8,32 @@
 //! messages again and their SDK drops them by seq.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use herold_store::{Store, StoreError};
+use herold_sync::MaxTable;
 
-/// device -> conversation -> highest acked seq, not yet written.
+/// device -> conversation -> highest acked seq, not yet written (the
+/// table's interleavings are model-checked in `herold-sync`).
 #[derive(Debug, Default)]
 pub(crate) struct CursorSink {
-    /// A std mutex: held only for map operations, never across an `.await`.
-    pending: Mutex<HashMap<String, HashMap<String, u64>>>,
+    pending: MaxTable,
 }
 
 impl CursorSink {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, u64>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records acks of a device (each cursor only moves forward).
     pub fn record(&self, device: &str, acks: impl IntoIterator<Item = (String, u64)>) {
-        let mut p = self.lock();
-        let d = p.entry(device.to_owned()).or_default();
-        for (conv, seq) in acks {
-            let e = d.entry(conv).or_insert(0);
-            *e = (*e).max(seq);
-        }
+        self.pending.record(device, acks);
     }
 
     /// Acks of a device not yet written: a reconnecting device resumes from
     /// these, not from the older stored cursors.
     pub fn pending_for(&self, device: &str) -> Vec<(String, u64)> {
-        self.lock()
-            .get(device)
-            .map(|m| m.iter().map(|(c, s)| (c.clone(), *s)).collect())
-            .unwrap_or_default()
+        self.pending.pending_for(device)
     }
 
     /// Writes everything pending; on failure it stays pending for the next try.
     pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
-        let taken = std::mem::take(&mut *self.lock());
+        let taken = self.pending.take();
         if taken.is_empty() {
             return Ok(0);
         }
@@ -57,9 +45,7 @@ impl CursorSink {
         match store.advance_cursors_many(updates).await {
             Ok(()) => Ok(n),
             Err(e) => {
-                for (d, m) in taken {
-                    self.record(&d, m);
-                }
+                self.pending.restore(taken);
                 Err(e)
             }
         }
