@@ -39,6 +39,12 @@ pub const UNAUTHENTICATED: &str = "herold_relay_unauthenticated_connections";
 /// New connections answered with a QUIC Retry (more than `retry_above`
 /// awaiting authentication).
 pub const QUIC_RETRIES: &str = "herold_relay_quic_retries_total";
+/// Admin API calls whose operator could not be authenticated (no, an
+/// unknown or a malformed token or certificate).
+pub const ADMIN_AUTH_FAILURES: &str = "herold_admin_auth_failures_total";
+/// Audit log rows that could not be written (a change whose `started` row
+/// fails is refused; an outcome row that fails is only counted here).
+pub const AUDIT_WRITE_FAILURES: &str = "herold_admin_audit_write_failures_total";
 /// Submits refused UNAVAILABLE (with a retry-after) because
 /// `max_pending_appends` already waited for the store.
 pub const SUBMITS_SHED: &str = "herold_relay_submits_shed_total";
@@ -221,6 +227,16 @@ pub fn describe() {
         QUIC_RETRIES,
         Unit::Count,
         "New connections answered with a QUIC Retry (address validation under load)."
+    );
+    describe_counter!(
+        ADMIN_AUTH_FAILURES,
+        Unit::Count,
+        "Admin API calls whose operator could not be authenticated."
+    );
+    describe_counter!(
+        AUDIT_WRITE_FAILURES,
+        Unit::Count,
+        "Audit log rows that could not be written."
     );
     describe_counter!(
         SUBMITS_SHED,

@@ -261,15 +261,21 @@ async fn failed_enrollments_are_limited_per_address() {
     let s = guesser.enroll(req(&good, "anna.tablet")).await.unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
     assert!(metric(&relay, "herold_relay_enroll_rate_limited_total", &[]).await >= 2.0);
-    // The audit log has the failures, not the refusals.
+    // The audit log has the failures (each a `started` row and its
+    // outcome), not the refusals.
     let audit = admin
         .list_audit_log(v1::ListAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner()
         .entries;
-    let enrolls = audit.iter().filter(|e| e.action == "Enroll").count();
-    assert_eq!(enrolls, failures, "{audit:?}");
+    let rows = |started: bool| {
+        audit
+            .iter()
+            .filter(|e| e.action == "Enroll" && (e.outcome == "started") == started)
+            .count()
+    };
+    assert_eq!((rows(true), rows(false)), (failures, failures), "{audit:?}");
     // From another address the same code enrolls.
     let mut office = at("127.0.0.1").await;
     let device = office.enroll(req(&good, "anna.tablet")).await.unwrap();

@@ -77,6 +77,23 @@ async fn a_device_cannot_pile_up_fan_outs_on_a_slow_router() {
     relay.stop().await;
 }
 
+/// Accounts `names`, each with one device `<name>.phone`, all members of
+/// group "g"; the devices' keys in the same order.
+async fn group_g<const N: usize>(
+    relay: &TestRelay,
+    names: [&str; N],
+) -> [ed25519_dalek::SigningKey; N] {
+    let mut keys = Vec::with_capacity(N);
+    for a in names {
+        relay.account(a).await;
+        keys.push(relay.device(a, &format!("{a}.phone")).await);
+    }
+    relay
+        .conversation("g", ConversationKind::Group, &names)
+        .await;
+    keys.try_into().expect("one key per name")
+}
+
 /// Sends `n` submits into `conversation` at once over a raw connection and
 /// reads their answers: (accepted, the waits of those refused RATE_LIMITED).
 async fn burst(raw: &mut RawConnection, conversation: &str, tag: u8, n: u8) -> (usize, Vec<u32>) {
@@ -134,15 +151,7 @@ async fn a_device_over_its_submit_rate_is_slowed_down_alone() {
     let mut config = Config::dev(dir.path());
     config.limits.submit_rate = RATE;
     let relay = TestRelay::start_with(config).await;
-    for a in ["flood", "calm", "reader"] {
-        relay.account(a).await;
-    }
-    let kf = relay.device("flood", "flood.phone").await;
-    let kc = relay.device("calm", "calm.phone").await;
-    let kr = relay.device("reader", "reader.phone").await;
-    relay
-        .conversation("g", ConversationKind::Group, &["flood", "calm", "reader"])
-        .await;
+    let [kf, kc, kr] = group_g(&relay, ["flood", "calm", "reader"]).await;
     let mut reader = relay.client("reader.phone", &kr).await;
 
     let mut raw = raw_device(&relay, "flood.phone", &kf).await;
@@ -239,15 +248,7 @@ async fn a_device_that_reads_nothing_is_cut_off_after_the_write_timeout() {
     let mut config = Config::dev(dir.path());
     config.limits.write_timeout = Duration::from_secs(1);
     let relay = TestRelay::start_with(config).await;
-    for a in ["alice", "bob", "carol"] {
-        relay.account(a).await;
-    }
-    let ka = relay.device("alice", "alice.phone").await;
-    let kb = relay.device("bob", "bob.phone").await;
-    let kc = relay.device("carol", "carol.phone").await;
-    relay
-        .conversation("g", ConversationKind::Group, &["alice", "bob", "carol"])
-        .await;
+    let [ka, kb, kc] = group_g(&relay, ["alice", "bob", "carol"]).await;
     let mut bob = relay.client("bob.phone", &kb).await;
     // Authenticated, then never read again.
     let carol = raw_device(&relay, "carol.phone", &kc).await;
@@ -295,20 +296,8 @@ async fn a_slow_store_makes_the_relay_shed_submits_not_hoard_them() {
     let mut config = Config::dev(dir.path());
     config.limits.max_pending_appends = PENDING;
     let relay = TestRelay::start_on(config, store.clone(), Arc::new(MemoryRouter::default())).await;
-    let mut keys = Vec::new();
-    for i in 0..SENDERS {
-        let a = format!("s{i}");
-        relay.account(&a).await;
-        keys.push(relay.device(&a, &format!("{a}.phone")).await);
-    }
-    relay.account("reader").await;
-    let kr = relay.device("reader", "reader.phone").await;
-    let mut members: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
-    members.push("reader".into());
-    let members: Vec<&str> = members.iter().map(String::as_str).collect();
-    relay
-        .conversation("g", ConversationKind::Group, &members)
-        .await;
+    let [k0, k1, k2, kr] = group_g(&relay, ["s0", "s1", "s2", "reader"]).await;
+    let keys = [k0, k1, k2];
     let mut reader = relay.client("reader.phone", &kr).await;
 
     store.set_latency(Duration::from_millis(50));

@@ -32,6 +32,8 @@ pub struct Unreliable<S: ?Sized = dyn Store> {
     failing: AtomicBool,
     /// Operations that are applied and then answered with an error.
     lost_answers: Mutex<Vec<&'static str>>,
+    /// Operations that fail without reaching the wrapped store.
+    refused: Mutex<Vec<&'static str>>,
     /// Added to every operation, in microseconds.
     latency_us: AtomicU64,
     /// Per operation: how many are under way now, and at most so far.
@@ -46,10 +48,21 @@ impl<S: Store + ?Sized> Unreliable<S> {
         Self {
             failing: AtomicBool::new(false),
             lost_answers: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
             latency_us: AtomicU64::new(0),
             under_way: Mutex::new(HashMap::new()),
             inner,
         }
+    }
+
+    /// From now on the operations named in `ops` fail with
+    /// [`StoreError::Backend`] without reaching the wrapped store, the
+    /// others work; an empty list ends that.
+    pub fn fail_before_applying(&self, ops: &[&'static str]) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ops.to_vec();
     }
 
     /// Adds `latency` to every following operation (zero: none).
@@ -101,7 +114,12 @@ impl<S: Store + ?Sized> Unreliable<S> {
         op: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if self.failing.load(Ordering::Acquire) {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&op);
+        if self.failing.load(Ordering::Acquire) || refused {
             return Err(StoreError::Backend(format!(
                 "injected fault: the store is unreachable ({op})"
             )));

@@ -1,4 +1,12 @@
 //! The audit log: every call recorded, and read back.
+//!
+//! No change without a record: a call that changes something (it needs
+//! more than [`Need::Read`] or [`Need::AuditRead`]) is recorded as
+//! `started` before it runs, and refused `UNAVAILABLE` if that cannot be
+//! written; its outcome is recorded after. A read is recorded after it ran.
+//! Failed operator authentications are recorded too, a row at most every
+//! [`AUTH_FAILURE_ROWS`] with how many there were
+//! ([`record_auth_failures`]).
 
 use super::*;
 
@@ -29,7 +37,23 @@ impl AdminService {
         run: impl Future<Output = Result<T, Status>>,
         detail: impl FnOnce(&Result<T, Status>) -> String,
     ) -> Result<Response<T>, Status> {
+        let changes = matches!(need, Need::Group(_) | Need::Org);
         let result = match authorize(op, action, need) {
+            Ok(()) if changes => {
+                match record_audit(
+                    &self.node,
+                    &op.name,
+                    action,
+                    target,
+                    STARTED.into(),
+                    String::new(),
+                )
+                .await
+                {
+                    Ok(()) => run.await,
+                    Err(e) => Err(audit_unavailable(&e)),
+                }
+            }
             Ok(()) => run.await,
             Err(e) => Err(e),
         };
@@ -38,7 +62,8 @@ impl AdminService {
         result.map(Response::new)
     }
 
-    /// Records one call in the audit log; a failure to record is logged.
+    /// Records the outcome of a call in the audit log; a failure to record
+    /// it is logged and counted (a change's `started` row stands).
     async fn audit<T>(
         &self,
         op: &Operator,
@@ -51,7 +76,7 @@ impl AdminService {
             Ok(_) => "ok".to_owned(),
             Err(s) => format!("{:?}", s.code()),
         };
-        record_audit(&self.node, &op.name, action, target, outcome, detail).await;
+        let _ = record_audit(&self.node, &op.name, action, target, outcome, detail).await;
     }
 
     pub(super) async fn list_audit_log(
@@ -115,6 +140,67 @@ impl AdminService {
     }
 }
 
+/// The outcome of a change's first row, written before it runs.
+pub(super) const STARTED: &str = "started";
+
+/// A change refused because its `started` row could not be written.
+pub(super) fn audit_unavailable(e: &StoreError) -> Status {
+    Status::unavailable(format!(
+        "the audit log cannot be written ({e}); nothing was changed; retry"
+    ))
+}
+
+/// How often failed operator authentications make an audit row, at most.
+pub(super) const AUTH_FAILURE_ROWS: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Records failed operator authentications (sent by the admin API's
+/// interceptor, which cannot wait for the store) until `failures` closes:
+/// the first after a quiet spell at once, the rest counted into one row
+/// every [`AUTH_FAILURE_ROWS`], so a flood of bad tokens costs a row every
+/// 10 s, not a row each.
+pub(crate) async fn record_auth_failures(
+    node: Arc<AdminNode>,
+    mut failures: tokio::sync::mpsc::Receiver<String>,
+) {
+    let mut last_row: Option<tokio::time::Instant> = None;
+    let mut counted: u64 = 0;
+    let mut why = String::new();
+    loop {
+        let due = match (counted, last_row) {
+            (0, _) | (_, None) => None,
+            (_, Some(t)) => Some(t + AUTH_FAILURE_ROWS),
+        };
+        tokio::select! {
+            f = failures.recv() => {
+                let Some(f) = f else { break };
+                counted += 1;
+                why = f;
+                if last_row.is_some_and(|t| t.elapsed() < AUTH_FAILURE_ROWS) {
+                    continue;
+                }
+            }
+            () = async {
+                match due {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let detail = format!("{counted} failed; last: {why}");
+        let _ = record_audit(
+            &node,
+            "unauthenticated",
+            "Authenticate",
+            "",
+            format!("{:?}", tonic::Code::Unauthenticated),
+            detail,
+        )
+        .await;
+        last_row = Some(tokio::time::Instant::now());
+        counted = 0;
+    }
+}
+
 pub(super) async fn record_audit(
     node: &AdminNode,
     operator: &str,
@@ -122,7 +208,7 @@ pub(super) async fn record_audit(
     target: &str,
     outcome: String,
     detail: String,
-) {
+) -> Result<(), StoreError> {
     let entry = AuditEntry {
         at_ms: now_ms(),
         id: random_id(),
@@ -132,7 +218,8 @@ pub(super) async fn record_audit(
         outcome,
         detail,
     };
-    if let Err(e) = node.store.append_audit(entry).await {
+    node.store.append_audit(entry).await.inspect_err(|e| {
+        metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES).increment(1);
         tracing::warn!(error = %e, action, "writing the audit log failed");
-    }
+    })
 }

@@ -73,3 +73,47 @@ pub(super) fn operator_of<T>(req: &Request<T>) -> Result<Operator, Status> {
         .cloned()
         .ok_or_else(|| Status::internal("no operator on the request"))
 }
+
+/// What of the directory an operator may read: org admins and auditors
+/// (who read the ids in the audit log) all of it; a group admin the groups
+/// it manages, and the accounts and devices of their members. What a group
+/// admin may not read is refused as not its group, whether it exists or
+/// not.
+impl AdminService {
+    /// Refuses a group admin a conversation it does not manage.
+    pub(super) fn may_read_conversation(op: &Operator, id: &str) -> Result<(), Status> {
+        match op.role {
+            OperatorRole::GroupAdmin => authorize(op, "GetConversation", Need::Group(id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The accounts a group admin may read (the members of its groups);
+    /// `None`: every account.
+    pub(super) async fn readable_accounts(
+        &self,
+        op: &Operator,
+    ) -> Result<Option<BTreeSet<String>>, Status> {
+        if op.role != OperatorRole::GroupAdmin {
+            return Ok(None);
+        }
+        let mut ids = BTreeSet::new();
+        for g in &op.groups {
+            let members = self.node.store.members(g).await.map_err(store_status)?;
+            ids.extend(members.into_iter().map(|m| m.account_id));
+        }
+        Ok(Some(ids))
+    }
+
+    /// Refuses a group admin an account that is in none of its groups.
+    pub(super) async fn may_read_account(&self, op: &Operator, id: &str) -> Result<(), Status> {
+        match self.readable_accounts(op).await? {
+            Some(ids) if !ids.contains(id) => Err(Status::permission_denied(format!(
+                "operator {:?} (group-admin) reads only the members of {}; not {id:?}",
+                op.name,
+                op.groups.join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    }
+}

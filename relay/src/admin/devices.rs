@@ -49,6 +49,7 @@ impl AdminService {
             String::new(),
             async {
                 check_id("account", &r.account_id)?;
+                self.may_read_account(&op, &r.account_id).await?;
                 let store = &self.node.store;
                 if store
                     .get_account(&r.account_id)

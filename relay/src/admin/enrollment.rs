@@ -227,6 +227,17 @@ impl Enrollment for EnrollmentService {
                 revoked: false,
                 created_at_ms: now_ms(),
             };
+            // No enrollment without a record (see `audit`).
+            record_audit(
+                &self.node,
+                "device",
+                "Enroll",
+                &r.device_id,
+                STARTED.into(),
+                String::new(),
+            )
+            .await
+            .map_err(|e| audit_unavailable(&e))?;
             let d = store
                 .redeem_enrollment_code(&code_hash(&r.code), device, now_ms(), limit)
                 .await
@@ -254,7 +265,7 @@ impl Enrollment for EnrollmentService {
         {
             let _ = self.node.enroll_failures.take(&from, at);
         }
-        record_audit(
+        let _ = record_audit(
             &self.node,
             &operator,
             "Enroll",

@@ -202,6 +202,11 @@ pub(crate) async fn serve(
     >,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    // Failed authentications go to the audit log through a task: the
+    // interceptor cannot wait for the store. A full queue drops them (the
+    // metric still counts them).
+    let (failures_tx, failures_rx) = tokio::sync::mpsc::channel::<String>(1024);
+    let recorder = tokio::spawn(audit::record_auth_failures(node.clone(), failures_rx));
     let check = move |mut req: Request<()>| -> Result<Request<()>, Status> {
         let bearer = req
             .metadata()
@@ -210,7 +215,12 @@ pub(crate) async fn serve(
         let cert_fp = req
             .peer_certs()
             .and_then(|c| c.first().map(|c| crate::tls::fingerprint(c.as_ref())));
-        let op = auth.identify(bearer.as_deref(), cert_fp.as_deref())?;
+        let op = auth
+            .identify(bearer.as_deref(), cert_fp.as_deref())
+            .inspect_err(|e| {
+                metrics::counter!(crate::metrics::ADMIN_AUTH_FAILURES).increment(1);
+                let _ = failures_tx.try_send(e.message().to_owned());
+            })?;
         req.extensions_mut().insert(op);
         Ok(req)
     };
@@ -238,12 +248,14 @@ pub(crate) async fn serve(
         .add_service(EnrollmentServer::new(EnrollmentService { node }))
         .add_service(health_service)
         .add_optional_service(reflection);
-    router
+    let served = router
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,
         )
-        .await
+        .await;
+    recorder.abort();
+    served
 }
 
 fn random_id() -> String {

@@ -10,6 +10,7 @@
 mod common;
 
 mod accounts;
+mod audit;
 mod conversations;
 mod import;
 mod operators;

@@ -188,6 +188,131 @@ async fn operators_are_authenticated_and_authorised_by_role() {
     relay.stop().await;
 }
 
+/// Reads follow the role too: a group admin reads its groups and the
+/// accounts and devices of their members, nothing else (not even whether
+/// something else exists); the auditor, who reads the ids in the audit
+/// log, reads the whole directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_admin_reads_only_its_groups_and_their_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_operators(dir.path()).await;
+    let mut org = relay.admin_as(ORG).await;
+    let mut lead = relay.admin_as(LEAD).await;
+    let mut auditor = relay.admin_as(AUDIT).await;
+    for (id, tags) in [
+        ("anna", &["helper"][..]),
+        ("ben", &[][..]),
+        ("zoe", &["helper"][..]),
+    ] {
+        org.create_account(acc(id, tags)).await.unwrap();
+    }
+    org.create_conversation(group(
+        "station-17",
+        v1::ConversationKind::Group,
+        vec![
+            member("anna", v1::Role::Admin),
+            member("ben", v1::Role::Member),
+        ],
+    ))
+    .await
+    .unwrap();
+    org.create_conversation(group(
+        "station-18",
+        v1::ConversationKind::Group,
+        vec![member("zoe", v1::Role::Member)],
+    ))
+    .await
+    .unwrap();
+
+    let get = |id: &str| v1::GetAccountRequest {
+        account_id: id.into(),
+    };
+    lead.get_account(get("anna")).await.unwrap();
+    for id in ["zoe", "nobody"] {
+        assert_status(
+            lead.get_account(get(id)).await,
+            Code::PermissionDenied,
+            "reads only the members of station-17",
+        );
+    }
+    assert_status(
+        lead.list_devices(v1::ListDevicesRequest {
+            account_id: "zoe".into(),
+        })
+        .await,
+        Code::PermissionDenied,
+        "reads only the members of station-17",
+    );
+    let ids = |r: v1::ListAccountsResponse| -> Vec<String> {
+        r.accounts.into_iter().map(|a| a.account_id).collect()
+    };
+    let all = v1::ListAccountsRequest {
+        tag: String::new(),
+        page_token: String::new(),
+        page_size: 100,
+    };
+    let mine = lead.list_accounts(all.clone()).await.unwrap().into_inner();
+    assert_eq!(ids(mine), ["anna", "ben"]);
+    let helpers = v1::ListAccountsRequest {
+        tag: "helper".into(),
+        ..all.clone()
+    };
+    assert_eq!(
+        ids(lead.list_accounts(helpers).await.unwrap().into_inner()),
+        ["anna"]
+    );
+    // Paged like everyone's.
+    let p1 = lead
+        .list_accounts(v1::ListAccountsRequest {
+            page_size: 1,
+            ..all.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p1.next_page_token, "anna");
+    let p2 = lead
+        .list_accounts(v1::ListAccountsRequest {
+            page_size: 1,
+            page_token: p1.next_page_token.clone(),
+            ..all.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(p2), ["ben"]);
+
+    lead.get_conversation(v1::GetConversationRequest {
+        conversation_id: "station-17".into(),
+    })
+    .await
+    .unwrap();
+    assert_status(
+        lead.get_conversation(v1::GetConversationRequest {
+            conversation_id: "station-18".into(),
+        })
+        .await,
+        Code::PermissionDenied,
+        "manages only station-17",
+    );
+    let convs = lead
+        .list_conversations(v1::ListConversationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = convs
+        .conversations
+        .into_iter()
+        .map(|c| c.conversation_id)
+        .collect();
+    assert_eq!(names, ["station-17"]);
+
+    // The auditor reads everyone.
+    let everyone = auditor.list_accounts(all).await.unwrap().into_inner();
+    assert_eq!(ids(everyone), ["anna", "ben", "zoe"]);
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_over_tls_with_client_certificates() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
