@@ -700,6 +700,66 @@ async fn key_packages_are_claimed_once_with_a_last_resort() {
     relay.stop().await;
 }
 
+/// Once the group reflects its roster there is nobody to add: a claim is
+/// refused (MLS_WRONG_EPOCH, with the group's epoch) and takes no package,
+/// so a member cannot use up the other devices' one-time packages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_cannot_be_claimed_while_nobody_is_to_be_added() {
+    use herold_store::Store as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        herold_store::embedded::EmbeddedStore::open(
+            dir.path().join("store"),
+            herold_store::embedded::EmbeddedConfig::default(),
+        )
+        .unwrap(),
+    );
+    let relay = TestRelay::start_on(
+        herold_relay::Config::dev(dir.path()),
+        store.clone(),
+        std::sync::Arc::new(herold_router::memory::MemoryRouter::default()),
+    )
+    .await;
+    let net = Net::new(relay.addr, relay.fingerprint);
+    relay.account("ka").await;
+    relay.account("la").await;
+    let kkey = relay.device("ka", "k1").await;
+    let lkey = relay.device("la", "l1").await;
+    // A second device of la without key packages: a member, not in the group.
+    let l2key = relay.device("la", "l2").await;
+    let k1 = net.connect("k1", &kkey).await;
+    let _l1 = net.connect("l1", &lkey).await;
+    relay
+        .conversation("kl", ConversationKind::Group, &["ka", "la"])
+        .await;
+    k1.send("kl", b"first", 0).await.unwrap();
+    net.until("l1 read the first message", |i| {
+        i.texts("l1", "kl") == vec!["first".to_owned()]
+    })
+    .await;
+    let before = store.key_package_count("k1").await.unwrap().available;
+    assert!(before > 0);
+    let l2 = relay.client("l2", &l2key).await;
+    for _ in 0..3 {
+        let e = l2
+            .sender()
+            .request(v1::request::Kind::ClaimKeyPackages(v1::ClaimKeyPackages {
+                conversation_id: "kl".into(),
+                device_ids: vec!["k1".into()],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::MlsWrongEpoch), "{e}");
+        assert!(e.to_string().contains("nobody to add"), "{e}");
+    }
+    assert_eq!(
+        store.key_package_count("k1").await.unwrap().available,
+        before
+    );
+    l2.close().await;
+    relay.stop().await;
+}
+
 /// Two devices send the first message of a conversation at the same time:
 /// both make a group, one wins the first epoch, the other joins from its
 /// Welcome and its message goes out in the winner's group. Both messages

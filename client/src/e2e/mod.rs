@@ -390,7 +390,15 @@ impl E2eClient {
     /// Commits the difference between the group and the roster of `st`.
     /// Ok(true): the group now matches; Ok(false): another commit won.
     async fn commit_roster(&self, conv: &str, st: &v1::MlsState) -> Result<bool, E2eError> {
-        match self.prepare(conv, st).await? {
+        let prepared = match self.prepare(conv, st).await {
+            // Another member's commit brought the group up to date while
+            // this one claimed its key packages.
+            Err(E2eError::Client(e)) if e.code() == Some(ErrorCode::MlsWrongEpoch) => {
+                return Ok(false);
+            }
+            r => r?,
+        };
+        match prepared {
             Some(p) => self.submit_membership_commit(p).await,
             None => match self
                 .sender

@@ -415,8 +415,28 @@ async fn claim(
     ctx: &DeviceCtx,
     mut c: v1::ClaimKeyPackages,
 ) -> Result<response::Kind, Refusal> {
-    // Claims exist to commit adds: only who may commit may claim.
+    // Claims exist to commit adds: only who may commit may claim, and only
+    // while the group lacks a change of its roster (or does not exist
+    // yet). Otherwise a member could claim again and again and use up the
+    // one-time packages of every device in the conversation.
     poster(shared, ctx, &c.conversation_id).await?;
+    let state = shared
+        .store
+        .mls_state(&c.conversation_id)
+        .await
+        .map_err(|e| store_refusal(&e))?;
+    if state.epoch > 0 && state.group_roster_version >= state.roster_version {
+        return Err(Refusal {
+            mls_epoch: state.epoch,
+            ..Refusal::new(
+                ErrorCode::MlsWrongEpoch,
+                format!(
+                    "the group at epoch {} already reflects its roster: there is nobody to add",
+                    state.epoch
+                ),
+            )
+        });
+    }
     // One package per device per claim, however often it is named.
     let mut seen = std::collections::HashSet::new();
     c.device_ids.retain(|d| seen.insert(d.clone()));
