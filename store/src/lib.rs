@@ -67,6 +67,7 @@ mod rules;
 
 pub use error::StoreError;
 pub use model::*;
+pub use rules::CodeTimes;
 pub(crate) use rules::{admit_mls, normalize_tags, reconcile};
 
 /// The durable store. All methods are cancellation-safe in the sense that a

@@ -252,6 +252,10 @@ pub struct AccountState {
     pub tags: Vec<String>,
     /// A suspended account's devices are refused at authentication.
     pub suspended: bool,
+    /// Enrollment codes issued before this time are void: issuing a code
+    /// sets it to the new code's time (the older codes are void), revoking
+    /// the account's codes to just after now. 0: none voided.
+    pub codes_valid_from_ms: UnixMillis,
 }
 
 /// One page of a listing, in the backend's listing order.

@@ -1,23 +1,38 @@
 //! Rules both backends apply, written once: enrollment-code validity, how
 //! tags are kept, and which MLS messages a conversation admits.
 
-use crate::{Account, EnrollmentCode, MlsCheck, MlsState, StoreError, UnixMillis};
+use crate::{Account, AccountState, EnrollmentCode, MlsCheck, MlsState, StoreError, UnixMillis};
 
 impl EnrollmentCode {
     /// Whether a code issued for an account created at
     /// `account_created_at_ms`, void from `expires_at_ms`, still enrols a
     /// device at `now_ms`, given the account of that id as it is now: the
     /// code has not expired and the account is the one it was issued for (a
-    /// code outlives neither its account nor a later account of the same id).
+    /// code outlives neither its account nor a later account of the same id),
+    /// and it was issued at `created_at_ms`, not before the account's
+    /// `state` voided its codes ([`AccountState::codes_valid_from_ms`]).
     /// Both backends decide with this.
     pub fn redeemable(
-        expires_at_ms: UnixMillis,
-        account_created_at_ms: UnixMillis,
+        code: &CodeTimes,
         account: Option<&Account>,
+        state: Option<&AccountState>,
         now_ms: UnixMillis,
     ) -> bool {
-        expires_at_ms > now_ms && account.is_some_and(|a| a.created_at_ms == account_created_at_ms)
+        code.expires_at_ms > now_ms
+            && account.is_some_and(|a| a.created_at_ms == code.account_created_at_ms)
+            && code.created_at_ms >= state.map_or(0, |s| s.codes_valid_from_ms)
     }
+}
+
+/// The times an enrollment code's validity depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeTimes {
+    /// Creation time of the account it was issued for.
+    pub account_created_at_ms: UnixMillis,
+    /// When it was issued.
+    pub created_at_ms: UnixMillis,
+    /// When it expires.
+    pub expires_at_ms: UnixMillis,
 }
 
 /// Sorted, deduplicated tags: how both backends keep an account's tags.

@@ -234,6 +234,12 @@ pub(crate) enum AccountCmd {
         /// Account id.
         id: String,
     },
+    /// Void every enrollment code issued so far for an account (a letter
+    /// went astray); issue a new one after.
+    RevokeCodes {
+        /// Account id.
+        id: String,
+    },
     /// Reinstate a suspended account.
     Resume {
         /// Account id.

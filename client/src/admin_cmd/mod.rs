@@ -559,6 +559,16 @@ async fn account(a: &mut super::Admin, j: bool, cmd: &AccountCmd) -> anyhow::Res
                 .into_inner();
             show(&acc)?;
         }
+        AccountCmd::RevokeCodes { id } => {
+            let acc = a
+                .revoke_enrollment_codes(v1::RevokeEnrollmentCodesRequest {
+                    account_id: id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            show(&acc)?;
+        }
         AccountCmd::Delete { id } => {
             let r = a
                 .delete_account(v1::DeleteAccountRequest {

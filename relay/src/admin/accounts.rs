@@ -72,7 +72,7 @@ impl AdminService {
                 .map_err(store_status)?;
             let state = AccountState {
                 tags: r.tags,
-                suspended: false,
+                ..AccountState::default()
             };
             if !state.tags.is_empty() {
                 store

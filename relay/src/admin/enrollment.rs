@@ -9,7 +9,33 @@ use super::*;
 use crate::metrics as m;
 
 impl AdminService {
-    /// Issues a code for an account and returns it for printing.
+    /// Voids the account's codes issued before `from_ms` (see
+    /// `AccountState::codes_valid_from_ms`); never moves that time back.
+    async fn void_codes_before(&self, account_id: &str, from_ms: i64) -> Result<(), Status> {
+        let store = &self.node.store;
+        let state = store
+            .account_state(account_id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no account {account_id:?}")))?;
+        if state.codes_valid_from_ms >= from_ms {
+            return Ok(());
+        }
+        store
+            .set_account_state(
+                account_id,
+                AccountState {
+                    codes_valid_from_ms: from_ms,
+                    ..state
+                },
+            )
+            .await
+            .map_err(store_status)
+    }
+
+    /// Issues a code for an account and returns it for printing; the
+    /// account's earlier codes are void from now on (one valid code per
+    /// account: a reprinted letter replaces the lost one).
     pub(super) async fn issue_code(
         &self,
         account: &herold_store::Account,
@@ -18,6 +44,9 @@ impl AdminService {
     ) -> Result<v1::EnrollmentCode, Status> {
         let (code, hash) = new_code()?;
         let now = now_ms();
+        // Void first: if issuing fails after, the operator issues again;
+        // the other way round, a failure would leave two codes valid.
+        self.void_codes_before(&account.id, now).await?;
         let expires_at_ms =
             now.saturating_add(i64::try_from(ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
         self.node
@@ -38,6 +67,30 @@ impl AdminService {
             expires_at_ms,
             station: station.to_owned(),
         })
+    }
+
+    /// RevokeEnrollmentCodes: every code issued so far for the account is
+    /// void (a letter went astray); a new one can be issued after.
+    pub(super) async fn revoke_enrollment_codes(
+        &self,
+        req: Request<v1::RevokeEnrollmentCodesRequest>,
+    ) -> Result<Response<v1::Account>, Status> {
+        let op = operator_of(&req)?;
+        let r = req.into_inner();
+        self.audited(
+            &op,
+            "RevokeEnrollmentCodes",
+            Need::Org,
+            &r.account_id,
+            String::new(),
+            async {
+                check_id("account", &r.account_id)?;
+                self.void_codes_before(&r.account_id, now_ms().saturating_add(1))
+                    .await?;
+                self.account(&r.account_id).await
+            },
+        )
+        .await
     }
 
     /// A code for one account (none if it has devices and

@@ -276,6 +276,13 @@ impl Admin for AdminService {
         AdminService::who_am_i(self, req).await
     }
 
+    async fn revoke_enrollment_codes(
+        &self,
+        req: Request<v1::RevokeEnrollmentCodesRequest>,
+    ) -> Result<Response<v1::Account>, Status> {
+        AdminService::revoke_enrollment_codes(self, req).await
+    }
+
     async fn create_account(
         &self,
         req: Request<v1::CreateAccountRequest>,

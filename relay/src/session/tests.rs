@@ -127,8 +127,8 @@ fn unknown_revoked_deleted_and_suspended_devices_learn_why_only_with_the_key() {
     let mut revoked = device(&key());
     revoked.revoked = true;
     let suspended = AccountState {
-        tags: Vec::new(),
         suspended: true,
+        ..AccountState::default()
     };
     let wrong = (
         ErrorCode::AuthFailed,

@@ -384,3 +384,87 @@ async fn a_cut_off_whose_answer_is_lost_still_cuts_off() {
     }
     relay.stop().await;
 }
+
+/// One valid code per account: a new code voids the earlier ones (a
+/// reprinted letter replaces a lost one), and an operator can void them all
+/// (a letter went astray) before issuing a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_code_voids_the_old_one_and_codes_can_be_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let mut admin = relay.admin().await;
+    admin.create_account(acc("anna", &[])).await.unwrap();
+    let mut issue = async || {
+        admin
+            .issue_enrollment_codes(v1::IssueEnrollmentCodesRequest {
+                account_ids: vec!["anna".into()],
+                tag: String::new(),
+                ttl_seconds: 3600,
+                only_without_devices: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .codes
+            .remove(0)
+            .code
+    };
+    let lost = issue().await;
+    let reprinted = issue().await;
+    let mut enroll = relay.enrollment().await;
+    let mut try_code = async |code: &str, device: &str| {
+        let key = herold_client::generate_key().unwrap();
+        enroll
+            .enroll(v1::EnrollRequest {
+                code: code.into(),
+                device_id: device.into(),
+                public_key: key.verifying_key().to_bytes().to_vec(),
+            })
+            .await
+            .map(|d| d.into_inner().account_id)
+    };
+    assert_status(
+        try_code(&lost, "anna.phone").await,
+        Code::Unauthenticated,
+        "not valid",
+    );
+    assert_eq!(try_code(&reprinted, "anna.phone").await.unwrap(), "anna");
+
+    let astray = issue().await;
+    let mut admin = relay.admin().await;
+    admin
+        .revoke_enrollment_codes(v1::RevokeEnrollmentCodesRequest {
+            account_id: "anna".into(),
+        })
+        .await
+        .unwrap();
+    assert_status(
+        try_code(&astray, "anna.tablet").await,
+        Code::Unauthenticated,
+        "not valid",
+    );
+    let fresh = admin
+        .issue_enrollment_codes(v1::IssueEnrollmentCodesRequest {
+            account_ids: vec!["anna".into()],
+            tag: String::new(),
+            ttl_seconds: 3600,
+            only_without_devices: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .codes
+        .remove(0)
+        .code;
+    assert_eq!(try_code(&fresh, "anna.tablet").await.unwrap(), "anna");
+    assert_status(
+        admin
+            .revoke_enrollment_codes(v1::RevokeEnrollmentCodesRequest {
+                account_id: "nobody".into(),
+            })
+            .await,
+        Code::NotFound,
+        "no account",
+    );
+    relay.stop().await;
+}

@@ -222,6 +222,7 @@ macro_rules! conformance_tests {
             conversation_update_archive,
             policy_put_get,
             enrollment_code_single_use,
+            enrollment_codes_voided_by_the_account,
             audit_log_paging,
             key_packages_upload_claim,
             key_package_limit,

@@ -23,6 +23,7 @@ pub async fn account_state_roundtrip(store: Arc<dyn Store>) {
             AccountState {
                 tags: vec![tag_b.clone(), tag_a.clone(), tag_b.clone()],
                 suspended: true,
+                codes_valid_from_ms: NOW,
             },
         )
         .await
@@ -32,6 +33,7 @@ pub async fn account_state_roundtrip(store: Arc<dyn Store>) {
         Some(AccountState {
             tags: vec![tag_a.clone(), tag_b.clone()],
             suspended: true,
+            codes_valid_from_ms: NOW,
         })
     );
     // Dropping a tag removes the account from its listing.
@@ -41,6 +43,7 @@ pub async fn account_state_roundtrip(store: Arc<dyn Store>) {
             AccountState {
                 tags: vec![tag_a.clone()],
                 suspended: false,
+                codes_valid_from_ms: 0,
             },
         )
         .await
@@ -74,7 +77,7 @@ pub async fn account_list_by_tag(store: Arc<dyn Store>) {
                     &a,
                     AccountState {
                         tags: vec![cohort.clone()],
-                        suspended: false,
+                        ..AccountState::default()
                     },
                 )
                 .await
@@ -293,6 +296,69 @@ pub async fn enrollment_code_single_use(store: Arc<dyn Store>) {
             .create_enrollment_code(code(&h4, &account(&ids.id("nobody")), NOW + 1))
             .await,
         StoreError::NoSuchAccount(_)
+    );
+}
+
+/// Codes issued before the account's `codes_valid_from_ms` are void (a
+/// newer code or a revocation set it); codes issued at it or later work.
+pub async fn enrollment_codes_voided_by_the_account(store: Arc<dyn Store>) {
+    let ids = Ids::new("enroll-void");
+    let anna = account(&ids.id("anna"));
+    store.create_account(anna.clone()).await.unwrap();
+    let issued_at = |hash: &str, at: UnixMillis| EnrollmentCode {
+        created_at_ms: at,
+        ..code(hash, &anna, NOW + 60_000)
+    };
+    let (old, new) = (ids.id("old"), ids.id("new"));
+    store
+        .create_enrollment_code(issued_at(&old, NOW - 10))
+        .await
+        .unwrap();
+    store
+        .create_enrollment_code(issued_at(&new, NOW))
+        .await
+        .unwrap();
+    store
+        .set_account_state(
+            &anna.id,
+            AccountState {
+                codes_valid_from_ms: NOW,
+                ..AccountState::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_err!(
+        store
+            .redeem_enrollment_code(old.as_bytes(), device(&ids.id("phone"), ""), NOW, 10)
+            .await,
+        StoreError::NoSuchCode
+    );
+    store
+        .redeem_enrollment_code(new.as_bytes(), device(&ids.id("phone"), ""), NOW, 10)
+        .await
+        .unwrap();
+    // Revoked: everything issued so far is void.
+    let later = ids.id("later");
+    store
+        .create_enrollment_code(issued_at(&later, NOW + 5))
+        .await
+        .unwrap();
+    store
+        .set_account_state(
+            &anna.id,
+            AccountState {
+                codes_valid_from_ms: NOW + 6,
+                ..AccountState::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_err!(
+        store
+            .redeem_enrollment_code(later.as_bytes(), device(&ids.id("tablet"), ""), NOW, 10)
+            .await,
+        StoreError::NoSuchCode
     );
 }
 

@@ -10,8 +10,8 @@ use scylla::statement::prepared::PreparedStatement;
 use super::{CONCURRENCY, CqlStore, backend, to_i64, to_u64};
 
 use crate::{
-    Account, AccountState, AuditEntry, Conversation, Device, DirectChats, EnrollmentCode, Page,
-    Policy, PolicyScope, Store, StoreError, UnixMillis, normalize_tags,
+    Account, AccountState, AuditEntry, CodeTimes, Conversation, Device, DirectChats,
+    EnrollmentCode, Page, Policy, PolicyScope, Store, StoreError, UnixMillis, normalize_tags,
 };
 
 /// Audit log partition: 30 days.
@@ -60,8 +60,8 @@ impl AdminStatements {
             Ok::<_, StoreError>(st)
         };
         Ok(Self {
-            state_get: p(format!("SELECT tags, suspended FROM {ks}.account_state WHERE account_id = ?")).await?,
-            state_put: p(format!("INSERT INTO {ks}.account_state (account_id, tags, suspended) VALUES (?, ?, ?)")).await?,
+            state_get: p(format!("SELECT tags, suspended, codes_valid_from_ms FROM {ks}.account_state WHERE account_id = ?")).await?,
+            state_put: p(format!("INSERT INTO {ks}.account_state (account_id, tags, suspended, codes_valid_from_ms) VALUES (?, ?, ?, ?)")).await?,
             state_delete: p(format!("DELETE FROM {ks}.account_state WHERE account_id = ?")).await?,
             tag_put: p(format!("INSERT INTO {ks}.accounts_by_tag (tag, account_id) VALUES (?, ?)")).await?,
             tag_delete: p(format!("DELETE FROM {ks}.accounts_by_tag WHERE tag = ? AND account_id = ?")).await?,
@@ -103,6 +103,8 @@ fn code_ttl(expires_at_ms: UnixMillis, now: UnixMillis) -> i32 {
 }
 
 type CodeRow = (Option<String>, Option<i64>, Option<i64>, Option<i64>);
+/// tags, suspended, codes_valid_from_ms.
+type StateRow = (Option<Vec<String>>, Option<bool>, Option<i64>);
 
 impl CqlStore {
     pub(super) async fn a_account_state(
@@ -116,12 +118,13 @@ impl CqlStore {
     }
 
     async fn raw_state(&self, account_id: &str) -> Result<Option<AccountState>, StoreError> {
-        let row: Option<(Option<Vec<String>>, Option<bool>)> = self
+        let row: Option<StateRow> = self
             .one(&self.adm.state_get, (account_id,), "read account state")
             .await?;
-        Ok(row.map(|(tags, suspended)| AccountState {
+        Ok(row.map(|(tags, suspended, valid_from)| AccountState {
             tags: normalize_tags(tags.unwrap_or_default()),
             suspended: suspended.unwrap_or(false),
+            codes_valid_from_ms: valid_from.unwrap_or(0),
         }))
     }
 
@@ -145,7 +148,12 @@ impl CqlStore {
         }
         self.exec(
             &self.adm.state_put,
-            (account_id, &tags, state.suspended),
+            (
+                account_id,
+                &tags,
+                state.suspended,
+                state.codes_valid_from_ms,
+            ),
             "write account state",
         )
         .await?;
@@ -419,7 +427,13 @@ impl CqlStore {
             return Err(StoreError::NoSuchCode);
         };
         let account = self.get_account(&account_id).await?;
-        if !EnrollmentCode::redeemable(expires, acc_created, account.as_ref(), now_ms) {
+        let state = self.raw_state(&account_id).await?;
+        let times = CodeTimes {
+            account_created_at_ms: acc_created,
+            created_at_ms: created.unwrap_or(0),
+            expires_at_ms: expires,
+        };
+        if !EnrollmentCode::redeemable(&times, account.as_ref(), state.as_ref(), now_ms) {
             return Err(StoreError::NoSuchCode);
         }
         // Take the code first, with Paxos: of two concurrent redemptions

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_mls.cql",
         cql: include_str!("../../migrations/cql/0003_mls.cql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_code_voiding.cql",
+        cql: include_str!("../../migrations/cql/0004_code_voiding.cql"),
+    },
 ];
 
 impl Migration {

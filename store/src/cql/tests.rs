@@ -530,7 +530,7 @@ async fn interrupted_migration_completes() {
     let session = CqlStore::session(&config).await.unwrap();
     let ks = config.keyspace.clone();
     let first = CqlStore::migrate(&config).await.unwrap();
-    assert_eq!(first, vec![1, 2, 3]);
+    assert_eq!(first, vec![1, 2, 3, 4]);
     session
         .query_unpaged(
             format!("DELETE FROM {ks}.schema_migrations WHERE version = 3"),

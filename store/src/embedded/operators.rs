@@ -2,6 +2,7 @@
 //! enrollment codes.
 
 use super::*;
+use crate::CodeTimes;
 
 pub(super) fn load_account_state(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -14,6 +15,7 @@ pub(super) fn load_account_state(
             Ok(Some(AccountState {
                 tags: rec.tags,
                 suspended: rec.suspended,
+                codes_valid_from_ms: rec.codes_valid_from_ms,
             }))
         }
     }
@@ -41,6 +43,7 @@ pub(super) fn w_set_account_state(
     let rec = AccountStateRec {
         tags: state.tags.clone(),
         suspended: state.suspended,
+        codes_valid_from_ms: state.codes_valid_from_ms,
     };
     t.account_state
         .insert(account_id, rec.encode_to_vec().as_slice())
@@ -75,12 +78,13 @@ pub(super) fn w_redeem_code(
         Some(g) => decode("enroll_codes", g.value())?,
     };
     let account = load_account(&t.accounts, &rec.account_id)?;
-    if !EnrollmentCode::redeemable(
-        rec.expires_at_ms,
-        rec.account_created_at_ms,
-        account.as_ref(),
-        now_ms,
-    ) {
+    let state = load_account_state(&t.account_state, &rec.account_id)?;
+    let times = CodeTimes {
+        account_created_at_ms: rec.account_created_at_ms,
+        created_at_ms: rec.created_at_ms,
+        expires_at_ms: rec.expires_at_ms,
+    };
+    if !EnrollmentCode::redeemable(&times, account.as_ref(), state.as_ref(), now_ms) {
         return Err(StoreError::NoSuchCode);
     }
     let device = Device {

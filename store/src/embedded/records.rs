@@ -47,6 +47,8 @@ pub(super) struct AccountStateRec {
     pub(super) tags: Vec<String>,
     #[prost(bool, tag = "2")]
     pub(super) suspended: bool,
+    #[prost(int64, tag = "3")]
+    pub(super) codes_valid_from_ms: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -230,7 +230,7 @@ impl Store for EmbeddedStore {
         let id = account_id.to_owned();
         let state = AccountState {
             tags: normalize_tags(state.tags),
-            suspended: state.suspended,
+            ..state
         };
         self.write(move |t| w_set_account_state(t, &id, &state))
             .await
