@@ -282,3 +282,71 @@ async fn failed_enrollments_are_limited_per_address() {
     assert_eq!(device.into_inner().account_id, "anna");
     relay.stop().await;
 }
+
+/// A connection that stays silent for `idle_timeout` is closed by QUIC;
+/// a device whose SDK keeps the connection alive is not, and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev(dir.path());
+    config.limits.idle_timeout = std::time::Duration::from_secs(2);
+    let relay = TestRelay::start_with(config).await;
+    relay.account("alice").await;
+    relay.account("bob").await;
+    let ka = relay.device("alice", "alice.phone").await;
+    let kb = relay.device("bob", "bob.phone").await;
+    relay
+        .conversation("g", ConversationKind::Group, &["alice", "bob"])
+        .await;
+    // Bob's SDK pings within the relay's idle timeout.
+    let mut cfg = herold_client::ClientConfig::new(relay.addr, relay.fingerprint, "bob.phone", kb);
+    cfg.idle_timeout = std::time::Duration::from_secs(2);
+    let mut bob = herold_client::Client::connect(cfg).await.unwrap();
+    // A peer that says nothing (and pings only every 30 s).
+    let ep = endpoint_at("127.0.0.1");
+    let silent = RawConnection::connect_via_idle(
+        &ep,
+        relay.addr,
+        relay.fingerprint,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(DEADLINE, silent.connection().closed())
+        .await
+        .expect("the silent connection is closed");
+    assert!(
+        matches!(closed, quinn::ConnectionError::TimedOut),
+        "{closed}"
+    );
+    let alice = relay.client("alice.phone", &ka).await;
+    alice.send("g", b"still here".to_vec(), 0).await.unwrap();
+    assert_eq!(receive(&mut bob, 1).await[0].ciphertext, b"still here");
+    relay.stop().await;
+}
+
+/// A connection has one control stream and room for three more
+/// bidirectional streams, and no unidirectional ones: a peer cannot make
+/// the relay keep state for streams without end (QUIC flow control
+/// refuses the next one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_connection_are_bounded() {
+    use futures_util::FutureExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let ep = endpoint_at("127.0.0.1");
+    let raw = open(&ep, &relay).await.unwrap();
+    let conn = raw.connection();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            conn.open_bi()
+                .now_or_never()
+                .expect("within the limit")
+                .unwrap(),
+        );
+    }
+    assert!(conn.open_bi().now_or_never().is_none(), "a fifth stream");
+    assert!(conn.open_uni().now_or_never().is_none(), "a uni stream");
+    relay.stop().await;
+}
