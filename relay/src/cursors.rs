@@ -51,19 +51,3 @@ impl CursorSink {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_only_move_forward_and_are_visible_before_the_write() {
-        let s = CursorSink::default();
-        s.record("d", [("c".to_owned(), 5), ("c".to_owned(), 3)]);
-        s.record("d", [("c".to_owned(), 4), ("e".to_owned(), 1)]);
-        let mut p = s.pending_for("d");
-        p.sort();
-        assert_eq!(p, vec![("c".to_owned(), 5), ("e".to_owned(), 1)]);
-        assert!(s.pending_for("other").is_empty());
-    }
-}

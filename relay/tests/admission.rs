@@ -15,7 +15,7 @@ use common::scrape::Scrape;
 use common::*;
 use herold_client::ClientError;
 use herold_client::raw::RawConnection;
-use herold_proto::v1::{self, ConversationKind, ErrorCode};
+use herold_proto::v1::{self, ErrorCode};
 use herold_relay::Config;
 use tonic::Code;
 
@@ -35,13 +35,7 @@ async fn open(ep: &quinn::Endpoint, relay: &TestRelay) -> Result<RawConnection, 
 /// whose service must not suffer.
 async fn relay_with_bystanders(config: Config) -> (TestRelay, Bystanders) {
     let relay = TestRelay::start_with(config).await;
-    relay.account("alice").await;
-    relay.account("bob").await;
-    let alice = relay.device("alice", "alice.phone").await;
-    let bob = relay.device("bob", "bob.phone").await;
-    relay
-        .conversation("g", ConversationKind::Group, &["alice", "bob"])
-        .await;
+    let [alice, bob] = relay.group_of("g", ["alice", "bob"]).await;
     let bob = relay.client("bob.phone", &bob).await;
     (relay, Bystanders { alice, bob })
 }
@@ -207,18 +201,7 @@ async fn failed_enrollments_are_limited_per_address() {
     let relay = TestRelay::start_with(config).await;
     relay.account("anna").await;
     let mut admin = relay.admin().await;
-    let mut codes = admin
-        .issue_enrollment_codes(v1::IssueEnrollmentCodesRequest {
-            account_ids: vec!["anna".into()],
-            tag: String::new(),
-            ttl_seconds: 3600,
-            only_without_devices: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .codes;
-    let good = codes.pop().unwrap().code;
+    let good = relay.issue_code("anna").await;
     let key = herold_client::generate_key().unwrap();
     let req = |code: &str, device: &str| v1::EnrollRequest {
         code: code.into(),
@@ -291,13 +274,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     let mut config = Config::dev(dir.path());
     config.limits.idle_timeout = std::time::Duration::from_secs(2);
     let relay = TestRelay::start_with(config).await;
-    relay.account("alice").await;
-    relay.account("bob").await;
-    let ka = relay.device("alice", "alice.phone").await;
-    let kb = relay.device("bob", "bob.phone").await;
-    relay
-        .conversation("g", ConversationKind::Group, &["alice", "bob"])
-        .await;
+    let [ka, kb] = relay.group_of("g", ["alice", "bob"]).await;
     // Bob's SDK pings within the relay's idle timeout.
     let mut cfg = herold_client::ClientConfig::new(relay.addr, relay.fingerprint, "bob.phone", kb);
     cfg.idle_timeout = std::time::Duration::from_secs(2);

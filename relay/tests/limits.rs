@@ -77,23 +77,6 @@ async fn a_device_cannot_pile_up_fan_outs_on_a_slow_router() {
     relay.stop().await;
 }
 
-/// Accounts `names`, each with one device `<name>.phone`, all members of
-/// group "g"; the devices' keys in the same order.
-async fn group_g<const N: usize>(
-    relay: &TestRelay,
-    names: [&str; N],
-) -> [ed25519_dalek::SigningKey; N] {
-    let mut keys = Vec::with_capacity(N);
-    for a in names {
-        relay.account(a).await;
-        keys.push(relay.device(a, &format!("{a}.phone")).await);
-    }
-    relay
-        .conversation("g", ConversationKind::Group, &names)
-        .await;
-    keys.try_into().expect("one key per name")
-}
-
 /// Sends `n` submits into `conversation` at once over a raw connection and
 /// reads their answers: (accepted, the waits of those refused RATE_LIMITED).
 async fn burst(raw: &mut RawConnection, conversation: &str, tag: u8, n: u8) -> (usize, Vec<u32>) {
@@ -151,7 +134,7 @@ async fn a_device_over_its_submit_rate_is_slowed_down_alone() {
     let mut config = Config::dev(dir.path());
     config.limits.submit_rate = RATE;
     let relay = TestRelay::start_with(config).await;
-    let [kf, kc, kr] = group_g(&relay, ["flood", "calm", "reader"]).await;
+    let [kf, kc, kr] = relay.group_of("g", ["flood", "calm", "reader"]).await;
     let mut reader = relay.client("reader.phone", &kr).await;
 
     let mut raw = raw_device(&relay, "flood.phone", &kf).await;
@@ -248,7 +231,7 @@ async fn a_device_that_reads_nothing_is_cut_off_after_the_write_timeout() {
     let mut config = Config::dev(dir.path());
     config.limits.write_timeout = Duration::from_secs(1);
     let relay = TestRelay::start_with(config).await;
-    let [ka, kb, kc] = group_g(&relay, ["alice", "bob", "carol"]).await;
+    let [ka, kb, kc] = relay.group_of("g", ["alice", "bob", "carol"]).await;
     let mut bob = relay.client("bob.phone", &kb).await;
     // Authenticated, then never read again.
     let carol = raw_device(&relay, "carol.phone", &kc).await;
@@ -296,7 +279,7 @@ async fn a_slow_store_makes_the_relay_shed_submits_not_hoard_them() {
     let mut config = Config::dev(dir.path());
     config.limits.max_pending_appends = PENDING;
     let relay = TestRelay::start_on(config, store.clone(), Arc::new(MemoryRouter::default())).await;
-    let [k0, k1, k2, kr] = group_g(&relay, ["s0", "s1", "s2", "reader"]).await;
+    let [k0, k1, k2, kr] = relay.group_of("g", ["s0", "s1", "s2", "reader"]).await;
     let keys = [k0, k1, k2];
     let mut reader = relay.client("reader.phone", &kr).await;
 

@@ -394,23 +394,8 @@ async fn a_new_code_voids_the_old_one_and_codes_can_be_revoked() {
     let relay = TestRelay::start(dir.path()).await;
     let mut admin = relay.admin().await;
     admin.create_account(acc("anna", &[])).await.unwrap();
-    let mut issue = async || {
-        admin
-            .issue_enrollment_codes(v1::IssueEnrollmentCodesRequest {
-                account_ids: vec!["anna".into()],
-                tag: String::new(),
-                ttl_seconds: 3600,
-                only_without_devices: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .codes
-            .remove(0)
-            .code
-    };
-    let lost = issue().await;
-    let reprinted = issue().await;
+    let lost = relay.issue_code("anna").await;
+    let reprinted = relay.issue_code("anna").await;
     let mut enroll = relay.enrollment().await;
     let mut try_code = async |code: &str, device: &str| {
         let key = herold_client::generate_key().unwrap();
@@ -430,8 +415,7 @@ async fn a_new_code_voids_the_old_one_and_codes_can_be_revoked() {
     );
     assert_eq!(try_code(&reprinted, "anna.phone").await.unwrap(), "anna");
 
-    let astray = issue().await;
-    let mut admin = relay.admin().await;
+    let astray = relay.issue_code("anna").await;
     admin
         .revoke_enrollment_codes(v1::RevokeEnrollmentCodesRequest {
             account_id: "anna".into(),
@@ -443,19 +427,7 @@ async fn a_new_code_voids_the_old_one_and_codes_can_be_revoked() {
         Code::Unauthenticated,
         "not valid",
     );
-    let fresh = admin
-        .issue_enrollment_codes(v1::IssueEnrollmentCodesRequest {
-            account_ids: vec!["anna".into()],
-            tag: String::new(),
-            ttl_seconds: 3600,
-            only_without_devices: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .codes
-        .remove(0)
-        .code;
+    let fresh = relay.issue_code("anna").await;
     assert_eq!(try_code(&fresh, "anna.tablet").await.unwrap(), "anna");
     assert_status(
         admin

@@ -111,6 +111,41 @@ impl TestRelay {
         create_conversation(&mut self.admin().await, id, kind, members).await;
     }
 
+    /// Accounts `names`, each with one device `<name>.phone`, all members
+    /// of the group `conversation`; the devices' keys in the same order.
+    pub async fn group_of<const N: usize>(
+        &self,
+        conversation: &str,
+        names: [&str; N],
+    ) -> [SigningKey; N] {
+        let mut keys = Vec::with_capacity(N);
+        for a in names {
+            self.account(a).await;
+            keys.push(self.device(a, &format!("{a}.phone")).await);
+        }
+        self.conversation(conversation, v1::ConversationKind::Group, &names)
+            .await;
+        keys.try_into().expect("one key per name")
+    }
+
+    /// A fresh enrollment code for `account` (valid for an hour).
+    pub async fn issue_code(&self, account: &str) -> String {
+        self.admin()
+            .await
+            .issue_enrollment_codes(v1::IssueEnrollmentCodesRequest {
+                account_ids: vec![account.to_owned()],
+                tag: String::new(),
+                ttl_seconds: 3600,
+                only_without_devices: false,
+            })
+            .await
+            .expect("issue a code")
+            .into_inner()
+            .codes
+            .remove(0)
+            .code
+    }
+
     pub async fn client(&self, device: &str, key: &SigningKey) -> Client {
         Client::connect(ClientConfig::new(
             self.addr,
