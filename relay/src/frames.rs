@@ -13,17 +13,32 @@ pub(crate) fn error_frame(
     message_id: Vec<u8>,
     fatal: bool,
 ) -> Bytes {
-    let f = v1::ServerFrame {
-        kind: Some(v1::server_frame::Kind::Error(v1::Error {
-            code: code as i32,
-            message: message.to_owned(),
-            message_id,
-            fatal,
-            ..Default::default()
-        })),
-    };
+    error_with_retry(code, message.to_owned(), message_id, fatal, 0)
+}
+
+/// The one Error builder: `retry_after_ms` 0 says no time to wait.
+fn error_with_retry(
+    code: ErrorCode,
+    message: String,
+    message_id: Vec<u8>,
+    fatal: bool,
+    retry_after_ms: u32,
+) -> Bytes {
     // An error frame is a few hundred bytes: it always fits.
-    frame_bytes(&f, usize::MAX).unwrap_or_default()
+    server_frame(v1::server_frame::Kind::Error(v1::Error {
+        code: code as i32,
+        message,
+        message_id,
+        fatal,
+        retry_after_ms,
+        ..Default::default()
+    }))
+}
+
+/// A wait as the milliseconds an Error's `retry_after_ms` carries (at
+/// least 1: 0 would say "no time given").
+pub(crate) fn retry_ms(wait: std::time::Duration) -> u32 {
+    u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1)
 }
 
 /// `RATE_LIMITED` for a submit beyond `rate` a second `whose` (the
@@ -34,41 +49,33 @@ pub(crate) fn rate_limited_frame(
     message_id: Vec<u8>,
     wait: std::time::Duration,
 ) -> Bytes {
-    let retry_after_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
-    server_frame(v1::server_frame::Kind::Error(v1::Error {
-        code: ErrorCode::RateLimited as i32,
-        message: format!(
-            "more than {rate} submits a second {whose}; resend in {retry_after_ms} ms"
-        ),
+    let retry_after_ms = retry_ms(wait);
+    error_with_retry(
+        ErrorCode::RateLimited,
+        format!("more than {rate} submits a second {whose}; resend in {retry_after_ms} ms"),
         message_id,
+        false,
         retry_after_ms,
-        ..Default::default()
-    }))
+    )
 }
 
 /// A submit shed because `pending` appends already wait for the store.
 pub(crate) fn overloaded_frame(pending: u32, message_id: Vec<u8>, retry_after_ms: u32) -> Bytes {
-    server_frame(v1::server_frame::Kind::Error(v1::Error {
-        code: ErrorCode::Unavailable as i32,
-        message: format!(
+    error_with_retry(
+        ErrorCode::Unavailable,
+        format!(
             "the relay is overloaded ({pending} messages wait for storage); \
              resend in {retry_after_ms} ms with the same message id"
         ),
         message_id,
+        false,
         retry_after_ms,
-        ..Default::default()
-    }))
+    )
 }
 
 /// The error that ends a connection; `retry_after_ms` 0: not said.
 pub(crate) fn fatal_frame(code: ErrorCode, message: &str, retry_after_ms: u32) -> Bytes {
-    server_frame(v1::server_frame::Kind::Error(v1::Error {
-        code: code as i32,
-        message: message.to_owned(),
-        fatal: true,
-        retry_after_ms,
-        ..Default::default()
-    }))
+    error_with_retry(code, message.to_owned(), Vec::new(), true, retry_after_ms)
 }
 
 /// A server frame, framed for the stream.

@@ -139,7 +139,7 @@ async fn forward_frames(
 
 /// The refusal of an authentication beyond the account's rate.
 fn account_rate_limited(rate: u32, wait: Duration) -> Fatal {
-    let retry_after_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+    let retry_after_ms = crate::frames::retry_ms(wait);
     Fatal {
         retry_after_ms,
         ..Fatal::new(
