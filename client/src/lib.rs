@@ -75,6 +75,9 @@ pub enum ClientError {
         message: String,
         /// Whether the relay closed the connection after it.
         fatal: bool,
+        /// With RATE_LIMITED or UNAVAILABLE: how long to wait before
+        /// asking again, in milliseconds (0: not said).
+        retry_after_ms: u32,
     },
     /// The relay sent something the protocol does not allow here.
     #[error("protocol error: {0}")]
@@ -102,6 +105,17 @@ impl ClientError {
             code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
             message: e.message.clone(),
             fatal: e.fatal,
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
+
+    /// How long the relay asked to wait before trying again, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Relay { retry_after_ms, .. } if *retry_after_ms > 0 => {
+                Some(std::time::Duration::from_millis(u64::from(*retry_after_ms)))
+            }
+            _ => None,
         }
     }
 

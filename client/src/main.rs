@@ -360,6 +360,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(E2eEvent::Removed { conversation_id }) => {
                         eprintln!("(removed from the encrypted group of {conversation_id})")
                     }
+                    Some(E2eEvent::Restarted {
+                        conversation_id, ..
+                    }) => eprintln!("{}", restarted_note(&conversation_id)),
                     Some(E2eEvent::GroupChanged {
                         conversation_id,
                         added,
@@ -410,8 +413,18 @@ fn show_event(ev: E2eEvent, cursors: &mut HashMap<String, u64>) {
         E2eEvent::Removed { conversation_id } => {
             eprintln!("(removed from the encrypted group of {conversation_id})")
         }
+        E2eEvent::Restarted {
+            conversation_id, ..
+        } => eprintln!("{}", restarted_note(&conversation_id)),
         _ => {}
     }
+}
+
+fn restarted_note(conversation_id: &str) -> String {
+    format!(
+        "({conversation_id}: a member sent a change nobody could apply; the encryption of the \
+         conversation was renewed)"
+    )
 }
 
 fn print_message(m: &Message) {

@@ -121,6 +121,38 @@ pub fn decode_aad(aad: &[u8]) -> Result<i64, MlsError> {
     Ok(i64::from_be_bytes(bytes))
 }
 
+/// Separates a conversation id from the generation in a group id; never
+/// part of a conversation id (see `herold_proto::ids`).
+const GENERATION_SEPARATOR: char = '#';
+
+/// The MLS group id of a conversation's group of `generation`: the
+/// conversation id's UTF-8 bytes for generation 0, `"<conversation>#<n>"`
+/// after the n-th restart. A restart (the relay's `ResetMlsGroup`) starts a
+/// new group under a new id, so no message of the old group can pass for
+/// one of the new.
+pub fn group_id(conversation_id: &str, generation: u64) -> Vec<u8> {
+    if generation == 0 {
+        conversation_id.as_bytes().to_vec()
+    } else {
+        format!("{conversation_id}{GENERATION_SEPARATOR}{generation}").into_bytes()
+    }
+}
+
+/// The generation of a group id of `conversation_id` (see [`group_id`]);
+/// `None` for a group of another conversation or a malformed suffix.
+pub fn group_generation(conversation_id: &str, group_id: &[u8]) -> Option<u64> {
+    let rest = group_id.strip_prefix(conversation_id.as_bytes())?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let digits = std::str::from_utf8(rest.strip_prefix(&[GENERATION_SEPARATOR as u8])?).ok()?;
+    // Canonical only: one spelling per generation ("#1", not "#01" or "#0").
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 // ---- shared with the client side ----
 
 pub(crate) fn parse(bytes: &[u8]) -> Result<MlsMessageIn, MlsError> {

@@ -1,7 +1,8 @@
 //! MLS (RFC 9420) end-to-end encryption for Herold, on openmls.
 //!
 //! Every conversation that uses end-to-end encryption is one MLS group whose
-//! group id is the conversation id's UTF-8 bytes. Every device is one member:
+//! group id is the conversation id's UTF-8 bytes ([`group_id`]; a group
+//! restarted after it broke gets a new id with its generation). Every device is one member:
 //! its credential is a BasicCredential whose identity is the device id, with
 //! its own Ed25519 signature key (separate from its relay login key).
 //!
@@ -56,8 +57,8 @@ use openmls::prelude::{
 
 pub use device::{MlsDevice, PendingCommit, Processed};
 pub use ds::{
-    ContentKind, Inspected, ValidKeyPackage, check_welcome, decode_aad, encode_aad, inspect,
-    validate_key_package,
+    ContentKind, Inspected, ValidKeyPackage, check_welcome, decode_aad, encode_aad,
+    group_generation, group_id, inspect, validate_key_package,
 };
 pub use error::MlsError;
 

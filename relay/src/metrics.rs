@@ -95,6 +95,9 @@ pub const DRAIN_REMAINING: &str = "herold_relay_drain_sessions_remaining";
 
 /// MLS requests (key packages, state, Welcomes), by `kind` and `outcome`.
 pub const MLS_REQUESTS: &str = "herold_mls_requests_total";
+/// Restarts of broken MLS groups asked for by members, by `outcome`
+/// (`restarted`, `rate_limited`).
+pub const MLS_RESTARTS: &str = "herold_mls_group_restarts_total";
 /// Admin API calls, by `method` and `outcome` (`ok` or the gRPC code).
 pub const ADMIN_CALLS: &str = "herold_admin_calls_total";
 /// Admin API call duration, by `method`.
@@ -242,6 +245,11 @@ pub fn describe() {
         SUBMITS_SHED,
         Unit::Count,
         "Submits refused with a retry-after because too many appends waited for the store."
+    );
+    describe_counter!(
+        MLS_RESTARTS,
+        Unit::Count,
+        "MLS groups restarted because a member could not process a commit, by outcome."
     );
     describe_counter!(
         ENROLL_RATE_LIMITED,

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub conversation_rates: Buckets,
     /// Authentications per account on this relay.
     pub account_auths: Buckets,
+    /// Restarts of MLS groups per conversation through this relay.
+    pub mls_restarts: Buckets,
     /// Connections awaiting authentication, per address and in total.
     pub admission: Arc<Admission>,
     /// Places for appends waiting for the store (`max_pending_appends`).
@@ -98,6 +100,11 @@ impl Shared {
                 MAX_RATED_CONVERSATIONS,
             ),
             account_auths: Buckets::new(limits.auth_rate_per_account, MAX_RATED_ACCOUNTS),
+            mls_restarts: Buckets::per_hour(
+                limits.mls_restarts_per_hour,
+                crate::config::MLS_RESTART_BURST,
+                MAX_RATED_CONVERSATIONS,
+            ),
             admission: Admission::new(limits),
             appends: tokio::sync::Semaphore::new(limits.max_pending_appends as usize),
         }

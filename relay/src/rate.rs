@@ -21,9 +21,15 @@ impl TokenBucket {
     /// A full bucket at `now`; a burst of [`BURST_SECONDS`] of the rate.
     pub fn new(per_sec: u32, now: Instant) -> Self {
         let per_sec = f64::from(per_sec.max(1));
-        let burst = per_sec * f64::from(BURST_SECONDS);
+        Self::with_burst(per_sec, per_sec * f64::from(BURST_SECONDS), now)
+    }
+
+    /// A full bucket at `now` of `per_sec` tokens a second (may be below
+    /// one) and `burst` saved up (at least one).
+    pub fn with_burst(per_sec: f64, burst: f64, now: Instant) -> Self {
+        let burst = burst.max(1.0);
         Self {
-            per_sec,
+            per_sec: per_sec.max(f64::MIN_POSITIVE),
             burst,
             tokens: burst,
             at: now,
@@ -70,15 +76,32 @@ impl TokenBucket {
 /// forgotten (a forgotten bucket and a new one are the same).
 #[derive(Debug)]
 pub(crate) struct Buckets {
-    per_sec: u32,
+    per_sec: f64,
+    burst: f64,
     max_keys: usize,
     map: DashMap<String, TokenBucket>,
 }
 
 impl Buckets {
+    /// `per_sec` a second per key, a burst of [`BURST_SECONDS`] of it.
     pub fn new(per_sec: u32, max_keys: usize) -> Self {
+        let per_sec = f64::from(per_sec.max(1));
+        Self::with_burst(per_sec, per_sec * f64::from(BURST_SECONDS), max_keys)
+    }
+
+    /// `per_hour` an hour per key, `burst` saved up: for rare operations.
+    pub fn per_hour(per_hour: u32, burst: u32, max_keys: usize) -> Self {
+        Self::with_burst(
+            f64::from(per_hour.max(1)) / 3600.0,
+            f64::from(burst.max(1)),
+            max_keys,
+        )
+    }
+
+    fn with_burst(per_sec: f64, burst: f64, max_keys: usize) -> Self {
         Self {
             per_sec,
+            burst,
             max_keys,
             map: DashMap::new(),
         }
@@ -92,7 +115,7 @@ impl Buckets {
         if self.map.len() >= self.max_keys {
             self.map.retain(|_, b| !b.is_full(now));
         }
-        let mut b = TokenBucket::new(self.per_sec, now);
+        let mut b = TokenBucket::with_burst(self.per_sec, self.burst, now);
         let taken = b.take(now);
         self.map.insert(key.to_owned(), b);
         taken
@@ -141,6 +164,22 @@ mod tests {
         assert!(b.take(later).is_err());
         // A clock that steps back takes nothing away.
         assert!(b.take(t0).is_err());
+    }
+
+    #[test]
+    fn hourly_buckets_give_their_burst_then_one_token_per_interval() {
+        let t0 = Instant::now();
+        let buckets = Buckets::per_hour(6, 2, 10);
+        assert_eq!(buckets.take("c", t0), Ok(()));
+        assert_eq!(buckets.take("c", t0), Ok(()));
+        let wait = buckets.take("c", t0).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(599) && wait <= Duration::from_secs(600),
+            "{wait:?}"
+        );
+        assert!(buckets.take("c", t0 + Duration::from_secs(590)).is_err());
+        assert_eq!(buckets.take("c", t0 + Duration::from_secs(600)), Ok(()));
+        assert_eq!(buckets.take("d", t0), Ok(()));
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub enum StoreError {
         /// The conversation's current epoch.
         current: u64,
     },
+    /// The MLS message or request is for another generation of the group
+    /// than the current one: the group was restarted.
+    #[error("the MLS group of the conversation was restarted (generation {current})")]
+    WrongGeneration {
+        /// The conversation's current generation.
+        current: u64,
+    },
     /// The group does not reflect the conversation's roster yet: a member
     /// must commit the changes before application messages are accepted.
     #[error(

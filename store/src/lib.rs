@@ -68,7 +68,7 @@ mod rules;
 pub use error::StoreError;
 pub use model::*;
 pub use rules::CodeTimes;
-pub(crate) use rules::{admit_mls, normalize_tags, reconcile};
+pub(crate) use rules::{admit_mls, normalize_tags, reconcile, restart};
 
 /// The durable store. All methods are cancellation-safe in the sense that a
 /// cancelled call either took full effect or none.
@@ -319,18 +319,32 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// of the member accounts, ordered by id. Empty for an unknown
     /// conversation.
     async fn mls_roster(&self, conversation_id: &str) -> Result<Vec<String>, StoreError>;
-    /// Records that the group at `epoch` already reflects `roster_version`
-    /// (no commit needed): sets `group_roster_version` to it (never
-    /// decreasing) if the group is at `epoch` and `roster_version` is not
-    /// ahead of the current one; returns the new state.
-    /// [`StoreError::WrongEpoch`] if the group is at another epoch,
-    /// [`StoreError::InvalidRosterVersion`] if `roster_version` is in the
-    /// future, [`StoreError::NoSuchConversation`].
+    /// Records that the group of `generation` at `epoch` already reflects
+    /// `roster_version` (no commit needed): sets `group_roster_version` to
+    /// it (never decreasing) if the group is there and `roster_version` is
+    /// not ahead of the current one; returns the new state.
+    /// [`StoreError::WrongGeneration`] / [`StoreError::WrongEpoch`] if the
+    /// group is elsewhere, [`StoreError::InvalidRosterVersion`] if
+    /// `roster_version` is in the future, [`StoreError::NoSuchConversation`].
     async fn mark_reconciled(
         &self,
         conversation_id: &str,
+        generation: u64,
         epoch: u64,
         roster_version: u64,
+    ) -> Result<MlsState, StoreError>;
+    /// Restarts the group of `generation`, broken at `epoch` (> 0): the
+    /// next generation at epoch 0 with `group_roster_version` 0, so that the
+    /// next commit creates a new group of the whole roster. Atomic with
+    /// [`Store::append`]: no message of the old generation is accepted
+    /// after it. [`StoreError::WrongGeneration`] / [`StoreError::WrongEpoch`]
+    /// if the group is elsewhere (or at epoch 0),
+    /// [`StoreError::NoSuchConversation`]. Returns the new state.
+    async fn reset_mls_group(
+        &self,
+        conversation_id: &str,
+        generation: u64,
+        epoch: u64,
     ) -> Result<MlsState, StoreError>;
     /// The latest Welcome stored for this device in this conversation: the
     /// seq of its commit and the Welcome's bytes.

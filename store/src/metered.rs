@@ -66,6 +66,7 @@ pub fn error_kind(error: &StoreError) -> &'static str {
         | StoreError::DirectNeedsTwo(_)
         | StoreError::NoSuchCode
         | StoreError::WrongEpoch { .. }
+        | StoreError::WrongGeneration { .. }
         | StoreError::MembershipPending { .. }
         | StoreError::InvalidRosterVersion { .. }
         | StoreError::MlsRequired
@@ -352,10 +353,19 @@ macro_rules! delegate_store {
             async fn mark_reconciled(
                 &self,
                 conversation_id: &str,
+                generation: u64,
                 epoch: u64,
                 roster_version: u64,
             ) -> Result<MlsState, StoreError> {
-                call!(self.mark_reconciled(conversation_id, epoch, roster_version))
+                call!(self.mark_reconciled(conversation_id, generation, epoch, roster_version))
+            }
+            async fn reset_mls_group(
+                &self,
+                conversation_id: &str,
+                generation: u64,
+                epoch: u64,
+            ) -> Result<MlsState, StoreError> {
+                call!(self.reset_mls_group(conversation_id, generation, epoch))
             }
             async fn welcome_for(
                 &self,

@@ -135,22 +135,28 @@ impl NewMessage {
 /// before any check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MlsCheck {
-    /// Application message of `epoch`: accepted only if `epoch` is the
-    /// conversation's current epoch and `group_roster_version ==
-    /// roster_version`; else [`StoreError::WrongEpoch`] /
+    /// Application message of `epoch` in the group of `generation`:
+    /// accepted only if both are the conversation's current ones and
+    /// `group_roster_version == roster_version`; else
+    /// [`StoreError::WrongGeneration`] / [`StoreError::WrongEpoch`] /
     /// [`StoreError::MembershipPending`].
     Application {
+        /// The group's generation (from its MLS group id).
+        generation: u64,
         /// The MLS epoch the message was encrypted in.
         epoch: u64,
     },
     /// Commit from `epoch` to `epoch + 1` that reflects `roster_version`:
-    /// accepted only if the group is at `epoch` (the first commit of an epoch
-    /// wins; else [`StoreError::WrongEpoch`]) and `roster_version <=` the
+    /// accepted only if the group is of `generation` (else
+    /// [`StoreError::WrongGeneration`]) and at `epoch` (the first commit of
+    /// an epoch wins; else [`StoreError::WrongEpoch`]) and `roster_version <=` the
     /// current roster version (else [`StoreError::InvalidRosterVersion`]).
     /// On success, atomically with the seq: epoch += 1,
     /// `group_roster_version = roster_version` (never decreasing), and the
     /// Welcome stored for its devices.
     Commit {
+        /// The group's generation (from its MLS group id).
+        generation: u64,
         /// The epoch the commit starts from.
         epoch: u64,
         /// The roster version the committed group reflects.
@@ -192,7 +198,10 @@ pub struct KeyPackageUpload {
 /// The MLS state of a conversation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MlsState {
-    /// Epoch of the accepted MLS group; 0 = no group yet.
+    /// How often the group was restarted ([`crate::Store::reset_mls_group`]);
+    /// the MLS group id names it (`herold_mls::group_id`).
+    pub generation: u64,
+    /// Epoch of the accepted MLS group of this generation; 0 = no group yet.
     pub epoch: u64,
     /// Bumped by every change of who should be in the group.
     pub roster_version: u64,

@@ -46,9 +46,18 @@ pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
 /// `check`, or why the message is refused (see [`MlsCheck`]).
 pub(crate) fn admit_mls(check: Option<&MlsCheck>, state: MlsState) -> Result<MlsState, StoreError> {
     match check {
-        None if state.epoch > 0 => Err(StoreError::MlsRequired),
+        // A restarted group (generation > 0) had a first commit too.
+        None if state.epoch > 0 || state.generation > 0 => Err(StoreError::MlsRequired),
         None => Ok(state),
-        Some(MlsCheck::Application { epoch }) => {
+        Some(MlsCheck::Application { generation, .. })
+        | Some(MlsCheck::Commit { generation, .. })
+            if *generation != state.generation =>
+        {
+            Err(StoreError::WrongGeneration {
+                current: state.generation,
+            })
+        }
+        Some(MlsCheck::Application { epoch, .. }) => {
             if *epoch != state.epoch {
                 Err(StoreError::WrongEpoch {
                     current: state.epoch,
@@ -81,6 +90,7 @@ pub(crate) fn admit_mls(check: Option<&MlsCheck>, state: MlsState) -> Result<Mls
                 detail: "the MLS epoch is at its maximum".into(),
             })?;
             Ok(MlsState {
+                generation: state.generation,
                 epoch: next,
                 roster_version: state.roster_version,
                 group_roster_version: state.group_roster_version.max(*roster_version),
@@ -89,13 +99,19 @@ pub(crate) fn admit_mls(check: Option<&MlsCheck>, state: MlsState) -> Result<Mls
     }
 }
 
-/// The state after [`Store::mark_reconciled`] at `epoch` with
-/// `roster_version`, or why it is refused.
+/// The state after [`Store::mark_reconciled`] at `generation` and `epoch`
+/// with `roster_version`, or why it is refused.
 pub(crate) fn reconcile(
     state: MlsState,
+    generation: u64,
     epoch: u64,
     roster_version: u64,
 ) -> Result<MlsState, StoreError> {
+    if generation != state.generation {
+        return Err(StoreError::WrongGeneration {
+            current: state.generation,
+        });
+    }
     if epoch != state.epoch {
         return Err(StoreError::WrongEpoch {
             current: state.epoch,
@@ -109,5 +125,36 @@ pub(crate) fn reconcile(
     Ok(MlsState {
         group_roster_version: state.group_roster_version.max(roster_version),
         ..state
+    })
+}
+
+/// The state after [`Store::reset_mls_group`] of the group at `generation`
+/// and `epoch`, or why it is refused: the next generation at epoch 0, with
+/// nothing of the roster reconciled.
+pub(crate) fn restart(
+    state: MlsState,
+    generation: u64,
+    epoch: u64,
+) -> Result<MlsState, StoreError> {
+    if generation != state.generation {
+        return Err(StoreError::WrongGeneration {
+            current: state.generation,
+        });
+    }
+    // At epoch 0 there is no group to restart.
+    if epoch != state.epoch || epoch == 0 {
+        return Err(StoreError::WrongEpoch {
+            current: state.epoch,
+        });
+    }
+    let next = state.generation.checked_add(1).ok_or(StoreError::Corrupt {
+        table: "conversations",
+        detail: "the MLS generation is at its maximum".into(),
+    })?;
+    Ok(MlsState {
+        generation: next,
+        epoch: 0,
+        roster_version: state.roster_version,
+        group_roster_version: 0,
     })
 }

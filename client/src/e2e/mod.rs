@@ -15,6 +15,13 @@
 //! - A background task processes every delivery in conversation order:
 //!   commits advance the group, Welcomes add this device to groups, and
 //!   application messages come out as plaintext [`Message`]s.
+//! - A group that cannot go on is restarted: when this device cannot
+//!   process a commit (or the Welcome) that the relay accepted, a member
+//!   sent something no one can use, and waiting would wait forever. The
+//!   device asks the relay for a new generation of the group (its own MLS
+//!   group id); the next member to send creates it with everyone on the
+//!   roster, exactly as for a new conversation, and the others join from
+//!   its Welcome ([`E2eEvent::Restarted`]).
 //! - Expiry travels in the authenticated data of each message: the relay
 //!   checks it matches the envelope, and the client never surfaces an expired
 //!   message (a message store of the app removes them with
@@ -127,6 +134,17 @@ pub enum E2eEvent {
         /// Conversation.
         conversation_id: String,
     },
+    /// The conversation's group was restarted because a member could not
+    /// process a commit: this device left the old group; it joins the new
+    /// one from a Welcome ([`E2eEvent::Joined`]) or creates it when it
+    /// sends. Apps may tell the user that the conversation's encryption was
+    /// renewed.
+    Restarted {
+        /// Conversation.
+        conversation_id: String,
+        /// The new group's generation.
+        generation: u64,
+    },
     /// An envelope this device cannot read: sent before it joined, after
     /// it left, expired, or not end-to-end encrypted.
     Unreadable {
@@ -153,6 +171,8 @@ pub enum E2eEvent {
 pub struct PreparedCommit {
     /// Conversation.
     pub conversation_id: String,
+    /// The MLS group id (see [`herold_mls::group_id`]).
+    group_id: Vec<u8>,
     /// The epoch the commit starts from.
     pub from_epoch: u64,
     /// Devices it adds.
@@ -176,6 +196,22 @@ pub struct E2eClient {
     /// One send at a time per conversation: two commits prepared at once by
     /// one device would collide in its own MLS state.
     conv_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Groups (by MLS group id) this device cannot go on in: it failed to
+    /// process a commit or Welcome of theirs. Filled by the background task.
+    broken: Broken,
+}
+
+/// MLS group ids of groups that are broken on this device.
+pub(super) type Broken = Arc<Mutex<HashSet<Vec<u8>>>>;
+
+/// The MLS group id of the newest generation of `conv` this device has;
+/// the conversation id itself when it has none.
+fn newest_group(mls: &MlsDevice, conv: &str) -> Vec<u8> {
+    mls.group_ids()
+        .into_iter()
+        .filter_map(|id| herold_mls::group_generation(conv, &id).map(|g| (g, id)))
+        .max_by_key(|(g, _)| *g)
+        .map_or_else(|| conv.as_bytes().to_vec(), |(_, id)| id)
 }
 
 fn lock(m: &Mutex<MlsDevice>) -> MutexGuard<'_, MlsDevice> {
@@ -210,7 +246,9 @@ impl E2eClient {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = watch::channel(0u64);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let broken = Broken::default();
         let pump = Pump {
+            broken: broken.clone(),
             ready: Some(ready_tx),
             client,
             device_id: device_id.clone(),
@@ -241,6 +279,7 @@ impl E2eClient {
             device_id,
             pump,
             conv_locks: Mutex::new(HashMap::new()),
+            broken,
         })
     }
 
@@ -270,14 +309,25 @@ impl E2eClient {
         }
     }
 
-    /// The group's epoch on this device, if it is in the group.
+    /// The group's epoch on this device, if it is in the group (the newest
+    /// generation of it this device has).
     pub fn epoch(&self, conversation_id: &str) -> Option<u64> {
-        lock(&self.mls).epoch(conversation_id.as_bytes())
+        let m = lock(&self.mls);
+        m.epoch(&newest_group(&m, conversation_id))
     }
 
     /// The devices in the conversation's group, as this device sees it.
     pub fn group_members(&self, conversation_id: &str) -> Vec<String> {
-        lock(&self.mls).members(conversation_id.as_bytes())
+        let m = lock(&self.mls);
+        m.members(&newest_group(&m, conversation_id))
+    }
+
+    /// The generation of the conversation's group on this device: how often
+    /// it was restarted (see the module docs).
+    pub fn generation(&self, conversation_id: &str) -> u64 {
+        let m = lock(&self.mls);
+        herold_mls::group_generation(conversation_id, &newest_group(&m, conversation_id))
+            .unwrap_or(0)
     }
 
     /// Encrypts `plaintext` for the conversation's group and sends it;
@@ -290,7 +340,6 @@ impl E2eClient {
         expires_at_ms: i64,
     ) -> Result<Accepted, E2eError> {
         let conv = conversation_id;
-        let gid = conv.as_bytes();
         let conv_lock = self
             .conv_locks
             .lock()
@@ -301,10 +350,10 @@ impl E2eClient {
         let _one_at_a_time = conv_lock.lock().await;
         let mut message_id = new_message_id()?;
         for _ in 0..SEND_ATTEMPTS {
-            self.bring_up_to_date(conv).await?;
+            let gid = self.up_to_date(conv).await?;
             let ciphertext = {
                 let mut m = lock(&self.mls);
-                m.encrypt(gid, plaintext, &herold_mls::encode_aad(expires_at_ms))?
+                m.encrypt(&gid, plaintext, &herold_mls::encode_aad(expires_at_ms))?
             };
             let submit = v1::Submit {
                 message_id: message_id.to_vec(),
@@ -332,46 +381,78 @@ impl E2eClient {
         Err(E2eError::Contended(conv.to_owned()))
     }
 
-    /// Makes the local group match the relay: same epoch, same devices as
-    /// the roster. Commits when something must change.
+    /// Makes the local group match the relay: same generation and epoch,
+    /// same devices as the roster. Commits when something must change, and
+    /// asks for a restart when the group is broken on this device.
     pub async fn bring_up_to_date(&self, conv: &str) -> Result<(), E2eError> {
-        let gid = conv.as_bytes();
+        self.up_to_date(conv).await.map(|_| ())
+    }
+
+    /// [`E2eClient::bring_up_to_date`]; the MLS group id it brought up to
+    /// date.
+    async fn up_to_date(&self, conv: &str) -> Result<Vec<u8>, E2eError> {
         for _ in 0..SEND_ATTEMPTS {
             let st = self.mls_state(conv).await?;
-            let local = lock(&self.mls).epoch(gid);
+            let gid = herold_mls::group_id(conv, st.generation);
+            if st.epoch > 0 && self.is_broken(&gid) {
+                // Waiting cannot help: this device will never get past the
+                // commit it failed on. Another member may restart first.
+                self.restart(conv, st.generation, st.epoch).await?;
+                continue;
+            }
+            let local = lock(&self.mls).epoch(&gid);
             match local {
                 None if st.epoch == 0 => {
                     // Nobody made the group yet: this device does.
-                    lock(&self.mls).create_group(gid)?;
-                    if self.commit_roster(conv, &st).await? {
-                        return Ok(());
+                    lock(&self.mls).create_group(&gid)?;
+                    if self.commit_roster(conv, &gid, &st).await? {
+                        return Ok(gid);
                     }
                     // Another device created it first: its Welcome adds us.
-                    self.wait_for(conv, |e| e.is_some()).await;
+                    self.wait_for(&gid, |e| e.is_some()).await;
                 }
                 None => {
-                    if !self.wait_for(conv, |e| e.is_some()).await {
+                    if !self.wait_for(&gid, |e| e.is_some()).await {
                         return Err(E2eError::NotInGroup(conv.to_owned()));
                     }
                 }
                 Some(e) if e < st.epoch => {
                     let target = st.epoch;
                     if !self
-                        .wait_for(conv, |e| e.is_some_and(|e| e >= target))
+                        .wait_for(&gid, |e| e.is_some_and(|e| e >= target))
                         .await
                     {
                         return Err(E2eError::Contended(conv.to_owned()));
                     }
                 }
                 Some(_) if st.group_roster_version < st.roster_version => {
-                    if self.commit_roster(conv, &st).await? {
-                        return Ok(());
+                    if self.commit_roster(conv, &gid, &st).await? {
+                        return Ok(gid);
                     }
                 }
-                Some(_) => return Ok(()),
+                Some(_) => return Ok(gid),
             }
         }
         Err(E2eError::Contended(conv.to_owned()))
+    }
+
+    fn is_broken(&self, gid: &[u8]) -> bool {
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(gid)
+    }
+
+    /// Asks the relay to restart the group of `generation`, broken at
+    /// `epoch`. Ok also when another member's request came first (the
+    /// caller reads the state again); a rate-limited restart is the caller's
+    /// error.
+    async fn restart(&self, conv: &str, generation: u64, epoch: u64) -> Result<(), E2eError> {
+        match request_restart(&self.sender, conv, generation, epoch).await {
+            Ok(()) => Ok(()),
+            Err(E2eError::Client(e)) if e.code() == Some(ErrorCode::MlsWrongEpoch) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn mls_state(&self, conv: &str) -> Result<v1::MlsState, E2eError> {
@@ -387,10 +468,15 @@ impl E2eClient {
         }
     }
 
-    /// Commits the difference between the group and the roster of `st`.
-    /// Ok(true): the group now matches; Ok(false): another commit won.
-    async fn commit_roster(&self, conv: &str, st: &v1::MlsState) -> Result<bool, E2eError> {
-        let prepared = match self.prepare(conv, st).await {
+    /// Commits the difference between the group `gid` and the roster of
+    /// `st`. Ok(true): the group now matches; Ok(false): another commit won.
+    async fn commit_roster(
+        &self,
+        conv: &str,
+        gid: &[u8],
+        st: &v1::MlsState,
+    ) -> Result<bool, E2eError> {
+        let prepared = match self.prepare(conv, gid, st).await {
             // Another member's commit brought the group up to date while
             // this one claimed its key packages.
             Err(E2eError::Client(e)) if e.code() == Some(ErrorCode::MlsWrongEpoch) => {
@@ -404,6 +490,7 @@ impl E2eClient {
                 .sender
                 .request(request::Kind::MarkReconciled(v1::MarkReconciled {
                     conversation_id: conv.to_owned(),
+                    generation: st.generation,
                     epoch: st.epoch,
                     roster_version: st.roster_version,
                 }))
@@ -426,19 +513,20 @@ impl E2eClient {
         conv: &str,
     ) -> Result<Option<PreparedCommit>, E2eError> {
         let st = self.mls_state(conv).await?;
-        match lock(&self.mls).epoch(conv.as_bytes()) {
+        let gid = herold_mls::group_id(conv, st.generation);
+        match lock(&self.mls).epoch(&gid) {
             Some(e) if e == st.epoch => {}
             _ => return Err(E2eError::Contended(conv.to_owned())),
         }
-        self.prepare(conv, &st).await
+        self.prepare(conv, &gid, &st).await
     }
 
     async fn prepare(
         &self,
         conv: &str,
+        gid: &[u8],
         st: &v1::MlsState,
     ) -> Result<Option<PreparedCommit>, E2eError> {
-        let gid = conv.as_bytes();
         let members: HashSet<String> = lock(&self.mls).members(gid).into_iter().collect();
         let roster: HashSet<&String> = st.roster.iter().collect();
         let to_add: Vec<String> = st
@@ -503,6 +591,7 @@ impl E2eClient {
         };
         Ok(Some(PreparedCommit {
             conversation_id: conv.to_owned(),
+            group_id: gid.to_vec(),
             from_epoch: pending.from_epoch,
             added: pending.added,
             removed: pending.removed,
@@ -514,7 +603,7 @@ impl E2eClient {
     /// group moved to the next epoch; Ok(false): another member's commit won
     /// this epoch, ours is discarded (process theirs, then try again).
     pub async fn submit_membership_commit(&self, p: PreparedCommit) -> Result<bool, E2eError> {
-        let gid = p.conversation_id.as_bytes();
+        let gid = p.group_id.as_slice();
         match self.sender.submit(p.submit).await {
             Ok(_) => {
                 let mut m = lock(&self.mls);
@@ -548,7 +637,13 @@ impl E2eClient {
         conversation_id: &str,
         ciphertext: &[u8],
     ) -> Result<Processed, E2eError> {
-        Ok(lock(&self.mls).process(conversation_id.as_bytes(), ciphertext)?)
+        let header = herold_mls::inspect(ciphertext)?;
+        if herold_mls::group_generation(conversation_id, &header.group_id).is_none() {
+            return Err(E2eError::Mls(format!(
+                "the message belongs to another group than conversation {conversation_id:?}"
+            )));
+        }
+        Ok(lock(&self.mls).process(&header.group_id, ciphertext)?)
     }
 
     /// Takes the event stream, e.g. to read it in another task while this
@@ -558,19 +653,20 @@ impl E2eClient {
         std::mem::replace(&mut self.events, empty)
     }
 
-    /// Waits until the local epoch of `conv` satisfies `ok`, while the
-    /// background task processes deliveries; false after the timeout.
-    async fn wait_for(&self, conv: &str, ok: impl Fn(Option<u64>) -> bool) -> bool {
-        let gid = conv.as_bytes();
+    /// Waits until the local epoch of the group `gid` satisfies `ok` (or
+    /// the group broke on this device), while the background task processes
+    /// deliveries; false after the timeout.
+    async fn wait_for(&self, gid: &[u8], ok: impl Fn(Option<u64>) -> bool) -> bool {
         let mut progress = self.progress.clone();
         let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+        let done = || ok(lock(&self.mls).epoch(gid)) || self.is_broken(gid);
         loop {
-            if ok(lock(&self.mls).epoch(gid)) {
+            if done() {
                 return true;
             }
             match tokio::time::timeout_at(deadline, progress.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return ok(lock(&self.mls).epoch(gid)),
+                _ => return done(),
             }
         }
     }
@@ -578,5 +674,26 @@ impl E2eClient {
     /// Stops processing and closes the connection.
     pub async fn close(self) {
         self.pump.abort();
+    }
+}
+
+/// Asks the relay to restart the group of `generation` of `conv`, which
+/// broke at `epoch` on this device.
+pub(super) async fn request_restart(
+    sender: &Sender,
+    conv: &str,
+    generation: u64,
+    epoch: u64,
+) -> Result<(), E2eError> {
+    match sender
+        .request(request::Kind::ResetMlsGroup(v1::ResetMlsGroup {
+            conversation_id: conv.to_owned(),
+            generation,
+            epoch,
+        }))
+        .await?
+    {
+        response::Kind::MlsState(_) => Ok(()),
+        other => Err(E2eError::Protocol(format!("{other:?}"))),
     }
 }

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use herold_mls::{MlsDevice, Processed};
 use herold_proto::v1::{self, request, response};
 use tokio::sync::{mpsc, watch};
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::{E2eError, E2eEvent, KEY_PACKAGE_TARGET, Message, lock, now_ms};
+use super::{
+    Broken, E2eError, E2eEvent, KEY_PACKAGE_TARGET, Message, lock, now_ms, request_restart,
+};
 use crate::{Client, Event, Sender};
 
 /// Tops the device's key packages up on the relay.
@@ -68,6 +70,9 @@ pub(super) struct Pump {
     /// Per conversation without a group: the highest seq for which the
     /// relay had no Welcome for us (asked again at the next commit).
     pub welcome_checked: HashMap<String, u64>,
+    /// Groups this device failed a commit or Welcome of (shared with the
+    /// sending side, which asks for a restart before it sends).
+    pub broken: Broken,
 }
 
 impl Pump {
@@ -140,26 +145,35 @@ impl Pump {
             seq: env.seq,
             reason,
         };
-        let header = match herold_mls::inspect(&env.ciphertext) {
-            Ok(h) if h.group_id == conv.as_bytes() => h,
-            Ok(_) => return vec![unreadable("an MLS message of another group".into())],
+        let (header, generation) = match herold_mls::inspect(&env.ciphertext) {
+            Ok(h) => match herold_mls::group_generation(&conv, &h.group_id) {
+                Some(g) => (h, g),
+                None => return vec![unreadable("an MLS message of another group".into())],
+            },
             Err(_) => return vec![unreadable("not end-to-end encrypted with MLS".into())],
         };
+        let gid = header.group_id.clone();
         let mut out = Vec::new();
         let is_commit = matches!(header.kind, herold_mls::ContentKind::Commit);
-        let local = lock(&self.mls).epoch(conv.as_bytes());
+        if is_commit && generation > 0 {
+            // A commit of a restarted group: everything of the older ones
+            // came before it, in order, so they can go.
+            out.extend(self.leave_older_generations(&conv, generation));
+        }
+        let local = lock(&self.mls).epoch(&gid);
         if is_commit && env.sender_device_id == self.device_id {
             // Our own commit, back from the relay: proof that it was taken.
             // Merge it if the sender has not yet (or crashed before it could).
             if local == Some(header.epoch) {
-                let merged = lock(&self.mls).confirm_commit(conv.as_bytes());
+                let merged = lock(&self.mls).confirm_commit(&gid);
                 if let Err(e) = merged
                     && !matches!(e, herold_mls::MlsError::NoPendingCommit { .. })
                 {
                     warn!(conversation = conv, error = %e, "merging our own commit failed");
                 }
             }
-            return vec![unreadable("this device's own commit".into())];
+            out.push(unreadable("this device's own commit".into()));
+            return out;
         }
         // A group still at epoch 0 is only a proposal of ours: another
         // device's first commit wins over it, and we join from its Welcome.
@@ -168,9 +182,10 @@ impl Pump {
             // Only a commit can add us; ask for a Welcome then.
             let checked = self.welcome_checked.get(&conv).copied();
             if !is_commit || checked.is_some_and(|c| c >= env.seq) {
-                return vec![unreadable(
+                out.push(unreadable(
                     "sent before this device joined the group".into(),
-                )];
+                ));
+                return out;
             }
             let mut fetched = Err(E2eError::Protocol("not asked".into()));
             for _ in 0..3 {
@@ -187,15 +202,16 @@ impl Pump {
                 Ok(Some((seq, welcome))) if seq >= env.seq => {
                     if seq > env.seq {
                         self.welcome_checked.insert(conv.clone(), seq - 1);
-                        return vec![unreadable(
+                        out.push(unreadable(
                             "sent before this device joined the group".into(),
-                        )];
+                        ));
+                        return out;
                     }
-                    let joined = lock(&self.mls).join_group(conv.as_bytes(), &welcome);
+                    let joined = lock(&self.mls).join_group(&gid, &welcome);
                     match joined {
                         Ok(()) => {
                             self.welcome_checked.remove(&conv);
-                            let epoch = lock(&self.mls).epoch(conv.as_bytes()).unwrap_or(0);
+                            let epoch = lock(&self.mls).epoch(&gid).unwrap_or(0);
                             // The Welcome used up one of our key packages.
                             let (sender, mls) = (self.sender.clone(), self.mls.clone());
                             let r = self
@@ -206,24 +222,35 @@ impl Pump {
                             if let Err(e) = r {
                                 warn!(error = %e, "refilling key packages failed");
                             }
-                            return vec![E2eEvent::Joined {
+                            out.push(E2eEvent::Joined {
                                 conversation_id: conv,
                                 epoch,
-                            }];
+                            });
+                            return out;
                         }
-                        Err(e) => return vec![unreadable(format!("the Welcome failed: {e}"))],
+                        Err(e) => {
+                            // Addressed to us and unusable: we can never
+                            // join this group.
+                            out.push(unreadable(format!("the Welcome failed: {e}")));
+                            self.broke(&conv, &gid, generation, header.epoch).await;
+                            return out;
+                        }
                     }
                 }
                 Ok(_) => {
                     self.welcome_checked.insert(conv.clone(), env.seq);
-                    return vec![unreadable(
+                    out.push(unreadable(
                         "sent before this device joined the group".into(),
-                    )];
+                    ));
+                    return out;
                 }
-                Err(e) => return vec![unreadable(format!("fetching the Welcome failed: {e}"))],
+                Err(e) => {
+                    out.push(unreadable(format!("fetching the Welcome failed: {e}")));
+                    return out;
+                }
             }
         }
-        let processed = lock(&self.mls).process(conv.as_bytes(), &env.ciphertext);
+        let processed = lock(&self.mls).process(&gid, &env.ciphertext);
         match processed {
             Ok(Processed::Application {
                 plaintext,
@@ -266,9 +293,62 @@ impl Pump {
                 }
             }
             Ok(Processed::Skipped { reason }) => out.push(unreadable(reason)),
+            Err(e) if is_commit => {
+                // The relay accepted it, so the group moved on without us.
+                out.push(unreadable(format!("cannot process the commit: {e}")));
+                self.broke(&conv, &gid, generation, header.epoch).await;
+            }
             Err(e) => out.push(unreadable(format!("cannot decrypt: {e}"))),
         }
         out
+    }
+
+    /// This device failed the commit (or its Welcome) from `epoch` of the
+    /// group `gid`: the group is broken here. Marks it for the sending side
+    /// and asks the relay for a restart at the epoch the commit led to.
+    /// Another member may have asked first, or the group moved on (then
+    /// the next commit fails here too and asks again); a refused request
+    /// is retried by the next send.
+    async fn broke(&mut self, conv: &str, gid: &[u8], generation: u64, epoch: u64) {
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(gid.to_vec());
+        let (sender, conv_owned) = (self.sender.clone(), conv.to_owned());
+        let broken_at = epoch.saturating_add(1);
+        let r = self
+            .draining(
+                async move { request_restart(&sender, &conv_owned, generation, broken_at).await },
+            )
+            .await;
+        if let Err(e) = r {
+            debug!(conversation = conv, error = %e, "restart not done by this device");
+        }
+    }
+
+    /// Forgets this device's groups of `conv` older than `generation`;
+    /// [`E2eEvent::Restarted`] if there was one.
+    fn leave_older_generations(&mut self, conv: &str, generation: u64) -> Option<E2eEvent> {
+        let mut m = lock(&self.mls);
+        let older: Vec<Vec<u8>> = m
+            .group_ids()
+            .into_iter()
+            .filter(|id| herold_mls::group_generation(conv, id).is_some_and(|g| g < generation))
+            .collect();
+        if older.is_empty() {
+            return None;
+        }
+        let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &older {
+            broken.remove(id);
+            if let Err(e) = m.forget_group(id) {
+                warn!(conversation = conv, error = %e, "forgetting a restarted group failed");
+            }
+        }
+        Some(E2eEvent::Restarted {
+            conversation_id: conv.to_owned(),
+            generation,
+        })
     }
 }
 

@@ -254,6 +254,11 @@ impl MlsDevice {
         self.groups.contains_key(group_id)
     }
 
+    /// The ids of the groups this device has.
+    pub fn group_ids(&self) -> Vec<Vec<u8>> {
+        self.groups.keys().cloned().collect()
+    }
+
     /// The group's current epoch on this device.
     pub fn epoch(&self, group_id: &[u8]) -> Option<u64> {
         self.groups.get(group_id).map(|g| g.mls.epoch().as_u64())

@@ -296,3 +296,35 @@ fn join_ignores_expired_lifetimes_of_leaves_in_the_tree() {
     let m = b.encrypt(G, b"still here", &[]).unwrap();
     assert_eq!(plaintext(c.process(G, &m).unwrap()).0, b"still here");
 }
+
+#[test]
+fn group_ids_carry_the_generation_of_a_restart() {
+    use crate::{group_generation, group_id};
+    assert_eq!(group_id("town-hall", 0), b"town-hall".to_vec());
+    assert_eq!(group_id("town-hall", 3), b"town-hall#3".to_vec());
+    for g in [0, 1, 9, 10, 12345, u64::MAX] {
+        assert_eq!(
+            group_generation("town-hall", &group_id("town-hall", g)),
+            Some(g)
+        );
+    }
+    for foreign in [
+        &b"town"[..],
+        b"town-hall2",
+        b"town-hall#",
+        b"town-hall#0",
+        b"town-hall#01",
+        b"town-hall#-1",
+        b"town-hall#1x",
+        b"town-hall#+1",
+        b"town-hall#99999999999999999999999",
+        b"other#1",
+    ] {
+        assert_eq!(
+            group_generation("town-hall", foreign),
+            None,
+            "{}",
+            String::from_utf8_lossy(foreign)
+        );
+    }
+}

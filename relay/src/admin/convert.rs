@@ -23,6 +23,7 @@ pub(super) fn store_status(e: StoreError) -> Status {
         }
         StoreError::InvalidConfig(_) => Status::internal(e.to_string()),
         StoreError::WrongEpoch { .. }
+        | StoreError::WrongGeneration { .. }
         | StoreError::MembershipPending { .. }
         | StoreError::InvalidRosterVersion { .. }
         | StoreError::MlsRequired

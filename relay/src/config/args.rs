@@ -149,6 +149,12 @@ pub struct Args {
     /// [default: 2].
     #[arg(long, env = "HEROLD_ENROLL_FAILURE_RATE")]
     pub enroll_failure_rate: Option<u32>,
+    /// Restarts of one conversation's MLS group an hour through this relay
+    /// (a member that cannot process a commit asks for one), after a burst
+    /// of 2; beyond, RATE_LIMITED with the time to wait; 1..=3600
+    /// [default: 6].
+    #[arg(long, env = "HEROLD_MLS_RESTARTS_PER_HOUR")]
+    pub mls_restarts_per_hour: Option<u32>,
     /// Submits waiting for the store on this relay; beyond, new submits are
     /// refused UNAVAILABLE with a retry-after (the SDK resends), so a slow
     /// store costs time, not memory; 1..=1000000 [default: 1024].
@@ -270,6 +276,7 @@ pub(super) struct FileConfig {
     pub(super) retry_above: Option<u32>,
     pub(super) auth_rate_per_account: Option<u32>,
     pub(super) enroll_failure_rate: Option<u32>,
+    pub(super) mls_restarts_per_hour: Option<u32>,
     pub(super) write_timeout_secs: Option<u64>,
     pub(super) max_pending_appends: Option<u32>,
     pub(super) drain_reconnect_spread_ms: Option<u64>,

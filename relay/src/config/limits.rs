@@ -15,6 +15,10 @@ const FAN_OUT_RATE_PER_CORE: u32 = 32_000;
 pub(super) const MIN_FAN_OUT_RATE: u32 = 1_000;
 pub(super) const MAX_FAN_OUT_RATE: u32 = 10_000_000;
 
+/// Restarts of one conversation's MLS group allowed at once before
+/// `mls_restarts_per_hour` applies.
+pub const MLS_RESTART_BURST: u32 = 2;
+
 /// Limits protecting the relay and its other users from one client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -68,6 +72,9 @@ pub struct Limits {
     pub auth_rate_per_account: u32,
     /// Failed enrollments a second from one address (burst: 4 s).
     pub enroll_failure_rate: u32,
+    /// Restarts of one conversation's MLS group an hour through this relay
+    /// (`ResetMlsGroup`, burst: [`MLS_RESTART_BURST`]).
+    pub mls_restarts_per_hour: u32,
     /// Submits waiting for the store on this relay, all devices together;
     /// beyond, new ones are refused UNAVAILABLE with a retry-after.
     pub max_pending_appends: u32,
@@ -128,6 +135,10 @@ impl Default for Limits {
             // Codes cannot be guessed (60 bits); this bounds the store and
             // audit writes of a flood of wrong ones.
             enroll_failure_rate: 2,
+            // A broken group is rare (a faulty or hostile member); each
+            // restart has every device of the conversation rejoin, so a
+            // member asking again and again must not keep it busy.
+            mls_restarts_per_hour: 6,
             // Frames waiting to be written stay in the relay's memory;
             // QUIC's own window (2 MiB a connection) bounds how much.
             write_timeout: Duration::from_secs(30),
@@ -241,6 +252,10 @@ impl Limits {
                 .enroll_failure_rate
                 .or(file.enroll_failure_rate)
                 .unwrap_or(defaults.enroll_failure_rate),
+            mls_restarts_per_hour: args
+                .mls_restarts_per_hour
+                .or(file.mls_restarts_per_hour)
+                .unwrap_or(defaults.mls_restarts_per_hour),
             max_pending_appends: args
                 .max_pending_appends
                 .or(file.max_pending_appends)

@@ -15,7 +15,7 @@ mod tests;
 pub use args::Args;
 use args::FileConfig;
 use backends::{CqlFlags, cql_config, default_node_id, redis_config};
-pub use limits::{Limits, MAX_UDP_SOCKETS};
+pub use limits::{Limits, MAX_UDP_SOCKETS, MLS_RESTART_BURST};
 use limits::{MAX_FAN_OUT_RATE, MIN_FAN_OUT_RATE};
 
 use crate::operators::OperatorsFileError;
@@ -360,6 +360,11 @@ impl Config {
                 "enroll-failure-rate",
                 self.limits.enroll_failure_rate,
                 100_000,
+            ),
+            (
+                "mls-restarts-per-hour",
+                self.limits.mls_restarts_per_hour,
+                3_600,
             ),
             (
                 "max-pending-appends",

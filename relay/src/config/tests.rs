@@ -248,6 +248,7 @@ fn admission_limits_have_defaults_and_are_validated() {
     assert_eq!(l.retry_above, 1_000);
     assert_eq!(l.auth_rate_per_account, 5);
     assert_eq!(l.enroll_failure_rate, 2);
+    assert_eq!(l.mls_restarts_per_hour, 6);
     let c = parse(&[
         "--dev",
         "--max-unauthenticated",
@@ -283,6 +284,7 @@ fn admission_limits_have_defaults_and_are_validated() {
         "auth-rate-per-account",
         "enroll-failure-rate",
         "max-pending-appends",
+        "mls-restarts-per-hour",
     ] {
         let flag = format!("--{name}");
         let e = parse(&["--dev", &flag, "0"]).unwrap_err();

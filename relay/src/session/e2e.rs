@@ -34,6 +34,7 @@ pub(crate) struct Refusal {
     pub code: ErrorCode,
     pub message: String,
     pub mls_epoch: u64,
+    pub retry_after_ms: u32,
 }
 
 impl Refusal {
@@ -42,6 +43,7 @@ impl Refusal {
             code,
             message: message.into(),
             mls_epoch: 0,
+            retry_after_ms: 0,
         }
     }
 
@@ -52,7 +54,7 @@ impl Refusal {
             message_id,
             fatal: false,
             mls_epoch: self.mls_epoch,
-            retry_after_ms: 0,
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }
@@ -61,12 +63,20 @@ impl Refusal {
 pub(crate) fn store_refusal(e: &StoreError) -> Refusal {
     match e {
         StoreError::WrongEpoch { current } => Refusal {
-            code: ErrorCode::MlsWrongEpoch,
-            message: format!(
-                "the group is at epoch {current}: process the conversation up to it, then send again"
-            ),
             mls_epoch: *current,
+            ..Refusal::new(
+                ErrorCode::MlsWrongEpoch,
+                format!(
+                    "the group is at epoch {current}: process the conversation up to it, then send again"
+                ),
+            )
         },
+        StoreError::WrongGeneration { current } => Refusal::new(
+            ErrorCode::MlsWrongEpoch,
+            format!(
+                "the group was restarted (generation {current}): get the group's state, join or create the new group, then send again"
+            ),
+        ),
         StoreError::MembershipPending { roster_version } => Refusal::new(
             ErrorCode::MlsMembershipPending,
             format!(
@@ -112,11 +122,12 @@ pub(crate) fn check_submit(
     let invalid = |m: String| Refusal::new(ErrorCode::MlsInvalid, m);
     let header = herold_mls::inspect(&s.ciphertext)
         .map_err(|e| invalid(format!("not an MLS message: {e}")))?;
-    if header.group_id != s.conversation_id.as_bytes() {
+    let Some(generation) = herold_mls::group_generation(&s.conversation_id, &header.group_id)
+    else {
         return Err(invalid(
             "the MLS message belongs to another group than this conversation".into(),
         ));
-    }
+    };
     match header.kind {
         herold_mls::ContentKind::Proposal => Err(invalid(
             "proposals are not relayed: put them in a commit".into(),
@@ -140,6 +151,7 @@ pub(crate) fn check_submit(
             }
             Ok((
                 MlsCheck::Application {
+                    generation,
                     epoch: header.epoch,
                 },
                 false,
@@ -179,6 +191,7 @@ pub(crate) fn check_submit(
             };
             Ok((
                 MlsCheck::Commit {
+                    generation,
                     epoch: header.epoch,
                     roster_version: s.mls_roster_version,
                     welcome,
@@ -225,6 +238,7 @@ pub(crate) async fn handle_request(
         Some(request::Kind::GetMlsState(_)) => "get_mls_state",
         Some(request::Kind::FetchWelcome(_)) => "fetch_welcome",
         Some(request::Kind::MarkReconciled(_)) => "mark_reconciled",
+        Some(request::Kind::ResetMlsGroup(_)) => "reset_mls_group",
         None => "unknown",
     };
     let kind = match answer(&shared, &ctx, req.kind).await {
@@ -284,11 +298,12 @@ async fn answer(
             }
             shared
                 .store
-                .mark_reconciled(&m.conversation_id, m.epoch, m.roster_version)
+                .mark_reconciled(&m.conversation_id, m.generation, m.epoch, m.roster_version)
                 .await
                 .map_err(|e| store_refusal(&e))?;
             state(shared, &m.conversation_id).await
         }
+        Some(request::Kind::ResetMlsGroup(r)) => restart(shared, ctx, r).await,
         None => Err(Refusal::new(
             ErrorCode::UnknownFrame,
             "unknown request; this relay speaks protocol version 1",
@@ -350,7 +365,78 @@ async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind,
         roster_version: s.roster_version,
         group_roster_version: s.group_roster_version,
         roster,
+        generation: s.generation,
     }))
+}
+
+/// `ResetMlsGroup`: a member that cannot process the commit (or Welcome)
+/// that took the group to its current epoch asks for a new group. Any
+/// member may ask (a member that only reads is stuck as much as one that
+/// posts); a request for a generation or epoch that is not the current one
+/// changes nothing, so many members seeing the same broken commit restart
+/// the group once. Restarts are rate-limited per conversation.
+async fn restart(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    r: v1::ResetMlsGroup,
+) -> Result<response::Kind, Refusal> {
+    member(shared, ctx, &r.conversation_id).await?;
+    if r.epoch == 0 {
+        return Err(Refusal::new(
+            ErrorCode::MlsInvalid,
+            "the group has no first commit yet: there is nothing to restart",
+        ));
+    }
+    let current = shared
+        .store
+        .mls_state(&r.conversation_id)
+        .await
+        .map_err(|e| store_refusal(&e))?;
+    // Decided on the current state first: the other members' requests for
+    // the same broken commit cost a read, not a rate-limit token.
+    if current.generation != r.generation {
+        return Err(store_refusal(&StoreError::WrongGeneration {
+            current: current.generation,
+        }));
+    }
+    if current.epoch != r.epoch {
+        return Err(store_refusal(&StoreError::WrongEpoch {
+            current: current.epoch,
+        }));
+    }
+    // A token is taken only by a restart that happens: the members racing
+    // to report the same broken commit all pass this check, one restarts.
+    if let Err(wait) = shared
+        .mls_restarts
+        .peek(&r.conversation_id, std::time::Instant::now())
+    {
+        metrics::counter!(crate::metrics::MLS_RESTARTS, "outcome" => "rate_limited").increment(1);
+        return Err(Refusal {
+            retry_after_ms: crate::frames::retry_ms(wait),
+            ..Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this conversation's group was restarted too often ({} an hour through this relay); ask again later",
+                    shared.limits.mls_restarts_per_hour
+                ),
+            )
+        });
+    }
+    let next = shared
+        .store
+        .reset_mls_group(&r.conversation_id, r.generation, r.epoch)
+        .await
+        .map_err(|e| store_refusal(&e))?;
+    let _ = shared
+        .mls_restarts
+        .take(&r.conversation_id, std::time::Instant::now());
+    metrics::counter!(crate::metrics::MLS_RESTARTS, "outcome" => "restarted").increment(1);
+    tracing::info!(
+        generation = next.generation,
+        broken_epoch = r.epoch,
+        "an MLS group was restarted: a member could not process its last commit"
+    );
+    state(shared, &r.conversation_id).await
 }
 
 async fn upload(

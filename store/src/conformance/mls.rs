@@ -11,11 +11,20 @@ pub(super) fn with_mls(mut m: NewMessage, check: MlsCheck) -> NewMessage {
 }
 
 pub(super) fn app(epoch: u64) -> MlsCheck {
-    MlsCheck::Application { epoch }
+    app_in(0, epoch)
+}
+
+pub(super) fn app_in(generation: u64, epoch: u64) -> MlsCheck {
+    MlsCheck::Application { generation, epoch }
 }
 
 pub(super) fn commit(epoch: u64, roster_version: u64) -> MlsCheck {
+    commit_in(0, epoch, roster_version)
+}
+
+pub(super) fn commit_in(generation: u64, epoch: u64, roster_version: u64) -> MlsCheck {
     MlsCheck::Commit {
+        generation,
         epoch,
         roster_version,
         welcome: None,
@@ -29,6 +38,7 @@ pub(super) fn commit_welcoming(
     devices: &[&str],
 ) -> MlsCheck {
     MlsCheck::Commit {
+        generation: 0,
         epoch,
         roster_version,
         welcome: Some(Welcome {
@@ -39,7 +49,17 @@ pub(super) fn commit_welcoming(
 }
 
 pub(super) fn state(epoch: u64, roster_version: u64, group_roster_version: u64) -> MlsState {
+    state_in(0, epoch, roster_version, group_roster_version)
+}
+
+pub(super) fn state_in(
+    generation: u64,
+    epoch: u64,
+    roster_version: u64,
+    group_roster_version: u64,
+) -> MlsState {
     MlsState {
+        generation,
         epoch,
         roster_version,
         group_roster_version,
@@ -621,154 +641,4 @@ pub async fn mls_commits_concurrent(store: Arc<dyn Store>) {
     let accepted = 1 + commit_seqs.len() + app_seqs.len();
     assert_eq!(store.head(&conv).await.unwrap(), accepted as u64);
     assert_eq!(store.mls_state(&conv).await.unwrap().epoch, 2);
-}
-
-/// A commit may reflect an older roster version than the group already
-/// does: the epoch advances, `group_roster_version` does not go back.
-pub async fn mls_group_roster_never_decreases(store: Arc<dyn Store>) {
-    let ids = Ids::new("mls-never-decreases");
-    let (a, b, c, conv) = (ids.id("a"), ids.id("b"), ids.id("c"), ids.id("conv"));
-    group_with(&*store, &conv, &[&a]).await;
-    new_account(&*store, &b).await;
-    new_account(&*store, &c).await;
-    for x in [&b, &c] {
-        store
-            .put_members(&conv, vec![member(x, Role::Member)])
-            .await
-            .unwrap();
-    }
-    let m = |id: &str, check| with_mls(message(&conv, id, &a), check);
-    store.append(m("c0", commit(0, 2))).await.unwrap();
-    assert_eq!(store.mls_state(&conv).await.unwrap(), state(1, 2, 2));
-    store.remove_members(&conv, vec![c.clone()]).await.unwrap();
-    store.append(m("c1", commit(1, 1))).await.unwrap();
-    assert_eq!(store.mls_state(&conv).await.unwrap(), state(2, 3, 2));
-    assert_eq!(
-        store.mark_reconciled(&conv, 2, 1).await.unwrap(),
-        state(2, 3, 2)
-    );
-    assert_eq!(
-        store.mark_reconciled(&conv, 2, 3).await.unwrap(),
-        state(2, 3, 3)
-    );
-    assert_eq!(store.mls_state(&conv).await.unwrap(), state(2, 3, 3));
-}
-
-/// `mark_reconciled`: only at the current epoch, never a future roster
-/// version, never decreasing; it unblocks application messages.
-pub async fn mark_reconciled_rules(store: Arc<dyn Store>) {
-    let ids = Ids::new("mark-reconciled");
-    let (a, b, conv) = (ids.id("a"), ids.id("b"), ids.id("conv"));
-    let ghost = ids.id("ghost-conv");
-    assert_err!(
-        store.mark_reconciled(&ghost, 0, 0).await,
-        StoreError::NoSuchConversation(ref id) if *id == ghost
-    );
-    group_with(&*store, &conv, &[&a]).await;
-    new_account(&*store, &b).await;
-    store
-        .put_members(&conv, vec![member(&b, Role::Member)])
-        .await
-        .unwrap();
-    assert_err!(
-        store
-            .append(with_mls(message(&conv, "x", &a), app(0)))
-            .await,
-        StoreError::MembershipPending { roster_version: 1 }
-    );
-    assert_err!(
-        store.mark_reconciled(&conv, 1, 1).await,
-        StoreError::WrongEpoch { current: 0 }
-    );
-    assert_err!(
-        store.mark_reconciled(&conv, 0, 2).await,
-        StoreError::InvalidRosterVersion { current: 1 }
-    );
-    assert_eq!(store.mls_state(&conv).await.unwrap(), state(0, 1, 0));
-    assert_eq!(
-        store.mark_reconciled(&conv, 0, 1).await.unwrap(),
-        state(0, 1, 1)
-    );
-    store
-        .append(with_mls(message(&conv, "x", &a), app(0)))
-        .await
-        .unwrap();
-    store.remove_members(&conv, vec![b.clone()]).await.unwrap();
-    assert_eq!(
-        store.mark_reconciled(&conv, 0, 1).await.unwrap(),
-        state(0, 2, 1)
-    );
-    assert_err!(
-        store
-            .append(with_mls(message(&conv, "y", &a), app(0)))
-            .await,
-        StoreError::MembershipPending { roster_version: 2 }
-    );
-}
-
-/// `welcome_for` gives the latest Welcome of a device in a conversation;
-/// refused commits store none.
-pub async fn welcome_for_latest_wins(store: Arc<dyn Store>) {
-    let ids = Ids::new("welcome-latest");
-    let (a, conv, other) = (ids.id("a"), ids.id("conv"), ids.id("other"));
-    group_with(&*store, &conv, &[&a]).await;
-    store
-        .create_conversation(
-            conversation(&other, ConversationKind::Group),
-            vec![member(&a, Role::Owner)],
-        )
-        .await
-        .unwrap();
-    let (d1, d2, d3) = (ids.id("d1"), ids.id("d2"), ids.id("d3"));
-    let m = |id: &str, check| with_mls(message(&conv, id, &a), check);
-    let s1 = store
-        .append(m("c0", commit_welcoming(0, 0, b"W1", &[&d1, &d2])))
-        .await
-        .unwrap()
-        .seq;
-    assert_eq!(
-        store.welcome_for(&d1, &conv).await.unwrap(),
-        Some((s1, b"W1".to_vec()))
-    );
-    assert_eq!(
-        store.welcome_for(&d2, &conv).await.unwrap(),
-        Some((s1, b"W1".to_vec()))
-    );
-    assert_eq!(store.welcome_for(&d3, &conv).await.unwrap(), None);
-    assert_eq!(store.welcome_for(&d1, &other).await.unwrap(), None);
-    assert_eq!(
-        store.welcome_for(&d1, &ids.id("ghost")).await.unwrap(),
-        None
-    );
-    store.append(m("a1", app(1))).await.unwrap();
-    let s2 = store
-        .append(m("c1", commit_welcoming(1, 0, b"W2", &[&d1])))
-        .await
-        .unwrap()
-        .seq;
-    assert!(s2 > s1);
-    assert_eq!(
-        store.welcome_for(&d1, &conv).await.unwrap(),
-        Some((s2, b"W2".to_vec()))
-    );
-    assert_eq!(
-        store.welcome_for(&d2, &conv).await.unwrap(),
-        Some((s1, b"W1".to_vec()))
-    );
-    store.append(m("c2", commit(2, 0))).await.unwrap();
-    assert_eq!(
-        store.welcome_for(&d1, &conv).await.unwrap(),
-        Some((s2, b"W2".to_vec()))
-    );
-    assert_err!(
-        store
-            .append(m("c-late", commit_welcoming(1, 0, b"W3", &[&d1, &d3])))
-            .await,
-        StoreError::WrongEpoch { current: 3 }
-    );
-    assert_eq!(store.welcome_for(&d3, &conv).await.unwrap(), None);
-    assert_eq!(
-        store.welcome_for(&d1, &conv).await.unwrap(),
-        Some((s2, b"W2".to_vec()))
-    );
 }

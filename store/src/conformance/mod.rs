@@ -167,12 +167,14 @@ mod cursors;
 mod directory;
 mod logs;
 mod mls;
+mod mls_groups;
 mod operators;
 
 pub use cursors::*;
 pub use directory::*;
 pub use logs::*;
 pub use mls::*;
+pub use mls_groups::*;
 pub use operators::*;
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling
@@ -236,6 +238,7 @@ macro_rules! conformance_tests {
             mls_commits_concurrent,
             mls_group_roster_never_decreases,
             mark_reconciled_rules,
+            mls_restart_rules,
             welcome_for_latest_wins,
         );
     };

@@ -28,17 +28,21 @@ impl CqlStore {
             Option<i64>,
             Option<i64>,
             Option<i64>,
+            Option<i64>,
         );
         let row: Option<R> = self.one(&self.st.conv_head, (cid,), "read head").await?;
-        Ok(row.map(|(h, m, epoch, roster, group)| ConvHead {
-            head: to_u64(h.unwrap_or(0)),
-            mid: m.unwrap_or_default(),
-            mls: MlsCols {
-                epoch,
-                roster,
-                group,
-            },
-        }))
+        Ok(
+            row.map(|(h, m, epoch, roster, group, generation)| ConvHead {
+                head: to_u64(h.unwrap_or(0)),
+                mid: m.unwrap_or_default(),
+                mls: MlsCols {
+                    epoch,
+                    roster,
+                    group,
+                    generation,
+                },
+            }),
+        )
     }
 
     pub(super) async fn seq_of(&self, cid: &str, mid: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -327,6 +331,7 @@ impl CqlStore {
                         row.mls.epoch,
                         row.mls.roster,
                         row.mls.group,
+                        row.mls.generation,
                     ),
                     "claim seq",
                 )
@@ -342,6 +347,7 @@ impl CqlStore {
                             epoch: Some(to_i64(after.epoch)),
                             roster: row.mls.roster,
                             group: Some(to_i64(after.group_roster_version)),
+                            generation: row.mls.generation,
                         },
                     }),
                     complete: false,
@@ -361,11 +367,7 @@ impl CqlStore {
             row = ConvHead {
                 head: to_u64(h),
                 mid: claim.blob("head_message_id").unwrap_or_default(),
-                mls: MlsCols {
-                    epoch: claim.bigint("mls_epoch"),
-                    roster: claim.bigint("roster_version"),
-                    group: claim.bigint("group_roster_version"),
-                },
+                mls: MlsCols::from_lwt(&claim),
             };
             fresh = true;
             let complete = head_state.complete

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_code_voiding.cql",
         cql: include_str!("../../migrations/cql/0004_code_voiding.cql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_mls_restart.cql",
+        cql: include_str!("../../migrations/cql/0005_mls_restart.cql"),
+    },
 ];
 
 impl Migration {

@@ -15,8 +15,40 @@ use scylla::statement::prepared::PreparedStatement;
 
 use scylla::value::MaybeUnset;
 
-use super::{CONCURRENCY, CqlStore, MlsCols, backoff, to_i64, to_u64};
-use crate::{KeyPackageCount, KeyPackageUpload, MlsState, Store, StoreError, reconcile};
+use super::{CONCURRENCY, CqlStore, Lwt, backoff, to_i64, to_u64};
+use crate::{KeyPackageCount, KeyPackageUpload, MlsState, Store, StoreError, reconcile, restart};
+
+/// The MLS columns of a conversation row as stored: NULL (a row from before
+/// migration 3) reads as 0 but is compared as NULL in LWT conditions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct MlsCols {
+    pub(super) epoch: Option<i64>,
+    pub(super) roster: Option<i64>,
+    pub(super) group: Option<i64>,
+    /// `mls_generation` (migration 5).
+    pub(super) generation: Option<i64>,
+}
+
+impl MlsCols {
+    /// The MLS columns a refused LWT returned (it conditioned on them all).
+    pub(super) fn from_lwt(r: &Lwt) -> Self {
+        Self {
+            epoch: r.bigint("mls_epoch"),
+            roster: r.bigint("roster_version"),
+            group: r.bigint("group_roster_version"),
+            generation: r.bigint("mls_generation"),
+        }
+    }
+
+    pub(super) fn state(self) -> MlsState {
+        MlsState {
+            generation: to_u64(self.generation.unwrap_or(0)),
+            epoch: to_u64(self.epoch.unwrap_or(0)),
+            roster_version: to_u64(self.roster.unwrap_or(0)),
+            group_roster_version: to_u64(self.group.unwrap_or(0)),
+        }
+    }
+}
 
 /// Rounds of an LWT loop before giving up on a contended row.
 const LWT_ROUNDS: u32 = 100;
@@ -27,6 +59,7 @@ pub(super) struct MlsStatements {
     conv_mls: PreparedStatement,
     conv_bump: PreparedStatement,
     conv_reconcile: PreparedStatement,
+    conv_restart: PreparedStatement,
     kp_get: PreparedStatement,
     kp_ready: PreparedStatement,
     kp_insert: PreparedStatement,
@@ -46,18 +79,22 @@ impl MlsStatements {
         let p = |cql: String| async move {
             let mut st = s.prepare(cql.clone()).await.map_err(|e| {
                 StoreError::Backend(format!(
-                    "cql prepare {cql:?}: {e} (is keyspace {ks} migrated to version 3?)"
+                    "cql prepare {cql:?}: {e} (is keyspace {ks} migrated to version 5?)"
                 ))
             })?;
             st.set_is_idempotent(!cql.contains(" IF "));
             Ok::<_, StoreError>(st)
         };
         Ok(Self {
-            conv_mls: p(format!("SELECT kind, mls_epoch, roster_version, group_roster_version FROM {ks}.conversations WHERE id = ?")).await?,
+            conv_mls: p(format!("SELECT kind, mls_epoch, roster_version, group_roster_version, mls_generation FROM {ks}.conversations WHERE id = ?")).await?,
             // `kind` is never NULL in an existing row: the condition on it
             // keeps a NULL comparison from creating a row that is not there.
             conv_bump: p(format!("UPDATE {ks}.conversations SET roster_version = ? WHERE id = ? IF kind = ? AND roster_version = ?")).await?,
-            conv_reconcile: p(format!("UPDATE {ks}.conversations SET group_roster_version = ? WHERE id = ? IF kind = ? AND mls_epoch = ? AND roster_version = ? AND group_roster_version = ?")).await?,
+            conv_reconcile: p(format!("UPDATE {ks}.conversations SET group_roster_version = ? WHERE id = ? IF kind = ? AND mls_epoch = ? AND roster_version = ? AND group_roster_version = ? AND mls_generation = ?")).await?,
+            // A restart changes the epoch (from > 0 to 0), which every seq
+            // claim conditions on: no message of the old generation is
+            // claimed after it.
+            conv_restart: p(format!("UPDATE {ks}.conversations SET mls_generation = ?, mls_epoch = 0, group_roster_version = 0 WHERE id = ? IF kind = ? AND mls_epoch = ? AND roster_version = ? AND group_roster_version = ? AND mls_generation = ?")).await?,
             kp_get: p(format!("SELECT incarnation, version, one_time, last_resort, announced FROM {ks}.key_packages WHERE device_id = ?")).await?,
             kp_ready: p(format!("SELECT incarnation, ready FROM {ks}.key_packages WHERE device_id = ?")).await?,
             kp_insert: p(format!("INSERT INTO {ks}.key_packages (device_id, incarnation, version, one_time, last_resort, ready, announced) VALUES (?, ?, 1, ?, ?, ?, false) IF NOT EXISTS")).await?,
@@ -103,17 +140,24 @@ type ConvMls = (Option<i8>, MlsCols);
 
 impl CqlStore {
     async fn conv_mls(&self, cid: &str) -> Result<Option<ConvMls>, StoreError> {
-        type R = (Option<i8>, Option<i64>, Option<i64>, Option<i64>);
+        type R = (
+            Option<i8>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
         let row: Option<R> = self
             .one(&self.mls.conv_mls, (cid,), "read MLS state")
             .await?;
-        Ok(row.map(|(kind, epoch, roster, group)| {
+        Ok(row.map(|(kind, epoch, roster, group, generation)| {
             (
                 kind,
                 MlsCols {
                     epoch,
                     roster,
                     group,
+                    generation,
                 },
             )
         }))
@@ -180,6 +224,7 @@ impl CqlStore {
     pub(super) async fn m_mark_reconciled(
         &self,
         cid: &str,
+        generation: u64,
         epoch: u64,
         roster_version: u64,
     ) -> Result<MlsState, StoreError> {
@@ -190,7 +235,7 @@ impl CqlStore {
         };
         for attempt in 0..LWT_ROUNDS {
             let state = cols.state();
-            let next = reconcile(state, epoch, roster_version)?;
+            let next = reconcile(state, generation, epoch, roster_version)?;
             if next == state {
                 return Ok(next);
             }
@@ -204,6 +249,7 @@ impl CqlStore {
                         cols.epoch,
                         cols.roster,
                         cols.group,
+                        cols.generation,
                     ),
                     "mark reconciled",
                 )
@@ -217,11 +263,57 @@ impl CqlStore {
             if r.get("kind").is_none() {
                 return Err(StoreError::NoSuchConversation(cid.to_owned()));
             }
-            cols = MlsCols {
-                epoch: r.bigint("mls_epoch"),
-                roster: r.bigint("roster_version"),
-                group: r.bigint("group_roster_version"),
-            };
+            cols = MlsCols::from_lwt(&r);
+            backoff(attempt).await;
+        }
+        Err(StoreError::Backend(format!(
+            "cql: the MLS state of {cid:?} stayed contended"
+        )))
+    }
+
+    pub(super) async fn m_reset_mls_group(
+        &self,
+        cid: &str,
+        generation: u64,
+        epoch: u64,
+    ) -> Result<MlsState, StoreError> {
+        let lock = self.head_lock(cid);
+        let mut cached = lock.lock().await;
+        let Some((Some(kind), mut cols)) = self.conv_mls(cid).await? else {
+            return Err(StoreError::NoSuchConversation(cid.to_owned()));
+        };
+        for attempt in 0..LWT_ROUNDS {
+            let next = restart(cols.state(), generation, epoch)?;
+            let r = self
+                .lwt(
+                    &self.mls.conv_restart,
+                    (
+                        to_i64(next.generation),
+                        cid,
+                        kind,
+                        cols.epoch,
+                        cols.roster,
+                        cols.group,
+                        cols.generation,
+                    ),
+                    "restart MLS group",
+                )
+                .await?;
+            if r.applied {
+                if let Some(known) = cached.known.as_mut() {
+                    known.mls = MlsCols {
+                        epoch: Some(0),
+                        roster: cols.roster,
+                        group: Some(0),
+                        generation: Some(to_i64(next.generation)),
+                    };
+                }
+                return Ok(next);
+            }
+            if r.get("kind").is_none() {
+                return Err(StoreError::NoSuchConversation(cid.to_owned()));
+            }
+            cols = MlsCols::from_lwt(&r);
             backoff(attempt).await;
         }
         Err(StoreError::Backend(format!(

@@ -85,6 +85,7 @@ mod directory;
 mod log;
 pub mod migrate;
 mod mls;
+use mls::MlsCols;
 mod statements;
 
 #[cfg(test)]
@@ -261,25 +262,6 @@ struct Payload {
     ciphertext: Vec<u8>,
     /// A commit's Welcome and the devices it welcomes.
     welcome: Option<(Vec<u8>, Vec<String>)>,
-}
-
-/// The MLS columns of a conversation row as stored: NULL (a row from before
-/// migration 3) reads as 0 but is compared as NULL in LWT conditions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct MlsCols {
-    epoch: Option<i64>,
-    roster: Option<i64>,
-    group: Option<i64>,
-}
-
-impl MlsCols {
-    fn state(self) -> MlsState {
-        MlsState {
-            epoch: to_u64(self.epoch.unwrap_or(0)),
-            roster_version: to_u64(self.roster.unwrap_or(0)),
-            group_roster_version: to_u64(self.group.unwrap_or(0)),
-        }
-    }
 }
 
 /// The claim-relevant columns of a conversation row.
@@ -727,10 +709,21 @@ impl Store for CqlStore {
     async fn mark_reconciled(
         &self,
         conversation_id: &str,
+        generation: u64,
         epoch: u64,
         roster_version: u64,
     ) -> Result<MlsState, StoreError> {
-        self.m_mark_reconciled(conversation_id, epoch, roster_version)
+        self.m_mark_reconciled(conversation_id, generation, epoch, roster_version)
+            .await
+    }
+
+    async fn reset_mls_group(
+        &self,
+        conversation_id: &str,
+        generation: u64,
+        epoch: u64,
+    ) -> Result<MlsState, StoreError> {
+        self.m_reset_mls_group(conversation_id, generation, epoch)
             .await
     }
 

@@ -75,11 +75,11 @@ impl Statements {
             dba_delete_all: p(format!("DELETE FROM {ks}.devices_by_account WHERE account_id = ?")).await?,
             conv_insert: p(format!("INSERT INTO {ks}.conversations (id, kind, title, default_ttl_seconds, created_at_ms, head, head_message_id, mls_epoch, roster_version, group_roster_version) VALUES (?, ?, ?, ?, ?, 0, 0x, 0, 0, 0) IF NOT EXISTS")).await?,
             conv_get: p(format!("SELECT kind, title, default_ttl_seconds, created_at_ms FROM {ks}.conversations WHERE id = ?")).await?,
-            conv_head: p(format!("SELECT head, head_message_id, mls_epoch, roster_version, group_roster_version FROM {ks}.conversations WHERE id = ?")).await?,
+            conv_head: p(format!("SELECT head, head_message_id, mls_epoch, roster_version, group_roster_version, mls_generation FROM {ks}.conversations WHERE id = ?")).await?,
             // The seq claim carries the MLS condition: conditions on every
             // MLS column as read, the new epoch and group roster version set
             // in the same write.
-            conv_claim: p(format!("UPDATE {ks}.conversations SET head = ?, head_message_id = ?, mls_epoch = ?, group_roster_version = ? WHERE id = ? IF head = ? AND head_message_id = ? AND mls_epoch = ? AND roster_version = ? AND group_roster_version = ?")).await?,
+            conv_claim: p(format!("UPDATE {ks}.conversations SET head = ?, head_message_id = ?, mls_epoch = ?, group_roster_version = ? WHERE id = ? IF head = ? AND head_message_id = ? AND mls_epoch = ? AND roster_version = ? AND group_roster_version = ? AND mls_generation = ?")).await?,
             mid_forget: p(format!("DELETE FROM {ks}.message_ids WHERE conversation_id = ? AND message_id = ? IF EXISTS")).await?,
             mem_put: p(format!("INSERT INTO {ks}.members (conversation_id, account_id, role) VALUES (?, ?, ?)")).await?,
             mem_list: p(format!("SELECT account_id, role FROM {ks}.members WHERE conversation_id = ?")).await?,

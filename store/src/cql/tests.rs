@@ -252,6 +252,7 @@ fn mls_msg(conv: &str, id: &str, sender: &str, check: MlsCheck) -> NewMessage {
 
 fn commit(epoch: u64, roster_version: u64, welcome: Option<(&[u8], &str)>) -> MlsCheck {
     MlsCheck::Commit {
+        generation: 0,
         epoch,
         roster_version,
         welcome: welcome.map(|(bytes, device)| Welcome {
@@ -277,7 +278,10 @@ async fn two_processes_one_commit_per_epoch() {
             let check = if is_commit {
                 commit(epoch, 0, None)
             } else {
-                MlsCheck::Application { epoch }
+                MlsCheck::Application {
+                    generation: 0,
+                    epoch,
+                }
             };
             let m = mls_msg(&conv, &format!("e{epoch}-{i}"), &a, check);
             tasks.spawn(async move { (is_commit, s.append(m).await) });
@@ -380,7 +384,15 @@ async fn stale_cache_decides_nothing() {
         .await
         .unwrap();
     let ok = s1
-        .append(mls_msg(&conv, "a2", &a, MlsCheck::Application { epoch: 2 }))
+        .append(mls_msg(
+            &conv,
+            "a2",
+            &a,
+            MlsCheck::Application {
+                generation: 0,
+                epoch: 2,
+            },
+        ))
         .await
         .unwrap();
     assert_eq!(ok.seq, 3);
@@ -403,7 +415,15 @@ async fn stale_cache_decides_nothing() {
     .await
     .unwrap();
     let refused = s1
-        .append(mls_msg(&conv, "a3", &a, MlsCheck::Application { epoch: 2 }))
+        .append(mls_msg(
+            &conv,
+            "a3",
+            &a,
+            MlsCheck::Application {
+                generation: 0,
+                epoch: 2,
+            },
+        ))
         .await;
     assert!(
         matches!(
@@ -413,6 +433,61 @@ async fn stale_cache_decides_nothing() {
         "{refused:?}"
     );
     assert_eq!(s2.head(&conv).await.unwrap(), 3);
+}
+
+/// A restart through one relay is seen by another that cached the row: it
+/// neither accepts a message of the old generation nor refuses one of the
+/// new on its stale copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_cache_sees_a_restart() {
+    let (s1, s2) = (connect().await, connect().await);
+    let conv = unique("restart");
+    let a = group(&s1, &conv).await;
+    s1.append(mls_msg(&conv, "c0", &a, commit(0, 0, None)))
+        .await
+        .unwrap();
+    let app = |generation, epoch| MlsCheck::Application { generation, epoch };
+    // s1 caches generation 0 at epoch 1; s2 restarts the group.
+    s1.append(mls_msg(&conv, "a1", &a, app(0, 1)))
+        .await
+        .unwrap();
+    assert_eq!(s2.reset_mls_group(&conv, 0, 1).await.unwrap().generation, 1);
+    let old = s1.append(mls_msg(&conv, "a1-late", &a, app(0, 1))).await;
+    assert!(
+        matches!(old, Err(StoreError::WrongGeneration { current: 1 })),
+        "{old:?}"
+    );
+    // The new generation's first commit goes through s1.
+    let first = MlsCheck::Commit {
+        generation: 1,
+        epoch: 0,
+        roster_version: 0,
+        welcome: None,
+    };
+    let c = s1.append(mls_msg(&conv, "g1-c0", &a, first)).await.unwrap();
+    assert_eq!(c.seq, 3);
+    // s2 restarts again; s1's cached row says generation 1, epoch 1.
+    s2.reset_mls_group(&conv, 1, 1).await.unwrap();
+    let second = MlsCheck::Commit {
+        generation: 2,
+        epoch: 0,
+        roster_version: 0,
+        welcome: None,
+    };
+    let c = s1
+        .append(mls_msg(&conv, "g2-c0", &a, second))
+        .await
+        .unwrap();
+    assert_eq!(c.seq, 4);
+    assert_eq!(
+        s2.mls_state(&conv).await.unwrap(),
+        MlsState {
+            generation: 2,
+            epoch: 1,
+            roster_version: 0,
+            group_roster_version: 0
+        }
+    );
 }
 
 /// Conversation rows written before migration 3 have NULL MLS columns: they
@@ -442,7 +517,7 @@ async fn rows_before_migration_3_read_as_zero() {
         .unwrap();
     let zero = MlsState::default();
     assert_eq!(store.mls_state(&conv).await.unwrap(), zero);
-    assert_eq!(store.mark_reconciled(&conv, 0, 0).await.unwrap(), zero);
+    assert_eq!(store.mark_reconciled(&conv, 0, 0, 0).await.unwrap(), zero);
     assert_eq!(
         store.append(msg(&conv, "old", &a, None)).await.unwrap().seq,
         1
@@ -467,6 +542,7 @@ async fn rows_before_migration_3_read_as_zero() {
     assert_eq!(
         store.mls_state(&conv).await.unwrap(),
         MlsState {
+            generation: 0,
             epoch: 1,
             roster_version: 1,
             group_roster_version: 1
@@ -530,7 +606,7 @@ async fn interrupted_migration_completes() {
     let session = CqlStore::session(&config).await.unwrap();
     let ks = config.keyspace.clone();
     let first = CqlStore::migrate(&config).await.unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4]);
+    assert_eq!(first, vec![1, 2, 3, 4, 5]);
     session
         .query_unpaged(
             format!("DELETE FROM {ks}.schema_migrations WHERE version = 3"),

@@ -139,7 +139,7 @@ pub(super) fn w_bump_roster(
     t: &mut WriteTables<'_>,
     conversation_id: &str,
 ) -> Result<(), StoreError> {
-    let mut state = load_mls(&t.mls_state, conversation_id)?;
+    let mut state = load_mls(&t.mls_state, &t.mls_generation, conversation_id)?;
     state.roster_version = state.roster_version.saturating_add(1);
     store_mls(t, conversation_id, state)
 }

@@ -31,7 +31,7 @@ pub(super) fn w_append(
         });
     }
     // Idempotency first: only a new message id meets the MLS condition.
-    let state = load_mls(&t.mls_state, conv)?;
+    let state = load_mls(&t.mls_state, &t.mls_generation, conv)?;
     let after = admit_mls(message.mls.as_ref(), state)?;
     let seq = load_head(&t.heads, conv)?
         .checked_add(1)

@@ -43,6 +43,11 @@ pub(super) fn store_mls(
             ),
         )
         .or_backend()?;
+    if state.generation > 0 {
+        t.mls_generation
+            .insert(conversation_id, state.generation)
+            .or_backend()?;
+    }
     Ok(())
 }
 
@@ -128,16 +133,32 @@ pub(super) fn w_claim_key_package(
 pub(super) fn w_mark_reconciled(
     t: &mut WriteTables<'_>,
     conversation_id: &str,
+    generation: u64,
     epoch: u64,
     roster_version: u64,
 ) -> Result<MlsState, StoreError> {
     if !exists(&t.conversations, conversation_id)? {
         return Err(StoreError::NoSuchConversation(conversation_id.to_owned()));
     }
-    let state = load_mls(&t.mls_state, conversation_id)?;
-    let next = reconcile(state, epoch, roster_version)?;
+    let state = load_mls(&t.mls_state, &t.mls_generation, conversation_id)?;
+    let next = reconcile(state, generation, epoch, roster_version)?;
     if next != state {
         store_mls(t, conversation_id, next)?;
     }
+    Ok(next)
+}
+
+pub(super) fn w_reset_mls_group(
+    t: &mut WriteTables<'_>,
+    conversation_id: &str,
+    generation: u64,
+    epoch: u64,
+) -> Result<MlsState, StoreError> {
+    if !exists(&t.conversations, conversation_id)? {
+        return Err(StoreError::NoSuchConversation(conversation_id.to_owned()));
+    }
+    let state = load_mls(&t.mls_state, &t.mls_generation, conversation_id)?;
+    let next = restart(state, generation, epoch)?;
+    store_mls(t, conversation_id, next)?;
     Ok(next)
 }

@@ -41,16 +41,17 @@
 //! | `enroll_codes`    | SHA-256 of the code                  | `CodeRec`                  |
 //! | `audit`           | (at ms, entry id)                    | `AuditRec`                 |
 //! | `mls_state`       | conversation id                      | (epoch, roster version, group roster version) |
+//! | `mls_generation`  | conversation id                      | restarts of its MLS group (no row: 0) |
 //! | `key_packages`    | (device id, upload index)            | one-time key package       |
 //! | `last_resort_packages` | device id                       | last-resort key package    |
 //! | `welcomes`        | (conversation id, seq of the commit) | Welcome bytes              |
 //! | `device_welcomes` | (device id, conversation id)         | seq of its latest Welcome  |
 //!
 //! A conversation's archived flag is field 5 of `ConversationRec`. The
-//! admin API's five tables (`account_state` to `audit`) and the five MLS
+//! admin API's five tables (`account_state` to `audit`) and the six MLS
 //! tables after them are created on open, so a file of the first layout
 //! opens unchanged; a conversation without a `mls_state` row is at
-//! (0, 0, 0).
+//! (0, 0, 0), without a `mls_generation` row at generation 0.
 //!
 //! # MLS
 //! Everything MLS needs to be atomic is one operation on the writer, so one
@@ -137,7 +138,7 @@ use crate::{
     Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
     Device, DirectChats, EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsCheck,
     MlsState, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError, StoredMessage,
-    UnixMillis, admit_mls, normalize_tags, reconcile,
+    UnixMillis, admit_mls, normalize_tags, reconcile, restart,
 };
 
 #[cfg(test)]

@@ -501,7 +501,11 @@ impl Store for EmbeddedStore {
             if !exists(&txn.open_table(CONVERSATIONS).or_backend()?, &id)? {
                 return Err(StoreError::NoSuchConversation(id));
             }
-            load_mls(&txn.open_table(MLS_STATE).or_backend()?, &id)
+            load_mls(
+                &txn.open_table(MLS_STATE).or_backend()?,
+                &txn.open_table(MLS_GENERATION).or_backend()?,
+                &id,
+            )
         })
         .await
     }
@@ -532,11 +536,23 @@ impl Store for EmbeddedStore {
     async fn mark_reconciled(
         &self,
         conversation_id: &str,
+        generation: u64,
         epoch: u64,
         roster_version: u64,
     ) -> Result<MlsState, StoreError> {
         let id = conversation_id.to_owned();
-        self.write(move |t| w_mark_reconciled(t, &id, epoch, roster_version))
+        self.write(move |t| w_mark_reconciled(t, &id, generation, epoch, roster_version))
+            .await
+    }
+
+    async fn reset_mls_group(
+        &self,
+        conversation_id: &str,
+        generation: u64,
+        epoch: u64,
+    ) -> Result<MlsState, StoreError> {
+        let id = conversation_id.to_owned();
+        self.write(move |t| w_reset_mls_group(t, &id, generation, epoch))
             .await
     }
 

@@ -28,6 +28,9 @@ pub(super) const ENROLL_CODES: TableDefinition<&[u8], &[u8]> = TableDefinition::
 pub(super) const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit");
 pub(super) const MLS_STATE: TableDefinition<&str, (u64, u64, u64)> =
     TableDefinition::new("mls_state");
+/// Restarts of a conversation's MLS group; no row: never restarted.
+pub(super) const MLS_GENERATION: TableDefinition<&str, u64> =
+    TableDefinition::new("mls_generation");
 pub(super) const KEY_PACKAGES: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("key_packages");
 pub(super) const LAST_RESORT: TableDefinition<&str, &[u8]> =
@@ -65,6 +68,7 @@ pub(super) fn is_logical(error: &StoreError) -> bool {
         | StoreError::NoSuchCode
         | StoreError::InvalidConfig(_)
         | StoreError::WrongEpoch { .. }
+        | StoreError::WrongGeneration { .. }
         | StoreError::MembershipPending { .. }
         | StoreError::InvalidRosterVersion { .. }
         | StoreError::MlsRequired
@@ -126,14 +130,17 @@ pub(super) fn load_head(
 /// A conversation's MLS state; all zero until the first change.
 pub(super) fn load_mls(
     table: &impl ReadableTable<&'static str, (u64, u64, u64)>,
+    generations: &impl ReadableTable<&'static str, u64>,
     id: &str,
 ) -> Result<MlsState, StoreError> {
+    let generation = generations.get(id).or_backend()?.map_or(0, |g| g.value());
     Ok(table
         .get(id)
         .or_backend()?
         .map_or_else(MlsState::default, |g| {
             let (epoch, roster_version, group_roster_version) = g.value();
             MlsState {
+                generation,
                 epoch,
                 roster_version,
                 group_roster_version,
@@ -259,6 +266,7 @@ pub(super) struct WriteTables<'t> {
     pub(super) enroll_codes: Table<'t, &'static [u8], &'static [u8]>,
     pub(super) audit: Table<'t, (i64, &'static str), &'static [u8]>,
     pub(super) mls_state: Table<'t, &'static str, (u64, u64, u64)>,
+    pub(super) mls_generation: Table<'t, &'static str, u64>,
     pub(super) key_packages: Table<'t, (&'static str, u64), &'static [u8]>,
     pub(super) last_resort: Table<'t, &'static str, &'static [u8]>,
     pub(super) welcomes: Table<'t, (&'static str, u64), &'static [u8]>,
@@ -285,6 +293,7 @@ impl<'t> WriteTables<'t> {
             enroll_codes: txn.open_table(ENROLL_CODES).or_backend()?,
             audit: txn.open_table(AUDIT).or_backend()?,
             mls_state: txn.open_table(MLS_STATE).or_backend()?,
+            mls_generation: txn.open_table(MLS_GENERATION).or_backend()?,
             key_packages: txn.open_table(KEY_PACKAGES).or_backend()?,
             last_resort: txn.open_table(LAST_RESORT).or_backend()?,
             welcomes: txn.open_table(WELCOMES).or_backend()?,
