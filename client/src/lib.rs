@@ -42,6 +42,54 @@ pub mod tls;
 pub mod admin {
     pub use herold_proto::v1::admin_client::AdminClient;
     pub use herold_proto::v1::enrollment_client::EnrollmentClient;
+
+    use herold_proto::audit::{Break, Head, Listed, verify};
+    use herold_proto::v1;
+
+    /// What [`verify_audit_log`] found.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AuditCheck {
+        /// The chain's first and last entries and the last hash.
+        pub head: Head,
+        /// Entries in the chain.
+        pub chained: usize,
+        /// Entries from before the chain existed (not checked).
+        pub unchained: usize,
+    }
+
+    /// Checks the audit log's hash chain on the operator's side: `entries`
+    /// is the whole log as `ListAuditLog` pages it, in any order; `expect`
+    /// a head recorded from an earlier check (see
+    /// [`herold_proto::audit::verify`]).
+    pub fn verify_audit_log(
+        entries: &[v1::AuditEntry],
+        expect: Option<(u64, [u8; 32])>,
+    ) -> Result<AuditCheck, Break> {
+        let chained: Vec<Listed<'_>> = entries
+            .iter()
+            .filter(|e| e.chain_seq > 0)
+            .map(|e| Listed {
+                fields: herold_proto::audit::Fields {
+                    seq: e.chain_seq,
+                    at_ms: e.at_ms,
+                    id: &e.id,
+                    operator: &e.operator,
+                    action: &e.action,
+                    target: &e.target,
+                    outcome: &e.outcome,
+                    detail: &e.detail,
+                },
+                hash: &e.hash,
+            })
+            .collect();
+        let n = chained.len();
+        let head = verify(chained, expect)?;
+        Ok(AuditCheck {
+            head,
+            chained: n,
+            unchained: entries.len() - n,
+        })
+    }
 }
 
 pub use herold_proto::v1::{Accepted, Envelope};

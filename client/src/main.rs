@@ -178,7 +178,7 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
-type Admin = AdminClient<InterceptedService<Channel, BearerAuth>>;
+pub(crate) type Admin = AdminClient<InterceptedService<Channel, BearerAuth>>;
 
 #[tokio::main]
 async fn main() {

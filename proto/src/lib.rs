@@ -9,6 +9,8 @@
 //!   and pulls whole frames out with [`codec::FrameDecoder::next_frame`];
 //!   [`codec::encode_frame`] appends one frame to an output buffer.
 //! - [`auth`]: the authentication transcript both sides sign and verify.
+//! - [`audit`]: the audit log's hash chain (made by the store, checked by
+//!   `herold admin audit verify`).
 //! - [`ids`]: validation of account, device and conversation ids.
 //! - [`udpstat`]: the kernel's UDP drop counters, parsed (for the relay's
 //!   metrics and the load tester's report).
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod codec;
 pub mod ids;

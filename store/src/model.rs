@@ -348,4 +348,35 @@ pub struct AuditEntry {
     pub outcome: String,
     /// Counts and parameters (never message content).
     pub detail: String,
+    /// Position in the audit log's hash chain, from 1, set by the store
+    /// when it appends (ignored on input); 0 for entries written before the
+    /// chain existed.
+    pub chain_seq: u64,
+    /// `herold_proto::audit::entry_hash` of this entry after the previous
+    /// one, set by the store; empty for entries from before the chain.
+    pub hash: Vec<u8>,
+}
+
+impl AuditEntry {
+    /// What the hash chain covers of this entry, at `seq`.
+    pub fn chain_fields(&self, seq: u64) -> herold_proto::audit::Fields<'_> {
+        herold_proto::audit::Fields {
+            seq,
+            at_ms: self.at_ms,
+            id: &self.id,
+            operator: &self.operator,
+            action: &self.action,
+            target: &self.target,
+            outcome: &self.outcome,
+            detail: &self.detail,
+        }
+    }
+
+    /// Gives the entry its place after the chain head `(seq, hash)`
+    /// (`(0, GENESIS)` for the first entry): the next position and its hash.
+    pub fn chain_after(&mut self, head_seq: u64, head_hash: &[u8; 32]) {
+        self.chain_seq = head_seq.saturating_add(1);
+        self.hash =
+            herold_proto::audit::entry_hash(head_hash, &self.chain_fields(self.chain_seq)).to_vec();
+    }
 }

@@ -185,14 +185,30 @@ pub(crate) enum AdminCmd {
         #[arg(long)]
         quiet: bool,
     },
-    /// The audit log, newest first.
+    /// The audit log, newest first; `audit verify` checks its hash chain.
     Audit {
+        #[command(subcommand)]
+        check: Option<AuditCmd>,
         /// Entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Continue from a previous page's token.
         #[arg(long)]
         page_token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCmd {
+    /// Reads the whole audit log and checks its hash chain here, on this
+    /// machine: an edited, deleted or moved entry is reported with its
+    /// position, and the command fails. Prints the chain's head; keep it and
+    /// pass it as --expect-head next time, so that a rewrite of everything
+    /// after it is found too.
+    Verify {
+        /// A head printed by an earlier verify: `<position>:<hash>`.
+        #[arg(long)]
+        expect_head: Option<String>,
     },
 }
 

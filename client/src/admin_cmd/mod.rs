@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use super::{Cli, admin_client, status};
 
 mod args;
+mod audit;
 mod output;
 
-pub(crate) use args::{AccountCmd, AdminCmd, PolicyCmd};
+pub(crate) use args::{AccountCmd, AdminCmd, AuditCmd, PolicyCmd};
 use output::*;
 
 fn parse_role(s: &str) -> anyhow::Result<v1::Role> {
@@ -397,7 +398,15 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
             }
             Output::new(json, t).print(j)?;
         }
-        AdminCmd::Audit { limit, page_token } => {
+        AdminCmd::Audit {
+            check: Some(AuditCmd::Verify { expect_head }),
+            ..
+        } => audit::verify(&mut a, expect_head.as_deref(), j).await?,
+        AdminCmd::Audit {
+            check: None,
+            limit,
+            page_token,
+        } => {
             let r = a
                 .list_audit_log(v1::ListAuditLogRequest {
                     page_token: page_token.clone().unwrap_or_default(),
@@ -410,6 +419,7 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
                 "entries": r.entries.iter().map(|e| json!({
                     "at_ms": e.at_ms, "operator": e.operator, "action": e.action,
                     "target": e.target, "outcome": e.outcome, "detail": e.detail,
+                    "id": e.id, "chain_seq": e.chain_seq,
                 })).collect::<Vec<_>>(),
                 "next_page_token": r.next_page_token,
             });

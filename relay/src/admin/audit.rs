@@ -130,6 +130,9 @@ impl AdminService {
                             target: e.target,
                             outcome: e.outcome,
                             detail: e.detail,
+                            id: e.id,
+                            chain_seq: e.chain_seq,
+                            hash: e.hash,
                         })
                         .collect(),
                     next_page_token,
@@ -217,6 +220,8 @@ pub(super) async fn record_audit(
         target: target.to_owned(),
         outcome,
         detail,
+        chain_seq: 0,
+        hash: Vec::new(),
     };
     node.store.append_audit(entry).await.inspect_err(|e| {
         metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES).increment(1);

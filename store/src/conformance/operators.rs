@@ -362,7 +362,9 @@ pub async fn enrollment_codes_voided_by_the_account(store: Arc<dyn Store>) {
     );
 }
 
-/// The audit log lists newest first, paged by (time, id).
+/// The audit log lists newest first, paged by (time, id), and every entry
+/// is the next link of the hash chain, also when appended concurrently
+/// (`herold_proto::audit::verify` accepts what the store wrote).
 pub async fn audit_log_paging(store: Arc<dyn Store>) {
     let ids = Ids::new("audit");
     // A time window unique to this run (the log is global).
@@ -370,24 +372,98 @@ pub async fn audit_log_paging(store: Arc<dyn Store>) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let base = NOW + 1_000_000 + i64::try_from(nanos % 1_000_000_000).unwrap_or(0) * 10;
+    let entry = |at_ms: i64, name: String, detail: String| AuditEntry {
+        at_ms,
+        id: ids.id(&name),
+        operator: "ops".into(),
+        action: "DeleteAccount".into(),
+        target: ids.id("alice"),
+        outcome: "ok".into(),
+        detail,
+        chain_seq: 0,
+        hash: Vec::new(),
+    };
     let mut written = Vec::new();
     for i in 0..5i64 {
-        let e = AuditEntry {
-            at_ms: base + i / 2,
-            id: ids.id(&format!("e{i}")),
-            operator: "ops".into(),
-            action: "DeleteAccount".into(),
-            target: ids.id("alice"),
-            outcome: "ok".into(),
-            detail: format!("n={i}"),
-        };
+        let e = entry(base + i / 2, format!("e{i}"), format!("n={i}"));
         store.append_audit(e.clone()).await.unwrap();
         written.push(e);
     }
     written.reverse();
+    let key = |v: &[AuditEntry]| -> Vec<(i64, String, String)> {
+        v.iter()
+            .map(|e| (e.at_ms, e.id.clone(), e.detail.clone()))
+            .collect()
+    };
     let first = store.list_audit(base + 3, "", 3).await.unwrap();
-    assert_eq!(first, written[..3].to_vec());
+    assert_eq!(key(&first), key(&written[..3]));
     let last = &first[2];
     let rest = store.list_audit(last.at_ms, &last.id, 2).await.unwrap();
-    assert_eq!(rest, written[3..].to_vec());
+    assert_eq!(key(&rest), key(&written[3..]));
+
+    // Concurrent appends take consecutive places in the chain.
+    let mut tasks = JoinSet::new();
+    for i in 0..8i64 {
+        let (store, e) = (
+            Arc::clone(&store),
+            entry(base + 10 + i, format!("c{i}"), format!("concurrent {i}")),
+        );
+        tasks.spawn(async move { store.append_audit(e).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let ours: Vec<AuditEntry> = store
+        .list_audit(base + 100, "", 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.target == ids.id("alice"))
+        .collect();
+    assert_eq!(ours.len(), 13);
+    let mut seqs: Vec<u64> = ours.iter().map(|e| e.chain_seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 13, "one place in the chain each");
+    let (lo, hi) = (seqs[0], seqs[12]);
+    assert!(lo >= 1);
+    // The chain from our first entry to our last, with whatever other
+    // cases appended meanwhile (every case's window is below NOW + 2e10).
+    let segment: Vec<AuditEntry> = store
+        .list_audit(NOW + 20_000_000_000, "", 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| (lo..=hi).contains(&e.chain_seq))
+        .collect();
+    let listed = segment
+        .iter()
+        .map(|e| herold_proto::audit::Listed {
+            fields: e.chain_fields(e.chain_seq),
+            hash: &e.hash,
+        })
+        .collect();
+    let head = herold_proto::audit::verify(listed, None).unwrap();
+    assert_eq!((head.first, head.seq), (lo, hi));
+    // One edited entry breaks the chain there.
+    let mut edited = segment.clone();
+    edited.sort_by_key(|e| e.chain_seq);
+    let victim = edited
+        .iter()
+        .position(|e| e.chain_seq > lo && e.target == ids.id("alice"))
+        .unwrap();
+    edited[victim].detail.push_str(" (edited)");
+    let listed = edited
+        .iter()
+        .map(|e| herold_proto::audit::Listed {
+            fields: e.chain_fields(e.chain_seq),
+            hash: &e.hash,
+        })
+        .collect();
+    assert_eq!(
+        herold_proto::audit::verify(listed, None),
+        Err(herold_proto::audit::Break::Altered {
+            seq: edited[victim].chain_seq
+        })
+    );
 }

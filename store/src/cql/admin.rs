@@ -7,17 +7,13 @@ use futures_util::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CONCURRENCY, CqlStore, backend, to_i64, to_u64};
+use super::{CONCURRENCY, CqlStore, to_i64, to_u64};
 
 use crate::{
-    Account, AccountState, AuditEntry, CodeTimes, Conversation, Device, DirectChats,
-    EnrollmentCode, Page, Policy, PolicyScope, Store, StoreError, UnixMillis, normalize_tags,
+    Account, AccountState, CodeTimes, Conversation, Device, DirectChats, EnrollmentCode, Page,
+    Policy, PolicyScope, Store, StoreError, UnixMillis, normalize_tags,
 };
 
-/// Audit log partition: 30 days.
-const AUDIT_BUCKET_MS: i64 = 30 * 24 * 3600 * 1000;
-/// How many audit partitions a listing looks back: two years.
-const AUDIT_LOOKBACK_BUCKETS: i64 = 25;
 /// Cassandra's and Scylla's largest TTL: 20 years.
 const MAX_TTL: i64 = 630_720_000;
 
@@ -44,8 +40,6 @@ pub(super) struct AdminStatements {
     code_get: PreparedStatement,
     code_take: PreparedStatement,
     code_restore: PreparedStatement,
-    audit_put: PreparedStatement,
-    audit_list: PreparedStatement,
 }
 
 impl AdminStatements {
@@ -80,8 +74,6 @@ impl AdminStatements {
             code_get: p(format!("SELECT account_id, account_created_at_ms, created_at_ms, expires_at_ms FROM {ks}.enrollment_codes WHERE code_hash = ?")).await?,
             code_take: p(format!("DELETE FROM {ks}.enrollment_codes WHERE code_hash = ? IF EXISTS")).await?,
             code_restore: p(format!("INSERT INTO {ks}.enrollment_codes (code_hash, account_id, account_created_at_ms, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?")).await?,
-            audit_put: p(format!("INSERT INTO {ks}.audit_log (bucket, at_ms, id, operator, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")).await?,
-            audit_list: p(format!("SELECT at_ms, id, operator, action, target, outcome, detail FROM {ks}.audit_log WHERE bucket = ? AND (at_ms, id) < (?, ?) LIMIT ?")).await?,
         })
     }
 }
@@ -471,71 +463,5 @@ impl CqlStore {
                 Err(e)
             }
         }
-    }
-
-    pub(super) async fn a_append_audit(&self, e: AuditEntry) -> Result<(), StoreError> {
-        self.exec(
-            &self.adm.audit_put,
-            (
-                e.at_ms.div_euclid(AUDIT_BUCKET_MS),
-                e.at_ms,
-                &e.id,
-                &e.operator,
-                &e.action,
-                &e.target,
-                &e.outcome,
-                &e.detail,
-            ),
-            "write audit entry",
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub(super) async fn a_list_audit(
-        &self,
-        before_ms: UnixMillis,
-        before_id: &str,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        type R = (
-            i64,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let mut out = Vec::new();
-        let first = before_ms.div_euclid(AUDIT_BUCKET_MS);
-        for bucket in (first - AUDIT_LOOKBACK_BUCKETS + 1..=first).rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let want = limit_i32(limit - out.len());
-            let rows: Vec<R> = self
-                .all(
-                    &self.adm.audit_list,
-                    (bucket, before_ms, before_id, want),
-                    "list audit",
-                )
-                .await
-                .map_err(|e| backend("list audit", e))?;
-            out.extend(
-                rows.into_iter()
-                    .map(|(at_ms, id, op, ac, t, o, d)| AuditEntry {
-                        at_ms,
-                        id,
-                        operator: op.unwrap_or_default(),
-                        action: ac.unwrap_or_default(),
-                        target: t.unwrap_or_default(),
-                        outcome: o.unwrap_or_default(),
-                        detail: d.unwrap_or_default(),
-                    }),
-            );
-        }
-        out.truncate(limit);
-        Ok(out)
     }
 }

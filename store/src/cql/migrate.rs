@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_mls_restart.cql",
         cql: include_str!("../../migrations/cql/0005_mls_restart.cql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_audit_chain.cql",
+        cql: include_str!("../../migrations/cql/0006_audit_chain.cql"),
+    },
 ];
 
 impl Migration {

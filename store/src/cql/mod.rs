@@ -80,6 +80,7 @@ use crate::{
 };
 
 mod admin;
+mod audit;
 pub mod config;
 mod directory;
 mod log;
@@ -290,6 +291,7 @@ pub struct CqlStore {
     st: Statements,
     adm: admin::AdminStatements,
     mls: mls::MlsStatements,
+    audit: audit::AuditStatements,
     /// Per device: an async mutex serialising this process's changes of the
     /// device's key packages (the LWTs then contend only between processes).
     devices: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -359,11 +361,13 @@ impl CqlStore {
         let st = Statements::prepare(&session, &config.keyspace).await?;
         let adm = admin::AdminStatements::prepare(&session, &config.keyspace).await?;
         let mls = mls::MlsStatements::prepare(&session, &config.keyspace).await?;
+        let audit = audit::AuditStatements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
             session,
             st,
             adm,
             mls,
+            audit,
             devices: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),

@@ -39,7 +39,8 @@
 //! | `accounts_by_tag` | (tag, account id)                    | `()`                       |
 //! | `policies`        | `org` or `c:<conversation id>`       | `PolicyRec`                |
 //! | `enroll_codes`    | SHA-256 of the code                  | `CodeRec`                  |
-//! | `audit`           | (at ms, entry id)                    | `AuditRec`                 |
+//! | `audit`           | (at ms, entry id)                    | `AuditRec` (with its place in the hash chain) |
+//! | `audit_head`      | `head`                               | (position, hash) of the chain's last entry |
 //! | `mls_state`       | conversation id                      | (epoch, roster version, group roster version) |
 //! | `mls_generation`  | conversation id                      | restarts of its MLS group (no row: 0) |
 //! | `key_packages`    | (device id, upload index)            | one-time key package       |
@@ -48,7 +49,7 @@
 //! | `device_welcomes` | (device id, conversation id)         | seq of its latest Welcome  |
 //!
 //! A conversation's archived flag is field 5 of `ConversationRec`. The
-//! admin API's five tables (`account_state` to `audit`) and the six MLS
+//! admin API's five tables (`account_state` to `audit`), `audit_head` and the six MLS
 //! tables after them are created on open, so a file of the first layout
 //! opens unchanged; a conversation without a `mls_state` row is at
 //! (0, 0, 0), without a `mls_generation` row at generation 0.

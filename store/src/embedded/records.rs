@@ -90,6 +90,11 @@ pub(super) struct AuditRec {
     pub(super) outcome: String,
     #[prost(string, tag = "5")]
     pub(super) detail: String,
+    /// Position in the hash chain (0: written before the chain).
+    #[prost(uint64, tag = "6")]
+    pub(super) chain_seq: u64,
+    #[prost(bytes = "vec", tag = "7")]
+    pub(super) hash: Vec<u8>,
 }
 
 pub(super) fn policy_key(scope: &PolicyScope) -> String {

@@ -406,12 +406,30 @@ impl Store for EmbeddedStore {
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         self.write(move |t| {
+            let mut entry = entry.clone();
+            let (seq, hash) = match t.audit_head.get("head").or_backend()? {
+                Some(g) => {
+                    let (seq, hash) = g.value();
+                    let hash: [u8; 32] = hash.try_into().map_err(|_| StoreError::Corrupt {
+                        table: "audit_head",
+                        detail: "the chain head's hash is not 32 bytes".into(),
+                    })?;
+                    (seq, hash)
+                }
+                None => (0, herold_proto::audit::GENESIS),
+            };
+            entry.chain_after(seq, &hash);
+            t.audit_head
+                .insert("head", (entry.chain_seq, entry.hash.as_slice()))
+                .or_backend()?;
             let rec = AuditRec {
                 operator: entry.operator.clone(),
                 action: entry.action.clone(),
                 target: entry.target.clone(),
                 outcome: entry.outcome.clone(),
                 detail: entry.detail.clone(),
+                chain_seq: entry.chain_seq,
+                hash: entry.hash.clone(),
             };
             t.audit
                 .insert(
@@ -453,6 +471,8 @@ impl Store for EmbeddedStore {
                     target: rec.target,
                     outcome: rec.outcome,
                     detail: rec.detail,
+                    chain_seq: rec.chain_seq,
+                    hash: rec.hash,
                 });
             }
             Ok(out)

@@ -26,6 +26,9 @@ pub(super) const ACCOUNTS_BY_TAG: TableDefinition<(&str, &str), ()> =
 pub(super) const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 pub(super) const ENROLL_CODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("enroll_codes");
 pub(super) const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit");
+/// The audit log's hash chain head: "head" -> (position, hash).
+pub(super) const AUDIT_HEAD: TableDefinition<&str, (u64, &[u8])> =
+    TableDefinition::new("audit_head");
 pub(super) const MLS_STATE: TableDefinition<&str, (u64, u64, u64)> =
     TableDefinition::new("mls_state");
 /// Restarts of a conversation's MLS group; no row: never restarted.
@@ -265,6 +268,7 @@ pub(super) struct WriteTables<'t> {
     pub(super) policies: Table<'t, &'static str, &'static [u8]>,
     pub(super) enroll_codes: Table<'t, &'static [u8], &'static [u8]>,
     pub(super) audit: Table<'t, (i64, &'static str), &'static [u8]>,
+    pub(super) audit_head: Table<'t, &'static str, (u64, &'static [u8])>,
     pub(super) mls_state: Table<'t, &'static str, (u64, u64, u64)>,
     pub(super) mls_generation: Table<'t, &'static str, u64>,
     pub(super) key_packages: Table<'t, (&'static str, u64), &'static [u8]>,
@@ -292,6 +296,7 @@ impl<'t> WriteTables<'t> {
             policies: txn.open_table(POLICIES).or_backend()?,
             enroll_codes: txn.open_table(ENROLL_CODES).or_backend()?,
             audit: txn.open_table(AUDIT).or_backend()?,
+            audit_head: txn.open_table(AUDIT_HEAD).or_backend()?,
             mls_state: txn.open_table(MLS_STATE).or_backend()?,
             mls_generation: txn.open_table(MLS_GENERATION).or_backend()?,
             key_packages: txn.open_table(KEY_PACKAGES).or_backend()?,

@@ -1,0 +1,248 @@
+//! The CQL audit log (migrations 2 and 6): entries in `audit_log`, one
+//! partition per 30 days, newest first, chained by hash through the head row
+//! of `audit_chain`.
+//!
+//! An append reads the head, writes the head's own `audit_log` row again
+//! (plain, idempotent: it completes an append that crashed after moving the
+//! head), then moves the head to the new entry with an LWT on `seq` and
+//! writes the entry's row. So at any time only the head's row can be
+//! missing, and every listing first writes it again: a listing never shows
+//! a gap that a crash, rather than a deletion, made.
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{CqlStore, backend, backoff, to_i64, to_u64};
+use crate::{AuditEntry, StoreError, UnixMillis};
+
+/// Audit log partition: 30 days.
+const AUDIT_BUCKET_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How many audit partitions a listing looks back: two years.
+const AUDIT_LOOKBACK_BUCKETS: i64 = 25;
+/// Rounds of the head's LWT loop before giving up.
+const LWT_ROUNDS: u32 = 100;
+
+/// The statements of the audit log, prepared once.
+#[derive(Debug)]
+pub(super) struct AuditStatements {
+    put: PreparedStatement,
+    list: PreparedStatement,
+    head_get: PreparedStatement,
+    head_create: PreparedStatement,
+    head_move: PreparedStatement,
+}
+
+impl AuditStatements {
+    pub(super) async fn prepare(s: &Session, ks: &str) -> Result<Self, StoreError> {
+        let p = |cql: String| async move {
+            let mut st = s.prepare(cql.clone()).await.map_err(|e| {
+                StoreError::Backend(format!(
+                    "cql prepare {cql:?}: {e} (is keyspace {ks} migrated to version 6?)"
+                ))
+            })?;
+            st.set_is_idempotent(!cql.contains(" IF "));
+            Ok::<_, StoreError>(st)
+        };
+        const ENTRY: &str = "at_ms, entry_id, operator, action, target, outcome, detail";
+        Ok(Self {
+            put: p(format!("INSERT INTO {ks}.audit_log (bucket, at_ms, id, operator, action, target, outcome, detail, chain_seq, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?,
+            list: p(format!("SELECT at_ms, id, operator, action, target, outcome, detail, chain_seq, hash FROM {ks}.audit_log WHERE bucket = ? AND (at_ms, id) < (?, ?) LIMIT ?")).await?,
+            head_get: p(format!("SELECT seq, hash, {ENTRY} FROM {ks}.audit_chain WHERE id = 'head'")).await?,
+            head_create: p(format!("INSERT INTO {ks}.audit_chain (id, seq, hash, {ENTRY}) VALUES ('head', ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
+            head_move: p(format!("UPDATE {ks}.audit_chain SET seq = ?, hash = ?, at_ms = ?, entry_id = ?, operator = ?, action = ?, target = ?, outcome = ?, detail = ? WHERE id = 'head' IF seq = ?")).await?,
+        })
+    }
+}
+
+/// The head row as read.
+type HeadRow = (
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn head_entry(r: HeadRow) -> Option<AuditEntry> {
+    let (seq, hash, at_ms, id, operator, action, target, outcome, detail) = r;
+    Some(AuditEntry {
+        at_ms: at_ms?,
+        id: id?,
+        operator: operator.unwrap_or_default(),
+        action: action.unwrap_or_default(),
+        target: target.unwrap_or_default(),
+        outcome: outcome.unwrap_or_default(),
+        detail: detail.unwrap_or_default(),
+        chain_seq: to_u64(seq?),
+        hash: hash?,
+    })
+}
+
+impl CqlStore {
+    pub(super) async fn audit_head(&self) -> Result<Option<AuditEntry>, StoreError> {
+        let row: Option<HeadRow> = self
+            .one(&self.audit.head_get, (), "read audit chain head")
+            .await?;
+        Ok(row.and_then(head_entry))
+    }
+
+    async fn put_audit_row(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.exec(
+            &self.audit.put,
+            (
+                e.at_ms.div_euclid(AUDIT_BUCKET_MS),
+                e.at_ms,
+                &e.id,
+                &e.operator,
+                &e.action,
+                &e.target,
+                &e.outcome,
+                &e.detail,
+                to_i64(e.chain_seq),
+                &e.hash,
+            ),
+            "write audit entry",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the chain's head from `head` (`None`: no chain yet) to
+    /// `entry`, which gets its place and hash: the LWT step of an append,
+    /// without writing the entry's row. False if another append moved the
+    /// head first.
+    pub(super) async fn move_audit_head(
+        &self,
+        head: Option<&AuditEntry>,
+        entry: &mut AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let e = entry;
+        let r = match head {
+            Some(h) => {
+                let hash: [u8; 32] =
+                    h.hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt {
+                            table: "audit_chain",
+                            detail: "the chain head's hash is not 32 bytes".into(),
+                        })?;
+                e.chain_after(h.chain_seq, &hash);
+                self.lwt(
+                    &self.audit.head_move,
+                    (
+                        to_i64(e.chain_seq),
+                        &e.hash,
+                        e.at_ms,
+                        &e.id,
+                        &e.operator,
+                        &e.action,
+                        &e.target,
+                        &e.outcome,
+                        &e.detail,
+                        to_i64(h.chain_seq),
+                    ),
+                    "move audit chain head",
+                )
+                .await?
+            }
+            None => {
+                e.chain_after(0, &herold_proto::audit::GENESIS);
+                self.lwt(
+                    &self.audit.head_create,
+                    (
+                        to_i64(e.chain_seq),
+                        &e.hash,
+                        e.at_ms,
+                        &e.id,
+                        &e.operator,
+                        &e.action,
+                        &e.target,
+                        &e.outcome,
+                        &e.detail,
+                    ),
+                    "start audit chain",
+                )
+                .await?
+            }
+        };
+        Ok(r.applied)
+    }
+
+    pub(super) async fn a_append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        for attempt in 0..LWT_ROUNDS {
+            let head = self.audit_head().await?;
+            if let Some(h) = &head {
+                self.put_audit_row(h).await?;
+            }
+            let mut e = entry.clone();
+            if self.move_audit_head(head.as_ref(), &mut e).await? {
+                return self.put_audit_row(&e).await;
+            }
+            backoff(attempt).await;
+        }
+        Err(StoreError::Backend(
+            "cql: the audit chain's head stayed contended".into(),
+        ))
+    }
+
+    pub(super) async fn a_list_audit(
+        &self,
+        before_ms: UnixMillis,
+        before_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        type R = (
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<Vec<u8>>,
+        );
+        // Only the head's row can be missing (a crash between moving the
+        // head and writing the row): write it again first.
+        if let Some(h) = self.audit_head().await? {
+            self.put_audit_row(&h).await?;
+        }
+        let mut out = Vec::new();
+        let first = before_ms.div_euclid(AUDIT_BUCKET_MS);
+        for bucket in (first - AUDIT_LOOKBACK_BUCKETS + 1..=first).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let want = i32::try_from((limit - out.len()).max(1)).unwrap_or(i32::MAX);
+            let rows: Vec<R> = self
+                .all(
+                    &self.audit.list,
+                    (bucket, before_ms, before_id, want),
+                    "list audit",
+                )
+                .await
+                .map_err(|e| backend("list audit", e))?;
+            out.extend(
+                rows.into_iter()
+                    .map(|(at_ms, id, op, ac, t, o, d, seq, hash)| AuditEntry {
+                        at_ms,
+                        id,
+                        operator: op.unwrap_or_default(),
+                        action: ac.unwrap_or_default(),
+                        target: t.unwrap_or_default(),
+                        outcome: o.unwrap_or_default(),
+                        detail: d.unwrap_or_default(),
+                        chain_seq: seq.map_or(0, to_u64),
+                        hash: hash.unwrap_or_default(),
+                    }),
+            );
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+}
