@@ -43,33 +43,52 @@ pub mod admin {
     pub use herold_proto::v1::admin_client::AdminClient;
     pub use herold_proto::v1::enrollment_client::EnrollmentClient;
 
+    use std::collections::BTreeMap;
+
     use herold_proto::audit::{Break, Head, Listed, verify};
     use herold_proto::v1;
 
     /// What [`verify_audit_log`] found.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct AuditCheck {
-        /// The chain's first and last entries and the last hash.
-        pub head: Head,
-        /// Entries in the chain.
+        /// Per chain (the relay that wrote it): its first and last entries
+        /// and the last hash.
+        pub heads: BTreeMap<String, Head>,
+        /// Entries in the chains.
         pub chained: usize,
-        /// Entries from before the chain existed (not checked).
+        /// Entries from before the chains existed (not checked).
         pub unchained: usize,
     }
 
-    /// Checks the audit log's hash chain on the operator's side: `entries`
+    /// A broken chain: which, and where.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("chain {chain:?}: {why}")]
+    pub struct ChainBroken {
+        /// The chain (a relay's node id).
+        pub chain: String,
+        /// Where and how.
+        pub why: Break,
+    }
+
+    /// Checks the audit log's hash chains on the operator's side: `entries`
     /// is the whole log as `ListAuditLog` pages it, in any order; `expect`
-    /// a head recorded from an earlier check (see
-    /// [`herold_proto::audit::verify`]).
+    /// heads recorded from an earlier check, per chain (see
+    /// [`herold_proto::audit::verify`]). A chain named in `expect` must be
+    /// there.
     pub fn verify_audit_log(
         entries: &[v1::AuditEntry],
-        expect: Option<(u64, [u8; 32])>,
-    ) -> Result<AuditCheck, Break> {
-        let chained: Vec<Listed<'_>> = entries
-            .iter()
-            .filter(|e| e.chain_seq > 0)
-            .map(|e| Listed {
+        expect: &BTreeMap<String, (u64, [u8; 32])>,
+    ) -> Result<AuditCheck, ChainBroken> {
+        let mut chains: BTreeMap<&str, Vec<Listed<'_>>> = BTreeMap::new();
+        for chain in expect.keys() {
+            chains.entry(chain.as_str()).or_default();
+        }
+        let mut chained = 0;
+        for e in entries.iter().filter(|e| e.chain_seq > 0) {
+            chained += 1;
+            chains.entry(e.chain.as_str()).or_default().push(Listed {
                 fields: herold_proto::audit::Fields {
+                    chain: &e.chain,
                     seq: e.chain_seq,
                     at_ms: e.at_ms,
                     id: &e.id,
@@ -80,14 +99,20 @@ pub mod admin {
                     detail: &e.detail,
                 },
                 hash: &e.hash,
-            })
-            .collect();
-        let n = chained.len();
-        let head = verify(chained, expect)?;
+            });
+        }
+        let mut heads = BTreeMap::new();
+        for (chain, listed) in chains {
+            let head = verify(listed, expect.get(chain).copied()).map_err(|why| ChainBroken {
+                chain: chain.to_owned(),
+                why,
+            })?;
+            heads.insert(chain.to_owned(), head);
+        }
         Ok(AuditCheck {
-            head,
-            chained: n,
-            unchained: entries.len() - n,
+            heads,
+            chained,
+            unchained: entries.len() - chained,
         })
     }
 }

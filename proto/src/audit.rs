@@ -4,10 +4,12 @@
 //! machine with this same code. See `docs/admin.md`, "A tamper-evident
 //! audit log".
 //!
-//! Entry `n` (from 1) has `hash_n = SHA-256("herold/1 audit" || hash_{n-1}
-//! || n || at_ms || id || operator || action || target || outcome ||
-//! detail)`, with `hash_0` all zeros, integers as 8 bytes big-endian and
-//! every string prefixed by its length (8 bytes big-endian). An entry that
+//! Every relay writes its own chain (named after its node id), so that
+//! relays never wait for each other to append. Entry `n` (from 1) of chain
+//! `c` has `hash_n = SHA-256("herold/1 audit" || hash_{n-1} || c || n ||
+//! at_ms || id || operator || action || target || outcome || detail)`, with
+//! `hash_0` all zeros, integers as 8 bytes big-endian and every string
+//! prefixed by its length (8 bytes big-endian). An entry that
 //! is edited, deleted or moved breaks the chain at that entry; rewriting
 //! every later hash too is caught by comparing the head with one recorded
 //! earlier (`--expect-head`).
@@ -22,6 +24,8 @@ const DOMAIN: &[u8] = b"herold/1 audit";
 /// What the chain covers of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fields<'a> {
+    /// The chain (the writing relay's node id).
+    pub chain: &'a str,
     /// Position in the chain, from 1.
     pub seq: u64,
     /// When, unix milliseconds.
@@ -45,6 +49,8 @@ pub fn entry_hash(prev: &[u8; 32], f: &Fields<'_>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(DOMAIN);
     h.update(prev);
+    h.update((f.chain.len() as u64).to_be_bytes());
+    h.update(f.chain.as_bytes());
     h.update(f.seq.to_be_bytes());
     h.update(f.at_ms.to_be_bytes());
     for s in [f.id, f.operator, f.action, f.target, f.outcome, f.detail] {
@@ -127,7 +133,7 @@ pub enum Break {
     },
 }
 
-/// Checks a listing of chained entries in any order. The first entry is
+/// Checks a listing of one chain's entries in any order. The first entry is
 /// checked against [`GENESIS`] when it is entry 1; a listing that starts
 /// later (older entries past the store's reach) starts from the first
 /// entry's recorded hash. `expect`: a head recorded earlier, `(seq, hash)`,
@@ -220,6 +226,7 @@ mod tests {
 
     fn fields(seq: u64, detail: &str) -> Fields<'_> {
         Fields {
+            chain: "relay-1",
             seq,
             at_ms: 1_000 + seq as i64,
             id: "id",
@@ -267,6 +274,9 @@ mod tests {
         let mut moved = listed(&c);
         moved[1].fields.at_ms = moved[3].fields.at_ms;
         assert_eq!(verify(moved, None), Err(Break::Altered { seq: 2 }));
+        let mut other_chain = listed(&c);
+        other_chain[2].fields.chain = "relay-2";
+        assert_eq!(verify(other_chain, None), Err(Break::Altered { seq: 3 }));
         let mut swapped = listed(&c);
         swapped[1].fields.seq = 3;
         swapped[2].fields.seq = 2;

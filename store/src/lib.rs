@@ -272,9 +272,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     // ---- audit log ----
 
-    /// Appends an entry to the audit log, as the next link of its hash
-    /// chain ([`AuditEntry::chain_after`] on the current head, atomically:
-    /// concurrent appends, from any relay, get consecutive positions).
+    /// Appends an entry to the audit log, as the next link of the hash
+    /// chain `entry.chain` ([`AuditEntry::chain_after`] on that chain's
+    /// current head, atomically: concurrent appends to one chain get
+    /// consecutive positions).
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
     /// Up to `limit` entries older than `(before_ms, before_id)`, newest
     /// first. Backends may look back a bounded time (two years on CQL).

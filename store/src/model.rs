@@ -348,9 +348,12 @@ pub struct AuditEntry {
     pub outcome: String,
     /// Counts and parameters (never message content).
     pub detail: String,
-    /// Position in the audit log's hash chain, from 1, set by the store
-    /// when it appends (ignored on input); 0 for entries written before the
-    /// chain existed.
+    /// The hash chain the entry belongs to: the writing relay's node id
+    /// (each relay appends to its own chain, so relays never wait for one
+    /// another); empty for entries written before the chains existed.
+    pub chain: String,
+    /// Position in its chain, from 1, set by the store when it appends
+    /// (ignored on input); 0 for entries written before the chains existed.
     pub chain_seq: u64,
     /// `herold_proto::audit::entry_hash` of this entry after the previous
     /// one, set by the store; empty for entries from before the chain.
@@ -361,6 +364,7 @@ impl AuditEntry {
     /// What the hash chain covers of this entry, at `seq`.
     pub fn chain_fields(&self, seq: u64) -> herold_proto::audit::Fields<'_> {
         herold_proto::audit::Fields {
+            chain: &self.chain,
             seq,
             at_ms: self.at_ms,
             id: &self.id,
@@ -372,7 +376,7 @@ impl AuditEntry {
         }
     }
 
-    /// Gives the entry its place after the chain head `(seq, hash)`
+    /// Gives the entry its place in its chain after the head `(seq, hash)`
     /// (`(0, GENESIS)` for the first entry): the next position and its hash.
     pub fn chain_after(&mut self, head_seq: u64, head_hash: &[u8; 32]) {
         self.chain_seq = head_seq.saturating_add(1);

@@ -200,15 +200,17 @@ pub(crate) enum AdminCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCmd {
-    /// Reads the whole audit log and checks its hash chain here, on this
-    /// machine: an edited, deleted or moved entry is reported with its
-    /// position, and the command fails. Prints the chain's head; keep it and
-    /// pass it as --expect-head next time, so that a rewrite of everything
-    /// after it is found too.
+    /// Reads the whole audit log and checks its hash chains (one per
+    /// relay) here, on this machine: an edited, deleted or moved entry is
+    /// reported with its chain and position, and the command fails. Prints
+    /// each chain's head; keep them and pass them as --expect-head next
+    /// time, so that a rewrite or removal of everything after them is found
+    /// too.
     Verify {
-        /// A head printed by an earlier verify: `<position>:<hash>`.
+        /// A head printed by an earlier verify: `<chain>=<position>:<hash>`
+        /// (repeat for several chains).
         #[arg(long)]
-        expect_head: Option<String>,
+        expect_head: Vec<String>,
     },
 }
 

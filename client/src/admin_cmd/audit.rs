@@ -1,65 +1,91 @@
-//! `herold admin audit verify`: the audit log's hash chain, checked on the
-//! operator's machine (docs/admin.md, "A tamper-evident audit log").
+//! `herold admin audit verify`: the audit log's hash chains (one per relay),
+//! checked on the operator's machine (docs/admin.md, "A tamper-evident
+//! audit log").
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
+use herold_client::admin::{AuditCheck, ChainBroken, verify_audit_log};
 use herold_proto::v1;
 use serde_json::json;
 
 use super::Output;
 use crate::{Admin, status};
 
-pub(super) async fn verify(
-    a: &mut Admin,
-    expect_head: Option<&str>,
-    j: bool,
-) -> anyhow::Result<()> {
-    let expect =
-        match expect_head {
-            Some(h) => Some(herold_proto::audit::parse_head(h).with_context(|| {
-                format!("--expect-head {h:?} is not <position>:<64 hex digits>")
-            })?),
-            None => None,
-        };
-    // A listing that raced an append can miss that entry once; a
-    // broken chain stays broken.
-    let mut verdict = verify_once(a, expect).await?;
-    if verdict.is_err() {
-        verdict = verify_once(a, expect).await?;
-    }
-    match verdict {
-        Ok(c) => {
-            let json = json!({
-                "intact": true,
-                "first": c.head.first,
-                "head": c.head.to_string(),
-                "chained": c.chained,
-                "unchained": c.unchained,
+/// Heads recorded earlier, as `<chain>=<position>:<hash>`.
+fn parse_expected(heads: &[String]) -> anyhow::Result<BTreeMap<String, (u64, [u8; 32])>> {
+    heads
+        .iter()
+        .map(|h| {
+            let parsed = h.split_once('=').and_then(|(chain, head)| {
+                herold_proto::audit::parse_head(head).map(|p| (chain.to_owned(), p))
             });
-            let mut t = format!(
-                "the audit log is intact: entries {}..={} chained\nhead: {}\n",
-                c.head.first, c.head.seq, c.head
-            );
-            if c.unchained > 0 {
-                writeln!(
-                    t,
-                    "({} entries from before the chain are not checked)",
-                    c.unchained
-                )?;
-            }
-            Output::new(json, t).print(j)?;
-        }
-        Err(b) => bail!("the audit log was tampered with: {b}"),
+            parsed.with_context(|| {
+                format!("--expect-head {h:?} is not <chain>=<position>:<64 hex digits>")
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn verify(a: &mut Admin, expect_heads: &[String], j: bool) -> anyhow::Result<()> {
+    let expect = parse_expected(expect_heads)?;
+    // A listing that raced an append can miss that entry once; a broken
+    // chain stays broken.
+    let mut verdict = verify_once(a, &expect).await?;
+    if verdict.is_err() {
+        verdict = verify_once(a, &expect).await?;
     }
+    let c = match verdict {
+        Ok(c) => c,
+        Err(b) => bail!("the audit log was tampered with: {b}"),
+    };
+    let heads: Vec<String> = c
+        .heads
+        .iter()
+        .map(|(chain, h)| format!("{chain}={h}"))
+        .collect();
+    let json = json!({
+        "intact": true,
+        "chains": c.heads.iter().map(|(chain, h)| json!({
+            "chain": chain, "first": h.first, "last": h.seq, "head": format!("{chain}={h}"),
+        })).collect::<Vec<_>>(),
+        "chained": c.chained,
+        "unchained": c.unchained,
+    });
+    let mut t = format!(
+        "the audit log is intact: {} entries in {} chain(s)\n",
+        c.chained,
+        c.heads.len()
+    );
+    for (chain, h) in &c.heads {
+        writeln!(t, "chain {chain}: entries {}..={}", h.first, h.seq)?;
+    }
+    if c.unchained > 0 {
+        writeln!(
+            t,
+            "({} entries from before the chains are not checked)",
+            c.unchained
+        )?;
+    }
+    writeln!(
+        t,
+        "keep for the next check: {}",
+        heads
+            .iter()
+            .map(|h| format!("--expect-head {h}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )?;
+    Output::new(json, t).print(j)?;
     Ok(())
 }
 
-/// Reads every page of the audit log and checks the chain.
+/// Reads every page of the audit log and checks the chains.
 async fn verify_once(
     a: &mut Admin,
-    expect: Option<(u64, [u8; 32])>,
-) -> anyhow::Result<Result<herold_client::admin::AuditCheck, herold_proto::audit::Break>> {
+    expect: &BTreeMap<String, (u64, [u8; 32])>,
+) -> anyhow::Result<Result<AuditCheck, ChainBroken>> {
     let mut entries = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -77,5 +103,21 @@ async fn verify_once(
         }
         page_token = r.next_page_token;
     }
-    Ok(herold_client::admin::verify_audit_log(&entries, expect))
+    Ok(verify_audit_log(&entries, expect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_expected;
+
+    #[test]
+    fn expected_heads_name_their_chain() {
+        let hash = "ab".repeat(32);
+        let got = parse_expected(&[format!("relay-1=7:{hash}")]).unwrap();
+        assert_eq!(got["relay-1"].0, 7);
+        for bad in ["7:00", "relay-1=7", &format!("relay-1={hash}")] {
+            let e = parse_expected(&[bad.to_owned()]).unwrap_err();
+            assert!(e.to_string().contains("<chain>="), "{e}");
+        }
+    }
 }

@@ -401,7 +401,7 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
         AdminCmd::Audit {
             check: Some(AuditCmd::Verify { expect_head }),
             ..
-        } => audit::verify(&mut a, expect_head.as_deref(), j).await?,
+        } => audit::verify(&mut a, expect_head, j).await?,
         AdminCmd::Audit {
             check: None,
             limit,

@@ -229,10 +229,12 @@ impl Pump {
                             return out;
                         }
                         Err(e) => {
-                            // Addressed to us and unusable: we can never
-                            // join this group.
                             out.push(unreadable(format!("the Welcome failed: {e}")));
-                            self.broke(&conv, &gid, generation, header.epoch).await;
+                            if breaks_group(&e) {
+                                // Addressed to us and unusable: we can
+                                // never join this group.
+                                self.broke(&conv, &gid, generation, header.epoch).await;
+                            }
                             return out;
                         }
                     }
@@ -293,7 +295,7 @@ impl Pump {
                 }
             }
             Ok(Processed::Skipped { reason }) => out.push(unreadable(reason)),
-            Err(e) if is_commit => {
+            Err(e) if is_commit && breaks_group(&e) => {
                 // The relay accepted it, so the group moved on without us.
                 out.push(unreadable(format!("cannot process the commit: {e}")));
                 self.broke(&conv, &gid, generation, header.epoch).await;
@@ -352,6 +354,18 @@ impl Pump {
     }
 }
 
+/// Whether failing a commit or Welcome with `e` means the group cannot go
+/// on for this device. A failure of this device's own storage does not: a
+/// restart would cost every member of the conversation for one device's
+/// full disk.
+fn breaks_group(e: &herold_mls::MlsError) -> bool {
+    use herold_mls::MlsError as E;
+    !matches!(
+        e,
+        E::Io { .. } | E::StoragePoisoned | E::CorruptState { .. } | E::GroupExists { .. }
+    )
+}
+
 /// The latest Welcome the relay holds for this device in `conv`.
 async fn fetch_welcome(sender: &Sender, conv: &str) -> Result<Option<(u64, Vec<u8>)>, E2eError> {
     {
@@ -365,5 +379,31 @@ async fn fetch_welcome(sender: &Sender, conv: &str) -> Result<Option<(u64, Vec<u
             response::Kind::Welcome(w) => Ok(Some((w.seq, w.welcome))),
             other => Err(E2eError::Protocol(format!("{other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::breaks_group;
+    use herold_mls::MlsError;
+
+    #[test]
+    fn only_a_failure_of_the_message_breaks_a_group() {
+        assert!(breaks_group(&MlsError::FutureEpoch {
+            group: "g".into(),
+            message_epoch: 3,
+            current: 1,
+        }));
+        assert!(breaks_group(&MlsError::WelcomeNotForMe));
+        assert!(breaks_group(&MlsError::Malformed("truncated".into())));
+        assert!(!breaks_group(&MlsError::StoragePoisoned));
+        assert!(!breaks_group(&MlsError::Io {
+            path: "state".into(),
+            source: std::io::Error::other("disk full"),
+        }));
+        assert!(!breaks_group(&MlsError::GroupExists {
+            group: "g".into(),
+            epoch: 4,
+        }));
     }
 }

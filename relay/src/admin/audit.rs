@@ -133,6 +133,7 @@ impl AdminService {
                             id: e.id,
                             chain_seq: e.chain_seq,
                             hash: e.hash,
+                            chain: e.chain,
                         })
                         .collect(),
                     next_page_token,
@@ -220,6 +221,7 @@ pub(super) async fn record_audit(
         target: target.to_owned(),
         outcome,
         detail,
+        chain: node.node_id.clone(),
         chain_seq: 0,
         hash: Vec::new(),
     };

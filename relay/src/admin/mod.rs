@@ -86,6 +86,8 @@ const MAX_RATED_ENROLL_ADDRESSES: usize = 100_000;
 /// cluster, through which directory changes and cut-offs reach every relay.
 #[derive(Debug)]
 pub(crate) struct AdminNode {
+    /// This relay's node id: the name of its audit chain.
+    node_id: String,
     store: Arc<dyn Store>,
     limits: Limits,
     cluster: Arc<Cluster>,
@@ -96,6 +98,7 @@ pub(crate) struct AdminNode {
 impl AdminNode {
     pub fn new(shared: &Shared) -> Arc<Self> {
         Arc::new(Self {
+            node_id: shared.node_id.clone(),
             store: shared.store.clone(),
             limits: shared.limits.clone(),
             cluster: shared.cluster.clone(),

@@ -1,13 +1,15 @@
 //! The CQL audit log (migrations 2 and 6): entries in `audit_log`, one
-//! partition per 30 days, newest first, chained by hash through the head row
-//! of `audit_chain`.
+//! partition per 30 days, newest first, chained by hash per relay through
+//! that relay's head row in `audit_chain`.
 //!
-//! An append reads the head, writes the head's own `audit_log` row again
-//! (plain, idempotent: it completes an append that crashed after moving the
-//! head), then moves the head to the new entry with an LWT on `seq` and
-//! writes the entry's row. So at any time only the head's row can be
-//! missing, and every listing first writes it again: a listing never shows
-//! a gap that a crash, rather than a deletion, made.
+//! An append reads its chain's head, writes the head's own `audit_log` row
+//! again (plain, idempotent: it completes an append that crashed after
+//! moving the head), then moves the head to the new entry with an LWT on
+//! `seq` and writes the entry's row. So at any time only a head's row can be
+//! missing, and every listing first writes the heads' rows again: a listing
+//! never shows a gap that a crash, rather than a deletion, made. Within a
+//! process the appends queue on an async mutex; a relay's chain has one
+//! writer, so its LWTs do not contend.
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -21,6 +23,8 @@ const AUDIT_BUCKET_MS: i64 = 30 * 24 * 3600 * 1000;
 const AUDIT_LOOKBACK_BUCKETS: i64 = 25;
 /// Rounds of the head's LWT loop before giving up.
 const LWT_ROUNDS: u32 = 100;
+/// Rounds in which a failed (e.g. timed-out) LWT is tried again.
+const TIMEOUT_ROUNDS: u32 = 5;
 
 /// The statements of the audit log, prepared once.
 #[derive(Debug)]
@@ -28,6 +32,7 @@ pub(super) struct AuditStatements {
     put: PreparedStatement,
     list: PreparedStatement,
     head_get: PreparedStatement,
+    heads: PreparedStatement,
     head_create: PreparedStatement,
     head_move: PreparedStatement,
 }
@@ -45,17 +50,19 @@ impl AuditStatements {
         };
         const ENTRY: &str = "at_ms, entry_id, operator, action, target, outcome, detail";
         Ok(Self {
-            put: p(format!("INSERT INTO {ks}.audit_log (bucket, at_ms, id, operator, action, target, outcome, detail, chain_seq, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?,
-            list: p(format!("SELECT at_ms, id, operator, action, target, outcome, detail, chain_seq, hash FROM {ks}.audit_log WHERE bucket = ? AND (at_ms, id) < (?, ?) LIMIT ?")).await?,
-            head_get: p(format!("SELECT seq, hash, {ENTRY} FROM {ks}.audit_chain WHERE id = 'head'")).await?,
-            head_create: p(format!("INSERT INTO {ks}.audit_chain (id, seq, hash, {ENTRY}) VALUES ('head', ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
-            head_move: p(format!("UPDATE {ks}.audit_chain SET seq = ?, hash = ?, at_ms = ?, entry_id = ?, operator = ?, action = ?, target = ?, outcome = ?, detail = ? WHERE id = 'head' IF seq = ?")).await?,
+            put: p(format!("INSERT INTO {ks}.audit_log (bucket, at_ms, id, operator, action, target, outcome, detail, chain, chain_seq, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?,
+            list: p(format!("SELECT at_ms, id, operator, action, target, outcome, detail, chain, chain_seq, hash FROM {ks}.audit_log WHERE bucket = ? AND (at_ms, id) < (?, ?) LIMIT ?")).await?,
+            head_get: p(format!("SELECT id, seq, hash, {ENTRY} FROM {ks}.audit_chain WHERE id = ?")).await?,
+            heads: p(format!("SELECT id, seq, hash, {ENTRY} FROM {ks}.audit_chain")).await?,
+            head_create: p(format!("INSERT INTO {ks}.audit_chain (id, seq, hash, {ENTRY}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
+            head_move: p(format!("UPDATE {ks}.audit_chain SET seq = ?, hash = ?, at_ms = ?, entry_id = ?, operator = ?, action = ?, target = ?, outcome = ?, detail = ? WHERE id = ? IF seq = ?")).await?,
         })
     }
 }
 
-/// The head row as read.
+/// A head row as read.
 type HeadRow = (
+    String,
     Option<i64>,
     Option<Vec<u8>>,
     Option<i64>,
@@ -68,8 +75,9 @@ type HeadRow = (
 );
 
 fn head_entry(r: HeadRow) -> Option<AuditEntry> {
-    let (seq, hash, at_ms, id, operator, action, target, outcome, detail) = r;
+    let (chain, seq, hash, at_ms, id, operator, action, target, outcome, detail) = r;
     Some(AuditEntry {
+        chain,
         at_ms: at_ms?,
         id: id?,
         operator: operator.unwrap_or_default(),
@@ -83,9 +91,9 @@ fn head_entry(r: HeadRow) -> Option<AuditEntry> {
 }
 
 impl CqlStore {
-    pub(super) async fn audit_head(&self) -> Result<Option<AuditEntry>, StoreError> {
+    pub(super) async fn audit_head(&self, chain: &str) -> Result<Option<AuditEntry>, StoreError> {
         let row: Option<HeadRow> = self
-            .one(&self.audit.head_get, (), "read audit chain head")
+            .one(&self.audit.head_get, (chain,), "read audit chain head")
             .await?;
         Ok(row.and_then(head_entry))
     }
@@ -102,6 +110,7 @@ impl CqlStore {
                 &e.target,
                 &e.outcome,
                 &e.detail,
+                &e.chain,
                 to_i64(e.chain_seq),
                 &e.hash,
             ),
@@ -144,6 +153,7 @@ impl CqlStore {
                         &e.target,
                         &e.outcome,
                         &e.detail,
+                        &e.chain,
                         to_i64(h.chain_seq),
                     ),
                     "move audit chain head",
@@ -155,6 +165,7 @@ impl CqlStore {
                 self.lwt(
                     &self.audit.head_create,
                     (
+                        &e.chain,
                         to_i64(e.chain_seq),
                         &e.hash,
                         e.at_ms,
@@ -174,20 +185,32 @@ impl CqlStore {
     }
 
     pub(super) async fn a_append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        let _one_writer = self.audit_lock.lock().await;
+        let mut failure = None;
         for attempt in 0..LWT_ROUNDS {
-            let head = self.audit_head().await?;
+            let head = self.audit_head(&entry.chain).await?;
             if let Some(h) = &head {
+                if h.id == entry.id && h.at_ms == entry.at_ms {
+                    // An earlier attempt's LWT was applied although its
+                    // answer was an error (a timeout).
+                    return self.put_audit_row(h).await;
+                }
                 self.put_audit_row(h).await?;
             }
             let mut e = entry.clone();
-            if self.move_audit_head(head.as_ref(), &mut e).await? {
-                return self.put_audit_row(&e).await;
+            match self.move_audit_head(head.as_ref(), &mut e).await {
+                Ok(true) => return self.put_audit_row(&e).await,
+                Ok(false) => {}
+                // A timed-out LWT may or may not have been applied: the
+                // next round reads the head and knows.
+                Err(StoreError::Backend(m)) if attempt < TIMEOUT_ROUNDS => failure = Some(m),
+                Err(other) => return Err(other),
             }
             backoff(attempt).await;
         }
-        Err(StoreError::Backend(
-            "cql: the audit chain's head stayed contended".into(),
-        ))
+        Err(StoreError::Backend(failure.unwrap_or_else(|| {
+            "cql: the audit chain's head stayed contended".into()
+        })))
     }
 
     pub(super) async fn a_list_audit(
@@ -204,12 +227,16 @@ impl CqlStore {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
             Option<i64>,
             Option<Vec<u8>>,
         );
-        // Only the head's row can be missing (a crash between moving the
-        // head and writing the row): write it again first.
-        if let Some(h) = self.audit_head().await? {
+        // Only a head's row can be missing (a crash between moving the
+        // head and writing the row): write them again first.
+        let heads: Vec<HeadRow> = self
+            .all(&self.audit.heads, (), "list audit chain heads")
+            .await?;
+        for h in heads.into_iter().filter_map(head_entry) {
             self.put_audit_row(&h).await?;
         }
         let mut out = Vec::new();
@@ -228,8 +255,8 @@ impl CqlStore {
                 .await
                 .map_err(|e| backend("list audit", e))?;
             out.extend(
-                rows.into_iter()
-                    .map(|(at_ms, id, op, ac, t, o, d, seq, hash)| AuditEntry {
+                rows.into_iter().map(
+                    |(at_ms, id, op, ac, t, o, d, chain, seq, hash)| AuditEntry {
                         at_ms,
                         id,
                         operator: op.unwrap_or_default(),
@@ -237,9 +264,11 @@ impl CqlStore {
                         target: t.unwrap_or_default(),
                         outcome: o.unwrap_or_default(),
                         detail: d.unwrap_or_default(),
+                        chain: chain.unwrap_or_default(),
                         chain_seq: seq.map_or(0, to_u64),
                         hash: hash.unwrap_or_default(),
-                    }),
+                    },
+                ),
             );
         }
         out.truncate(limit);

@@ -292,6 +292,8 @@ pub struct CqlStore {
     adm: admin::AdminStatements,
     mls: mls::MlsStatements,
     audit: audit::AuditStatements,
+    /// This process's audit appends, one at a time (see `audit`).
+    audit_lock: tokio::sync::Mutex<()>,
     /// Per device: an async mutex serialising this process's changes of the
     /// device's key packages (the LWTs then contend only between processes).
     devices: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -368,6 +370,7 @@ impl CqlStore {
             adm,
             mls,
             audit,
+            audit_lock: tokio::sync::Mutex::new(()),
             devices: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),

@@ -716,6 +716,7 @@ async fn a_crashed_audit_append_is_completed_by_the_next_listing() {
         target: unique("someone"),
         outcome: "ok".into(),
         detail: String::new(),
+        chain: unique("relay"),
         chain_seq: 0,
         hash: Vec::new(),
     };
@@ -723,7 +724,7 @@ async fn a_crashed_audit_append_is_completed_by_the_next_listing() {
     // meanwhile: then again).
     let mut head;
     loop {
-        head = store.audit_head().await.unwrap();
+        head = store.audit_head(&entry.chain).await.unwrap();
         if store
             .move_audit_head(head.as_ref(), &mut entry)
             .await

@@ -40,7 +40,7 @@
 //! | `policies`        | `org` or `c:<conversation id>`       | `PolicyRec`                |
 //! | `enroll_codes`    | SHA-256 of the code                  | `CodeRec`                  |
 //! | `audit`           | (at ms, entry id)                    | `AuditRec` (with its place in the hash chain) |
-//! | `audit_head`      | `head`                               | (position, hash) of the chain's last entry |
+//! | `audit_head`      | chain (a relay's node id)            | (position, hash) of the chain's last entry |
 //! | `mls_state`       | conversation id                      | (epoch, roster version, group roster version) |
 //! | `mls_generation`  | conversation id                      | restarts of its MLS group (no row: 0) |
 //! | `key_packages`    | (device id, upload index)            | one-time key package       |

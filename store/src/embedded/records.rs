@@ -95,6 +95,9 @@ pub(super) struct AuditRec {
     pub(super) chain_seq: u64,
     #[prost(bytes = "vec", tag = "7")]
     pub(super) hash: Vec<u8>,
+    /// The chain (the writing relay's node id).
+    #[prost(string, tag = "8")]
+    pub(super) chain: String,
 }
 
 pub(super) fn policy_key(scope: &PolicyScope) -> String {

@@ -407,7 +407,7 @@ impl Store for EmbeddedStore {
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         self.write(move |t| {
             let mut entry = entry.clone();
-            let (seq, hash) = match t.audit_head.get("head").or_backend()? {
+            let (seq, hash) = match t.audit_head.get(entry.chain.as_str()).or_backend()? {
                 Some(g) => {
                     let (seq, hash) = g.value();
                     let hash: [u8; 32] = hash.try_into().map_err(|_| StoreError::Corrupt {
@@ -420,7 +420,10 @@ impl Store for EmbeddedStore {
             };
             entry.chain_after(seq, &hash);
             t.audit_head
-                .insert("head", (entry.chain_seq, entry.hash.as_slice()))
+                .insert(
+                    entry.chain.as_str(),
+                    (entry.chain_seq, entry.hash.as_slice()),
+                )
                 .or_backend()?;
             let rec = AuditRec {
                 operator: entry.operator.clone(),
@@ -428,6 +431,7 @@ impl Store for EmbeddedStore {
                 target: entry.target.clone(),
                 outcome: entry.outcome.clone(),
                 detail: entry.detail.clone(),
+                chain: entry.chain.clone(),
                 chain_seq: entry.chain_seq,
                 hash: entry.hash.clone(),
             };
@@ -471,6 +475,7 @@ impl Store for EmbeddedStore {
                     target: rec.target,
                     outcome: rec.outcome,
                     detail: rec.detail,
+                    chain: rec.chain,
                     chain_seq: rec.chain_seq,
                     hash: rec.hash,
                 });

@@ -26,7 +26,8 @@ pub(super) const ACCOUNTS_BY_TAG: TableDefinition<(&str, &str), ()> =
 pub(super) const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 pub(super) const ENROLL_CODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("enroll_codes");
 pub(super) const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit");
-/// The audit log's hash chain head: "head" -> (position, hash).
+/// The audit log's hash chains: chain (a relay's node id) -> (position,
+/// hash) of its last entry.
 pub(super) const AUDIT_HEAD: TableDefinition<&str, (u64, &[u8])> =
     TableDefinition::new("audit_head");
 pub(super) const MLS_STATE: TableDefinition<&str, (u64, u64, u64)> =
