@@ -8,8 +8,9 @@
 //! `seq` and writes the entry's row. So at any time only a head's row can be
 //! missing, and every listing first writes the heads' rows again: a listing
 //! never shows a gap that a crash, rather than a deletion, made. Within a
-//! process the appends queue on an async mutex; a relay's chain has one
-//! writer, so its LWTs do not contend.
+//! process the appends queue on an async mutex that also keeps the heads
+//! this process moved last (their rows written): a relay's chain has one
+//! writer, so its LWTs do not contend, and an append is two round trips.
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -185,21 +186,36 @@ impl CqlStore {
     }
 
     pub(super) async fn a_append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        let _one_writer = self.audit_lock.lock().await;
+        // The heads this process moved last, rows written: with one writer
+        // per chain, an append is then the LWT and the row.
+        let mut known = self.audit_heads.lock().await;
         let mut failure = None;
         for attempt in 0..LWT_ROUNDS {
-            let head = self.audit_head(&entry.chain).await?;
-            if let Some(h) = &head {
-                if h.id == entry.id && h.at_ms == entry.at_ms {
-                    // An earlier attempt's LWT was applied although its
-                    // answer was an error (a timeout).
-                    return self.put_audit_row(h).await;
+            let head = match known.remove(&entry.chain) {
+                Some(h) => Some(h),
+                None => {
+                    let head = self.audit_head(&entry.chain).await?;
+                    if let Some(h) = &head {
+                        self.put_audit_row(h).await?;
+                        if h.id == entry.id && h.at_ms == entry.at_ms {
+                            // An earlier attempt's LWT was applied although
+                            // its answer was an error (a timeout).
+                            known.insert(entry.chain.clone(), h.clone());
+                            return Ok(());
+                        }
+                    }
+                    head
                 }
-                self.put_audit_row(h).await?;
-            }
+            };
             let mut e = entry.clone();
             match self.move_audit_head(head.as_ref(), &mut e).await {
-                Ok(true) => return self.put_audit_row(&e).await,
+                Ok(true) => {
+                    self.put_audit_row(&e).await?;
+                    known.insert(e.chain.clone(), e);
+                    return Ok(());
+                }
+                // Another writer of this chain (a second process with this
+                // node id) moved it: read it again.
                 Ok(false) => {}
                 // A timed-out LWT may or may not have been applied: the
                 // next round reads the head and knows.

@@ -90,11 +90,37 @@ impl Migration {
     }
 }
 
+/// How long [`migrate`] tries again when the cluster fails a step, e.g. a
+/// node that joined a moment ago and has not received the schema yet
+/// (`INCOMPATIBLE_SCHEMA`): a relay started together with its cluster
+/// waits for it to settle instead of failing.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Creates the keyspace if needed, then applies the pending migrations.
 /// Safe to run from several processes at once: DDL uses `IF NOT EXISTS` and a
 /// version is recorded with a lightweight transaction. Returns the versions
-/// applied by this call.
+/// applied by this call (by its last try). A step the cluster fails is
+/// tried again (every step can be repeated) for up to a minute; a migration
+/// that was edited after it was applied fails at once.
 pub async fn migrate(
+    session: &Session,
+    keyspace: &str,
+    replication: &Replication,
+) -> Result<Vec<i32>, StoreError> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        match migrate_once(session, keyspace, replication).await {
+            Ok(applied) => return Ok(applied),
+            Err(StoreError::Backend(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, keyspace, "migrating the keyspace failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn migrate_once(
     session: &Session,
     keyspace: &str,
     replication: &Replication,

@@ -292,8 +292,9 @@ pub struct CqlStore {
     adm: admin::AdminStatements,
     mls: mls::MlsStatements,
     audit: audit::AuditStatements,
-    /// This process's audit appends, one at a time (see `audit`).
-    audit_lock: tokio::sync::Mutex<()>,
+    /// This process's audit appends, one at a time, and the chain heads it
+    /// moved last (see `audit`).
+    audit_heads: tokio::sync::Mutex<HashMap<String, AuditEntry>>,
     /// Per device: an async mutex serialising this process's changes of the
     /// device's key packages (the LWTs then contend only between processes).
     devices: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -370,7 +371,7 @@ impl CqlStore {
             adm,
             mls,
             audit,
-            audit_lock: tokio::sync::Mutex::new(()),
+            audit_heads: tokio::sync::Mutex::new(HashMap::new()),
             devices: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
