@@ -2,15 +2,16 @@
 //! partition per 30 days, newest first, chained by hash per relay through
 //! that relay's head row in `audit_chain`.
 //!
-//! An append reads its chain's head, writes the head's own `audit_log` row
-//! again (plain, idempotent: it completes an append that crashed after
-//! moving the head), then moves the head to the new entry with an LWT on
-//! `seq` and writes the entry's row. So at any time only a head's row can be
-//! missing, and every listing first writes the heads' rows again: a listing
-//! never shows a gap that a crash, rather than a deletion, made. Within a
-//! process the appends queue on an async mutex that also keeps the heads
-//! this process moved last (their rows written): a relay's chain has one
-//! writer, so its LWTs do not contend, and an append is two round trips.
+//! An append reads its chain's head (unless this process moved it last),
+//! writes the head's own `audit_log` row again (plain, idempotent: it
+//! completes an append that crashed after moving the head), then moves the
+//! head to the new entry with an LWT on `seq` and writes the entry's row.
+//! So at any time only a head's row can be missing, and every listing first
+//! writes the heads' rows again (with its first page): a listing never
+//! shows a gap that a crash, rather than a deletion, made. Within a process
+//! the appends queue on an async mutex that also keeps the heads this
+//! process moved last (their rows written): a relay's chain has one writer,
+//! so its LWTs do not contend, and an append is two round trips.
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -248,12 +249,15 @@ impl CqlStore {
             Option<Vec<u8>>,
         );
         // Only a head's row can be missing (a crash between moving the
-        // head and writing the row): write them again first.
-        let heads: Vec<HeadRow> = self
-            .all(&self.audit.heads, (), "list audit chain heads")
-            .await?;
-        for h in heads.into_iter().filter_map(head_entry) {
-            self.put_audit_row(&h).await?;
+        // head and writing the row): write them again first, once per
+        // listing (its first page has no id to continue from).
+        if before_id.is_empty() {
+            let heads: Vec<HeadRow> = self
+                .all(&self.audit.heads, (), "list audit chain heads")
+                .await?;
+            for h in heads.into_iter().filter_map(head_entry) {
+                self.put_audit_row(&h).await?;
+            }
         }
         let mut out = Vec::new();
         let first = before_ms.div_euclid(AUDIT_BUCKET_MS);

@@ -228,47 +228,15 @@ impl CqlStore {
         epoch: u64,
         roster_version: u64,
     ) -> Result<MlsState, StoreError> {
-        let lock = self.head_lock(cid);
-        let mut cached = lock.lock().await;
-        let Some((Some(kind), mut cols)) = self.conv_mls(cid).await? else {
-            return Err(StoreError::NoSuchConversation(cid.to_owned()));
-        };
-        for attempt in 0..LWT_ROUNDS {
-            let state = cols.state();
-            let next = reconcile(state, generation, epoch, roster_version)?;
-            if next == state {
-                return Ok(next);
-            }
-            let r = self
-                .lwt(
-                    &self.mls.conv_reconcile,
-                    (
-                        to_i64(next.group_roster_version),
-                        cid,
-                        kind,
-                        cols.epoch,
-                        cols.roster,
-                        cols.group,
-                        cols.generation,
-                    ),
-                    "mark reconciled",
-                )
-                .await?;
-            if r.applied {
-                if let Some(known) = cached.known.as_mut() {
-                    known.mls.group = Some(to_i64(next.group_roster_version));
-                }
-                return Ok(next);
-            }
-            if r.get("kind").is_none() {
-                return Err(StoreError::NoSuchConversation(cid.to_owned()));
-            }
-            cols = MlsCols::from_lwt(&r);
-            backoff(attempt).await;
-        }
-        Err(StoreError::Backend(format!(
-            "cql: the MLS state of {cid:?} stayed contended"
-        )))
+        self.conv_mls_cas(
+            cid,
+            "mark reconciled",
+            &self.mls.conv_reconcile,
+            |state| reconcile(state, generation, epoch, roster_version),
+            |next| next.group_roster_version,
+            |cols, next| cols.group = Some(to_i64(next.group_roster_version)),
+        )
+        .await
     }
 
     pub(super) async fn m_reset_mls_group(
@@ -277,18 +245,53 @@ impl CqlStore {
         generation: u64,
         epoch: u64,
     ) -> Result<MlsState, StoreError> {
+        self.conv_mls_cas(
+            cid,
+            "restart MLS group",
+            &self.mls.conv_restart,
+            |state| restart(state, generation, epoch),
+            |next| next.generation,
+            |cols, next| {
+                cols.generation = Some(to_i64(next.generation));
+                cols.epoch = Some(0);
+                cols.group = Some(0);
+            },
+        )
+        .await
+    }
+
+    /// Changes the MLS columns of a conversation row to the state `rule`
+    /// gives: an LWT (`st` sets the value `set` picks, `WHERE id = ? IF
+    /// kind = ? AND` every MLS column as read) looped until it applies or
+    /// `rule` refuses. `write` applies the change to the columns as read,
+    /// which is what the row holds afterwards (the head cache learns it).
+    async fn conv_mls_cas(
+        &self,
+        cid: &str,
+        op: &str,
+        st: &PreparedStatement,
+        rule: impl Fn(MlsState) -> Result<MlsState, StoreError>,
+        set: fn(MlsState) -> u64,
+        write: impl Fn(&mut MlsCols, MlsState),
+    ) -> Result<MlsState, StoreError> {
         let lock = self.head_lock(cid);
         let mut cached = lock.lock().await;
         let Some((Some(kind), mut cols)) = self.conv_mls(cid).await? else {
             return Err(StoreError::NoSuchConversation(cid.to_owned()));
         };
         for attempt in 0..LWT_ROUNDS {
-            let next = restart(cols.state(), generation, epoch)?;
+            let state = cols.state();
+            let next = rule(state)?;
+            if next == state {
+                return Ok(next);
+            }
+            let mut after = cols;
+            write(&mut after, next);
             let r = self
                 .lwt(
-                    &self.mls.conv_restart,
+                    st,
                     (
-                        to_i64(next.generation),
+                        to_i64(set(next)),
                         cid,
                         kind,
                         cols.epoch,
@@ -296,17 +299,12 @@ impl CqlStore {
                         cols.group,
                         cols.generation,
                     ),
-                    "restart MLS group",
+                    op,
                 )
                 .await?;
             if r.applied {
                 if let Some(known) = cached.known.as_mut() {
-                    known.mls = MlsCols {
-                        epoch: Some(0),
-                        roster: cols.roster,
-                        group: Some(0),
-                        generation: Some(to_i64(next.generation)),
-                    };
+                    known.mls = after;
                 }
                 return Ok(next);
             }
