@@ -19,6 +19,7 @@ fn deliver(size: usize) -> v1::ServerFrame {
                 server_time_ms: 1_790_000_000_000,
                 expires_at_ms: 1_790_086_400_000,
                 ciphertext: vec![0xAB; size],
+                welcomed_devices: Vec::new(),
             }),
         })),
     }

@@ -94,6 +94,20 @@ pub enum MlsError {
         current: u64,
     },
 
+    /// A commit adds a device its committer did not declare to the relay
+    /// (the relay checks the declared devices against the conversation's
+    /// roster): refused, nothing applied.
+    #[error(
+        "the commit to MLS group {group} adds device {device:?}, which its Welcome does not \
+         name: refused as not checked against the roster"
+    )]
+    UndeclaredAdd {
+        /// The group id, as text.
+        group: String,
+        /// The device the commit adds.
+        device: String,
+    },
+
     /// `commit` while an earlier commit of the group is still pending.
     #[error(
         "MLS group {group} has a pending commit from epoch {epoch}; confirm or discard it first"

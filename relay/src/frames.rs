@@ -95,6 +95,7 @@ pub(crate) fn deliver_frame(m: &StoredMessage) -> Bytes {
             server_time_ms: m.server_time_ms,
             expires_at_ms: m.expires_at_ms.unwrap_or(0),
             ciphertext: m.ciphertext.clone(),
+            welcomed_devices: m.welcomed.clone(),
         }),
     }))
 }

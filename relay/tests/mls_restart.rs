@@ -69,15 +69,19 @@ fn mls_submit(conv: &str, ciphertext: Vec<u8>, roster_version: u64) -> v1::Submi
     }
 }
 
-/// A member sends a commit that is correctly framed for the current epoch
-/// (the relay cannot tell) but that no member can process. The members
-/// that fail it ask for a restart; the group starts again as a new
-/// generation, everyone is added back, and the conversation goes on. What
-/// the hostile member sends in the old group is refused from then on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_nobody_can_process_does_not_stop_the_conversation() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(dir.path()).await;
+/// Members ga.1 and gb.1 run the SDK; gm.1, the hostile member, runs its
+/// own MLS code on a raw connection. All three are in the group "broken" at
+/// epoch 1, and gb.1 has read "before".
+struct Hostile {
+    net: Net,
+    a1: herold_client::e2e::E2eClient,
+    b1: herold_client::e2e::E2eClient,
+    m1: Client,
+    mls: MlsDevice,
+    roster_version: u64,
+}
+
+async fn hostile_group(relay: &TestRelay) -> Hostile {
     let net = Net::new(relay.addr, relay.fingerprint);
     for a in ["ga", "gb", "gm"] {
         relay.account(a).await;
@@ -87,7 +91,6 @@ async fn a_commit_nobody_can_process_does_not_stop_the_conversation() {
     let mkey = relay.device("gm", "gm.1").await;
     let a1 = net.connect("ga.1", &akey).await;
     let b1 = net.connect("gb.1", &bkey).await;
-    // The hostile member runs its own MLS code on a raw connection.
     let m1 = relay.client("gm.1", &mkey).await;
     let mut mls = MlsDevice::create("gm.1", None).unwrap();
     upload_packages(&m1, &mut mls).await;
@@ -112,6 +115,33 @@ async fn a_commit_nobody_can_process_does_not_stop_the_conversation() {
     let st = mls_state_of(&m1, "broken").await;
     assert_eq!((st.generation, st.epoch), (0, 1));
     assert_eq!(mls.epoch(b"broken"), Some(1));
+    Hostile {
+        net,
+        a1,
+        b1,
+        m1,
+        mls,
+        roster_version: st.roster_version,
+    }
+}
+
+/// A member sends a commit that is correctly framed for the current epoch
+/// (the relay cannot tell) but that no member can process. The members
+/// that fail it ask for a restart; the group starts again as a new
+/// generation, everyone is added back, and the conversation goes on. What
+/// the hostile member sends in the old group is refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_nobody_can_process_does_not_stop_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let Hostile {
+        net,
+        a1,
+        b1,
+        m1,
+        mut mls,
+        roster_version,
+    } = hostile_group(&relay).await;
 
     // A real commit with its encrypted content spoiled: the framing (group,
     // epoch, content type) is intact, so the relay takes it for epoch 1.
@@ -121,7 +151,7 @@ async fn a_commit_nobody_can_process_does_not_stop_the_conversation() {
     let header = herold_mls::inspect(&garbage).unwrap();
     assert_eq!(header.epoch, 1);
     m1.sender()
-        .submit(mls_submit("broken", garbage, st.roster_version))
+        .submit(mls_submit("broken", garbage, roster_version))
         .await
         .expect("the relay cannot tell a spoiled commit");
     mls.discard_commit(b"broken").unwrap();
@@ -176,6 +206,80 @@ async fn a_commit_nobody_can_process_does_not_stop_the_conversation() {
     // The hostile member was added back to the new group too (it is on the
     // roster); removing it is the organisation's call.
     assert!(a1.group_members("broken").contains(&"gm.1".to_owned()));
+    m1.close().await;
+    relay.stop().await;
+}
+
+/// A member's commit adds a device that is not on the roster (a spy of its
+/// own) while declaring to the relay only a device that is. The relay
+/// cannot tell the difference; every other member can: they refuse the
+/// commit, the group restarts without the spy, and the conversation goes
+/// on. The spy, holding the Welcome the hostile member passed to it, can
+/// read nothing posted afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_adding_a_device_off_the_roster_is_refused_by_the_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let Hostile {
+        net,
+        a1,
+        b1,
+        mut m1,
+        mut mls,
+        roster_version,
+    } = hostile_group(&relay).await;
+    let mut spy = MlsDevice::create("spy.1", None).unwrap();
+    let package = spy.key_packages(1).unwrap().remove(0);
+    let pending = mls
+        .commit(b"broken", vec![("spy.1".into(), package)], vec![])
+        .unwrap();
+    assert_eq!(pending.added, vec!["spy.1".to_owned()]);
+    let welcome = pending.welcome.clone().unwrap();
+    let mut submit = mls_submit("broken", pending.commit, roster_version);
+    submit.mls_welcome = welcome.clone();
+    submit.mls_welcome_devices = vec!["ga.1".into()];
+    let commit_seq = m1
+        .sender()
+        .submit(submit)
+        .await
+        .expect("the relay checks only the declared devices")
+        .seq;
+    mls.confirm_commit(b"broken").unwrap();
+    spy.join_group(b"broken", &welcome).unwrap();
+    assert_eq!(spy.epoch(b"broken"), Some(2), "the spy is in the old group");
+
+    // Both members refuse the commit ...
+    net.until("both members refused the commit", |i| {
+        let unread = i.unreadable.lock().unwrap();
+        ["ga.1", "gb.1"].iter().all(|d| {
+            unread.get(*d).is_some_and(|v| {
+                v.iter().any(|(c, seq, why)| {
+                    c == "broken" && *seq == commit_seq && why.contains("\"spy.1\"")
+                })
+            })
+        })
+    })
+    .await;
+    // ... and talk on in a group without the spy.
+    let after = b1.send("broken", b"after", 0).await.unwrap();
+    net.all_read(&["ga.1".to_owned()], "broken", &["after"])
+        .await;
+    for c in [&a1, &b1] {
+        assert_eq!(c.generation("broken"), 1);
+        let members = c.group_members("broken");
+        assert!(!members.contains(&"spy.1".to_owned()), "{members:?}");
+        assert!(members.contains(&"gm.1".to_owned()), "{members:?}");
+    }
+    // What the spy gets of "after" (through the hostile member's
+    // connection) is a message of a group it is not in.
+    let got = raw_until(&mut m1, "broken", after.seq).await;
+    let header = herold_mls::inspect(&got[&after.seq]).unwrap();
+    assert_eq!(header.group_id, b"broken#1");
+    let e = spy.process(&header.group_id, &got[&after.seq]).unwrap_err();
+    assert!(
+        matches!(e, herold_mls::MlsError::UnknownGroup { .. }),
+        "{e}"
+    );
     m1.close().await;
     relay.stop().await;
 }

@@ -125,7 +125,23 @@ impl NewMessage {
             sender_device_id: self.sender_device_id,
             server_time_ms: appended.server_time_ms,
             expires_at_ms: self.expires_at_ms,
+            welcomed: self
+                .mls
+                .and_then(MlsCheck::into_welcomed)
+                .unwrap_or_default(),
             ciphertext: self.ciphertext,
+        }
+    }
+}
+
+impl MlsCheck {
+    /// The devices the Welcome of a commit names.
+    fn into_welcomed(self) -> Option<Vec<String>> {
+        match self {
+            Self::Commit {
+                welcome: Some(w), ..
+            } => Some(w.device_ids),
+            _ => None,
         }
     }
 }
@@ -226,6 +242,10 @@ pub struct StoredMessage {
     pub server_time_ms: UnixMillis,
     /// Expiry, if any.
     pub expires_at_ms: Option<UnixMillis>,
+    /// For a commit: the devices its Welcome names, as the committer
+    /// declared them and the relay checked them against the roster. Members
+    /// refuse a commit that adds any other device. Empty otherwise.
+    pub welcomed: Vec<String>,
     /// Opaque payload.
     pub ciphertext: Vec<u8>,
 }

@@ -252,7 +252,10 @@ impl Pump {
                 }
             }
         }
-        let processed = lock(&self.mls).process(&gid, &env.ciphertext);
+        // A commit may add only the devices the relay checked against the
+        // roster (its Welcome's); anything else breaks the group for us.
+        let processed =
+            lock(&self.mls).process_declared(&gid, &env.ciphertext, &env.welcomed_devices);
         match processed {
             Ok(Processed::Application {
                 plaintext,

@@ -93,6 +93,29 @@ impl MlsDevice {
     /// handshake messages of past epochs are [`Processed::Skipped`]. A
     /// commit that removes this device forgets the group.
     pub fn process(&mut self, group_id: &[u8], message: &[u8]) -> Result<Processed, MlsError> {
+        self.process_checked(group_id, message, None)
+    }
+
+    /// Like [`MlsDevice::process`], and a commit that adds a device not in
+    /// `declared` (the devices the relay says its Welcome names, checked
+    /// against the roster) fails with [`MlsError::UndeclaredAdd`] before
+    /// anything is applied: a member cannot slip an unlisted device into the
+    /// group past the others.
+    pub fn process_declared(
+        &mut self,
+        group_id: &[u8],
+        message: &[u8],
+        declared: &[String],
+    ) -> Result<Processed, MlsError> {
+        self.process_checked(group_id, message, Some(declared))
+    }
+
+    fn process_checked(
+        &mut self,
+        group_id: &[u8],
+        message: &[u8],
+        declared: Option<&[String]>,
+    ) -> Result<Processed, MlsError> {
         let protocol_message = match parse(message)?.extract() {
             MlsMessageBodyIn::PrivateMessage(m) => ProtocolMessage::from(m),
             MlsMessageBodyIn::PublicMessage(m) => ProtocolMessage::from(m),
@@ -186,6 +209,14 @@ impl MlsDevice {
                     .map(|p| identity_text(p.add_proposal().key_package().leaf_node().credential()))
                     .collect();
                 added.sort();
+                if let Some(declared) = declared
+                    && let Some(device) = added.iter().find(|d| !declared.contains(d))
+                {
+                    return Err(MlsError::UndeclaredAdd {
+                        group: group_text(group_id),
+                        device: device.clone(),
+                    });
+                }
                 let mut removed: Vec<String> = staged
                     .remove_proposals()
                     .filter_map(|p| group.mls.member(p.remove_proposal().removed()))

@@ -457,3 +457,29 @@ fn join_group_refuses_a_welcome_for_another_group() {
     assert!(matches!(e, MlsError::GroupMismatch { .. }), "{e}");
     assert!(!b.has_group(b"other") && !b.has_group(G));
 }
+
+#[test]
+fn a_commit_adding_an_undeclared_device_is_refused_and_changes_nothing() {
+    for declared in [&["d"][..], &["c", "d"][..]] {
+        let mut relay = Relay::default();
+        let mut devs = setup(&mut relay, &["a", "b"]);
+        let mut c = device("c");
+        let pc = devs[0].commit(G, vec![kp(&mut c)], vec![]).unwrap();
+        assert!(relay.submit_commit(&pc.commit));
+        let declared: Vec<String> = declared.iter().map(|d| (*d).to_owned()).collect();
+        let b = &mut devs[1];
+        let got = b.process_declared(G, &pc.commit, &declared);
+        if declared.contains(&"c".to_owned()) {
+            assert!(matches!(got, Ok(Processed::Commit { epoch: 2, .. })));
+            assert_eq!(b.members(G), vec!["a", "b", "c"]);
+        } else {
+            let e = got.unwrap_err();
+            assert!(
+                matches!(&e, MlsError::UndeclaredAdd { device, .. } if device == "c"),
+                "{e}"
+            );
+            assert_eq!(b.epoch(G), Some(1), "nothing applied");
+            assert_eq!(b.members(G), vec!["a", "b"]);
+        }
+    }
+}

@@ -65,6 +65,7 @@ pub(super) fn message(conv: &str, seq: u64, expires_at_ms: Option<i64>) -> Store
         sender_device_id: "alice.phone".into(),
         server_time_ms: WALL0,
         expires_at_ms,
+        welcomed: Vec::new(),
         ciphertext: format!("{conv}:{seq}").into_bytes(),
     }
 }

@@ -151,6 +151,25 @@ pub async fn welcome_for_latest_wins(store: Arc<dyn Store>) {
         store.welcome_for(&d1, &conv).await.unwrap(),
         Some((s2, b"W2".to_vec()))
     );
+    // Each commit's log row names the devices its Welcome welcomed (what
+    // members check the commit against); other rows name none.
+    let read = store.read(&conv, 0, 10, NOW).await.unwrap();
+    let welcomed: Vec<(&[u8], Vec<&str>)> = read
+        .iter()
+        .map(|m| {
+            let w = m.welcomed.iter().map(String::as_str).collect();
+            (m.message_id.as_slice(), w)
+        })
+        .collect();
+    assert_eq!(
+        welcomed,
+        vec![
+            (&b"c0"[..], vec![d1.as_str(), d2.as_str()]),
+            (&b"a1"[..], vec![]),
+            (&b"c1"[..], vec![d1.as_str()]),
+            (&b"c2"[..], vec![]),
+        ]
+    );
 }
 
 /// `reset_mls_group`: only of the current generation at its current epoch

@@ -102,6 +102,9 @@ impl CqlStore {
                 p.server_time_ms,
                 p.expires_at_ms,
                 &p.ciphertext,
+                p.welcome
+                    .as_ref()
+                    .map_or(MaybeUnset::Unset, |(_, d)| MaybeUnset::Set(d)),
                 ttl,
             ),
             "write log row",
@@ -432,7 +435,7 @@ impl CqlStore {
                 .rows_stream::<LogRow>()
                 .map_err(|e| backend("read log", e))?;
             while let Some(row) = rows.next().await {
-                let (seq, mid, acc, dev, time, exp, ct) =
+                let (seq, mid, acc, dev, time, exp, ct, welcomed) =
                     row.map_err(|e| backend("read log", e))?;
                 if exp.is_some_and(|e| e <= now_ms) {
                     continue;
@@ -445,6 +448,7 @@ impl CqlStore {
                     sender_device_id: dev.unwrap_or_default(),
                     server_time_ms: time.unwrap_or(0),
                     expires_at_ms: exp,
+                    welcomed: welcomed.unwrap_or_default(),
                     ciphertext: ct.unwrap_or_default(),
                 });
                 if out.len() >= limit {

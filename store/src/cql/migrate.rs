@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_audit_chain.cql",
         cql: include_str!("../../migrations/cql/0006_audit_chain.cql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_declared_adds.cql",
+        cql: include_str!("../../migrations/cql/0007_declared_adds.cql"),
+    },
 ];
 
 impl Migration {

@@ -324,6 +324,7 @@ type LogRow = (
     Option<i64>,
     Option<i64>,
     Option<Vec<u8>>,
+    Option<Vec<String>>,
 );
 
 impl CqlStore {

@@ -43,6 +43,12 @@ pub(super) fn w_append(
         server_time_ms: message.server_time_ms,
         expires_at_ms: message.expires_at_ms,
         ciphertext: message.ciphertext.clone(),
+        welcomed: match &message.mls {
+            Some(MlsCheck::Commit {
+                welcome: Some(w), ..
+            }) => w.device_ids.clone(),
+            _ => Vec::new(),
+        },
     };
     t.messages
         .insert((conv, seq), rec.encode_to_vec().as_slice())

@@ -156,6 +156,9 @@ pub(super) struct MessageRec {
     pub(super) expires_at_ms: Option<i64>,
     #[prost(bytes = "vec", tag = "6")]
     pub(super) ciphertext: Vec<u8>,
+    /// A commit's Welcome devices ([`StoredMessage::welcomed`]).
+    #[prost(string, repeated, tag = "7")]
+    pub(super) welcomed: Vec<String>,
 }
 
 pub(super) fn decode<M: prost::Message + Default>(
@@ -259,6 +262,7 @@ pub(super) fn message_from(conversation_id: &str, seq: u64, rec: MessageRec) -> 
         sender_device_id: rec.sender_device_id,
         server_time_ms: rec.server_time_ms,
         expires_at_ms: rec.expires_at_ms,
+        welcomed: rec.welcomed,
         ciphertext: rec.ciphertext,
     }
 }
