@@ -8,6 +8,7 @@ mod common;
 mod mls_net;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 use herold_client::e2e::E2eClient;
@@ -458,6 +459,75 @@ fn now_ms() -> i64 {
 
 /// Key packages: uploaded on connect, each claimed once, the last resort
 /// when they run out, and only for devices in the conversation's roster.
+/// Devices renew their own leaf keys: a sender whose key in the group is
+/// older than its renewal interval commits a self-update before it sends,
+/// and the others apply it (nobody added or removed) and read on. A fresh
+/// key is not renewed; `renew_key` renews on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_renew_their_leaf_keys_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let net = Net::new(relay.addr, relay.fingerprint);
+    relay.account("ka").await;
+    relay.account("kb").await;
+    let akey = relay.device("ka", "ka.1").await;
+    let bkey = relay.device("kb", "kb.1").await;
+    let mut a1 = net.connect("ka.1", &akey).await;
+    let b1 = net.connect("kb.1", &bkey).await;
+    relay
+        .conversation("keys", ConversationKind::Group, &["ka", "kb"])
+        .await;
+    a1.send("keys", b"one", 0).await.unwrap();
+    net.all_read(&["kb.1".to_owned()], "keys", &["one"]).await;
+    b1.send("keys", b"two", 0).await.unwrap();
+    net.all_read(&["ka.1".to_owned()], "keys", &["two"]).await;
+    assert_eq!((a1.epoch("keys"), b1.epoch("keys")), (Some(1), Some(1)));
+    let changes = |d: &str| {
+        net.inbox
+            .changed
+            .lock()
+            .unwrap()
+            .get(d)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(changes("kb.1").is_empty(), "fresh keys are not renewed");
+
+    a1.set_key_renewal_interval(Duration::ZERO);
+    let before = a1.key_renewed_at_ms("keys").unwrap();
+    a1.send("keys", b"three", 0).await.unwrap();
+    net.all_read(&["kb.1".to_owned()], "keys", &["one", "three"])
+        .await;
+    assert_eq!((a1.epoch("keys"), b1.epoch("keys")), (Some(2), Some(2)));
+    assert!(a1.key_renewed_at_ms("keys").unwrap() >= before);
+    assert_eq!(
+        changes("kb.1"),
+        vec![("keys".to_owned(), 2, vec![], vec![])],
+        "kb.1 applied ka.1's self-update"
+    );
+
+    a1.set_key_renewal_interval(Duration::from_secs(3600));
+    a1.send("keys", b"four", 0).await.unwrap();
+    assert!(b1.renew_key("keys").await.unwrap());
+    net.until("ka.1 applied kb.1's self-update", |i| {
+        i.changed
+            .lock()
+            .unwrap()
+            .get("ka.1")
+            .is_some_and(|v| v.contains(&("keys".to_owned(), 3, vec![], vec![])))
+    })
+    .await;
+    a1.send("keys", b"five", 0).await.unwrap();
+    net.all_read(
+        &["kb.1".to_owned()],
+        "keys",
+        &["one", "three", "four", "five"],
+    )
+    .await;
+    assert_eq!((a1.epoch("keys"), b1.epoch("keys")), (Some(3), Some(3)));
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_packages_are_claimed_once_with_a_last_resort() {
     let dir = tempfile::tempdir().unwrap();

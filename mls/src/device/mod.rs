@@ -38,6 +38,9 @@ struct Group {
     /// The epoch this device entered the group at (0 for the creator):
     /// messages of earlier epochs are from before it joined.
     joined_epoch: u64,
+    /// When this device's own leaf key in the group was last renewed
+    /// (joined, created, or a commit of its own with a path), unix ms.
+    renewed_at_ms: i64,
 }
 
 /// A commit made by [`MlsDevice::commit`], not yet applied: send `commit`
@@ -158,7 +161,8 @@ impl MlsDevice {
         )
         .ok_or_else(|| corrupt("the signature key is missing".into()))?;
         let mut groups = BTreeMap::new();
-        for (group_id, joined_epoch) in state.groups {
+        let loaded_at = now_ms();
+        for (group_id, joined_epoch, renewed) in state.groups {
             let mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
                 .map_err(|e| corrupt(format!("group {}: {e:?}", group_text(&group_id))))?
                 .ok_or_else(|| {
@@ -167,7 +171,17 @@ impl MlsDevice {
                         group_text(&group_id)
                     ))
                 })?;
-            groups.insert(group_id, Group { mls, joined_epoch });
+            // A version 1 file does not say: count from now, so that an
+            // upgrade does not make every device renew at once.
+            let renewed_at_ms = renewed.unwrap_or(loaded_at);
+            groups.insert(
+                group_id,
+                Group {
+                    mls,
+                    joined_epoch,
+                    renewed_at_ms,
+                },
+            );
         }
         Ok(Self {
             credential: credential(&state.device_id, &signer),
@@ -264,6 +278,28 @@ impl MlsDevice {
         self.groups.get(group_id).map(|g| g.mls.epoch().as_u64())
     }
 
+    /// When this device last renewed its own leaf key in the group (unix
+    /// ms): when it created or joined the group, or had a commit of its own
+    /// with a path accepted. `None` for an unknown group.
+    pub fn key_renewed_at_ms(&self, group_id: &[u8]) -> Option<i64> {
+        self.groups.get(group_id).map(|g| g.renewed_at_ms)
+    }
+
+    /// The public HPKE key of this device's own leaf in the group, TLS
+    /// encoded (what a self-update replaces); `None` for an unknown group.
+    pub fn own_leaf_key(&self, group_id: &[u8]) -> Option<Vec<u8>> {
+        let group = self.groups.get(group_id)?;
+        let leaf = group.mls.own_leaf_node()?;
+        leaf.encryption_key().tls_serialize_detached().ok()
+    }
+
+    /// A self-update: a commit that changes no membership and renews this
+    /// device's leaf key and its path (post-compromise security). Send,
+    /// confirm and discard it like any [`MlsDevice::commit`].
+    pub fn renew_leaf_key(&mut self, group_id: &[u8]) -> Result<PendingCommit, MlsError> {
+        self.commit(group_id, Vec::new(), Vec::new())
+    }
+
     /// The device ids of the group's members (this device included), in
     /// leaf order; empty for an unknown group.
     pub fn members(&self, group_id: &[u8]) -> Vec<String> {
@@ -303,6 +339,7 @@ impl MlsDevice {
             Group {
                 mls,
                 joined_epoch: 0,
+                renewed_at_ms: now_ms(),
             },
         );
         self.save()
@@ -458,10 +495,17 @@ impl MlsDevice {
                 group: group_text(group_id),
             });
         }
+        let with_path = group
+            .mls
+            .pending_commit()
+            .is_some_and(|c| c.update_path_leaf_node().is_some());
         group
             .mls
             .merge_pending_commit(&self.provider)
             .map_err(|e| MlsError::openmls("merging the pending commit", e))?;
+        if with_path {
+            group.renewed_at_ms = now_ms();
+        }
         self.save()
     }
 
@@ -562,7 +606,7 @@ impl MlsDevice {
             groups: self
                 .groups
                 .iter()
-                .map(|(id, g)| (id.clone(), g.joined_epoch))
+                .map(|(id, g)| (id.clone(), g.joined_epoch, Some(g.renewed_at_ms)))
                 .collect(),
             storage,
         };
@@ -642,4 +686,11 @@ fn welcome_error<E: std::error::Error>(e: WelcomeError<E>) -> MlsError {
         }
         other => MlsError::openmls("joining from the Welcome", other),
     }
+}
+
+/// The wall clock in unix ms (0 before 1970).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -81,8 +81,14 @@ impl MlsDevice {
         }
         let mls = staged.into_group(&self.provider).map_err(welcome_error)?;
         let joined_epoch = mls.epoch().as_u64();
-        self.groups
-            .insert(group_id.clone(), Group { mls, joined_epoch });
+        self.groups.insert(
+            group_id.clone(),
+            Group {
+                mls,
+                joined_epoch,
+                renewed_at_ms: super::now_ms(),
+            },
+        );
         self.save()?;
         Ok(group_id)
     }

@@ -483,3 +483,26 @@ fn a_commit_adding_an_undeclared_device_is_refused_and_changes_nothing() {
         }
     }
 }
+
+#[test]
+fn a_self_update_renews_the_leaf_key_and_the_others_follow() {
+    let mut relay = Relay::default();
+    let mut devs = setup(&mut relay, &["a", "b"]);
+    let before = devs[0].own_leaf_key(G).unwrap();
+    let renewed = devs[0].key_renewed_at_ms(G).unwrap();
+    let pc = devs[0].renew_leaf_key(G).unwrap();
+    assert!(pc.added.is_empty() && pc.removed.is_empty() && pc.welcome.is_none());
+    assert!(relay.submit_commit(&pc.commit));
+    devs[0].confirm_commit(G).unwrap();
+    assert_ne!(devs[0].own_leaf_key(G).unwrap(), before, "a new leaf key");
+    assert!(devs[0].key_renewed_at_ms(G).unwrap() >= renewed);
+    // It adds nobody, so it passes the check with nothing declared.
+    let p = devs[1].process_declared(G, &pc.commit, &[]).unwrap();
+    assert!(
+        matches!(&p, Processed::Commit { epoch: 2, added, removed, .. }
+            if added.is_empty() && removed.is_empty()),
+        "{p:?}"
+    );
+    let m = devs[0].encrypt(G, b"after", &[]).unwrap();
+    assert_eq!(plaintext(devs[1].process(G, &m).unwrap()).0, b"after");
+}

@@ -28,7 +28,12 @@ pub struct Inbox {
     pub joined: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// (conversation, generation) of every restart a device saw.
     pub restarted: Arc<Mutex<HashMap<String, Vec<Restart>>>>,
+    /// Every commit of another device a device applied.
+    pub changed: Arc<Mutex<HashMap<String, Vec<Change>>>>,
 }
+
+/// (conversation, epoch, added, removed) of a commit a device applied.
+pub type Change = (String, u64, Vec<String>, Vec<String>);
 
 impl Inbox {
     pub fn texts(&self, device: &str, conv: &str) -> Vec<String> {
@@ -114,6 +119,18 @@ impl Net {
                         .entry(me.clone())
                         .or_default()
                         .push(conversation_id),
+                    E2eEvent::GroupChanged {
+                        conversation_id,
+                        epoch,
+                        added,
+                        removed,
+                    } => inbox
+                        .changed
+                        .lock()
+                        .unwrap()
+                        .entry(me.clone())
+                        .or_default()
+                        .push((conversation_id, epoch, added, removed)),
                     E2eEvent::Restarted {
                         conversation_id,
                         generation,
