@@ -24,6 +24,8 @@ pub(crate) struct Effective {
     pub max_attachment_bytes: u64,
     /// Who may start direct conversations.
     pub direct_chats: DirectChats,
+    /// The relay stores no sender for messages of direct conversations.
+    pub sealed_sender: bool,
 }
 
 impl Effective {
@@ -62,6 +64,7 @@ impl Effective {
             direct_chats: org
                 .and_then(|p| p.direct_chats)
                 .unwrap_or(DirectChats::Everyone),
+            sealed_sender: org.and_then(|p| p.sealed_sender).unwrap_or(false),
         }
     }
 
@@ -83,6 +86,7 @@ impl Effective {
             max_devices: Some(self.max_devices),
             max_attachment_bytes: Some(self.max_attachment_bytes),
             direct_chats: Some(self.direct_chats),
+            sealed_sender: Some(self.sealed_sender),
         }
     }
 }
@@ -98,12 +102,14 @@ mod tests {
         assert_eq!(none.max_devices, 10);
         assert_eq!(none.default_expiry_seconds, 0);
         assert_eq!(none.direct_chats, DirectChats::Everyone);
+        assert!(!none.sealed_sender);
         let org = Policy {
             default_expiry_seconds: Some(3600),
             max_expiry_seconds: Some(86_400),
             max_devices: Some(3),
             max_attachment_bytes: Some(10_000),
             direct_chats: Some(DirectChats::Nobody),
+            sealed_sender: Some(true),
         };
         let conv = Policy {
             default_expiry_seconds: Some(60),
@@ -120,6 +126,7 @@ mod tests {
             u64::from(limits.max_ciphertext_bytes)
         );
         assert_eq!(e.direct_chats, DirectChats::Nobody);
+        assert!(e.sealed_sender);
         // The conversation's own retention beats the org default, and the
         // default never exceeds the maximum.
         let e = Effective::resolve(&limits, Some(&org), None, 999_999);

@@ -24,6 +24,9 @@ pub(crate) struct Roster {
     pub members: HashMap<String, Role>,
     /// Every non-revoked device of every member.
     pub devices: Vec<String>,
+    /// For a direct conversation: the account of each of `devices`
+    /// (`MlsState.roster_accounts`); empty otherwise.
+    pub device_accounts: HashMap<String, String>,
 }
 
 /// A load under way; when it ends (or is cancelled) its gate leaves the
@@ -167,14 +170,21 @@ impl Rosters {
             own.as_ref(),
             conv.default_ttl_seconds,
         );
-        let devices = self
+        let live: Vec<_> = self
             .store
             .devices_of(members.iter().map(|m| m.account_id.clone()).collect())
             .await?
             .into_iter()
             .filter(|d| !d.revoked)
-            .map(|d| d.id)
             .collect();
+        let device_accounts = if conv.kind == ConversationKind::Direct {
+            live.iter()
+                .map(|d| (d.id.clone(), d.account_id.clone()))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let devices = live.into_iter().map(|d| d.id).collect();
         let roster = Arc::new(Roster {
             kind: conv.kind,
             archived,
@@ -184,6 +194,7 @@ impl Rosters {
                 .map(|m| (m.account_id, m.role))
                 .collect(),
             devices,
+            device_accounts,
         });
         if self.generation.load(Ordering::Acquire) == generation {
             self.cache.insert(
@@ -227,6 +238,7 @@ mod tests {
                 ("lead".to_owned(), Role::Publisher),
             ]),
             devices: Vec::new(),
+            device_accounts: HashMap::new(),
         }
     }
 

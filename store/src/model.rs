@@ -323,6 +323,9 @@ pub struct Policy {
     pub max_attachment_bytes: Option<u64>,
     /// Who may start direct conversations (organisation scope only).
     pub direct_chats: Option<DirectChats>,
+    /// Sealed sender (organisation scope only): the relay stores no sender
+    /// for the messages of direct (1:1) conversations.
+    pub sealed_sender: Option<bool>,
 }
 
 /// Where a [`Policy`] applies.

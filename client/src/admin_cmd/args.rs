@@ -310,5 +310,9 @@ pub(crate) enum PolicyCmd {
         /// (organisation only).
         #[arg(long)]
         direct_chats: Option<String>,
+        /// Sealed sender: true stores no sender for 1:1 messages
+        /// (organisation only).
+        #[arg(long)]
+        sealed_sender: Option<bool>,
     },
 }

@@ -650,6 +650,7 @@ async fn policy(a: &mut super::Admin, j: bool, cmd: &PolicyCmd) -> anyhow::Resul
             max_devices,
             max_attachment_bytes,
             direct_chats,
+            sealed_sender,
         } => {
             let direct = match direct_chats.as_deref() {
                 None => v1::DirectChats::Unspecified,
@@ -668,6 +669,7 @@ async fn policy(a: &mut super::Admin, j: bool, cmd: &PolicyCmd) -> anyhow::Resul
                     max_devices: *max_devices,
                     max_attachment_bytes: *max_attachment_bytes,
                     direct_chats: direct as i32,
+                    sealed_sender: *sealed_sender,
                 }),
             })
             .await
@@ -694,6 +696,7 @@ async fn policy(a: &mut super::Admin, j: bool, cmd: &PolicyCmd) -> anyhow::Resul
         "max_devices",
         "max_attachment_bytes",
         "direct_chats",
+        "sealed_sender",
     ];
     let cell = |v: &Value, k: &str| match v.get(k) {
         None | Some(Value::Null) => "(inherited)".to_owned(),

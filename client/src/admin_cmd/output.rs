@@ -148,6 +148,7 @@ pub(super) fn policy_json(p: Option<&v1::Policy>) -> Value {
             Ok(v1::DirectChats::Nobody) => Value::from("nobody"),
             _ => Value::Null,
         },
+        "sealed_sender": p.sealed_sender,
     })
 }
 

@@ -91,7 +91,9 @@ pub struct Message {
     pub conversation_id: String,
     /// Position in the conversation.
     pub seq: u64,
-    /// Sending account, as the relay stored it.
+    /// Sending account, as the relay stored it; with sealed sender (the
+    /// relay stores none), the account the relay's roster gives for the
+    /// sending device. Empty if neither says.
     pub sender_account_id: String,
     /// Sending device, as authenticated by MLS (its credential).
     pub sender_device_id: String,
@@ -274,6 +276,7 @@ impl E2eClient {
             events: ev_tx,
             progress: progress_tx,
             welcome_checked: HashMap::new(),
+            accounts: HashMap::new(),
         };
         let pump = tokio::spawn(pump.run());
         // Connected once the key packages are up: the device can be added

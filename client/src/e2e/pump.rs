@@ -73,6 +73,9 @@ pub(super) struct Pump {
     /// Groups this device failed a commit or Welcome of (shared with the
     /// sending side, which asks for a restart before it sends).
     pub broken: Broken,
+    /// Per direct conversation: the account of each device, from
+    /// `MlsState.roster_accounts` (sealed sender).
+    pub accounts: HashMap<String, HashMap<String, String>>,
 }
 
 impl Pump {
@@ -121,6 +124,42 @@ impl Pump {
         }
     }
 
+    /// The account of `device` in the direct conversation `conv`, for a
+    /// message whose envelope names no sender; asks the relay for the
+    /// roster when the device is not known yet. Empty when the relay does
+    /// not say (the device left since).
+    async fn account_of(&mut self, conv: &str, device: &str) -> String {
+        if let Some(a) = self.accounts.get(conv).and_then(|m| m.get(device)) {
+            return a.clone();
+        }
+        let sender = self.sender.clone();
+        let c = conv.to_owned();
+        let asked = self
+            .draining(async move {
+                sender
+                    .request(request::Kind::GetMlsState(v1::GetMlsState {
+                        conversation_id: c,
+                    }))
+                    .await
+            })
+            .await;
+        match asked {
+            Ok(response::Kind::MlsState(st)) => {
+                let known = self.accounts.entry(conv.to_owned()).or_default();
+                known.extend(st.roster.into_iter().zip(st.roster_accounts));
+                known.get(device).cloned().unwrap_or_default()
+            }
+            Ok(other) => {
+                warn!(conversation = conv, "unexpected answer {other:?}");
+                String::new()
+            }
+            Err(e) => {
+                warn!(conversation = conv, error = %e, "looking up the sender's account failed");
+                String::new()
+            }
+        }
+    }
+
     /// Awaits `fut` (a request to the relay) while still reading events
     /// into the backlog: the connection's event queue is bounded, and a full
     /// queue would hold back the very answer awaited here.
@@ -161,7 +200,21 @@ impl Pump {
             out.extend(self.leave_older_generations(&conv, generation));
         }
         let local = lock(&self.mls).epoch(&gid);
-        if is_commit && env.sender_device_id == self.device_id {
+        let mut own = is_commit && env.sender_device_id == self.device_id;
+        // With sealed sender the relay names no sender: only processing
+        // tells whether a commit is this device's own.
+        let mut tried = None;
+        if is_commit && env.sender_device_id.is_empty() && local.is_some() {
+            let r = lock(&self.mls).process_declared(&gid, &env.ciphertext, &env.welcomed_devices);
+            match r {
+                Ok(Processed::OwnCommit { .. }) => own = true,
+                // Our group at epoch 0 was only a proposal, and this is
+                // another device's first commit: we join from its Welcome.
+                _ if local == Some(0) => {}
+                r => tried = Some(r),
+            }
+        }
+        if own {
             // Our own commit, back from the relay: proof that it was taken.
             // Merge it if the sender has not yet (or crashed before it could).
             if local == Some(header.epoch) {
@@ -254,8 +307,10 @@ impl Pump {
         }
         // A commit may add only the devices the relay checked against the
         // roster (its Welcome's); anything else breaks the group for us.
-        let processed =
-            lock(&self.mls).process_declared(&gid, &env.ciphertext, &env.welcomed_devices);
+        let processed = match tried {
+            Some(r) => r,
+            None => lock(&self.mls).process_declared(&gid, &env.ciphertext, &env.welcomed_devices),
+        };
         match processed {
             Ok(Processed::Application {
                 plaintext,
@@ -267,10 +322,17 @@ impl Pump {
                 if expires_at_ms != 0 && expires_at_ms <= now_ms() {
                     out.push(unreadable("expired".into()));
                 } else {
+                    let sender_account_id = if env.sender_account_id.is_empty() {
+                        // Sealed sender: the account of the device the MLS
+                        // credential names, as the relay's roster says.
+                        self.account_of(&conv, &sender).await
+                    } else {
+                        env.sender_account_id
+                    };
                     out.push(E2eEvent::Message(Message {
                         conversation_id: conv,
                         seq: env.seq,
-                        sender_account_id: env.sender_account_id,
+                        sender_account_id,
                         sender_device_id: sender,
                         server_time_ms: env.server_time_ms,
                         expires_at_ms,
@@ -298,6 +360,11 @@ impl Pump {
                 }
             }
             Ok(Processed::Skipped { reason }) => out.push(unreadable(reason)),
+            // Told apart above; a commit of ours can only come back here if
+            // its envelope named another device.
+            Ok(Processed::OwnCommit { .. }) => {
+                out.push(unreadable("this device's own commit".into()));
+            }
             Err(e) if is_commit && breaks_group(&e) => {
                 // The relay accepted it, so the group moved on without us.
                 out.push(unreadable(format!("cannot process the commit: {e}")));

@@ -89,9 +89,17 @@ pub enum Processed {
         /// This device was removed; the group is forgotten.
         removed_me: bool,
     },
-    /// Our own message echoed back (not decryptable by design), a message of
-    /// an epoch we never had (before we joined), or a handshake message of
-    /// an epoch we already left. Nothing changed.
+    /// This device's own commit of `epoch`, echoed back (not decryptable by
+    /// design). Nothing changed: [`MlsDevice::confirm_commit`] applies it if
+    /// it is still pending. Where the relay names no sender (sealed sender),
+    /// this is how a device tells its own commits.
+    OwnCommit {
+        /// The epoch the commit starts from.
+        epoch: u64,
+    },
+    /// Our own application message echoed back (not decryptable by
+    /// design), a message of an epoch we never had (before we joined), or a
+    /// handshake message of an epoch we already left. Nothing changed.
     Skipped {
         /// Why, for logs.
         reason: String,

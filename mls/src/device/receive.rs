@@ -189,6 +189,11 @@ impl MlsDevice {
                 sender,
                 epoch: message_epoch,
             },
+            ProcessedMessageContent::OwnPrivateMessage if what == "commit" => {
+                return Ok(Processed::OwnCommit {
+                    epoch: message_epoch,
+                });
+            }
             ProcessedMessageContent::OwnPrivateMessage => {
                 return Ok(Processed::Skipped {
                     reason: format!(
@@ -197,8 +202,8 @@ impl MlsDevice {
                 });
             }
             ProcessedMessageContent::OwnPendingCommit => {
-                return Ok(Processed::Skipped {
-                    reason: "own pending commit echoed back; confirm_commit applies it".into(),
+                return Ok(Processed::OwnCommit {
+                    epoch: message_epoch,
                 });
             }
             ProcessedMessageContent::ProposalMessage(_)

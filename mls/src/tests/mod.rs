@@ -119,12 +119,17 @@ fn one_to_one() {
 
     // The relay echoes own messages back: skipped, not an error.
     assert!(is_skipped(&alice.process(G, &m1).unwrap()));
-    // Own commits echoed back, before and after confirming, and the commit
-    // that added carol as seen by carol herself: all skipped.
+    // An own commit echoed back while pending is told as such (no sender
+    // needed); after confirming, and the commit that added carol as seen by
+    // carol herself: skipped.
     let mut carol = device("carol.phone");
     let pc = alice.commit(G, vec![kp(&mut carol)], vec![]).unwrap();
     assert!(relay.submit_commit(&pc.commit));
-    assert!(is_skipped(&alice.process(G, &pc.commit).unwrap())); // own, pending
+    assert_eq!(
+        alice.process(G, &pc.commit).unwrap(),
+        Processed::OwnCommit { epoch: 1 }
+    );
+    assert_eq!(alice.epoch(G), Some(1), "not applied by processing");
     alice.confirm_commit(G).unwrap();
     assert!(is_skipped(&alice.process(G, &pc.commit).unwrap())); // own, applied
     carol.join(pc.welcome.as_ref().unwrap()).unwrap();

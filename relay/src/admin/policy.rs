@@ -129,6 +129,7 @@ pub(super) fn policy_to(p: &Policy) -> v1::Policy {
         direct_chats: p
             .direct_chats
             .map_or(v1::DirectChats::Unspecified, direct_to) as i32,
+        sealed_sender: p.sealed_sender,
     }
 }
 
@@ -148,6 +149,9 @@ pub(super) fn policy_detail(p: &v1::Policy) -> String {
         && d != v1::DirectChats::Unspecified
     {
         parts.push(format!("direct_chats={}", d.as_str_name()));
+    }
+    if let Some(s) = p.sealed_sender {
+        parts.push(format!("sealed_sender={s}"));
     }
     parts.join(" ")
 }
@@ -190,9 +194,9 @@ pub(super) fn validate_policy(
             )));
         }
     };
-    if !org && (p.max_devices.is_some() || direct.is_some()) {
+    if !org && (p.max_devices.is_some() || direct.is_some() || p.sealed_sender.is_some()) {
         return Err(Status::invalid_argument(
-            "max_devices and direct_chats apply to the organisation only",
+            "max_devices, direct_chats and sealed_sender apply to the organisation only",
         ));
     }
     if let Some(d) = p.max_devices
@@ -213,5 +217,6 @@ pub(super) fn validate_policy(
         max_devices: p.max_devices,
         max_attachment_bytes: p.max_attachment_bytes,
         direct_chats: direct,
+        sealed_sender: p.sealed_sender,
     })
 }

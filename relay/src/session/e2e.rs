@@ -359,6 +359,15 @@ async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind,
         .mls_roster(conversation_id)
         .await
         .map_err(|e| store_refusal(&e))?;
+    // Only a direct conversation names the accounts (sealed sender needs
+    // them; a channel's roster would only grow).
+    let roster_accounts = match shared.rosters.get(conversation_id).await {
+        Ok(Some(r)) if !r.device_accounts.is_empty() => roster
+            .iter()
+            .map(|d| r.device_accounts.get(d).cloned().unwrap_or_default())
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(response::Kind::MlsState(v1::MlsState {
         conversation_id: conversation_id.to_owned(),
         epoch: s.epoch,
@@ -366,6 +375,7 @@ async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind,
         group_roster_version: s.group_roster_version,
         roster,
         generation: s.generation,
+        roster_accounts,
     }))
 }
 

@@ -271,11 +271,21 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
             wait,
         ));
     }
+    // Sealed sender: a 1:1 message's row names nobody. The recipient learns
+    // the sender from the MLS credential; limits and suspension still apply
+    // to this authenticated connection.
+    let sealed =
+        roster.kind == herold_store::ConversationKind::Direct && roster.policy.sealed_sender;
+    let (sender_account_id, sender_device_id) = if sealed {
+        (String::new(), String::new())
+    } else {
+        (ctx.account_id.clone(), ctx.device_id.clone())
+    };
     let msg = NewMessage {
         conversation_id: s.conversation_id,
         message_id: s.message_id,
-        sender_account_id: ctx.account_id.clone(),
-        sender_device_id: ctx.device_id.clone(),
+        sender_account_id,
+        sender_device_id,
         server_time_ms: now,
         expires_at_ms,
         ciphertext: s.ciphertext,

@@ -182,11 +182,13 @@ pub async fn policy_put_get(store: Arc<dyn Store>) {
         max_devices: None,
         max_attachment_bytes: Some(1 << 20),
         direct_chats: Some(DirectChats::SharedGroup),
+        sealed_sender: Some(true),
     };
     store.put_policy(scope.clone(), p.clone()).await.unwrap();
     assert_eq!(store.get_policy(scope.clone()).await.unwrap(), Some(p));
     let q = Policy {
         direct_chats: Some(DirectChats::Nobody),
+        sealed_sender: Some(false),
         ..Policy::default()
     };
     store.put_policy(scope.clone(), q.clone()).await.unwrap();

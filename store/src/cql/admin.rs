@@ -68,8 +68,8 @@ impl AdminStatements {
             conv_state_put: p(format!("INSERT INTO {ks}.conversation_state (conversation_id, archived) VALUES (?, ?)")).await?,
             conv_page: p(format!("SELECT id, kind, title, default_ttl_seconds, created_at_ms FROM {ks}.conversations LIMIT ?")).await?,
             conv_page_after: p(format!("SELECT id, kind, title, default_ttl_seconds, created_at_ms FROM {ks}.conversations WHERE token(id) > token(?) LIMIT ?")).await?,
-            policy_put: p(format!("INSERT INTO {ks}.policies (scope, default_expiry_seconds, max_expiry_seconds, max_devices, max_attachment_bytes, direct_chats) VALUES (?, ?, ?, ?, ?, ?)")).await?,
-            policy_get: p(format!("SELECT default_expiry_seconds, max_expiry_seconds, max_devices, max_attachment_bytes, direct_chats FROM {ks}.policies WHERE scope = ?")).await?,
+            policy_put: p(format!("INSERT INTO {ks}.policies (scope, default_expiry_seconds, max_expiry_seconds, max_devices, max_attachment_bytes, direct_chats, sealed_sender) VALUES (?, ?, ?, ?, ?, ?, ?)")).await?,
+            policy_get: p(format!("SELECT default_expiry_seconds, max_expiry_seconds, max_devices, max_attachment_bytes, direct_chats, sealed_sender FROM {ks}.policies WHERE scope = ?")).await?,
             code_put: p(format!("INSERT INTO {ks}.enrollment_codes (code_hash, account_id, account_created_at_ms, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?) USING TTL ?")).await?,
             code_get: p(format!("SELECT account_id, account_created_at_ms, created_at_ms, expires_at_ms FROM {ks}.enrollment_codes WHERE code_hash = ?")).await?,
             code_take: p(format!("DELETE FROM {ks}.enrollment_codes WHERE code_hash = ? IF EXISTS")).await?,
@@ -340,6 +340,7 @@ impl CqlStore {
                     .map(|d| i32::try_from(d).unwrap_or(i32::MAX)),
                 policy.max_attachment_bytes.map(to_i64),
                 direct,
+                policy.sealed_sender,
             ),
             "write policy",
         )
@@ -357,11 +358,12 @@ impl CqlStore {
             Option<i32>,
             Option<i64>,
             Option<i8>,
+            Option<bool>,
         );
         let row: Option<R> = self
             .one(&self.adm.policy_get, (policy_key(&scope),), "read policy")
             .await?;
-        row.map(|(de, me, md, ma, dc)| {
+        row.map(|(de, me, md, ma, dc, ss)| {
             Ok(Policy {
                 default_expiry_seconds: de.map(to_u64),
                 max_expiry_seconds: me.map(to_u64),
@@ -376,6 +378,7 @@ impl CqlStore {
                         return Err(super::corrupt("policies", format!("direct_chats {other}")));
                     }
                 },
+                sealed_sender: ss,
             })
         })
         .transpose()

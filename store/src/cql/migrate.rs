@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_declared_adds.cql",
         cql: include_str!("../../migrations/cql/0007_declared_adds.cql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_sealed_sender.cql",
+        cql: include_str!("../../migrations/cql/0008_sealed_sender.cql"),
+    },
 ];
 
 impl Migration {

@@ -64,6 +64,8 @@ pub(super) struct PolicyRec {
     /// 1 everyone, 2 shared group, 3 nobody.
     #[prost(uint32, optional, tag = "5")]
     pub(super) direct_chats: Option<u32>,
+    #[prost(bool, optional, tag = "6")]
+    pub(super) sealed_sender: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -118,6 +120,7 @@ pub(super) fn policy_rec(p: &Policy) -> PolicyRec {
             DirectChats::SharedGroup => 2,
             DirectChats::Nobody => 3,
         }),
+        sealed_sender: p.sealed_sender,
     }
 }
 
@@ -139,6 +142,7 @@ pub(super) fn policy_from(r: PolicyRec) -> Result<Policy, StoreError> {
                 });
             }
         },
+        sealed_sender: r.sealed_sender,
     })
 }
 
