@@ -29,8 +29,6 @@ const FAN_OUT_GRACE: Duration = Duration::from_secs(1);
 const ADMIN_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the drain's progress gauge is updated.
 const DRAIN_PROGRESS: Duration = Duration::from_millis(500);
-/// How often expired messages are purged from the store.
-const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A bound, not yet running relay node.
 #[derive(Debug)]
@@ -409,7 +407,8 @@ async fn flush_cursors(shared: Arc<Shared>) {
 }
 
 async fn purge_expired(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    let every = Duration::from_secs(u64::from(shared.limits.purge_interval_secs).max(1));
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         match shared.store.purge_expired(now_ms()).await {

@@ -636,10 +636,28 @@ async fn reconnect_replaces_the_old_connection_and_keeps_live_delivery() {
     relay.stop().await;
 }
 
+/// An expired message is neither delivered nor synced, and the purge
+/// deletes it from the store within `purge_interval_secs` (read from the
+/// store itself, with a reader clock that hides nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_message_is_not_delivered() {
+async fn expired_message_is_not_delivered_and_gone_from_the_store() {
+    use herold_store::Store as _;
     let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(dir.path()).await;
+    let store = std::sync::Arc::new(
+        herold_store::embedded::EmbeddedStore::open(
+            dir.path().join("store"),
+            herold_store::embedded::EmbeddedConfig::default(),
+        )
+        .unwrap(),
+    );
+    let mut config = herold_relay::Config::dev(dir.path());
+    config.limits.purge_interval_secs = 1;
+    let relay = TestRelay::start_on(
+        config,
+        store.clone(),
+        std::sync::Arc::new(herold_router::memory::MemoryRouter::default()),
+    )
+    .await;
     relay.account("alice").await;
     relay.account("bob").await;
     let ka = relay.device("alice", "alice.phone").await;
@@ -669,6 +687,23 @@ async fn expired_message_is_not_delivered() {
     let got = receive_until_synced(&mut bob).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].ciphertext, b"stays");
+    // The purge runs every second here: the row goes from the store.
+    let texts = |rows: &[herold_store::StoredMessage]| -> Vec<Vec<u8>> {
+        rows.iter().map(|m| m.ciphertext.clone()).collect()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let rows = store.read("g", 0, 10, 0).await.unwrap();
+        if texts(&rows) == vec![b"stays".to_vec()] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired message is still stored: {:?}",
+            texts(&rows)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     relay.stop().await;
 }
 

@@ -155,6 +155,12 @@ pub struct Args {
     /// [default: 6].
     #[arg(long, env = "HEROLD_MLS_RESTARTS_PER_HOUR")]
     pub mls_restarts_per_hour: Option<u32>,
+    /// Seconds between two runs of the purge that deletes expired messages
+    /// from the store: an expired message is unreadable at once and gone
+    /// from the store at most this long after its expiry; 1..=3600
+    /// [default: 30].
+    #[arg(long, env = "HEROLD_PURGE_INTERVAL_SECS")]
+    pub purge_interval_secs: Option<u32>,
     /// Submits waiting for the store on this relay; beyond, new submits are
     /// refused UNAVAILABLE with a retry-after (the SDK resends), so a slow
     /// store costs time, not memory; 1..=1000000 [default: 1024].
@@ -277,6 +283,7 @@ pub(super) struct FileConfig {
     pub(super) auth_rate_per_account: Option<u32>,
     pub(super) enroll_failure_rate: Option<u32>,
     pub(super) mls_restarts_per_hour: Option<u32>,
+    pub(super) purge_interval_secs: Option<u32>,
     pub(super) write_timeout_secs: Option<u64>,
     pub(super) max_pending_appends: Option<u32>,
     pub(super) drain_reconnect_spread_ms: Option<u64>,

@@ -75,6 +75,8 @@ pub struct Limits {
     /// Restarts of one conversation's MLS group an hour through this relay
     /// (`ResetMlsGroup`, burst: [`MLS_RESTART_BURST`]).
     pub mls_restarts_per_hour: u32,
+    /// Seconds between two purges of expired messages from the store.
+    pub purge_interval_secs: u32,
     /// Submits waiting for the store on this relay, all devices together;
     /// beyond, new ones are refused UNAVAILABLE with a retry-after.
     pub max_pending_appends: u32,
@@ -139,6 +141,7 @@ impl Default for Limits {
             // restart has every device of the conversation rejoin, so a
             // member asking again and again must not keep it busy.
             mls_restarts_per_hour: 6,
+            purge_interval_secs: 30,
             // Frames waiting to be written stay in the relay's memory;
             // QUIC's own window (2 MiB a connection) bounds how much.
             write_timeout: Duration::from_secs(30),
@@ -256,6 +259,10 @@ impl Limits {
                 .mls_restarts_per_hour
                 .or(file.mls_restarts_per_hour)
                 .unwrap_or(defaults.mls_restarts_per_hour),
+            purge_interval_secs: args
+                .purge_interval_secs
+                .or(file.purge_interval_secs)
+                .unwrap_or(defaults.purge_interval_secs),
             max_pending_appends: args
                 .max_pending_appends
                 .or(file.max_pending_appends)

@@ -367,6 +367,11 @@ impl Config {
                 3_600,
             ),
             (
+                "purge-interval-secs",
+                self.limits.purge_interval_secs,
+                3_600,
+            ),
+            (
                 "max-pending-appends",
                 self.limits.max_pending_appends,
                 1_000_000,

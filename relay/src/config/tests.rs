@@ -249,6 +249,7 @@ fn admission_limits_have_defaults_and_are_validated() {
     assert_eq!(l.auth_rate_per_account, 5);
     assert_eq!(l.enroll_failure_rate, 2);
     assert_eq!(l.mls_restarts_per_hour, 6);
+    assert_eq!(l.purge_interval_secs, 30);
     let c = parse(&[
         "--dev",
         "--max-unauthenticated",
@@ -263,8 +264,11 @@ fn admission_limits_have_defaults_and_are_validated() {
         "2",
         "--enroll-failure-rate",
         "3",
+        "--purge-interval-secs",
+        "5",
     ])
     .unwrap();
+    assert_eq!(c.limits.purge_interval_secs, 5);
     let l = &c.limits;
     assert_eq!(
         (
@@ -285,6 +289,7 @@ fn admission_limits_have_defaults_and_are_validated() {
         "enroll-failure-rate",
         "max-pending-appends",
         "mls-restarts-per-hour",
+        "purge-interval-secs",
     ] {
         let flag = format!("--{name}");
         let e = parse(&["--dev", &flag, "0"]).unwrap_err();

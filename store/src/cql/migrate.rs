@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_sealed_sender.cql",
         cql: include_str!("../../migrations/cql/0008_sealed_sender.cql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_expired_data_compaction.cql",
+        cql: include_str!("../../migrations/cql/0009_expired_data_compaction.cql"),
+    },
 ];
 
 impl Migration {
@@ -305,7 +310,13 @@ mod tests {
             let stmts = m.statements();
             assert!(!stmts.is_empty());
             for s in &stmts {
-                assert!(s.starts_with("CREATE ") || added_column(s).is_some(), "{s}");
+                // Table options (ALTER TABLE ... WITH) are idempotent too.
+                let options =
+                    s.starts_with("ALTER TABLE ") && s.split_whitespace().nth(3) == Some("WITH");
+                assert!(
+                    s.starts_with("CREATE ") || added_column(s).is_some() || options,
+                    "{s}"
+                );
                 assert!(!s.contains(';'), "{s}");
                 assert!(!s.contains("--"), "{s}");
             }

@@ -179,6 +179,45 @@ async fn ttl_removes_expired_rows() {
     assert_eq!(ids.rows_num(), 0, "the expired payload must be gone by TTL");
 }
 
+/// The tables that hold ciphertexts rewrite an SSTable whose expired share
+/// passed a tenth (migration 9), so expired bytes do not wait for a
+/// window's last message: docs/storage.md, "What gone means".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_holding_ciphertexts_compact_away_expired_cells() {
+    let store = connect().await;
+    let ks = store.keyspace().to_owned();
+    for (table, class) in [
+        ("conversation_log", "TimeWindowCompactionStrategy"),
+        ("message_ids", "SizeTieredCompactionStrategy"),
+    ] {
+        let rows = store
+            .driver_session()
+            .query_unpaged(
+                "SELECT compaction FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+                (&ks, table),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        let (compaction,): (std::collections::HashMap<String, String>,) =
+            rows.single_row().unwrap();
+        assert!(
+            compaction["class"].ends_with(class),
+            "{table}: {compaction:?}"
+        );
+        assert_eq!(
+            compaction["unchecked_tombstone_compaction"], "true",
+            "{table}"
+        );
+        assert_eq!(compaction["tombstone_threshold"], "0.1", "{table}");
+        assert_eq!(
+            compaction["tombstone_compaction_interval"], "3600",
+            "{table}"
+        );
+    }
+}
+
 /// A claim whose writer died before writing the log row (simulated by
 /// claiming with a raw LWT) is completed by the next read and the next
 /// append: no gap.
