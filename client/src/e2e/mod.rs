@@ -40,9 +40,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 mod pump;
+mod renew;
 
 use crate::{Accepted, Client, ClientConfig, ClientError, Sender, new_message_id};
 use pump::Pump;
+use renew::Renewal;
 
 /// One-time key packages a device keeps on the relay.
 pub const KEY_PACKAGE_TARGET: usize = 20;
@@ -210,15 +212,6 @@ pub struct E2eClient {
     key_renewal: Duration,
 }
 
-/// How a self-update commit went.
-enum Renewal {
-    Done,
-    /// Another member's commit won the epoch: process it, then again.
-    Lost,
-    /// The relay refused it; the group goes on with the old key.
-    Refused,
-}
-
 /// MLS group ids of groups that are broken on this device.
 pub(super) type Broken = Arc<Mutex<HashSet<Vec<u8>>>>;
 
@@ -303,40 +296,6 @@ impl E2eClient {
         })
     }
 
-    /// How often this device renews its leaf key in a group it sends to
-    /// (default [`KEY_RENEWAL_INTERVAL`]). A device that does not send can
-    /// call [`E2eClient::renew_key`] on a timer of its own.
-    pub fn set_key_renewal_interval(&mut self, every: Duration) {
-        self.key_renewal = every;
-    }
-
-    /// When this device last renewed its leaf key in the conversation's
-    /// group (unix ms); `None` without a group.
-    pub fn key_renewed_at_ms(&self, conversation_id: &str) -> Option<i64> {
-        let m = lock(&self.mls);
-        m.key_renewed_at_ms(&newest_group(&m, conversation_id))
-    }
-
-    /// Renews this device's leaf key in the conversation's group now (a
-    /// self-update commit), after bringing the group up to date. Ok(false)
-    /// when the relay refused the commit (e.g. a reader of a channel may
-    /// not commit).
-    pub async fn renew_key(&self, conversation_id: &str) -> Result<bool, E2eError> {
-        let conv = conversation_id;
-        let conv_lock = self.conv_lock(conv);
-        let _one_at_a_time = conv_lock.lock().await;
-        for _ in 0..SEND_ATTEMPTS {
-            let gid = self.up_to_date(conv).await?;
-            let st = self.mls_state(conv).await?;
-            match self.renew(conv, &gid, &st).await? {
-                Renewal::Done => return Ok(true),
-                Renewal::Refused => return Ok(false),
-                Renewal::Lost => {}
-            }
-        }
-        Err(E2eError::Contended(conv.to_owned()))
-    }
-
     fn conv_lock(&self, conv: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.conv_locks
             .lock()
@@ -344,55 +303,6 @@ impl E2eClient {
             .entry(conv.to_owned())
             .or_default()
             .clone()
-    }
-
-    /// A self-update commit in the group `gid`, which is at the relay's
-    /// epoch and reflects its roster (`st`).
-    async fn renew(&self, conv: &str, gid: &[u8], st: &v1::MlsState) -> Result<Renewal, E2eError> {
-        let pending = {
-            let mut m = lock(&self.mls);
-            // A commit of ours left pending at this epoch was not taken.
-            m.discard_commit(gid)?;
-            m.renew_leaf_key(gid)?
-        };
-        let prepared = PreparedCommit {
-            conversation_id: conv.to_owned(),
-            group_id: gid.to_vec(),
-            from_epoch: pending.from_epoch,
-            added: Vec::new(),
-            removed: Vec::new(),
-            submit: v1::Submit {
-                message_id: new_message_id()?.to_vec(),
-                conversation_id: conv.to_owned(),
-                ciphertext: pending.commit,
-                mls: true,
-                mls_roster_version: st.group_roster_version,
-                ..Default::default()
-            },
-        };
-        match self.submit_membership_commit(prepared).await {
-            Ok(true) => {
-                debug!(conversation = conv, "leaf key renewed");
-                Ok(Renewal::Done)
-            }
-            Ok(false) => Ok(Renewal::Lost),
-            Err(E2eError::Client(e)) if e.code().is_some() => {
-                // Refused, so not stored: this device may not commit here.
-                warn!(conversation = conv, error = %e, "renewing the leaf key was refused");
-                lock(&self.mls).discard_commit(gid)?;
-                Ok(Renewal::Refused)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Whether this device's leaf key in `gid` is due for renewal.
-    fn renewal_due(&self, gid: &[u8]) -> bool {
-        let every = i64::try_from(self.key_renewal.as_millis()).unwrap_or(i64::MAX);
-        let m = lock(&self.mls);
-        m.epoch(gid).is_some_and(|e| e > 0)
-            && m.key_renewed_at_ms(gid)
-                .is_some_and(|at| now_ms().saturating_sub(at) >= every)
     }
 
     /// The device's account.
