@@ -66,8 +66,13 @@ pub use error::MlsError;
 pub(crate) const CIPHERSUITE: Ciphersuite =
     Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
-/// Epochs whose secrets stay available for late application messages.
-const MAX_PAST_EPOCHS: usize = 2;
+/// Epochs whose secrets stay available for late application messages:
+/// none. The relay accepts an application message only in the current
+/// epoch and devices process the log in order, merging even their own
+/// commits only when the log reaches them, so no message is ever read after
+/// its epoch ended. Past epochs would cost every save their member lists
+/// (megabytes in a 7,000-member channel).
+const MAX_PAST_EPOCHS: usize = 0;
 /// Per sender: skipped message keys kept for out-of-order messages.
 const OUT_OF_ORDER_TOLERANCE: u32 = 20;
 /// Per sender: the largest jump ahead in the ratchet.

@@ -1,17 +1,26 @@
-//! The state file: a device's identity, its groups and openmls's key store,
-//! written atomically.
+//! The state file: a device's identity, its groups and openmls's key store.
 //!
-//! Format (all integers big-endian, `bytes` = u64 length + bytes):
-//! `"herold-mls-state"` (16 bytes), u32 format version (2), `bytes` device
-//! id, `bytes` signature public key, u64 group count, per group `bytes` group
-//! id + u64 epoch the device joined at + i64 unix ms when the device's own
-//! leaf key in the group was last renewed, u64 entry count, per entry
-//! `bytes` key + `bytes` value (openmls's `MemoryStorage`, sorted by key).
-//! Version 1 (no renewal time) is read too.
+//! A redb database (crash-safe: copy-on-write pages, a checksummed commit,
+//! fsync) with three tables: `meta` (device id, signature public key),
+//! `groups` (group id -> epoch the device joined at, unix ms its own leaf
+//! key was last renewed) and `openmls` (openmls's `MemoryStorage`, key ->
+//! value). A save writes only the entries that changed since the last one,
+//! in one transaction: an application message in a 7,000-member channel
+//! rewrites its sender ratchet, not the group's tree.
+//!
+//! Files of the earlier single-file format (`"herold-mls-state"`, u32
+//! version 1 or 2, then the whole state, rewritten on every change) are
+//! converted when opened. That format: `bytes` = u64 length + bytes,
+//! integers big-endian; `bytes` device id, `bytes` signature public key, u64
+//! group count, per group `bytes` group id + u64 epoch joined (+ i64 unix ms
+//! of the last key renewal in version 2), u64 entry count, per entry
+//! `bytes` key + `bytes` value.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 const MAGIC: &[u8; 16] = b"herold-mls-state";
 const VERSION: u32 = 2;
@@ -29,6 +38,8 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The earlier single-file format (tests make such files).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let size = 64
             + self.device_id.len()
@@ -106,30 +117,260 @@ impl State {
     }
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the
-/// new file: temp file in the same directory (mode 0600), fsync, rename,
-/// fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const GROUPS: TableDefinition<&[u8], (u64, i64)> = TableDefinition::new("groups");
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("openmls");
+
+/// Why the state database failed.
+#[derive(Debug)]
+pub(crate) enum DbError {
+    /// Reading or writing failed (disk full, permissions, ...).
+    Io(std::io::Error),
+    /// The file is not a state database, or its content is inconsistent.
+    Corrupt(String),
+}
+
+fn io(e: impl Into<redb::Error>) -> DbError {
+    DbError::Io(std::io::Error::other(e.into()))
+}
+
+/// A device's state database, and what it holds as of the last save.
+pub(crate) struct StateDb {
+    db: redb::Database,
+    /// The `openmls` table as last committed.
+    saved: HashMap<Vec<u8>, Vec<u8>>,
+    /// The `groups` table as last committed.
+    saved_groups: HashMap<Vec<u8>, (u64, i64)>,
+    /// Bytes of keys and values the last save wrote.
+    last_written: u64,
+}
+
+impl StateDb {
+    /// Creates the database at `path`, which must not exist (owner-only
+    /// permissions: it holds private keys), holding `state`.
+    pub fn create(path: &Path, state: &State) -> Result<Self, DbError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        drop(options.open(path).map_err(DbError::Io)?);
+        let db = redb::Database::create(path).map_err(io)?;
+        let mut this = Self {
+            db,
+            saved: HashMap::new(),
+            saved_groups: HashMap::new(),
+            last_written: 0,
+        };
+        let txn = this.db.begin_write().map_err(io)?;
+        {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            meta.insert("device_id", state.device_id.as_bytes())
+                .map_err(io)?;
+            meta.insert(
+                "signature_public_key",
+                state.signature_public_key.as_slice(),
+            )
+            .map_err(io)?;
+        }
+        txn.commit().map_err(io)?;
+        let entries: HashMap<Vec<u8>, Vec<u8>> = state.storage.iter().cloned().collect();
+        let groups: Vec<(Vec<u8>, u64, i64)> = state
+            .groups
+            .iter()
+            .map(|(g, j, r)| (g.clone(), *j, r.unwrap_or(0)))
+            .collect();
+        this.save(&groups, &entries)?;
+        Ok(this)
+    }
+
+    /// Opens the database at `path`; a file of the earlier single-file
+    /// format is converted first (the new file replaces it atomically).
+    pub fn open(path: &Path) -> Result<(Self, State), DbError> {
+        let mut head = [0u8; 16];
+        let is_old = {
+            use std::io::Read as _;
+            let mut f = File::open(path).map_err(DbError::Io)?;
+            let n = f.read(&mut head).map_err(DbError::Io)?;
+            n == head.len() && &head == MAGIC
+        };
+        if is_old {
+            convert(path)?;
+        }
+        let db = redb::Database::open(path).map_err(|e| match e {
+            // redb says "not a redb database" as an InvalidData I/O error.
+            redb::DatabaseError::Storage(redb::StorageError::Io(e))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                DbError::Io(e)
+            }
+            // Two processes for one device would make it reuse keys.
+            redb::DatabaseError::DatabaseAlreadyOpen => DbError::Io(std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                "the state file is open in another process of this device",
+            )),
+            other => DbError::Corrupt(other.to_string()),
+        })?;
+        let txn = db.begin_read().map_err(io)?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let get = |key: &str| -> Result<Vec<u8>, DbError> {
+            meta.get(key)
+                .map_err(io)?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| DbError::Corrupt(format!("no {key}")))
+        };
+        let device_id = String::from_utf8(get("device_id")?)
+            .map_err(|_| DbError::Corrupt("device id is not UTF-8".into()))?;
+        let signature_public_key = get("signature_public_key")?;
+        let mut saved_groups = HashMap::new();
+        if let Ok(table) = txn.open_table(GROUPS) {
+            for row in table.iter().map_err(io)? {
+                let (k, v) = row.map_err(io)?;
+                saved_groups.insert(k.value().to_vec(), v.value());
+            }
+        }
+        let mut saved = HashMap::new();
+        if let Ok(table) = txn.open_table(ENTRIES) {
+            for row in table.iter().map_err(io)? {
+                let (k, v) = row.map_err(io)?;
+                saved.insert(k.value().to_vec(), v.value().to_vec());
+            }
+        }
+        drop(meta);
+        drop(txn);
+        let mut groups: Vec<(Vec<u8>, u64, Option<i64>)> = saved_groups
+            .iter()
+            .map(|(g, (j, r))| (g.clone(), *j, Some(*r)))
+            .collect();
+        groups.sort();
+        let state = State {
+            device_id,
+            signature_public_key,
+            groups,
+            storage: saved.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        Ok((
+            Self {
+                db,
+                saved,
+                saved_groups,
+                last_written: 0,
+            },
+            state,
+        ))
+    }
+
+    /// Writes what changed since the last save, in one durable transaction:
+    /// after a crash the file holds this save or the one before, whole.
+    pub fn save(
+        &mut self,
+        groups: &[(Vec<u8>, u64, i64)],
+        entries: &HashMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<(), DbError> {
+        let changed: Vec<(&Vec<u8>, &Vec<u8>)> = entries
+            .iter()
+            .filter(|(k, v)| self.saved.get(*k) != Some(*v))
+            .collect();
+        let gone: Vec<Vec<u8>> = self
+            .saved
+            .keys()
+            .filter(|k| !entries.contains_key(*k))
+            .cloned()
+            .collect();
+        let group_rows: HashMap<Vec<u8>, (u64, i64)> = groups
+            .iter()
+            .map(|(g, j, r)| (g.clone(), (*j, *r)))
+            .collect();
+        if changed.is_empty() && gone.is_empty() && group_rows == self.saved_groups {
+            self.last_written = 0;
+            return Ok(());
+        }
+        let mut written = 0u64;
+        let txn = self.db.begin_write().map_err(io)?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(io)?;
+            for (k, v) in &changed {
+                table.insert(k.as_slice(), v.as_slice()).map_err(io)?;
+                written += (k.len() + v.len()) as u64;
+            }
+            for k in &gone {
+                table.remove(k.as_slice()).map_err(io)?;
+                written += k.len() as u64;
+            }
+            let mut table = txn.open_table(GROUPS).map_err(io)?;
+            for (g, row) in &group_rows {
+                if self.saved_groups.get(g) != Some(row) {
+                    table.insert(g.as_slice(), *row).map_err(io)?;
+                    written += g.len() as u64 + 16;
+                }
+            }
+            for g in self.saved_groups.keys() {
+                if !group_rows.contains_key(g) {
+                    table.remove(g.as_slice()).map_err(io)?;
+                }
+            }
+        }
+        txn.commit().map_err(io)?;
+        for (k, v) in changed {
+            self.saved.insert(k.clone(), v.clone());
+        }
+        for k in gone {
+            self.saved.remove(&k);
+        }
+        self.saved_groups = group_rows;
+        self.last_written = written;
+        Ok(())
+    }
+
+    /// Bytes of keys and values the last save wrote (0: nothing changed).
+    pub fn last_written(&self) -> u64 {
+        self.last_written
+    }
+}
+
+/// Converts a file of the earlier single-file format at `path` into a
+/// database, atomically: a crash leaves the old file or the new one.
+fn convert(path: &Path) -> Result<(), DbError> {
+    let bytes = std::fs::read(path).map_err(DbError::Io)?;
+    let mut state = State::decode(&bytes).map_err(DbError::Corrupt)?;
+    // A version 1 file does not say when keys were renewed: count from now,
+    // so that an upgrade does not make every device renew at once.
+    let now = crate::device::now_ms();
+    for (_, _, renewed) in &mut state.groups {
+        renewed.get_or_insert(now);
+    }
     let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(".herold-mls-")
         .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+        .tempfile_in(&dir)
+        .map_err(DbError::Io)?
+        .into_temp_path();
+    let tmp_path = tmp.to_path_buf();
+    // `create` refuses an existing file: make room for it.
+    std::fs::remove_file(&tmp_path).map_err(DbError::Io)?;
+    let db = StateDb::create(&tmp_path, &state)?;
+    drop(db);
+    std::fs::rename(&tmp_path, path).map_err(DbError::Io)?;
+    // The temp path is gone now; nothing for its guard to delete.
+    let _ = tmp.keep();
     #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(DbError::Io)?;
     Ok(())
 }
 
+#[cfg(test)]
 fn put_len(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&(len as u64).to_be_bytes());
 }
 
+#[cfg(test)]
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_len(out, b.len());
     out.extend_from_slice(b);

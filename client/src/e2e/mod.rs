@@ -626,16 +626,17 @@ impl E2eClient {
         let gid = p.group_id.as_slice();
         match self.sender.submit(p.submit).await {
             Ok(_) => {
-                let mut m = lock(&self.mls);
-                match m.confirm_commit(gid) {
-                    // The background task saw the commit come back first
-                    // and merged it already.
-                    Err(herold_mls::MlsError::NoPendingCommit { .. })
-                        if m.epoch(gid).is_some_and(|e| e > p.from_epoch) =>
-                    {
-                        Ok(true)
-                    }
-                    r => r.map(|()| true).map_err(E2eError::from),
+                // The background task merges it when its echo comes, after
+                // everything the log holds before it: a message of the old
+                // epoch sent just before the commit is read with the old
+                // epoch's keys, so no device keeps past epochs (their member
+                // lists would make every post of a large channel rewrite
+                // megabytes of state).
+                let from = p.from_epoch;
+                if self.wait_for(gid, |e| e.is_some_and(|e| e > from)).await {
+                    Ok(true)
+                } else {
+                    Err(E2eError::Contended(p.conversation_id))
                 }
             }
             Err(e) if e.code() == Some(ErrorCode::MlsWrongEpoch) => {

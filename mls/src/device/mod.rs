@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::*;
@@ -13,13 +14,14 @@ mod receive;
 
 use crate::ds::{basic_identity, parse_key_package};
 use crate::error::{MlsError, group_text};
-use crate::state::{State, write_atomic};
+use crate::state::{DbError, State, StateDb};
 use crate::{CIPHERSUITE, create_config};
 
 /// One device's MLS state: its signature key and credential (identity =
 /// device id), the private keys of the key packages it handed out, and its
-/// groups. Kept in memory and, if a path is given, in a state file that is
-/// rewritten atomically after every call that changes state.
+/// groups. Kept in memory and, if a path is given, in a state file (a redb
+/// database) that every call that changes state updates before it returns,
+/// in one transaction that writes only what changed.
 ///
 /// If writing the file fails, the call returns [`MlsError::Io`] but the
 /// in-memory state has already changed; the file still holds the previous
@@ -31,6 +33,7 @@ pub struct MlsDevice {
     credential: CredentialWithKey,
     groups: BTreeMap<Vec<u8>, Group>,
     path: Option<PathBuf>,
+    db: Option<Mutex<StateDb>>,
 }
 
 struct Group {
@@ -129,29 +132,43 @@ impl MlsDevice {
         signer
             .store(provider.storage())
             .map_err(|e| MlsError::openmls("storing the signature key", e))?;
-        let device = Self {
+        let mut device = Self {
             device_id: device_id.to_string(),
             credential: credential(device_id, &signer),
             provider,
             signer,
             groups: BTreeMap::new(),
             path: path.map(Path::to_path_buf),
+            db: None,
         };
-        device.save()?;
+        if let Some(p) = path {
+            let state = State {
+                device_id: device.device_id.clone(),
+                signature_public_key: device.signer.to_public_vec(),
+                groups: Vec::new(),
+                storage: device
+                    .provider
+                    .storage()
+                    .values
+                    .read()
+                    .map_err(|_| MlsError::StoragePoisoned)?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            let db = StateDb::create(p, &state).map_err(|e| db_error(p, e))?;
+            device.db = Some(Mutex::new(db));
+        }
         Ok(device)
     }
 
     /// Loads a device from its state file.
     pub fn open(path: &Path) -> Result<Self, MlsError> {
-        let bytes = std::fs::read(path).map_err(|source| MlsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let corrupt = |reason: String| MlsError::CorruptState {
             path: path.to_path_buf(),
             reason,
         };
-        let state = State::decode(&bytes).map_err(corrupt)?;
+        let (db, state) = StateDb::open(path).map_err(|e| db_error(path, e))?;
         if state.device_id.is_empty() {
             return Err(corrupt("empty device id".into()));
         }
@@ -171,7 +188,7 @@ impl MlsDevice {
         let mut groups = BTreeMap::new();
         let loaded_at = now_ms();
         for (group_id, joined_epoch, renewed) in state.groups {
-            let mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
+            let mut mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
                 .map_err(|e| corrupt(format!("group {}: {e:?}", group_text(&group_id))))?
                 .ok_or_else(|| {
                     corrupt(format!(
@@ -179,6 +196,11 @@ impl MlsDevice {
                         group_text(&group_id)
                     ))
                 })?;
+            // Groups made by earlier versions kept past epochs: no more.
+            if mls.configuration() != &crate::join_config() {
+                mls.set_configuration(provider.storage(), &crate::join_config())
+                    .map_err(|e| MlsError::openmls("updating the group's configuration", e))?;
+            }
             // A version 1 file does not say: count from now, so that an
             // upgrade does not make every device renew at once.
             let renewed_at_ms = renewed.unwrap_or(loaded_at);
@@ -198,6 +220,7 @@ impl MlsDevice {
             signer,
             groups,
             path: Some(path.to_path_buf()),
+            db: Some(Mutex::new(db)),
         })
     }
 
@@ -593,35 +616,44 @@ impl MlsDevice {
         Ok(())
     }
 
-    /// Writes the state file, if there is one.
+    /// Writes what changed to the state file, if there is one.
     fn save(&self) -> Result<(), MlsError> {
-        let Some(path) = &self.path else {
+        let (Some(db), Some(path)) = (&self.db, &self.path) else {
             return Ok(());
         };
-        let mut storage: Vec<(Vec<u8>, Vec<u8>)> = self
+        let groups: Vec<(Vec<u8>, u64, i64)> = self
+            .groups
+            .iter()
+            .map(|(id, g)| (id.clone(), g.joined_epoch, g.renewed_at_ms))
+            .collect();
+        let entries = self
             .provider
             .storage()
             .values
             .read()
+            .map_err(|_| MlsError::StoragePoisoned)?;
+        db.lock()
             .map_err(|_| MlsError::StoragePoisoned)?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        storage.sort_unstable();
-        let state = State {
-            device_id: self.device_id.clone(),
-            signature_public_key: self.signer.to_public_vec(),
-            groups: self
-                .groups
-                .iter()
-                .map(|(id, g)| (id.clone(), g.joined_epoch, Some(g.renewed_at_ms)))
-                .collect(),
-            storage,
-        };
-        write_atomic(path, &state.encode()).map_err(|source| MlsError::Io {
-            path: path.clone(),
-            source,
+            .save(&groups, &entries)
+            .map_err(|e| db_error(path, e))
+    }
+
+    /// Bytes of this device's whole MLS state (openmls's keys and values):
+    /// what a format that rewrites the whole state on every change writes.
+    pub fn stored_bytes(&self) -> u64 {
+        self.provider.storage().values.read().map_or(0, |v| {
+            v.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
         })
+    }
+
+    /// Bytes of openmls entries and group rows the last write to the state
+    /// file wrote (0 without a file, or when nothing changed): what a call
+    /// costs the disk.
+    pub fn last_save_bytes(&self) -> u64 {
+        self.db
+            .as_ref()
+            .and_then(|db| db.lock().ok().map(|d| d.last_written()))
+            .unwrap_or(0)
     }
 
     #[cfg(test)]
@@ -701,4 +733,17 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn db_error(path: &Path, e: DbError) -> MlsError {
+    match e {
+        DbError::Io(source) => MlsError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        DbError::Corrupt(reason) => MlsError::CorruptState {
+            path: path.to_path_buf(),
+            reason,
+        },
+    }
 }

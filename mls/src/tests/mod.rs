@@ -283,10 +283,17 @@ fn newcomer_cannot_read_messages_from_before_it_joined() {
     let mut relay = Relay::default();
     let mut devs = setup(&mut relay, &["a", "b"]);
     let old = devs[1].encrypt(G, b"secret from epoch 1", &[]).unwrap();
+    let unread = devs[1].encrypt(G, b"also from epoch 1", &[]).unwrap();
 
     let mut n = device("n");
     let pc = devs[0].commit(G, vec![kp(&mut n)], vec![]).unwrap();
     assert!(relay.submit_commit(&pc.commit));
+    // Members read the log in order: the epoch-1 message, then the commit
+    // (the committer too, with its commit still pending).
+    assert_eq!(
+        plaintext(devs[0].process(G, &old).unwrap()).0,
+        b"secret from epoch 1"
+    );
     devs[0].confirm_commit(G).unwrap();
     devs[1].process(G, &pc.commit).unwrap();
     n.join(pc.welcome.as_ref().unwrap()).unwrap();
@@ -297,12 +304,8 @@ fn newcomer_cannot_read_messages_from_before_it_joined() {
 
     let new = devs[1].encrypt(G, b"welcome n", &[]).unwrap();
     assert_eq!(plaintext(n.process(G, &new).unwrap()).0, b"welcome n");
-    // Old members still read the epoch-1 message after the commit
-    // (past epoch secrets are kept).
-    assert_eq!(
-        plaintext(devs[0].process(G, &old).unwrap()).0,
-        b"secret from epoch 1"
-    );
+    // After the commit the epoch-1 keys are gone: no past epochs are kept.
+    assert!(devs[0].process(G, &unread).is_err());
 }
 
 #[test]

@@ -95,12 +95,29 @@ fn state_file_errors_are_specific() {
         MlsDevice::open(&dir.path().join("missing.mls")),
         Err(MlsError::Io { .. })
     ));
-    let bytes = std::fs::read(&path).unwrap();
-    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-    assert!(matches!(
-        MlsDevice::open(&path),
-        Err(MlsError::CorruptState { .. })
-    ));
+    // Two processes of one device would reuse keys: the second is refused.
+    let first = MlsDevice::open(&path).unwrap();
+    let e = MlsDevice::open(&path).unwrap_err();
+    assert!(matches!(&e, MlsError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("another process"), "{e}");
+    drop(first);
+    // A database whose header is garbage.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[..64].fill(0x5a);
+    std::fs::write(&path, &bytes).unwrap();
+    let e = MlsDevice::open(&path).unwrap_err();
+    assert!(matches!(e, MlsError::CorruptState { .. }), "{e}");
+    // A file of the earlier format, cut short.
+    let old = crate::state::State {
+        device_id: "dev".into(),
+        signature_public_key: vec![1],
+        groups: vec![],
+        storage: vec![],
+    }
+    .encode();
+    std::fs::write(&path, &old[..old.len() - 1]).unwrap();
+    let e = MlsDevice::open(&path).unwrap_err();
+    assert!(matches!(e, MlsError::CorruptState { .. }), "{e}");
     std::fs::write(&path, b"something else entirely").unwrap();
     assert!(matches!(
         MlsDevice::open(&path),
