@@ -22,20 +22,15 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// (account, device) of what `device` decrypted in `conv`.
-fn senders(net: &Net, device: &str, conv: &str) -> Vec<(String, String)> {
-    net.inbox
-        .messages
-        .lock()
-        .unwrap()
-        .get(device)
-        .map(|v| {
-            v.iter()
-                .filter(|m| m.conversation_id == conv)
-                .map(|m| (m.sender_account_id.clone(), m.sender_device_id.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The organisation's policy with sealed sender on or off.
+fn sealed(on: bool) -> v1::SetPolicyRequest {
+    v1::SetPolicyRequest {
+        conversation_id: String::new(),
+        policy: Some(v1::Policy {
+            sealed_sender: Some(on),
+            ..Default::default()
+        }),
+    }
 }
 
 fn pair(account: &str, device: &str) -> (String, String) {
@@ -69,16 +64,7 @@ async fn with_sealed_sender_no_stored_row_of_a_direct_message_names_its_sender()
         .conversation("team", ConversationKind::Group, &["sa", "sb"])
         .await;
     let mut admin = relay.admin().await;
-    admin
-        .set_policy(v1::SetPolicyRequest {
-            conversation_id: String::new(),
-            policy: Some(v1::Policy {
-                sealed_sender: Some(true),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    admin.set_policy(sealed(true)).await.unwrap();
 
     // The group's first commit, two messages and their echoes, in the 1:1;
     // one message in a group, where the policy does not apply.
@@ -97,10 +83,10 @@ async fn with_sealed_sender_no_stored_row_of_a_direct_message_names_its_sender()
     .await;
 
     // Recipients know who wrote, from the credential and the roster.
-    assert_eq!(senders(&net, "sb.1", "dm"), vec![pair("sa", "sa.1")]);
-    assert_eq!(senders(&net, "sa.1", "dm"), vec![pair("sb", "sb.1")]);
+    assert_eq!(net.inbox.senders("sb.1", "dm"), vec![pair("sa", "sa.1")]);
+    assert_eq!(net.inbox.senders("sa.1", "dm"), vec![pair("sb", "sb.1")]);
     assert_eq!(
-        senders(&net, "sb.2", "dm"),
+        net.inbox.senders("sb.2", "dm"),
         vec![pair("sa", "sa.1"), pair("sb", "sb.1")]
     );
     // The sender told its own sealed commit apart: no restart, no failure.
@@ -140,16 +126,7 @@ async fn with_sealed_sender_no_stored_row_of_a_direct_message_names_its_sender()
     );
 
     // Switched off, new 1:1 messages name their sender again.
-    admin
-        .set_policy(v1::SetPolicyRequest {
-            conversation_id: String::new(),
-            policy: Some(v1::Policy {
-                sealed_sender: Some(false),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    admin.set_policy(sealed(false)).await.unwrap();
     let after = b1.send("dm", b"named", 0).await.unwrap();
     net.all_read(&["sa.1".to_owned()], "dm", &["hi", "named"])
         .await;
@@ -161,10 +138,7 @@ async fn with_sealed_sender_no_stored_row_of_a_direct_message_names_its_sender()
     let e = admin
         .set_policy(v1::SetPolicyRequest {
             conversation_id: "dm".into(),
-            policy: Some(v1::Policy {
-                sealed_sender: Some(true),
-                ..Default::default()
-            }),
+            ..sealed(true)
         })
         .await
         .unwrap_err();

@@ -36,7 +36,8 @@ pub struct Inbox {
 pub type Change = (String, u64, Vec<String>, Vec<String>);
 
 impl Inbox {
-    pub fn texts(&self, device: &str, conv: &str) -> Vec<String> {
+    /// `f` of every message `device` decrypted in `conv`, in order.
+    fn of<T>(&self, device: &str, conv: &str, f: impl Fn(&Message) -> T) -> Vec<T> {
         self.messages
             .lock()
             .unwrap()
@@ -44,10 +45,23 @@ impl Inbox {
             .map(|v| {
                 v.iter()
                     .filter(|m| m.conversation_id == conv)
-                    .map(|m| String::from_utf8_lossy(&m.plaintext).into_owned())
+                    .map(f)
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    pub fn texts(&self, device: &str, conv: &str) -> Vec<String> {
+        self.of(device, conv, |m| {
+            String::from_utf8_lossy(&m.plaintext).into_owned()
+        })
+    }
+
+    /// (account, device) of the sender of each message.
+    pub fn senders(&self, device: &str, conv: &str) -> Vec<(String, String)> {
+        self.of(device, conv, |m| {
+            (m.sender_account_id.clone(), m.sender_device_id.clone())
+        })
     }
 }
 
