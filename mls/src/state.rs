@@ -134,6 +134,14 @@ fn io(e: impl Into<redb::Error>) -> DbError {
     DbError::Io(std::io::Error::other(e.into()))
 }
 
+/// A table a state file must have is missing: not a state file of ours.
+fn table_error(e: redb::TableError) -> DbError {
+    match e {
+        redb::TableError::TableDoesNotExist(t) => DbError::Corrupt(format!("no table {t}")),
+        other => io(other),
+    }
+}
+
 /// A device's state database, and what it holds as of the last save.
 pub(crate) struct StateDb {
     db: redb::Database,
@@ -146,22 +154,30 @@ pub(crate) struct StateDb {
 }
 
 impl StateDb {
-    /// Creates the database at `path`, which must not exist (owner-only
-    /// permissions: it holds private keys), holding `state`.
+    /// Creates the database holding `state` and puts it at `path`
+    /// atomically (replacing a file there): written whole in one transaction
+    /// at a temporary path in the same directory (owner-only permissions:
+    /// it holds private keys), then renamed. A crash leaves no half-made
+    /// file at `path`.
     pub fn create(path: &Path, state: &State) -> Result<Self, DbError> {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        drop(options.open(path).map_err(DbError::Io)?);
-        let db = redb::Database::create(path).map_err(io)?;
-        let mut this = Self {
-            db,
-            saved: HashMap::new(),
-            saved_groups: HashMap::new(),
-            last_written: 0,
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
         };
-        let txn = this.db.begin_write().map_err(io)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".herold-mls-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(DbError::Io)?
+            .into_temp_path();
+        let db = redb::Database::create(&tmp).map_err(io)?;
+        let saved: HashMap<Vec<u8>, Vec<u8>> = state.storage.iter().cloned().collect();
+        let saved_groups: HashMap<Vec<u8>, (u64, i64)> = state
+            .groups
+            .iter()
+            .map(|(g, j, r)| (g.clone(), (*j, r.unwrap_or(0))))
+            .collect();
+        let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(io)?;
             meta.insert("device_id", state.device_id.as_bytes())
@@ -171,16 +187,29 @@ impl StateDb {
                 state.signature_public_key.as_slice(),
             )
             .map_err(io)?;
+            let mut groups = txn.open_table(GROUPS).map_err(io)?;
+            for (g, row) in &saved_groups {
+                groups.insert(g.as_slice(), *row).map_err(io)?;
+            }
+            let mut entries = txn.open_table(ENTRIES).map_err(io)?;
+            for (k, v) in &saved {
+                entries.insert(k.as_slice(), v.as_slice()).map_err(io)?;
+            }
         }
         txn.commit().map_err(io)?;
-        let entries: HashMap<Vec<u8>, Vec<u8>> = state.storage.iter().cloned().collect();
-        let groups: Vec<(Vec<u8>, u64, i64)> = state
-            .groups
-            .iter()
-            .map(|(g, j, r)| (g.clone(), *j, r.unwrap_or(0)))
-            .collect();
-        this.save(&groups, &entries)?;
-        Ok(this)
+        std::fs::rename(&tmp, path).map_err(DbError::Io)?;
+        // Renamed: nothing left for the guard to delete.
+        let _ = tmp.keep();
+        #[cfg(unix)]
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(DbError::Io)?;
+        Ok(Self {
+            db,
+            saved,
+            saved_groups,
+            last_written: 0,
+        })
     }
 
     /// Opens the database at `path`; a file of the earlier single-file
@@ -211,9 +240,7 @@ impl StateDb {
             other => DbError::Corrupt(other.to_string()),
         })?;
         let txn = db.begin_read().map_err(io)?;
-        let meta = txn
-            .open_table(META)
-            .map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let meta = txn.open_table(META).map_err(table_error)?;
         let get = |key: &str| -> Result<Vec<u8>, DbError> {
             meta.get(key)
                 .map_err(io)?
@@ -224,19 +251,19 @@ impl StateDb {
             .map_err(|_| DbError::Corrupt("device id is not UTF-8".into()))?;
         let signature_public_key = get("signature_public_key")?;
         let mut saved_groups = HashMap::new();
-        if let Ok(table) = txn.open_table(GROUPS) {
-            for row in table.iter().map_err(io)? {
-                let (k, v) = row.map_err(io)?;
-                saved_groups.insert(k.value().to_vec(), v.value());
-            }
+        let groups_table = txn.open_table(GROUPS).map_err(table_error)?;
+        for row in groups_table.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            saved_groups.insert(k.value().to_vec(), v.value());
         }
         let mut saved = HashMap::new();
-        if let Ok(table) = txn.open_table(ENTRIES) {
-            for row in table.iter().map_err(io)? {
-                let (k, v) = row.map_err(io)?;
-                saved.insert(k.value().to_vec(), v.value().to_vec());
-            }
+        let entries_table = txn.open_table(ENTRIES).map_err(table_error)?;
+        for row in entries_table.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            saved.insert(k.value().to_vec(), v.value().to_vec());
         }
+        drop(groups_table);
+        drop(entries_table);
         drop(meta);
         drop(txn);
         let mut groups: Vec<(Vec<u8>, u64, Option<i64>)> = saved_groups
@@ -340,28 +367,8 @@ fn convert(path: &Path) -> Result<(), DbError> {
     for (_, _, renewed) in &mut state.groups {
         renewed.get_or_insert(now);
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".herold-mls-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(DbError::Io)?
-        .into_temp_path();
-    let tmp_path = tmp.to_path_buf();
-    // `create` refuses an existing file: make room for it.
-    std::fs::remove_file(&tmp_path).map_err(DbError::Io)?;
-    let db = StateDb::create(&tmp_path, &state)?;
-    drop(db);
-    std::fs::rename(&tmp_path, path).map_err(DbError::Io)?;
-    // The temp path is gone now; nothing for its guard to delete.
-    let _ = tmp.keep();
-    #[cfg(unix)]
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(DbError::Io)?;
+    // Written whole elsewhere, then renamed over the old file.
+    drop(StateDb::create(path, &state)?);
     Ok(())
 }
 

@@ -619,9 +619,11 @@ impl E2eClient {
         }))
     }
 
-    /// Sends a prepared commit. Ok(true): the relay accepted it and the
-    /// group moved to the next epoch; Ok(false): another member's commit won
-    /// this epoch, ours is discarded (process theirs, then try again).
+    /// Sends a prepared commit. Ok(true): the relay accepted it; the group
+    /// moves to the next epoch when the commit comes back in the delivery
+    /// stream (waited for up to [`CATCH_UP_TIMEOUT`]). Ok(false): another
+    /// member's commit won this epoch, ours is discarded (process theirs,
+    /// then try again).
     pub async fn submit_membership_commit(&self, p: PreparedCommit) -> Result<bool, E2eError> {
         let gid = p.group_id.as_slice();
         match self.sender.submit(p.submit).await {
@@ -632,12 +634,12 @@ impl E2eClient {
                 // epoch's keys, so no device keeps past epochs (their member
                 // lists would make every post of a large channel rewrite
                 // megabytes of state).
+                // Accepted either way: a slow echo (a long sync, a
+                // reconnect) only delays the merge, and a send meanwhile
+                // waits for it as for anyone's commit.
                 let from = p.from_epoch;
-                if self.wait_for(gid, |e| e.is_some_and(|e| e > from)).await {
-                    Ok(true)
-                } else {
-                    Err(E2eError::Contended(p.conversation_id))
-                }
+                self.wait_for(gid, |e| e.is_some_and(|e| e > from)).await;
+                Ok(true)
             }
             Err(e) if e.code() == Some(ErrorCode::MlsWrongEpoch) => {
                 lock(&self.mls).discard_commit(gid)?;

@@ -146,7 +146,14 @@ impl Pump {
         match asked {
             Ok(response::Kind::MlsState(st)) => {
                 let known = self.accounts.entry(conv.to_owned()).or_default();
-                known.extend(st.roster.into_iter().zip(st.roster_accounts));
+                // An empty account (a device the relay's roster cache does
+                // not know yet) is asked again next time.
+                known.extend(
+                    st.roster
+                        .into_iter()
+                        .zip(st.roster_accounts)
+                        .filter(|(_, a)| !a.is_empty()),
+                );
                 known.get(device).cloned().unwrap_or_default()
             }
             Ok(other) => {

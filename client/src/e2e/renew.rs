@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herold_proto::v1;
+use herold_proto::v1::{self, ErrorCode};
 use tracing::{debug, warn};
 
 use super::{E2eClient, E2eError, PreparedCommit, SEND_ATTEMPTS, lock, newest_group, now_ms};
@@ -88,8 +88,13 @@ impl E2eClient {
                 Ok(Renewal::Done)
             }
             Ok(false) => Ok(Renewal::Lost),
-            Err(E2eError::Client(e)) if e.code().is_some() => {
-                // Refused, so not stored: this device may not commit here.
+            // Refused, so not stored: this device may not commit here.
+            // UNAVAILABLE says nothing of the sort (a write that timed out
+            // may have landed): the commit stays pending, and its echo
+            // merges it or the next attempt drops it.
+            Err(E2eError::Client(e))
+                if e.code().is_some() && e.code() != Some(ErrorCode::Unavailable) =>
+            {
                 warn!(conversation = conv, error = %e, "renewing the leaf key was refused");
                 lock(&self.mls).discard_commit(gid)?;
                 Ok(Renewal::Refused)
