@@ -48,6 +48,29 @@ pub enum MlsError {
     #[error("device id must not be empty")]
     EmptyDeviceId,
 
+    /// A title or display name that is too long or holds control
+    /// characters.
+    #[error("invalid {what}: {reason}")]
+    InvalidName {
+        /// "title" or "display name".
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A title cannot be set while members' devices run an app that does
+    /// not know titles (their leaves do not list the extension).
+    #[error(
+        "MLS group {group}: the apps of {devices:?} do not support titles yet; \
+         they do after their next update"
+    )]
+    TitlesUnsupported {
+        /// The group id, as text.
+        group: String,
+        /// The members that lack support.
+        devices: Vec<String>,
+    },
+
     /// An empty group id.
     #[error("group id must not be empty")]
     EmptyGroupId,

@@ -51,11 +51,14 @@ mod state;
 mod tests;
 
 use openmls::prelude::{
-    Ciphersuite, MlsGroupCreateConfig, MlsGroupJoinConfig, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    Ciphersuite, Extensions, LeafNode, MlsGroupCreateConfig, MlsGroupJoinConfig, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
     SenderRatchetConfiguration,
 };
 
-pub use device::{MlsDevice, PendingCommit, Processed};
+pub use device::{
+    DISPLAY_NAME_EXTENSION, MAX_DISPLAY_NAME_BYTES, MAX_TITLE_BYTES, MlsDevice, PendingCommit,
+    Processed, TITLE_EXTENSION,
+};
 pub use ds::{
     ContentKind, Inspected, ValidKeyPackage, check_welcome, decode_aad, encode_aad,
     group_generation, group_id, inspect, validate_key_package,
@@ -78,10 +81,17 @@ const OUT_OF_ORDER_TOLERANCE: u32 = 20;
 /// Per sender: the largest jump ahead in the ratchet.
 const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 
-/// The configuration for groups this device creates.
-pub(crate) fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+/// The configuration for groups this device creates. The creator's leaf
+/// lists Herold's name extensions and carries `leaf`
+/// (its display name).
+pub(crate) fn create_config(
+    leaf: Extensions<LeafNode>,
+) -> Result<MlsGroupCreateConfig, MlsError> {
+    Ok(MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
+        .capabilities(device::capabilities(false))
+        .with_leaf_node_extensions(leaf)
+        .map_err(|e| MlsError::openmls("configuring the group", e))?
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
@@ -89,7 +99,7 @@ pub(crate) fn create_config() -> MlsGroupCreateConfig {
             OUT_OF_ORDER_TOLERANCE,
             MAXIMUM_FORWARD_DISTANCE,
         ))
-        .build()
+        .build())
 }
 
 /// The configuration for groups this device joins (joiners do not inherit

@@ -1,10 +1,10 @@
 //! The state file: a device's identity, its groups and openmls's key store.
 //!
 //! A redb database (crash-safe: copy-on-write pages, a checksummed commit,
-//! fsync) with three tables: `meta` (device id, signature public key),
-//! `groups` (group id -> epoch the device joined at, unix ms its own leaf
-//! key was last renewed) and `openmls` (openmls's `MemoryStorage`, key ->
-//! value). A save writes only the entries that changed since the last one,
+//! fsync) with three tables: `meta` (device id, signature public key, the
+//! display name), `groups` (group id -> epoch the device joined at, unix
+//! ms its own leaf key was last renewed) and `openmls` (openmls's
+//! `MemoryStorage`, key -> value). A save writes only the entries that changed since the last one,
 //! in one transaction: an application message in a 7,000-member channel
 //! rewrites its sender ratchet, not the group's tree.
 //!
@@ -353,6 +353,31 @@ impl StateDb {
     /// Bytes of keys and values the last save wrote (0: nothing changed).
     pub fn last_written(&self) -> u64 {
         self.last_written
+    }
+
+    /// A setting of the device kept next to its identity (`None`: unset).
+    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, DbError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let meta = txn.open_table(META).map_err(table_error)?;
+        let value = meta.get(key).map_err(io)?.map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
+    /// Sets (or with `None` clears) a setting, in one durable transaction.
+    pub fn set_setting(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), DbError> {
+        let txn = self.db.begin_write().map_err(io)?;
+        {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            match value {
+                Some(v) => {
+                    meta.insert(key, v).map_err(io)?;
+                }
+                None => {
+                    meta.remove(key).map_err(io)?;
+                }
+            }
+        }
+        txn.commit().map_err(io)
     }
 }
 

@@ -10,7 +10,11 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
+mod names;
 mod receive;
+
+pub(crate) use names::capabilities;
+pub use names::{DISPLAY_NAME_EXTENSION, MAX_DISPLAY_NAME_BYTES, MAX_TITLE_BYTES, TITLE_EXTENSION};
 
 use crate::ds::{basic_identity, parse_key_package};
 use crate::error::{MlsError, group_text};
@@ -34,6 +38,8 @@ pub struct MlsDevice {
     groups: BTreeMap<Vec<u8>, Group>,
     path: Option<PathBuf>,
     db: Option<Mutex<StateDb>>,
+    /// The display name this device puts into its leaves.
+    display_name: Option<String>,
 }
 
 struct Group {
@@ -140,6 +146,7 @@ impl MlsDevice {
             groups: BTreeMap::new(),
             path: path.map(Path::to_path_buf),
             db: None,
+            display_name: None,
         };
         if let Some(p) = path {
             let state = State {
@@ -213,6 +220,11 @@ impl MlsDevice {
                 },
             );
         }
+        let display_name = db
+            .setting(names::DISPLAY_NAME_SETTING)
+            .map_err(|e| db_error(path, e))?
+            .map(|b| String::from_utf8(b).map_err(|_| corrupt("display name is not UTF-8".into())))
+            .transpose()?;
         Ok(Self {
             credential: credential(&state.device_id, &signer),
             device_id: state.device_id,
@@ -221,6 +233,7 @@ impl MlsDevice {
             groups,
             path: Some(path.to_path_buf()),
             db: Some(Mutex::new(db)),
+            display_name,
         })
     }
 
@@ -257,6 +270,8 @@ impl MlsDevice {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let bundle = KeyPackage::builder()
+                .leaf_node_capabilities(capabilities(false))
+                .leaf_node_extensions(self.leaf_extensions()?)
                 .build(
                     CIPHERSUITE,
                     &self.provider,
@@ -276,11 +291,9 @@ impl MlsDevice {
     pub fn last_resort_key_package(&mut self) -> Result<Vec<u8>, MlsError> {
         // LastResort is not a default extension: the leaf must list it in
         // its capabilities or validation fails with UnsupportedExtension.
-        let capabilities = Capabilities::builder()
-            .extensions(vec![ExtensionType::LastResort])
-            .build();
         let bundle = KeyPackage::builder()
-            .leaf_node_capabilities(capabilities)
+            .leaf_node_capabilities(capabilities(true))
+            .leaf_node_extensions(self.leaf_extensions()?)
             .mark_as_last_resort()
             .build(
                 CIPHERSUITE,
@@ -360,7 +373,7 @@ impl MlsDevice {
         let mls = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
-            &create_config(),
+            &create_config(self.leaf_extensions()?)?,
             GroupId::from_slice(group_id),
             self.credential.clone(),
         )
@@ -390,6 +403,7 @@ impl MlsDevice {
         add: Vec<(String, Vec<u8>)>,
         remove: Vec<String>,
     ) -> Result<PendingCommit, MlsError> {
+        let leaf = self.leaf_parameters()?;
         let own = self.device_id.as_str();
         let group = self
             .groups
@@ -470,6 +484,11 @@ impl MlsDevice {
                     continue;
                 }
             }
+            if !Self::supports_required(&group.mls, &kp) {
+                let reason = "the device's app does not support this group's title yet".into();
+                rejected.push((device, reason));
+                continue;
+            }
             key_packages.push(kp);
             added.push(device);
         }
@@ -477,32 +496,17 @@ impl MlsDevice {
         // RFC 9420 §12.4: removals need a path; add-only commits do not, and
         // leaving it out keeps joins cheap in large groups.
         let with_path = !remove_leaves.is_empty() || key_packages.is_empty();
-        let bundle = group
+        let mut builder = group
             .mls
             .commit_builder()
             .propose_adds(key_packages)
             .propose_removals(remove_leaves)
-            .force_self_update(with_path)
-            .load_psks(self.provider.storage())
-            .map_err(|e| MlsError::openmls("creating the commit", e))?
-            .build(
-                self.provider.rand(),
-                self.provider.crypto(),
-                &self.signer,
-                |_| true,
-            )
-            .map_err(|e| MlsError::openmls("creating the commit", e))?
-            .stage_commit(&self.provider)
-            .map_err(|e| MlsError::openmls("staging the commit", e))?;
-        let welcome = bundle
-            .to_welcome_msg()
-            .map(|w| w.to_bytes())
-            .transpose()
-            .map_err(|e| MlsError::openmls("encoding the Welcome", e))?;
-        let (commit, _, _) = bundle.into_messages();
-        let commit = commit
-            .to_bytes()
-            .map_err(|e| MlsError::openmls("encoding the commit", e))?;
+            .force_self_update(with_path);
+        if with_path {
+            // A path renews this device's leaf: with its current name.
+            builder = builder.leaf_node_parameters(leaf);
+        }
+        let (commit, welcome) = finish_commit(&self.provider, &self.signer, builder)?;
         self.save()?;
         Ok(PendingCommit {
             from_epoch,
@@ -690,6 +694,31 @@ impl fmt::Debug for MlsDevice {
             .field("groups", &groups)
             .finish_non_exhaustive()
     }
+}
+
+/// Builds, stages and encodes a commit: (commit, Welcome if it adds).
+fn finish_commit(
+    provider: &OpenMlsRustCrypto,
+    signer: &SignatureKeyPair,
+    builder: CommitBuilder<'_, Initial>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), MlsError> {
+    let bundle = builder
+        .load_psks(provider.storage())
+        .map_err(|e| MlsError::openmls("creating the commit", e))?
+        .build(provider.rand(), provider.crypto(), signer, |_| true)
+        .map_err(|e| MlsError::openmls("creating the commit", e))?
+        .stage_commit(provider)
+        .map_err(|e| MlsError::openmls("staging the commit", e))?;
+    let welcome = bundle
+        .to_welcome_msg()
+        .map(|w| w.to_bytes())
+        .transpose()
+        .map_err(|e| MlsError::openmls("encoding the Welcome", e))?;
+    let (commit, _, _) = bundle.into_messages();
+    let commit = commit
+        .to_bytes()
+        .map_err(|e| MlsError::openmls("encoding the commit", e))?;
+    Ok((commit, welcome))
 }
 
 fn credential(device_id: &str, signer: &SignatureKeyPair) -> CredentialWithKey {

@@ -11,6 +11,7 @@ use openmls::prelude::Lifetime;
 use super::*;
 
 mod framing;
+mod names;
 mod state;
 
 const G: &[u8] = b"conv-1";
