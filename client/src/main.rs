@@ -103,6 +103,17 @@ enum Cmd {
         #[arg(long)]
         expire_after: Option<u64>,
     },
+    /// Set (or without TITLE remove) a conversation's title, end to end
+    /// encrypted: only its members see it.
+    Title {
+        /// Device to commit as.
+        #[arg(long)]
+        device: String,
+        /// Conversation id.
+        conversation: String,
+        /// The title (at most 256 bytes).
+        title: Option<String>,
+    },
     /// Roster files for bulk provisioning.
     Roster {
         #[command(subcommand)]
@@ -140,6 +151,15 @@ enum DeviceCmd {
         device: String,
         /// The code, e.g. `K7QM-2XRP-9D4T`.
         code: String,
+    },
+    /// Set (or without NAME clear) the display name this device shows the
+    /// members of its conversations, end to end encrypted. Groups learn it
+    /// with the device's next send there.
+    Name {
+        /// The device, e.g. `anna.phone`.
+        device: String,
+        /// The name (at most 128 bytes).
+        name: Option<String>,
     },
 }
 
@@ -298,19 +318,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = state_path(&cli.home, device);
             let mut cursors = load_state(&state)?;
             let mut events = client.take_events();
-            let result = {
-                let send = client.send(conversation, text.as_bytes(), expires);
-                tokio::pin!(send);
-                loop {
-                    tokio::select! {
-                        r = &mut send => break r,
-                        Some(ev) = events.recv() => show_event(ev, &mut cursors),
-                    }
-                }
-            };
-            while let Ok(ev) = events.try_recv() {
-                show_event(ev, &mut cursors);
-            }
+            let send = client.send(conversation, text.as_bytes(), expires);
+            let result = showing_events(&mut events, &mut cursors, send).await;
             save_state(&state, &cursors)?;
             client.close().await;
             let a = result?;
@@ -320,6 +329,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 a.seq,
                 if a.duplicate { " (duplicate)" } else { "" }
             );
+            Ok(())
+        }
+        Cmd::Title {
+            device,
+            conversation,
+            title,
+        } => {
+            let mut client = connect_e2e(&cli, device).await?;
+            let state = state_path(&cli.home, device);
+            let mut cursors = load_state(&state)?;
+            let mut events = client.take_events();
+            let set = client.set_title(conversation, title.as_deref());
+            let result = showing_events(&mut events, &mut cursors, set).await;
+            save_state(&state, &cursors)?;
+            client.close().await;
+            if !result? {
+                bail!("the relay refused the commit: this device may not change {conversation}");
+            }
+            match title.as_deref().filter(|t| !t.is_empty()) {
+                Some(t) => println!("{conversation}: title set to {t:?}"),
+                None => println!("{conversation}: title removed"),
+            }
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Name { device, name },
+        } => {
+            let path = cli.home.join("mls").join(format!("{device}.mls"));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let mut mls = MlsDevice::open_or_create(device, &path)
+                .with_context(|| format!("opening the MLS state {}", path.display()))?;
+            mls.set_display_name(name.as_deref())?;
+            match mls.display_name() {
+                Some(n) => println!("{device}: display name {n:?}"),
+                None => println!("{device}: no display name"),
+            }
             Ok(())
         }
         Cmd::Listen {
@@ -367,11 +415,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         conversation_id,
                         added,
                         removed,
+                        title,
                         ..
                     }) => eprintln!(
-                        "({conversation_id}: {} device(s) added, {} removed)",
+                        "({conversation_id}: {} device(s) added, {} removed{})",
                         added.len(),
-                        removed.len()
+                        removed.len(),
+                        title.map(|t| format!("; title {t:?}")).unwrap_or_default()
                     ),
                     Some(E2eEvent::Synced) => {
                         if *until_synced {
@@ -425,6 +475,26 @@ fn restarted_note(conversation_id: &str) -> String {
         "({conversation_id}: a member sent a change nobody could apply; the encryption of the \
          conversation was renewed)"
     )
+}
+
+/// Runs `fut` while printing what arrives meanwhile (decrypted and
+/// acknowledged: not printed, it would be lost to this device).
+async fn showing_events<T>(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<E2eEvent>,
+    cursors: &mut HashMap<String, u64>,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(fut);
+    let out = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            Some(ev) = events.recv() => show_event(ev, cursors),
+        }
+    };
+    while let Ok(ev) = events.try_recv() {
+        show_event(ev, cursors);
+    }
+    out
 }
 
 fn print_message(m: &Message) {

@@ -51,13 +51,13 @@ mod state;
 mod tests;
 
 use openmls::prelude::{
-    Ciphersuite, Extensions, LeafNode, MlsGroupCreateConfig, MlsGroupJoinConfig, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
-    SenderRatchetConfiguration,
+    Ciphersuite, Extensions, LeafNode, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, SenderRatchetConfiguration,
 };
 
 pub use device::{
     DISPLAY_NAME_EXTENSION, MAX_DISPLAY_NAME_BYTES, MAX_TITLE_BYTES, MlsDevice, PendingCommit,
-    Processed, TITLE_EXTENSION,
+    Processed, TITLE_EXTENSION, check_title,
 };
 pub use ds::{
     ContentKind, Inspected, ValidKeyPackage, check_welcome, decode_aad, encode_aad,
@@ -84,9 +84,7 @@ const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 /// The configuration for groups this device creates. The creator's leaf
 /// lists Herold's name extensions and carries `leaf`
 /// (its display name).
-pub(crate) fn create_config(
-    leaf: Extensions<LeafNode>,
-) -> Result<MlsGroupCreateConfig, MlsError> {
+pub(crate) fn create_config(leaf: Extensions<LeafNode>) -> Result<MlsGroupCreateConfig, MlsError> {
     Ok(MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .capabilities(device::capabilities(false))

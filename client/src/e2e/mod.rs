@@ -39,12 +39,13 @@ use herold_proto::v1::{self, ErrorCode, request, response};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+mod names;
 mod pump;
 mod renew;
 
 use crate::{Accepted, Client, ClientConfig, ClientError, Sender, new_message_id};
 use pump::Pump;
-use renew::Renewal;
+use renew::{OwnChange, Renewal};
 
 /// One-time key packages a device keeps on the relay.
 pub const KEY_PACKAGE_TARGET: usize = 20;
@@ -130,6 +131,9 @@ pub enum E2eEvent {
         added: Vec<String>,
         /// Devices removed.
         removed: Vec<String>,
+        /// The group's title after the commit (a member may have changed
+        /// it); `None` without one. See [`E2eClient::title`].
+        title: Option<String>,
     },
     /// This device joined the conversation's group (from a Welcome).
     Joined {
@@ -446,10 +450,12 @@ impl E2eClient {
                         return Ok(gid);
                     }
                 }
-                Some(_) if self.renewal_due(&gid) => match self.renew(conv, &gid, &st).await? {
-                    Renewal::Done | Renewal::Refused => return Ok(gid),
-                    Renewal::Lost => {}
-                },
+                Some(_) if self.renewal_due(&gid) => {
+                    match self.renew(conv, &gid, &st, OwnChange::Renew).await? {
+                        Renewal::Done | Renewal::Refused => return Ok(gid),
+                        Renewal::Lost => {}
+                    }
+                }
                 Some(_) => return Ok(gid),
             }
         }

@@ -358,11 +358,13 @@ impl Pump {
                         conversation_id: conv,
                     });
                 } else {
+                    let title = lock(&self.mls).title(&gid);
                     out.push(E2eEvent::GroupChanged {
                         conversation_id: conv,
                         epoch,
                         added,
                         removed,
+                        title,
                     });
                 }
             }

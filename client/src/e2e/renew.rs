@@ -1,5 +1,6 @@
 //! Self-updates: a device renews its own leaf key in the groups it sends to
-//! (docs/e2e.md, "Self-updates").
+//! (docs/e2e.md, "Self-updates"); the same commit carries a new display
+//! name, and a title change is one like it (names.rs).
 
 use std::time::Duration;
 
@@ -9,7 +10,15 @@ use tracing::{debug, warn};
 use super::{E2eClient, E2eError, PreparedCommit, SEND_ATTEMPTS, lock, newest_group, now_ms};
 use crate::new_message_id;
 
-/// How a self-update commit went.
+/// A commit that changes no membership.
+pub(super) enum OwnChange<'a> {
+    /// A self-update (with the device's current display name).
+    Renew,
+    /// A new title for the group (`None`: remove it).
+    Title(Option<&'a str>),
+}
+
+/// How such a commit went.
 pub(super) enum Renewal {
     Done,
     /// Another member's commit won the epoch: process it, then again.
@@ -44,7 +53,7 @@ impl E2eClient {
         for _ in 0..SEND_ATTEMPTS {
             let gid = self.up_to_date(conv).await?;
             let st = self.mls_state(conv).await?;
-            match self.renew(conv, &gid, &st).await? {
+            match self.renew(conv, &gid, &st, OwnChange::Renew).await? {
                 Renewal::Done => return Ok(true),
                 Renewal::Refused => return Ok(false),
                 Renewal::Lost => {}
@@ -53,19 +62,23 @@ impl E2eClient {
         Err(E2eError::Contended(conv.to_owned()))
     }
 
-    /// A self-update commit in the group `gid`, which is at the relay's
+    /// A commit of `change` in the group `gid`, which is at the relay's
     /// epoch and reflects its roster (`st`).
     pub(super) async fn renew(
         &self,
         conv: &str,
         gid: &[u8],
         st: &v1::MlsState,
+        change: OwnChange<'_>,
     ) -> Result<Renewal, E2eError> {
         let pending = {
             let mut m = lock(&self.mls);
             // A commit of ours left pending at this epoch was not taken.
             m.discard_commit(gid)?;
-            m.renew_leaf_key(gid)?
+            match change {
+                OwnChange::Renew => m.renew_leaf_key(gid)?,
+                OwnChange::Title(title) => m.commit_title(gid, title)?,
+            }
         };
         let prepared = PreparedCommit {
             conversation_id: conv.to_owned(),
@@ -103,12 +116,15 @@ impl E2eClient {
         }
     }
 
-    /// Whether this device's leaf key in `gid` is due for renewal.
+    /// Whether this device's leaf in `gid` is due for renewal: its key is
+    /// old, or it carries another display name than the device's.
     pub(super) fn renewal_due(&self, gid: &[u8]) -> bool {
         let every = i64::try_from(self.key_renewal.as_millis()).unwrap_or(i64::MAX);
         let m = lock(&self.mls);
-        m.epoch(gid).is_some_and(|e| e > 0)
-            && m.key_renewed_at_ms(gid)
-                .is_some_and(|at| now_ms().saturating_sub(at) >= every)
+        let old = m
+            .key_renewed_at_ms(gid)
+            .is_some_and(|at| now_ms().saturating_sub(at) >= every);
+        let renamed = m.member_display_name(gid, m.device_id()).as_deref() != m.display_name();
+        m.epoch(gid).is_some_and(|e| e > 0) && (old || renamed)
     }
 }

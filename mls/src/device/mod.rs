@@ -14,7 +14,9 @@ mod names;
 mod receive;
 
 pub(crate) use names::capabilities;
-pub use names::{DISPLAY_NAME_EXTENSION, MAX_DISPLAY_NAME_BYTES, MAX_TITLE_BYTES, TITLE_EXTENSION};
+pub use names::{
+    DISPLAY_NAME_EXTENSION, MAX_DISPLAY_NAME_BYTES, MAX_TITLE_BYTES, TITLE_EXTENSION, check_title,
+};
 
 use crate::ds::{basic_identity, parse_key_package};
 use crate::error::{MlsError, group_text};
@@ -265,13 +267,12 @@ impl MlsDevice {
 
     /// `n` fresh one-time key packages (MLSMessage-wrapped), for
     /// `upload_key_packages`. Their private keys are saved before this
-    /// returns.
+    /// returns. Key packages are public: they carry no display name.
     pub fn key_packages(&mut self, n: usize) -> Result<Vec<Vec<u8>>, MlsError> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let bundle = KeyPackage::builder()
                 .leaf_node_capabilities(capabilities(false))
-                .leaf_node_extensions(self.leaf_extensions()?)
                 .build(
                     CIPHERSUITE,
                     &self.provider,
@@ -293,7 +294,6 @@ impl MlsDevice {
         // its capabilities or validation fails with UnsupportedExtension.
         let bundle = KeyPackage::builder()
             .leaf_node_capabilities(capabilities(true))
-            .leaf_node_extensions(self.leaf_extensions()?)
             .mark_as_last_resort()
             .build(
                 CIPHERSUITE,

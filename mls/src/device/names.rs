@@ -74,6 +74,12 @@ pub(crate) fn checked_name<'a>(
     Ok(Some(name))
 }
 
+/// Checks a title before anything is committed: at most
+/// [`MAX_TITLE_BYTES`], no control characters.
+pub fn check_title(title: Option<&str>) -> Result<(), MlsError> {
+    checked_name("title", title, MAX_TITLE_BYTES).map(drop)
+}
+
 /// A name read from a member's extension: shown only if it would have been
 /// accepted when set (another member's app may be hostile or buggy).
 fn shown_name(what: &'static str, bytes: &[u8], max: usize) -> Option<String> {
@@ -92,10 +98,10 @@ impl MlsDevice {
     }
 
     /// Sets (or with `None` or "" clears) this device's display name, kept
-    /// in the state file. Key packages made from now on carry it; a group
-    /// learns it from this device's next commit with a path
-    /// ([`MlsDevice::renew_leaf_key`]). Key packages the relay already holds
-    /// keep the name they were made with.
+    /// in the state file. Groups this device creates carry it from the
+    /// start; any other group learns it from this device's next commit with
+    /// a path there ([`MlsDevice::renew_leaf_key`]). Key packages never
+    /// carry it: the relay reads them.
     pub fn set_display_name(&mut self, name: Option<&str>) -> Result<(), MlsError> {
         let name = checked_name("display name", name, MAX_DISPLAY_NAME_BYTES)?;
         if let (Some(db), Some(path)) = (&self.db, &self.path) {
@@ -226,8 +232,8 @@ impl MlsDevice {
             .build())
     }
 
-    /// The extensions of this device's leaves (key packages, groups it
-    /// creates): its display name, if set.
+    /// The extensions of this device's leaf in the groups it creates and
+    /// its commits with a path: its display name, if set.
     pub(super) fn leaf_extensions(&self) -> Result<Extensions<LeafNode>, MlsError> {
         leaf_extensions(self.display_name.as_deref())
     }

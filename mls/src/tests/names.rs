@@ -12,6 +12,10 @@ fn commit_everywhere(relay: &mut Relay, devs: &mut [MlsDevice], from: usize, pc:
     }
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[test]
 fn titles_and_display_names_reach_members_and_newcomers() {
     let mut relay = Relay::default();
@@ -25,31 +29,51 @@ fn titles_and_display_names_reach_members_and_newcomers() {
     a.confirm_commit(G).unwrap();
     b.join(&pc.welcome.unwrap()).unwrap();
     let mut devs = vec![a, b];
-    // From the creator's leaf and the key package's.
-    assert_eq!(devs[1].member_display_name(G, "a").as_deref(), Some("Anna (Bezirk 3)"));
-    assert_eq!(devs[0].member_display_name(G, "b").as_deref(), Some("Bernd"));
+    // From the creator's leaf; key packages are public and carry none.
+    assert_eq!(
+        devs[1].member_display_name(G, "a").as_deref(),
+        Some("Anna (Bezirk 3)")
+    );
+    assert_eq!(devs[0].member_display_name(G, "b"), None);
+    let (_, package) = kp(&mut devs[1]);
+    assert!(!contains(&package, b"Bernd"), "a name in a key package");
+    let package = devs[1].last_resort_key_package().unwrap();
+    assert!(!contains(&package, b"Bernd"), "a name in a key package");
     assert_eq!(devs[0].title(G), None);
 
-    let pc = devs[0].commit_title(G, Some("Wahlhelfer Bezirk 3")).unwrap();
+    let pc = devs[0]
+        .commit_title(G, Some("Wahlhelfer Bezirk 3"))
+        .unwrap();
+    assert!(!contains(&pc.commit, b"Wahlhelfer"));
     commit_everywhere(&mut relay, &mut devs, 0, &pc);
     assert_eq!(devs[1].title(G).as_deref(), Some("Wahlhelfer Bezirk 3"));
     assert_eq!(devs[0].title(G).as_deref(), Some("Wahlhelfer Bezirk 3"));
 
-    // A new name reaches the group with the next commit with a path.
+    // The name reaches the group with the next commit with a path; the
+    // commit is encrypted, the name not in it in clear.
     devs[1].set_display_name(Some("Bernd K.")).unwrap();
-    assert_eq!(devs[0].member_display_name(G, "b").as_deref(), Some("Bernd"));
+    assert_eq!(devs[0].member_display_name(G, "b"), None);
     let pc = devs[1].renew_leaf_key(G).unwrap();
+    assert!(!contains(&pc.commit, b"Bernd"));
     commit_everywhere(&mut relay, &mut devs, 1, &pc);
-    assert_eq!(devs[0].member_display_name(G, "b").as_deref(), Some("Bernd K."));
+    assert_eq!(
+        devs[0].member_display_name(G, "b").as_deref(),
+        Some("Bernd K.")
+    );
 
     // A newcomer learns title and names from the Welcome.
     let mut c = device("c");
     let pc = devs[0].commit(G, vec![kp(&mut c)], vec![]).unwrap();
     assert!(pc.rejected.is_empty(), "{:?}", pc.rejected);
     commit_everywhere(&mut relay, &mut devs, 0, &pc);
-    c.join(&pc.welcome.unwrap()).unwrap();
+    let welcome = pc.welcome.unwrap();
+    assert!(!contains(&welcome, b"Wahlhelfer") && !contains(&welcome, b"Anna"));
+    c.join(&welcome).unwrap();
     assert_eq!(c.title(G).as_deref(), Some("Wahlhelfer Bezirk 3"));
-    assert_eq!(c.member_display_name(G, "a").as_deref(), Some("Anna (Bezirk 3)"));
+    assert_eq!(
+        c.member_display_name(G, "a").as_deref(),
+        Some("Anna (Bezirk 3)")
+    );
     assert_eq!(c.member_display_name(G, "b").as_deref(), Some("Bernd K."));
     assert_eq!(devs[0].member_display_name(G, "c"), None);
     devs.push(c);
@@ -72,8 +96,21 @@ fn names_are_checked_when_set() {
     let e = devs[1]
         .set_display_name(Some(&"y".repeat(MAX_DISPLAY_NAME_BYTES + 1)))
         .unwrap_err();
-    assert!(matches!(e, MlsError::InvalidName { what: "display name", .. }), "{e}");
-    assert_eq!(devs[1].display_name(), None, "a refused name changes nothing");
+    assert!(
+        matches!(
+            e,
+            MlsError::InvalidName {
+                what: "display name",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        devs[1].display_name(),
+        None,
+        "a refused name changes nothing"
+    );
     devs[1].set_display_name(Some("")).unwrap();
     assert_eq!(devs[1].display_name(), None, "empty is none");
     // Nothing was committed by the refusals.
@@ -111,7 +148,9 @@ fn a_title_waits_for_every_member_to_support_it() {
     // A titled group takes no package of an older app: left out, said why.
     let late = device("late");
     let late_kp = late.key_package_with_lifetime(Lifetime::new(3600));
-    let pc = devs[0].commit(G, vec![("late".into(), late_kp)], vec![]).unwrap();
+    let pc = devs[0]
+        .commit(G, vec![("late".into(), late_kp)], vec![])
+        .unwrap();
     assert!(pc.added.is_empty());
     assert!(pc.rejected[0].1.contains("title"), "{:?}", pc.rejected);
 }

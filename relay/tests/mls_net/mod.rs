@@ -138,6 +138,7 @@ impl Net {
                         epoch,
                         added,
                         removed,
+                        ..
                     } => inbox
                         .changed
                         .lock()
