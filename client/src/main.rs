@@ -356,6 +356,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Device {
             cmd: DeviceCmd::Name { device, name },
         } => {
+            let key = key_path(&cli.home, device);
+            if !key.try_exists().unwrap_or(false) {
+                bail!(
+                    "no device {device} in this client home ({}): see `herold device new` and `herold device enroll`",
+                    cli.home.display()
+                );
+            }
             let path = cli.home.join("mls").join(format!("{device}.mls"));
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
