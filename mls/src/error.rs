@@ -48,6 +48,23 @@ pub enum MlsError {
     #[error("device id must not be empty")]
     EmptyDeviceId,
 
+    /// No sender key for a channel post: its key message has not arrived
+    /// yet, or never will (this device was removed before it was made).
+    #[error("no sender key of {sender} for channel {channel}{}", epoch.map(|e| format!(" at epoch {e}")).unwrap_or_default())]
+    NoSenderKey {
+        /// The channel.
+        channel: String,
+        /// The publisher's device.
+        sender: String,
+        /// The epoch the post names (`None`: this device has none to post).
+        epoch: Option<u64>,
+    },
+
+    /// A channel post or key message that is malformed, wrongly signed,
+    /// or does not decrypt.
+    #[error("invalid channel post or sender key: {0}")]
+    BadSenderKey(String),
+
     /// A title or display name that is too long or holds control
     /// characters.
     #[error("invalid {what}: {reason}")]

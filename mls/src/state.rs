@@ -363,6 +363,21 @@ impl StateDb {
         Ok(value)
     }
 
+    /// The settings whose key starts with `prefix`, in key order.
+    pub fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let meta = txn.open_table(META).map_err(table_error)?;
+        let mut out = Vec::new();
+        for row in meta.range(prefix..).map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Sets (or with `None` clears) a setting, in one durable transaction.
     pub fn set_setting(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), DbError> {
         let txn = self.db.begin_write().map_err(io)?;

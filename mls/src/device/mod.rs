@@ -10,8 +10,11 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
+mod channel;
 mod names;
 mod receive;
+
+pub use channel::Post;
 
 pub(crate) use names::capabilities;
 pub use names::{
@@ -42,6 +45,8 @@ pub struct MlsDevice {
     db: Option<Mutex<StateDb>>,
     /// The display name this device puts into its leaves.
     display_name: Option<String>,
+    /// Sender keys of large channels, its own and its publishers'.
+    sender_keys: channel::SenderKeys,
 }
 
 struct Group {
@@ -149,6 +154,7 @@ impl MlsDevice {
             path: path.map(Path::to_path_buf),
             db: None,
             display_name: None,
+            sender_keys: channel::SenderKeys::new(),
         };
         if let Some(p) = path {
             let state = State {
@@ -227,6 +233,7 @@ impl MlsDevice {
             .map_err(|e| db_error(path, e))?
             .map(|b| String::from_utf8(b).map_err(|_| corrupt("display name is not UTF-8".into())))
             .transpose()?;
+        let sender_keys = channel::load(&db).map_err(corrupt)?;
         Ok(Self {
             credential: credential(&state.device_id, &signer),
             device_id: state.device_id,
@@ -236,6 +243,7 @@ impl MlsDevice {
             path: Some(path.to_path_buf()),
             db: Some(Mutex::new(db)),
             display_name,
+            sender_keys,
         })
     }
 

@@ -10,6 +10,7 @@ use openmls::prelude::Lifetime;
 
 use super::*;
 
+mod channel;
 mod framing;
 mod names;
 mod state;
