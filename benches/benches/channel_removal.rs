@@ -85,7 +85,9 @@ fn group(gid: &[u8], members: usize) -> (MlsDevice, MlsDevice) {
 
 /// Removes `vol-00001.phone`: the commit's bytes; the watcher applies it.
 fn remove_one(p: &mut MlsDevice, watcher: &mut MlsDevice, gid: &[u8]) -> usize {
-    let pc = p.commit(gid, vec![], vec!["vol-00001.phone".into()]).unwrap();
+    let pc = p
+        .commit(gid, vec![], vec!["vol-00001.phone".into()])
+        .unwrap();
     assert_eq!(pc.removed, ["vol-00001.phone"]);
     p.confirm_commit(gid).unwrap();
     let applied = watcher.process(gid, &pc.commit).unwrap();
@@ -122,7 +124,9 @@ fn main() {
         );
         eprintln!(
             "N = {n}: one group measured in {:.1} s; {:.1} B of commit per remaining member",
-            started.elapsed().as_secs_f64(),
+            Instant::now()
+                .saturating_duration_since(started)
+                .as_secs_f64(),
             commit as f64 / remaining as f64
         );
 
@@ -134,7 +138,7 @@ fn main() {
         p.rotate_sender_key(CHANNEL).unwrap();
         let commit = remove_one(&mut p, &mut watcher, sub);
         p.rotate_sender_key(CHANNEL).unwrap();
-        let key_message = p.sender_key_message(CHANNEL, sub).unwrap();
+        let key_message = p.sender_key_message(CHANNEL, sub, &[]).unwrap();
         let Processed::Application {
             plaintext, sender, ..
         } = watcher.process(sub, &key_message).unwrap()

@@ -249,6 +249,7 @@ impl World {
                             title: String::new(),
                             members,
                             default_ttl_seconds: 0,
+                            sub_groups: 0,
                         },
                         &auth,
                     ))

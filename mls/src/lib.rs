@@ -57,7 +57,7 @@ use openmls::prelude::{
 
 pub use device::{
     DISPLAY_NAME_EXTENSION, MAX_DISPLAY_NAME_BYTES, MAX_TITLE_BYTES, MlsDevice, PendingCommit,
-    Post, Processed, TITLE_EXTENSION, check_title,
+    Post, Processed, TITLE_EXTENSION, check_title, is_channel_post,
 };
 pub use ds::{
     ContentKind, Inspected, ValidKeyPackage, check_welcome, decode_aad, encode_aad,

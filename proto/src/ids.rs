@@ -3,12 +3,35 @@
 //! Account, device and conversation ids are 1 to [`MAX_ID_BYTES`] bytes of
 //! ASCII letters, digits and `.`, `_`, `-`, `:` and `@`. The rule keeps ids
 //! printable in logs and safe as storage keys. Message ids are exactly
-//! [`MESSAGE_ID_BYTES`] bytes.
+//! [`MESSAGE_ID_BYTES`] bytes. The ids of a large channel's sub-groups,
+//! which the relay makes, add `~` and a number to the channel's id
+//! ([`sub_group_id`]); operators cannot create ids with `~`.
 
 /// Longest id in bytes.
 pub const MAX_ID_BYTES: usize = 64;
 /// Length of a message id.
 pub const MESSAGE_ID_BYTES: usize = 16;
+/// Separates a large channel's id from the number of one of its sub-groups.
+pub const SUB_GROUP_SEPARATOR: char = '~';
+
+/// The id of sub-group `i` of the large channel `channel`: `channel~i`.
+pub fn sub_group_id(channel: &str, i: u32) -> String {
+    format!("{channel}{SUB_GROUP_SEPARATOR}{i}")
+}
+
+/// The channel and number of a sub-group's id; `None` for any other id.
+pub fn sub_group_of(id: &str) -> Option<(&str, u32)> {
+    let (channel, i) = id.rsplit_once(SUB_GROUP_SEPARATOR)?;
+    if channel.is_empty() || channel.contains(SUB_GROUP_SEPARATOR) {
+        return None;
+    }
+    // Digits only, no leading zero: one id per sub-group.
+    if i.is_empty() || !i.bytes().all(|b| b.is_ascii_digit()) || (i.len() > 1 && i.starts_with('0'))
+    {
+        return None;
+    }
+    Some((channel, i.parse().ok()?))
+}
 
 /// Why an id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +52,7 @@ pub enum IdError {
     },
     /// The id contains a character outside the allowed set.
     #[error("{what} id contains {ch:?}; allowed are ASCII letters, digits and . _ - : @")]
+    // `~` is allowed too, in the ids of sub-groups the relay makes.
     BadChar {
         /// Which kind of id.
         what: &'static str,
@@ -48,10 +72,10 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), IdError> {
             len: id.len(),
         });
     }
-    if let Some(ch) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@')))
-    {
+    if let Some(ch) = id.chars().find(|c| {
+        !(c.is_ascii_alphanumeric()
+            || matches!(*c, '.' | '_' | '-' | ':' | '@' | SUB_GROUP_SEPARATOR))
+    }) {
         return Err(IdError::BadChar { what, ch });
     }
     Ok(())
@@ -60,6 +84,18 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), IdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sub_group_ids() {
+        assert_eq!(sub_group_id("info", 7), "info~7");
+        assert_eq!(sub_group_of("info~7"), Some(("info", 7)));
+        assert!(validate_id("conversation", &sub_group_id("info", 127)).is_ok());
+        for not in [
+            "info", "info~", "~3", "info~07", "info~x", "a~1~2", "info~-1",
+        ] {
+            assert_eq!(sub_group_of(not), None, "{not}");
+        }
+    }
 
     #[test]
     fn ids() {

@@ -27,6 +27,49 @@ pub(crate) struct Roster {
     /// For a direct conversation: the account of each of `devices`
     /// (`MlsState.roster_accounts`); empty otherwise.
     pub device_accounts: HashMap<String, String>,
+    /// For a large channel: how many sub-groups it has (0: none).
+    pub sub_groups: u32,
+}
+
+/// The most sub-groups a large channel can have.
+pub(crate) const MAX_SUB_GROUPS: u32 = 1024;
+
+/// How many sub-groups the channel has: they are made together at its
+/// creation, numbered from 0, so a binary search over their existence
+/// finds the count in about 11 reads.
+pub(crate) async fn sub_group_count(store: &dyn Store, channel: &str) -> Result<u32, StoreError> {
+    let exists = |i: u32| async move {
+        store
+            .get_conversation(&herold_proto::ids::sub_group_id(channel, i))
+            .await
+            .map(|c| c.is_some())
+    };
+    if !exists(0).await? {
+        return Ok(0);
+    }
+    // Invariant: sub-group `lo` exists, `hi` does not.
+    let (mut lo, mut hi) = (0u32, MAX_SUB_GROUPS);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if exists(mid).await? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(hi)
+}
+
+/// The sub-group of a member (not a publisher) of a large channel with `n`
+/// sub-groups: FNV-1a of the account id, modulo `n`. Stable, so that a
+/// member stays in its sub-group as others come and go.
+pub(crate) fn sub_group_of_account(account_id: &str, n: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in account_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u32::try_from(h % u64::from(n.max(1))).unwrap_or(0)
 }
 
 /// A load under way; when it ends (or is cancelled) its gate leaves the
@@ -185,6 +228,11 @@ impl Rosters {
             HashMap::new()
         };
         let devices = live.into_iter().map(|d| d.id).collect();
+        let sub_groups = if conv.kind == ConversationKind::Channel {
+            sub_group_count(self.store.as_ref(), conversation_id).await?
+        } else {
+            0
+        };
         let roster = Arc::new(Roster {
             kind: conv.kind,
             archived,
@@ -195,6 +243,7 @@ impl Rosters {
                 .collect(),
             devices,
             device_accounts,
+            sub_groups,
         });
         if self.generation.load(Ordering::Acquire) == generation {
             self.cache.insert(
@@ -239,6 +288,7 @@ mod tests {
             ]),
             devices: Vec::new(),
             device_accounts: HashMap::new(),
+            sub_groups: 0,
         }
     }
 

@@ -291,6 +291,7 @@ async fn members(
                 })
                 .collect(),
             default_ttl_seconds: 0,
+            sub_groups: 0,
         })
         .await
         .expect("create conversation");

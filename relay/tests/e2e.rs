@@ -511,6 +511,7 @@ async fn membership_roles_and_expiry_are_enforced() {
                 },
             ],
             default_ttl_seconds: 0,
+            sub_groups: 0,
         })
         .await
         .unwrap();

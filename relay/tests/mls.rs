@@ -64,6 +64,7 @@ async fn direct_group_of_50_devices_and_channel_and_no_plaintext_anywhere() {
                 })
                 .collect(),
             default_ttl_seconds: 0,
+            sub_groups: 0,
         })
         .await
         .unwrap();

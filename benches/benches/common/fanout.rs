@@ -110,6 +110,7 @@ pub(crate) async fn herold_clients(
             title: String::new(),
             members,
             default_ttl_seconds: 0,
+            sub_groups: 0,
         })
         .await
         .unwrap();

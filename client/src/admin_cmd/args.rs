@@ -89,6 +89,12 @@ pub(crate) enum AdminCmd {
         /// Title.
         #[arg(long, default_value = "")]
         title: String,
+        /// Split the members into this many MLS sub-groups, for a channel
+        /// of thousands (docs/e2e.md, "Large channels"): a removal then
+        /// costs each member kilobytes, not half a megabyte. About one per
+        /// 50 members; fixed at creation. 0: one MLS group.
+        #[arg(long, default_value_t = 0)]
+        sub_groups: u32,
     },
     /// Create a direct conversation between two accounts.
     Direct {

@@ -194,7 +194,7 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
             ttl,
         } => {
             let ms = [(members, v1::Role::Member), (owners, v1::Role::Owner)];
-            let c = create(&mut a, id, v1::ConversationKind::Group, title, &ms, *ttl).await?;
+            let c = create(&mut a, id, v1::ConversationKind::Group, title, &ms, *ttl, 0).await?;
             print_conversation(j, &c)?;
         }
         AdminCmd::Channel {
@@ -202,18 +202,20 @@ pub(crate) async fn admin(cli: &Cli, cmd: &AdminCmd) -> anyhow::Result<()> {
             publishers,
             members,
             title,
+            sub_groups,
         } => {
             let ms = [
                 (publishers, v1::Role::Publisher),
                 (members, v1::Role::Member),
             ];
-            let c = create(&mut a, id, v1::ConversationKind::Channel, title, &ms, 0).await?;
+            let kind = v1::ConversationKind::Channel;
+            let c = create(&mut a, id, kind, title, &ms, 0, *sub_groups).await?;
             print_conversation(j, &c)?;
         }
         AdminCmd::Direct { id, a: x, b: y } => {
             let both = vec![x.clone(), y.clone()];
             let ms = [(&both, v1::Role::Member)];
-            let c = create(&mut a, id, v1::ConversationKind::Direct, "", &ms, 0).await?;
+            let c = create(&mut a, id, v1::ConversationKind::Direct, "", &ms, 0, 0).await?;
             print_conversation(j, &c)?;
         }
         AdminCmd::Conversations {
@@ -466,6 +468,7 @@ async fn create(
     title: &str,
     members: &[(&Vec<String>, v1::Role)],
     default_ttl_seconds: u64,
+    sub_groups: u32,
 ) -> anyhow::Result<v1::Conversation> {
     let members = members
         .iter()
@@ -477,6 +480,7 @@ async fn create(
         title: title.to_owned(),
         members,
         default_ttl_seconds,
+        sub_groups,
     };
     Ok(a.create_conversation(req)
         .await

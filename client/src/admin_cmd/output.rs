@@ -118,6 +118,7 @@ pub(super) fn conversation_json(c: &v1::Conversation) -> Value {
         "default_ttl_seconds": c.default_ttl_seconds,
         "created_at_ms": c.created_at_ms,
         "member_count": c.member_count,
+        "sub_groups": c.sub_groups,
         "members": c.members.iter().map(|m| json!({
             "account_id": m.account_id,
             "role": role_name(m.role),
@@ -154,10 +155,15 @@ pub(super) fn policy_json(p: Option<&v1::Policy>) -> Value {
 
 pub(super) fn print_conversation(json_out: bool, c: &v1::Conversation) -> anyhow::Result<()> {
     let mut t = format!(
-        "{} ({}{}) {}\n",
+        "{} ({}{}{}) {}\n",
         c.conversation_id,
         kind_name(c.kind),
         if c.archived { ", archived" } else { "" },
+        if c.sub_groups > 0 {
+            format!(", {} sub-groups", c.sub_groups)
+        } else {
+            String::new()
+        },
         c.title
     );
     let rows: Vec<Vec<String>> = c

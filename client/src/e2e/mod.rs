@@ -39,11 +39,13 @@ use herold_proto::v1::{self, ErrorCode, request, response};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+mod channel;
 mod names;
 mod pump;
 mod renew;
 
 use crate::{Accepted, Client, ClientConfig, ClientError, Sender, new_message_id};
+pub use channel::MAX_WAITING_POSTS;
 use pump::Pump;
 use renew::{OwnChange, Renewal};
 
@@ -76,6 +78,10 @@ pub enum E2eError {
     /// The relay answered something unexpected.
     #[error("unexpected answer from the relay: {0}")]
     Protocol(String),
+    /// A member that is not a publisher tried to post in a large channel
+    /// (it is in one sub-group only, and only publishers post).
+    #[error("only publishers post in the channel {0:?}")]
+    NotPublisher(String),
     /// Commits kept racing; try again later.
     #[error("the group of {0:?} kept changing; try again")]
     Contended(String),
@@ -214,6 +220,11 @@ pub struct E2eClient {
     broken: Broken,
     /// [`KEY_RENEWAL_INTERVAL`], or what the app set.
     key_renewal: Duration,
+    /// Per conversation asked: its sub-group conversations (empty: not a
+    /// large channel).
+    large: Mutex<HashMap<String, Vec<String>>>,
+    /// Per large channel: where this device's sender key went out.
+    handed: Mutex<HashMap<String, channel::Handed>>,
 }
 
 /// MLS group ids of groups that are broken on this device.
@@ -274,6 +285,7 @@ impl E2eClient {
             progress: progress_tx,
             welcome_checked: HashMap::new(),
             accounts: HashMap::new(),
+            waiting: HashMap::new(),
         };
         let pump = tokio::spawn(pump.run());
         // Connected once the key packages are up: the device can be added
@@ -297,6 +309,8 @@ impl E2eClient {
             conv_locks: Mutex::new(HashMap::new()),
             broken,
             key_renewal: KEY_RENEWAL_INTERVAL,
+            large: Mutex::new(HashMap::new()),
+            handed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -357,8 +371,9 @@ impl E2eClient {
     }
 
     /// Encrypts `plaintext` for the conversation's group and sends it;
-    /// brings the group up to date first (see the module docs).
-    /// `expires_at_ms` 0: no expiry.
+    /// brings the group up to date first (see the module docs). In a
+    /// large channel, one post encrypted with this device's sender key
+    /// (`channel.rs`). `expires_at_ms` 0: no expiry.
     pub async fn send(
         &self,
         conversation_id: &str,
@@ -366,6 +381,9 @@ impl E2eClient {
         expires_at_ms: i64,
     ) -> Result<Accepted, E2eError> {
         let conv = conversation_id;
+        if let Some(subs) = self.sub_groups(conv).await? {
+            return self.send_post(conv, &subs, plaintext, expires_at_ms).await;
+        }
         let conv_lock = self.conv_lock(conv);
         let _one_at_a_time = conv_lock.lock().await;
         let mut message_id = new_message_id()?;
@@ -404,7 +422,11 @@ impl E2eClient {
     /// Makes the local group match the relay: same generation and epoch,
     /// same devices as the roster. Commits when something must change, and
     /// asks for a restart when the group is broken on this device.
+    /// In a large channel: the group of every sub-group.
     pub async fn bring_up_to_date(&self, conv: &str) -> Result<(), E2eError> {
+        if let Some(subs) = self.sub_groups(conv).await? {
+            return self.bring_sub_groups_up_to_date(&subs).await;
+        }
         self.up_to_date(conv).await.map(|_| ())
     }
 
@@ -660,12 +682,24 @@ impl E2eClient {
     }
 
     /// Decrypts a ciphertext obtained elsewhere (an exported envelope, an
-    /// audit) with this device's state, without the relay.
+    /// audit) with this device's state, without the relay. A post of a
+    /// large channel comes out as an application message with its sender
+    /// key epoch as the epoch.
     pub fn process_raw(
         &self,
         conversation_id: &str,
         ciphertext: &[u8],
     ) -> Result<Processed, E2eError> {
+        if herold_mls::is_channel_post(ciphertext) {
+            let post = lock(&self.mls).decrypt_post(conversation_id, ciphertext, &[])?;
+            let post = channel::post_plaintext(post);
+            return Ok(Processed::Application {
+                plaintext: post.plaintext,
+                aad: Vec::new(),
+                sender: post.sender,
+                epoch: post.epoch,
+            });
+        }
         let header = herold_mls::inspect(ciphertext)?;
         if herold_mls::group_generation(conversation_id, &header.group_id).is_none() {
             return Err(E2eError::Mls(format!(

@@ -76,6 +76,8 @@ pub(super) struct Pump {
     /// Per direct conversation: the account of each device, from
     /// `MlsState.roster_accounts` (sealed sender).
     pub accounts: HashMap<String, HashMap<String, String>>,
+    /// Per large channel: posts that came before their sender key.
+    pub waiting: super::channel::Waiting,
 }
 
 impl Pump {
@@ -101,7 +103,11 @@ impl Pump {
             };
             let out = match ev {
                 Event::Message(env) => self.on_envelope(env).await,
-                Event::Synced { .. } => vec![E2eEvent::Synced],
+                Event::Synced { .. } => {
+                    let mut out = self.give_up_waiting();
+                    out.push(E2eEvent::Synced);
+                    out
+                }
                 Event::Disconnected { reason } => vec![E2eEvent::Disconnected { reason }],
                 Event::Reconnected => {
                     let (sender, mls) = (self.sender.clone(), self.mls.clone());
@@ -185,6 +191,9 @@ impl Pump {
     }
 
     async fn on_envelope(&mut self, env: v1::Envelope) -> Vec<E2eEvent> {
+        if herold_mls::is_channel_post(&env.ciphertext) {
+            return self.on_post(env);
+        }
         let conv = env.conversation_id.clone();
         let unreadable = |reason: String| E2eEvent::Unreadable {
             conversation_id: env.conversation_id.clone(),
@@ -319,6 +328,13 @@ impl Pump {
             None => lock(&self.mls).process_declared(&gid, &env.ciphertext, &env.welcomed_devices),
         };
         match processed {
+            Ok(Processed::Application {
+                plaintext, sender, ..
+            }) if herold_proto::ids::sub_group_of(&conv).is_some() => {
+                // A sub-group of a large channel carries sender keys only.
+                let channel = herold_proto::ids::sub_group_of(&conv).map_or("", |(c, _)| c);
+                out.extend(self.on_sender_key(&gid, &env, channel, &sender, &plaintext));
+            }
             Ok(Processed::Application {
                 plaintext,
                 aad,

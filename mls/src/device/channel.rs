@@ -60,6 +60,13 @@ pub struct Post {
     pub epoch: u64,
 }
 
+/// Whether `bytes` are a channel post ([`MlsDevice::encrypt_post`]) rather
+/// than an MLS message: what a receiver checks before choosing how to read
+/// an envelope of a large channel.
+pub fn is_channel_post(bytes: &[u8]) -> bool {
+    bytes.starts_with(POST_MAGIC)
+}
+
 impl MlsDevice {
     /// Makes a new sender key for this device in `channel` (after a
     /// membership change, or when the old one is due); returns its epoch.
@@ -88,13 +95,23 @@ impl MlsDevice {
             .map(|k| k.epoch)
     }
 
+    /// The newest sender key epoch this device holds of `sender` in
+    /// `channel`: a post of an older epoch it has no key for never becomes
+    /// readable here (keys only move forward).
+    pub fn newest_sender_key(&self, channel: &str, sender: &str) -> Option<u64> {
+        self.current_sender_key(&(channel.to_owned(), sender.to_owned()))
+            .map(|k| k.epoch)
+    }
+
     /// The key message that hands this device's current sender key for
     /// `channel` to the members of the sub-group `group_id`: an MLS
-    /// application message there.
+    /// application message there, with `aad` as its authenticated data
+    /// (Herold's expiry, [`crate::encode_aad`]).
     pub fn sender_key_message(
         &mut self,
         channel: &str,
         group_id: &[u8],
+        aad: &[u8],
     ) -> Result<Vec<u8>, MlsError> {
         let own = (channel.to_owned(), self.device_id.clone());
         let key = self
@@ -104,7 +121,7 @@ impl MlsDevice {
         put_text(&mut payload, channel)?;
         payload.extend_from_slice(&key.epoch.to_be_bytes());
         payload.extend_from_slice(&key.key);
-        self.encrypt(group_id, &payload, &[])
+        self.encrypt(group_id, &payload, aad)
     }
 
     /// Takes a key message a member `sender` sent in the sub-group

@@ -14,7 +14,7 @@ mod channel;
 mod names;
 mod receive;
 
-pub use channel::Post;
+pub use channel::{Post, is_channel_post};
 
 pub(crate) use names::capabilities;
 pub use names::{

@@ -41,7 +41,7 @@ impl Channel {
     fn rotate(&mut self) -> u64 {
         let epoch = self.p.rotate_sender_key(C).unwrap();
         for gid in [G1, G2] {
-            let msg = self.p.sender_key_message(C, gid).unwrap();
+            let msg = self.p.sender_key_message(C, gid, &[]).unwrap();
             for (g, d) in &mut self.members {
                 if g.as_slice() != gid || d.epoch(gid).is_none() {
                     continue;
@@ -177,7 +177,7 @@ fn a_member_who_knows_the_key_cannot_forge_a_post() {
     assert!(matches!(e, MlsError::BadSenderKey(_)), "{e}");
     // A key message for another channel is not taken for this one.
     ch.p.rotate_sender_key("other").unwrap();
-    let msg = ch.p.sender_key_message("other", G1).unwrap();
+    let msg = ch.p.sender_key_message("other", G1, &[]).unwrap();
     let a = ch.member("a");
     let (payload, sender) = plaintext(a.process(G1, &msg).unwrap());
     let e = a.accept_sender_key(G1, C, &sender, &payload).unwrap_err();
@@ -199,7 +199,7 @@ fn sender_keys_survive_reopening_the_state_file() {
     for _ in 0..3 {
         p.rotate_sender_key(C).unwrap();
     }
-    let msg = p.sender_key_message(C, G1).unwrap();
+    let msg = p.sender_key_message(C, G1, &[]).unwrap();
     let (payload, sender) = plaintext(a.process(G1, &msg).unwrap());
     a.accept_sender_key(G1, C, &sender, &payload).unwrap();
     drop((p, a));

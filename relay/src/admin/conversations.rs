@@ -6,9 +6,15 @@ impl AdminService {
     /// A conversation's members or settings changed: every relay forgets
     /// its roster; the conversation as it is now.
     async fn changed(&self, conversation_id: &str) -> Result<v1::Conversation, Status> {
-        self.node
-            .rosters_changed(&[conversation_id.to_owned()])
-            .await;
+        // A large channel's sub-groups follow it; a failure here leaves
+        // them behind until the next change, and is the caller's error.
+        let mirrored = self.mirror_sub_groups(conversation_id).await;
+        let mut touched = vec![conversation_id.to_owned()];
+        if let Ok(subs) = &mirrored {
+            touched.extend(subs.iter().cloned());
+        }
+        self.node.rosters_changed(&touched).await;
+        mirrored?;
         self.conversation(conversation_id, true).await
     }
 
@@ -29,6 +35,13 @@ impl AdminService {
             .await
             .map_err(store_status)?;
         let member_count = u32::try_from(members.len()).unwrap_or(u32::MAX);
+        let sub_groups = if c.kind == ConversationKind::Channel {
+            crate::roster::sub_group_count(store.as_ref(), id)
+                .await
+                .map_err(store_status)?
+        } else {
+            0
+        };
         Ok(v1::Conversation {
             conversation_id: c.id,
             kind: kind_to(c.kind) as i32,
@@ -48,6 +61,7 @@ impl AdminService {
             archived,
             created_at_ms: c.created_at_ms,
             member_count,
+            sub_groups,
         })
     }
 
@@ -92,7 +106,12 @@ impl AdminService {
         let op = operator_of(&req)?;
         let r = req.into_inner();
         let target = r.conversation_id.clone();
-        let detail = format!("kind={} members={}", r.kind, r.members.len());
+        let detail = format!(
+            "kind={} members={} sub_groups={}",
+            r.kind,
+            r.members.len(),
+            r.sub_groups
+        );
         self.audited(
             &op,
             "CreateConversation",
@@ -105,6 +124,7 @@ impl AdminService {
                     return Err(Status::invalid_argument("title is longer than 256 bytes"));
                 }
                 let kind = kind_from(r.kind)?;
+                Self::check_sub_groups(&r.conversation_id, kind, r.sub_groups)?;
                 let members = members_from(r.members)?;
                 if kind == ConversationKind::Direct {
                     let distinct: BTreeSet<&str> =
@@ -120,6 +140,20 @@ impl AdminService {
                     default_ttl_seconds: r.default_ttl_seconds,
                     created_at_ms: now_ms(),
                 };
+                if r.sub_groups > 0 {
+                    // The sub-groups first: a channel shows as large only
+                    // once they all exist, and never becomes large later.
+                    let store = &self.node.store;
+                    if store
+                        .get_conversation(&c.id)
+                        .await
+                        .map_err(store_status)?
+                        .is_some()
+                    {
+                        return Err(store_status(StoreError::ConversationExists(c.id)));
+                    }
+                    self.create_sub_groups(&c, r.sub_groups).await?;
+                }
                 self.node
                     .store
                     .create_conversation(c, members)

@@ -32,7 +32,13 @@ pub(super) fn store_status(e: StoreError) -> Status {
 }
 
 pub(super) fn check_id(what: &'static str, id: &str) -> Result<(), Status> {
-    ids::validate_id(what, id).map_err(|e| Status::invalid_argument(e.to_string()))
+    ids::validate_id(what, id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if id.contains(ids::SUB_GROUP_SEPARATOR) {
+        return Err(Status::invalid_argument(format!(
+            "{what} id contains '~', which is kept for the sub-groups of large channels"
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn kind_from(k: i32) -> Result<ConversationKind, Status> {

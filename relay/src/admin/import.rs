@@ -277,6 +277,19 @@ impl AdminService {
             }
             return Err(e);
         }
+        // Large channels' sub-groups follow their channels.
+        for c in &r.channels {
+            if touched.contains(c) {
+                let subs = self.mirror_sub_groups(c).await;
+                if let Ok(subs) = &subs {
+                    touched.extend(subs.iter().cloned());
+                }
+                if let Err(e) = subs {
+                    self.node.rosters_changed(&touched).await;
+                    return Err(e);
+                }
+            }
+        }
         if !touched.is_empty() {
             self.node.rosters_changed(&touched).await;
         }

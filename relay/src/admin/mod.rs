@@ -49,6 +49,7 @@ mod devices;
 mod enrollment;
 mod import;
 mod policy;
+mod subgroups;
 #[cfg(test)]
 mod tests;
 

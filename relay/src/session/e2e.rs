@@ -361,10 +361,17 @@ async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind,
         .map_err(|e| store_refusal(&e))?;
     // Only a direct conversation names the accounts (sealed sender needs
     // them; a channel's roster would only grow).
-    let roster_accounts = match shared.rosters.get(conversation_id).await {
+    let cached = shared.rosters.get(conversation_id).await;
+    let roster_accounts = match &cached {
         Ok(Some(r)) if !r.device_accounts.is_empty() => roster
             .iter()
             .map(|d| r.device_accounts.get(d).cloned().unwrap_or_default())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let sub_conversations = match &cached {
+        Ok(Some(r)) => (0..r.sub_groups)
+            .map(|i| herold_proto::ids::sub_group_id(conversation_id, i))
             .collect(),
         _ => Vec::new(),
     };
@@ -376,6 +383,7 @@ async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind,
         roster,
         generation: s.generation,
         roster_accounts,
+        sub_conversations,
     }))
 }
 

@@ -201,6 +201,16 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
     if let Err(why) = roster.check_post(&ctx.account_id) {
         return Err(reject(why.code(), why.message(), &id));
     }
+    if roster.sub_groups > 0 && s.mls {
+        // Its posts are sender-key posts; an MLS group here would make the
+        // relay require MLS for them.
+        return Err(reject(
+            ErrorCode::InvalidEnvelope,
+            "a large channel takes sender-key posts, not MLS messages; \
+             MLS belongs in its sub-groups",
+            &id,
+        ));
+    }
     if roster.kind == herold_store::ConversationKind::Direct
         && roster.policy.direct_chats == herold_store::DirectChats::Nobody
     {

@@ -13,6 +13,7 @@ mod accounts;
 mod audit;
 mod conversations;
 mod import;
+mod large_channels;
 mod operators;
 
 use std::time::Duration;
@@ -84,6 +85,7 @@ fn group(
         title: format!("title of {id}"),
         members,
         default_ttl_seconds: 0,
+        sub_groups: 0,
     }
 }
 

@@ -283,6 +283,7 @@ pub async fn create_conversation(
                 })
                 .collect(),
             default_ttl_seconds: 0,
+            sub_groups: 0,
         })
         .await
         .expect("create conversation");

@@ -95,11 +95,23 @@ impl Net {
         device: &str,
         key: &SigningKey,
     ) -> E2eClient {
+        let mls = MlsDevice::create(device, None).unwrap();
+        self.connect_mls(addr, device, key, mls).await
+    }
+
+    /// Connects with the MLS state `mls` (e.g. one kept in a file, for a
+    /// device that comes back).
+    pub async fn connect_mls(
+        &self,
+        addr: std::net::SocketAddr,
+        device: &str,
+        key: &SigningKey,
+        mls: MlsDevice,
+    ) -> E2eClient {
         let mut config = ClientConfig::new(addr, self.fingerprint, device, key.clone());
         let tap = WireTap::default();
         self.taps.lock().unwrap().push(tap.clone());
         config.wire_tap = Some(tap);
-        let mls = MlsDevice::create(device, None).unwrap();
         let mut c = E2eClient::connect(config, mls).await.expect("e2e connect");
         let mut events = c.take_events();
         let (inbox, bell, me) = (self.inbox.clone(), self.bell.clone(), device.to_owned());

@@ -1,0 +1,365 @@
+//! Large channels (docs/e2e.md, "Large channels"): a channel the relay
+//! split into sub-groups (`MlsState.sub_conversations`). A publisher device
+//! keeps an MLS group in every sub-group, hands its sender key out there as
+//! an MLS application message, and posts to the channel itself once per
+//! post, encrypted with that key and signed ([`herold_mls`]'s sender keys).
+//! A membership change touches one sub-group's tree (a commit of O(log n))
+//! and a new sender key in every sub-group: kilobytes per member where one
+//! MLS group of 7,000 would send each member half a megabyte.
+//!
+//! The publisher hands out a new key whenever any sub-group's epoch moved
+//! (someone joined, left, or renewed a leaf), so a removed device never
+//! holds a key that a later post uses, and a newcomer none that an earlier
+//! one did. It reads the channel's roster version before each post; only
+//! when it moved (or the key is older than the key renewal interval) does
+//! it walk the sub-groups.
+//!
+//! A receiving device takes key messages from its sub-group and reads posts
+//! with them. A post that comes before its key (another conversation's
+//! order) waits, in order and bounded, until the key comes; at the end of
+//! a sync, when every stored key message has been read, what still waits
+//! is [`E2eEvent::Unreadable`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use herold_proto::v1::{self, ErrorCode};
+use tracing::debug;
+
+use super::pump::Pump;
+use super::{E2eClient, E2eError, E2eEvent, Message, SEND_ATTEMPTS, lock, now_ms};
+use crate::{Accepted, new_message_id};
+
+/// Posts a device keeps waiting for their sender key, per channel; beyond
+/// it the oldest is given up as unreadable.
+pub const MAX_WAITING_POSTS: usize = 10_000;
+
+/// Bytes of the expiry in front of a post's plaintext (inside the
+/// encryption, so that the relay can neither read nor change it).
+const EXPIRY_LEN: usize = 8;
+
+/// Where a publisher device stands with its sender key in one channel.
+#[derive(Debug, Clone)]
+pub(super) struct Handed {
+    /// The channel's roster version when the key went out.
+    roster_version: u64,
+    /// Each sub-group's (MLS group id, epoch) when the key went out.
+    at: HashMap<String, (Vec<u8>, u64)>,
+    /// When the key went out.
+    when: Instant,
+}
+
+impl Handed {
+    /// Whether the key went out less than `renewal` ago.
+    fn young(&self, renewal: std::time::Duration) -> bool {
+        Instant::now().saturating_duration_since(self.when) < renewal
+    }
+}
+
+/// A post that arrived before its sender key.
+pub(super) type Waiting = HashMap<String, VecDeque<v1::Envelope>>;
+
+/// Why handing out a key did not finish.
+enum HandOut {
+    /// A sub-group moved on meanwhile: walk them again.
+    Raced,
+    Failed(E2eError),
+}
+
+impl From<E2eError> for HandOut {
+    fn from(e: E2eError) -> Self {
+        HandOut::Failed(e)
+    }
+}
+
+impl E2eClient {
+    /// The sub-group conversations of `conv` when it is a large channel;
+    /// `None` for any other conversation. Asked once per conversation (a
+    /// channel gets its sub-groups at creation and keeps them).
+    pub(super) async fn sub_groups(&self, conv: &str) -> Result<Option<Vec<String>>, E2eError> {
+        if let Some(known) = self
+            .large
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(conv)
+        {
+            return Ok((!known.is_empty()).then(|| known.clone()));
+        }
+        let st = self.mls_state(conv).await?;
+        let subs = st.sub_conversations;
+        self.large
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conv.to_owned(), subs.clone());
+        Ok((!subs.is_empty()).then_some(subs))
+    }
+
+    /// Brings every sub-group of a large channel up to date; returns each
+    /// one's (MLS group id, epoch).
+    async fn sub_groups_up_to_date(
+        &self,
+        subs: &[String],
+    ) -> Result<HashMap<String, (Vec<u8>, u64)>, E2eError> {
+        let mut at = HashMap::with_capacity(subs.len());
+        for sub in subs {
+            let sub_lock = self.conv_lock(sub);
+            let _one_at_a_time = sub_lock.lock().await;
+            let gid = match self.up_to_date(sub).await {
+                Ok(gid) => gid,
+                // A reader of the channel is in one sub-group only.
+                Err(E2eError::Client(e))
+                    if matches!(
+                        e.code(),
+                        Some(ErrorCode::NotMember | ErrorCode::NotPublisher)
+                    ) =>
+                {
+                    let channel =
+                        herold_proto::ids::sub_group_of(sub).map_or(sub.as_str(), |(c, _)| c);
+                    return Err(E2eError::NotPublisher(channel.to_owned()));
+                }
+                Err(e) => return Err(e),
+            };
+            let epoch = lock(&self.mls).epoch(&gid).unwrap_or(0);
+            at.insert(sub.clone(), (gid, epoch));
+        }
+        Ok(at)
+    }
+
+    /// [`E2eClient::bring_up_to_date`] of a large channel: every sub-group.
+    pub(super) async fn bring_sub_groups_up_to_date(
+        &self,
+        subs: &[String],
+    ) -> Result<(), E2eError> {
+        self.sub_groups_up_to_date(subs).await.map(|_| ())
+    }
+
+    /// Sends `plaintext` to the large channel `conv`: a new sender key
+    /// first when the membership moved, then one post for every member.
+    pub(super) async fn send_post(
+        &self,
+        conv: &str,
+        subs: &[String],
+        plaintext: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<Accepted, E2eError> {
+        let conv_lock = self.conv_lock(conv);
+        let _one_at_a_time = conv_lock.lock().await;
+        let mut body = Vec::with_capacity(EXPIRY_LEN + plaintext.len());
+        body.extend_from_slice(&expires_at_ms.to_be_bytes());
+        body.extend_from_slice(plaintext);
+        for _ in 0..SEND_ATTEMPTS {
+            let roster_version = self.mls_state(conv).await?.roster_version;
+            let fresh = {
+                let handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+                handed.get(conv).is_some_and(|h| {
+                    h.roster_version == roster_version && h.young(self.key_renewal)
+                }) && lock(&self.mls).sender_key_epoch(conv).is_some()
+            };
+            if !fresh {
+                match self.new_sender_key(conv, subs, roster_version).await {
+                    Ok(()) => {}
+                    Err(HandOut::Raced) => continue,
+                    Err(HandOut::Failed(e)) => return Err(e),
+                }
+            }
+            let post = lock(&self.mls).encrypt_post(conv, &body, &[])?;
+            let submit = v1::Submit {
+                message_id: new_message_id()?.to_vec(),
+                conversation_id: conv.to_owned(),
+                expires_at_ms,
+                ciphertext: post,
+                ..Default::default()
+            };
+            return Ok(self.sender.submit(submit).await?);
+        }
+        Err(E2eError::Contended(conv.to_owned()))
+    }
+
+    /// Brings the sub-groups up to date and, unless their epochs are still
+    /// those the current key went out at, makes a new sender key and hands
+    /// it out in every sub-group.
+    async fn new_sender_key(
+        &self,
+        conv: &str,
+        subs: &[String],
+        roster_version: u64,
+    ) -> Result<(), HandOut> {
+        let at = self.sub_groups_up_to_date(subs).await?;
+        let same = self
+            .handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(conv)
+            .is_some_and(|h| h.at == at && h.young(self.key_renewal));
+        if !same || lock(&self.mls).sender_key_epoch(conv).is_none() {
+            let epoch = lock(&self.mls)
+                .rotate_sender_key(conv)
+                .map_err(E2eError::from)?;
+            debug!(channel = conv, epoch, "handing out a new sender key");
+            for (sub, (gid, _)) in &at {
+                self.hand_out(conv, sub, gid).await?;
+            }
+        }
+        self.handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                conv.to_owned(),
+                Handed {
+                    roster_version,
+                    at,
+                    when: Instant::now(),
+                },
+            );
+        Ok(())
+    }
+
+    /// Sends this device's current sender key for `conv` to the sub-group
+    /// `sub` (MLS group `gid`).
+    async fn hand_out(&self, conv: &str, sub: &str, gid: &[u8]) -> Result<(), HandOut> {
+        let ciphertext = lock(&self.mls)
+            .sender_key_message(conv, gid, &herold_mls::encode_aad(0))
+            .map_err(E2eError::from)?;
+        let submit = v1::Submit {
+            message_id: new_message_id().map_err(E2eError::from)?.to_vec(),
+            conversation_id: sub.to_owned(),
+            ciphertext,
+            mls: true,
+            ..Default::default()
+        };
+        match self.sender.submit(submit).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::MlsWrongEpoch | ErrorCode::MlsMembershipPending)
+                ) =>
+            {
+                debug!(channel = conv, sub, error = %e, "sub-group moved on; again");
+                Err(HandOut::Raced)
+            }
+            Err(e) => Err(HandOut::Failed(e.into())),
+        }
+    }
+}
+
+impl Pump {
+    /// A post of a large channel: read with its sender's key, or kept
+    /// until the key comes (behind any post already waiting: in order).
+    pub(super) fn on_post(&mut self, env: v1::Envelope) -> Vec<E2eEvent> {
+        let mut out = Vec::new();
+        let channel = env.conversation_id.clone();
+        let queue = self.waiting.entry(channel.clone()).or_default();
+        queue.push_back(env);
+        if queue.len() > MAX_WAITING_POSTS
+            && let Some(oldest) = queue.pop_front()
+        {
+            out.push(unreadable(&oldest, no_key_reason()));
+        }
+        self.read_waiting(&channel, &mut out);
+        out
+    }
+
+    /// A key message in a sub-group of `channel`; then the posts waiting
+    /// for it.
+    pub(super) fn on_sender_key(
+        &mut self,
+        gid: &[u8],
+        env: &v1::Envelope,
+        channel: &str,
+        sender: &str,
+        payload: &[u8],
+    ) -> Vec<E2eEvent> {
+        let accepted = lock(&self.mls).accept_sender_key(gid, channel, sender, payload);
+        if let Err(e) = accepted {
+            return vec![unreadable(env, format!("not a sender key: {e}"))];
+        }
+        let mut out = Vec::new();
+        self.read_waiting(channel, &mut out);
+        out
+    }
+
+    /// Reads the posts waiting in `channel` from the oldest, up to the
+    /// first whose key may still come. One whose sender's key this device
+    /// already holds a newer epoch of never becomes readable: it was
+    /// posted before this device joined (or while it was out).
+    fn read_waiting(&mut self, channel: &str, out: &mut Vec<E2eEvent>) {
+        let Some(mut queue) = self.waiting.remove(channel) else {
+            return;
+        };
+        while let Some(post) = queue.pop_front() {
+            match self.read_post(&post) {
+                Ok(event) => out.push(event),
+                Err(herold_mls::MlsError::NoSenderKey { sender, epoch, .. }) => {
+                    let newest = lock(&self.mls).newest_sender_key(channel, &sender);
+                    if newest.is_some_and(|n| epoch.is_none_or(|e| e < n)) {
+                        out.push(unreadable(&post, no_key_reason()));
+                    } else {
+                        queue.push_front(post);
+                        break;
+                    }
+                }
+                Err(e) => out.push(unreadable(&post, format!("cannot read the post: {e}"))),
+            }
+        }
+        if !queue.is_empty() {
+            self.waiting.insert(channel.to_owned(), queue);
+        }
+    }
+
+    /// After a sync every stored key message has been read: posts still
+    /// waiting never get theirs on this device.
+    pub(super) fn give_up_waiting(&mut self) -> Vec<E2eEvent> {
+        let mut out = Vec::new();
+        for (_, queue) in self.waiting.drain() {
+            for post in queue {
+                out.push(unreadable(&post, no_key_reason()));
+            }
+        }
+        out
+    }
+
+    fn read_post(&self, env: &v1::Envelope) -> Result<E2eEvent, herold_mls::MlsError> {
+        let post = lock(&self.mls).decrypt_post(&env.conversation_id, &env.ciphertext, &[])?;
+        if post.sender == self.device_id {
+            return Ok(unreadable(env, "this device's own post".into()));
+        }
+        let Some((expiry, plaintext)) = post.plaintext.split_first_chunk::<EXPIRY_LEN>() else {
+            return Ok(unreadable(env, "a post without its expiry".into()));
+        };
+        let expires_at_ms = i64::from_be_bytes(*expiry);
+        if expires_at_ms != 0 && expires_at_ms <= now_ms() {
+            return Ok(unreadable(env, "expired".into()));
+        }
+        Ok(E2eEvent::Message(Message {
+            conversation_id: env.conversation_id.clone(),
+            seq: env.seq,
+            sender_account_id: env.sender_account_id.clone(),
+            sender_device_id: post.sender,
+            server_time_ms: env.server_time_ms,
+            expires_at_ms,
+            plaintext: plaintext.to_vec(),
+        }))
+    }
+}
+
+/// The plaintext of a post read elsewhere ([`E2eClient::process_raw`]):
+/// without the expiry in front.
+pub(super) fn post_plaintext(mut post: herold_mls::Post) -> herold_mls::Post {
+    if post.plaintext.len() >= EXPIRY_LEN {
+        post.plaintext.drain(..EXPIRY_LEN);
+    }
+    post
+}
+
+fn no_key_reason() -> String {
+    "its sender key never reached this device (posted before it joined, or after it left)".into()
+}
+
+fn unreadable(env: &v1::Envelope, reason: String) -> E2eEvent {
+    E2eEvent::Unreadable {
+        conversation_id: env.conversation_id.clone(),
+        seq: env.seq,
+        reason,
+    }
+}
