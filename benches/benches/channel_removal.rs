@@ -153,7 +153,7 @@ fn main() {
             watcher.decrypt_post(CHANNEL, &post, &[]).unwrap().plaintext,
             [0x42; 300]
         );
-        let removed = MlsDevice::create("vol-00001.phone", None).unwrap();
+        let mut removed = MlsDevice::create("vol-00001.phone", None).unwrap();
         assert!(matches!(
             removed.decrypt_post(CHANNEL, &post, &[]),
             Err(MlsError::NoSenderKey { .. })

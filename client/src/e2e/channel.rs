@@ -3,25 +3,27 @@
 //! keeps an MLS group in every sub-group, hands its sender key out there as
 //! an MLS application message, and posts to the channel itself once per
 //! post, encrypted with that key and signed ([`herold_mls`]'s sender keys).
-//! A membership change touches one sub-group's tree (a commit of O(log n))
-//! and a new sender key in every sub-group: kilobytes per member where one
-//! MLS group of 7,000 would send each member half a megabyte.
+//! A membership change costs a commit in one sub-group of ~55 members and
+//! a new sender key in every sub-group: kilobytes per member where one MLS
+//! group of 7,000 would send each member half a megabyte.
 //!
-//! The publisher hands out a new key whenever any sub-group's epoch moved
-//! (someone joined, left, or renewed a leaf), so a removed device never
-//! holds a key that a later post uses, and a newcomer none that an earlier
-//! one did. It reads the channel's roster version before each post; only
-//! when it moved (or the key is older than the key renewal interval) does
-//! it walk the sub-groups.
+//! The publisher hands out a new key whenever it finds that a sub-group's
+//! group or epoch moved (someone joined, left or renewed a leaf, or the
+//! group was restarted), so a removed device never holds a key that a
+//! later post uses, and a newcomer none that an earlier one did. It reads
+//! the channel's roster version before each post and walks the sub-groups
+//! when it moved, at least every [`SUB_GROUP_CHECK_INTERVAL`], and when
+//! the key is older than the key renewal interval.
 //!
 //! A receiving device takes key messages from its sub-group and reads posts
-//! with them. A post that comes before its key (another conversation's
-//! order) waits, in order and bounded, until the key comes; at the end of
-//! a sync, when every stored key message has been read, what still waits
-//! is [`E2eEvent::Unreadable`].
+//! with them. A sync brings a channel's sub-groups before the channel; a
+//! post that still comes before its key (live, through another
+//! conversation) waits, bounded, until the key comes, for at most
+//! [`KEY_WAIT`]. At the end of a sync, when every stored key message has
+//! been read, what still waits is [`E2eEvent::Unreadable`].
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herold_proto::v1::{self, ErrorCode};
 use tracing::debug;
@@ -38,26 +40,37 @@ pub const MAX_WAITING_POSTS: usize = 10_000;
 /// encryption, so that the relay can neither read nor change it).
 const EXPIRY_LEN: usize = 8;
 
+/// How often a publisher walks the sub-groups of a channel it posts to
+/// even when the channel's roster did not move: a sub-group restarted by a
+/// reader that could not go on, or changed by another publisher device,
+/// moves no roster version.
+pub const SUB_GROUP_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a post waits for its sender key before it is reported
+/// unreadable (the key's message comes through another conversation, and
+/// in a sync before the post: this is for a key that never comes).
+pub const KEY_WAIT: Duration = Duration::from_secs(60);
+
 /// Where a publisher device stands with its sender key in one channel.
 #[derive(Debug, Clone)]
 pub(super) struct Handed {
-    /// The channel's roster version when the key went out.
+    /// The channel's roster version when the sub-groups were last walked.
     roster_version: u64,
     /// Each sub-group's (MLS group id, epoch) when the key went out.
     at: HashMap<String, (Vec<u8>, u64)>,
     /// When the key went out.
-    when: Instant,
+    keyed: Instant,
+    /// When the sub-groups were last walked.
+    walked: Instant,
 }
 
-impl Handed {
-    /// Whether the key went out less than `renewal` ago.
-    fn young(&self, renewal: std::time::Duration) -> bool {
-        Instant::now().saturating_duration_since(self.when) < renewal
-    }
+/// Whether less than `age` has passed since `then`.
+fn within(then: Instant, age: Duration) -> bool {
+    Instant::now().saturating_duration_since(then) < age
 }
 
-/// A post that arrived before its sender key.
-pub(super) type Waiting = HashMap<String, VecDeque<v1::Envelope>>;
+/// Per channel, posts that arrived before their sender key, with when.
+pub(super) type Waiting = HashMap<String, VecDeque<(v1::Envelope, Instant)>>;
 
 /// Why handing out a key did not finish.
 enum HandOut {
@@ -152,7 +165,9 @@ impl E2eClient {
             let fresh = {
                 let handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
                 handed.get(conv).is_some_and(|h| {
-                    h.roster_version == roster_version && h.young(self.key_renewal)
+                    h.roster_version == roster_version
+                        && within(h.walked, SUB_GROUP_CHECK_INTERVAL)
+                        && within(h.keyed, self.key_renewal)
                 }) && lock(&self.mls).sender_key_epoch(conv).is_some()
             };
             if !fresh {
@@ -185,21 +200,26 @@ impl E2eClient {
         roster_version: u64,
     ) -> Result<(), HandOut> {
         let at = self.sub_groups_up_to_date(subs).await?;
-        let same = self
+        let kept = self
             .handed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(conv)
-            .is_some_and(|h| h.at == at && h.young(self.key_renewal));
-        if !same || lock(&self.mls).sender_key_epoch(conv).is_none() {
-            let epoch = lock(&self.mls)
-                .rotate_sender_key(conv)
-                .map_err(E2eError::from)?;
-            debug!(channel = conv, epoch, "handing out a new sender key");
-            for (sub, (gid, _)) in &at {
-                self.hand_out(conv, sub, gid).await?;
+            .filter(|h| h.at == at && within(h.keyed, self.key_renewal))
+            .map(|h| h.keyed);
+        let keyed = match kept {
+            Some(when) if lock(&self.mls).sender_key_epoch(conv).is_some() => when,
+            _ => {
+                let epoch = lock(&self.mls)
+                    .rotate_sender_key(conv)
+                    .map_err(E2eError::from)?;
+                debug!(channel = conv, epoch, "handing out a new sender key");
+                for (sub, (gid, _)) in &at {
+                    self.hand_out(conv, sub, gid).await?;
+                }
+                Instant::now()
             }
-        }
+        };
         self.handed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -208,7 +228,8 @@ impl E2eClient {
                 Handed {
                     roster_version,
                     at,
-                    when: Instant::now(),
+                    keyed,
+                    walked: Instant::now(),
                 },
             );
         Ok(())
@@ -245,14 +266,14 @@ impl E2eClient {
 
 impl Pump {
     /// A post of a large channel: read with its sender's key, or kept
-    /// until the key comes (behind any post already waiting: in order).
+    /// until the key comes.
     pub(super) fn on_post(&mut self, env: v1::Envelope) -> Vec<E2eEvent> {
         let mut out = Vec::new();
         let channel = env.conversation_id.clone();
         let queue = self.waiting.entry(channel.clone()).or_default();
-        queue.push_back(env);
+        queue.push_back((env, Instant::now()));
         if queue.len() > MAX_WAITING_POSTS
-            && let Some(oldest) = queue.pop_front()
+            && let Some((oldest, _)) = queue.pop_front()
         {
             out.push(unreadable(&oldest, no_key_reason()));
         }
@@ -279,31 +300,35 @@ impl Pump {
         out
     }
 
-    /// Reads the posts waiting in `channel` from the oldest, up to the
-    /// first whose key may still come. One whose sender's key this device
-    /// already holds a newer epoch of never becomes readable: it was
-    /// posted before this device joined (or while it was out).
+    /// Reads what it can of the posts waiting in `channel`, oldest first;
+    /// the others keep waiting. A post never becomes readable once this
+    /// device holds a newer key of its sender (keys only move forward: it
+    /// was posted before this device joined, or while it was out), nor
+    /// after [`KEY_WAIT`]. One sender's posts come out in their order: a
+    /// later one reads only with a later key, which makes the earlier ones
+    /// hopeless; another sender's missing key holds nothing back.
     fn read_waiting(&mut self, channel: &str, out: &mut Vec<E2eEvent>) {
-        let Some(mut queue) = self.waiting.remove(channel) else {
+        let Some(queue) = self.waiting.remove(channel) else {
             return;
         };
-        while let Some(post) = queue.pop_front() {
+        let mut still = VecDeque::new();
+        for (post, since) in queue {
             match self.read_post(&post) {
                 Ok(event) => out.push(event),
                 Err(herold_mls::MlsError::NoSenderKey { sender, epoch, .. }) => {
                     let newest = lock(&self.mls).newest_sender_key(channel, &sender);
-                    if newest.is_some_and(|n| epoch.is_none_or(|e| e < n)) {
+                    let hopeless = newest.is_some_and(|n| epoch.is_none_or(|e| e < n));
+                    if hopeless || !within(since, KEY_WAIT) {
                         out.push(unreadable(&post, no_key_reason()));
                     } else {
-                        queue.push_front(post);
-                        break;
+                        still.push_back((post, since));
                     }
                 }
                 Err(e) => out.push(unreadable(&post, format!("cannot read the post: {e}"))),
             }
         }
-        if !queue.is_empty() {
-            self.waiting.insert(channel.to_owned(), queue);
+        if !still.is_empty() {
+            self.waiting.insert(channel.to_owned(), still);
         }
     }
 
@@ -312,7 +337,7 @@ impl Pump {
     pub(super) fn give_up_waiting(&mut self) -> Vec<E2eEvent> {
         let mut out = Vec::new();
         for (_, queue) in self.waiting.drain() {
-            for post in queue {
+            for (post, _) in queue {
                 out.push(unreadable(&post, no_key_reason()));
             }
         }

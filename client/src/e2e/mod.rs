@@ -45,7 +45,7 @@ mod pump;
 mod renew;
 
 use crate::{Accepted, Client, ClientConfig, ClientError, Sender, new_message_id};
-pub use channel::MAX_WAITING_POSTS;
+pub use channel::{KEY_WAIT, MAX_WAITING_POSTS, SUB_GROUP_CHECK_INTERVAL};
 use pump::Pump;
 use renew::{OwnChange, Renewal};
 

@@ -11,8 +11,11 @@
 //! Its sender is the MLS sender; its signature key that sender's leaf's.
 //!
 //! A post: `"HSP1" | sender device (u16 length, UTF-8) | epoch (u64) |
-//! nonce (12) | ciphertext length (u32) | AES-128-GCM ciphertext | Ed25519
-//! signature (64)`. The AEAD's associated data is the channel id, the
+//! counter (u64) | nonce (12) | ciphertext length (u32) | AES-128-GCM
+//! ciphertext | Ed25519 signature (64)`. The counter grows with every post
+//! of a sender key (the publisher's clock in milliseconds, or one more than
+//! the last when that is higher) and a reader takes each only once: a post
+//! delivered again, by a relay or anyone, is refused. The AEAD's associated data is the channel id, the
 //! header and the caller's authenticated data (the expiry); the signature
 //! covers a context string, the channel id, everything before it and the
 //! caller's authenticated data. The key alone lets a member read posts, not
@@ -41,6 +44,10 @@ const SETTING_PREFIX: &str = "sender_key/";
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct SenderKey {
     epoch: u64,
+    /// The publisher's own key: the last counter it used (not saved: the
+    /// clock moves it past any earlier one). Another's: the highest counter
+    /// read.
+    counter: u64,
     key: Vec<u8>,
     /// The publisher's MLS signature key, as the sub-group's tree gave it.
     signature_key: Vec<u8>,
@@ -82,6 +89,7 @@ impl MlsDevice {
         let epoch = self.current_sender_key(&own).map_or(1, |k| k.epoch + 1);
         let entry = SenderKey {
             epoch,
+            counter: 0,
             key,
             signature_key: self.signer.to_public_vec(),
         };
@@ -158,6 +166,7 @@ impl MlsDevice {
             .ok_or_else(|| bad(&format!("{sender} is not a member of the sub-group")))?;
         let entry = SenderKey {
             epoch,
+            counter: 0,
             key,
             signature_key,
         };
@@ -184,9 +193,14 @@ impl MlsDevice {
             .rand()
             .random_vec(NONCE_LEN)
             .map_err(|e| MlsError::openmls("making a nonce", e))?;
+        let counter = key.counter.saturating_add(1).max(clock_ms());
+        if let Some(k) = self.sender_keys.get_mut(&own).and_then(|v| v.last_mut()) {
+            k.counter = counter;
+        }
         let mut post = POST_MAGIC.to_vec();
         put_text(&mut post, &self.device_id)?;
         post.extend_from_slice(&key.epoch.to_be_bytes());
+        post.extend_from_slice(&counter.to_be_bytes());
         post.extend_from_slice(&nonce);
         let associated = [channel.as_bytes(), &post, aad].concat();
         let ciphertext = self
@@ -216,8 +230,14 @@ impl MlsDevice {
     /// [`MlsError::NoSenderKey`] while the key's message has not arrived
     /// (or never will: a device removed before the key was made), and with
     /// [`MlsError::BadSenderKey`] for a post that is malformed, not signed
-    /// by the device it names, or does not decrypt.
-    pub fn decrypt_post(&self, channel: &str, post: &[u8], aad: &[u8]) -> Result<Post, MlsError> {
+    /// by the device it names, does not decrypt, or was read before (its
+    /// counter is not above the highest read; the new highest is saved).
+    pub fn decrypt_post(
+        &mut self,
+        channel: &str,
+        post: &[u8],
+        aad: &[u8],
+    ) -> Result<Post, MlsError> {
         let bad = |why: &str| MlsError::BadSenderKey(why.to_owned());
         let mut r = Reader(post);
         if r.take(4)? != POST_MAGIC {
@@ -225,6 +245,7 @@ impl MlsDevice {
         }
         let sender = r.text()?.to_owned();
         let epoch = r.u64()?;
+        let counter = r.u64()?;
         let nonce = r.take(NONCE_LEN)?;
         let header_len = post.len() - r.0.len();
         let len = r.u32()? as usize;
@@ -234,9 +255,10 @@ impl MlsDevice {
         if !r.0.is_empty() {
             return Err(bad("trailing bytes"));
         }
+        let id = (channel.to_owned(), sender.clone());
         let key = self
             .sender_keys
-            .get(&(channel.to_owned(), sender.clone()))
+            .get(&id)
             .and_then(|keys| keys.iter().find(|k| k.epoch == epoch))
             .ok_or_else(|| no_key(channel, &sender, Some(epoch)))?;
         let crypto = self.provider.crypto();
@@ -258,6 +280,18 @@ impl MlsDevice {
                 &associated,
             )
             .map_err(|_| bad("does not decrypt"))?;
+        // This device's own posts: the counter is what it last sent.
+        if sender != self.device_id {
+            if counter <= key.counter {
+                return Err(bad(&format!(
+                    "a post read before (counter {counter}; read up to {})",
+                    key.counter
+                )));
+            }
+            let mut read = key.clone();
+            read.counter = counter;
+            self.keep_sender_key(id, read)?;
+        }
         Ok(Post {
             plaintext,
             sender,
@@ -306,6 +340,14 @@ pub(super) fn load(db: &StateDb) -> Result<SenderKeys, String> {
     Ok(out)
 }
 
+/// The wall clock in unix milliseconds (0 before 1970).
+fn clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 fn setting_key((channel, sender): &(String, String)) -> String {
     format!("{SETTING_PREFIX}{channel}\0{sender}")
 }
@@ -314,6 +356,7 @@ fn encode_keys(keys: &[SenderKey]) -> Vec<u8> {
     let mut out = Vec::new();
     for k in keys {
         out.extend_from_slice(&k.epoch.to_be_bytes());
+        out.extend_from_slice(&k.counter.to_be_bytes());
         out.extend_from_slice(&k.key);
         out.extend_from_slice(&(k.signature_key.len() as u16).to_be_bytes());
         out.extend_from_slice(&k.signature_key);
@@ -326,11 +369,13 @@ fn decode_keys(bytes: &[u8]) -> Result<Vec<SenderKey>, MlsError> {
     let mut out = Vec::new();
     while !r.0.is_empty() {
         let epoch = r.u64()?;
+        let counter = r.u64()?;
         let key = r.take(KEY_LEN)?.to_vec();
         let n = usize::from(u16::from_be_bytes(r.array()?));
         let signature_key = r.take(n)?.to_vec();
         out.push(SenderKey {
             epoch,
+            counter,
             key,
             signature_key,
         });
@@ -409,9 +454,14 @@ impl MlsDevice {
         as_sender: &str,
         plaintext: &[u8],
     ) -> Vec<u8> {
+        let id = (channel.to_owned(), as_sender.to_owned());
+        let kept = self.sender_keys.get(&id).cloned();
         let real = std::mem::replace(&mut self.device_id, as_sender.to_owned());
         let post = self.encrypt_post(channel, plaintext, &[]);
         self.device_id = real;
+        if let Some(keys) = kept {
+            self.sender_keys.insert(id, keys);
+        }
         post.expect("the member holds the publisher's key")
     }
 }

@@ -72,7 +72,7 @@ fn a_post_is_one_ciphertext_that_every_member_reads() {
     assert_eq!(ch.rotate(), 1);
     let aad = encode_aad(0);
     let post = ch.p.encrypt_post(C, b"polls open at 8", &aad).unwrap();
-    for (_, d) in &ch.members {
+    for (_, d) in &mut ch.members {
         let got = d.decrypt_post(C, &post, &aad).unwrap();
         assert_eq!(got.plaintext, b"polls open at 8");
         assert_eq!((got.sender.as_str(), got.epoch), ("p", 1));
@@ -88,6 +88,18 @@ fn a_post_is_one_ciphertext_that_every_member_reads() {
         .decrypt_post(C, &post, &encode_aad(5))
         .unwrap_err();
     assert!(matches!(e, MlsError::BadSenderKey(_)), "{e}");
+    // Delivered again (by a relay, or anyone who kept it): refused.
+    let e = ch.members[1].1.decrypt_post(C, &post, &aad).unwrap_err();
+    assert!(e.to_string().contains("read before"), "{e}");
+    let next = ch.p.encrypt_post(C, b"the next one", &aad).unwrap();
+    assert_eq!(
+        ch.members[1]
+            .1
+            .decrypt_post(C, &next, &aad)
+            .unwrap()
+            .plaintext,
+        b"the next one"
+    );
 }
 
 #[test]
@@ -204,11 +216,16 @@ fn sender_keys_survive_reopening_the_state_file() {
     a.accept_sender_key(G1, C, &sender, &payload).unwrap();
     drop((p, a));
     let mut p = MlsDevice::open(&pp).unwrap();
-    let a = MlsDevice::open(&ap).unwrap();
+    let mut a = MlsDevice::open(&ap).unwrap();
     assert_eq!(p.sender_key_epoch(C), Some(3));
     let post = p.encrypt_post(C, b"after a restart", &[]).unwrap();
     assert_eq!(
         a.decrypt_post(C, &post, &[]).unwrap().plaintext,
         b"after a restart"
     );
+    // What a reader has read stays read across its restarts.
+    drop(a);
+    let mut a = MlsDevice::open(&ap).unwrap();
+    let e = a.decrypt_post(C, &post, &[]).unwrap_err();
+    assert!(e.to_string().contains("read before"), "{e}");
 }

@@ -140,18 +140,9 @@ impl AdminService {
                     default_ttl_seconds: r.default_ttl_seconds,
                     created_at_ms: now_ms(),
                 };
-                if r.sub_groups > 0 {
-                    // The sub-groups first: a channel shows as large only
-                    // once they all exist, and never becomes large later.
-                    let store = &self.node.store;
-                    if store
-                        .get_conversation(&c.id)
-                        .await
-                        .map_err(store_status)?
-                        .is_some()
-                    {
-                        return Err(store_status(StoreError::ConversationExists(c.id)));
-                    }
+                if kind == ConversationKind::Channel {
+                    // The sub-groups first: a channel is large from its
+                    // first moment, and never becomes large later.
                     self.create_sub_groups(&c, r.sub_groups).await?;
                 }
                 self.node

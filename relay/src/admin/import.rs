@@ -277,17 +277,17 @@ impl AdminService {
             }
             return Err(e);
         }
-        // Large channels' sub-groups follow their channels.
+        // Large channels' sub-groups follow their channels: every time, so
+        // that a retry after a failure halfway brings them in line too (a
+        // channel already in line costs reads only).
         for c in &r.channels {
-            if touched.contains(c) {
-                let subs = self.mirror_sub_groups(c).await;
-                if let Ok(subs) = &subs {
-                    touched.extend(subs.iter().cloned());
-                }
-                if let Err(e) = subs {
-                    self.node.rosters_changed(&touched).await;
-                    return Err(e);
-                }
+            let subs = self.mirror_sub_groups(c).await;
+            if let Ok(subs) = &subs {
+                touched.extend(subs.iter().cloned());
+            }
+            if let Err(e) = subs {
+                self.node.rosters_changed(&touched).await;
+                return Err(e);
             }
         }
         if !touched.is_empty() {
@@ -438,8 +438,12 @@ pub(super) fn validate_row(r: &v1::RosterRow, prefix: &str) -> Result<Row, Strin
         ));
     }
     let group_id = format!("{prefix}{s}");
-    ids::validate_id("conversation", &group_id)
-        .map_err(|e| format!("polling station {station:?} gives group id {group_id:?}: {e}"))?;
+    check_id("conversation", &group_id).map_err(|e| {
+        format!(
+            "polling station {station:?} gives group id {group_id:?}: {}",
+            e.message()
+        )
+    })?;
     let role = parse_roster_role(&r.role)?;
     let cohort = r.cohort.trim();
     ids::validate_id("cohort tag", cohort).map_err(|e| e.to_string())?;
@@ -448,7 +452,7 @@ pub(super) fn validate_row(r: &v1::RosterRow, prefix: &str) -> Result<Row, Strin
     } else {
         r.account_id.trim().to_owned()
     };
-    ids::validate_id("account", &account_id).map_err(|e| e.to_string())?;
+    check_id("account", &account_id).map_err(|e| e.message().to_owned())?;
     Ok(Row {
         line: r.line,
         account_id,

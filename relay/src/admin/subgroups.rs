@@ -46,18 +46,38 @@ impl AdminService {
         })
     }
 
-    /// Creates the `n` sub-groups of the new large channel `c`, empty; the
-    /// first [`AdminService::mirror_sub_groups`] fills them. A sub-group
-    /// left from an earlier attempt is kept.
+    /// Creates the `n` sub-groups of the new channel `c` (none for 0),
+    /// empty; the first [`AdminService::mirror_sub_groups`] fills them.
+    /// Sub-groups left by an earlier attempt that failed halfway are kept;
+    /// more of them than `n` refuse the creation (they cannot be deleted,
+    /// and the count is read from which exist).
     pub(super) async fn create_sub_groups(
         &self,
         c: &herold_store::Conversation,
         n: u32,
     ) -> Result<(), Status> {
         let store = &self.node.store;
-        // Highest first: the count is found by the existence of `~0`, so it
-        // shows only once every other one is there.
-        for i in (0..n).rev() {
+        if store
+            .get_conversation(&c.id)
+            .await
+            .map_err(store_status)?
+            .is_some()
+        {
+            return Err(store_status(StoreError::ConversationExists(c.id.clone())));
+        }
+        let left = sub_group_count(store.as_ref(), &c.id)
+            .await
+            .map_err(store_status)?;
+        if left > n {
+            return Err(Status::failed_precondition(format!(
+                "an earlier attempt to create channel {:?} made {left} sub-groups; \
+                 create it with sub_groups = {left}",
+                c.id
+            )));
+        }
+        // Lowest first, so that what an attempt leaves is always `~0` up
+        // to some `~k`, which the count (a binary search) reads right.
+        for i in 0..n {
             let sub = herold_store::Conversation {
                 id: ids::sub_group_id(&c.id, i),
                 kind: ConversationKind::Channel,

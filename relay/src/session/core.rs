@@ -207,6 +207,15 @@ enum Pending {
     Abandoned,
 }
 
+/// Where a conversation comes in a sync: by id, each large channel's
+/// sub-groups (in their order) just before the channel.
+fn sync_order(id: &str) -> (&str, u8, u32) {
+    match herold_proto::ids::sub_group_of(id) {
+        Some((channel, i)) => (channel, 0, i),
+        None => (id, 1, 0),
+    }
+}
+
 /// A sync under way.
 struct SyncRun {
     /// The device's own cursors (clamped to the head when used).
@@ -492,7 +501,10 @@ impl Core {
                 },
                 Answer::Page(page),
             ) => self.fill_gap(now, delivery, upto, missing, &page),
-            (Pending::SyncConversations(overrides), Answer::Conversations(convs)) => {
+            (Pending::SyncConversations(overrides), Answer::Conversations(mut convs)) => {
+                // A large channel's sub-groups before the channel: their
+                // key messages come before the posts that need them.
+                convs.sort_by(|a, b| sync_order(a).cmp(&sync_order(b)));
                 let run = SyncRun {
                     overrides,
                     conversations: convs.len(),

@@ -361,19 +361,24 @@ async fn state(shared: &Shared, conversation_id: &str) -> Result<response::Kind,
         .map_err(|e| store_refusal(&e))?;
     // Only a direct conversation names the accounts (sealed sender needs
     // them; a channel's roster would only grow).
-    let cached = shared.rosters.get(conversation_id).await;
+    // An answer without them would make a large channel look small to the
+    // SDK: none rather than a wrong one.
+    let cached = shared.rosters.get(conversation_id).await.map_err(|e| {
+        warn!(error = %e, "roster load failed");
+        Refusal::new(ErrorCode::Unavailable, "storage is unavailable; retry")
+    })?;
     let roster_accounts = match &cached {
-        Ok(Some(r)) if !r.device_accounts.is_empty() => roster
+        Some(r) if !r.device_accounts.is_empty() => roster
             .iter()
             .map(|d| r.device_accounts.get(d).cloned().unwrap_or_default())
             .collect(),
         _ => Vec::new(),
     };
     let sub_conversations = match &cached {
-        Ok(Some(r)) => (0..r.sub_groups)
+        Some(r) => (0..r.sub_groups)
             .map(|i| herold_proto::ids::sub_group_id(conversation_id, i))
             .collect(),
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     Ok(response::Kind::MlsState(v1::MlsState {
         conversation_id: conversation_id.to_owned(),

@@ -376,6 +376,23 @@ fn resync_reads_every_conversation_after_what_was_sent() {
 }
 
 #[test]
+fn a_large_channel_syncs_after_its_sub_groups() {
+    let mut h = live(&[]);
+    let mut store = ModelStore::default();
+    for conv in ["news", "news~1", "news~0", "a", "news~10", "newsroom"] {
+        store.append(conv, None);
+    }
+    h.feed(Input::Push(Push::Resync));
+    h.serve(&store);
+    let order: Vec<String> = h.delivered().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        order,
+        ["a", "news~0", "news~1", "news~10", "news", "newsroom"],
+        "key messages come before the posts that need them"
+    );
+}
+
+#[test]
 fn sync_pages_and_clamps_client_cursors_to_the_head() {
     let mut h = live(&[("c", 1)]);
     let mut store = ModelStore::default();

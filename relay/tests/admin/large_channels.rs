@@ -190,3 +190,79 @@ async fn large_channel_requests_that_cannot_work_are_refused() {
         .into_inner();
     assert_eq!(c.sub_groups, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_failed_creation_left_is_taken_over_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
+    let relay = TestRelay::start_on(
+        herold_relay::Config::dev(dir.path()),
+        store.clone(),
+        Arc::new(herold_router::memory::MemoryRouter::default()),
+    )
+    .await;
+    // An attempt with 6 sub-groups made three, then failed.
+    for i in 0..3 {
+        let sub = herold_store::Conversation {
+            id: herold_proto::ids::sub_group_id("left", i),
+            kind: herold_store::ConversationKind::Channel,
+            title: String::new(),
+            default_ttl_seconds: 0,
+            created_at_ms: 0,
+        };
+        store.create_conversation(sub, Vec::new()).await.unwrap();
+    }
+    let mut admin = relay.admin().await;
+    for fewer in [0, 2] {
+        let mut req = group("left", v1::ConversationKind::Channel, Vec::new());
+        req.sub_groups = fewer;
+        let e = admin.create_conversation(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("sub_groups = 3"), "{e}");
+    }
+    let mut req = group("left", v1::ConversationKind::Channel, Vec::new());
+    req.sub_groups = 6;
+    let c = admin.create_conversation(req).await.unwrap().into_inner();
+    assert_eq!(
+        c.sub_groups, 6,
+        "the retry keeps what was made and adds the rest"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_cannot_make_an_id_of_a_sub_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let mut admin = relay.admin().await;
+    let row = |line: u32, station: &str, account: &str| v1::RosterRow {
+        line,
+        name: format!("Volunteer {line}"),
+        station: station.into(),
+        role: "member".into(),
+        cohort: "wahl".into(),
+        account_id: account.into(),
+    };
+    let r = admin
+        .import_roster(v1::ImportRosterRequest {
+            rows: vec![row(2, "0", ""), row(3, "Schule 1", "eve~0")],
+            channels: vec!["info".into()],
+            group_prefix: "info~".into(),
+            code_ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.failed, 2, "{:?}", r.errors);
+    for e in &r.errors {
+        assert!(e.reason.contains("kept for the sub-groups"), "{e:?}");
+    }
+    let info = admin
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: "info".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.sub_groups, 0, "the channel stays a plain one");
+}
