@@ -7,6 +7,8 @@
 //!   them, and reconnects with backoff, re-sending unacknowledged submits
 //!   with their original message ids (the relay stores each id once).
 //! - `driver`: the task behind a [`Client`] (reconnects, re-sends, acks).
+//! - [`attachment`]: end-to-end encryption of files in chunks, and the
+//!   [`attachment::FileRef`] that carries key and digest inside a message.
 //! - [`raw::RawConnection`]: one connection, frame by frame.
 //! - [`tls`]: certificate pinning.
 //! - [`admin`]: the gRPC admin and enrollment clients.
@@ -32,6 +34,7 @@ use ed25519_dalek::SigningKey;
 use herold_proto::v1::{self, ErrorCode};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+pub mod attachment;
 mod driver;
 pub mod e2e;
 pub mod raw;
