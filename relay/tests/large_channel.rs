@@ -8,25 +8,16 @@
 mod common;
 mod mls_net;
 
-use std::sync::Arc;
-
 use common::*;
 use herold_client::e2e::E2eClient;
 use herold_mls::{MlsDevice, Processed};
 use herold_proto::v1;
 use herold_store::Store as _;
-use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use herold_store::embedded::EmbeddedStore;
 use mls_net::*;
 
 const CHANNEL: &str = "news";
 const SUB_GROUPS: u32 = 3;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn member(account: &str, role: v1::Role) -> v1::Member {
     v1::Member {
@@ -58,14 +49,7 @@ fn read_with(device: &E2eClient, ciphertext: &[u8]) -> Result<Vec<u8>, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_members_read_nothing_after_and_newcomers_nothing_before() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
-    let relay = TestRelay::start_on(
-        herold_relay::Config::dev(dir.path()),
-        store.clone(),
-        Arc::new(herold_router::memory::MemoryRouter::default()),
-    )
-    .await;
+    let (relay, store) = TestRelay::start_embedded(dir.path()).await;
     let net = Net::new(relay.addr, relay.fingerprint);
     let readers = ["r0", "r1", "r2", "r3", "r4", "r5"];
     let lead_key = {

@@ -451,13 +451,6 @@ async fn relay_refuses_mismatched_expiry_foreign_groups_and_plain_payloads() {
     relay.stop().await;
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Key packages: uploaded on connect, each claimed once, the last resort
 /// when they run out, and only for devices in the conversation's roster.
 /// Devices renew their own leaf keys: a sender whose key in the group is

@@ -7,20 +7,10 @@
 mod common;
 mod mls_net;
 
-use std::sync::Arc;
-
 use common::*;
 use herold_proto::v1;
 use herold_store::Store as _;
-use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use mls_net::*;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -35,14 +25,7 @@ const BERND: &str = "Bernd K.";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_see_titles_and_names_the_relay_never_stores() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
-    let relay = TestRelay::start_on(
-        herold_relay::Config::dev(dir.path()),
-        store.clone(),
-        Arc::new(herold_router::memory::MemoryRouter::default()),
-    )
-    .await;
+    let (relay, store) = TestRelay::start_embedded(dir.path()).await;
     let net = Net::new(relay.addr, relay.fingerprint);
     let [ak, bk] = relay.group_of("crew", ["na", "nb"]).await;
     let a = net.connect("na.phone", &ak).await;

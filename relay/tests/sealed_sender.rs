@@ -7,20 +7,10 @@
 mod common;
 mod mls_net;
 
-use std::sync::Arc;
-
 use common::*;
 use herold_proto::v1::{self, ConversationKind};
 use herold_store::Store as _;
-use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use mls_net::*;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// The organisation's policy with sealed sender on or off.
 fn sealed(on: bool) -> v1::SetPolicyRequest {
@@ -40,14 +30,7 @@ fn pair(account: &str, device: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_sealed_sender_no_stored_row_of_a_direct_message_names_its_sender() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
-    let relay = TestRelay::start_on(
-        herold_relay::Config::dev(dir.path()),
-        store.clone(),
-        Arc::new(herold_router::memory::MemoryRouter::default()),
-    )
-    .await;
+    let (relay, store) = TestRelay::start_embedded(dir.path()).await;
     let net = Net::new(relay.addr, relay.fingerprint);
     relay.account("sa").await;
     relay.account("sb").await;

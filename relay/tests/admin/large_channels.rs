@@ -2,10 +2,9 @@
 //! the channel's (docs/e2e.md, "Large channels").
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use herold_store::Store as _;
-use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use herold_store::embedded::EmbeddedStore;
 
 use super::*;
 
@@ -54,14 +53,7 @@ fn assert_split(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_channel_keeps_its_sub_groups_in_line() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
-    let relay = TestRelay::start_on(
-        herold_relay::Config::dev(dir.path()),
-        store.clone(),
-        Arc::new(herold_router::memory::MemoryRouter::default()),
-    )
-    .await;
+    let (relay, store) = TestRelay::start_embedded(dir.path()).await;
     let mut admin = relay.admin().await;
     admin.create_account(acc("boss", &[])).await.unwrap();
     let mut members: BTreeSet<String> = (0..41).map(|i| format!("m{i}")).collect();
@@ -194,14 +186,7 @@ async fn large_channel_requests_that_cannot_work_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_failed_creation_left_is_taken_over_or_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(EmbeddedStore::open(dir.path().join("store"), EmbeddedConfig::default()).unwrap());
-    let relay = TestRelay::start_on(
-        herold_relay::Config::dev(dir.path()),
-        store.clone(),
-        Arc::new(herold_router::memory::MemoryRouter::default()),
-    )
-    .await;
+    let (relay, store) = TestRelay::start_embedded(dir.path()).await;
     // An attempt with 6 sub-groups made three, then failed.
     for i in 0..3 {
         let sub = herold_store::Conversation {

@@ -18,6 +18,14 @@ use tonic::transport::Channel;
 
 pub mod scrape;
 
+/// The wall clock in unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// Upper bound for anything a test waits for.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -51,6 +59,27 @@ impl TestRelay {
                 .await
                 .expect("bind relay"),
         )
+    }
+
+    /// A relay on an embedded store in `dir` and an in-memory router,
+    /// with the store at hand to read what the relay keeps.
+    pub async fn start_embedded(
+        dir: &Path,
+    ) -> (Self, std::sync::Arc<herold_store::embedded::EmbeddedStore>) {
+        let store = std::sync::Arc::new(
+            herold_store::embedded::EmbeddedStore::open(
+                dir.join("store"),
+                herold_store::embedded::EmbeddedConfig::default(),
+            )
+            .unwrap(),
+        );
+        let relay = Self::start_on(
+            Config::dev(dir),
+            store.clone(),
+            std::sync::Arc::new(herold_router::memory::MemoryRouter::default()),
+        )
+        .await;
+        (relay, store)
     }
 
     fn started(relay: Relay) -> Self {
