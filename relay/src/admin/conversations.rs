@@ -191,7 +191,9 @@ impl AdminService {
             String::new(),
             async {
                 if !r.page_token.is_empty() {
-                    check_id("page_token", &r.page_token)?;
+                    // Not check_id: a page may end at a sub-group.
+                    ids::validate_id("page_token", &r.page_token)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 }
                 if op.role == OperatorRole::GroupAdmin {
                     // Its groups, in one page: a group admin manages few.
@@ -218,8 +220,12 @@ impl AdminService {
                     .await
                     .map_err(store_status)?;
                 let mut conversations = Vec::with_capacity(page.items.len());
+                // Sub-groups are the relay's business, shown as their
+                // channel's `sub_groups` (a page may come out shorter).
                 for c in page.items {
-                    conversations.push(self.conversation(&c.id, false).await?);
+                    if ids::sub_group_of(&c.id).is_none() {
+                        conversations.push(self.conversation(&c.id, false).await?);
+                    }
                 }
                 Ok(v1::ListConversationsResponse {
                     conversations,

@@ -44,6 +44,24 @@ impl AdminService {
             } else {
                 PolicyScope::Conversation(r.conversation_id.clone())
             };
+            // A large channel's sub-groups carry its key messages: they
+            // live as long as its posts, under the same limits.
+            let mut touched = vec![r.conversation_id.clone()];
+            if !org {
+                let n =
+                    crate::roster::sub_group_count(self.node.store.as_ref(), &r.conversation_id)
+                        .await
+                        .map_err(store_status)?;
+                for i in 0..n {
+                    let sub = ids::sub_group_id(&r.conversation_id, i);
+                    self.node
+                        .store
+                        .put_policy(PolicyScope::Conversation(sub.clone()), policy.clone())
+                        .await
+                        .map_err(store_status)?;
+                    touched.push(sub);
+                }
+            }
             self.node
                 .store
                 .put_policy(scope, policy)
@@ -52,9 +70,7 @@ impl AdminService {
             if org {
                 self.node.rosters_changed(&[]).await;
             } else {
-                self.node
-                    .rosters_changed(std::slice::from_ref(&r.conversation_id))
-                    .await;
+                self.node.rosters_changed(&touched).await;
             }
             self.policy_view(&r.conversation_id).await
         })

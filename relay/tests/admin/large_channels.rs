@@ -116,6 +116,47 @@ async fn a_large_channel_keeps_its_sub_groups_in_line() {
         }
     }
 
+    // A policy set on the channel reaches its sub-groups.
+    admin
+        .set_policy(v1::SetPolicyRequest {
+            conversation_id: "big".into(),
+            policy: Some(v1::Policy {
+                default_expiry_seconds: Some(3600),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let sub = herold_proto::ids::sub_group_id("big", i);
+        let p = store
+            .get_policy(herold_store::PolicyScope::Conversation(sub.clone()))
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(p.default_expiry_seconds, Some(3600), "{sub}");
+    }
+
+    // The cockpit lists the channel, not its sub-groups, page after page.
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_conversations(v1::ListConversationsRequest {
+                page_token: token,
+                page_size: 2,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.conversations.into_iter().map(|c| c.conversation_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(listed, ["big"]);
+
     // Archived with the channel.
     admin
         .update_conversation(v1::UpdateConversationRequest {
