@@ -409,27 +409,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         eprintln!("({conversation_id} #{seq}: not shown: {reason})");
                         cursors.insert(conversation_id, seq);
                     }
-                    Some(E2eEvent::Joined {
-                        conversation_id, ..
-                    }) => eprintln!("(joined the encrypted group of {conversation_id})"),
-                    Some(E2eEvent::Removed { conversation_id }) => {
-                        eprintln!("(removed from the encrypted group of {conversation_id})")
-                    }
-                    Some(E2eEvent::Restarted {
-                        conversation_id, ..
-                    }) => eprintln!("{}", restarted_note(&conversation_id)),
+                    Some(
+                        ev @ (E2eEvent::Joined { .. }
+                        | E2eEvent::Removed { .. }
+                        | E2eEvent::Restarted { .. }
+                        | E2eEvent::KeyReceived { .. }),
+                    ) => show_event(ev, &mut cursors),
                     Some(E2eEvent::GroupChanged {
                         conversation_id,
+                        seq,
                         added,
                         removed,
                         title,
                         ..
-                    }) => eprintln!(
-                        "({conversation_id}: {} device(s) added, {} removed{})",
-                        added.len(),
-                        removed.len(),
-                        title.map(|t| format!("; title {t:?}")).unwrap_or_default()
-                    ),
+                    }) => {
+                        eprintln!(
+                            "({conversation_id}: {} device(s) added, {} removed{})",
+                            added.len(),
+                            removed.len(),
+                            title.map(|t| format!("; title {t:?}")).unwrap_or_default()
+                        );
+                        cursors.insert(conversation_id, seq);
+                    }
                     Some(E2eEvent::Synced) => {
                         if *until_synced {
                             break;
@@ -452,28 +453,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Prints what `send` received meanwhile (messages on stdout, the rest as
 /// notes on stderr) and advances the cursors.
 fn show_event(ev: E2eEvent, cursors: &mut HashMap<String, u64>) {
+    if let Some((conversation_id, seq)) = ev.position() {
+        cursors.insert(conversation_id.to_owned(), seq);
+    }
     match ev {
-        E2eEvent::Message(m) => {
-            print_message(&m);
-            cursors.insert(m.conversation_id.clone(), m.seq);
-        }
-        E2eEvent::Unreadable {
-            conversation_id,
-            seq,
-            ..
-        } => {
-            cursors.insert(conversation_id, seq);
-        }
+        E2eEvent::Message(m) => print_message(&m),
         E2eEvent::Joined {
             conversation_id, ..
-        } => eprintln!("(joined the encrypted group of {conversation_id})"),
-        E2eEvent::Removed { conversation_id } => {
-            eprintln!("(removed from the encrypted group of {conversation_id})")
+        } => eprintln!(
+            "(joined the encrypted group of {})",
+            group_name(&conversation_id)
+        ),
+        E2eEvent::Removed {
+            conversation_id, ..
+        } => {
+            eprintln!(
+                "(removed from the encrypted group of {})",
+                group_name(&conversation_id)
+            )
         }
         E2eEvent::Restarted {
             conversation_id, ..
         } => eprintln!("{}", restarted_note(&conversation_id)),
         _ => {}
+    }
+}
+
+/// How the CLI names a conversation's group: a large channel's sub-group
+/// by its channel.
+fn group_name(conversation_id: &str) -> String {
+    match herold_proto::ids::sub_group_of(conversation_id) {
+        Some((channel, i)) => format!("{channel} (its sub-group {i})"),
+        None => conversation_id.to_owned(),
     }
 }
 

@@ -295,7 +295,10 @@ impl Pump {
         if let Err(e) = accepted {
             return vec![unreadable(env, format!("not a sender key: {e}"))];
         }
-        let mut out = Vec::new();
+        let mut out = vec![E2eEvent::KeyReceived {
+            conversation_id: env.conversation_id.clone(),
+            seq: env.seq,
+        }];
         self.read_waiting(channel, &mut out);
         out
     }

@@ -40,12 +40,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 mod channel;
+mod events;
 mod names;
 mod pump;
 mod renew;
 
 use crate::{Accepted, Client, ClientConfig, ClientError, Sender, new_message_id};
 pub use channel::{KEY_WAIT, MAX_WAITING_POSTS, SUB_GROUP_CHECK_INTERVAL};
+pub use events::{E2eEvent, Message};
 use pump::Pump;
 use renew::{OwnChange, Renewal};
 
@@ -91,98 +93,6 @@ impl From<herold_mls::MlsError> for E2eError {
     fn from(e: herold_mls::MlsError) -> Self {
         E2eError::Mls(e.to_string())
     }
-}
-
-/// A decrypted message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Conversation.
-    pub conversation_id: String,
-    /// Position in the conversation.
-    pub seq: u64,
-    /// Sending account, as the relay stored it; with sealed sender (the
-    /// relay stores none), the account the relay's roster gives for the
-    /// sending device. Empty if neither says.
-    pub sender_account_id: String,
-    /// Sending device, as authenticated by MLS (its credential).
-    pub sender_device_id: String,
-    /// Relay time of acceptance, unix milliseconds.
-    pub server_time_ms: i64,
-    /// Expiry from the authenticated data, unix milliseconds; 0: none.
-    pub expires_at_ms: i64,
-    /// The plaintext.
-    pub plaintext: Vec<u8>,
-}
-
-impl Message {
-    /// Whether the message has expired at `now_ms` (an app's message store
-    /// deletes it then).
-    pub fn is_expired(&self, now_ms: i64) -> bool {
-        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
-    }
-}
-
-/// What the end-to-end client reports to the app.
-#[derive(Debug, Clone)]
-pub enum E2eEvent {
-    /// A decrypted message, in conversation order, once.
-    Message(Message),
-    /// The group changed: devices added or removed (by a commit).
-    GroupChanged {
-        /// Conversation.
-        conversation_id: String,
-        /// The group's new epoch.
-        epoch: u64,
-        /// Devices added.
-        added: Vec<String>,
-        /// Devices removed.
-        removed: Vec<String>,
-        /// The group's title after the commit (a member may have changed
-        /// it); `None` without one. See [`E2eClient::title`].
-        title: Option<String>,
-    },
-    /// This device joined the conversation's group (from a Welcome).
-    Joined {
-        /// Conversation.
-        conversation_id: String,
-        /// The epoch it joined at.
-        epoch: u64,
-    },
-    /// This device was removed from the conversation's group.
-    Removed {
-        /// Conversation.
-        conversation_id: String,
-    },
-    /// The conversation's group was restarted because a member could not
-    /// process a commit: this device left the old group; it joins the new
-    /// one from a Welcome ([`E2eEvent::Joined`]) or creates it when it
-    /// sends. Apps may tell the user that the conversation's encryption was
-    /// renewed.
-    Restarted {
-        /// Conversation.
-        conversation_id: String,
-        /// The new group's generation.
-        generation: u64,
-    },
-    /// An envelope this device cannot read: sent before it joined, after
-    /// it left, expired, or not end-to-end encrypted.
-    Unreadable {
-        /// Conversation.
-        conversation_id: String,
-        /// Its seq.
-        seq: u64,
-        /// Why.
-        reason: String,
-    },
-    /// Everything stored up to now has been processed (after each connect).
-    Synced,
-    /// The connection was lost; the client is reconnecting.
-    Disconnected {
-        /// Why.
-        reason: String,
-    },
-    /// The client stopped for good.
-    Stopped(ClientError),
 }
 
 /// A commit prepared by [`E2eClient::prepare_membership_commit`].

@@ -293,6 +293,7 @@ impl Pump {
                             }
                             out.push(E2eEvent::Joined {
                                 conversation_id: conv,
+                                seq: env.seq,
                                 epoch,
                             });
                             return out;
@@ -372,11 +373,13 @@ impl Pump {
                 if removed_me {
                     out.push(E2eEvent::Removed {
                         conversation_id: conv,
+                        seq: env.seq,
                     });
                 } else {
                     let title = lock(&self.mls).title(&gid);
                     out.push(E2eEvent::GroupChanged {
                         conversation_id: conv,
+                        seq: env.seq,
                         epoch,
                         added,
                         removed,
