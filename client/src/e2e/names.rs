@@ -2,8 +2,8 @@
 //! and display names"): the title lives in the group's context, a display
 //! name in the device's leaf. The relay stores neither.
 
-use super::renew::{OwnChange, Renewal};
-use super::{E2eClient, E2eError, SEND_ATTEMPTS, lock, newest_group};
+use super::renew::OwnChange;
+use super::{E2eClient, E2eError, lock, newest_group};
 
 impl E2eClient {
     /// The conversation's title as its members set it (end-to-end
@@ -28,19 +28,8 @@ impl E2eClient {
     ) -> Result<bool, E2eError> {
         // Checked before any network round trip.
         herold_mls::check_title(title)?;
-        let conv = conversation_id;
-        let conv_lock = self.conv_lock(conv);
-        let _one_at_a_time = conv_lock.lock().await;
-        for _ in 0..SEND_ATTEMPTS {
-            let gid = self.up_to_date(conv).await?;
-            let st = self.mls_state(conv).await?;
-            match self.renew(conv, &gid, &st, OwnChange::Title(title)).await? {
-                Renewal::Done => return Ok(true),
-                Renewal::Refused => return Ok(false),
-                Renewal::Lost => {}
-            }
-        }
-        Err(E2eError::Contended(conv.to_owned()))
+        self.own_change(conversation_id, OwnChange::Title(title))
+            .await
     }
 
     /// The display name a member's device set for itself, as this device's

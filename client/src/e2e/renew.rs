@@ -11,6 +11,7 @@ use super::{E2eClient, E2eError, PreparedCommit, SEND_ATTEMPTS, lock, newest_gro
 use crate::new_message_id;
 
 /// A commit that changes no membership.
+#[derive(Clone, Copy)]
 pub(super) enum OwnChange<'a> {
     /// A self-update (with the device's current display name).
     Renew,
@@ -47,13 +48,23 @@ impl E2eClient {
     /// when the relay refused the commit (e.g. a reader of a channel may
     /// not commit).
     pub async fn renew_key(&self, conversation_id: &str) -> Result<bool, E2eError> {
-        let conv = conversation_id;
+        self.own_change(conversation_id, OwnChange::Renew).await
+    }
+
+    /// Commits `change` now, after bringing the group up to date, again
+    /// while other commits win the epoch. Ok(false) when the relay refused
+    /// the commit.
+    pub(super) async fn own_change(
+        &self,
+        conv: &str,
+        change: OwnChange<'_>,
+    ) -> Result<bool, E2eError> {
         let conv_lock = self.conv_lock(conv);
         let _one_at_a_time = conv_lock.lock().await;
         for _ in 0..SEND_ATTEMPTS {
             let gid = self.up_to_date(conv).await?;
             let st = self.mls_state(conv).await?;
-            match self.renew(conv, &gid, &st, OwnChange::Renew).await? {
+            match self.renew(conv, &gid, &st, change).await? {
                 Renewal::Done => return Ok(true),
                 Renewal::Refused => return Ok(false),
                 Renewal::Lost => {}

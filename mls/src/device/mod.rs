@@ -26,6 +26,23 @@ use crate::error::{MlsError, group_text};
 use crate::state::{DbError, State, StateDb};
 use crate::{CIPHERSUITE, create_config};
 
+/// The group `group_id` and its epoch, for a commit of this device:
+/// refused while one of its commits is pending.
+fn committable<'a>(
+    groups: &'a mut BTreeMap<Vec<u8>, Group>,
+    group_id: &[u8],
+) -> Result<(&'a mut Group, u64), MlsError> {
+    let group = groups.get_mut(group_id).ok_or_else(|| unknown(group_id))?;
+    let from_epoch = group.mls.epoch().as_u64();
+    if group.mls.pending_commit().is_some() {
+        return Err(MlsError::CommitPending {
+            group: group_text(group_id),
+            epoch: from_epoch,
+        });
+    }
+    Ok((group, from_epoch))
+}
+
 /// One device's MLS state: its signature key and credential (identity =
 /// device id), the private keys of the key packages it handed out, and its
 /// groups. Kept in memory and, if a path is given, in a state file (a redb
@@ -413,17 +430,7 @@ impl MlsDevice {
     ) -> Result<PendingCommit, MlsError> {
         let leaf = self.leaf_parameters()?;
         let own = self.device_id.as_str();
-        let group = self
-            .groups
-            .get_mut(group_id)
-            .ok_or_else(|| unknown(group_id))?;
-        let from_epoch = group.mls.epoch().as_u64();
-        if group.mls.pending_commit().is_some() {
-            return Err(MlsError::CommitPending {
-                group: group_text(group_id),
-                epoch: from_epoch,
-            });
-        }
+        let (group, from_epoch) = committable(&mut self.groups, group_id)?;
         if remove.iter().any(|d| d == own) {
             return Err(MlsError::CannotRemoveSelf {
                 device: own.to_string(),

@@ -9,7 +9,7 @@
 
 use openmls::prelude::*;
 
-use super::{MlsDevice, PendingCommit, identity_text, unknown};
+use super::{MlsDevice, PendingCommit, identity_text};
 use crate::error::{MlsError, group_text};
 
 /// Group context extension: the group's title, UTF-8.
@@ -147,17 +147,7 @@ impl MlsDevice {
     ) -> Result<PendingCommit, MlsError> {
         let title = checked_name("title", title, MAX_TITLE_BYTES)?;
         let leaf = self.leaf_parameters()?;
-        let group = self
-            .groups
-            .get_mut(group_id)
-            .ok_or_else(|| unknown(group_id))?;
-        let from_epoch = group.mls.epoch().as_u64();
-        if group.mls.pending_commit().is_some() {
-            return Err(MlsError::CommitPending {
-                group: group_text(group_id),
-                epoch: from_epoch,
-            });
-        }
+        let (group, from_epoch) = super::committable(&mut self.groups, group_id)?;
         let title_type = ExtensionType::Unknown(TITLE_EXTENSION);
         let lacking: Vec<String> = group
             .mls
