@@ -23,6 +23,7 @@
 //! been read, what still waits is [`E2eEvent::Unreadable`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herold_proto::v1::{self, ErrorCode};
@@ -89,7 +90,7 @@ impl E2eClient {
     /// The sub-group conversations of `conv` when it is a large channel;
     /// `None` for any other conversation. Asked once per conversation (a
     /// channel gets its sub-groups at creation and keeps them).
-    pub(super) async fn sub_groups(&self, conv: &str) -> Result<Option<Vec<String>>, E2eError> {
+    pub(super) async fn sub_groups(&self, conv: &str) -> Result<Option<Arc<[String]>>, E2eError> {
         if let Some(known) = self
             .large
             .lock()
@@ -99,7 +100,7 @@ impl E2eClient {
             return Ok((!known.is_empty()).then(|| known.clone()));
         }
         let st = self.mls_state(conv).await?;
-        let subs = st.sub_conversations;
+        let subs: Arc<[String]> = st.sub_conversations.into();
         self.large
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -109,7 +110,7 @@ impl E2eClient {
 
     /// Brings every sub-group of a large channel up to date; returns each
     /// one's (MLS group id, epoch).
-    async fn sub_groups_up_to_date(
+    pub(super) async fn sub_groups_up_to_date(
         &self,
         subs: &[String],
     ) -> Result<HashMap<String, (Vec<u8>, u64)>, E2eError> {
@@ -136,14 +137,6 @@ impl E2eClient {
             at.insert(sub.clone(), (gid, epoch));
         }
         Ok(at)
-    }
-
-    /// [`E2eClient::bring_up_to_date`] of a large channel: every sub-group.
-    pub(super) async fn bring_sub_groups_up_to_date(
-        &self,
-        subs: &[String],
-    ) -> Result<(), E2eError> {
-        self.sub_groups_up_to_date(subs).await.map(|_| ())
     }
 
     /// Sends `plaintext` to the large channel `conv`: a new sender key

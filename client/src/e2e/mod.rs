@@ -132,7 +132,7 @@ pub struct E2eClient {
     key_renewal: Duration,
     /// Per conversation asked: its sub-group conversations (empty: not a
     /// large channel).
-    large: Mutex<HashMap<String, Vec<String>>>,
+    large: Mutex<HashMap<String, Arc<[String]>>>,
     /// Per large channel: where this device's sender key went out.
     handed: Mutex<HashMap<String, channel::Handed>>,
 }
@@ -335,7 +335,7 @@ impl E2eClient {
     /// In a large channel: the group of every sub-group.
     pub async fn bring_up_to_date(&self, conv: &str) -> Result<(), E2eError> {
         if let Some(subs) = self.sub_groups(conv).await? {
-            return self.bring_sub_groups_up_to_date(&subs).await;
+            return self.sub_groups_up_to_date(&subs).await.map(|_| ());
         }
         self.up_to_date(conv).await.map(|_| ())
     }
