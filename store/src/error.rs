@@ -92,4 +92,19 @@ pub enum StoreError {
         /// The most one-time packages a device may hold.
         limit: u32,
     },
+    /// An attachment with this id exists already.
+    #[error("an attachment with this id exists already")]
+    AttachmentExists,
+    /// No attachment with this id, or it expired.
+    #[error("no such attachment (unknown or expired)")]
+    NoSuchAttachment,
+    /// A chunk that does not fit its attachment: out of order, past the
+    /// end, or of the wrong length.
+    #[error("chunk {index} does not fit the attachment: {detail}")]
+    InvalidChunk {
+        /// The chunk's index.
+        index: u32,
+        /// What is wrong with it.
+        detail: String,
+    },
 }

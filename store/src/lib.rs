@@ -68,7 +68,7 @@ mod rules;
 pub use error::StoreError;
 pub use model::*;
 pub use rules::CodeTimes;
-pub(crate) use rules::{admit_mls, normalize_tags, reconcile, restart};
+pub(crate) use rules::{admit_mls, check_chunk, normalize_tags, reconcile, restart};
 
 /// The durable store. All methods are cancellation-safe in the sense that a
 /// cancelled call either took full effect or none.
@@ -364,6 +364,40 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn close(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    // ---- attachments ----
+
+    /// Stores an attachment's description, with no chunk yet
+    /// (`received_chunks` is taken as 0). [`StoreError::AttachmentExists`]
+    /// if the id is taken, [`StoreError::NoSuchConversation`].
+    async fn create_attachment(&self, attachment: Attachment) -> Result<(), StoreError>;
+    /// The attachment, with the chunks stored so far; `None` if unknown or
+    /// expired at `now_ms`.
+    async fn attachment(
+        &self,
+        id: &[u8],
+        now_ms: UnixMillis,
+    ) -> Result<Option<Attachment>, StoreError>;
+    /// Stores chunk `index` durably and records that every chunk up to it
+    /// is stored; returns the attachment as it now stands. Chunks go in
+    /// order: `index` may be at most `received_chunks` (storing one again
+    /// is allowed: a resumed upload), and must have the length
+    /// [`Attachment::chunk_len`] gives. [`StoreError::InvalidChunk`]
+    /// otherwise, [`StoreError::NoSuchAttachment`] for an unknown id. The
+    /// chunk expires with the attachment.
+    async fn put_attachment_chunk(
+        &self,
+        id: &[u8],
+        index: u32,
+        data: Vec<u8>,
+    ) -> Result<Attachment, StoreError>;
+    /// Chunk `index` of the attachment, if stored. The caller checks the
+    /// attachment (its expiry, who may read it) first.
+    async fn attachment_chunk(&self, id: &[u8], index: u32) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes every attachment expired at `now_ms`, chunks and all;
+    /// returns how many. Backends whose rows expire by themselves (CQL's
+    /// TTL) may have nothing to do.
+    async fn purge_expired_attachments(&self, now_ms: UnixMillis) -> Result<u64, StoreError>;
 
     // ---- expiry ----
 

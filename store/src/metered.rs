@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::metrics::{ERRORS, OPERATION_SECONDS};
 #[allow(unused_imports)] // used by the expansions of `delegate_store!`
 use crate::{
-    Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, Device,
+    Account, AccountPurge, AccountState, Appended, Attachment, AuditEntry, Conversation, Device,
     EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsState, NewMessage, Page, Policy,
     PolicyScope, Store, StoreError, StoredMessage, UnixMillis,
 };
@@ -70,7 +70,10 @@ pub fn error_kind(error: &StoreError) -> &'static str {
         | StoreError::MembershipPending { .. }
         | StoreError::InvalidRosterVersion { .. }
         | StoreError::MlsRequired
-        | StoreError::KeyPackageLimit { .. } => REJECTED,
+        | StoreError::KeyPackageLimit { .. }
+        | StoreError::AttachmentExists
+        | StoreError::NoSuchAttachment
+        | StoreError::InvalidChunk { .. } => REJECTED,
     }
 }
 
@@ -381,6 +384,38 @@ macro_rules! delegate_store {
 
             async fn purge_expired(&self, now_ms: UnixMillis) -> Result<u64, StoreError> {
                 call!(self.purge_expired(now_ms))
+            }
+
+            async fn create_attachment(&self, attachment: Attachment) -> Result<(), StoreError> {
+                call!(self.create_attachment(attachment))
+            }
+            async fn attachment(
+                &self,
+                id: &[u8],
+                now_ms: UnixMillis,
+            ) -> Result<Option<Attachment>, StoreError> {
+                call!(self.attachment(id, now_ms))
+            }
+            async fn put_attachment_chunk(
+                &self,
+                id: &[u8],
+                index: u32,
+                data: Vec<u8>,
+            ) -> Result<Attachment, StoreError> {
+                call!(self.put_attachment_chunk(id, index, data))
+            }
+            async fn attachment_chunk(
+                &self,
+                id: &[u8],
+                index: u32,
+            ) -> Result<Option<Vec<u8>>, StoreError> {
+                call!(self.attachment_chunk(id, index))
+            }
+            async fn purge_expired_attachments(
+                &self,
+                now_ms: UnixMillis,
+            ) -> Result<u64, StoreError> {
+                call!(self.purge_expired_attachments(now_ms))
             }
         }
     };

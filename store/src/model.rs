@@ -407,3 +407,54 @@ impl AuditEntry {
             herold_proto::audit::entry_hash(head_hash, &self.chain_fields(self.chain_seq)).to_vec();
     }
 }
+
+/// An end-to-end encrypted file uploaded to a conversation: its ciphertext
+/// only, kept in chunks of `chunk_bytes` (the last one shorter) so that no
+/// row or partition grows with the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Random and unguessable, chosen by the relay (16 bytes).
+    pub id: Vec<u8>,
+    /// Where it was uploaded: only this conversation's members fetch it.
+    pub conversation_id: String,
+    /// The device that uploads it, the only one that may resume the upload.
+    pub uploader_device_id: String,
+    /// Ciphertext bytes in all.
+    pub size: u64,
+    /// Bytes per chunk (every chunk but the last).
+    pub chunk_bytes: u32,
+    /// Relay clock at the start of the upload.
+    pub created_at_ms: UnixMillis,
+    /// When it is deleted (the message's expiry); `None`: kept.
+    pub expires_at_ms: Option<UnixMillis>,
+    /// Chunks stored, from the first one on without a gap.
+    pub received_chunks: u32,
+}
+
+impl Attachment {
+    /// How many chunks the whole file takes (0 for an empty one).
+    pub fn chunks(&self) -> u32 {
+        let per = u64::from(self.chunk_bytes.max(1));
+        u32::try_from(self.size.div_ceil(per)).unwrap_or(u32::MAX)
+    }
+
+    /// Whether every chunk is stored: the attachment can be fetched.
+    pub fn complete(&self) -> bool {
+        self.received_chunks >= self.chunks()
+    }
+
+    /// The length chunk `index` must have; `None` past the last.
+    pub fn chunk_len(&self, index: u32) -> Option<u64> {
+        if index >= self.chunks() {
+            return None;
+        }
+        let per = u64::from(self.chunk_bytes);
+        let start = u64::from(index) * per;
+        Some(per.min(self.size - start))
+    }
+
+    /// Whether it is expired at `now_ms`.
+    pub fn expired(&self, now_ms: UnixMillis) -> bool {
+        self.expires_at_ms.is_some_and(|e| e <= now_ms)
+    }
+}

@@ -158,3 +158,21 @@ pub(crate) fn restart(
         group_roster_version: 0,
     })
 }
+
+/// Checks chunk `index` of `a` before it is stored.
+pub(crate) fn check_chunk(a: &crate::Attachment, index: u32, len: usize) -> Result<(), StoreError> {
+    let invalid = |detail: String| StoreError::InvalidChunk { index, detail };
+    let Some(want) = a.chunk_len(index) else {
+        return Err(invalid(format!("the attachment has {} chunks", a.chunks())));
+    };
+    if index > a.received_chunks {
+        return Err(invalid(format!(
+            "chunks go in order and {} are stored",
+            a.received_chunks
+        )));
+    }
+    if len as u64 != want {
+        return Err(invalid(format!("it has {len} bytes, not {want}")));
+    }
+    Ok(())
+}

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 
 use crate::metered::{call, delegate_store};
 use crate::{
-    Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, Device,
+    Account, AccountPurge, AccountState, Appended, Attachment, AuditEntry, Conversation, Device,
     EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsState, NewMessage, Page, Policy,
     PolicyScope, Store, StoreError, StoredMessage, UnixMillis,
 };

@@ -163,6 +163,7 @@ fn seqs_of(messages: &[crate::StoredMessage]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
+mod attachments;
 mod cursors;
 mod directory;
 mod logs;
@@ -170,6 +171,7 @@ mod mls;
 mod mls_groups;
 mod operators;
 
+pub use attachments::*;
 pub use cursors::*;
 pub use directory::*;
 pub use logs::*;
@@ -240,6 +242,9 @@ macro_rules! conformance_tests {
             mark_reconciled_rules,
             mls_restart_rules,
             welcome_for_latest_wins,
+            attachment_chunks_in_order,
+            attachment_unknown_ids,
+            attachment_expiry_deletes_chunks,
         );
     };
     (@cases $make:path; $($case:ident),+ $(,)?) => {

@@ -7,6 +7,36 @@ use super::*;
 type ConvRow = (Option<i8>, Option<String>, Option<i64>, Option<i64>);
 
 impl CqlStore {
+    /// Writes memberships: the members rows in one batch (one partition),
+    /// then each account's index row.
+    pub(super) async fn write_members(
+        &self,
+        conversation_id: &str,
+        by_account: &BTreeMap<&str, Role>,
+    ) -> Result<(), StoreError> {
+        if by_account.is_empty() {
+            return Ok(());
+        }
+        for chunk in by_account.iter().collect::<Vec<_>>().chunks(500) {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values = Vec::with_capacity(chunk.len());
+            for (a, r) in chunk {
+                batch.append_statement(self.st.mem_put.clone());
+                values.push((conversation_id, **a, role_code(**r)));
+            }
+            self.check_open()?;
+            self.session
+                .batch(&batch, values)
+                .await
+                .map_err(|e| backend("write members", e))?;
+        }
+        for a in by_account.keys() {
+            self.exec(&self.st.cba_put, (*a, conversation_id), "write membership")
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn require_accounts(&self, ids: &[&str]) -> Result<(), StoreError> {
         for id in ids {
             if self.get_account(id).await?.is_none() {

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_expired_data_compaction.cql",
         cql: include_str!("../../migrations/cql/0009_expired_data_compaction.cql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_attachments.cql",
+        cql: include_str!("../../migrations/cql/0010_attachments.cql"),
+    },
 ];
 
 impl Migration {

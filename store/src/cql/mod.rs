@@ -73,13 +73,14 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, MaybeUnset, Row};
 
 use crate::{
-    Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
-    Device, EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsCheck, MlsState,
-    NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError, StoredMessage, UnixMillis,
-    admit_mls,
+    Account, AccountPurge, AccountState, Appended, Attachment, AuditEntry, Conversation,
+    ConversationKind, Device, EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsCheck,
+    MlsState, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError, StoredMessage,
+    UnixMillis, admit_mls,
 };
 
 mod admin;
+mod attachments;
 mod audit;
 pub mod config;
 mod directory;
@@ -292,6 +293,7 @@ pub struct CqlStore {
     adm: admin::AdminStatements,
     mls: mls::MlsStatements,
     audit: audit::AuditStatements,
+    att: attachments::AttachmentStatements,
     /// This process's audit appends, one at a time, and the chain heads it
     /// moved last (see `audit`).
     audit_heads: tokio::sync::Mutex<HashMap<String, AuditEntry>>,
@@ -366,12 +368,14 @@ impl CqlStore {
         let adm = admin::AdminStatements::prepare(&session, &config.keyspace).await?;
         let mls = mls::MlsStatements::prepare(&session, &config.keyspace).await?;
         let audit = audit::AuditStatements::prepare(&session, &config.keyspace).await?;
+        let att = attachments::AttachmentStatements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
             session,
             st,
             adm,
             mls,
             audit,
+            att,
             audit_heads: tokio::sync::Mutex::new(HashMap::new()),
             devices: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
@@ -752,36 +756,30 @@ impl Store for CqlStore {
     async fn purge_expired(&self, now_ms: UnixMillis) -> Result<u64, StoreError> {
         self.l_purge_expired(now_ms).await
     }
-}
 
-impl CqlStore {
-    /// Writes memberships: the members rows in one batch (one partition),
-    /// then each account's index row.
-    async fn write_members(
+    async fn create_attachment(&self, a: Attachment) -> Result<(), StoreError> {
+        self.att_create(a).await
+    }
+    async fn attachment(
         &self,
-        conversation_id: &str,
-        by_account: &BTreeMap<&str, Role>,
-    ) -> Result<(), StoreError> {
-        if by_account.is_empty() {
-            return Ok(());
-        }
-        for chunk in by_account.iter().collect::<Vec<_>>().chunks(500) {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            let mut values = Vec::with_capacity(chunk.len());
-            for (a, r) in chunk {
-                batch.append_statement(self.st.mem_put.clone());
-                values.push((conversation_id, **a, role_code(**r)));
-            }
-            self.check_open()?;
-            self.session
-                .batch(&batch, values)
-                .await
-                .map_err(|e| backend("write members", e))?;
-        }
-        for a in by_account.keys() {
-            self.exec(&self.st.cba_put, (*a, conversation_id), "write membership")
-                .await?;
-        }
-        Ok(())
+        id: &[u8],
+        now: UnixMillis,
+    ) -> Result<Option<Attachment>, StoreError> {
+        self.att_get(id, now).await
+    }
+    async fn put_attachment_chunk(
+        &self,
+        id: &[u8],
+        i: u32,
+        data: Vec<u8>,
+    ) -> Result<Attachment, StoreError> {
+        self.att_put_chunk(id, i, data).await
+    }
+    async fn attachment_chunk(&self, id: &[u8], i: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.att_chunk(id, i).await
+    }
+    /// Nothing to do: every row of an attachment has its expiry as TTL.
+    async fn purge_expired_attachments(&self, _now: UnixMillis) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }

@@ -47,6 +47,9 @@
 //! | `last_resort_packages` | device id                       | last-resort key package    |
 //! | `welcomes`        | (conversation id, seq of the commit) | Welcome bytes              |
 //! | `device_welcomes` | (device id, conversation id)         | seq of its latest Welcome  |
+//! | `attachments`     | attachment id                        | `AttachmentRec` (conversation, uploader, size, expiry, chunks stored) |
+//! | `attachment_chunks` | (attachment id, chunk index)       | the chunk's ciphertext     |
+//! | `attachment_expiry` | (expires at ms, attachment id)     | `()`                       |
 //!
 //! A conversation's archived flag is field 5 of `ConversationRec`. The
 //! admin API's five tables (`account_state` to `audit`), `audit_head` and the six MLS
@@ -136,15 +139,16 @@ use redb::{
 use tokio::sync::oneshot;
 
 use crate::{
-    Account, AccountPurge, AccountState, Appended, AuditEntry, Conversation, ConversationKind,
-    Device, DirectChats, EnrollmentCode, KeyPackageCount, KeyPackageUpload, Member, MlsCheck,
-    MlsState, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError, StoredMessage,
-    UnixMillis, admit_mls, normalize_tags, reconcile, restart,
+    Account, AccountPurge, AccountState, Appended, Attachment, AuditEntry, Conversation,
+    ConversationKind, Device, DirectChats, EnrollmentCode, KeyPackageCount, KeyPackageUpload,
+    Member, MlsCheck, MlsState, NewMessage, Page, Policy, PolicyScope, Role, Store, StoreError,
+    StoredMessage, UnixMillis, admit_mls, check_chunk, normalize_tags, reconcile, restart,
 };
 
 #[cfg(test)]
 mod tests;
 
+mod attachments;
 mod directory;
 mod logs;
 mod mls;
@@ -154,6 +158,7 @@ mod store_api;
 mod tables;
 mod writer;
 
+use attachments::*;
 use directory::*;
 use logs::*;
 use mls::*;

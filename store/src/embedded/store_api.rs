@@ -632,4 +632,33 @@ impl Store for EmbeddedStore {
         }
         Ok(purged)
     }
+
+    async fn create_attachment(&self, attachment: Attachment) -> Result<(), StoreError> {
+        self.att_create(attachment).await
+    }
+
+    async fn attachment(
+        &self,
+        id: &[u8],
+        now_ms: UnixMillis,
+    ) -> Result<Option<Attachment>, StoreError> {
+        self.att_get(id, now_ms).await
+    }
+
+    async fn put_attachment_chunk(
+        &self,
+        id: &[u8],
+        index: u32,
+        data: Vec<u8>,
+    ) -> Result<Attachment, StoreError> {
+        self.att_put_chunk(id, index, data).await
+    }
+
+    async fn attachment_chunk(&self, id: &[u8], index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.att_chunk(id, index).await
+    }
+
+    async fn purge_expired_attachments(&self, now_ms: UnixMillis) -> Result<u64, StoreError> {
+        self.att_purge(now_ms).await
+    }
 }

@@ -76,7 +76,10 @@ pub(super) fn is_logical(error: &StoreError) -> bool {
         | StoreError::MembershipPending { .. }
         | StoreError::InvalidRosterVersion { .. }
         | StoreError::MlsRequired
-        | StoreError::KeyPackageLimit { .. } => true,
+        | StoreError::KeyPackageLimit { .. }
+        | StoreError::AttachmentExists
+        | StoreError::NoSuchAttachment
+        | StoreError::InvalidChunk { .. } => true,
         StoreError::Corrupt { .. } | StoreError::Backend(_) | StoreError::Closed => false,
     }
 }
@@ -276,6 +279,9 @@ pub(super) struct WriteTables<'t> {
     pub(super) last_resort: Table<'t, &'static str, &'static [u8]>,
     pub(super) welcomes: Table<'t, (&'static str, u64), &'static [u8]>,
     pub(super) device_welcomes: Table<'t, (&'static str, &'static str), u64>,
+    pub(super) attachments: Table<'t, &'static [u8], &'static [u8]>,
+    pub(super) attachment_chunks: Table<'t, (&'static [u8], u32), &'static [u8]>,
+    pub(super) attachment_expiry: Table<'t, (i64, &'static [u8]), ()>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -304,6 +310,9 @@ impl<'t> WriteTables<'t> {
             last_resort: txn.open_table(LAST_RESORT).or_backend()?,
             welcomes: txn.open_table(WELCOMES).or_backend()?,
             device_welcomes: txn.open_table(DEVICE_WELCOMES).or_backend()?,
+            attachments: txn.open_table(ATTACHMENTS).or_backend()?,
+            attachment_chunks: txn.open_table(ATTACHMENT_CHUNKS).or_backend()?,
+            attachment_expiry: txn.open_table(ATTACHMENT_EXPIRY).or_backend()?,
         })
     }
 }
