@@ -22,6 +22,9 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 pub const TAG_BYTES: usize = 16;
 /// Ciphertext bytes of every chunk but the last.
 pub const SEALED_CHUNK_BYTES: usize = CHUNK_BYTES + TAG_BYTES;
+// The relay stores attachments in chunks of this size: a resumed upload
+// starts at a chunk of the encryption.
+const _: () = assert!(SEALED_CHUNK_BYTES == herold_proto::ATTACHMENT_CHUNK_BYTES as usize);
 /// Bytes of a file key.
 pub const KEY_BYTES: usize = 32;
 

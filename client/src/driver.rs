@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herold_proto::v1::{self, ErrorCode, client_frame, server_frame};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::raw::RawConnection;
 use crate::{Accepted, ClientConfig, ClientError, Cmd, Event, MAX_DRAIN_WAIT_MS};
@@ -24,6 +24,9 @@ pub(crate) struct Shared {
     pub max_ciphertext: Arc<AtomicUsize>,
     pub cursors: Arc<Mutex<HashMap<String, u64>>>,
     pub events: mpsc::Sender<Event>,
+    /// The authenticated connection of the moment (attachment transfers
+    /// open their streams on it).
+    pub conn: watch::Sender<Option<quinn::Connection>>,
 }
 
 /// Starts the driver on an authenticated connection.
@@ -39,6 +42,7 @@ pub(crate) fn spawn(
         config,
         cursors: shared.cursors,
         events: shared.events,
+        conn: shared.conn,
         pending: HashMap::new(),
         requests: HashMap::new(),
         next_request: 1,
@@ -57,6 +61,7 @@ struct Driver {
     config: ClientConfig,
     cursors: Arc<Mutex<HashMap<String, u64>>>,
     events: mpsc::Sender<Event>,
+    conn: watch::Sender<Option<quinn::Connection>>,
     /// Submits sent but not yet answered, by message id: re-sent after a
     /// reconnect.
     pending: HashMap<Vec<u8>, (v1::Submit, Reply)>,
@@ -173,6 +178,7 @@ impl Driver {
     }
 
     async fn serve(&mut self, mut c: RawConnection, cmds: &mut mpsc::Receiver<Cmd>) -> Outcome {
+        self.conn.send_replace(Some(c.connection().clone()));
         // Resume: our cursors, then every unanswered submit again.
         let cursors: Vec<v1::Cursor> = self
             .cursors

@@ -32,11 +32,12 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use herold_proto::v1::{self, ErrorCode};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 pub mod attachment;
 mod driver;
 pub mod e2e;
+pub mod files;
 pub mod raw;
 pub mod roster;
 pub mod tls;
@@ -340,6 +341,8 @@ enum Cmd {
 #[derive(Debug)]
 pub struct Client {
     max_ciphertext: Arc<AtomicUsize>,
+    conn: watch::Receiver<Option<quinn::Connection>>,
+    tap: Option<raw::WireTap>,
     cmd: mpsc::Sender<Cmd>,
     events: mpsc::Receiver<Event>,
     cursors: Arc<Mutex<HashMap<String, u64>>>,
@@ -368,6 +371,8 @@ impl Client {
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let max_ciphertext = Arc::new(AtomicUsize::new(ok.max_ciphertext_bytes as usize));
+        let (conn_tx, conn_rx) = watch::channel(Some(conn.connection().clone()));
+        let tap = config.wire_tap.clone();
         driver::spawn(
             config,
             conn,
@@ -376,10 +381,13 @@ impl Client {
                 max_ciphertext: max_ciphertext.clone(),
                 cursors: cursors.clone(),
                 events: ev_tx,
+                conn: conn_tx,
             },
         );
         Ok(Self {
             max_ciphertext,
+            conn: conn_rx,
+            tap,
             cmd: cmd_tx,
             events: ev_rx,
             cursors,
@@ -393,6 +401,8 @@ impl Client {
     pub fn sender(&self) -> Sender {
         Sender {
             max_ciphertext: self.max_ciphertext.clone(),
+            conn: self.conn.clone(),
+            tap: self.tap.clone(),
             cmd: self.cmd.clone(),
             in_flight: self.in_flight.clone(),
         }
@@ -468,6 +478,10 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct Sender {
     max_ciphertext: Arc<AtomicUsize>,
+    /// The connection of the moment, for attachment streams ([`files`]).
+    conn: watch::Receiver<Option<quinn::Connection>>,
+    /// Copies the bytes of attachment streams, as the config asked.
+    tap: Option<raw::WireTap>,
     cmd: mpsc::Sender<Cmd>,
     in_flight: Arc<Semaphore>,
 }

@@ -44,7 +44,7 @@ pub struct RawConnection {
 /// what crosses the wire (e.g. that no plaintext does).
 pub type WireTap = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
 
-fn tap_bytes(tap: &Option<WireTap>, bytes: &[u8]) {
+pub(crate) fn tap_bytes(tap: &Option<WireTap>, bytes: &[u8]) {
     if let Some(t) = tap {
         t.lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -11,6 +11,8 @@
 pub const MAX_ID_BYTES: usize = 64;
 /// Length of a message id.
 pub const MESSAGE_ID_BYTES: usize = 16;
+/// Length of an attachment id (random, chosen by the relay).
+pub const ATTACHMENT_ID_BYTES: usize = 16;
 /// Separates a large channel's id from the number of one of its sub-groups.
 pub const SUB_GROUP_SEPARATOR: char = '~';
 

@@ -46,3 +46,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The QUIC ALPN identifier of protocol version 1.
 pub const ALPN: &[u8] = b"herold/1";
+
+/// Bytes per stored chunk of an attachment (the last one is shorter): one
+/// chunk of the SDK's encryption, 64 KiB of a file and its 16-byte tag, so
+/// an upload resumes at a chunk boundary of the encryption too.
+pub const ATTACHMENT_CHUNK_BYTES: u32 = 64 * 1024 + 16;
+
+/// Largest AttachmentRequest or AttachmentResponse frame, bytes.
+pub const ATTACHMENT_FRAME_BYTES: usize = 16 * 1024;

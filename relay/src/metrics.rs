@@ -77,6 +77,11 @@ pub const DEVICE_QUEUE_DEPTH: &str = "herold_relay_device_queue_depth";
 /// Devices disconnected because their delivery queue was full, or because
 /// a write to them did not complete within `write_timeout`.
 pub const SLOW_CONSUMERS: &str = "herold_relay_slow_consumer_disconnects_total";
+/// Attachment streams served, by `kind` (upload, download) and `outcome`
+/// (done, cut, or the error code of a refusal).
+pub const ATTACHMENT_STREAMS: &str = "herold_relay_attachment_streams_total";
+/// Attachment ciphertext carried, by `direction` (up: stored, down: sent).
+pub const ATTACHMENT_BYTES: &str = "herold_relay_attachment_bytes_total";
 /// Cluster resyncs: the node inbox reported lost deliveries.
 pub const RESYNCS: &str = "herold_relay_resyncs_total";
 /// Device cursors written per flush.
@@ -85,6 +90,9 @@ pub const CURSOR_FLUSH_CURSORS: &str = "herold_relay_cursor_flush_cursors";
 pub const CURSOR_FLUSH_ERRORS: &str = "herold_relay_cursor_flush_errors_total";
 /// Expired messages deleted by the purge.
 pub const PURGED: &str = "herold_relay_purged_messages_total";
+/// Expired attachments deleted by the purge (backends whose rows expire by
+/// themselves, like CQL, report none).
+pub const PURGED_ATTACHMENTS: &str = "herold_relay_purged_attachments_total";
 
 /// 1 while the relay drains, 0 otherwise.
 pub const DRAINING: &str = "herold_relay_draining";
@@ -300,6 +308,16 @@ pub fn describe() {
         "Devices disconnected because their delivery queue was full."
     );
     describe_counter!(
+        ATTACHMENT_STREAMS,
+        Unit::Count,
+        "Attachment streams served, by kind and outcome (done, cut, or a refusal's code)."
+    );
+    describe_counter!(
+        ATTACHMENT_BYTES,
+        Unit::Bytes,
+        "Attachment ciphertext stored (up) and sent (down)."
+    );
+    describe_counter!(
         RESYNCS,
         Unit::Count,
         "Node inbox lags: every device resynced from the store."
@@ -318,6 +336,11 @@ pub fn describe() {
         PURGED,
         Unit::Count,
         "Expired messages deleted by the purge."
+    );
+    describe_counter!(
+        PURGED_ATTACHMENTS,
+        Unit::Count,
+        "Expired attachments deleted by the purge (none on CQL: TTL)."
     );
     describe_gauge!(DRAINING, "1 while the relay drains, else 0.");
     describe_gauge!(

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub admission: Arc<Admission>,
     /// Places for appends waiting for the store (`max_pending_appends`).
     pub appends: tokio::sync::Semaphore,
+    /// Attachment streams served at once (`max_attachment_streams`).
+    pub attachment_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -107,6 +109,9 @@ impl Shared {
             ),
             admission: Admission::new(limits),
             appends: tokio::sync::Semaphore::new(limits.max_pending_appends as usize),
+            attachment_streams: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_attachment_streams as usize,
+            )),
         }
     }
 }

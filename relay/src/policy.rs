@@ -20,7 +20,8 @@ pub(crate) struct Effective {
     pub max_expiry_seconds: u64,
     /// Devices per account.
     pub max_devices: u32,
-    /// Largest ciphertext, bytes.
+    /// Largest attachment ciphertext, bytes; a message's ciphertext is
+    /// bounded by it too (besides the relay's `max_ciphertext_bytes`).
     pub max_attachment_bytes: u64,
     /// Who may start direct conversations.
     pub direct_chats: DirectChats,
@@ -50,7 +51,7 @@ impl Effective {
             .or_else(|| org.and_then(|p| p.default_expiry_seconds))
             .unwrap_or(0)
             .min(max_expiry_seconds);
-        let relay_max_ct = u64::from(limits.max_ciphertext_bytes);
+        let relay_max_att = limits.max_attachment_bytes;
         Self {
             default_expiry_seconds,
             max_expiry_seconds,
@@ -59,8 +60,8 @@ impl Effective {
                 .unwrap_or(limits.max_devices_per_account)
                 .min(MAX_DEVICES_CEILING),
             max_attachment_bytes: pick(|p| p.max_attachment_bytes)
-                .unwrap_or(relay_max_ct)
-                .min(relay_max_ct),
+                .unwrap_or(relay_max_att)
+                .min(relay_max_att),
             direct_chats: org
                 .and_then(|p| p.direct_chats)
                 .unwrap_or(DirectChats::Everyone),
@@ -76,6 +77,28 @@ impl Effective {
     /// The longest expiry, as a duration.
     pub fn max_expiry(&self) -> Duration {
         Duration::from_secs(self.max_expiry_seconds)
+    }
+
+    /// When something sent at `now_ms` asking for `requested_ms` (0: the
+    /// default retention) expires: `None` keeps it. Refused (the reason
+    /// for `INVALID_EXPIRY`) in the past or beyond the maximum.
+    pub fn expiry(&self, requested_ms: i64, now_ms: i64) -> Result<Option<i64>, String> {
+        let max_expiry = i64::try_from(self.max_expiry().as_millis()).unwrap_or(i64::MAX);
+        if requested_ms == 0 {
+            let ttl_ms = i64::try_from(self.default_expiry_seconds.saturating_mul(1000))
+                .unwrap_or(i64::MAX)
+                .min(max_expiry);
+            Ok((ttl_ms > 0).then(|| now_ms.saturating_add(ttl_ms)))
+        } else if requested_ms <= now_ms {
+            Err("the expiry lies in the past".into())
+        } else if requested_ms > now_ms.saturating_add(max_expiry) {
+            Err(format!(
+                "the expiry lies more than {} seconds ahead (the policy's maximum)",
+                self.max_expiry_seconds
+            ))
+        } else {
+            Ok(Some(requested_ms))
+        }
     }
 
     /// As a fully filled [`Policy`].
@@ -121,10 +144,8 @@ mod tests {
         assert_eq!(e.max_expiry_seconds, 86_400);
         assert_eq!(e.max_devices, 3);
         // The relay's limit is a ceiling.
-        assert_eq!(
-            e.max_attachment_bytes,
-            u64::from(limits.max_ciphertext_bytes)
-        );
+        assert_eq!(e.max_attachment_bytes, limits.max_attachment_bytes);
+        assert_eq!(none.max_attachment_bytes, 100 * 1024 * 1024);
         assert_eq!(e.direct_chats, DirectChats::Nobody);
         assert!(e.sealed_sender);
         // The conversation's own retention beats the org default, and the

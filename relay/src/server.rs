@@ -419,6 +419,14 @@ async fn purge_expired(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "purging expired messages failed"),
         }
+        match shared.store.purge_expired_attachments(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!(m::PURGED_ATTACHMENTS).increment(n);
+                info!(purged = n, "expired attachments deleted");
+            }
+            Err(e) => warn!(error = %e, "purging expired attachments failed"),
+        }
     }
 }
 

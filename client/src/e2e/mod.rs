@@ -41,6 +41,7 @@ use tracing::{debug, warn};
 
 mod channel;
 mod events;
+mod files;
 mod names;
 mod pump;
 mod renew;
@@ -87,6 +88,10 @@ pub enum E2eError {
     /// Commits kept racing; try again later.
     #[error("the group of {0:?} kept changing; try again")]
     Contended(String),
+    /// A file could not be encrypted or decrypted, or is not the one its
+    /// message describes.
+    #[error("file: {0}")]
+    File(String),
 }
 
 impl From<herold_mls::MlsError> for E2eError {

@@ -28,6 +28,9 @@ pub(super) fn store_status(e: StoreError) -> Status {
         | StoreError::InvalidRosterVersion { .. }
         | StoreError::MlsRequired
         | StoreError::KeyPackageLimit { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::AttachmentExists => Status::already_exists(e.to_string()),
+        StoreError::NoSuchAttachment => Status::not_found(e.to_string()),
+        StoreError::InvalidChunk { .. } => Status::invalid_argument(e.to_string()),
     }
 }
 

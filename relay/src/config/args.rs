@@ -167,9 +167,19 @@ pub struct Args {
     #[arg(long, env = "HEROLD_MAX_PENDING_APPENDS")]
     pub max_pending_appends: Option<u32>,
     /// Seconds a write to a device may block (it reads nothing) before the
-    /// device is disconnected as a slow consumer [default: 30].
+    /// device is disconnected as a slow consumer; also how long an
+    /// attachment stream may make no progress [default: 30].
     #[arg(long, env = "HEROLD_WRITE_TIMEOUT_SECS")]
     pub write_timeout_secs: Option<u64>,
+    /// Largest attachment (its ciphertext), bytes: the ceiling of every
+    /// policy's max_attachment_bytes [default: 104857600, 100 MiB].
+    #[arg(long, env = "HEROLD_MAX_ATTACHMENT_BYTES")]
+    pub max_attachment_bytes: Option<u64>,
+    /// Attachment uploads and downloads served at once, all devices
+    /// together; more wait (in QUIC flow control) for their turn
+    /// [default: 256].
+    #[arg(long, env = "HEROLD_MAX_ATTACHMENT_STREAMS")]
+    pub max_attachment_streams: Option<u32>,
     /// Seconds SIGTERM waits for sessions to drain [default: 10].
     #[arg(long, env = "HEROLD_DRAIN_GRACE_SECS")]
     pub drain_grace_secs: Option<u64>,
@@ -285,6 +295,8 @@ pub(super) struct FileConfig {
     pub(super) mls_restarts_per_hour: Option<u32>,
     pub(super) purge_interval_secs: Option<u32>,
     pub(super) write_timeout_secs: Option<u64>,
+    pub(super) max_attachment_bytes: Option<u64>,
+    pub(super) max_attachment_streams: Option<u32>,
     pub(super) max_pending_appends: Option<u32>,
     pub(super) drain_reconnect_spread_ms: Option<u64>,
     pub(super) log: Option<String>,

@@ -81,8 +81,13 @@ pub struct Limits {
     /// beyond, new ones are refused UNAVAILABLE with a retry-after.
     pub max_pending_appends: u32,
     /// Longest a write to a device may block (it reads nothing) before the
-    /// device is disconnected as a slow consumer.
+    /// device is disconnected as a slow consumer; also the longest an
+    /// attachment stream may make no progress.
     pub write_timeout: Duration,
+    /// Largest attachment ciphertext, bytes: the ceiling of every policy.
+    pub max_attachment_bytes: u64,
+    /// Attachment streams served at once, all devices together.
+    pub max_attachment_streams: u32,
 }
 
 impl Default for Limits {
@@ -148,6 +153,10 @@ impl Default for Limits {
             // A message is at most 256 KiB: at most 256 MiB held for a
             // slow store, and thousands a second while it answers in ms.
             max_pending_appends: 1_024,
+            // The city's current product takes files up to 100 MB.
+            max_attachment_bytes: 100 * 1024 * 1024,
+            // Each holds at most two chunks (128 KiB) in the relay's memory.
+            max_attachment_streams: 256,
         }
     }
 }
@@ -271,6 +280,14 @@ impl Limits {
                 .write_timeout_secs
                 .or(file.write_timeout_secs)
                 .map_or(defaults.write_timeout, Duration::from_secs),
+            max_attachment_bytes: args
+                .max_attachment_bytes
+                .or(file.max_attachment_bytes)
+                .unwrap_or(defaults.max_attachment_bytes),
+            max_attachment_streams: args
+                .max_attachment_streams
+                .or(file.max_attachment_streams)
+                .unwrap_or(defaults.max_attachment_streams),
         }
     }
 }

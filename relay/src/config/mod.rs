@@ -376,6 +376,11 @@ impl Config {
                 self.limits.max_pending_appends,
                 1_000_000,
             ),
+            (
+                "max-attachment-streams",
+                self.limits.max_attachment_streams,
+                100_000,
+            ),
         ] {
             if !(1..=max).contains(&v) {
                 return Err(ConfigError::Invalid {
@@ -428,6 +433,7 @@ impl Config {
             ),
             ("max-frame-bytes", u64::from(l.max_frame_bytes)),
             ("max-ciphertext-bytes", u64::from(l.max_ciphertext_bytes)),
+            ("max-attachment-bytes", l.max_attachment_bytes),
             ("max-handshake-bytes", u64::from(l.max_handshake_bytes)),
             ("max-key-packages", u64::from(l.max_key_packages)),
             ("max-connections", u64::from(l.max_connections)),

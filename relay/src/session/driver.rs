@@ -232,6 +232,7 @@ pub(crate) async fn serve(
         out: Vec::new(),
         traced: Vec::new(),
         dead: false,
+        files: None,
     };
     let end = d.run(drain).await;
     d.unregister().await;
@@ -322,6 +323,16 @@ struct Driver {
     traced: Vec<String>,
     /// The stream cannot be written any more.
     dead: bool,
+    /// Serves the attachment streams, once authenticated.
+    files: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(f) = self.files.take() {
+            f.abort();
+        }
+    }
 }
 
 impl Driver {
@@ -421,6 +432,12 @@ impl Driver {
                             self.shared.limits.max_frame_bytes as usize,
                             Ordering::Release,
                         );
+                        // Attachments go on streams of their own.
+                        self.files = Some(tokio::spawn(super::attachments::accept(
+                            self.shared.clone(),
+                            self.conn.clone(),
+                            ctx.clone(),
+                        )));
                         self.ctx = Some(ctx);
                     }
                     Action::Register => self.register().await,

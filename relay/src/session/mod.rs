@@ -32,6 +32,7 @@ use herold_proto::v1::{self, ErrorCode};
 pub(crate) use crate::frames::{deliver_frame, error_frame, server_frame};
 use crate::metrics::{self as m, code_label};
 
+mod attachments;
 mod core;
 mod driver;
 mod e2e;

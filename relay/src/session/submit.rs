@@ -232,33 +232,15 @@ async fn store(shared: &Shared, ctx: &DeviceCtx, s: v1::Submit) -> Result<Stored
         ));
     }
     let now = now_ms();
-    let max_expiry = i64::try_from(roster.policy.max_expiry().as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = if commit {
         // A commit is the group's history: a device that syncs late needs
         // every one of them, so commits live as long as the conversation.
         None
-    } else if s.expires_at_ms == 0 {
-        let ttl_ms = i64::try_from(roster.policy.default_expiry_seconds.saturating_mul(1000))
-            .unwrap_or(i64::MAX)
-            .min(max_expiry);
-        (ttl_ms > 0).then(|| now.saturating_add(ttl_ms))
-    } else if s.expires_at_ms <= now {
-        return Err(reject(
-            ErrorCode::InvalidExpiry,
-            "the expiry lies in the past",
-            &id,
-        ));
-    } else if s.expires_at_ms > now.saturating_add(max_expiry) {
-        return Err(reject(
-            ErrorCode::InvalidExpiry,
-            &format!(
-                "the expiry lies more than {} seconds ahead (the policy's maximum)",
-                roster.policy.max_expiry_seconds
-            ),
-            &id,
-        ));
     } else {
-        Some(s.expires_at_ms)
+        match roster.policy.expiry(s.expires_at_ms, now) {
+            Ok(e) => e,
+            Err(why) => return Err(reject(ErrorCode::InvalidExpiry, &why, &id)),
+        }
     };
     if let Some(herold_store::MlsCheck::Commit {
         welcome: Some(w), ..

@@ -66,6 +66,14 @@ impl TestRelay {
     pub async fn start_embedded(
         dir: &Path,
     ) -> (Self, std::sync::Arc<herold_store::embedded::EmbeddedStore>) {
+        Self::start_embedded_with(Config::dev(dir), dir).await
+    }
+
+    /// Like [`TestRelay::start_embedded`], with `config`.
+    pub async fn start_embedded_with(
+        config: Config,
+        dir: &Path,
+    ) -> (Self, std::sync::Arc<herold_store::embedded::EmbeddedStore>) {
         let store = std::sync::Arc::new(
             herold_store::embedded::EmbeddedStore::open(
                 dir.join("store"),
@@ -74,7 +82,7 @@ impl TestRelay {
             .unwrap(),
         );
         let relay = Self::start_on(
-            Config::dev(dir),
+            config,
             store.clone(),
             std::sync::Arc::new(herold_router::memory::MemoryRouter::default()),
         )

@@ -61,7 +61,9 @@ pub async fn attachment_chunks_in_order(store: Arc<dyn Store>) {
     assert_eq!(got.received_chunks, 1);
     // A gap, a wrong length, a chunk past the end: refused.
     assert_err!(
-        store.put_attachment_chunk(&att.id, 2, chunk_of(&att, 2)).await,
+        store
+            .put_attachment_chunk(&att.id, 2, chunk_of(&att, 2))
+            .await,
         StoreError::InvalidChunk { index: 2, .. }
     );
     assert_err!(
@@ -95,10 +97,7 @@ pub async fn attachment_chunks_in_order(store: Arc<dyn Store>) {
         );
     }
     // Hidden once expired.
-    assert_eq!(
-        store.attachment(&att.id, NOW + 60_000).await.unwrap(),
-        None
-    );
+    assert_eq!(store.attachment(&att.id, NOW + 60_000).await.unwrap(), None);
 }
 
 /// Unknown ids and conversations.

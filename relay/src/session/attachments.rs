@@ -1,0 +1,433 @@
+//! Attachment streams: uploads and downloads of end-to-end encrypted
+//! files, each on a bidirectional stream of its own beside the session's
+//! stream, so a 100 MB photo album never holds up a text message
+//! (docs/protocol.md, "Attachments").
+//!
+//! A stream carries one framed `AttachmentRequest`, one framed
+//! `AttachmentResponse`, then raw ciphertext. The relay holds at most one
+//! chunk per stream in memory: an upload is read chunk by chunk, each
+//! stored before the next is read (QUIC flow control holds the sender
+//! meanwhile); a download reads a chunk from the store and writes it
+//! before it reads the next. At most `max_attachment_streams` are served
+//! at once on the relay; the others wait in QUIC flow control.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use herold_proto::codec::{decode_message, frame_bytes};
+use herold_proto::v1::{self, ErrorCode, attachment_request, attachment_response};
+use herold_proto::{ATTACHMENT_CHUNK_BYTES, ATTACHMENT_FRAME_BYTES, ids};
+use herold_store::{Attachment, StoreError};
+use tracing::{debug, warn};
+
+use super::DeviceCtx;
+use crate::metrics as m;
+use crate::node::{Shared, now_ms};
+
+/// A refused request: the error the device is told.
+#[derive(Debug)]
+struct Refused(ErrorCode, String);
+
+impl Refused {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(code, message.into())
+    }
+
+    fn store(e: &StoreError) -> Self {
+        warn!(error = %e, "attachment: store failed");
+        Self::new(
+            ErrorCode::Unavailable,
+            "storage is unavailable; resume the transfer later",
+        )
+    }
+
+    fn no_such() -> Self {
+        Self::new(
+            ErrorCode::NoSuchAttachment,
+            "no such attachment in this conversation (unknown, expired or not yours to resume)",
+        )
+    }
+}
+
+/// How a stream ended, for the metrics.
+enum Outcome {
+    Done,
+    /// The device stopped sending or reading: it resumes later, or not.
+    Cut,
+    Refused(Refused),
+}
+
+/// Serves the attachment streams the device opens on `conn` until the
+/// connection ends.
+pub(crate) async fn accept(shared: Arc<Shared>, conn: quinn::Connection, ctx: Arc<DeviceCtx>) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve(shared.clone(), ctx.clone(), send, recv));
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    ctx: Arc<DeviceCtx>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Ok(_turn) = shared.attachment_streams.clone().acquire_owned().await else {
+        return;
+    };
+    let patience = shared.limits.write_timeout;
+    let (kind, outcome) = match in_time(patience, read_request(&mut recv)).await {
+        Err(r) => ("unknown", Outcome::Refused(r)),
+        Ok(v1::AttachmentRequest { kind: None }) => (
+            "unknown",
+            Outcome::Refused(Refused::new(
+                ErrorCode::UnknownFrame,
+                "the request is neither an upload nor a download",
+            )),
+        ),
+        Ok(v1::AttachmentRequest {
+            kind: Some(attachment_request::Kind::Upload(u)),
+        }) => (
+            "upload",
+            upload(&shared, &ctx, u, &mut send, &mut recv).await,
+        ),
+        Ok(v1::AttachmentRequest {
+            kind: Some(attachment_request::Kind::Download(d)),
+        }) => ("download", download(&shared, &ctx, d, &mut send).await),
+    };
+    let label = match &outcome {
+        Outcome::Done => "done".to_owned(),
+        Outcome::Cut => "cut".to_owned(),
+        Outcome::Refused(r) => crate::metrics::code_label(r.0),
+    };
+    metrics::counter!(m::ATTACHMENT_STREAMS, "kind" => kind, "outcome" => label).increment(1);
+    if let Outcome::Refused(Refused(code, message)) = outcome {
+        debug!(?code, %message, "attachment request refused");
+        let frame = response(attachment_response::Kind::Error(v1::Error {
+            code: code as i32,
+            message,
+            ..Default::default()
+        }));
+        if send.write_all(&frame).await.is_ok() {
+            let _ = send.finish();
+            // Whatever else the device sends is not read.
+            let _ = recv.stop(0u32.into());
+            let _ = in_time(patience, async {
+                send.stopped().await.map_err(|_| Refused::no_such())
+            })
+            .await;
+        }
+    }
+}
+
+/// Runs `f` for at most `limit`: a device that makes no progress for that
+/// long gives up its place.
+async fn in_time<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, Refused>>,
+) -> Result<T, Refused> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(Refused::new(
+            ErrorCode::Unavailable,
+            format!("no progress for {} s", limit.as_secs()),
+        ))
+    })
+}
+
+async fn read_request(recv: &mut quinn::RecvStream) -> Result<v1::AttachmentRequest, Refused> {
+    let bad = |what: String| Refused::new(ErrorCode::BadFrame, what);
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| bad(format!("no request frame: {e}")))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > ATTACHMENT_FRAME_BYTES {
+        return Err(Refused::new(
+            ErrorCode::FrameTooLarge,
+            format!("the request has {len} bytes; the limit is {ATTACHMENT_FRAME_BYTES}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| bad(format!("the request frame is cut short: {e}")))?;
+    decode_message(&body).map_err(|e| bad(e.to_string()))
+}
+
+fn response(kind: attachment_response::Kind) -> Bytes {
+    // A response is a few hundred bytes: it always fits.
+    frame_bytes(
+        &v1::AttachmentResponse { kind: Some(kind) },
+        ATTACHMENT_FRAME_BYTES,
+    )
+    .unwrap_or_default()
+}
+
+/// The conversation's roster, or the refusal.
+async fn roster_of(
+    shared: &Shared,
+    conversation_id: &str,
+) -> Result<Arc<crate::roster::Roster>, Refused> {
+    ids::validate_id("conversation", conversation_id)
+        .map_err(|e| Refused::new(ErrorCode::InvalidEnvelope, e.to_string()))?;
+    match shared.rosters.get(conversation_id).await {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(Refused::new(
+            ErrorCode::UnknownConversation,
+            "no such conversation",
+        )),
+        Err(e) => Err(Refused::store(&e)),
+    }
+}
+
+/// Starts an upload: checks, then the attachment's row.
+async fn begin(shared: &Shared, ctx: &DeviceCtx, u: &v1::Upload) -> Result<Attachment, Refused> {
+    let roster = roster_of(shared, &u.conversation_id).await?;
+    if let Err(why) = roster.check_post(&ctx.account_id) {
+        return Err(Refused::new(why.code(), why.message()));
+    }
+    if roster.kind == herold_store::ConversationKind::Direct
+        && roster.policy.direct_chats == herold_store::DirectChats::Nobody
+    {
+        return Err(Refused::new(
+            ErrorCode::PolicyDenied,
+            "the organisation's policy allows no direct conversations",
+        ));
+    }
+    let max = roster.policy.max_attachment_bytes;
+    if u.size > max {
+        return Err(Refused::new(
+            ErrorCode::AttachmentTooLarge,
+            format!(
+                "the file has {} bytes of ciphertext; this conversation's policy allows {max}",
+                u.size
+            ),
+        ));
+    }
+    let now = now_ms();
+    let expires_at_ms = roster
+        .policy
+        .expiry(u.expires_at_ms, now)
+        .map_err(|why| Refused::new(ErrorCode::InvalidExpiry, why))?;
+    if let Err(wait) = shared
+        .conversation_rates
+        .take(&u.conversation_id, tokio::time::Instant::now().into_std())
+    {
+        return Err(Refused::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many messages and files into this conversation; retry in {} ms",
+                crate::frames::retry_ms(wait)
+            ),
+        ));
+    }
+    let mut id = vec![0u8; ids::ATTACHMENT_ID_BYTES];
+    getrandom::fill(&mut id).map_err(|e| {
+        Refused::new(
+            ErrorCode::Internal,
+            format!("no randomness for the attachment id: {e}"),
+        )
+    })?;
+    let a = Attachment {
+        id,
+        conversation_id: u.conversation_id.clone(),
+        uploader_device_id: ctx.device_id.clone(),
+        size: u.size,
+        chunk_bytes: ATTACHMENT_CHUNK_BYTES,
+        created_at_ms: now,
+        expires_at_ms,
+        received_chunks: 0,
+    };
+    shared
+        .store
+        .create_attachment(a.clone())
+        .await
+        .map_err(|e| Refused::store(&e))?;
+    Ok(a)
+}
+
+/// Finds the upload this device resumes.
+async fn resume(shared: &Shared, ctx: &DeviceCtx, u: &v1::Upload) -> Result<Attachment, Refused> {
+    let roster = roster_of(shared, &u.conversation_id).await?;
+    if let Err(why) = roster.check_post(&ctx.account_id) {
+        return Err(Refused::new(why.code(), why.message()));
+    }
+    let a = shared
+        .store
+        .attachment(&u.attachment_id, now_ms())
+        .await
+        .map_err(|e| Refused::store(&e))?
+        .ok_or_else(Refused::no_such)?;
+    if a.uploader_device_id != ctx.device_id
+        || a.conversation_id != u.conversation_id
+        || a.size != u.size
+    {
+        return Err(Refused::no_such());
+    }
+    Ok(a)
+}
+
+async fn upload(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    u: v1::Upload,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Outcome {
+    let found = if u.attachment_id.is_empty() {
+        begin(shared, ctx, &u).await
+    } else {
+        resume(shared, ctx, &u).await
+    };
+    let mut a = match found {
+        Ok(a) => a,
+        Err(r) => return Outcome::Refused(r),
+    };
+    let patience = shared.limits.write_timeout;
+    let ready = response(attachment_response::Kind::UploadReady(v1::UploadReady {
+        attachment_id: a.id.clone(),
+        next_chunk: a.received_chunks,
+        chunk_bytes: a.chunk_bytes,
+        expires_at_ms: a.expires_at_ms.unwrap_or(0),
+    }));
+    if in_time(patience, write(send, &ready)).await.is_err() {
+        return Outcome::Cut;
+    }
+    let mut buf = BytesMut::new();
+    while let Some(want) = a.chunk_len(a.received_chunks) {
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        while buf.len() < want {
+            match in_time(patience, read_some(recv, want - buf.len())).await {
+                Ok(Some(b)) => buf.extend_from_slice(&b),
+                Ok(None) | Err(_) => return Outcome::Cut,
+            }
+        }
+        let index = a.received_chunks;
+        let chunk = buf.split().to_vec();
+        metrics::counter!(m::ATTACHMENT_BYTES, "direction" => "up").increment(chunk.len() as u64);
+        match shared.store.put_attachment_chunk(&a.id, index, chunk).await {
+            Ok(now) => a.received_chunks = now.received_chunks.max(index + 1),
+            Err(StoreError::NoSuchAttachment) => return Outcome::Refused(Refused::no_such()),
+            Err(e) => return Outcome::Refused(Refused::store(&e)),
+        }
+    }
+    // Everything is stored: the device must have finished its stream.
+    match in_time(patience, read_some(recv, 1)).await {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            return Outcome::Refused(Refused::new(
+                ErrorCode::InvalidAttachment,
+                format!("more bytes than the declared {}", a.size),
+            ));
+        }
+        Err(_) => return Outcome::Cut,
+    }
+    let done = response(attachment_response::Kind::UploadDone(v1::UploadDone {
+        attachment_id: a.id.clone(),
+        size: a.size,
+    }));
+    if in_time(patience, write(send, &done)).await.is_err() {
+        return Outcome::Cut;
+    }
+    let _ = send.finish();
+    Outcome::Done
+}
+
+async fn download(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    d: v1::Download,
+    send: &mut quinn::SendStream,
+) -> Outcome {
+    let a = match find_download(shared, ctx, &d).await {
+        Ok(a) => a,
+        Err(r) => return Outcome::Refused(r),
+    };
+    let patience = shared.limits.write_timeout;
+    let ready = response(attachment_response::Kind::DownloadReady(
+        v1::DownloadReady {
+            size: a.size,
+            chunk_bytes: a.chunk_bytes,
+            from_chunk: d.from_chunk,
+            expires_at_ms: a.expires_at_ms.unwrap_or(0),
+        },
+    ));
+    if in_time(patience, write(send, &ready)).await.is_err() {
+        return Outcome::Cut;
+    }
+    for index in d.from_chunk..a.chunks() {
+        let chunk = match shared.store.attachment_chunk(&a.id, index).await {
+            Ok(Some(c)) => c,
+            // Expired under way, or the store failed: the device sees the
+            // stream reset and tries again (and is then told why).
+            Ok(None) => {
+                let _ = send.reset((ErrorCode::NoSuchAttachment as u32).into());
+                return Outcome::Cut;
+            }
+            Err(e) => {
+                warn!(error = %e, "attachment: store failed");
+                let _ = send.reset((ErrorCode::Unavailable as u32).into());
+                return Outcome::Cut;
+            }
+        };
+        metrics::counter!(m::ATTACHMENT_BYTES, "direction" => "down").increment(chunk.len() as u64);
+        if in_time(patience, write(send, &chunk)).await.is_err() {
+            return Outcome::Cut;
+        }
+    }
+    let _ = send.finish();
+    Outcome::Done
+}
+
+/// The attachment a member of its conversation may fetch.
+async fn find_download(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    d: &v1::Download,
+) -> Result<Attachment, Refused> {
+    let roster = roster_of(shared, &d.conversation_id).await?;
+    if !roster.members.contains_key(&ctx.account_id) {
+        return Err(Refused::new(
+            ErrorCode::NotMember,
+            "your account is not a member of this conversation",
+        ));
+    }
+    let a = shared
+        .store
+        .attachment(&d.attachment_id, now_ms())
+        .await
+        .map_err(|e| Refused::store(&e))?
+        .filter(|a| a.conversation_id == d.conversation_id)
+        .ok_or_else(Refused::no_such)?;
+    if !a.complete() {
+        return Err(Refused::new(
+            ErrorCode::AttachmentIncomplete,
+            format!(
+                "the upload has {} of {} chunks so far",
+                a.received_chunks,
+                a.chunks()
+            ),
+        ));
+    }
+    if d.from_chunk > a.chunks() {
+        return Err(Refused::new(
+            ErrorCode::InvalidAttachment,
+            format!("the attachment has {} chunks", a.chunks()),
+        ));
+    }
+    Ok(a)
+}
+
+async fn write(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Refused> {
+    send.write_all(bytes)
+        .await
+        .map_err(|e| Refused::new(ErrorCode::Unspecified, e.to_string()))
+}
+
+/// Up to `max` bytes; `None` once the device finished its stream.
+async fn read_some(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Bytes>, Refused> {
+    match recv.read_chunk(max, true).await {
+        Ok(c) => Ok(c.map(|c| c.bytes)),
+        Err(e) => Err(Refused::new(ErrorCode::Unspecified, e.to_string())),
+    }
+}
