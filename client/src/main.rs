@@ -20,6 +20,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod admin_cmd;
+mod files_cmd;
 use admin_cmd::{AdminCmd, admin};
 
 #[derive(Debug, Parser)]
@@ -90,7 +91,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DeviceCmd,
     },
-    /// Send a text message as a device.
+    /// Send a text message, or a file (`--file`), as a device.
     Send {
         /// Device to send as (see `herold device new`).
         #[arg(long)]
@@ -98,7 +99,11 @@ enum Cmd {
         /// Conversation id.
         conversation: String,
         /// The text.
-        text: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// Send this file (a photo, a document), end-to-end encrypted.
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// Delete the message this many seconds after sending.
         #[arg(long)]
         expire_after: Option<u64>,
@@ -130,6 +135,9 @@ enum Cmd {
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
+        /// Where received files are saved [default: `<home>/files/<device>`].
+        #[arg(long)]
+        files: Option<PathBuf>,
     },
 }
 
@@ -306,8 +314,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             conversation,
             text,
+            file,
             expire_after,
         } => {
+            let contents = match file {
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
             let mut client = connect_e2e(&cli, device).await?;
             let expires = match expire_after {
                 Some(s) => now_ms() + i64::try_from(*s).unwrap_or(i64::MAX / 2000) * 1000,
@@ -318,10 +333,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = state_path(&cli.home, device);
             let mut cursors = load_state(&state)?;
             let mut events = client.take_events();
-            let send = client.send(conversation, text.as_bytes(), expires);
-            let result = showing_events(&mut events, &mut cursors, send).await;
+            let send = async {
+                match (&contents, file) {
+                    (Some(bytes), Some(path)) => {
+                        let (name, kind) =
+                            (files_cmd::send_name(path), files_cmd::media_type(path));
+                        let (a, _) = client
+                            .send_file(conversation, bytes, &name, kind, expires)
+                            .await?;
+                        println!("file {name:?} ({kind}, {} bytes) sent", bytes.len());
+                        Ok(a)
+                    }
+                    _ => {
+                        let text = text.as_deref().unwrap_or_default();
+                        client.send(conversation, text.as_bytes(), expires).await
+                    }
+                }
+            };
+            let (result, received) = showing_events(&mut events, &mut cursors, send).await;
+            let saved = save_received(&cli, &client, device, &received).await;
             save_state(&state, &cursors)?;
             client.close().await;
+            saved?;
             let a = result?;
             println!(
                 "accepted: {} #{}{}",
@@ -341,9 +374,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut cursors = load_state(&state)?;
             let mut events = client.take_events();
             let set = client.set_title(conversation, title.as_deref());
-            let result = showing_events(&mut events, &mut cursors, set).await;
+            let (result, received) = showing_events(&mut events, &mut cursors, set).await;
+            let saved = save_received(&cli, &client, device, &received).await;
             save_state(&state, &cursors)?;
             client.close().await;
+            saved?;
             if !result? {
                 bail!("the relay refused the commit: this device may not change {conversation}");
             }
@@ -381,8 +416,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             until_synced,
             count,
+            files,
         } => {
             let mut client = connect_e2e(&cli, device).await?;
+            let files = files
+                .clone()
+                .unwrap_or_else(|| cli.home.join("files").join(device));
             let state = state_path(&cli.home, device);
             let mut cursors = load_state(&state)?;
             let mut n = 0u64;
@@ -393,7 +432,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 match ev {
                     Some(E2eEvent::Message(m)) => {
-                        print_message(&m);
+                        match m.file() {
+                            // Saved before the cursor moves past it.
+                            Some(f) => {
+                                files_cmd::save(&client, &files, &m, &f).await?;
+                            }
+                            None => print_message(&m),
+                        }
                         cursors.insert(m.conversation_id.clone(), m.seq);
                         save_state(&state, &cursors)?;
                         n += 1;
@@ -496,23 +541,49 @@ fn restarted_note(conversation_id: &str) -> String {
 }
 
 /// Runs `fut` while printing what arrives meanwhile (decrypted and
-/// acknowledged: not printed, it would be lost to this device).
+/// acknowledged: not printed, it would be lost to this device); messages
+/// with a file come back to be saved.
 async fn showing_events<T>(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<E2eEvent>,
     cursors: &mut HashMap<String, u64>,
     fut: impl std::future::Future<Output = T>,
-) -> T {
+) -> (T, Vec<Message>) {
     tokio::pin!(fut);
+    let mut files = Vec::new();
+    let mut take = |ev: E2eEvent, cursors: &mut HashMap<String, u64>| match ev {
+        E2eEvent::Message(m) if m.file().is_some() => {
+            cursors.insert(m.conversation_id.clone(), m.seq);
+            files.push(m);
+        }
+        ev => show_event(ev, cursors),
+    };
     let out = loop {
         tokio::select! {
             r = &mut fut => break r,
-            Some(ev) = events.recv() => show_event(ev, cursors),
+            Some(ev) = events.recv() => take(ev, cursors),
         }
     };
     while let Ok(ev) = events.try_recv() {
-        show_event(ev, cursors);
+        take(ev, cursors);
     }
-    out
+    (out, files)
+}
+
+/// Saves the files of messages that came in while this device did
+/// something else, where `listen` saves them.
+async fn save_received(
+    cli: &Cli,
+    client: &E2eClient,
+    device: &str,
+    received: &[Message],
+) -> anyhow::Result<()> {
+    let dir = cli.home.join("files").join(device);
+    for m in received {
+        if let Some(f) = m.file() {
+            files_cmd::save(client, &dir, m, &f).await?;
+        }
+    }
+    Ok(())
 }
 
 fn print_message(m: &Message) {

@@ -118,7 +118,10 @@ async fn a_photo_reaches_every_device_intact_and_the_relay_never_reads_it() {
     }
     assert!(stored.len() > pothole.len(), "the ciphertext is stored");
     // The scan finds the photo where it is.
-    assert!(holds_any_of(&[&stored[..64], &pothole[..]].concat(), &pothole));
+    assert!(holds_any_of(
+        &[&stored[..64], &pothole[..]].concat(),
+        &pothole
+    ));
     assert!(!holds_any_of(&stored, &pothole), "plaintext in storage");
     assert!(!contains(&stored, b"pothole-4711"), "the name in storage");
     let taps = net.taps.lock().unwrap().clone();

@@ -319,7 +319,7 @@ pub struct Policy {
     pub max_expiry_seconds: Option<u64>,
     /// Devices one account may enroll (organisation scope only).
     pub max_devices: Option<u32>,
-    /// Largest message or attachment chunk ciphertext, in bytes.
+    /// Largest attachment ciphertext (and message ciphertext), in bytes.
     pub max_attachment_bytes: Option<u64>,
     /// Who may start direct conversations (organisation scope only).
     pub direct_chats: Option<DirectChats>,

@@ -309,7 +309,8 @@ pub(crate) enum PolicyCmd {
         /// Devices per account (organisation only).
         #[arg(long)]
         max_devices: Option<u32>,
-        /// Largest message or attachment chunk, bytes.
+        /// Largest file (its ciphertext) a device may send, and largest
+        /// message ciphertext, bytes; at most the relay's --max-attachment-bytes.
         #[arg(long)]
         max_attachment_bytes: Option<u64>,
         /// Who may start 1:1 chats: everyone, shared-group, nobody
