@@ -210,6 +210,64 @@ async fn download_once(
     }
 }
 
+/// The attempts of one transfer: each on a new stream, on a new
+/// connection if the last one broke, after a growing pause, at most
+/// [`TRANSFER_ATTEMPTS`].
+struct Retries {
+    made: u32,
+    /// The connection that just broke.
+    failed: Option<usize>,
+    last: ClientError,
+}
+
+impl Retries {
+    fn new() -> Self {
+        Self {
+            made: 0,
+            failed: None,
+            last: ClientError::Closed("no attempt made".into()),
+        }
+    }
+
+    /// The connection for the next attempt, after its pause; the last
+    /// error once the attempts are used up.
+    async fn connection(&mut self, sender: &Sender) -> Result<quinn::Connection, ClientError> {
+        if self.made >= TRANSFER_ATTEMPTS {
+            return Err(self.last.clone());
+        }
+        if self.made > 0 {
+            let wait = self
+                .last
+                .retry_after()
+                .unwrap_or(Duration::from_millis(100 << self.made.min(6)));
+            tokio::time::sleep(wait).await;
+        }
+        self.made += 1;
+        sender.transfer_connection(self.failed).await
+    }
+
+    /// The transfer's result, or `None` to try again.
+    fn settle<T>(
+        &mut self,
+        conn: &quinn::Connection,
+        r: Result<Result<T, Attempt>, tokio::time::error::Elapsed>,
+    ) -> Option<Result<T, ClientError>> {
+        match r {
+            Ok(Ok(v)) => return Some(Ok(v)),
+            Ok(Err(Attempt::Fail(e))) => return Some(Err(e)),
+            Ok(Err(Attempt::Retry(e))) => self.last = e,
+            Err(_) => {
+                self.last = ClientError::Closed(format!(
+                    "the relay made no progress for {} s",
+                    STEP_TIMEOUT.as_secs()
+                ));
+            }
+        }
+        self.failed = conn.close_reason().map(|_| conn.stable_id());
+        None
+    }
+}
+
 impl Sender {
     /// The connection to transfer on, once there is one (other than
     /// `not`, a connection that just failed).
@@ -238,39 +296,6 @@ impl Sender {
         }
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or
-    /// [`TRANSFER_ATTEMPTS`] are used up; each retry on a new stream, on
-    /// a new connection if this one broke.
-    async fn with_retries<T, F>(&self, mut attempt: F) -> Result<T, ClientError>
-    where
-        F: AsyncFnMut(&quinn::Connection) -> Result<T, Attempt>,
-    {
-        let mut failed: Option<usize> = None;
-        let mut last = ClientError::Closed("no attempt made".into());
-        for n in 0..TRANSFER_ATTEMPTS {
-            if n > 0 {
-                let wait = last
-                    .retry_after()
-                    .unwrap_or(Duration::from_millis(100 << n.min(6)));
-                tokio::time::sleep(wait).await;
-            }
-            let conn = self.transfer_connection(failed).await?;
-            match tokio::time::timeout(STEP_TIMEOUT, attempt(&conn)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(Attempt::Fail(e))) => return Err(e),
-                Ok(Err(Attempt::Retry(e))) => last = e,
-                Err(_) => {
-                    last = ClientError::Closed(format!(
-                        "the relay made no progress for {} s",
-                        STEP_TIMEOUT.as_secs()
-                    ));
-                }
-            }
-            failed = conn.close_reason().map(|_| conn.stable_id());
-        }
-        Err(last)
-    }
-
     /// Uploads `sealed` (an encrypted file) to a conversation on a stream
     /// of its own, resuming after a broken connection where it stopped.
     /// `expires_at_ms` as for a message (0: the conversation's retention);
@@ -282,18 +307,22 @@ impl Sender {
         expires_at_ms: i64,
     ) -> Result<Uploaded, ClientError> {
         let mut id = Vec::new();
-        self.with_retries(async |conn: &quinn::Connection| {
-            upload_once(
-                conn,
+        let mut tries = Retries::new();
+        loop {
+            let conn = tries.connection(self).await?;
+            let once = upload_once(
+                &conn,
                 &self.tap,
                 &mut id,
                 conversation_id,
                 sealed,
                 expires_at_ms,
-            )
-            .await
-        })
-        .await
+            );
+            let r = tokio::time::timeout(STEP_TIMEOUT, once).await;
+            if let Some(done) = tries.settle(&conn, r) {
+                return done;
+            }
+        }
     }
 
     /// Fetches an attachment's ciphertext (at most `max_bytes` of it),
@@ -305,18 +334,21 @@ impl Sender {
         max_bytes: u64,
     ) -> Result<Vec<u8>, ClientError> {
         let mut out = Vec::new();
-        self.with_retries(async |conn: &quinn::Connection| {
-            download_once(
-                conn,
+        let mut tries = Retries::new();
+        loop {
+            let conn = tries.connection(self).await?;
+            let once = download_once(
+                &conn,
                 &self.tap,
                 conversation_id,
                 attachment_id,
                 &mut out,
                 max_bytes,
-            )
-            .await
-        })
-        .await?;
-        Ok(out)
+            );
+            let r = tokio::time::timeout(STEP_TIMEOUT, once).await;
+            if let Some(done) = tries.settle(&conn, r) {
+                return done.map(|()| out);
+            }
+        }
     }
 }

@@ -38,6 +38,7 @@ pub mod attachment;
 mod driver;
 pub mod e2e;
 pub mod files;
+pub mod home;
 pub mod raw;
 pub mod roster;
 pub mod tls;

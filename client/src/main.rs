@@ -6,11 +6,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use ed25519_dalek::SigningKey;
 use herold_client::admin::AdminClient;
 use herold_client::e2e::{E2eClient, E2eEvent, Message};
 use herold_client::{ClientConfig, generate_key};
@@ -22,6 +21,9 @@ use tonic::transport::Channel;
 mod admin_cmd;
 mod files_cmd;
 use admin_cmd::{AdminCmd, admin};
+use herold_client::home::{
+    key_path, load_key, load_state, open_mls, save_key, save_state, state_path,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "herold", version, about = "Herold command-line client")]
@@ -635,78 +637,10 @@ async fn connect_e2e(cli: &Cli, device: &str) -> anyhow::Result<E2eClient> {
     let key = load_key(&key_path(&cli.home, device))?;
     let mut config = ClientConfig::new(cli.relay, fingerprint(cli)?, device, key);
     config.cursors = load_state(&state_path(&cli.home, device))?;
-    let path = cli.home.join("mls").join(format!("{device}.mls"));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mls = MlsDevice::open_or_create(device, &path)
-        .with_context(|| format!("opening the MLS state {}", path.display()))?;
+    let mls = open_mls(&cli.home, device)?;
     E2eClient::connect(config, mls)
         .await
         .with_context(|| format!("connecting to {} as {device}", cli.relay))
-}
-
-fn key_path(home: &Path, device: &str) -> PathBuf {
-    home.join("devices").join(format!("{device}.key"))
-}
-
-fn state_path(home: &Path, device: &str) -> PathBuf {
-    home.join("state").join(format!("{device}.json"))
-}
-
-fn save_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(hex::encode(key.to_bytes()).as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "no key at {} (create the device with `herold device new`)",
-            path.display()
-        )
-    })?;
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("{} does not hold a 32-byte hex key", path.display()))?;
-    Ok(SigningKey::from_bytes(&bytes))
-}
-
-fn load_state(path: &Path) -> anyhow::Result<HashMap<String, u64>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn save_state(path: &Path, cursors: &HashMap<String, u64>) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(cursors)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
 }
 
 /// A channel to the admin API: plain HTTP/2 for `http://`, TLS for
