@@ -365,6 +365,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    // ---- push ----
+
+    /// Sets (`Some`) or clears (`None`) where the device is woken while it
+    /// is not connected (a Web Push endpoint; the caller validates it).
+    /// [`StoreError::NoSuchDevice`] for an unknown or revoked device.
+    /// Revoking the device or deleting its account deletes it.
+    async fn set_push_endpoint(
+        &self,
+        device_id: &str,
+        endpoint: Option<String>,
+    ) -> Result<(), StoreError>;
+    /// The device's push endpoint; `None` if it set none, or for an
+    /// unknown or revoked device.
+    async fn push_endpoint(&self, device_id: &str) -> Result<Option<String>, StoreError>;
+
     // ---- attachments ----
 
     /// Stores an attachment's description, with no chunk yet

@@ -386,6 +386,16 @@ macro_rules! delegate_store {
                 call!(self.purge_expired(now_ms))
             }
 
+            async fn set_push_endpoint(
+                &self,
+                device_id: &str,
+                endpoint: Option<String>,
+            ) -> Result<(), StoreError> {
+                call!(self.set_push_endpoint(device_id, endpoint))
+            }
+            async fn push_endpoint(&self, device_id: &str) -> Result<Option<String>, StoreError> {
+                call!(self.push_endpoint(device_id))
+            }
             async fn create_attachment(&self, attachment: Attachment) -> Result<(), StoreError> {
                 call!(self.create_attachment(attachment))
             }

@@ -170,6 +170,7 @@ mod logs;
 mod mls;
 mod mls_groups;
 mod operators;
+mod push;
 
 pub use attachments::*;
 pub use cursors::*;
@@ -178,6 +179,7 @@ pub use logs::*;
 pub use mls::*;
 pub use mls_groups::*;
 pub use operators::*;
+pub use push::*;
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling
 /// `$make().await` for a fresh `(Arc<dyn Store>, guard)` and running the case
@@ -245,6 +247,7 @@ macro_rules! conformance_tests {
             attachment_chunks_in_order,
             attachment_unknown_ids,
             attachment_expiry_deletes_chunks,
+            push_endpoints_follow_their_device,
         );
     };
     (@cases $make:path; $($case:ident),+ $(,)?) => {

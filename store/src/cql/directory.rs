@@ -165,6 +165,7 @@ impl CqlStore {
                 .await?;
                 self.delete_key_packages(&device_id).await?;
                 self.delete_welcome_index(&device_id).await?;
+                self.delete_push_endpoint(&device_id).await?;
                 self.lwt(&self.st.dev_delete, (&device_id,), "delete device")
                     .await?;
                 purge.devices += 1;
@@ -300,6 +301,7 @@ impl CqlStore {
             .await?
             .ok_or_else(|| StoreError::NoSuchDevice(device_id.to_owned()))?;
         self.delete_key_packages(device_id).await?;
+        self.delete_push_endpoint(device_id).await?;
         // Every call bumps, so a retry after a failure here completes it.
         self.bump_account(&device.account_id).await?;
         Ok(device)

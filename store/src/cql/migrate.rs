@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_attachments.cql",
         cql: include_str!("../../migrations/cql/0010_attachments.cql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_push.cql",
+        cql: include_str!("../../migrations/cql/0011_push.cql"),
+    },
 ];
 
 impl Migration {

@@ -87,6 +87,7 @@ mod directory;
 mod log;
 pub mod migrate;
 mod mls;
+mod push;
 use mls::MlsCols;
 mod statements;
 
@@ -294,6 +295,7 @@ pub struct CqlStore {
     mls: mls::MlsStatements,
     audit: audit::AuditStatements,
     att: attachments::AttachmentStatements,
+    push: push::PushStatements,
     /// This process's audit appends, one at a time, and the chain heads it
     /// moved last (see `audit`).
     audit_heads: tokio::sync::Mutex<HashMap<String, AuditEntry>>,
@@ -369,6 +371,7 @@ impl CqlStore {
         let mls = mls::MlsStatements::prepare(&session, &config.keyspace).await?;
         let audit = audit::AuditStatements::prepare(&session, &config.keyspace).await?;
         let att = attachments::AttachmentStatements::prepare(&session, &config.keyspace).await?;
+        let push = push::PushStatements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
             session,
             st,
@@ -376,6 +379,7 @@ impl CqlStore {
             mls,
             audit,
             att,
+            push,
             audit_heads: tokio::sync::Mutex::new(HashMap::new()),
             devices: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
@@ -757,6 +761,12 @@ impl Store for CqlStore {
         self.l_purge_expired(now_ms).await
     }
 
+    async fn set_push_endpoint(&self, device: &str, e: Option<String>) -> Result<(), StoreError> {
+        self.p_set(device, e).await
+    }
+    async fn push_endpoint(&self, device_id: &str) -> Result<Option<String>, StoreError> {
+        self.p_get(device_id).await
+    }
     async fn create_attachment(&self, a: Attachment) -> Result<(), StoreError> {
         self.att_create(a).await
     }

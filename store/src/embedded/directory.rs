@@ -130,6 +130,7 @@ pub(super) fn w_revoke_device(
             .or_backend()?;
     }
     t.key_packages_purge(device_id)?;
+    t.push_endpoints.remove(device_id).or_backend()?;
     w_bump_account(t, &device.account_id)?;
     Ok(device)
 }

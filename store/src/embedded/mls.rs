@@ -14,12 +14,13 @@ impl WriteTables<'_> {
 }
 
 /// Deletes what MLS keeps about a device that goes away: its key packages
-/// and its Welcome index.
+/// and its Welcome index; and its push endpoint.
 pub(super) fn w_purge_device_mls(
     t: &mut WriteTables<'_>,
     device_id: &str,
 ) -> Result<(), StoreError> {
     t.key_packages_purge(device_id)?;
+    t.push_endpoints.remove(device_id).or_backend()?;
     for conv in scan_keys(&t.device_welcomes, device_id)? {
         t.device_welcomes
             .remove((device_id, conv.as_str()))

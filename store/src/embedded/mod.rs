@@ -47,6 +47,7 @@
 //! | `last_resort_packages` | device id                       | last-resort key package    |
 //! | `welcomes`        | (conversation id, seq of the commit) | Welcome bytes              |
 //! | `device_welcomes` | (device id, conversation id)         | seq of its latest Welcome  |
+//! | `push_endpoints`  | device id                            | its Web Push endpoint      |
 //! | `attachments`     | attachment id                        | `AttachmentRec` (conversation, uploader, size, expiry, chunks stored) |
 //! | `attachment_chunks` | (attachment id, chunk index)       | the chunk's ciphertext     |
 //! | `attachment_expiry` | (expires at ms, attachment id)     | `()`                       |

@@ -633,6 +633,48 @@ impl Store for EmbeddedStore {
         Ok(purged)
     }
 
+    async fn set_push_endpoint(
+        &self,
+        device_id: &str,
+        endpoint: Option<String>,
+    ) -> Result<(), StoreError> {
+        let id = device_id.to_owned();
+        self.write(move |t| {
+            match load_device(&t.devices, &id)? {
+                Some(d) if !d.revoked => {}
+                _ => return Err(StoreError::NoSuchDevice(id.clone())),
+            }
+            match &endpoint {
+                Some(e) => {
+                    t.push_endpoints
+                        .insert(id.as_str(), e.as_str())
+                        .or_backend()?;
+                }
+                None => {
+                    t.push_endpoints.remove(id.as_str()).or_backend()?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn push_endpoint(&self, device_id: &str) -> Result<Option<String>, StoreError> {
+        let id = device_id.to_owned();
+        self.read_with(move |txn| {
+            match load_device(&txn.open_table(DEVICES).or_backend()?, &id)? {
+                Some(d) if !d.revoked => {}
+                _ => return Ok(None),
+            }
+            let table = txn.open_table(PUSH_ENDPOINTS).or_backend()?;
+            Ok(table
+                .get(id.as_str())
+                .or_backend()?
+                .map(|g| g.value().to_owned()))
+        })
+        .await
+    }
+
     async fn create_attachment(&self, attachment: Attachment) -> Result<(), StoreError> {
         self.att_create(attachment).await
     }

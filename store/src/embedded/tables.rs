@@ -42,6 +42,9 @@ pub(super) const LAST_RESORT: TableDefinition<&str, &[u8]> =
 pub(super) const WELCOMES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("welcomes");
 pub(super) const DEVICE_WELCOMES: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("device_welcomes");
+/// Device id -> its Web Push endpoint.
+pub(super) const PUSH_ENDPOINTS: TableDefinition<&str, &str> =
+    TableDefinition::new("push_endpoints");
 
 // ---------------------------------------------------------------------------
 // errors
@@ -279,6 +282,7 @@ pub(super) struct WriteTables<'t> {
     pub(super) last_resort: Table<'t, &'static str, &'static [u8]>,
     pub(super) welcomes: Table<'t, (&'static str, u64), &'static [u8]>,
     pub(super) device_welcomes: Table<'t, (&'static str, &'static str), u64>,
+    pub(super) push_endpoints: Table<'t, &'static str, &'static str>,
     pub(super) attachments: Table<'t, &'static [u8], &'static [u8]>,
     pub(super) attachment_chunks: Table<'t, (&'static [u8], u32), &'static [u8]>,
     pub(super) attachment_expiry: Table<'t, (i64, &'static [u8]), ()>,
@@ -310,6 +314,7 @@ impl<'t> WriteTables<'t> {
             last_resort: txn.open_table(LAST_RESORT).or_backend()?,
             welcomes: txn.open_table(WELCOMES).or_backend()?,
             device_welcomes: txn.open_table(DEVICE_WELCOMES).or_backend()?,
+            push_endpoints: txn.open_table(PUSH_ENDPOINTS).or_backend()?,
             attachments: txn.open_table(ATTACHMENTS).or_backend()?,
             attachment_chunks: txn.open_table(ATTACHMENT_CHUNKS).or_backend()?,
             attachment_expiry: txn.open_table(ATTACHMENT_EXPIRY).or_backend()?,
