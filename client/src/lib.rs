@@ -566,4 +566,24 @@ impl Sender {
             .map_err(|_| ClientError::Shutdown)?;
         rx.await.map_err(|_| ClientError::Shutdown)?
     }
+
+    /// Registers where the relay wakes this device while it is connected
+    /// nowhere (a Web Push endpoint, e.g. a UnifiedPush distributor's;
+    /// docs/push.md); `""` clears it. The wake-up carries nothing: the app
+    /// connects and syncs. Refused with `PUSH_ENDPOINT_REFUSED` unless the
+    /// relay may call it. Returns the endpoint now registered.
+    pub async fn register_push(&self, endpoint: &str) -> Result<String, ClientError> {
+        match self
+            .request(v1::request::Kind::RegisterPush(v1::RegisterPush {
+                endpoint: endpoint.to_owned(),
+            }))
+            .await?
+        {
+            v1::response::Kind::PushRegistered(r) => Ok(r.endpoint),
+            v1::response::Kind::Error(e) => Err(ClientError::relay(&e)),
+            _ => Err(ClientError::Protocol(
+                "the relay answered a push registration with something else".into(),
+            )),
+        }
+    }
 }

@@ -38,6 +38,7 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
         }
     };
     m::hot().fanout_nodes.record(located.len() as f64);
+    wake_the_absent(shared, devices, &located);
     // The receiving relays' spans join this trace (when it is sampled).
     let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
     let batch: Vec<(String, Delivery)> = located
@@ -66,6 +67,26 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
             }
         }
     }
+}
+
+/// Asks the push gateways to wake the recipients connected nowhere.
+fn wake_the_absent(
+    shared: &Shared,
+    devices: &[String],
+    located: &std::collections::HashMap<String, Vec<String>>,
+) {
+    let online: usize = located.values().map(Vec::len).sum();
+    if online >= devices.len() {
+        return;
+    }
+    let here: std::collections::HashSet<&str> =
+        located.values().flatten().map(String::as_str).collect();
+    shared.push.offline(
+        devices
+            .iter()
+            .map(String::as_str)
+            .filter(|d| !here.contains(d)),
+    );
 }
 
 /// Hands this node's inbox to its devices and applies the other relays'

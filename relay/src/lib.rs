@@ -62,6 +62,7 @@ mod node;
 pub mod operators;
 mod pacer;
 mod policy;
+mod push;
 mod rate;
 mod registry;
 mod roster;

@@ -77,6 +77,11 @@ pub const DEVICE_QUEUE_DEPTH: &str = "herold_relay_device_queue_depth";
 /// Devices disconnected because their delivery queue was full, or because
 /// a write to them did not complete within `write_timeout`.
 pub const SLOW_CONSUMERS: &str = "herold_relay_slow_consumer_disconnects_total";
+/// Wake-ups of devices connected nowhere, by `outcome`: sent, gone (the
+/// gateway forgot the endpoint), refused, forbidden (an address the relay
+/// may not call), timeout, no_endpoint, store_failed, dropped (queue full),
+/// coalesced (the device was woken within the window).
+pub const PUSHES: &str = "herold_relay_pushes_total";
 /// Attachment streams served, by `kind` (upload, download) and `outcome`
 /// (done, cut, or the error code of a refusal).
 pub const ATTACHMENT_STREAMS: &str = "herold_relay_attachment_streams_total";
@@ -306,6 +311,11 @@ pub fn describe() {
         SLOW_CONSUMERS,
         Unit::Count,
         "Devices disconnected because their delivery queue was full."
+    );
+    describe_counter!(
+        PUSHES,
+        Unit::Count,
+        "Wake-ups of devices connected nowhere, by outcome."
     );
     describe_counter!(
         ATTACHMENT_STREAMS,

@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     pub appends: tokio::sync::Semaphore,
     /// Attachment streams served at once (`max_attachment_streams`).
     pub attachment_streams: Arc<tokio::sync::Semaphore>,
+    /// Wakes devices connected nowhere.
+    pub push: Arc<crate::push::Pusher>,
+    /// Push endpoint registrations per device.
+    pub push_registrations: Buckets,
 }
 
 impl Shared {
@@ -75,6 +79,7 @@ impl Shared {
         router: Arc<dyn Router>,
         limits: &Limits,
         log_client_addresses: bool,
+        push: Arc<crate::push::Pusher>,
     ) -> Self {
         let registry = Arc::new(Registry::default());
         let rosters = Arc::new(Rosters::new(store.clone(), limits.clone()));
@@ -112,6 +117,9 @@ impl Shared {
             attachment_streams: Arc::new(tokio::sync::Semaphore::new(
                 limits.max_attachment_streams as usize,
             )),
+            push,
+            // An app registers once and again when its distributor changes.
+            push_registrations: Buckets::new(1, MAX_RATED_ACCOUNTS),
         }
     }
 }

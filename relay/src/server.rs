@@ -48,6 +48,8 @@ pub struct Relay {
     inbox: Inbox,
     fingerprint: String,
     config: Config,
+    /// Sends the push wake-ups (started by `run`).
+    push_worker: crate::push::Worker,
 }
 
 impl Relay {
@@ -110,12 +112,18 @@ impl Relay {
         let store: Arc<dyn Store> = Arc::new(herold_store::metered::Metered::new(store));
         let router: Arc<dyn Router> = Arc::new(herold_router::metered::Metered::new(router));
         let inbox = register(&*router, &config).await?;
+        let (push, push_worker) = crate::push::Pusher::new(
+            store.clone(),
+            config.push_gateways.clone(),
+            config.limits.push_coalesce,
+        );
         let shared = Arc::new(Shared::new(
             config.node_id.clone(),
             store,
             router,
             &config.limits,
             config.log_client_addresses,
+            push,
         ));
         Ok(Self {
             shared,
@@ -129,6 +137,7 @@ impl Relay {
             inbox,
             fingerprint,
             config,
+            push_worker,
         })
     }
 
@@ -170,6 +179,7 @@ impl Relay {
             admin_auth,
             inbox,
             config,
+            push_worker,
             ..
         } = self;
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -201,6 +211,7 @@ impl Relay {
             shared.cluster.clone(),
         ));
         let purge_task = tokio::spawn(purge_expired(shared.clone()));
+        let push_task = tokio::spawn(push_worker.0);
         let cursor_task = tokio::spawn(flush_cursors(shared.clone()));
         let health_task = tokio::spawn(crate::health::keep_checking(health.clone()));
         let ops_task = tokio::spawn(crate::health::serve(health.clone(), ops, stopped()));
@@ -330,6 +341,7 @@ impl Relay {
         let _ = shared.router.deregister_node(&shared.node_id).await;
         inbox_task.abort();
         purge_task.abort();
+        push_task.abort();
         cursor_task.abort();
         if let Err(e) = shared.cursors.flush(&*shared.store).await {
             warn!(error = %e, "writing the last cursors failed");

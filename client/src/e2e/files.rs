@@ -1,4 +1,5 @@
-//! Photos and documents end to end (docs/attachments.md): the file is
+//! Photos and documents end to end (docs/attachments.md), and the push
+//! endpoint that wakes the device for them (docs/push.md): the file is
 //! encrypted on this device, its ciphertext uploaded on a stream of its
 //! own, and its [`FileRef`] (id, key, digest, name) sent as the MLS
 //! message, so only the conversation's members can read it.
@@ -51,6 +52,11 @@ impl E2eClient {
             .send(conversation_id, &file.encode()?, up.expires_at_ms)
             .await?;
         Ok((accepted, file))
+    }
+
+    /// See [`crate::Sender::register_push`].
+    pub async fn register_push(&self, endpoint: &str) -> Result<String, E2eError> {
+        Ok(self.sender.register_push(endpoint).await?)
     }
 
     /// Fetches and decrypts the file of a message of `conversation_id`,

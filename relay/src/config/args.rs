@@ -175,6 +175,15 @@ pub struct Args {
     /// policy's max_attachment_bytes [default: 104857600, 100 MiB].
     #[arg(long, env = "HEROLD_MAX_ATTACHMENT_BYTES")]
     pub max_attachment_bytes: Option<u64>,
+    /// Push gateways (comma-separated URL prefixes) the relay may wake
+    /// devices through; with none, any https:// endpoint on a public address
+    /// [default: none].
+    #[arg(long, env = "HEROLD_PUSH_GATEWAYS")]
+    pub push_gateways: Option<String>,
+    /// Seconds within which a device that stays away is woken once, however
+    /// many messages arrive [default: 60].
+    #[arg(long, env = "HEROLD_PUSH_COALESCE_SECS")]
+    pub push_coalesce_secs: Option<u64>,
     /// Attachment uploads and downloads served at once, all devices
     /// together; more wait (in QUIC flow control) for their turn
     /// [default: 256].
@@ -297,6 +306,8 @@ pub(super) struct FileConfig {
     pub(super) write_timeout_secs: Option<u64>,
     pub(super) max_attachment_bytes: Option<u64>,
     pub(super) max_attachment_streams: Option<u32>,
+    pub(super) push_gateways: Option<String>,
+    pub(super) push_coalesce_secs: Option<u64>,
     pub(super) max_pending_appends: Option<u32>,
     pub(super) drain_reconnect_spread_ms: Option<u64>,
     pub(super) log: Option<String>,

@@ -88,6 +88,8 @@ pub struct Limits {
     pub max_attachment_bytes: u64,
     /// Attachment streams served at once, all devices together.
     pub max_attachment_streams: u32,
+    /// Within this, a device that stays away is woken once.
+    pub push_coalesce: Duration,
 }
 
 impl Default for Limits {
@@ -157,6 +159,9 @@ impl Default for Limits {
             max_attachment_bytes: 100 * 1024 * 1024,
             // Each holds at most two chunks (128 KiB) in the relay's memory.
             max_attachment_streams: 256,
+            // A burst of messages wakes a phone once; another minute of
+            // them, once more.
+            push_coalesce: Duration::from_secs(60),
         }
     }
 }
@@ -288,6 +293,10 @@ impl Limits {
                 .max_attachment_streams
                 .or(file.max_attachment_streams)
                 .unwrap_or(defaults.max_attachment_streams),
+            push_coalesce: args
+                .push_coalesce_secs
+                .or(file.push_coalesce_secs)
+                .map_or(defaults.push_coalesce, Duration::from_secs),
         }
     }
 }

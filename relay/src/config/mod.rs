@@ -122,6 +122,10 @@ pub struct Config {
     /// The Redis router joining this relay to a cluster; `None` routes
     /// in-process.
     pub redis: Option<herold_router::redis::RedisConfig>,
+    /// Push gateways the operator trusts (URL prefixes ending in `/`):
+    /// when any is named, devices may register push endpoints under them
+    /// only, and these may be internal addresses (docs/push.md).
+    pub push_gateways: Vec<String>,
 }
 
 impl Config {
@@ -150,6 +154,7 @@ impl Config {
             cql_weak_durability: Vec::new(),
             migrate_only: false,
             redis: None,
+            push_gateways: Vec::new(),
         }
     }
 
@@ -272,6 +277,21 @@ impl Config {
                 args.redis_prefix.or(file.redis_prefix),
                 args.redis_lease_ms.or(file.redis_lease_ms),
             )?,
+            push_gateways: crate::push::gateway_prefixes(
+                &args
+                    .push_gateways
+                    .or(file.push_gateways)
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|reason| ConfigError::Invalid {
+                name: "push-gateways",
+                reason,
+            })?,
         };
         // One node alone may keep the short default; in a cluster every
         // node needs its own id.
@@ -443,6 +463,7 @@ impl Config {
             ("idle-timeout-secs", l.idle_timeout.as_secs()),
             ("write-timeout-secs", l.write_timeout.as_secs()),
             ("max-expiry-days", l.max_expiry.as_secs()),
+            ("push-coalesce-secs", l.push_coalesce.as_secs()),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -592,6 +592,8 @@ impl Driver {
         );
         self.pushes = Some(push_rx);
         self.kicks = Some(kick_rx);
+        // Connected: the next message while it is away wakes it again.
+        shared.push.forget(&ctx.device_id);
         if let Err(e) = shared
             .router
             .set_present(&shared.node_id, std::slice::from_ref(&ctx.device_id))

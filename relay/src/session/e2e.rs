@@ -239,6 +239,7 @@ pub(crate) async fn handle_request(
         Some(request::Kind::FetchWelcome(_)) => "fetch_welcome",
         Some(request::Kind::MarkReconciled(_)) => "mark_reconciled",
         Some(request::Kind::ResetMlsGroup(_)) => "reset_mls_group",
+        Some(request::Kind::RegisterPush(_)) => "register_push",
         None => "unknown",
     };
     let kind = match answer(&shared, &ctx, req.kind).await {
@@ -304,11 +305,47 @@ async fn answer(
             state(shared, &m.conversation_id).await
         }
         Some(request::Kind::ResetMlsGroup(r)) => restart(shared, ctx, r).await,
+        Some(request::Kind::RegisterPush(p)) => register_push(shared, ctx, p).await,
         None => Err(Refusal::new(
             ErrorCode::UnknownFrame,
             "unknown request; this relay speaks protocol version 1",
         )),
     }
+}
+
+/// Sets or clears where the device is woken while away (docs/push.md).
+async fn register_push(
+    shared: &Shared,
+    ctx: &DeviceCtx,
+    p: v1::RegisterPush,
+) -> Result<response::Kind, Refusal> {
+    let endpoint = p.endpoint.trim();
+    if !endpoint.is_empty() {
+        crate::push::check_endpoint(endpoint, shared.push.gateways())
+            .map_err(|why| Refusal::new(ErrorCode::PushEndpointRefused, &why))?;
+    }
+    if let Err(wait) = shared
+        .push_registrations
+        .take(&ctx.device_id, tokio::time::Instant::now().into_std())
+    {
+        return Err(Refusal::new(
+            ErrorCode::PushEndpointRefused,
+            format!(
+                "the push endpoint changes too often; retry in {} ms",
+                crate::frames::retry_ms(wait)
+            ),
+        ));
+    }
+    let endpoint = (!endpoint.is_empty()).then(|| endpoint.to_owned());
+    shared
+        .store
+        .set_push_endpoint(&ctx.device_id, endpoint.clone())
+        .await
+        .map_err(|e| store_refusal(&e))?;
+    shared.push.forget(&ctx.device_id);
+    Ok(response::Kind::PushRegistered(v1::PushRegistered {
+        endpoint: endpoint.unwrap_or_default(),
+    }))
 }
 
 /// The device's account must be a member of the conversation; its roster.
