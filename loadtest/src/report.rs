@@ -112,6 +112,27 @@ pub struct Recovery {
     pub longest_delivery_gap_from_secs: f64,
 }
 
+/// Attachments sent and fetched (traffic with `attachment_bytes`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Attachments {
+    /// Uploads finished.
+    pub uploaded: u64,
+    /// Uploads that failed (after the SDK's own retries).
+    pub upload_failed: u64,
+    /// Downloads finished, by recipient devices.
+    pub downloaded: u64,
+    /// Downloads that failed, or came back with other bytes.
+    pub download_failed: u64,
+    /// Ciphertext uploaded, bytes.
+    pub bytes_up: u64,
+    /// Ciphertext downloaded, bytes.
+    pub bytes_down: u64,
+    /// Upload start -> upload done.
+    pub upload: Latency,
+    /// Delivery of the reference -> download done, at each recipient.
+    pub download: Latency,
+}
+
 /// One second of the run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Second {
@@ -183,6 +204,9 @@ pub struct Report {
     pub started_at_unix_ms: u64,
     /// UDP datagrams the kernel dropped, relay side and load tester side.
     pub udp: crate::udp::UdpReport,
+    /// Attachments, when the scenario sends any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<Attachments>,
     /// Per-second figures.
     pub timeline: Vec<Second>,
 }
@@ -269,7 +293,11 @@ impl Report {
     /// The verdict line: delivery first (PASS or FAIL), then whether the
     /// latencies can be trusted (datagrams dropped on either side).
     pub fn verdict(&self) -> String {
-        let delivery = if self.verification.is_clean() {
+        let files_ok = self
+            .attachments
+            .as_ref()
+            .is_none_or(|a| a.upload_failed == 0 && a.download_failed == 0);
+        let delivery = if self.verification.is_clean() && files_ok {
             "PASS"
         } else {
             "FAIL"
@@ -327,6 +355,7 @@ impl Report {
              | submit -> accepted {acc_lat}\n\
              | submit -> delivered {del_lat}\n\n\
              {recovery}\n\
+             {attachments}\
              {udp}\n\
              Plots: `{name}-throughput.svg`, `{name}-latency.svg`.\n",
             name = self.scenario,
@@ -356,6 +385,13 @@ impl Report {
             acc_lat = lat(&self.submit_to_accepted),
             del_lat = lat(&self.submit_to_delivered),
             recovery = self.recovery_markdown(),
+            attachments = self.attachments.as_ref().map_or(String::new(), |a| format!(
+                "| attachments | done | failed | bytes | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n\
+                 | uploads | {} | {} | {} | {:.1} | {:.1} |\n\
+                 | downloads | {} | {} | {} | {:.1} | {:.1} |\n\n",
+                a.uploaded, a.upload_failed, a.bytes_up, a.upload.p50_ms, a.upload.p99_ms,
+                a.downloaded, a.download_failed, a.bytes_down, a.download.p50_ms, a.download.p99_ms,
+            )),
             udp = self.udp_markdown(),
         )
     }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::check::{Gap, OwedSeen, Received, recovery, verify};
 use crate::report::{Latency, Report, Second};
-use crate::scenario::{HEADER_BYTES, Scenario};
+use crate::scenario::{ATTACHMENT_REF_BYTES, HEADER_BYTES, Scenario};
 use crate::world::World;
 
 const MAGIC: &[u8; 4] = b"HLT1";
@@ -103,6 +103,115 @@ struct Counters {
     failed: AtomicU64,
     retried: AtomicU64,
     delivered: AtomicU64,
+    files: Files,
+}
+
+/// Attachment counters and latencies (microseconds).
+#[derive(Debug, Default)]
+struct Files {
+    uploaded: AtomicU64,
+    upload_failed: AtomicU64,
+    downloads_started: AtomicU64,
+    downloaded: AtomicU64,
+    download_failed: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    /// (upload, download) latencies.
+    latency: Mutex<Option<(Histogram<u64>, Histogram<u64>)>>,
+}
+
+impl Files {
+    fn record(&self, upload: bool, took: Duration) {
+        let Ok(mut l) = self.latency.lock() else {
+            return;
+        };
+        if l.is_none() {
+            *l = new_hist().ok().zip(new_hist().ok());
+        }
+        if let Some((up, down)) = l.as_mut() {
+            let h = if upload { up } else { down };
+            let _ = h.record((took.as_micros() as u64).max(1));
+        }
+    }
+
+    fn report(&self) -> crate::report::Attachments {
+        let l = self.latency.lock().ok();
+        let (up, down) = l
+            .as_ref()
+            .and_then(|l| l.as_ref())
+            .map(|(u, d)| (Latency::from(u), Latency::from(d)))
+            .unwrap_or_default();
+        crate::report::Attachments {
+            uploaded: self.uploaded.load(Ordering::Relaxed),
+            upload_failed: self.upload_failed.load(Ordering::Relaxed),
+            downloaded: self.downloaded.load(Ordering::Relaxed),
+            download_failed: self.download_failed.load(Ordering::Relaxed),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            upload: up,
+            download: down,
+        }
+    }
+}
+
+/// Uploads an attachment of `size` bytes as `sender`; the payload's
+/// reference to it (flag, id, size) after the header.
+async fn upload_for(
+    sender: &herold_client::Sender,
+    conv: &str,
+    size: u64,
+    files: &Files,
+) -> Result<Vec<u8>, herold_client::ClientError> {
+    let data = vec![0x5au8; usize::try_from(size).unwrap_or(0)];
+    let began = Instant::now();
+    match sender.upload(conv, &data, 0).await {
+        Ok(up) => {
+            files.record(true, began.elapsed());
+            files.uploaded.fetch_add(1, Ordering::Relaxed);
+            files.bytes_up.fetch_add(size, Ordering::Relaxed);
+            let mut r = vec![1u8];
+            r.extend_from_slice(&up.attachment_id);
+            r.resize(1 + 16, 0);
+            r.extend_from_slice(&size.to_be_bytes());
+            Ok(r)
+        }
+        Err(e) => {
+            files.upload_failed.fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
+/// The attachment a delivered payload refers to: (id, size).
+fn attachment_of(p: &[u8]) -> Option<(Vec<u8>, u64)> {
+    if p.len() < ATTACHMENT_REF_BYTES || p[HEADER_BYTES] != 1 {
+        return None;
+    }
+    let id = p[HEADER_BYTES + 1..HEADER_BYTES + 17].to_vec();
+    let size = u64::from_be_bytes(p[HEADER_BYTES + 17..HEADER_BYTES + 25].try_into().ok()?);
+    Some((id, size))
+}
+
+/// Fetches a delivered attachment as a recipient device does.
+async fn download_for(
+    sender: herold_client::Sender,
+    conv: String,
+    id: Vec<u8>,
+    size: u64,
+    counters: Arc<Counters>,
+) {
+    let files = &counters.files;
+    let began = Instant::now();
+    match sender.download(&conv, &id, size).await {
+        Ok(bytes) if bytes.len() as u64 == size && bytes.iter().all(|b| *b == 0x5a) => {
+            files.record(false, began.elapsed());
+            files.downloaded.fetch_add(1, Ordering::Relaxed);
+            files.bytes_down.fetch_add(size, Ordering::Relaxed);
+        }
+        _ => {
+            files.download_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn header(run: u32, msg: u64, intended_us: u64, bytes: usize) -> Vec<u8> {
@@ -243,6 +352,7 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     for c in clients.into_iter() {
         let mut c = c.context("a device did not connect")?;
         senders.push(c.sender());
+        let fetcher = c.sender();
         let (samples, counters, mut stop) = (samples_tx.clone(), counters.clone(), stop_rx.clone());
         let shared = Arc::new(Mutex::new(Received::default()));
         progress.push(shared.clone());
@@ -275,6 +385,16 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                 let Some((msg, intended_us)) = parse(run_tag, &m.ciphertext) else {
                     continue;
                 };
+                if let Some((id, size)) = attachment_of(&m.ciphertext) {
+                    counters.files.downloads_started.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(download_for(
+                        fetcher.clone(),
+                        m.conversation_id.clone(),
+                        id,
+                        size,
+                        counters.clone(),
+                    ));
+                }
                 let now = start.elapsed();
                 let mut got = got.lock();
                 if let Some(since) = got.waiting_since.take() {
@@ -379,7 +499,8 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                 let intended = Duration::from_secs_f64(t);
                 tokio::time::sleep_until(start + intended).await;
                 let msg = next_msg.fetch_add(1, Ordering::Relaxed);
-                let payload = header(run_tag, msg, intended.as_micros() as u64, traffic.bytes);
+                let mut payload = header(run_tag, msg, intended.as_micros() as u64, traffic.bytes);
+                let attachment = traffic.attachment_bytes;
                 let sender = senders[device].clone();
                 let conv_id = conv.id.clone();
                 let (accepted, errors, counters, samples) = (
@@ -393,6 +514,20 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                     // As an app does: a submit the relay could not store now
                     // (UNAVAILABLE) is sent again with the same message id,
                     // so it is stored at most once.
+                    // A photo: uploaded first, then its reference sent.
+                    if attachment > 0 {
+                        match upload_for(&sender, &conv_id, attachment, &counters.files).await {
+                            Ok(r) => payload[HEADER_BYTES..HEADER_BYTES + r.len()]
+                                .copy_from_slice(&r),
+                            Err(e) => {
+                                counters.failed.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut m) = errors.lock() {
+                                    *m.entry(format!("upload: {e}")).or_insert(0) += 1;
+                                }
+                                return;
+                            }
+                        }
+                    }
                     let id = herold_client::new_message_id();
                     let mut r = match &id {
                         Ok(id) => sender.send_with_id(*id, &conv_id, payload.clone(), 0).await,
@@ -487,6 +622,15 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         }
         poll.tick().await;
     }
+    // Downloads of delivered attachments finish too.
+    let files = &counters.files;
+    let downloads_deadline = Instant::now() + Duration::from_secs(60);
+    while files.downloaded.load(Ordering::Relaxed) + files.download_failed.load(Ordering::Relaxed)
+        < files.downloads_started.load(Ordering::Relaxed)
+        && Instant::now() < downloads_deadline
+    {
+        poll.tick().await;
+    }
     ticker.abort();
     pb.finish();
     let elapsed = start.elapsed().as_secs_f64();
@@ -568,6 +712,17 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         recovery,
         started_at_unix_ms,
         udp,
+        attachments: scenario
+            .traffic
+            .iter()
+            .any(|t| t.attachment_bytes > 0)
+            .then(|| {
+                let mut a = counters.files.report();
+                // Started but never finished: failed.
+                let started = counters.files.downloads_started.load(Ordering::Relaxed);
+                a.download_failed = started.saturating_sub(a.downloaded);
+                a
+            }),
         timeline,
     })
 }

@@ -120,6 +120,11 @@ pub struct Traffic {
     pub rate: f64,
     /// Payload (ciphertext) size in bytes.
     pub bytes: usize,
+    /// With it, each message first uploads an attachment of this many
+    /// bytes on its own stream (as a photo is sent), and carries its
+    /// reference; every recipient device downloads it. 0: none.
+    #[serde(default)]
+    pub attachment_bytes: u64,
 }
 
 /// A burst: the rates are multiplied during `[from_secs, to_secs)`.
@@ -159,6 +164,11 @@ pub enum ScenarioError {
 
 /// Bytes every payload needs for the tester's header.
 pub const HEADER_BYTES: usize = 24;
+/// Bytes a payload needs to refer to an attachment: the header, a flag
+/// and the attachment's id.
+pub const ATTACHMENT_REF_BYTES: usize = HEADER_BYTES + 1 + 16;
+/// The relay's default attachment limit.
+pub const MAX_ATTACHMENT_BYTES: u64 = 100 * 1024 * 1024;
 
 impl Scenario {
     /// Reads and validates a scenario file.
@@ -265,6 +275,15 @@ impl Scenario {
             if t.bytes < HEADER_BYTES || t.bytes > 256 * 1024 {
                 return Err(bad(format!(
                     "traffic {:?}: bytes must be between {HEADER_BYTES} and 262144",
+                    t.name
+                )));
+            }
+            if t.attachment_bytes > MAX_ATTACHMENT_BYTES
+                || (t.attachment_bytes > 0 && t.bytes < ATTACHMENT_REF_BYTES)
+            {
+                return Err(bad(format!(
+                    "traffic {:?}: attachment_bytes must be at most {MAX_ATTACHMENT_BYTES}, \
+                     and a message with one at least {ATTACHMENT_REF_BYTES} bytes",
                     t.name
                 )));
             }
