@@ -386,7 +386,10 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                     continue;
                 };
                 if let Some((id, size)) = attachment_of(&m.ciphertext) {
-                    counters.files.downloads_started.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .files
+                        .downloads_started
+                        .fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(download_for(
                         fetcher.clone(),
                         m.conversation_id.clone(),
@@ -517,8 +520,9 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                     // A photo: uploaded first, then its reference sent.
                     if attachment > 0 {
                         match upload_for(&sender, &conv_id, attachment, &counters.files).await {
-                            Ok(r) => payload[HEADER_BYTES..HEADER_BYTES + r.len()]
-                                .copy_from_slice(&r),
+                            Ok(r) => {
+                                payload[HEADER_BYTES..HEADER_BYTES + r.len()].copy_from_slice(&r)
+                            }
                             Err(e) => {
                                 counters.failed.fetch_add(1, Ordering::Relaxed);
                                 if let Ok(mut m) = errors.lock() {

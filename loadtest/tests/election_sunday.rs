@@ -46,6 +46,13 @@ async fn scaled_down_election_sunday_loses_nothing() {
     assert!(v.is_clean(), "{v:?}");
     assert_eq!(v.delivered, v.expected, "{v:?}");
     assert!(report.devices >= 140);
+    // The photos went as attachments: each uploaded once and fetched by
+    // every other member device, intact.
+    let files = report.attachments.as_ref().expect("the photos' figures");
+    assert!(files.uploaded > 0, "{files:?}");
+    assert_eq!(files.upload_failed + files.download_failed, 0, "{files:?}");
+    assert!(files.downloaded >= files.uploaded, "{files:?}");
+    assert_eq!(files.bytes_up, files.uploaded * 150_000);
     assert!(report.submit_to_delivered.count >= v.delivered);
     // The relay's UDP counters moved with the traffic (read from its
     // /metrics), and the load tester's own sockets were looked up.
@@ -75,6 +82,7 @@ async fn scaled_down_election_sunday_loses_nothing() {
     assert!(md.contains("Verdict: PASS"), "{md}");
     assert!(md.contains("relays: received / sent / dropped"), "{md}");
     assert!(md.contains("time to receive again"), "{md}");
+    assert!(md.contains("| uploads |"), "{md}");
     // The verdict line says when datagrams were dropped, on either side.
     assert_eq!(
         report.verdict().contains("datagrams were dropped"),
