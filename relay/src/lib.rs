@@ -5,6 +5,8 @@
 //! that no two modules import each other, directly or in a circle).
 //! - [`metrics`]: every metric's name, help and buckets; the Prometheus
 //!   recorder.
+//! - `push`: content-free push: endpoint checks (no internal addresses)
+//!   and the wake-ups of devices connected nowhere, once per burst.
 //! - [`operators`]: operator identities and roles (the operators file).
 //! - [`config`]: flags, `HEROLD_*` environment and TOML file, validated.
 //! - `policy`: effective policies (conversation over organisation over the
@@ -33,7 +35,9 @@
 //!   recipients; the node's inbox handed to its devices.
 //! - `session`: one device connection: a sans-IO core (authentication,
 //!   submits, acks, sync, in-order delivery with gap filling) driven by an
-//!   async loop; its MLS requests and checks (`session::e2e`).
+//!   async loop; its MLS requests and checks (`session::e2e`); attachment
+//!   uploads and downloads on streams of their own
+//!   (`session::attachments`).
 //! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
 //!   health and reflection), its authorisation and audit log.
 //! - [`server`]: [`Relay`]: binds QUIC and the admin API, accepts
