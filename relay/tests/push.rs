@@ -152,6 +152,9 @@ async fn an_absent_device_is_woken_once_per_burst_with_nothing_in_the_wake_up() 
             }
         }
     }
-    let (after, _) = Scrape::take(relay.metrics_addr).await;
-    assert!(after.get("herold_relay_pushes_total", &[("outcome", "sent")]) >= 2.0);
+    // The relay counts a wake-up once the gateway's answer is back.
+    wait_for_metrics(relay.metrics_addr, "2 wake-ups sent", |s| {
+        s.get("herold_relay_pushes_total", &[("outcome", "sent")]) >= 2.0
+    })
+    .await;
 }
