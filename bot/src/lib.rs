@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use herold_client::attachment::FileRef;
+use herold_client::attachment::{FileRef, safe_file_name};
 use herold_client::e2e::{E2eClient, Message};
 use sha2::{Digest, Sha256};
 
@@ -99,26 +99,6 @@ pub fn parse_case(text: &str) -> Option<Result<String, String>> {
     })
 }
 
-/// A sender's file name made safe as one path component.
-fn safe_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.').trim();
-    if cleaned.is_empty() {
-        "file".to_owned()
-    } else {
-        cleaned.chars().take(200).collect()
-    }
-}
-
 impl Filer {
     /// Files under `root`, as device `device_id` (whose own messages it
     /// ignores).
@@ -139,7 +119,7 @@ impl Filer {
         self.cases
             .get(&(m.conversation_id.clone(), m.sender_account_id.clone()))
             .cloned()
-            .unwrap_or_else(|| safe_name(&m.conversation_id))
+            .unwrap_or_else(|| safe_file_name(&m.conversation_id))
     }
 
     /// Handles one message: files its file, or takes its `case` command.
@@ -221,9 +201,9 @@ impl Filer {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!(
             "{}-{}-{}",
-            safe_name(&m.conversation_id),
+            safe_file_name(&m.conversation_id),
             m.seq,
-            safe_name(&file.name)
+            safe_file_name(&file.name)
         ));
         let record = Record {
             case,
@@ -271,6 +251,6 @@ mod tests {
         assert_eq!(parse_case("casework tomorrow"), None);
         assert_eq!(parse_case("case"), None);
         assert_eq!(parse_case("hello"), None);
-        assert_eq!(safe_name("../../x.jpg"), "_.._x.jpg");
+        assert_eq!(safe_file_name("../../x.jpg"), "_.._x.jpg");
     }
 }

@@ -9,7 +9,9 @@ use clap::Parser;
 use herold_bot::Filer;
 use herold_client::ClientConfig;
 use herold_client::e2e::{E2eClient, E2eEvent};
-use herold_client::home::{key_path, load_key, load_state, open_mls, save_state, state_path};
+use herold_client::home::{
+    key_path, load_key, load_state, open_mls, relay_fingerprint, save_state, state_path,
+};
 use tracing::info;
 
 #[derive(Debug, Parser)]
@@ -50,17 +52,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let fingerprint = match &args.fingerprint {
-        Some(f) => f.clone(),
-        None => {
-            let path = args.data_dir.join("tls").join("cert.sha256");
-            std::fs::read_to_string(&path).with_context(|| {
-                format!("no --fingerprint given and cannot read {}", path.display())
-            })?
-        }
-    };
-    let fingerprint =
-        herold_client::tls::parse_fingerprint(&fingerprint).map_err(anyhow::Error::msg)?;
+    let fingerprint = relay_fingerprint(args.fingerprint.as_deref(), &args.data_dir)?;
     let device = args.device.as_str();
     let key = load_key(&key_path(&args.home, device))?;
     let mut config = ClientConfig::new(args.relay, fingerprint, device, key);

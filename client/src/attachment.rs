@@ -260,6 +260,28 @@ pub fn open(sealed: &[u8], file: &FileRef) -> Result<Vec<u8>, AttachmentError> {
     Ok(out)
 }
 
+/// A sender's file name made safe as one path component on the
+/// recipient's disk: no directories, no leading dots, no control
+/// characters, at most 200 characters; "file" if nothing is left.
+pub fn safe_file_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.').trim();
+    if cleaned.is_empty() {
+        "file".to_owned()
+    } else {
+        cleaned.chars().take(200).collect()
+    }
+}
+
 /// What a recipient needs to fetch and read an attachment: it travels
 /// inside the MLS message, so only members see key, digest and name.
 #[derive(Clone, PartialEq, Eq)]

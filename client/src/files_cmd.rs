@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use herold_client::attachment::FileRef;
+use herold_client::attachment::{FileRef, safe_file_name};
 use herold_client::e2e::{E2eClient, Message};
 use sha2::{Digest, Sha256};
 
@@ -37,32 +37,13 @@ pub fn send_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// A sender's file name made safe as one path component here: no
-/// directories, no leading dots, no control characters; "file" if
-/// nothing is left.
-fn safe_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.').trim();
-    if cleaned.is_empty() {
-        "file".to_owned()
-    } else {
-        cleaned.chars().take(200).collect()
-    }
-}
-
 /// Where the file of message `m` is saved: `<dir>/<conversation>/<seq>-<name>`.
 pub fn save_path(dir: &Path, m: &Message, file: &FileRef) -> PathBuf {
-    dir.join(safe_name(&m.conversation_id))
-        .join(format!("{}-{}", m.seq, safe_name(&file.name)))
+    dir.join(safe_file_name(&m.conversation_id)).join(format!(
+        "{}-{}",
+        m.seq,
+        safe_file_name(&file.name)
+    ))
 }
 
 /// Fetches, decrypts and saves the file of `m`; prints where, with the
@@ -116,7 +97,7 @@ mod tests {
             ("C:\\x.pdf", "C:_x.pdf"),
             ("pothole.jpg", "pothole.jpg"),
         ] {
-            assert_eq!(safe_name(name), want, "{name:?}");
+            assert_eq!(safe_file_name(name), want, "{name:?}");
         }
         assert_eq!(media_type(Path::new("x/IMG_1.JPG")), "image/jpeg");
         assert_eq!(media_type(Path::new("note")), "application/octet-stream");

@@ -91,3 +91,22 @@ pub fn save_state(path: &Path, cursors: &HashMap<String, u64>) -> anyhow::Result
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }
+
+/// The relay's certificate fingerprint: `explicit` (hex) if given, else
+/// the one a dev relay writes to `<data_dir>/tls/cert.sha256`.
+pub fn relay_fingerprint(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = match explicit {
+        Some(f) => f.to_owned(),
+        None => {
+            let path = data_dir.join("tls").join("cert.sha256");
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no --fingerprint given and cannot read {} (start the relay with --dev, \
+                     or pass the fingerprint it printed)",
+                    path.display()
+                )
+            })?
+        }
+    };
+    crate::tls::parse_fingerprint(&text).map_err(anyhow::Error::msg)
+}

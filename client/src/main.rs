@@ -605,20 +605,7 @@ fn now_ms() -> i64 {
 }
 
 fn fingerprint(cli: &Cli) -> anyhow::Result<[u8; 32]> {
-    let text = match &cli.fingerprint {
-        Some(f) => f.clone(),
-        None => {
-            let path = cli.data_dir.join("tls").join("cert.sha256");
-            std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "no --fingerprint given and cannot read {} (start the relay with --dev, \
-                     or pass the fingerprint it printed)",
-                    path.display()
-                )
-            })?
-        }
-    };
-    herold_client::tls::parse_fingerprint(&text).map_err(anyhow::Error::msg)
+    herold_client::home::relay_fingerprint(cli.fingerprint.as_deref(), &cli.data_dir)
 }
 
 /// Creates the device's MLS state and uploads its key packages, so that

@@ -244,28 +244,16 @@ async fn an_upload_cut_halfway_resumes_where_it_stopped() {
     );
 
     // Another device may not resume it; the uploader may.
-    let (_s, mut r) = request(
-        reader.connection(),
-        attachment_request::Kind::Upload(v1::Upload {
-            attachment_id: id.clone(),
-            conversation_id: "depot".into(),
-            size: sealed.len() as u64,
-            expires_at_ms: 0,
-        }),
-    )
-    .await;
+    let resume = attachment_request::Kind::Upload(v1::Upload {
+        attachment_id: id.clone(),
+        conversation_id: "depot".into(),
+        size: sealed.len() as u64,
+        expires_at_ms: 0,
+    });
+    let (_s, mut r) = request(reader.connection(), resume.clone()).await;
     assert_eq!(refusal(response(&mut r).await), ErrorCode::NoSuchAttachment);
     let second = raw(&relay, "da.phone", &ak).await;
-    let (mut send, mut recv) = request(
-        second.connection(),
-        attachment_request::Kind::Upload(v1::Upload {
-            attachment_id: id.clone(),
-            conversation_id: "depot".into(),
-            size: sealed.len() as u64,
-            expires_at_ms: 0,
-        }),
-    )
-    .await;
+    let (mut send, mut recv) = request(second.connection(), resume).await;
     let attachment_response::Kind::UploadReady(again) = response(&mut recv).await else {
         panic!("no UploadReady on resume");
     };
