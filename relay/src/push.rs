@@ -232,7 +232,14 @@ impl Pusher {
 
 async fn work(pusher: Arc<Pusher>, store: Arc<dyn Store>, mut rx: mpsc::Receiver<String>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    let tls = Arc::new(tls_config());
+    // Without TLS only the operator's plain-http gateways can be called.
+    let tls = match tls_config() {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            warn!(error = %e, "push: no TLS to gateways");
+            None
+        }
+    };
     while let Some(device) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -246,26 +253,24 @@ async fn work(pusher: Arc<Pusher>, store: Arc<dyn Store>, mut rx: mpsc::Receiver
     }
 }
 
-fn tls_config() -> rustls::ClientConfig {
+/// TLS to push gateways: the Web PKI's roots, rustls's safe defaults.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-        .unwrap_or_else(|_| {
-            // The ring provider supports the default versions; unreachable.
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        })
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// One wake-up; the outcome label.
 async fn wake(
     pusher: &Pusher,
     store: &dyn Store,
-    tls: &Arc<rustls::ClientConfig>,
+    tls: &Option<Arc<rustls::ClientConfig>>,
     device: &str,
 ) -> &'static str {
     let endpoint = match store.push_endpoint(device).await {
@@ -311,7 +316,7 @@ struct Forbidden;
 /// Resolves, checks the address, connects and posts an empty message.
 async fn send(
     ep: &Endpoint,
-    tls: &Arc<rustls::ClientConfig>,
+    tls: &Option<Arc<rustls::ClientConfig>>,
 ) -> Result<http::StatusCode, Forbidden> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
         .await
@@ -344,7 +349,8 @@ async fn send(
     if ep.tls {
         let name =
             rustls_pki_types::ServerName::try_from(ep.host.clone()).map_err(|_| Forbidden)?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        let tls = tls.clone().ok_or(Forbidden)?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
             .map_err(|_| Forbidden)?;

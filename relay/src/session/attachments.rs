@@ -112,10 +112,7 @@ async fn serve(
             let _ = send.finish();
             // Whatever else the device sends is not read.
             let _ = recv.stop(0u32.into());
-            let _ = in_time(patience, async {
-                send.stopped().await.map_err(|_| Refused::no_such())
-            })
-            .await;
+            let _ = tokio::time::timeout(patience, send.stopped()).await;
         }
     }
 }
