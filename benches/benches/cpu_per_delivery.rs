@@ -23,7 +23,6 @@
 mod bench;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +34,10 @@ use tokio::runtime::Runtime;
 #[path = "common/fanout.rs"]
 mod fanout;
 
-use fanout::{Counter, Forwarder, PAYLOAD, herold_clients, quinn_forwarder, submit_wire};
+use fanout::{
+    Counter, Forwarder, PAYLOAD, herold_clients, quinn_forwarder, relay_counter, submit_wire,
+    udp_drops, udp_endpoint,
+};
 
 /// Receiving devices in the CPU-per-delivery group.
 const CPU_RECEIVERS: usize = 500;
@@ -128,58 +130,6 @@ impl ServerThreads {
     fn tids(&self) -> Vec<u32> {
         self.0.lock().unwrap().live.keys().copied().collect()
     }
-}
-/// Datagrams the kernel dropped at the UDP sockets bound to `ports`
-/// (receive buffer full), from `/proc/net/udp` and `/proc/net/udp6`.
-fn udp_drops(ports: &[u16]) -> u64 {
-    let mut drops = 0;
-    for table in ["/proc/net/udp", "/proc/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(d)) = (fields.get(1), fields.last()) else {
-                continue;
-            };
-            let port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if port.is_some_and(|p| ports.contains(&p)) {
-                drops += d.parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    drops
-}
-/// A quinn endpoint on a loopback UDP socket with the relay's socket
-/// buffers, on the current runtime.
-fn udp_endpoint(server_config: Option<quinn::ServerConfig>) -> quinn::Endpoint {
-    let limits = herold_relay::config::Limits::default();
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let state = quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
-    // The kernel caps these at net.core.{r,w}mem_max, as for the relay.
-    let _ = state.set_recv_buffer_size((&socket).into(), limits.udp_recv_buffer_bytes as usize);
-    let _ = state.set_send_buffer_size((&socket).into(), limits.udp_send_buffer_bytes as usize);
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server_config,
-        socket,
-        quinn::default_runtime().unwrap(),
-    )
-    .unwrap()
-}
-/// Sum of a counter in the relay's Prometheus exposition (process-wide).
-fn relay_counter(name: &str) -> u64 {
-    let text = herold_relay::metrics::install().unwrap().render();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 enum Load {
     Quinn(Forwarder),

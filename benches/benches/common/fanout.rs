@@ -3,16 +3,17 @@
 
 #![allow(dead_code)] // each benchmark uses its own part of this
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use herold_client::admin::AdminClient;
 use herold_client::{Client, ClientConfig};
 use herold_proto::codec::{FrameDecoder, encode_frame};
 use herold_proto::v1;
+use prost::Message as _;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
@@ -23,6 +24,9 @@ pub(crate) struct Counter {
     pub(crate) n: AtomicU64,
     pub(crate) target: AtomicU64,
     pub(crate) done: Notify,
+    /// When each message arrived, with the post number its payload starts
+    /// with (see [`stamped`]).
+    pub(crate) arrivals: Mutex<Vec<(u32, Instant)>>,
 }
 impl Counter {
     pub(crate) fn new() -> Arc<Self> {
@@ -30,7 +34,19 @@ impl Counter {
             n: AtomicU64::new(0),
             target: AtomicU64::new(u64::MAX),
             done: Notify::new(),
+            arrivals: Mutex::new(Vec::new()),
         })
+    }
+    /// Counts a message with `payload` that arrived now.
+    pub(crate) fn arrived(&self, payload: &[u8]) {
+        let now = Instant::now();
+        if let Some(post) = payload.first_chunk::<4>() {
+            self.arrivals
+                .lock()
+                .unwrap()
+                .push((u32::from_be_bytes(*post), now));
+        }
+        self.add();
     }
     pub(crate) fn add(&self) {
         let n = self.n.fetch_add(1, Ordering::AcqRel) + 1;
@@ -49,14 +65,25 @@ impl Counter {
         }
     }
 }
+/// A payload of `len` bytes that starts with post number `post`, for
+/// [`Counter::arrived`].
+pub(crate) fn stamped(post: u32, len: usize) -> Vec<u8> {
+    let mut payload = vec![0xab; len.max(4)];
+    payload[..4].copy_from_slice(&post.to_be_bytes());
+    payload
+}
 /// The frame of one 256-byte submit to conversation `g`, on the wire.
 pub(crate) fn submit_wire() -> BytesMut {
+    submit_wire_with(stamped(0, PAYLOAD))
+}
+/// The frame of a submit of `ciphertext` to conversation `g`, on the wire.
+pub(crate) fn submit_wire_with(ciphertext: Vec<u8>) -> BytesMut {
     let frame = v1::ClientFrame {
         kind: Some(v1::client_frame::Kind::Submit(v1::Submit {
             message_id: vec![1; 16],
             conversation_id: "g".into(),
             expires_at_ms: 0,
-            ciphertext: vec![0xab; PAYLOAD],
+            ciphertext,
             ..Default::default()
         })),
     };
@@ -115,25 +142,36 @@ pub(crate) async fn herold_clients(
         .await
         .unwrap();
     let counter = Counter::new();
-    let mut sender = None;
-    for (i, (id, key)) in keys.into_iter().enumerate() {
+    let mut keys = keys.into_iter();
+    let (id, key) = keys.next().unwrap();
+    let mut config = ClientConfig::new(addr, fp, &id, key);
+    config.endpoint = Some(endpoints[0].clone());
+    let mut c = Client::connect(config).await.unwrap();
+    let sender = c.sender();
+    // The sender's own echo is drained but not counted.
+    tokio::spawn(async move { while c.next_message().await.is_some() {} });
+    // The receivers connect 64 at a time.
+    let mut connecting = tokio::task::JoinSet::new();
+    for (i, (id, key)) in keys.enumerate() {
+        if connecting.len() >= 64 {
+            connecting.join_next().await.unwrap().unwrap();
+        }
         let mut config = ClientConfig::new(addr, fp, &id, key);
-        config.endpoint = Some(endpoints[i % endpoints.len()].clone());
-        let mut c = Client::connect(config).await.unwrap();
-        if i == 0 {
-            sender = Some(c.sender());
-            // The sender's own echo is drained but not counted.
-            tokio::spawn(async move { while c.next_message().await.is_some() {} });
-        } else {
-            let counter = counter.clone();
+        config.endpoint = Some(endpoints[(i + 1) % endpoints.len()].clone());
+        let counter = counter.clone();
+        connecting.spawn(async move {
+            let mut c = Client::connect(config).await.unwrap();
             tokio::spawn(async move {
-                while c.next_message().await.is_some() {
-                    counter.add();
+                while let Some(m) = c.next_message().await {
+                    counter.arrived(&m.ciphertext);
                 }
             });
-        }
+        });
     }
-    (sender.unwrap(), counter)
+    while let Some(r) = connecting.join_next().await {
+        r.unwrap();
+    }
+    (sender, counter)
 }
 /// A forwarding server on plain quinn and its clients: frames from the
 /// first connection are written to every other connection.
@@ -207,8 +245,13 @@ pub(crate) async fn quinn_forwarder(
             let mut dec = FrameDecoder::new(1 << 20);
             while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
                 dec.extend(&chunk.bytes);
-                while let Ok(Some(_)) = dec.next_frame() {
-                    counter.add();
+                while let Ok(Some(body)) = dec.next_frame() {
+                    match v1::ClientFrame::decode(body) {
+                        Ok(v1::ClientFrame {
+                            kind: Some(v1::client_frame::Kind::Submit(s)),
+                        }) => counter.arrived(&s.ciphertext),
+                        _ => counter.add(),
+                    }
                 }
             }
         });
@@ -245,4 +288,57 @@ pub(crate) async fn quinn_forwarder(
         _client_conns: client_conns,
         _client_streams: client_streams,
     }
+}
+
+/// Datagrams the kernel dropped at the UDP sockets bound to `ports`
+/// (receive buffer full), from `/proc/net/udp` and `/proc/net/udp6`.
+pub(crate) fn udp_drops(ports: &[u16]) -> u64 {
+    let mut drops = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(d)) = (fields.get(1), fields.last()) else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if port.is_some_and(|p| ports.contains(&p)) {
+                drops += d.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    drops
+}
+/// A quinn endpoint on a loopback UDP socket with the relay's socket
+/// buffers, on the current runtime.
+pub(crate) fn udp_endpoint(server_config: Option<quinn::ServerConfig>) -> quinn::Endpoint {
+    let limits = herold_relay::config::Limits::default();
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let state = quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
+    // The kernel caps these at net.core.{r,w}mem_max, as for the relay.
+    let _ = state.set_recv_buffer_size((&socket).into(), limits.udp_recv_buffer_bytes as usize);
+    let _ = state.set_send_buffer_size((&socket).into(), limits.udp_send_buffer_bytes as usize);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server_config,
+        socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap()
+}
+/// Sum of a counter in the relay's Prometheus exposition (process-wide).
+pub(crate) fn relay_counter(name: &str) -> u64 {
+    let text = herold_relay::metrics::install().unwrap().render();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
