@@ -35,6 +35,8 @@
 mod bench;
 #[path = "common/fanout.rs"]
 mod fanout;
+#[path = "common/pin.rs"]
+mod pin;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -45,6 +47,7 @@ use fanout::{
     udp_endpoint,
 };
 use herold_relay::{Config, Relay};
+use pin::{pin_this_thread, runtime};
 use tokio::runtime::Runtime;
 
 /// Receiving devices, unless `HEROLD_BENCH_CHANNEL_DEVICES` says otherwise.
@@ -61,34 +64,6 @@ const CLIENT_SOCKETS: usize = 8;
 const DEADLINE: Duration = Duration::from_secs(60);
 /// After the last delivery, time for the acknowledgements it causes.
 const SETTLE: Duration = Duration::from_millis(500);
-
-/// The kernel's id of the calling thread.
-fn this_tid() -> Option<u32> {
-    std::fs::read_link("/proc/thread-self")
-        .ok()?
-        .file_name()?
-        .to_str()?
-        .parse()
-        .ok()
-}
-/// Pins the calling thread to `cpu`; the threads it starts from now on
-/// inherit this. False when it could not.
-fn pin_this_thread(cpu: usize) -> bool {
-    let Some(tid) = this_tid() else { return false };
-    std::process::Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-fn runtime(name: &str) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 enum Server {
     Quinn(fanout::Forwarder),

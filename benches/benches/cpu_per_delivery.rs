@@ -29,10 +29,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use herold_relay::{Config, Relay};
+use pin::this_tid;
 use tokio::runtime::Runtime;
 
 #[path = "common/fanout.rs"]
 mod fanout;
+#[path = "common/pin.rs"]
+mod pin;
 
 use fanout::{
     Counter, Forwarder, PAYLOAD, herold_clients, quinn_forwarder, relay_counter, submit_wire,
@@ -53,16 +56,6 @@ const CPU_CLIENT_SOCKETS: usize = 10;
 const CPU_SETTLE: Duration = Duration::from_millis(300);
 /// An iteration whose deliveries have not all arrived by then fails.
 const CPU_DEADLINE: Duration = Duration::from_secs(60);
-/// The kernel's id of the calling thread.
-fn this_tid() -> Option<u32> {
-    // `/proc/thread-self` links to `<pid>/task/<tid>`.
-    std::fs::read_link("/proc/thread-self")
-        .ok()?
-        .file_name()?
-        .to_str()?
-        .parse()
-        .ok()
-}
 /// Time thread `tid` of this process has spent on a CPU so far, ns (the
 /// first field of its `schedstat`).
 fn on_cpu_ns(tid: u32) -> Option<u64> {

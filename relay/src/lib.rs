@@ -26,6 +26,8 @@
 //!   load.
 //! - `registry`: connected devices of this node and their queues.
 //! - `roster`: cached conversation rosters.
+//! - `reads`: sessions' log reads of one conversation made together (a
+//!   reconnect storm reads a hot conversation once per batch).
 //! - `cursors`: acknowledged cursors, written in batches.
 //! - `pacer`: deliveries to this node's devices spread over time.
 //! - `cluster`: directory changes told to and heard from the other relays,
@@ -68,6 +70,7 @@ mod pacer;
 mod policy;
 mod push;
 mod rate;
+mod reads;
 mod registry;
 mod roster;
 pub mod server;

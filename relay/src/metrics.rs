@@ -87,6 +87,10 @@ pub const PUSHES: &str = "herold_relay_pushes_total";
 pub const ATTACHMENT_STREAMS: &str = "herold_relay_attachment_streams_total";
 /// Attachment ciphertext carried, by `direction` (up: stored, down: sent).
 pub const ATTACHMENT_BYTES: &str = "herold_relay_attachment_bytes_total";
+/// Log reads of sessions (sync pages, gap fills), by `source`: `store`
+/// for a read the store answered, `shared` for a request answered by a
+/// read made together with another session's (`reads`).
+pub const LOG_READS: &str = "herold_relay_log_reads_total";
 /// Cluster resyncs: the node inbox reported lost deliveries.
 pub const RESYNCS: &str = "herold_relay_resyncs_total";
 /// Device cursors written per flush.
@@ -326,6 +330,11 @@ pub fn describe() {
         ATTACHMENT_BYTES,
         Unit::Bytes,
         "Attachment ciphertext stored (up) and sent (down)."
+    );
+    describe_counter!(
+        LOG_READS,
+        Unit::Count,
+        "Sessions' log reads: made in the store, or shared with another session's read."
     );
     describe_counter!(
         RESYNCS,

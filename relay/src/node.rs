@@ -17,6 +17,7 @@ use crate::config::Limits;
 use crate::cursors::CursorSink;
 use crate::pacer::Pacer;
 use crate::rate::Buckets;
+use crate::reads::SharedReads;
 
 use crate::registry::Registry;
 use crate::roster::Rosters;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub push: Arc<crate::push::Pusher>,
     /// Push endpoint registrations per device.
     pub push_registrations: Buckets,
+    /// Log reads of the sessions, shared when they ask at once.
+    pub reads: Arc<SharedReads>,
 }
 
 impl Shared {
@@ -93,6 +96,7 @@ impl Shared {
         Self {
             node_id,
             pacer: Arc::new(Pacer::new(limits.fan_out_rate, registry.clone())),
+            reads: SharedReads::new(store.clone()),
             store,
             router,
             registry,

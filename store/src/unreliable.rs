@@ -7,8 +7,9 @@
 //! the named operations reach the wrapped store and then fail anyway, as a
 //! write whose answer was lost (a timeout after the backend applied it).
 //! [`Unreliable::set_latency`] makes every operation take longer, as an
-//! overloaded backend does, and [`Unreliable::most_under_way`] tells how
-//! many of one operation were waiting at once. Feature `fault-injection`.
+//! overloaded backend does, [`Unreliable::most_under_way`] tells how
+//! many of one operation were waiting at once and [`Unreliable::calls`]
+//! how many were made. Feature `fault-injection`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,8 +37,9 @@ pub struct Unreliable<S: ?Sized = dyn Store> {
     refused: Mutex<Vec<&'static str>>,
     /// Added to every operation, in microseconds.
     latency_us: AtomicU64,
-    /// Per operation: how many are under way now, and at most so far.
-    under_way: Mutex<HashMap<&'static str, (u64, u64)>>,
+    /// Per operation: how many are under way now, at most so far, and
+    /// how many were made in all.
+    under_way: Mutex<HashMap<&'static str, (u64, u64, u64)>>,
     /// The store the calls go to while not failing.
     inner: Arc<S>,
 }
@@ -77,7 +79,17 @@ impl<S: Store + ?Sized> Unreliable<S> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(op)
-            .map_or(0, |(_, most)| *most)
+            .map_or(0, |(_, most, _)| *most)
+    }
+
+    /// How many calls of `op` (a [`Store`] method name) reached the
+    /// wrapped store so far.
+    pub fn calls(&self, op: &str) -> u64 {
+        self.under_way
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(op)
+            .map_or(0, |(_, _, calls)| *calls)
     }
 
     fn count(&self, op: &'static str, up: bool) {
@@ -85,10 +97,11 @@ impl<S: Store + ?Sized> Unreliable<S> {
             .under_way
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (now, most) = m.entry(op).or_insert((0, 0));
+        let (now, most, calls) = m.entry(op).or_insert((0, 0, 0));
         if up {
             *now += 1;
             *most = (*most).max(*now);
+            *calls += 1;
         } else {
             *now = now.saturating_sub(1);
         }

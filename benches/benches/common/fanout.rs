@@ -92,21 +92,19 @@ pub(crate) fn submit_wire_with(ciphertext: Vec<u8>) -> BytesMut {
     wire
 }
 /// Provisions one sending and `receivers` receiving accounts of one device
-/// each in group `g` through the admin API at `admin_url`, and connects
-/// them (spread over the client `endpoints`), on the current runtime. Each
-/// message a receiving device gets is counted.
-pub(crate) async fn herold_clients(
-    addr: SocketAddr,
-    fp: [u8; 32],
+/// each in group `<prefix>g` through the admin API at `admin_url`: the
+/// devices' ids and keys, the sender's first. Ids start with `prefix`, so
+/// runs on one store do not collide.
+pub(crate) async fn provision(
     admin_url: String,
+    prefix: &str,
     receivers: usize,
-    endpoints: &[quinn::Endpoint],
-) -> (herold_client::Sender, Arc<Counter>) {
+) -> Vec<(String, ed25519_dalek::SigningKey)> {
     let mut admin = AdminClient::connect(admin_url).await.unwrap();
     let mut members = Vec::new();
     let mut keys = Vec::new();
     for i in 0..=receivers {
-        let account = format!("a{i}");
+        let account = format!("{prefix}a{i}");
         admin
             .create_account(v1::CreateAccountRequest {
                 account_id: account.clone(),
@@ -132,7 +130,7 @@ pub(crate) async fn herold_clients(
     }
     admin
         .create_conversation(v1::CreateConversationRequest {
-            conversation_id: "g".into(),
+            conversation_id: format!("{prefix}g"),
             kind: v1::ConversationKind::Group as i32,
             title: String::new(),
             members,
@@ -141,6 +139,20 @@ pub(crate) async fn herold_clients(
         })
         .await
         .unwrap();
+    keys
+}
+/// Provisions one sending and `receivers` receiving accounts of one device
+/// each in group `g` through the admin API at `admin_url`, and connects
+/// them (spread over the client `endpoints`), on the current runtime. Each
+/// message a receiving device gets is counted.
+pub(crate) async fn herold_clients(
+    addr: SocketAddr,
+    fp: [u8; 32],
+    admin_url: String,
+    receivers: usize,
+    endpoints: &[quinn::Endpoint],
+) -> (herold_client::Sender, Arc<Counter>) {
+    let keys = provision(admin_url, "", receivers).await;
     let counter = Counter::new();
     let mut keys = keys.into_iter();
     let (id, key) = keys.next().unwrap();

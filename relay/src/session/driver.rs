@@ -528,15 +528,12 @@ impl Driver {
                     after,
                     limit,
                     now_ms,
-                } => store
-                    .read(&conversation_id, after, limit, now_ms)
-                    .await
-                    .map(Answer::Page),
+                } => {
+                    let page = shared.reads.read(&conversation_id, after, limit, now_ms);
+                    return page.await.map_or_else(failed, Answer::Page);
+                }
             };
-            answer.unwrap_or_else(|e| {
-                warn!(error = %e, "store unavailable");
-                Answer::Failed
-            })
+            answer.unwrap_or_else(failed)
         })
     }
 
@@ -659,6 +656,12 @@ async fn drained(rx: &mut watch::Receiver<bool>) -> bool {
             return true;
         }
     }
+}
+
+/// The answer to a query the store could not answer (logged).
+fn failed(e: impl std::fmt::Display) -> Answer {
+    warn!(error = %e, "store unavailable");
+    Answer::Failed
 }
 
 async fn answer(q: &mut Option<QueryFuture>) -> Answer {
