@@ -4,9 +4,10 @@
 //! the same position; instead of one store read per device, the relay
 //! reads the tail once per batch and hands every device its part.
 //!
-//! Per conversation at most one batch is under way. A request made while
-//! one is under way waits for the next batch, which starts after the
-//! request was made: every answer is as fresh as a read of its own would
+//! Per conversation at most one read or batch is under way. A request
+//! made while none is reads alone, in its own task; one made while one is
+//! under way waits for the next batch, which starts after the request was
+//! made: every answer is as fresh as a read of its own would
 //! have been (a message stored before the request is in it, which the
 //! session's ordering relies on). A batch reads once from the lowest
 //! position among requests no more than a page apart, asking for the
@@ -39,6 +40,19 @@ struct Request {
     answer: oneshot::Sender<Answer>,
 }
 
+/// Runs [`SharedReads::next_batch`] when dropped: after a lone read, also
+/// when its session went away in the middle of it.
+struct NextBatch<'a> {
+    reads: Arc<SharedReads>,
+    conversation_id: &'a str,
+}
+
+impl Drop for NextBatch<'_> {
+    fn drop(&mut self) {
+        self.reads.next_batch(self.conversation_id);
+    }
+}
+
 /// The log reads of this relay's sessions, shared per conversation.
 #[derive(Debug)]
 pub(crate) struct SharedReads {
@@ -66,33 +80,54 @@ impl SharedReads {
         now_ms: i64,
     ) -> Answer {
         let (tx, rx) = oneshot::channel();
-        let request = Request {
-            after,
-            limit,
-            now_ms,
-            answer: tx,
-        };
-        let start = {
+        let alone = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             match waiting.get_mut(conversation_id) {
                 Some(requests) => {
-                    requests.push(request);
+                    requests.push(Request {
+                        after,
+                        limit,
+                        now_ms,
+                        answer: tx,
+                    });
                     false
                 }
                 None => {
-                    waiting.insert(conversation_id.to_owned(), vec![request]);
+                    waiting.insert(conversation_id.to_owned(), Vec::new());
                     true
                 }
             }
         };
-        if start {
-            tokio::spawn(self.clone().batches(conversation_id.to_owned()));
+        if alone {
+            // Nobody reads this conversation now: read alone, and leave
+            // those who ask meanwhile to the next batch.
+            let _next = NextBatch {
+                reads: self.clone(),
+                conversation_id,
+            };
+            let page = self.store.read(conversation_id, after, limit, now_ms).await;
+            if page.is_ok() {
+                metrics::counter!(m::LOG_READS, "source" => "store").increment(1);
+            }
+            return page.map_err(Arc::new);
         }
         rx.await.unwrap_or_else(|_| {
             Err(Arc::new(StoreError::Backend(
                 "the shared read ended without an answer".into(),
             )))
         })
+    }
+
+    /// After a read: hands the requests made meanwhile to a batch task,
+    /// or ends the conversation's entry if there are none.
+    fn next_batch(self: &Arc<Self>, conversation_id: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting.get(conversation_id).is_some_and(Vec::is_empty) {
+            waiting.remove(conversation_id);
+        } else {
+            drop(waiting);
+            tokio::spawn(self.clone().batches(conversation_id.to_owned()));
+        }
     }
 
     /// Runs batches for `conversation_id` until no request waits.

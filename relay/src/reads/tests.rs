@@ -168,3 +168,47 @@ async fn a_failed_read_fails_its_requests_and_the_next_ones_read_again() {
     let page = reads.read("conv", 1, 10, NOW).await.unwrap();
     assert_eq!(seqs(&page), vec![2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gone_in_the_middle_of_its_read_strands_nobody() {
+    let (_dir, _inner, store) = log_of(4, None).await;
+    store.set_latency(Duration::from_millis(200));
+    let reads = SharedReads::new(store.clone());
+    let gone = {
+        let reads = reads.clone();
+        tokio::spawn(async move { reads.read("conv", 0, 256, NOW).await })
+    };
+    reads_reach(&store, 1).await;
+    // Another session asks meanwhile; then the first goes away.
+    let waiting = {
+        let reads = reads.clone();
+        tokio::spawn(async move { reads.read("conv", 2, 256, NOW).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reads
+        .waiting
+        .lock()
+        .unwrap()
+        .get("conv")
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gone.abort();
+    let page = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seqs(&page), vec![3, 4]);
+    // And the conversation's entry goes once its batch is done.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !reads.waiting.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the entry stayed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
