@@ -47,7 +47,7 @@ use fanout::{
     udp_endpoint,
 };
 use herold_relay::{Config, Relay};
-use pin::{pin_this_thread, runtime};
+use pin::{env_count, pin_this_thread, pin_unless_told_not_to, runtime};
 use tokio::runtime::Runtime;
 
 /// Receiving devices, unless `HEROLD_BENCH_CHANNEL_DEVICES` says otherwise.
@@ -233,13 +233,8 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let devices = std::env::var("HEROLD_BENCH_CHANNEL_DEVICES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEVICES);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = std::env::var("HEROLD_BENCH_PIN").map_or(true, |v| v != "0");
-    let pinned = pin && cpus >= 2 && pin_this_thread(0);
+    let devices = env_count("HEROLD_BENCH_CHANNEL_DEVICES", DEVICES);
+    let pinned = pin_unless_told_not_to();
     eprintln!(
         "channel_post: {devices} devices, {POSTS} posts of {BODY} B {INTERVAL:?} apart; {}",
         if pinned {

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use herold_client::{Client, ClientConfig};
 use herold_relay::Relay;
-use herold_store::cql::{CqlConfig, Replication, parse_consistency};
-use pin::{pin_this_thread, runtime};
+use herold_store::cql::CqlConfig;
+use pin::{env_count, pin_this_thread, pin_unless_told_not_to, runtime};
 
 /// Devices that come back at once, unless the environment says otherwise.
 const DEVICES: usize = 2_000;
@@ -174,13 +174,8 @@ fn storm(backend: &str, cql: Option<CqlConfig>, devices: usize, pinned: bool) {
 }
 
 fn main() {
-    let devices = std::env::var("HEROLD_BENCH_STORM_DEVICES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEVICES);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = std::env::var("HEROLD_BENCH_PIN").map_or(true, |v| v != "0");
-    let pinned = pin && cpus >= 2 && pin_this_thread(0);
+    let devices = env_count("HEROLD_BENCH_STORM_DEVICES", DEVICES);
+    let pinned = pin_unless_told_not_to();
     eprintln!(
         "reconnect_storm: {}",
         if pinned {
@@ -190,19 +185,8 @@ fn main() {
         }
     );
     storm("embedded", None, devices, pinned);
-    match std::env::var("HEROLD_TEST_CQL") {
-        Ok(cp) if !cp.trim().is_empty() => {
-            let cql = CqlConfig {
-                contact_points: vec![cp],
-                keyspace: std::env::var("HEROLD_TEST_CQL_KEYSPACE")
-                    .unwrap_or_else(|_| "herold_test".into()),
-                replication: Replication::Simple(1),
-                consistency: parse_consistency("LOCAL_ONE").unwrap(),
-                migrate: true,
-                ..CqlConfig::default()
-            };
-            storm("cql", Some(cql), devices, pinned);
-        }
-        _ => eprintln!("reconnect_storm: HEROLD_TEST_CQL not set, CQL skipped"),
+    match bench::test_cql() {
+        Some(cql) => storm("cql", Some(cql), devices, pinned),
+        None => eprintln!("reconnect_storm: HEROLD_TEST_CQL not set, CQL skipped"),
     }
 }

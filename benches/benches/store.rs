@@ -8,12 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a panic is a failure
 
+#[path = "common/config.rs"]
+mod bench;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use herold_store::cql::{CqlConfig, CqlStore, Replication, parse_consistency};
+use herold_store::cql::CqlStore;
 use herold_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use herold_store::{Account, Conversation, ConversationKind, Member, NewMessage, Role, Store};
 use tokio::runtime::Runtime;
@@ -120,20 +123,12 @@ fn store(c: &mut Criterion) {
         .expect("open the embedded store");
     bench_backend(c, &rt, "embedded", Arc::new(embedded));
 
-    match std::env::var("HEROLD_TEST_CQL") {
-        Ok(cp) if !cp.trim().is_empty() => {
-            let cql = rt.block_on(CqlStore::connect(CqlConfig {
-                contact_points: vec![cp],
-                keyspace: std::env::var("HEROLD_TEST_CQL_KEYSPACE")
-                    .unwrap_or_else(|_| "herold_test".into()),
-                replication: Replication::Simple(1),
-                consistency: parse_consistency("LOCAL_ONE").unwrap(),
-                migrate: true,
-                ..CqlConfig::default()
-            }));
+    match bench::test_cql() {
+        Some(config) => {
+            let cql = rt.block_on(CqlStore::connect(config));
             bench_backend(c, &rt, "cql", Arc::new(cql.expect("connect to CQL")));
         }
-        _ => eprintln!(
+        None => eprintln!(
             "store bench: HEROLD_TEST_CQL not set, CQL backend skipped \
              (scripts/cassandra.sh start; HEROLD_TEST_CQL=127.0.0.1:9042)"
         ),

@@ -34,3 +34,17 @@ pub(crate) fn runtime(name: &str) -> Runtime {
         .build()
         .unwrap()
 }
+/// Pins the calling thread to CPU 0 unless `HEROLD_BENCH_PIN=0`, the
+/// machine has one CPU or `taskset` is missing: whether it did.
+pub(crate) fn pin_unless_told_not_to() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = std::env::var("HEROLD_BENCH_PIN").map_or(true, |v| v != "0");
+    pin && cpus >= 2 && pin_this_thread(0)
+}
+/// The number in environment variable `name`, or `default`.
+pub(crate) fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
