@@ -11,6 +11,8 @@
 //!   latencies are measured from the intended send time.
 //! - `check`: every delivery checked against every acceptance; silences
 //!   and recoveries.
+//! - `files`: attachments in the traffic (uploaded, then fetched by every
+//!   recipient device).
 //! - [`report`]: JSON, Markdown and SVG plots.
 //! - [`udp`]: datagrams the kernel dropped during the run, at the relays
 //!   (their `/metrics`) and at the load tester's own sockets.
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod check;
+mod files;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -77,6 +77,12 @@ struct Args {
     /// into this file: drill scripts place their faults from it.
     #[arg(long)]
     started_file: Option<PathBuf>,
+    /// When the traffic has settled, write the time (Unix milliseconds)
+    /// into this file and keep the devices connected until it is removed
+    /// (at most 10 s): scripts that measure the relays over the traffic
+    /// alone read their counters meanwhile.
+    #[arg(long)]
+    settled_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -153,6 +159,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .filter(|s| s.is_finite() && *s > 0.0)
                 .map(std::time::Duration::from_secs_f64),
             started_file: args.started_file,
+            settled_file: args.settled_file,
         },
     )
     .await?;

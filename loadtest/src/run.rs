@@ -23,8 +23,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::check::{Gap, OwedSeen, Received, recovery, verify};
+use crate::files::{Files, attachment_of, download_for, upload_for};
 use crate::report::{Latency, Report, Second};
-use crate::scenario::{ATTACHMENT_REF_BYTES, HEADER_BYTES, Scenario};
+use crate::scenario::{HEADER_BYTES, Scenario};
 use crate::world::World;
 
 const MAGIC: &[u8; 4] = b"HLT1";
@@ -62,6 +63,11 @@ pub struct Target {
     /// A file to write the schedule's start (Unix milliseconds) into when
     /// the traffic begins, for scripts that inject faults during the run.
     pub started_file: Option<std::path::PathBuf>,
+    /// A file to write the time (Unix milliseconds) into once the traffic
+    /// has settled; the devices stay connected until the file is removed
+    /// (at most 10 s): scripts that measure the relays over the traffic
+    /// alone read their counters meanwhile.
+    pub settled_file: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -79,6 +85,7 @@ impl Target {
             relay_metrics: Vec::new(),
             client_idle_timeout: None,
             started_file: None,
+            settled_file: None,
         }
     }
 
@@ -106,111 +113,9 @@ struct Counters {
     files: Files,
 }
 
-/// Attachment counters and latencies (microseconds).
-#[derive(Debug, Default)]
-struct Files {
-    uploaded: AtomicU64,
-    upload_failed: AtomicU64,
-    downloads_started: AtomicU64,
-    downloaded: AtomicU64,
-    download_failed: AtomicU64,
-    bytes_up: AtomicU64,
-    bytes_down: AtomicU64,
-    /// (upload, download) latencies.
-    latency: Mutex<Option<(Histogram<u64>, Histogram<u64>)>>,
-}
-
-impl Files {
-    fn record(&self, upload: bool, took: Duration) {
-        let Ok(mut l) = self.latency.lock() else {
-            return;
-        };
-        if l.is_none() {
-            *l = new_hist().ok().zip(new_hist().ok());
-        }
-        if let Some((up, down)) = l.as_mut() {
-            let h = if upload { up } else { down };
-            let _ = h.record((took.as_micros() as u64).max(1));
-        }
-    }
-
-    fn report(&self) -> crate::report::Attachments {
-        let l = self.latency.lock().ok();
-        let (up, down) = l
-            .as_ref()
-            .and_then(|l| l.as_ref())
-            .map(|(u, d)| (Latency::from(u), Latency::from(d)))
-            .unwrap_or_default();
-        crate::report::Attachments {
-            uploaded: self.uploaded.load(Ordering::Relaxed),
-            upload_failed: self.upload_failed.load(Ordering::Relaxed),
-            downloaded: self.downloaded.load(Ordering::Relaxed),
-            download_failed: self.download_failed.load(Ordering::Relaxed),
-            bytes_up: self.bytes_up.load(Ordering::Relaxed),
-            bytes_down: self.bytes_down.load(Ordering::Relaxed),
-            upload: up,
-            download: down,
-        }
-    }
-}
-
-/// Uploads an attachment of `size` bytes as `sender`; the payload's
-/// reference to it (flag, id, size) after the header.
-async fn upload_for(
-    sender: &herold_client::Sender,
-    conv: &str,
-    size: u64,
-    files: &Files,
-) -> Result<Vec<u8>, herold_client::ClientError> {
-    let data = vec![0x5au8; usize::try_from(size).unwrap_or(0)];
-    let began = Instant::now();
-    match sender.upload(conv, &data, 0).await {
-        Ok(up) => {
-            files.record(true, began.elapsed());
-            files.uploaded.fetch_add(1, Ordering::Relaxed);
-            files.bytes_up.fetch_add(size, Ordering::Relaxed);
-            let mut r = vec![1u8];
-            r.extend_from_slice(&up.attachment_id);
-            r.resize(1 + 16, 0);
-            r.extend_from_slice(&size.to_be_bytes());
-            Ok(r)
-        }
-        Err(e) => {
-            files.upload_failed.fetch_add(1, Ordering::Relaxed);
-            Err(e)
-        }
-    }
-}
-
-/// The attachment a delivered payload refers to: (id, size).
-fn attachment_of(p: &[u8]) -> Option<(Vec<u8>, u64)> {
-    if p.len() < ATTACHMENT_REF_BYTES || p[HEADER_BYTES] != 1 {
-        return None;
-    }
-    let id = p[HEADER_BYTES + 1..HEADER_BYTES + 17].to_vec();
-    let size = u64::from_be_bytes(p[HEADER_BYTES + 17..HEADER_BYTES + 25].try_into().ok()?);
-    Some((id, size))
-}
-
-/// Fetches a delivered attachment as a recipient device does.
-async fn download_for(
-    sender: herold_client::Sender,
-    conv: String,
-    id: Vec<u8>,
-    size: u64,
-    counters: Arc<Counters>,
-) {
-    let files = &counters.files;
-    let began = Instant::now();
-    match sender.download(&conv, &id, size).await {
-        Ok(bytes) if bytes.len() as u64 == size && bytes.iter().all(|b| *b == 0x5a) => {
-            files.record(false, began.elapsed());
-            files.downloaded.fetch_add(1, Ordering::Relaxed);
-            files.bytes_down.fetch_add(size, Ordering::Relaxed);
-        }
-        _ => {
-            files.download_failed.fetch_add(1, Ordering::Relaxed);
-        }
+impl AsRef<Files> for Counters {
+    fn as_ref(&self) -> &Files {
+        &self.files
     }
 }
 
@@ -233,7 +138,7 @@ fn parse(run: u32, p: &[u8]) -> Option<(u64, u64)> {
     Some((msg, intended))
 }
 
-fn new_hist() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn new_hist() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).context("histogram bounds")
 }
 
@@ -638,6 +543,19 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     ticker.abort();
     pb.finish();
     let elapsed = start.elapsed().as_secs_f64();
+    if let Some(f) = &target.settled_file {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        std::fs::write(f, format!("{now_ms}\n"))
+            .with_context(|| format!("writing {}", f.display()))?;
+        // The devices stay until the script took its readings and removed
+        // the file (at most 10 s).
+        let until = Instant::now() + Duration::from_secs(10);
+        while f.exists() && Instant::now() < until {
+            poll.tick().await;
+        }
+    }
     let _ = stop_tx.send(true);
     for r in receivers {
         r.await?;
