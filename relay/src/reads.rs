@@ -122,11 +122,17 @@ impl SharedReads {
     /// or ends the conversation's entry if there are none.
     fn next_batch(self: &Arc<Self>, conversation_id: &str) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if waiting.get(conversation_id).is_some_and(Vec::is_empty) {
-            waiting.remove(conversation_id);
-        } else {
-            drop(waiting);
-            tokio::spawn(self.clone().batches(conversation_id.to_owned()));
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if waiting.get(conversation_id).is_some_and(|w| !w.is_empty()) => {
+                drop(waiting);
+                runtime.spawn(self.clone().batches(conversation_id.to_owned()));
+            }
+            // Nobody waits; or the runtime is gone (shutting down), and the
+            // waiting requests end with their dropped senders.
+            _ => {
+                waiting.remove(conversation_id);
+            }
         }
     }
 
