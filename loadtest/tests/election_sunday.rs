@@ -3,18 +3,39 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use herold_loadtest::{Scenario, Target};
 use herold_relay::{Config, Relay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// The relay's open connections, from its `/metrics`.
+async fn connections(metrics: SocketAddr) -> f64 {
+    let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("herold_relay_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the connections gauge")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaled_down_election_sunday_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::bind(Config::dev(dir.path())).await.unwrap();
+    let relay_metrics = relay.metrics_addr().unwrap();
+    let settled = dir.path().join("settled");
     let target = Target {
         endpoints: 2,
         concurrency: 32,
+        settled_file: Some(settled.clone()),
         relay_metrics: vec![format!("http://{}/metrics", relay.metrics_addr().unwrap())],
         ..Target::new(
             relay.local_addr().unwrap(),
@@ -35,7 +56,31 @@ async fn scaled_down_election_sunday_loses_nothing() {
     scenario.settle_secs = 30.0;
     scenario.phases.retain(|p| p.from_secs < 5.0);
 
+    // Once the traffic settled, the devices stay connected until the
+    // settled file is removed (for scripts reading the relays' counters).
+    let metrics = relay_metrics;
+    let watcher = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !settled.exists() {
+            assert!(Instant::now() < deadline, "the traffic never settled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let held = Instant::now() + Duration::from_millis(500);
+        let mut fewest = f64::MAX;
+        while Instant::now() < held {
+            fewest = fewest.min(connections(metrics).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::fs::remove_file(&settled).unwrap();
+        fewest
+    });
     let report = herold_loadtest::run(scenario, target).await.unwrap();
+    let fewest = watcher.await.unwrap();
+    assert!(
+        fewest >= report.devices as f64,
+        "{fewest} connections while settled, {} devices",
+        report.devices
+    );
     let v = &report.verification;
     assert!(
         report.accepted > 50,
