@@ -43,8 +43,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fanout::{
-    Counter, herold_clients, quinn_forwarder, relay_counter, stamped, submit_wire_with, udp_drops,
-    udp_endpoint,
+    Counter, herold_clients, quantile_ms, quinn_forwarder, relay_counter, stamped,
+    submit_wire_with, udp_drops, udp_endpoint,
 };
 use herold_relay::{Config, Relay};
 use pin::{env_count, pin_this_thread, pin_unless_told_not_to, runtime};
@@ -212,11 +212,6 @@ impl Rig {
         }
         (sent, [before, after_first, self.udp()])
     }
-}
-/// The `q`-quantile of sorted `v`, ms.
-fn quantile_ms(v: &[Duration], q: f64) -> f64 {
-    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len().max(1)) - 1;
-    v.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 fn summary(v: &mut [Duration]) -> String {
     v.sort_unstable();

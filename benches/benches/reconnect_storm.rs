@@ -56,10 +56,6 @@ fn relay_series(name: &str, label: &str) -> u64 {
 fn store_ops(label: &str) -> u64 {
     relay_series("herold_store_operation_seconds_count{", label)
 }
-fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
-    sorted.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-}
 
 fn storm(backend: &str, cql: Option<CqlConfig>, devices: usize, pinned: bool) {
     if pinned {
@@ -157,9 +153,9 @@ fn storm(backend: &str, cql: Option<CqlConfig>, devices: usize, pinned: bool) {
              at the devices {}",
             reads as f64 / devices as f64,
             ops as f64 / devices as f64,
-            quantile_ms(&waits, 0.5),
-            quantile_ms(&waits, 0.99),
-            quantile_ms(&waits, 1.0),
+            fanout::quantile_ms(&waits, 0.5),
+            fanout::quantile_ms(&waits, 0.99),
+            fanout::quantile_ms(&waits, 1.0),
             retried.load(Ordering::Relaxed),
             drops.0,
             drops.1,

@@ -354,3 +354,8 @@ pub(crate) fn relay_counter(name: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
+/// The `q`-quantile of `sorted` (ascending), in milliseconds.
+pub(crate) fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
