@@ -11,6 +11,7 @@ use herold_store::Store;
 use prost::Message as _;
 use tracing::warn;
 
+use crate::interest::Interest;
 use crate::metrics as m;
 use crate::registry::{Kick, Push, Registry};
 use crate::roster::Rosters;
@@ -23,6 +24,8 @@ pub(crate) struct Cluster {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     rosters: Arc<Rosters>,
+    /// This node's interest in conversations, registered with the router.
+    pub interest: Arc<Interest>,
     /// Resync passes over this node's devices.
     resync: Coalesced,
     /// Telling the other relays to resync: they may have missed something
@@ -39,6 +42,11 @@ impl Cluster {
         rosters: Arc<Rosters>,
     ) -> Self {
         Self {
+            interest: Arc::new(Interest::new(
+                node_id.clone(),
+                router.clone(),
+                rosters.clone(),
+            )),
             node_id,
             router,
             store,
@@ -53,10 +61,39 @@ impl Cluster {
     /// slice: of any conversation): every node's roster cache forgets them.
     pub async fn rosters_changed(self: &Arc<Self>, conversations: &[String]) {
         self.rosters.invalidate_some(conversations);
+        self.update_interest(conversations);
         self.tell(cluster_event::Kind::RostersChanged(v1::RostersChanged {
             conversation_ids: conversations.to_vec(),
         }))
         .await;
+    }
+
+    /// Members of these conversations changed: this node's interest follows
+    /// (in a task: it loads the rosters). An empty list (changes that only
+    /// remove: deleted accounts, policies) changes no interest; deliveries
+    /// are checked against the current roster anyway.
+    fn update_interest(&self, conversations: &[String]) {
+        if conversations.is_empty() {
+            return;
+        }
+        let (interest, conversations) = (self.interest.clone(), conversations.to_vec());
+        tokio::spawn(async move { interest.rosters_changed(&conversations).await });
+    }
+
+    /// The devices here that a delivery by interest in `conv` is for.
+    pub async fn local_members(&self, conv: &str) -> Vec<String> {
+        match self.rosters.get(conv).await {
+            Ok(roster) => match roster {
+                Some(r) => self.interest.local_members(conv, Some(&r)),
+                // The conversation is gone: nobody.
+                None => Vec::new(),
+            },
+            Err(e) => {
+                // Without the store, the members as last known here.
+                warn!(error = %e, "loading a roster for a delivery failed; using the known members");
+                self.interest.local_members(conv, None)
+            }
+        }
     }
 
     /// Ends the sessions of these devices on every node, with `why`.
@@ -127,6 +164,7 @@ impl Cluster {
         match ev.kind {
             Some(cluster_event::Kind::RostersChanged(r)) => {
                 self.rosters.invalidate_some(&r.conversation_ids);
+                self.update_interest(&r.conversation_ids);
             }
             Some(cluster_event::Kind::KickDevices(k)) => {
                 let why = Kick {

@@ -13,11 +13,22 @@ use crate::node::Shared;
 use crate::pacer::Pacer;
 
 /// Sends one stored message to every online recipient device: one delivery
-/// per relay node holding any of them.
-pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessage) {
+/// per relay node holding any of them. A large conversation's goes to the
+/// nodes interested in it, without a device list (see `interest`).
+pub(crate) async fn fan_out(
+    shared: &Shared,
+    roster: &crate::roster::Roster,
+    m: &StoredMessage,
+) {
+    let devices = &roster.devices[..];
     m::hot().fanout_devices.record(devices.len() as f64);
     let frame = crate::frames::deliver_frame(m);
-    let located = match shared.router.locate(devices).await {
+    let located = if crate::interest::by_interest(roster) {
+        interested(shared, devices, m).await
+    } else {
+        shared.router.locate(devices).await
+    };
+    let located = match located {
         Ok(l) => l,
         Err(e) => {
             // Without the router, this node still serves its own devices;
@@ -38,7 +49,9 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
         }
     };
     m::hot().fanout_nodes.record(located.len() as f64);
-    wake_the_absent(shared, devices, &located);
+    if !crate::interest::by_interest(roster) {
+        wake_the_absent(shared, devices, &located);
+    }
     // The receiving relays' spans join this trace (when it is sampled).
     let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
     let batch: Vec<(String, Delivery)> = located
@@ -69,6 +82,40 @@ pub(crate) async fn fan_out(shared: &Shared, devices: &[String], m: &StoredMessa
     }
 }
 
+/// The nodes interested in the message's conversation, each with an empty
+/// device list. When push gateways are configured, the devices to wake are
+/// located apart, after the fan-out, off its path.
+async fn interested(
+    shared: &Shared,
+    devices: &[String],
+    m: &StoredMessage,
+) -> Result<std::collections::HashMap<String, Vec<String>>, RouterError> {
+    let nodes = shared.router.interested(&m.conversation_id).await?;
+    if !shared.push.gateways().is_empty() {
+        let (router, push, devices) = (
+            shared.router.clone(),
+            shared.push.clone(),
+            devices.to_vec(),
+        );
+        tokio::spawn(async move {
+            match router.locate(&devices).await {
+                Ok(located) => {
+                    let here: std::collections::HashSet<&str> =
+                        located.values().flatten().map(String::as_str).collect();
+                    push.offline(
+                        devices
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|d| !here.contains(d)),
+                    );
+                }
+                Err(e) => warn!(error = %e, "router locate for push failed"),
+            }
+        });
+    }
+    Ok(nodes.into_iter().map(|n| (n, Vec::new())).collect())
+}
+
 /// Asks the push gateways to wake the recipients connected nowhere.
 fn wake_the_absent(
     shared: &Shared,
@@ -95,6 +142,13 @@ pub(crate) async fn consume_inbox(mut inbox: Inbox, pacer: Arc<Pacer>, cluster: 
     while let Some(ev) = inbox.recv().await {
         match ev {
             InboxEvent::Delivery(mut d) => {
+                if d.devices.is_empty() {
+                    // By interest: for this node's members of the conversation.
+                    d.devices = cluster.local_members(&d.conversation_id).await;
+                    if d.devices.is_empty() {
+                        continue;
+                    }
+                }
                 let span = match &d.traceparent {
                     Some(tp) => {
                         let span = tracing::info_span!("deliver", devices = d.devices.len());

@@ -30,6 +30,8 @@
 //!   reconnect storm reads a hot conversation once per batch).
 //! - `cursors`: acknowledged cursors, written in batches.
 //! - `pacer`: deliveries to this node's devices spread over time.
+//! - `interest`: the conversations this node holds devices of, registered
+//!   with the router, and the local members of a delivery by interest.
 //! - `cluster`: directory changes told to and heard from the other relays,
 //!   and recovery when the node's inbox lagged.
 //! - `node`: the state every task shares, and the clock.
@@ -48,9 +50,10 @@
 //! # Life of a message
 //! A device's Submit is validated (ids, size, membership, expiry), appended
 //! to the store (durable, numbered), answered with Accepted, then fanned out:
-//! the router tells which node holds each recipient device and gets one
-//! delivery per node; each node pushes the one encoded frame to its local
-//! sessions. `docs/architecture.md` has the whole picture.
+//! the router tells which node holds each recipient device (or, in a
+//! conversation of [`interest::INTEREST_MIN_DEVICES`] devices or more,
+//! which nodes hold any of them) and gets one delivery per node; each node
+//! pushes the one encoded frame to its local sessions. `docs/architecture.md` has the whole picture.
 
 #![warn(missing_docs)]
 
@@ -63,6 +66,7 @@ mod delivery;
 mod frames;
 mod grpc_metrics;
 mod health;
+mod interest;
 pub mod metrics;
 mod node;
 pub mod operators;

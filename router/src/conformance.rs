@@ -197,6 +197,79 @@ pub async fn broadcast_reaches_every_node(r: &dyn Router, tag: &str) {
     }
 }
 
+/// Interest names the live nodes that registered it, until they remove it
+/// or are gone; adding twice is adding once; an unknown node cannot add.
+pub async fn interest_names_live_nodes(r: &dyn Router, tag: &str) {
+    let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+    let _ia = r.register_node(&a).await.unwrap();
+    let _ib = r.register_node(&b).await.unwrap();
+    let (c1, c2, c3) = (format!("{tag}-c1"), format!("{tag}-c2"), format!("{tag}-c3"));
+    r.add_interest(&a, &[c1.clone(), c2.clone()]).await.unwrap();
+    r.add_interest(&a, std::slice::from_ref(&c1)).await.unwrap();
+    r.add_interest(&b, std::slice::from_ref(&c2)).await.unwrap();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(r.interested(&c1).await.unwrap(), vec![a.clone()]);
+    assert_eq!(
+        sorted(r.interested(&c2).await.unwrap()),
+        vec![a.clone(), b.clone()]
+    );
+    assert!(r.interested(&c3).await.unwrap().is_empty());
+    assert!(matches!(
+        r.add_interest(&format!("{tag}-ghost"), std::slice::from_ref(&c3))
+            .await,
+        Err(RouterError::UnknownNode(_))
+    ));
+    assert!(r.interested(&c3).await.unwrap().is_empty());
+
+    r.remove_interest(&a, std::slice::from_ref(&c2)).await.unwrap();
+    assert_eq!(r.interested(&c2).await.unwrap(), vec![b.clone()]);
+    assert_eq!(r.interested(&c1).await.unwrap(), vec![a.clone()]);
+    r.deregister_node(&b).await.unwrap();
+    assert!(r.interested(&c2).await.unwrap().is_empty());
+}
+
+/// A post to the interested nodes puts exactly one entry, without a device
+/// list, into each of their inboxes and none into the others'.
+pub async fn interested_nodes_get_one_entry_each(r: &dyn Router, tag: &str) {
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|n| format!("{tag}-{n}")).collect();
+    let mut inboxes = Vec::new();
+    for n in &names {
+        inboxes.push(r.register_node(n).await.unwrap());
+    }
+    let conv = format!("{tag}-channel");
+    r.add_interest(&names[0], std::slice::from_ref(&conv))
+        .await
+        .unwrap();
+    r.add_interest(&names[2], std::slice::from_ref(&conv))
+        .await
+        .unwrap();
+    let nodes = r.interested(&conv).await.unwrap();
+    let batch = nodes
+        .iter()
+        .map(|n| (n.clone(), delivery(&conv, 3, vec![])))
+        .collect();
+    assert!(r.publish_many(batch).await.iter().all(Result::is_ok));
+    for i in [0, 2] {
+        let ev = tokio::time::timeout(WAIT, inboxes[i].recv()).await.unwrap();
+        assert_eq!(ev, Some(InboxEvent::Delivery(delivery(&conv, 3, vec![]))));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), inboxes[i].recv())
+                .await
+                .is_err(),
+            "one entry only"
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), inboxes[1].recv())
+            .await
+            .is_err(),
+        "nothing for a node without interest"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per conformance case; `$make` builds a
 /// fresh router (any type implementing [`Router`]).
 #[macro_export]
@@ -211,6 +284,8 @@ macro_rules! router_conformance_tests {
             duplicate_node_is_refused,
             publish_many_reaches_each_node,
             broadcast_reaches_every_node,
+            interest_names_live_nodes,
+            interested_nodes_get_one_entry_each,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {

@@ -118,6 +118,25 @@ impl Router for Faulty {
         self.inner.locate(devices).await
     }
 
+    async fn add_interest(&self, node: &str, conversations: &[String]) -> Result<(), RouterError> {
+        let _call = self.check("add_interest").await?;
+        self.inner.add_interest(node, conversations).await
+    }
+
+    async fn remove_interest(
+        &self,
+        node: &str,
+        conversations: &[String],
+    ) -> Result<(), RouterError> {
+        let _call = self.check("remove_interest").await?;
+        self.inner.remove_interest(node, conversations).await
+    }
+
+    async fn interested(&self, conversation: &str) -> Result<Vec<NodeId>, RouterError> {
+        let _call = self.check("interested").await?;
+        self.inner.interested(conversation).await
+    }
+
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError> {
         let _call = self.check("publish").await?;
         self.inner.publish(node, delivery).await

@@ -7,7 +7,11 @@
 //!   devices connected to it with [`Router::set_present`] /
 //!   [`Router::set_absent`]; to fan out it asks [`Router::locate`] where the
 //!   recipients are (grouped by node) and sends one [`Delivery`] per node with
-//!   [`Router::publish`].
+//!   [`Router::publish`]. For large conversations it registers under the
+//!   conversations its devices belong to ([`Router::add_interest`]), and a
+//!   fan-out asks [`Router::interested`] which nodes hold any of their
+//!   members, instead of locating every device: the cost of a post then
+//!   grows with the relays, not with the members.
 //! - [`memory`]: the in-process backend of the embedded default (one node).
 //! - `redis` (feature `redis`): the cluster backend on a single Redis,
 //!   Sentinel or Redis Cluster; `docs/routing.md` describes its keys.
@@ -69,7 +73,9 @@ pub struct Delivery {
     /// The complete, length-prefixed `ServerFrame::Deliver` frame, encoded
     /// once and written unchanged to every device.
     pub frame: Bytes,
-    /// The recipient devices connected to the destination node.
+    /// The recipient devices connected to the destination node. Empty: the
+    /// delivery went to a node interested in the conversation
+    /// ([`Router::interested`]), which finds its local members itself.
     pub devices: Vec<String>,
 }
 
@@ -135,6 +141,17 @@ pub trait Router: Send + Sync + std::fmt::Debug + 'static {
     /// that are not connected anywhere are left out.
     async fn locate(&self, devices: &[String])
     -> Result<HashMap<NodeId, Vec<String>>, RouterError>;
+    /// Records that `node` holds devices of these conversations, until
+    /// [`Router::remove_interest`] or until the node is gone (deregistered,
+    /// or its lease ran out). Idempotent.
+    async fn add_interest(&self, node: &str, conversations: &[String]) -> Result<(), RouterError>;
+    /// Records that `node` holds no more devices of these conversations.
+    async fn remove_interest(&self, node: &str, conversations: &[String])
+    -> Result<(), RouterError>;
+    /// The live nodes that hold devices of `conversation`: what a fan-out to
+    /// a large conversation publishes to, one delivery each, without a
+    /// device list.
+    async fn interested(&self, conversation: &str) -> Result<Vec<NodeId>, RouterError>;
     /// Puts one delivery into a node's inbox.
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError>;
     /// Puts one delivery into each named node's inbox, all at once where the

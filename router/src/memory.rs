@@ -8,7 +8,7 @@
 //! stays 0; an entry goes straight from publisher to reader, so there is no
 //! lag to observe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -34,6 +34,8 @@ pub struct MemoryRouter {
 struct State {
     nodes: HashMap<NodeId, mpsc::Sender<InboxEvent>>,
     presence: HashMap<String, NodeId>,
+    /// conversation -> the nodes interested in it.
+    interest: HashMap<String, HashSet<NodeId>>,
 }
 
 impl Default for MemoryRouter {
@@ -74,6 +76,10 @@ impl Router for MemoryRouter {
         let mut st = self.state();
         st.nodes.remove(node);
         st.presence.retain(|_, n| n != node);
+        st.interest.retain(|_, nodes| {
+            nodes.remove(node);
+            !nodes.is_empty()
+        });
         Ok(())
     }
 
@@ -110,6 +116,49 @@ impl Router for MemoryRouter {
             }
         }
         Ok(out)
+    }
+
+    async fn add_interest(&self, node: &str, conversations: &[String]) -> Result<(), RouterError> {
+        let mut st = self.state();
+        if !st.nodes.contains_key(node) {
+            return Err(RouterError::UnknownNode(node.to_owned()));
+        }
+        for c in conversations {
+            st.interest
+                .entry(c.clone())
+                .or_default()
+                .insert(node.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn remove_interest(
+        &self,
+        node: &str,
+        conversations: &[String],
+    ) -> Result<(), RouterError> {
+        let mut st = self.state();
+        for c in conversations {
+            if let Some(nodes) = st.interest.get_mut(c) {
+                nodes.remove(node);
+                if nodes.is_empty() {
+                    st.interest.remove(c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn interested(&self, conversation: &str) -> Result<Vec<NodeId>, RouterError> {
+        let st = self.state();
+        Ok(st
+            .interest
+            .get(conversation)
+            .into_iter()
+            .flatten()
+            .filter(|n| st.nodes.get(*n).is_some_and(|tx| !tx.is_closed()))
+            .cloned()
+            .collect())
     }
 
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError> {

@@ -98,6 +98,19 @@ impl<R: Router + ?Sized> Router for Metered<R> {
     ) -> Result<HashMap<NodeId, Vec<String>>, RouterError> {
         call!(self.locate(devices))
     }
+    async fn add_interest(&self, node: &str, conversations: &[String]) -> Result<(), RouterError> {
+        call!(self.add_interest(node, conversations))
+    }
+    async fn remove_interest(
+        &self,
+        node: &str,
+        conversations: &[String],
+    ) -> Result<(), RouterError> {
+        call!(self.remove_interest(node, conversations))
+    }
+    async fn interested(&self, conversation: &str) -> Result<Vec<NodeId>, RouterError> {
+        call!(self.interested(conversation))
+    }
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError> {
         call!(self.publish(node, delivery))
     }

@@ -510,6 +510,7 @@ impl Driver {
 
     fn start_query(&self, q: Query) -> QueryFuture {
         let shared = self.shared.clone();
+        let device = self.ctx.as_ref().map(|c| c.device_id.clone());
         Box::pin(async move {
             let store = &shared.store;
             let answer = match q {
@@ -519,9 +520,19 @@ impl Driver {
                     stored,
                     pending: shared.cursors.pending_for(&d),
                 }),
-                Query::ConversationsOf(a) => {
-                    store.conversations_of(&a).await.map(Answer::Conversations)
-                }
+                Query::ConversationsOf(a) => match store.conversations_of(&a).await {
+                    Ok(convs) => {
+                        // Before the sync reads them: what is posted after
+                        // the reads reaches this relay live.
+                        if let Some(d) = &device
+                            && let Err(e) = shared.cluster.interest.set_device(d, &a, &convs).await
+                        {
+                            warn!(error = %e, "router interest failed");
+                        }
+                        Ok(Answer::Conversations(convs))
+                    }
+                    Err(e) => Err(e),
+                },
                 Query::Head(c) => store.head(&c).await.map(Answer::Head),
                 Query::Read {
                     conversation_id,
@@ -606,13 +617,15 @@ impl Driver {
         };
         let shared = &self.shared;
         // A replaced session must not clear the presence of its successor.
-        if shared.registry.remove(&ctx.device_id, self.conn_id)
-            && let Err(e) = shared
+        if shared.registry.remove(&ctx.device_id, self.conn_id) {
+            shared.cluster.interest.remove_device(&ctx.device_id).await;
+            if let Err(e) = shared
                 .router
                 .set_absent(&shared.node_id, std::slice::from_ref(&ctx.device_id))
                 .await
-        {
-            warn!(error = %e, "router presence failed");
+            {
+                warn!(error = %e, "router presence failed");
+            }
         }
     }
 

@@ -109,10 +109,10 @@ pub(super) async fn submit(shared: Arc<Shared>, ctx: Arc<DeviceCtx>, s: v1::Subm
     } else {
         stored.message
     };
-    let devices = &stored.roster.devices;
+    let roster = &stored.roster;
     // Tracked: a drain waits for the fan-outs of what it accepted.
-    let fan_out = crate::delivery::fan_out(&shared, devices, &message)
-        .instrument(tracing::info_span!("route", devices = devices.len()));
+    let fan_out = crate::delivery::fan_out(&shared, roster, &message)
+        .instrument(tracing::info_span!("route", devices = roster.devices.len()));
     shared.fan_outs.track_future(fan_out).await;
 }
 

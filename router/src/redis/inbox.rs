@@ -5,13 +5,14 @@ use super::*;
 
 /// Renews the node's lease every third of it. When Redis lost the node's
 /// keys (restart, failover to a replica that had not seen them) or a write
-/// failed meanwhile, re-announces the node's devices and tells the relay it
-/// lagged.
+/// failed meanwhile, re-announces the node's devices and interests and
+/// tells the relay it lagged.
 pub(super) async fn keep_lease(
     inner: std::sync::Weak<Inner>,
     node: String,
     incarnation: String,
     present: Arc<Mutex<HashSet<String>>>,
+    interests: Arc<Mutex<HashSet<String>>>,
     dirty: Arc<AtomicBool>,
     tx: mpsc::Sender<InboxEvent>,
     mut stop: watch::Receiver<bool>,
@@ -73,6 +74,7 @@ pub(super) async fn keep_lease(
             continue;
         }
         let devices: Vec<String> = lock(&present).iter().cloned().collect();
+        let conversations: Vec<String> = lock(&interests).iter().cloned().collect();
         let nodes_key = inner.nodes_key();
         let again = async {
             inner
@@ -81,7 +83,8 @@ pub(super) async fn keep_lease(
                     async move { c.sadd::<_, _, ()>(&nodes_key, &node).await }
                 })
                 .await?;
-            inner.announce(&node, &devices).await
+            inner.announce(&node, &devices).await?;
+            inner.write_interest(&node, &conversations, true).await
         };
         match again.await {
             Ok(()) => {

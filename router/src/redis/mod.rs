@@ -19,6 +19,12 @@
 //!   [`InboxEvent::Lagged`], so devices resync from the store instead of
 //!   silently missing messages.
 //! - `P:nodes` → the set of registered nodes, for broadcasts.
+//! - `P:int:{<conversation>}` → the set of nodes interested in a
+//!   conversation (holding devices of its members). One `SADD`/`SREM` per
+//!   conversation when a node's first device of it comes or its last goes;
+//!   [`Router::interested`] is one `SMEMBERS`, filtered by the nodes'
+//!   leases, so a dead node stops counting with its lease (and is removed
+//!   from the set when found dead).
 //!
 //! Ordering never depends on Redis: the store numbers messages.
 //!
@@ -135,7 +141,11 @@ struct LocalNode {
     /// The devices this process announced for the node: re-announced after
     /// Redis lost them (restart, failover) or missed an update.
     present: Arc<Mutex<HashSet<String>>>,
-    /// Set when a presence write failed: the next renewal re-announces.
+    /// The conversations this process registered the node's interest in:
+    /// re-registered with the devices.
+    interests: Arc<Mutex<HashSet<String>>>,
+    /// Set when a presence or interest write failed: the next renewal
+    /// re-announces.
     dirty: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -210,6 +220,32 @@ impl Inner {
     }
     fn nodes_key(&self) -> String {
         format!("{}:nodes", self.cfg.prefix)
+    }
+    /// The nodes interested in a conversation: one slot per conversation.
+    fn interest_key(&self, conversation: &str) -> String {
+        format!("{}:int:{{{conversation}}}", self.cfg.prefix)
+    }
+
+    /// `SADD` (or `SREM`) `node` to the interest set of each conversation,
+    /// all sent at once on the multiplexed connection.
+    async fn write_interest(
+        &self,
+        node: &str,
+        conversations: &[String],
+        add: bool,
+    ) -> Result<(), RouterError> {
+        let results = join_all(conversations.iter().map(|conv| {
+            self.with_conn(move |mut c| async move {
+                let key = self.interest_key(conv);
+                if add {
+                    c.sadd::<_, _, ()>(key, node).await
+                } else {
+                    c.srem::<_, _, ()>(key, node).await
+                }
+            })
+        }))
+        .await;
+        results.into_iter().collect()
     }
 
     /// Runs `f` on the shared connection; a broken link is dropped so the
@@ -369,6 +405,7 @@ impl Router for RedisRouter {
         let (tx, rx) = mpsc::channel(inner.cfg.local_queue.max(1));
         let (stop, stop_rx) = watch::channel(false);
         let present = Arc::new(Mutex::new(HashSet::new()));
+        let interests = Arc::new(Mutex::new(HashSet::new()));
         let dirty = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_inbox(
             self.inner.clone(),
@@ -381,6 +418,7 @@ impl Router for RedisRouter {
             node.to_owned(),
             incarnation.clone(),
             present.clone(),
+            interests.clone(),
             dirty.clone(),
             tx,
             stop_rx,
@@ -390,6 +428,7 @@ impl Router for RedisRouter {
             LocalNode {
                 incarnation,
                 present,
+                interests,
                 dirty,
                 stop,
                 tasks: vec![reader, keeper],
@@ -410,6 +449,7 @@ impl Router for RedisRouter {
         }
         lock(&inner.liveness).remove(node);
         let devices: Vec<String> = lock(&local.present).drain().collect();
+        let interests: Vec<String> = lock(&local.interests).drain().collect();
         let keys = [
             inner.lease_key(node),
             inner.inbox_key(node),
@@ -433,6 +473,7 @@ impl Router for RedisRouter {
                 })
                 .await?;
         }
+        inner.write_interest(node, &interests, false).await?;
         inner.remove_presence(node, &devices).await
     }
 
@@ -495,6 +536,72 @@ impl Router for RedisRouter {
         let alive = inner.alive(out.keys().cloned().collect()).await?;
         out.retain(|n, _| alive.contains(n));
         Ok(out)
+    }
+
+    async fn add_interest(&self, node: &str, conversations: &[String]) -> Result<(), RouterError> {
+        let inner = &self.inner;
+        {
+            let nodes = lock(&inner.nodes);
+            let Some(local) = nodes.get(node) else {
+                return Err(RouterError::UnknownNode(node.to_owned()));
+            };
+            lock(&local.interests).extend(conversations.iter().cloned());
+        }
+        // Bounded like presence: a device waits for it before its sync, and
+        // the lease keeper registers a dirty node's interest again.
+        let write = inner.write_interest(node, conversations, true);
+        let r = match tokio::time::timeout(inner.cfg.response_timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(RouterError::Backend(
+                "Redis did not answer the interest update in time".into(),
+            )),
+        };
+        if r.is_err() {
+            self.mark_dirty(node);
+        }
+        r
+    }
+
+    async fn remove_interest(
+        &self,
+        node: &str,
+        conversations: &[String],
+    ) -> Result<(), RouterError> {
+        let inner = &self.inner;
+        if let Some(local) = lock(&inner.nodes).get(node) {
+            let mut interests = lock(&local.interests);
+            for c in conversations {
+                interests.remove(c);
+            }
+        }
+        // A removal that fails leaves the node in the set: it gets entries
+        // with no local member, which cost a lookup and deliver nothing.
+        inner.write_interest(node, conversations, false).await
+    }
+
+    async fn interested(&self, conversation: &str) -> Result<Vec<NodeId>, RouterError> {
+        let inner = &self.inner;
+        let key = inner.interest_key(conversation);
+        let nodes: Vec<NodeId> = inner
+            .with_conn(|mut c| {
+                let key = key.clone();
+                async move { c.smembers(&key).await }
+            })
+            .await?;
+        if nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let alive = inner.alive(nodes.clone()).await?;
+        let (live, dead): (Vec<NodeId>, Vec<NodeId>) =
+            nodes.into_iter().partition(|n| alive.contains(n));
+        if !dead.is_empty() {
+            // Nodes without a lease are gone: forget their interest (a node
+            // that comes back registers its interest again).
+            let _ = inner
+                .with_conn(|mut c| async move { c.srem::<_, _, ()>(&key, &dead).await })
+                .await;
+        }
+        Ok(live)
     }
 
     async fn publish(&self, node: &str, delivery: Delivery) -> Result<(), RouterError> {

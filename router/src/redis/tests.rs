@@ -115,6 +115,8 @@ async fn lost_keys_are_recovered(var: &str) {
     let mut inbox = r.register_node("n1").await.unwrap();
     let devices = vec!["dev-1".to_owned()];
     r.set_present("n1", &devices).await.unwrap();
+    let channel = ["channel-1".to_owned()];
+    r.add_interest("n1", &channel).await.unwrap();
 
     // Delete every key under the prefix, on every master.
     let topology = Topology::parse(&address(var)).unwrap();
@@ -163,6 +165,11 @@ async fn lost_keys_are_recovered(var: &str) {
     })
     .await;
     assert!(back, "the node's devices were not re-announced");
+    let back = eventually(Duration::from_secs(5), || async {
+        r.interested(&channel[0]).await.unwrap() == vec!["n1".to_owned()]
+    })
+    .await;
+    assert!(back, "the node's interest was not registered again");
     let d = crate::Delivery {
         conversation_id: "c".into(),
         seq: 9,
