@@ -15,11 +15,7 @@ use crate::pacer::Pacer;
 /// Sends one stored message to every online recipient device: one delivery
 /// per relay node holding any of them. A large conversation's goes to the
 /// nodes interested in it, without a device list (see `interest`).
-pub(crate) async fn fan_out(
-    shared: &Shared,
-    roster: &crate::roster::Roster,
-    m: &StoredMessage,
-) {
+pub(crate) async fn fan_out(shared: &Shared, roster: &crate::roster::Roster, m: &StoredMessage) {
     let devices = &roster.devices[..];
     m::hot().fanout_devices.record(devices.len() as f64);
     let frame = crate::frames::deliver_frame(m);
@@ -92,11 +88,8 @@ async fn interested(
 ) -> Result<std::collections::HashMap<String, Vec<String>>, RouterError> {
     let nodes = shared.router.interested(&m.conversation_id).await?;
     if !shared.push.gateways().is_empty() {
-        let (router, push, devices) = (
-            shared.router.clone(),
-            shared.push.clone(),
-            devices.to_vec(),
-        );
+        let (router, push, devices) =
+            (shared.router.clone(), shared.push.clone(), devices.to_vec());
         tokio::spawn(async move {
             match router.locate(&devices).await {
                 Ok(located) => {

@@ -181,7 +181,13 @@ impl Interest {
             {
                 let mut st = self.state();
                 let members = roster.as_ref().map(|r| &r.members);
-                let here: Vec<String> = st.by_conv.get(conv).into_iter().flatten().cloned().collect();
+                let here: Vec<String> = st
+                    .by_conv
+                    .get(conv)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
                 for d in here {
                     let member = st
                         .by_device
@@ -250,8 +256,9 @@ impl Interest {
             self.write_until_settled(conv).await
         };
         // Holders: the map and this call; a waiter holds one more.
-        self.gates
-            .remove_if(conv, |_, g| Arc::ptr_eq(g, &gate) && Arc::strong_count(g) <= 2);
+        self.gates.remove_if(conv, |_, g| {
+            Arc::ptr_eq(g, &gate) && Arc::strong_count(g) <= 2
+        });
         result
     }
 

@@ -203,7 +203,11 @@ pub async fn interest_names_live_nodes(r: &dyn Router, tag: &str) {
     let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
     let _ia = r.register_node(&a).await.unwrap();
     let _ib = r.register_node(&b).await.unwrap();
-    let (c1, c2, c3) = (format!("{tag}-c1"), format!("{tag}-c2"), format!("{tag}-c3"));
+    let (c1, c2, c3) = (
+        format!("{tag}-c1"),
+        format!("{tag}-c2"),
+        format!("{tag}-c3"),
+    );
     r.add_interest(&a, &[c1.clone(), c2.clone()]).await.unwrap();
     r.add_interest(&a, std::slice::from_ref(&c1)).await.unwrap();
     r.add_interest(&b, std::slice::from_ref(&c2)).await.unwrap();
@@ -224,7 +228,9 @@ pub async fn interest_names_live_nodes(r: &dyn Router, tag: &str) {
     ));
     assert!(r.interested(&c3).await.unwrap().is_empty());
 
-    r.remove_interest(&a, std::slice::from_ref(&c2)).await.unwrap();
+    r.remove_interest(&a, std::slice::from_ref(&c2))
+        .await
+        .unwrap();
     assert_eq!(r.interested(&c2).await.unwrap(), vec![b.clone()]);
     assert_eq!(r.interested(&c1).await.unwrap(), vec![a.clone()]);
     r.deregister_node(&b).await.unwrap();
@@ -234,7 +240,10 @@ pub async fn interest_names_live_nodes(r: &dyn Router, tag: &str) {
 /// A post to the interested nodes puts exactly one entry, without a device
 /// list, into each of their inboxes and none into the others'.
 pub async fn interested_nodes_get_one_entry_each(r: &dyn Router, tag: &str) {
-    let names: Vec<String> = ["a", "b", "c"].iter().map(|n| format!("{tag}-{n}")).collect();
+    let names: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("{tag}-{n}"))
+        .collect();
     let mut inboxes = Vec::new();
     for n in &names {
         inboxes.push(r.register_node(n).await.unwrap());

@@ -146,8 +146,11 @@ pub trait Router: Send + Sync + std::fmt::Debug + 'static {
     /// or its lease ran out). Idempotent.
     async fn add_interest(&self, node: &str, conversations: &[String]) -> Result<(), RouterError>;
     /// Records that `node` holds no more devices of these conversations.
-    async fn remove_interest(&self, node: &str, conversations: &[String])
-    -> Result<(), RouterError>;
+    async fn remove_interest(
+        &self,
+        node: &str,
+        conversations: &[String],
+    ) -> Result<(), RouterError>;
     /// The live nodes that hold devices of `conversation`: what a fan-out to
     /// a large conversation publishes to, one delivery each, without a
     /// device list.

@@ -78,14 +78,21 @@ async fn the_first_device_registers_and_the_last_one_leaves() {
     let _inbox = router.register_node("n").await.unwrap();
     let (_dir, _store, interest) = setup(router.clone()).await;
 
-    interest.set_device("a1", "a", &v(&["g", "h"])).await.unwrap();
+    interest
+        .set_device("a1", "a", &v(&["g", "h"]))
+        .await
+        .unwrap();
     interest.set_device("b1", "b", &v(&["g"])).await.unwrap();
     assert_eq!(router.interested("g").await.unwrap(), v(&["n"]));
     assert_eq!(router.interested("h").await.unwrap(), v(&["n"]));
     assert_eq!(interest.registered(), 2);
 
     interest.remove_device("a1").await;
-    assert_eq!(router.interested("g").await.unwrap(), v(&["n"]), "b1 is still here");
+    assert_eq!(
+        router.interested("g").await.unwrap(),
+        v(&["n"]),
+        "b1 is still here"
+    );
     assert!(router.interested("h").await.unwrap().is_empty());
     interest.remove_device("b1").await;
     assert!(router.interested("g").await.unwrap().is_empty());
@@ -100,7 +107,10 @@ async fn a_sync_with_fewer_conversations_leaves_the_others() {
     let router = Arc::new(MemoryRouter::default());
     let _inbox = router.register_node("n").await.unwrap();
     let (_dir, _store, interest) = setup(router.clone()).await;
-    interest.set_device("a1", "a", &v(&["g", "h"])).await.unwrap();
+    interest
+        .set_device("a1", "a", &v(&["g", "h"]))
+        .await
+        .unwrap();
     interest.set_device("a1", "a", &v(&["g"])).await.unwrap();
     assert_eq!(router.interested("g").await.unwrap(), v(&["n"]));
     assert!(router.interested("h").await.unwrap().is_empty());
@@ -112,7 +122,10 @@ async fn members_follow_the_roster() {
     let router = Arc::new(MemoryRouter::default());
     let _inbox = router.register_node("n").await.unwrap();
     let (_dir, store, interest) = setup(router.clone()).await;
-    interest.set_device("a1", "a", &v(&["g", "h"])).await.unwrap();
+    interest
+        .set_device("a1", "a", &v(&["g", "h"]))
+        .await
+        .unwrap();
     interest.set_device("b1", "b", &v(&["g"])).await.unwrap();
     interest.set_device("c1", "c", &[]).await.unwrap();
     let roster = interest.rosters.get("g").await.unwrap().unwrap();
@@ -183,7 +196,11 @@ async fn concurrent_joins_and_leaves_settle_to_the_state() {
         }
         let here = !interest.local_members("g", None).is_empty();
         assert!(here);
-        assert_eq!(memory.interested("g").await.unwrap(), v(&["n"]), "round {round}");
+        assert_eq!(
+            memory.interested("g").await.unwrap(),
+            v(&["n"]),
+            "round {round}"
+        );
         // Then everybody leaves at once.
         let leaves: Vec<_> = (0..8)
             .map(|i| {
@@ -194,7 +211,10 @@ async fn concurrent_joins_and_leaves_settle_to_the_state() {
         for t in leaves {
             t.await.unwrap();
         }
-        assert!(memory.interested("g").await.unwrap().is_empty(), "round {round}");
+        assert!(
+            memory.interested("g").await.unwrap().is_empty(),
+            "round {round}"
+        );
     }
     assert!(faulty.most_under_way() >= 1);
 }
