@@ -277,13 +277,21 @@ async fn post(
     )
 }
 
+/// How relay 2 dies.
+enum Kill<'a> {
+    /// In one process: it leaves the router.
+    Deregister,
+    /// Its process is gone and its lease ran out.
+    ExpireLease { var: &'a str, prefix: &'a str },
+}
+
 /// The whole check on one backend. `kill` ends relay 2 as a crash would.
 async fn check(
     name: &str,
     make: &dyn Fn() -> Arc<dyn Router>,
     shared: bool,
     masters: &[String],
-    kill: &dyn Fn(&mut Relays) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>,
+    kill: Kill<'_>,
 ) {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -317,7 +325,13 @@ async fn check(
     );
 
     // Relay 2 dies; its devices reconnect to relays 0 and 1.
-    kill(&mut relays).await;
+    match kill {
+        Kill::Deregister => {
+            let node = relays.nodes[2].clone();
+            relays.routers[2].deregister_node(&node).await.unwrap();
+        }
+        Kill::ExpireLease { var, prefix } => expire_lease(&mut relays, var, prefix).await,
+    }
     relays.inboxes[2] = None;
     let deadline = tokio::time::Instant::now() + WAIT;
     while relays.routers[0]
@@ -386,19 +400,7 @@ async fn expire_lease(relays: &mut Relays, var: &str, prefix: &str) {
 #[tokio::test]
 async fn a_post_costs_the_same_for_1000_and_10000_members_on_every_backend() {
     let memory: Arc<dyn Router> = Arc::new(Metered::new(Arc::new(MemoryRouter::default())));
-    check(
-        "memory",
-        &|| memory.clone(),
-        true,
-        &[],
-        &|relays: &mut Relays| {
-            Box::pin(async move {
-                let node = relays.nodes[2].clone();
-                relays.routers[2].deregister_node(&node).await.unwrap();
-            })
-        },
-    )
-    .await;
+    check("memory", &|| memory.clone(), true, &[], Kill::Deregister).await;
 
     for (name, var) in [
         ("single", "HEROLD_TEST_REDIS"),
@@ -412,15 +414,14 @@ async fn a_post_costs_the_same_for_1000_and_10000_members_on_every_backend() {
             raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         let masters = masters(var).await;
-        let p = prefix.clone();
         check(
             name,
-            &|| redis_router(var, &p),
+            &|| redis_router(var, &prefix),
             false,
             &masters,
-            &|relays: &mut Relays| {
-                let prefix = prefix.clone();
-                Box::pin(async move { expire_lease(relays, var, &prefix).await })
+            Kill::ExpireLease {
+                var,
+                prefix: &prefix,
             },
         )
         .await;

@@ -11,9 +11,7 @@ pub(super) async fn keep_lease(
     inner: std::sync::Weak<Inner>,
     node: String,
     incarnation: String,
-    present: Arc<Mutex<HashSet<String>>>,
-    interests: Arc<Mutex<HashSet<String>>>,
-    dirty: Arc<AtomicBool>,
+    announced: Arc<Announced>,
     tx: mpsc::Sender<InboxEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -49,7 +47,7 @@ pub(super) async fn keep_lease(
             })
             .await;
         let lost = match renewed {
-            Ok(1) => dirty.swap(false, Ordering::Relaxed),
+            Ok(1) => announced.dirty.swap(false, Ordering::Relaxed),
             Ok(0) => {
                 warn!(
                     node,
@@ -66,15 +64,15 @@ pub(super) async fn keep_lease(
             }
             Err(e) => {
                 warn!(node, error = %e, "renewing the node lease failed; retrying");
-                dirty.store(true, Ordering::Relaxed);
+                announced.dirty.store(true, Ordering::Relaxed);
                 continue;
             }
         };
         if !lost {
             continue;
         }
-        let devices: Vec<String> = lock(&present).iter().cloned().collect();
-        let conversations: Vec<String> = lock(&interests).iter().cloned().collect();
+        let devices: Vec<String> = lock(&announced.present).iter().cloned().collect();
+        let conversations: Vec<String> = lock(&announced.interests).iter().cloned().collect();
         let nodes_key = inner.nodes_key();
         let again = async {
             inner
@@ -97,7 +95,7 @@ pub(super) async fn keep_lease(
             }
             Err(e) => {
                 warn!(node, error = %e, "re-announcing presence failed; retrying");
-                dirty.store(true, Ordering::Relaxed);
+                announced.dirty.store(true, Ordering::Relaxed);
             }
         }
     }

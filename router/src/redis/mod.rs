@@ -138,17 +138,22 @@ struct Inner {
 #[derive(Debug)]
 struct LocalNode {
     incarnation: String,
-    /// The devices this process announced for the node: re-announced after
-    /// Redis lost them (restart, failover) or missed an update.
-    present: Arc<Mutex<HashSet<String>>>,
-    /// The conversations this process registered the node's interest in:
-    /// re-registered with the devices.
-    interests: Arc<Mutex<HashSet<String>>>,
-    /// Set when a presence or interest write failed: the next renewal
-    /// re-announces.
-    dirty: Arc<AtomicBool>,
+    announced: Arc<Announced>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// What this process announced for a node: announced again after Redis
+/// lost it (restart, failover) or missed an update.
+#[derive(Debug, Default)]
+struct Announced {
+    /// The node's connected devices.
+    present: Mutex<HashSet<String>>,
+    /// The conversations the node is interested in.
+    interests: Mutex<HashSet<String>>,
+    /// Set when a presence or interest write failed: the next renewal
+    /// announces again.
+    dirty: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -404,9 +409,7 @@ impl Router for RedisRouter {
 
         let (tx, rx) = mpsc::channel(inner.cfg.local_queue.max(1));
         let (stop, stop_rx) = watch::channel(false);
-        let present = Arc::new(Mutex::new(HashSet::new()));
-        let interests = Arc::new(Mutex::new(HashSet::new()));
-        let dirty = Arc::new(AtomicBool::new(false));
+        let announced = Arc::new(Announced::default());
         let reader = tokio::spawn(read_inbox(
             self.inner.clone(),
             node.to_owned(),
@@ -417,9 +420,7 @@ impl Router for RedisRouter {
             Arc::downgrade(&self.inner),
             node.to_owned(),
             incarnation.clone(),
-            present.clone(),
-            interests.clone(),
-            dirty.clone(),
+            announced.clone(),
             tx,
             stop_rx,
         ));
@@ -427,9 +428,7 @@ impl Router for RedisRouter {
             node.to_owned(),
             LocalNode {
                 incarnation,
-                present,
-                interests,
-                dirty,
+                announced,
                 stop,
                 tasks: vec![reader, keeper],
             },
@@ -448,8 +447,8 @@ impl Router for RedisRouter {
             t.abort();
         }
         lock(&inner.liveness).remove(node);
-        let devices: Vec<String> = lock(&local.present).drain().collect();
-        let interests: Vec<String> = lock(&local.interests).drain().collect();
+        let devices: Vec<String> = lock(&local.announced.present).drain().collect();
+        let interests: Vec<String> = lock(&local.announced.interests).drain().collect();
         let keys = [
             inner.lease_key(node),
             inner.inbox_key(node),
@@ -484,7 +483,7 @@ impl Router for RedisRouter {
             let Some(local) = nodes.get(node) else {
                 return Err(RouterError::UnknownNode(node.to_owned()));
             };
-            lock(&local.present).extend(devices.iter().cloned());
+            lock(&local.announced.present).extend(devices.iter().cloned());
         }
         // Bounded: a device waits for its presence before it is told it is
         // in, and a silent Redis must not hold it there. The lease keeper
@@ -507,7 +506,7 @@ impl Router for RedisRouter {
     async fn set_absent(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
         let inner = &self.inner;
         if let Some(local) = lock(&inner.nodes).get(node) {
-            let mut present = lock(&local.present);
+            let mut present = lock(&local.announced.present);
             for d in devices {
                 present.remove(d);
             }
@@ -545,7 +544,7 @@ impl Router for RedisRouter {
             let Some(local) = nodes.get(node) else {
                 return Err(RouterError::UnknownNode(node.to_owned()));
             };
-            lock(&local.interests).extend(conversations.iter().cloned());
+            lock(&local.announced.interests).extend(conversations.iter().cloned());
         }
         // Bounded like presence: a device waits for it before its sync, and
         // the lease keeper registers a dirty node's interest again.
@@ -569,7 +568,7 @@ impl Router for RedisRouter {
     ) -> Result<(), RouterError> {
         let inner = &self.inner;
         if let Some(local) = lock(&inner.nodes).get(node) {
-            let mut interests = lock(&local.interests);
+            let mut interests = lock(&local.announced.interests);
             for c in conversations {
                 interests.remove(c);
             }
@@ -656,7 +655,7 @@ impl Router for RedisRouter {
 impl RedisRouter {
     fn mark_dirty(&self, node: &str) {
         if let Some(local) = lock(&self.inner.nodes).get(node) {
-            local.dirty.store(true, Ordering::Relaxed);
+            local.announced.dirty.store(true, Ordering::Relaxed);
         }
     }
 }
