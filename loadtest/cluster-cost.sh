@@ -12,14 +12,17 @@
 #   loadtest/cluster-cost.sh [scenario] [relay counts...]
 #   default: loadtest/scenarios/channel-7000.toml 1 3
 #
-# Needs a single Redis (scripts/redis.sh start single; HEROLD_COST_REDIS,
-# default redis://127.0.0.1:6390) and Cassandra (scripts/cassandra.sh
+# Needs Redis (scripts/redis.sh start single; HEROLD_COST_REDIS, default
+# redis://127.0.0.1:6390, or a Redis Cluster as cluster://host:port,... whose
+# masters' counters are summed) and Cassandra (scripts/cassandra.sh
 # start; HEROLD_COST_CQL, default 127.0.0.1:9042; keyspace herold_cost).
 # Every relay is pinned to CPU HEROLD_RELAY_CPU (0), the load generator to
 # HEROLD_LOAD_CPU (1); Redis and Cassandra are not pinned. A relay count
 # may be repeated (medians of several runs). Builds the release binaries
 # unless HEROLD_BIN_DIR names a folder with herold-relay and
-# herold-loadtest. Reports under ${HEROLD_COST_DIR:-/tmp/herold-cost}.
+# herold-loadtest. Reports under ${HEROLD_COST_DIR:-/tmp/herold-cost}; each
+# run's figures are also appended to runs.jsonl there, which
+# `herold-plan --cost-runs` reads (docs/capacity.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:-loadtest/scenarios/channel-7000.toml}
@@ -28,9 +31,10 @@ counts=("$@")
 [ "${#counts[@]}" -gt 0 ] || counts=(1 3)
 out=${HEROLD_COST_DIR:-/tmp/herold-cost}
 redis_url=${HEROLD_COST_REDIS:-redis://127.0.0.1:6390}
-redis_hostport=${redis_url#redis://}
-redis_host=${redis_hostport%:*}
-redis_port=${redis_hostport##*:}
+case $redis_url in
+  cluster://*) IFS=, read -r -a redis_seeds <<<"${redis_url#cluster://}" ;;
+  *) redis_seeds=("${redis_url#redis://}") ;;
+esac
 cql=${HEROLD_COST_CQL:-127.0.0.1:9042}
 relay_cpu=${HEROLD_RELAY_CPU:-0}
 load_cpu=${HEROLD_LOAD_CPU:-1}
@@ -42,8 +46,19 @@ else
 fi
 command -v redis-cli >/dev/null || { echo "cluster-cost: redis-cli is needed" >&2; exit 2; }
 command -v curl >/dev/null || { echo "cluster-cost: curl is needed" >&2; exit 2; }
-redis-cli -h "$redis_host" -p "$redis_port" ping >/dev/null ||
+rcli() { local hp=$1; shift; redis-cli -h "${hp%:*}" -p "${hp##*:}" "$@"; }
+rcli "${redis_seeds[0]}" ping >/dev/null ||
   { echo "cluster-cost: no Redis at $redis_url (scripts/redis.sh start single)" >&2; exit 2; }
+# The masters whose counters are summed: the one Redis, or the cluster's.
+redis_masters() {
+  if [ "${#redis_seeds[@]}" -gt 1 ] || [[ $redis_url == cluster://* ]]; then
+    rcli "${redis_seeds[0]}" cluster nodes | awk '$3 ~ /master/ && $3 !~ /fail/ {split($2, a, "@"); print a[1]}'
+  else
+    echo "${redis_seeds[0]}"
+  fi
+}
+mkdir -p "$out"
+: >"$out/runs.jsonl"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -61,12 +76,12 @@ snapshot() {
     ops=$((ops + o))
   done
   {
-    echo "{\"ticks\": $ticks, \"store_ops\": $ops, \"redis\": {"
-    redis-cli -h "$redis_host" -p "$redis_port" info commandstats |
-      awk -F'[:=,]' '/^cmdstat_/ {printf "%s\"%s\": %s", sep, substr($1, 9), $3; sep=", "}'
+    echo "{\"t\": $(date +%s.%N), \"ticks\": $ticks, \"store_ops\": $ops, \"redis\": {"
+    for m in $(redis_masters); do rcli "$m" info commandstats; done |
+      awk -F'[:=,]' '/^cmdstat_/ {c[substr($1, 9)] += $3} END {for (k in c) {printf "%s\"%s\": %s", sep, k, c[k]; sep=", "}}'
     echo "}, \"net\": {"
-    redis-cli -h "$redis_host" -p "$redis_port" info stats |
-      awk -F: '/^total_net_(input|output)_bytes/ {gsub("\r", "", $2); printf "%s\"%s\": %s", sep, $1, $2; sep=", "}'
+    for m in $(redis_masters); do rcli "$m" info stats; done |
+      awk -F: '/^total_net_(input|output)_bytes/ {gsub("\r", "", $2); n[$1] += $2} END {for (k in n) {printf "%s\"%s\": %s", sep, k, n[k]; sep=", "}}'
     echo "}}"
   } >"$file"
 }
@@ -103,6 +118,12 @@ for n in "${counts[@]}"; do
     relay_flags+=(--relay "127.0.0.1:$port")
     metrics_flags+=(--relay-metrics "http://127.0.0.1:$((port + 2))/metrics")
   done
+  # The cluster at rest, devices not yet connected: what Redis and the
+  # store do per second without traffic (lease renewals, blocked inbox
+  # reads, flushes) is taken out of the per-message figures marked "net".
+  snapshot "$dir/idle0.json" "$n"
+  sleep "${HEROLD_COST_IDLE_SECS:-10}"
+  snapshot "$dir/idle1.json" "$n"
   rm -f "$dir/started"
   taskset -c "$load_cpu" "$bin/herold-loadtest" "$scenario" "${relay_flags[@]}" "${metrics_flags[@]}" \
     --admin http://127.0.0.1:7391 --data-dir "$dir/data" --quiet \
@@ -124,14 +145,24 @@ for n in "${counts[@]}"; do
   wait "$load" || true
   cleanup
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  python3 - "$dir" "$n" "$(getconf CLK_TCK)" <<'PY'
-import glob, json, sys
+  python3 - "$dir" "$n" "$(getconf CLK_TCK)" "$scenario" "$out/runs.jsonl" <<'PY'
+import glob, json, sys, tomllib
 d, n, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+traffic = tomllib.load(open(sys.argv[4], "rb")).get("traffic", [])
+rates = sum(t["rate"] for t in traffic) or 1
+message_bytes = sum(t["rate"] * t["bytes"] for t in traffic) / rates
 files = glob.glob(d + "/report/*.json")
 if not files:
     print(f"| {n} | (no report: see {d}/loadtest.log) | | | | | | | | |"); sys.exit()
 r = json.load(open(files[0]))
 b, a = json.load(open(d + "/before.json")), json.load(open(d + "/after.json"))
+i0, i1 = json.load(open(d + "/idle0.json")), json.load(open(d + "/idle1.json"))
+idle = lambda x: x(i1) - x(i0)
+idle_s, busy_s = max(i1["t"] - i0["t"], 1e-3), a["t"] - b["t"]
+at_rest = lambda x: idle(x) / idle_s * busy_s
+redis_cmds = lambda s: sum(s["redis"].values())
+redis_in = lambda s: s["net"]["total_net_input_bytes"]
+store_ops = lambda s: s["store_ops"]
 v, dl, u = r["verification"], r["submit_to_delivered"], r.get("udp", {})
 msgs = max(r["accepted"], 1)
 deliveries = max(v["delivered"], 1)
@@ -140,12 +171,29 @@ cmds = sum(a["redis"].values()) - sum(b["redis"].get(k, 0) for k in a["redis"])
 net_in = a["net"]["total_net_input_bytes"] - b["net"]["total_net_input_bytes"]
 net_out = a["net"]["total_net_output_bytes"] - b["net"]["total_net_output_bytes"]
 ops = a["store_ops"] - b["store_ops"]
+cmds_net = cmds - at_rest(redis_cmds)
+in_net = net_in - at_rest(redis_in)
+ops_net = ops - at_rest(store_ops)
 top = sorted(((a["redis"][k] - b["redis"].get(k, 0), k) for k in a["redis"]), reverse=True)[:4]
 ms = lambda x: f"{x:.1f} ms" if x < 1000 else f"{x/1000:.2f} s"
-print(f"| {n} | {r['accepted']:,} | {v['delivered']:,} | {cpu_us:.1f} µs | {cmds / msgs:.1f} "
+print(f"| {n} | {r['accepted']:,} | {v['delivered']:,} | {cpu_us:.1f} µs | {cmds / msgs:.1f}, net {cmds_net / msgs:.1f} "
       f"({', '.join(f'{k} {c / msgs:.1f}' for c, k in top if c)}) | "
-      f"{net_in / msgs:,.0f} B / {net_out / msgs:,.0f} B | {ops / msgs:.1f} | "
+      f"{net_in / msgs:,.0f} B / {net_out / msgs:,.0f} B (in, net of rest: {in_net / msgs:,.0f} B) | "
+      f"{ops / msgs:.1f} (net {ops_net / msgs:.1f}) | "
       f"{ms(dl['p50_ms'])} / {ms(dl['p99_ms'])} | {v['lost']} / {v['duplicated']} / {v['reordered']} | "
       f"{(u.get('relay') or {}).get('drops', '?')} / {u.get('loadtest_drops', '?')} |")
+with open(sys.argv[5], "a") as f:
+    f.write(json.dumps({
+        "relays": n, "cpu_us_per_delivery": cpu_us, "redis_commands_per_message": cmds / msgs,
+        "redis_bytes_in_per_message": net_in / msgs, "redis_bytes_out_per_message": net_out / msgs,
+        "cql_ops_per_message": ops / msgs, "message_bytes": message_bytes,
+        "redis_commands_per_message_net": cmds_net / msgs,
+        "redis_bytes_in_per_message_net": in_net / msgs,
+        "cql_ops_per_message_net": ops_net / msgs,
+        "deliveries": v["delivered"], "accepted": r["accepted"],
+        "lost": v["lost"], "duplicated": v["duplicated"], "reordered": v["reordered"],
+        "p50_ms": dl["p50_ms"], "p99_ms": dl["p99_ms"],
+        "udp_drops_relays": (u.get("relay") or {}).get("drops"), "udp_drops_loadtest": u.get("loadtest_drops"),
+    }) + "\n")
 PY
 done

@@ -14,6 +14,7 @@
 //! - `files`: attachments in the traffic (uploaded, then fetched by every
 //!   recipient device).
 //! - [`report`]: JSON, Markdown and SVG plots.
+//! - [`plan`]: the capacity model of `docs/capacity.md` (`herold-plan`).
 //! - [`udp`]: datagrams the kernel dropped during the run, at the relays
 //!   (their `/metrics`) and at the load tester's own sockets.
 //!
@@ -23,6 +24,7 @@
 
 mod check;
 mod files;
+pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scenario;
