@@ -19,7 +19,10 @@ pub(crate) async fn fan_out(shared: &Shared, roster: &crate::roster::Roster, m: 
     let devices = &roster.devices[..];
     m::hot().fanout_devices.record(devices.len() as f64);
     let frame = crate::frames::deliver_frame(m);
-    let located = if crate::interest::by_interest(roster) {
+    let by_interest = crate::interest::by_interest(roster);
+    let route = if by_interest { "interest" } else { "locate" };
+    metrics::counter!(m::FANOUTS, "route" => route).increment(1);
+    let located = if by_interest {
         interested(shared, devices, m).await
     } else {
         shared.router.locate(devices).await
@@ -45,7 +48,7 @@ pub(crate) async fn fan_out(shared: &Shared, roster: &crate::roster::Roster, m: 
         }
     };
     m::hot().fanout_nodes.record(located.len() as f64);
-    if !crate::interest::by_interest(roster) {
+    if !by_interest {
         wake_the_absent(shared, devices, &located);
     }
     // The receiving relays' spans join this trace (when it is sampled).

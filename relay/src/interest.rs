@@ -20,13 +20,14 @@ use dashmap::DashMap;
 use herold_router::{Router, RouterError};
 use tracing::warn;
 
+use crate::metrics as m;
 use crate::roster::{Roster, Rosters};
 
 /// From this many devices a conversation's fan-out goes to the relays
 /// interested in it instead of locating every device. Below it, one `MGET`
-/// of the devices costs under the 2 KB that a delivery by interest costs at
-/// most, and it also finds the devices to wake by push. docs/routing.md
-/// has the measurement.
+/// (about 93 B into Redis per device) does the delivery and finds the
+/// devices to wake by push at once; from it on, the delivery's cost stops
+/// growing with the members. docs/routing.md, "Interest sets".
 pub(crate) const INTEREST_MIN_DEVICES: usize = 16;
 
 /// Whether a fan-out to this roster goes by interest.
@@ -276,11 +277,17 @@ impl Interest {
             }
             if want {
                 self.router.add_interest(&self.node_id, &one).await?;
-                self.state().registered.insert(conv.to_owned());
+                let mut st = self.state();
+                st.registered.insert(conv.to_owned());
+                metrics::gauge!(m::INTEREST_CONVERSATIONS).set(st.registered.len() as f64);
             } else {
                 // Unregistered first: if the removal fails, the next
                 // device of the conversation registers it again.
-                self.state().registered.remove(conv);
+                {
+                    let mut st = self.state();
+                    st.registered.remove(conv);
+                    metrics::gauge!(m::INTEREST_CONVERSATIONS).set(st.registered.len() as f64);
+                }
                 self.router.remove_interest(&self.node_id, &one).await?;
             }
         }

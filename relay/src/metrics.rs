@@ -72,6 +72,12 @@ pub const DELIVERIES: &str = "herold_relay_deliveries_total";
 pub const FANOUT_DEVICES: &str = "herold_relay_fanout_devices";
 /// Relay nodes one accepted message was published to.
 pub const FANOUT_NODES: &str = "herold_relay_fanout_nodes";
+/// Fan-outs, by `route`: `interest` (to the relays interested in the
+/// conversation) or `locate` (device by device, small conversations).
+pub const FANOUTS: &str = "herold_relay_fanouts_total";
+/// Conversations this relay holds devices of and is registered under
+/// with the router (its interest set).
+pub const INTEREST_CONVERSATIONS: &str = "herold_relay_interest_conversations";
 /// A device's delivery queue depth, sampled at each push.
 pub const DEVICE_QUEUE_DEPTH: &str = "herold_relay_device_queue_depth";
 /// Devices disconnected because their delivery queue was full, or because
@@ -305,6 +311,16 @@ pub fn describe() {
         FANOUT_NODES,
         Unit::Count,
         "Relay nodes one accepted message was published to."
+    );
+    describe_counter!(
+        FANOUTS,
+        Unit::Count,
+        "Fan-outs, by route (interest: to the interested relays; locate: device by device)."
+    );
+    describe_gauge!(
+        INTEREST_CONVERSATIONS,
+        Unit::Count,
+        "Conversations this relay is registered under with the router."
     );
     describe_histogram!(
         DEVICE_QUEUE_DEPTH,

@@ -158,3 +158,52 @@ async fn an_absent_device_is_woken_once_per_burst_with_nothing_in_the_wake_up() 
     })
     .await;
 }
+
+/// In a conversation of 16 devices or more the fan-out goes by interest
+/// (docs/routing.md): the devices to wake are found after it, and an
+/// absent device with an endpoint is still woken, the connected one not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_device_of_a_large_group_is_woken_too() {
+    let (gw, seen, mut arrived) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev(dir.path());
+    config.push_gateways = vec![format!("http://{gw}/")];
+    let (relay, _store) = TestRelay::start_embedded_with(config, dir.path()).await;
+    let names: [&str; 20] = [
+        "lg00", "lg01", "lg02", "lg03", "lg04", "lg05", "lg06", "lg07", "lg08", "lg09", "lg10",
+        "lg11", "lg12", "lg13", "lg14", "lg15", "lg16", "lg17", "lg18", "lg19",
+    ];
+    let keys = relay.group_of("district", names).await;
+    let a = relay.client("lg00.phone", &keys[0]).await;
+    let b = relay.client("lg01.phone", &keys[1]).await;
+    a.sender()
+        .register_push(&format!("http://{gw}/up/lg00"))
+        .await
+        .unwrap();
+    b.sender()
+        .register_push(&format!("http://{gw}/up/lg01"))
+        .await
+        .unwrap();
+    b.close().await;
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while *arrived.borrow() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no wake-up");
+        a.send("district", b"Wahllokal 12 offen".to_vec(), 0)
+            .await
+            .unwrap();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(200), arrived.changed()).await;
+    }
+    let (metrics, _) = Scrape::take(relay.metrics_addr).await;
+    assert!(
+        metrics.get("herold_relay_fanouts_total", &[("route", "interest")]) >= 1.0,
+        "the fan-out went by interest"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|(path, _, body)| path == "/up/lg01" && body.is_empty()),
+        "only the absent device, with nothing in it: {seen:?}"
+    );
+}
