@@ -296,14 +296,7 @@ mod tests {
     /// it failed to route, end in a resync broadcast once it answers again.
     #[tokio::test]
     async fn what_the_router_failed_to_carry_ends_in_a_resync_once_it_answers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            herold_store::embedded::EmbeddedStore::open(
-                dir.path(),
-                herold_store::embedded::EmbeddedConfig::default(),
-            )
-            .unwrap(),
-        );
+        let (_dir, store) = crate::roster::testing::store_with(&[], &[]).await;
         let shared = Arc::new(MemoryRouter::default());
         let faulty = Arc::new(Faulty::new(shared.clone()));
         let a = node("a", faulty.clone(), store.clone());

@@ -273,6 +273,65 @@ impl Rosters {
     }
 }
 
+/// Stores for the relay's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failure
+
+    use std::sync::Arc;
+
+    use herold_store::{ConversationKind, Member, Role, Store};
+
+    /// An embedded store in a folder of its own holding `accounts` and the
+    /// groups `(id, members)`.
+    pub(crate) async fn store_with(
+        accounts: &[&str],
+        groups: &[(&str, &[&str])],
+    ) -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            herold_store::embedded::EmbeddedStore::open(
+                dir.path(),
+                herold_store::embedded::EmbeddedConfig::default(),
+            )
+            .unwrap(),
+        );
+        for id in accounts {
+            store
+                .create_account(herold_store::Account {
+                    id: (*id).into(),
+                    display_name: String::new(),
+                    created_at_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+        for (conv, members) in groups {
+            let members = members
+                .iter()
+                .map(|id| Member {
+                    account_id: (*id).into(),
+                    role: Role::Member,
+                })
+                .collect();
+            store
+                .create_conversation(
+                    herold_store::Conversation {
+                        id: (*conv).into(),
+                        kind: ConversationKind::Group,
+                        title: String::new(),
+                        default_ttl_seconds: 0,
+                        created_at_ms: 1,
+                    },
+                    members,
+                )
+                .await
+                .unwrap();
+        }
+        (dir, store)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,45 +353,7 @@ mod tests {
 
     /// An embedded store holding group `conv` of `members` (accounts too).
     async fn group(conv: &str, members: &[&str]) -> (tempfile::TempDir, Arc<dyn Store>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            herold_store::embedded::EmbeddedStore::open(
-                dir.path(),
-                herold_store::embedded::EmbeddedConfig::default(),
-            )
-            .unwrap(),
-        );
-        for id in members {
-            store
-                .create_account(herold_store::Account {
-                    id: (*id).into(),
-                    display_name: String::new(),
-                    created_at_ms: 1,
-                })
-                .await
-                .unwrap();
-        }
-        let members = members
-            .iter()
-            .map(|id| herold_store::Member {
-                account_id: (*id).into(),
-                role: Role::Member,
-            })
-            .collect();
-        store
-            .create_conversation(
-                herold_store::Conversation {
-                    id: conv.into(),
-                    kind: ConversationKind::Group,
-                    title: String::new(),
-                    default_ttl_seconds: 0,
-                    created_at_ms: 1,
-                },
-                members,
-            )
-            .await
-            .unwrap();
-        (dir, store)
+        testing::store_with(members, &[(conv, members)]).await
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use herold_router::Router;
 use herold_router::faults::Faulty;
 use herold_router::memory::MemoryRouter;
-use herold_store::{ConversationKind, Member, Role, Store};
+use herold_store::{Member, Role, Store};
 
 use super::*;
 use crate::config::Limits;
@@ -14,47 +14,7 @@ use crate::config::Limits;
 /// An embedded store with accounts `a`, `b`, `c` and groups `g` (a, b) and
 /// `h` (a).
 async fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        herold_store::embedded::EmbeddedStore::open(
-            dir.path(),
-            herold_store::embedded::EmbeddedConfig::default(),
-        )
-        .unwrap(),
-    );
-    for id in ["a", "b", "c"] {
-        store
-            .create_account(herold_store::Account {
-                id: id.into(),
-                display_name: String::new(),
-                created_at_ms: 1,
-            })
-            .await
-            .unwrap();
-    }
-    for (conv, members) in [("g", &["a", "b"][..]), ("h", &["a"][..])] {
-        let members = members
-            .iter()
-            .map(|id| Member {
-                account_id: (*id).into(),
-                role: Role::Member,
-            })
-            .collect();
-        store
-            .create_conversation(
-                herold_store::Conversation {
-                    id: conv.into(),
-                    kind: ConversationKind::Group,
-                    title: String::new(),
-                    default_ttl_seconds: 0,
-                    created_at_ms: 1,
-                },
-                members,
-            )
-            .await
-            .unwrap();
-    }
-    (dir, store)
+    crate::roster::testing::store_with(&["a", "b", "c"], &[("g", &["a", "b"]), ("h", &["a"])]).await
 }
 
 fn v(ids: &[&str]) -> Vec<String> {
@@ -72,11 +32,32 @@ async fn setup(router: Arc<dyn Router>) -> (tempfile::TempDir, Arc<dyn Store>, I
     (dir, store, Interest::new("n".into(), router, rosters))
 }
 
+/// Node `n` on an in-process router (its inbox kept open), and its interest.
+struct Fixture {
+    router: Arc<MemoryRouter>,
+    _inbox: herold_router::Inbox,
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    interest: Interest,
+}
+
+async fn fixture() -> Fixture {
+    let router = Arc::new(MemoryRouter::default());
+    let inbox = router.register_node("n").await.unwrap();
+    let (dir, store, interest) = setup(router.clone()).await;
+    Fixture {
+        router,
+        _inbox: inbox,
+        _dir: dir,
+        store,
+        interest,
+    }
+}
+
 #[tokio::test]
 async fn the_first_device_registers_and_the_last_one_leaves() {
-    let router = Arc::new(MemoryRouter::default());
-    let _inbox = router.register_node("n").await.unwrap();
-    let (_dir, _store, interest) = setup(router.clone()).await;
+    let f = fixture().await;
+    let (router, interest) = (&f.router, &f.interest);
 
     interest
         .set_device("a1", "a", &v(&["g", "h"]))
@@ -104,9 +85,8 @@ async fn the_first_device_registers_and_the_last_one_leaves() {
 
 #[tokio::test]
 async fn a_sync_with_fewer_conversations_leaves_the_others() {
-    let router = Arc::new(MemoryRouter::default());
-    let _inbox = router.register_node("n").await.unwrap();
-    let (_dir, _store, interest) = setup(router.clone()).await;
+    let f = fixture().await;
+    let (router, interest) = (&f.router, &f.interest);
     interest
         .set_device("a1", "a", &v(&["g", "h"]))
         .await
@@ -119,9 +99,8 @@ async fn a_sync_with_fewer_conversations_leaves_the_others() {
 
 #[tokio::test]
 async fn members_follow_the_roster() {
-    let router = Arc::new(MemoryRouter::default());
-    let _inbox = router.register_node("n").await.unwrap();
-    let (_dir, store, interest) = setup(router.clone()).await;
+    let f = fixture().await;
+    let (router, store, interest) = (&f.router, &f.store, &f.interest);
     interest
         .set_device("a1", "a", &v(&["g", "h"]))
         .await
