@@ -11,9 +11,10 @@ use hdrhistogram::Histogram;
 use crate::report::{Latency, Recovery, Verification};
 use crate::world::World;
 
-/// What a device's receiver hands back at the end.
-#[derive(Debug, Default)]
-pub(crate) struct Received {
+/// What a device's receiver hands back at the end (and a slice hands to
+/// the merge).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Received {
     /// (message number, seq) of every message of this run the app saw.
     pub messages: Vec<(u64, u64)>,
     /// Deliveries whose seq did not increase within their conversation.

@@ -9,8 +9,10 @@
 //!   QUIC; sends follow an open-loop Poisson schedule; every delivery is
 //!   checked (exactly once, in the conversation's order, only to members);
 //!   latencies are measured from the intended send time.
-//! - `check`: every delivery checked against every acceptance; silences
+//! - [`check`]: every delivery checked against every acceptance; silences
 //!   and recoveries.
+//! - [`slice`]: several load generators on one scenario, each its share
+//!   of the population, and the merge of their reports into one verdict.
 //! - `files`: attachments in the traffic (uploaded, then fetched by every
 //!   recipient device).
 //! - [`report`]: JSON, Markdown and SVG plots.
@@ -22,12 +24,13 @@
 
 #![warn(missing_docs)]
 
-mod check;
+pub mod check;
 mod files;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod slice;
 pub mod udp;
 pub mod world;
 

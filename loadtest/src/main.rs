@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use herold_loadtest::{Scenario, Target};
+use herold_loadtest::slice::{Slice, SliceData, merge};
+use herold_loadtest::{Report, Scenario, Target};
 
 /// Exit code for bad input (EX_USAGE).
 const EXIT_USAGE: i32 = 64;
@@ -83,6 +84,27 @@ struct Args {
     /// alone read their counters meanwhile.
     #[arg(long)]
     settled_file: Option<PathBuf>,
+    /// Run only slice k of n of the population (`2/5`): several load
+    /// generators, each with its slice and the same `--run-id`, run one
+    /// scenario together; `--merge` their reports for the verdict.
+    #[arg(long, value_parser = Slice::parse, default_value = "1/1")]
+    slice: Slice,
+    /// The run's id (8 hex digits), the same for all its slices; default:
+    /// a random one.
+    #[arg(long, value_parser = parse_run_id)]
+    run_id: Option<u32>,
+    /// Start the schedule at this time (Unix milliseconds), so that the
+    /// slices start together; default: once every device is connected.
+    #[arg(long)]
+    start_at: Option<u64>,
+    /// Merge the JSON reports of a sliced run's slices into one verdict
+    /// (the scenario and its options as the slices ran it); runs nothing.
+    #[arg(long, num_args = 1..)]
+    merge: Vec<PathBuf>,
+}
+
+fn parse_run_id(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 16).map_err(|_| format!("a run id is up to 8 hex digits, not {s:?}"))
 }
 
 fn main() {
@@ -120,6 +142,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         scenario.phases.retain(|p| p.from_secs < d);
     }
     scenario.validate()?;
+    if !args.merge.is_empty() {
+        return merge_reports(&scenario, &args.merge);
+    }
+    if !args.slice.is_whole() && args.run_id.is_none() {
+        anyhow::bail!(
+            "--slice {}/{} needs --run-id: every slice of a run must use the same one",
+            args.slice.index,
+            args.slice.count
+        );
+    }
     let fp_text = match &args.fingerprint {
         Some(f) => f.clone(),
         None => {
@@ -160,6 +192,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .map(std::time::Duration::from_secs_f64),
             started_file: args.started_file,
             settled_file: args.settled_file,
+            slice: args.slice,
+            run_id: args.run_id,
+            start_at_unix_ms: args.start_at,
         },
     )
     .await?;
@@ -168,5 +203,37 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for f in files {
         println!("wrote {}", f.display());
     }
-    Ok(report.verification.is_clean())
+    Ok(report.slice.is_some() || report.verification.is_clean())
+}
+
+/// `--merge`: the verdict over every slice's report.
+fn merge_reports(scenario: &Scenario, paths: &[PathBuf]) -> anyhow::Result<bool> {
+    let mut slices: Vec<SliceData> = Vec::new();
+    let mut scenario = scenario.clone();
+    for p in paths {
+        let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let report: Report = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a load test report", p.display()))?;
+        // The world as the slices built it.
+        scenario.scale = report.scale;
+        let data = report
+            .slice
+            .with_context(|| format!("{} is not the report of a slice", p.display()))?;
+        slices.push(data);
+    }
+    let v = merge(&scenario, &slices)?;
+    let verdict = if v.is_clean() { "PASS" } else { "FAIL" };
+    println!(
+        "Verdict over {} slices: {verdict} (expected {}, delivered {}, lost {}, duplicated {}, \
+         reordered {}, misdelivered {}, order conflicts {})",
+        slices.len(),
+        v.expected,
+        v.delivered,
+        v.lost,
+        v.duplicated,
+        v.reordered,
+        v.misdelivered,
+        v.order_conflicts
+    );
+    Ok(v.is_clean())
 }

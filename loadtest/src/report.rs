@@ -207,25 +207,36 @@ pub struct Report {
     /// Attachments, when the scenario sends any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Attachments>,
+    /// For one slice of a run (`--slice`): what the merge needs. Its
+    /// `verification` is empty; the merge of all slices gives the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<crate::slice::SliceData>,
     /// Per-second figures.
     pub timeline: Vec<Second>,
 }
 
 impl Report {
     /// Writes `<name>.json`, `<name>.md`, `<name>-throughput.svg` and
-    /// `<name>-latency.svg` into `dir`; returns the paths.
+    /// `<name>-latency.svg` into `dir`; returns the paths. The name is the
+    /// scenario's, with `-slice-<k>-of-<n>` for a slice of a run.
     pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let base = dir.join(&self.scenario);
-        let json = base.with_extension("json");
+        let name = match &self.slice {
+            Some(s) => format!(
+                "{}-slice-{}-of-{}",
+                self.scenario, s.slice.index, s.slice.count
+            ),
+            None => self.scenario.clone(),
+        };
+        let json = dir.join(format!("{name}.json"));
         std::fs::write(&json, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", json.display()))?;
-        let md = base.with_extension("md");
+        let md = dir.join(format!("{name}.md"));
         std::fs::write(&md, self.markdown())
             .with_context(|| format!("writing {}", md.display()))?;
-        let tp = dir.join(format!("{}-throughput.svg", self.scenario));
+        let tp = dir.join(format!("{name}-throughput.svg"));
         self.plot_throughput(&tp)?;
-        let lat = dir.join(format!("{}-latency.svg", self.scenario));
+        let lat = dir.join(format!("{name}-latency.svg"));
         self.plot_latency(&lat)?;
         Ok(vec![json, md, tp, lat])
     }
@@ -297,6 +308,13 @@ impl Report {
             .attachments
             .as_ref()
             .is_none_or(|a| a.upload_failed == 0 && a.download_failed == 0);
+        if let Some(s) = &self.slice {
+            return format!(
+                "slice {}/{} of run {:08x}: merge the slices' reports (`herold-loadtest --merge`) \
+                 for the verdict",
+                s.slice.index, s.slice.count, s.run_id
+            );
+        }
         let delivery = if self.verification.is_clean() && files_ok {
             "PASS"
         } else {
@@ -338,7 +356,7 @@ impl Report {
         };
         format!(
             "# Load test: {name}\n\n\
-             **Verdict: {verdict}** (lost {lost}, duplicated {dup}, reordered {reo}, misdelivered {mis})\n\n\
+             **Verdict: {verdict}**{counts}\n\n\
              | population | |\n|---|---|\n\
              | scale / rate scale | {scale} / {rs} |\n\
              | accounts / devices / conversations | {acc} / {dev} / {conv} |\n\
@@ -360,10 +378,15 @@ impl Report {
              Plots: `{name}-throughput.svg`, `{name}-latency.svg`.\n",
             name = self.scenario,
             verdict = self.verdict(),
-            lost = v.lost,
-            dup = v.duplicated,
-            reo = v.reordered,
-            mis = v.misdelivered,
+            // A slice verifies nothing by itself: the merge does.
+            counts = if self.slice.is_some() {
+                String::new()
+            } else {
+                format!(
+                    " (lost {}, duplicated {}, reordered {}, misdelivered {})",
+                    v.lost, v.duplicated, v.reordered, v.misdelivered
+                )
+            },
             scale = self.scale,
             rs = self.rate_scale,
             acc = self.accounts,

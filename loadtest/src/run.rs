@@ -24,8 +24,9 @@ use tokio::time::Instant;
 
 use crate::check::{Gap, OwedSeen, Received, recovery, verify};
 use crate::files::{Files, attachment_of, download_for, upload_for};
-use crate::report::{Latency, Report, Second};
+use crate::report::{Latency, Report, Second, Verification};
 use crate::scenario::{HEADER_BYTES, Scenario};
+use crate::slice::Slice;
 use crate::world::World;
 
 const MAGIC: &[u8; 4] = b"HLT1";
@@ -33,6 +34,8 @@ const MAGIC: &[u8; 4] = b"HLT1";
 /// Times a submit refused with UNAVAILABLE is sent again (same message id,
 /// backoff from 250 ms doubling to 2 s: about half a minute in all).
 const SUBMIT_RETRIES: usize = 18;
+/// A slice has settled when its devices received nothing new for this long.
+const SLICE_QUIET: Duration = Duration::from_secs(3);
 
 /// Where and how to run.
 #[derive(Debug, Clone)]
@@ -68,6 +71,14 @@ pub struct Target {
     /// (at most 10 s): scripts that measure the relays over the traffic
     /// alone read their counters meanwhile.
     pub settled_file: Option<std::path::PathBuf>,
+    /// This load generator's share of the population (`--slice`).
+    pub slice: Slice,
+    /// The run's id, shared by all its slices (ids of accounts, devices and
+    /// conversations derive from it); `None`: a random one.
+    pub run_id: Option<u32>,
+    /// When the schedule starts (Unix milliseconds), so that the slices of
+    /// a run start together; `None`: once every device is connected.
+    pub start_at_unix_ms: Option<u64>,
 }
 
 impl Target {
@@ -86,6 +97,9 @@ impl Target {
             client_idle_timeout: None,
             started_file: None,
             settled_file: None,
+            slice: Slice::WHOLE,
+            run_id: None,
+            start_at_unix_ms: None,
         }
     }
 
@@ -159,10 +173,16 @@ fn bar(enabled: bool, len: u64, what: &str) -> indicatif::ProgressBar {
 /// Runs `scenario` against `target` and returns the verified report.
 pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     scenario.validate()?;
-    let mut tag = [0u8; 4];
-    getrandom::fill(&mut tag).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let run_tag = u32::from_be_bytes(tag);
-    let prefix = format!("lt{run_tag:08x}");
+    let run_tag = match target.run_id {
+        Some(id) => id,
+        None => {
+            let mut tag = [0u8; 4];
+            getrandom::fill(&mut tag).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            u32::from_be_bytes(tag)
+        }
+    };
+    let slice = target.slice;
+    let prefix = crate::slice::prefix(run_tag);
     let world = Arc::new(World::build(&scenario, &prefix)?);
 
     // Provision.
@@ -172,7 +192,13 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         .with_context(|| format!("cannot reach the admin API at {}", target.admin))?;
     let pb = bar(target.progress, 0, "provision");
     world
-        .provision(admin, target.admin_token.clone(), target.concurrency, &pb)
+        .provision(
+            admin,
+            target.admin_token.clone(),
+            target.concurrency,
+            &pb,
+            slice,
+        )
         .await?;
     pb.finish();
     let provision_secs = t0.elapsed().as_secs_f64();
@@ -203,7 +229,8 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     let limit = Arc::new(Semaphore::new(target.concurrency.max(1)));
     let refusals = Arc::new(AtomicU64::new(0));
     let mut connecting = JoinSet::new();
-    for (i, d) in world.devices.iter().enumerate() {
+    let mine = |d: &crate::world::Device| slice.owns_account(d.account);
+    for (i, d) in world.devices.iter().enumerate().filter(|(_, d)| mine(d)) {
         let (first, fallbacks) = target.relays_for(i);
         let mut config = ClientConfig::new(first, target.fingerprint, &d.id, d.key.clone());
         config.fallback_relays = fallbacks;
@@ -240,12 +267,15 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
 
     // Receivers.
     let counters = Arc::new(Counters::default());
+    if let Some(at) = target.start_at_unix_ms {
+        // The slices of a run start their schedules together.
+        let wait = at.saturating_sub(crate::slice::unix_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
     let (samples_tx, mut samples_rx) = mpsc::unbounded_channel::<Sample>();
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
-    let started_at_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let started_at_unix_ms = crate::slice::unix_ms();
     if let Some(f) = &target.started_file {
         std::fs::write(f, format!("{started_at_unix_ms}\n"))
             .with_context(|| format!("writing {}", f.display()))?;
@@ -254,9 +284,15 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     let mut receivers = Vec::with_capacity(clients.len());
     // Each receiver's findings, also read while settling.
     let mut progress: Vec<Arc<Mutex<Received>>> = Vec::with_capacity(clients.len());
-    for c in clients.into_iter() {
+    for (i, c) in clients.into_iter().enumerate() {
+        if !mine(&world.devices[i]) {
+            // Another slice's device.
+            senders.push(None);
+            progress.push(Arc::default());
+            continue;
+        }
         let mut c = c.context("a device did not connect")?;
-        senders.push(c.sender());
+        senders.push(Some(c.sender()));
         let fetcher = c.sender();
         let (samples, counters, mut stop) = (samples_tx.clone(), counters.clone(), stop_rx.clone());
         let shared = Arc::new(Mutex::new(Received::default()));
@@ -362,7 +398,6 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
     // Open-loop schedule, one task per traffic stream.
     let accepted: Arc<Mutex<Vec<(u64, usize, u64)>>> = Arc::default();
     let errors: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let next_msg = Arc::new(AtomicU64::new(0));
     let scenario = Arc::new(scenario);
     let mut schedules = JoinSet::new();
     for (ti, traffic) in scenario.traffic.iter().enumerate() {
@@ -378,12 +413,14 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
             counters.clone(),
             samples_tx.clone(),
         );
-        let next_msg = next_msg.clone();
         schedules.spawn(async move {
             let traffic = &scenario.traffic[ti];
             let class = &world.classes[class_idx];
             let mut rng = SmallRng::seed_from_u64(scenario.seed ^ ((ti as u64 + 1) * 0x9e37_79b9));
             let mut t = 0.0f64;
+            // Message numbers are the stream and the place in it: the same
+            // in every slice of the run.
+            let mut in_stream = 0u64;
             let mut inflight = JoinSet::new();
             loop {
                 let rate = scenario.rate_at(traffic, t);
@@ -404,12 +441,16 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                 let account = conv.senders[rng.random_range(0..conv.senders.len())];
                 let devs = &world.accounts[account].devices;
                 let device = devs[rng.random_range(0..devs.len())];
+                let msg = ((ti as u64) << 40) | in_stream;
+                in_stream += 1;
+                // Another slice's device sends this one.
+                let Some(sender) = senders[device].clone() else {
+                    continue;
+                };
                 let intended = Duration::from_secs_f64(t);
                 tokio::time::sleep_until(start + intended).await;
-                let msg = next_msg.fetch_add(1, Ordering::Relaxed);
                 let mut payload = header(run_tag, msg, intended.as_micros() as u64, traffic.bytes);
                 let attachment = traffic.attachment_bytes;
-                let sender = senders[device].clone();
                 let conv_id = conv.id.clone();
                 let (accepted, errors, counters, samples) = (
                     accepted.clone(),
@@ -523,10 +564,20 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         .map(|(m, _, _)| *m)
         .collect();
     let mut owed_seen = OwedSeen::new(progress.len());
+    // A slice does not know what the others had accepted: it settles once
+    // its devices received nothing new for a while.
+    let mut quiet = (counters.delivered.load(Ordering::Relaxed), Instant::now());
     while Instant::now() < deadline {
-        if counters.delivered.load(Ordering::Relaxed) >= expected_total
-            && owed_seen.update(&progress, &accepted_ids) >= expected_total
-        {
+        let delivered = counters.delivered.load(Ordering::Relaxed);
+        if slice.is_whole() {
+            if delivered >= expected_total
+                && owed_seen.update(&progress, &accepted_ids) >= expected_total
+            {
+                break;
+            }
+        } else if delivered != quiet.0 {
+            quiet = (delivered, Instant::now());
+        } else if Instant::now().saturating_duration_since(quiet.1) >= SLICE_QUIET {
             break;
         }
         poll.tick().await;
@@ -570,8 +621,23 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
 
     // Verify.
     let accepted = std::mem::take(&mut *accepted.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    let verification = verify(&world, &accepted, &received);
     let recovery = recovery(&received, &gap)?;
+    let (verification, slice_data) = if slice.is_whole() {
+        (verify(&world, &accepted, &received), None)
+    } else {
+        let data = crate::slice::SliceData {
+            slice,
+            run_id: run_tag,
+            accepted: accepted.clone(),
+            received: received
+                .iter()
+                .enumerate()
+                .filter(|(d, _)| mine(&world.devices[*d]))
+                .map(|(d, r)| (d, r.clone()))
+                .collect(),
+        };
+        (Verification::default(), Some(data))
+    };
     let timeline = per_sec
         .iter()
         .enumerate()
@@ -646,6 +712,7 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
                 a
             }),
         timeline,
+        slice: slice_data,
     })
 }
 

@@ -13,6 +13,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::scenario::{Kind, Scenario};
+use crate::slice::Slice;
 
 /// An account of the run.
 #[derive(Debug)]
@@ -160,14 +161,16 @@ impl World {
         Ok(w)
     }
 
-    /// Creates every account, device and conversation through the admin API,
-    /// `concurrency` calls at a time.
+    /// Creates every account and conversation and the devices of `slice`'s
+    /// accounts through the admin API, `concurrency` calls at a time. What
+    /// exists already (made by another slice of the run) is taken as it is.
     pub async fn provision(
         self: &Arc<Self>,
         admin: AdminClient<Channel>,
         token: Option<String>,
         concurrency: usize,
         progress: &indicatif::ProgressBar,
+        slice: Slice,
     ) -> anyhow::Result<()> {
         let auth: Option<MetadataValue<Ascii>> = match token {
             Some(t) => Some(
@@ -186,7 +189,7 @@ impl World {
             tasks.spawn(async move {
                 let _p = limit.acquire().await?;
                 let acc = &w.accounts[a];
-                admin
+                let created = admin
                     .create_account(request(
                         v1::CreateAccountRequest {
                             account_id: acc.id.clone(),
@@ -195,8 +198,11 @@ impl World {
                         },
                         &auth,
                     ))
-                    .await
-                    .with_context(|| format!("creating account {}", acc.id))?;
+                    .await;
+                exists_is_fine(created).with_context(|| format!("creating account {}", acc.id))?;
+                if !slice.owns_account(a) {
+                    return anyhow::Ok(());
+                }
                 for d in &acc.devices {
                     let dev = &w.devices[*d];
                     admin
@@ -241,7 +247,7 @@ impl World {
                         },
                     })
                     .collect();
-                admin
+                let created = admin
                     .create_conversation(request(
                         v1::CreateConversationRequest {
                             conversation_id: conv.id.clone(),
@@ -253,7 +259,8 @@ impl World {
                         },
                         &auth,
                     ))
-                    .await
+                    .await;
+                exists_is_fine(created)
                     .with_context(|| format!("creating conversation {}", conv.id))?;
                 anyhow::Ok(())
             });
@@ -263,6 +270,16 @@ impl World {
             progress.inc(1);
         }
         Ok(())
+    }
+}
+
+/// A creation's answer, with "it exists already" (another slice of the
+/// run made it: every slice derives the same world) taken as success.
+fn exists_is_fine<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<(), tonic::Status> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(s),
     }
 }
 
