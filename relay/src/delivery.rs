@@ -83,7 +83,7 @@ pub(crate) async fn fan_out(shared: &Shared, roster: &crate::roster::Roster, m: 
 
 /// The nodes interested in the message's conversation, each with an empty
 /// device list. When push gateways are configured, the devices to wake are
-/// located apart, after the fan-out, off its path.
+/// located in a task of their own, off the fan-out's path.
 async fn interested(
     shared: &Shared,
     devices: &[String],
