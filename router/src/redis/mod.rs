@@ -485,22 +485,9 @@ impl Router for RedisRouter {
             };
             lock(&local.announced.present).extend(devices.iter().cloned());
         }
-        // Bounded: a device waits for its presence before it is told it is
-        // in, and a silent Redis must not hold it there. The lease keeper
-        // announces a dirty node's devices again once Redis answers.
-        let r =
-            match tokio::time::timeout(inner.cfg.response_timeout, inner.announce(node, devices))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(RouterError::Backend(
-                    "Redis did not answer the presence update in time".into(),
-                )),
-            };
-        if r.is_err() {
-            self.mark_dirty(node);
-        }
-        r
+        // A device waits for its presence before it is told it is in.
+        self.bounded(node, "presence", inner.announce(node, devices))
+            .await
     }
 
     async fn set_absent(&self, node: &str, devices: &[String]) -> Result<(), RouterError> {
@@ -546,19 +533,9 @@ impl Router for RedisRouter {
             };
             lock(&local.announced.interests).extend(conversations.iter().cloned());
         }
-        // Bounded like presence: a device waits for it before its sync, and
-        // the lease keeper registers a dirty node's interest again.
+        // A device waits for it before its sync.
         let write = inner.write_interest(node, conversations, true);
-        let r = match tokio::time::timeout(inner.cfg.response_timeout, write).await {
-            Ok(r) => r,
-            Err(_) => Err(RouterError::Backend(
-                "Redis did not answer the interest update in time".into(),
-            )),
-        };
-        if r.is_err() {
-            self.mark_dirty(node);
-        }
-        r
+        self.bounded(node, "interest", write).await
     }
 
     async fn remove_interest(
@@ -653,6 +630,29 @@ impl Router for RedisRouter {
 }
 
 impl RedisRouter {
+    /// A write of what the node announces (its presence or interest),
+    /// bounded by the reply timeout: a device waits for it, and a silent
+    /// Redis must not hold the device there. A failed or late write marks
+    /// the node dirty, and the lease keeper announces everything again
+    /// once Redis answers.
+    async fn bounded(
+        &self,
+        node: &str,
+        what: &str,
+        write: impl std::future::Future<Output = Result<(), RouterError>>,
+    ) -> Result<(), RouterError> {
+        let r = match tokio::time::timeout(self.inner.cfg.response_timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(RouterError::Backend(format!(
+                "Redis did not answer the {what} update in time"
+            ))),
+        };
+        if r.is_err() {
+            self.mark_dirty(node);
+        }
+        r
+    }
+
     fn mark_dirty(&self, node: &str) {
         if let Some(local) = lock(&self.inner.nodes).get(node) {
             local.announced.dirty.store(true, Ordering::Relaxed);
