@@ -209,6 +209,7 @@ impl Relay {
             inbox,
             shared.pacer.clone(),
             shared.cluster.clone(),
+            shared.reads.clone(),
         ));
         let purge_task = tokio::spawn(purge_expired(shared.clone()));
         let push_task = tokio::spawn(push_worker.0);

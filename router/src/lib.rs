@@ -71,7 +71,10 @@ pub struct Delivery {
     /// trace. Carries trace and span ids only, nothing of the message.
     pub traceparent: Option<String>,
     /// The complete, length-prefixed `ServerFrame::Deliver` frame, encoded
-    /// once and written unchanged to every device.
+    /// once and written unchanged to every device. Empty: a reference, and
+    /// the receiving relay loads the message `(conversation_id, seq)` from
+    /// the store (a fan-out by interest sends the message itself through
+    /// no router).
     pub frame: Bytes,
     /// The recipient devices connected to the destination node. Empty: the
     /// delivery went to a node interested in the conversation

@@ -3,7 +3,8 @@
 //! devices of a 1,000-member and of a 10,000-member conversation, and a
 //! post to either is the same number of router calls and of Redis
 //! commands (counted on every master with `INFO commandstats`), with each
-//! relay's inbox getting exactly one entry per post and no device list.
+//! other relay's inbox getting exactly one entry per post, a reference
+//! without device list or message, and the publisher's inbox none.
 //! The same after one relay dies and its devices move to the two others.
 //!
 //! One test in a binary of its own: `cargo test` runs test binaries one
@@ -17,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use herold_router::memory::MemoryRouter;
 use herold_router::metered::Metered;
 use herold_router::metrics::OPERATION_SECONDS;
@@ -205,8 +205,8 @@ async fn connect(relays: &Relays, conv: &str, members: usize, live: &[usize]) {
 }
 
 /// Posts `POSTS` messages to `conv` from relay 0 as a relay does by
-/// interest; every live relay's inbox gets each exactly once, with no
-/// device list. Returns (router calls, Redis commands, Redis bytes in) per
+/// interest; every other live relay's inbox gets each exactly once, as a
+/// reference. Returns (router calls, Redis commands, Redis bytes in) per
 /// post.
 async fn post(
     relays: &mut Relays,
@@ -225,13 +225,15 @@ async fn post(
         let mut want: Vec<String> = live.iter().map(|&i| relays.nodes[i].clone()).collect();
         want.sort();
         assert_eq!(nodes, want, "the live relays holding members of {conv}");
+        // The publisher's own devices get the message without the router;
+        // the others get a reference (no frame, no devices).
         let batch = nodes
             .into_iter()
+            .filter(|n| *n != relays.nodes[0])
             .map(|n| {
                 let d = Delivery {
                     conversation_id: conv.to_owned(),
                     seq,
-                    frame: Bytes::from(vec![7u8; 100]),
                     ..Delivery::default()
                 };
                 (n, d)
@@ -247,9 +249,19 @@ async fn post(
     }
     let calls = router_calls(snapshotter, &mut seen) - calls_before;
     let (cmds_after, bytes_after) = redis_work(masters).await;
-    // Each live relay's inbox: every post once, in order, no device list.
+    // Each other live relay's inbox: every post once, in order, a
+    // reference; the publisher's: nothing.
     for &i in live {
         let inbox = relays.inboxes[i].as_mut().unwrap();
+        if i == 0 {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), inbox.recv())
+                    .await
+                    .is_err(),
+                "the publisher's own inbox got an entry"
+            );
+            continue;
+        }
         for seq in 1..=POSTS {
             let d = loop {
                 match tokio::time::timeout(WAIT, inbox.recv()).await.unwrap() {
@@ -261,6 +273,7 @@ async fn post(
             };
             assert_eq!((d.conversation_id.as_str(), d.seq), (conv, seq));
             assert!(d.devices.is_empty(), "no device list in the entry");
+            assert!(d.frame.is_empty(), "no message in the entry");
         }
         assert!(
             tokio::time::timeout(Duration::from_millis(200), inbox.recv())
@@ -309,16 +322,18 @@ async fn check(
         s.0, s.1, s.2, l.0, l.1, l.2
     );
     assert_eq!(s.0, l.0, "{name}: router calls per post grow with members");
-    // One lease read of the other relays may fall into either count (their
-    // liveness is cached for a second), and a lease renewal of a relay.
+    // What runs on a clock may fall into either count: the lease reads of
+    // the other relays (their liveness is cached for a second; on a Redis
+    // Cluster one read per master), a lease renewal, an idle inbox's
+    // `XREAD`. Counted per member, the difference would be thousands.
     assert!(
-        (l.1 - s.1).abs() <= 0.5,
+        (l.1 - s.1).abs() <= 1.5,
         "{name}: Redis commands per post grow with members: {} vs {}",
         s.1,
         l.1
     );
     assert!(
-        l.2 < 2048.0 && l.2 < s.2 * 1.2 + 100.0,
+        l.2 < 1024.0 && l.2 < s.2 * 1.2 + 100.0,
         "{name}: Redis bytes per post grow with members: {} vs {}",
         s.2,
         l.2

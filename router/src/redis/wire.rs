@@ -4,15 +4,21 @@
 //! [expires_at_ms i64] | has_accepted u8 | [accepted_at_ms i64] |
 //! traceparent_len u16 | traceparent | frame_len u32 | frame | n u32 |
 //! (len u16 | device)*`, all big-endian; an empty traceparent means none.
-//! Version 1 (without the accepted time and the traceparent) is still
-//! read, so relays of the previous version can finish a rolling upgrade;
-//! docs/routing.md has the details.
+//! A reference (an empty frame: the receiving relay loads the message from
+//! the store) is written as version 3, the same layout: a relay of the
+//! previous version cannot decode it and resyncs its devices from the
+//! store, instead of handing them an empty frame. Version 1 (without the
+//! accepted time and the traceparent) is still read, so relays of the
+//! previous version can finish a rolling upgrade; docs/routing.md has the
+//! details.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::Delivery;
 
 const VERSION: u8 = 2;
+/// Version 2's layout with an empty frame: a reference.
+const VERSION_REFERENCE: u8 = 3;
 /// The encoding before the accepted time and the traceparent.
 const VERSION_1: u8 = 1;
 
@@ -27,6 +33,8 @@ pub(crate) enum WireError {
     Utf8,
     #[error("a string in the delivery entry is longer than 65535 bytes")]
     TooLong,
+    #[error("a delivery entry's frame does not match its version")]
+    Reference,
 }
 
 pub(crate) fn encode(d: &Delivery) -> Result<Bytes, WireError> {
@@ -35,7 +43,11 @@ pub(crate) fn encode(d: &Delivery) -> Result<Bytes, WireError> {
             + d.frame.len()
             + d.devices.iter().map(|x| x.len() + 2).sum::<usize>(),
     );
-    b.put_u8(VERSION);
+    b.put_u8(if d.frame.is_empty() {
+        VERSION_REFERENCE
+    } else {
+        VERSION
+    });
     put_str(&mut b, &d.conversation_id)?;
     b.put_u64(d.seq);
     match d.expires_at_ms {
@@ -66,7 +78,7 @@ pub(crate) fn encode(d: &Delivery) -> Result<Bytes, WireError> {
 
 pub(crate) fn decode(mut b: Bytes) -> Result<Delivery, WireError> {
     let version = get_u8(&mut b)?;
-    if version != VERSION && version != VERSION_1 {
+    if ![VERSION, VERSION_REFERENCE, VERSION_1].contains(&version) {
         return Err(WireError::Version(version));
     }
     let conversation_id = get_str(&mut b)?;
@@ -96,6 +108,9 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Delivery, WireError> {
     let frame_len = b.get_u32() as usize;
     need(&b, frame_len)?;
     let frame = b.split_to(frame_len);
+    if (version == VERSION_REFERENCE) != frame.is_empty() {
+        return Err(WireError::Reference);
+    }
     need(&b, 4)?;
     let n = b.get_u32() as usize;
     // Each device costs at least 2 bytes: do not trust `n` for the capacity.
@@ -174,6 +189,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_is_version_3_and_roundtrips() {
+        let d = Delivery {
+            frame: Bytes::new(),
+            devices: vec![],
+            ..sample()
+        };
+        let e = encode(&d).unwrap();
+        assert_eq!(e[0], VERSION_REFERENCE);
+        assert_eq!(decode(e).unwrap(), d);
+        assert_eq!(encode(&sample()).unwrap()[0], VERSION);
+    }
+
+    #[test]
+    fn a_version_that_disagrees_with_its_frame_is_refused() {
+        let mut v = encode(&sample()).unwrap().to_vec();
+        v[0] = VERSION_REFERENCE;
+        assert_eq!(decode(Bytes::from(v)), Err(WireError::Reference));
+        let empty = Delivery {
+            frame: Bytes::new(),
+            ..sample()
+        };
+        let mut v = encode(&empty).unwrap().to_vec();
+        v[0] = VERSION;
+        assert_eq!(decode(Bytes::from(v)), Err(WireError::Reference));
+    }
+
+    #[test]
     fn version_1_entries_are_still_read() {
         let mut b = BytesMut::new();
         b.put_u8(VERSION_1);
@@ -209,7 +251,7 @@ mod tests {
     #[test]
     fn huge_device_count_does_not_allocate_it() {
         let mut b = BytesMut::new();
-        b.put_u8(VERSION);
+        b.put_u8(VERSION_REFERENCE);
         b.put_u16(1);
         b.put_slice(b"c");
         b.put_u64(1);
