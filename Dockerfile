@@ -53,7 +53,7 @@ WORKDIR /var/lib/herold
 # /healthz and /readyz. The relay binds them to 127.0.0.1 unless told
 # otherwise (--listen, --admin-listen, --metrics-listen; the chart sets
 # 0.0.0.0).
-EXPOSE 7300/udp 7301 7302
+EXPOSE 7300/udp 7300/tcp 7301 7302
 # SIGTERM drains (devices are told to reconnect elsewhere), within
 # --drain-grace-secs.
 STOPSIGNAL SIGTERM

@@ -73,6 +73,7 @@ async fn clients(kind: &str, addr: SocketAddr, fp: [u8; 32], n: usize) {
             } else {
                 let mut cfg = ClientConfig::new(addr, fp, &format!("d{i}"), device_key(i));
                 cfg.endpoint = Some(ep);
+                cfg.tcp_fallback = false;
                 (None, Some(Client::connect(cfg).await.unwrap()))
             }
         }));

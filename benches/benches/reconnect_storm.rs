@@ -89,6 +89,7 @@ fn storm(backend: &str, cql: Option<CqlConfig>, devices: usize, pinned: bool) {
         let (id, key) = keys.remove(0);
         let mut config = ClientConfig::new(addr, fp, &id, key);
         config.endpoint = Some(endpoints[0].clone());
+        config.tcp_fallback = false;
         let sender = Client::connect(config).await.unwrap();
         let conversation = format!("{prefix}g");
         for i in 0..MISSED {
@@ -110,6 +111,7 @@ fn storm(backend: &str, cql: Option<CqlConfig>, devices: usize, pinned: bool) {
         for (i, (id, key)) in keys.into_iter().enumerate() {
             let mut config = ClientConfig::new(addr, fp, &id, key);
             config.endpoint = Some(endpoints[i % endpoints.len()].clone());
+            config.tcp_fallback = false;
             let retried = retried.clone();
             storm.spawn(async move {
                 // As an app would: a connect that fails is tried again.

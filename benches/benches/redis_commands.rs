@@ -197,6 +197,7 @@ async fn main() {
     for (k, (id, sk)) in devices.into_iter().enumerate() {
         let mut cfg = ClientConfig::new(addrs[k % RELAYS], fp, &id, sk);
         cfg.endpoint = Some(endpoint.clone());
+        cfg.tcp_fallback = false;
         let mut c = Client::connect(cfg).await.unwrap();
         senders.insert(id.clone(), c.sender());
         let received = received.clone();

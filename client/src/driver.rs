@@ -26,7 +26,7 @@ pub(crate) struct Shared {
     pub events: mpsc::Sender<Event>,
     /// The authenticated connection of the moment (attachment transfers
     /// open their streams on it).
-    pub conn: watch::Sender<Option<quinn::Connection>>,
+    pub conn: watch::Sender<Option<crate::files::Carrier>>,
 }
 
 /// Starts the driver on an authenticated connection.
@@ -61,7 +61,7 @@ struct Driver {
     config: ClientConfig,
     cursors: Arc<Mutex<HashMap<String, u64>>>,
     events: mpsc::Sender<Event>,
-    conn: watch::Sender<Option<quinn::Connection>>,
+    conn: watch::Sender<Option<crate::files::Carrier>>,
     /// Submits sent but not yet answered, by message id: re-sent after a
     /// reconnect.
     pending: HashMap<Vec<u8>, (v1::Submit, Reply)>,
@@ -178,7 +178,7 @@ impl Driver {
     }
 
     async fn serve(&mut self, mut c: RawConnection, cmds: &mut mpsc::Receiver<Cmd>) -> Outcome {
-        self.conn.send_replace(Some(c.connection().clone()));
+        self.conn.send_replace(Some(crate::files::Carrier::of(&c)));
         // Resume: our cursors, then every unanswered submit again.
         let cursors: Vec<v1::Cursor> = self
             .cursors
@@ -422,9 +422,12 @@ pub(crate) async fn open(
             &own
         }
     };
-    let mut c =
+    let mut c = if config.tcp_fallback {
+        RawConnection::connect_any(endpoint, relay, config.fingerprint, config.idle_timeout).await?
+    } else {
         RawConnection::connect_via_idle(endpoint, relay, config.fingerprint, config.idle_timeout)
-            .await?;
+            .await?
+    };
     if let Some(tap) = &config.wire_tap {
         c.set_tap(tap.clone());
     }

@@ -23,6 +23,23 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes written to the stream per write.
 const WRITE_PIECE: usize = 256 * 1024;
 
+/// What transfers run on: the client's connection of the moment, when it
+/// is QUIC. Over the TCP fallback there are no streams to open.
+#[derive(Debug, Clone)]
+pub(crate) enum Carrier {
+    Quic(quinn::Connection),
+    Tcp,
+}
+
+impl Carrier {
+    pub(crate) fn of(c: &crate::raw::RawConnection) -> Self {
+        match c.connection() {
+            Some(conn) => Self::Quic(conn.clone()),
+            None => Self::Tcp,
+        }
+    }
+}
+
 /// A finished upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uploaded {
@@ -277,11 +294,20 @@ impl Sender {
     ) -> Result<quinn::Connection, ClientError> {
         let mut rx = self.conn.clone();
         loop {
-            if let Some(c) = rx.borrow_and_update().clone()
-                && c.close_reason().is_none()
-                && Some(c.stable_id()) != not
-            {
-                return Ok(c);
+            match rx.borrow_and_update().clone() {
+                Some(Carrier::Quic(c))
+                    if c.close_reason().is_none() && Some(c.stable_id()) != not =>
+                {
+                    return Ok(c);
+                }
+                Some(Carrier::Tcp) => {
+                    return Err(ClientError::Connect(
+                        "attachments need QUIC, and this connection runs on the TCP fallback \
+                         (UDP does not get through to the relay)"
+                            .into(),
+                    ));
+                }
+                _ => {}
             }
             match tokio::time::timeout(STEP_TIMEOUT, rx.changed()).await {
                 Ok(Ok(())) => {}

@@ -266,6 +266,11 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Where to copy every byte of every connection (see [`raw::WireTap`]).
     pub wire_tap: Option<raw::WireTap>,
+    /// Whether to try the relay's TCP fallback (a WebSocket over TLS on the
+    /// same address) when QUIC does not get through within
+    /// [`raw::FALLBACK_AFTER`]: on by default. Load generators turn it off
+    /// to measure QUIC alone.
+    pub tcp_fallback: bool,
 }
 
 impl ClientConfig {
@@ -283,6 +288,7 @@ impl ClientConfig {
             endpoint: None,
             idle_timeout: crate::tls::DEFAULT_IDLE_TIMEOUT,
             wire_tap: None,
+            tcp_fallback: true,
         }
     }
 }
@@ -342,7 +348,7 @@ enum Cmd {
 #[derive(Debug)]
 pub struct Client {
     max_ciphertext: Arc<AtomicUsize>,
-    conn: watch::Receiver<Option<quinn::Connection>>,
+    conn: watch::Receiver<Option<files::Carrier>>,
     tap: Option<raw::WireTap>,
     cmd: mpsc::Sender<Cmd>,
     events: mpsc::Receiver<Event>,
@@ -372,7 +378,7 @@ impl Client {
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let max_ciphertext = Arc::new(AtomicUsize::new(ok.max_ciphertext_bytes as usize));
-        let (conn_tx, conn_rx) = watch::channel(Some(conn.connection().clone()));
+        let (conn_tx, conn_rx) = watch::channel(Some(files::Carrier::of(&conn)));
         let tap = config.wire_tap.clone();
         driver::spawn(
             config,
@@ -480,7 +486,7 @@ impl Client {
 pub struct Sender {
     max_ciphertext: Arc<AtomicUsize>,
     /// The connection of the moment, for attachment streams ([`files`]).
-    conn: watch::Receiver<Option<quinn::Connection>>,
+    conn: watch::Receiver<Option<files::Carrier>>,
     /// Copies the bytes of attachment streams, as the config asked.
     tap: Option<raw::WireTap>,
     cmd: mpsc::Sender<Cmd>,

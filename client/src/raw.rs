@@ -1,13 +1,23 @@
 //! One connection to a relay, frame by frame: what [`crate::Client`] is built
 //! on, and what protocol tests use to send exactly the bytes they want.
+//!
+//! A connection is QUIC, or, where a network blocks UDP, the relay's TCP
+//! fallback: a WebSocket over TLS on the same address and port, carrying
+//! the same frames (docs/protocol.md, "TCP fallback"). [`RawConnection::connect_any`] tries QUIC
+//! first and the fallback when QUIC has not got through within
+//! [`FALLBACK_AFTER`], and takes whichever connects first.
 
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
 use herold_proto::codec::{FrameDecoder, encode_frame};
 use herold_proto::v1::{self, client_frame, server_frame};
 use herold_proto::{PROTOCOL_VERSION, auth};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::ClientError;
 
@@ -27,16 +37,47 @@ pub fn client_endpoint(relay: SocketAddr) -> Result<quinn::Endpoint, ClientError
 /// How long `close` waits for the relay to take the last frames.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// An open QUIC connection with its control stream.
+/// How long QUIC is given to connect before the TCP fallback is tried
+/// alongside it.
+pub const FALLBACK_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The WebSocket of a fallback connection.
+type Ws = WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// An open connection with its control stream.
 #[derive(Debug)]
 pub struct RawConnection {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    wire: Wire,
     decoder: FrameDecoder,
     out: BytesMut,
     tap: Option<WireTap>,
+}
+
+/// The transport under a connection.
+#[derive(Debug)]
+enum Wire {
+    Quic {
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+    Ws {
+        ws: Box<Ws>,
+        exporter: [u8; auth::NONCE_BYTES],
+        /// Silence after which a ping goes out; as long again without an
+        /// answer and the relay counts as lost.
+        idle: std::time::Duration,
+    },
+}
+
+/// The transport a connection runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC over UDP, the native transport.
+    Quic,
+    /// The TCP fallback: a WebSocket over TLS.
+    Tcp,
 }
 
 /// A copy of every byte a connection's control stream carried, both ways,
@@ -102,15 +143,110 @@ impl RawConnection {
             .open_bi()
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        Ok(Self {
+        Ok(Self::on(Wire::Quic {
             endpoint: endpoint.clone(),
             conn,
             send,
             recv,
+        }))
+    }
+
+    fn on(wire: Wire) -> Self {
+        Self {
+            wire,
             decoder: FrameDecoder::new(CLIENT_MAX_FRAME_BYTES),
             out: BytesMut::new(),
             tap: None,
-        })
+        }
+    }
+
+    /// Connects over the relay's TCP fallback at `relay` (TCP, the same
+    /// address and port as QUIC): TLS pinning `fingerprint`, then a
+    /// WebSocket.
+    pub async fn connect_tcp(
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+        idle: std::time::Duration,
+    ) -> Result<Self, ClientError> {
+        let connect = |e: std::io::Error| ClientError::Connect(format!("TCP to {relay}: {e}"));
+        let tcp = tokio::net::TcpStream::connect(relay)
+            .await
+            .map_err(connect)?;
+        let _ = tcp.set_nodelay(true);
+        let tls = crate::tls::fallback_connector(fingerprint)
+            .map_err(ClientError::Tls)?
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost")
+                    .map_err(|e| ClientError::Tls(e.to_string()))?,
+                tcp,
+            )
+            .await
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let exporter = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; auth::NONCE_BYTES], auth::EXPORTER_LABEL, Some(b""))
+            .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(CLIENT_MAX_FRAME_BYTES + 16))
+            .max_frame_size(Some(CLIENT_MAX_FRAME_BYTES + 16));
+        let url = format!("wss://{relay}/v1");
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(config))
+            .await
+            .map_err(|e| ClientError::Connect(format!("WebSocket to {relay}: {e}")))?;
+        Ok(Self::on(Wire::Ws {
+            ws: Box::new(ws),
+            exporter,
+            idle,
+        }))
+    }
+
+    /// Connects over QUIC and, when that has not got through within
+    /// [`FALLBACK_AFTER`] (or failed), over the TCP fallback as well; the
+    /// first to connect wins. A relay that refused the connection is not
+    /// asked again over TCP.
+    pub async fn connect_any(
+        endpoint: &quinn::Endpoint,
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+        idle: std::time::Duration,
+    ) -> Result<Self, ClientError> {
+        let quic = Self::connect_via_idle(endpoint, relay, fingerprint, idle);
+        tokio::pin!(quic);
+        let quic_error = tokio::select! {
+            r = &mut quic => match r {
+                Ok(c) => return Ok(c),
+                Err(ClientError::Refused) => return Err(ClientError::Refused),
+                Err(e) => Some(e),
+            },
+            () = tokio::time::sleep(FALLBACK_AFTER) => None,
+        };
+        let tcp = Self::connect_tcp(relay, fingerprint, idle);
+        match quic_error {
+            Some(quic_error) => tcp.await.map_err(|e| both_failed(&quic_error, &e)),
+            None => {
+                tokio::pin!(tcp);
+                tokio::select! {
+                    r = &mut quic => match r {
+                        Ok(c) => Ok(c),
+                        Err(ClientError::Refused) => Err(ClientError::Refused),
+                        Err(q) => tcp.await.map_err(|e| both_failed(&q, &e)),
+                    },
+                    r = &mut tcp => match r {
+                        Ok(c) => Ok(c),
+                        Err(t) => quic.await.map_err(|q| both_failed(&q, &t)),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The transport this connection runs on.
+    pub fn transport(&self) -> Transport {
+        match self.wire {
+            Wire::Quic { .. } => Transport::Quic,
+            Wire::Ws { .. } => Transport::Tcp,
+        }
     }
 
     /// Copies everything this connection sends and receives from now on
@@ -119,18 +255,25 @@ impl RawConnection {
         self.tap = Some(tap);
     }
 
-    /// The underlying QUIC connection.
-    pub fn connection(&self) -> &quinn::Connection {
-        &self.conn
+    /// The underlying QUIC connection; `None` over the TCP fallback.
+    pub fn connection(&self) -> Option<&quinn::Connection> {
+        match &self.wire {
+            Wire::Quic { conn, .. } => Some(conn),
+            Wire::Ws { .. } => None,
+        }
     }
 
     /// The TLS exporter value the auth transcript binds to.
     pub fn exporter(&self) -> Result<[u8; 32], ClientError> {
-        let mut out = [0u8; auth::NONCE_BYTES];
-        self.conn
-            .export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
-            .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
-        Ok(out)
+        match &self.wire {
+            Wire::Quic { conn, .. } => {
+                let mut out = [0u8; auth::NONCE_BYTES];
+                conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
+                    .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
+                Ok(out)
+            }
+            Wire::Ws { exporter, .. } => Ok(*exporter),
+        }
     }
 
     /// Sends one frame.
@@ -139,18 +282,26 @@ impl RawConnection {
         encode_frame(frame, usize::MAX, &mut self.out)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         tap_bytes(&self.tap, &self.out);
-        self.send
-            .write_all(&self.out)
-            .await
-            .map_err(|e| ClientError::Io(e.to_string()))
+        let bytes = self.out.split().freeze();
+        self.write(bytes).await
     }
 
     /// Sends raw bytes on the control stream (tests of malformed input).
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send
-            .write_all(bytes)
-            .await
-            .map_err(|e| ClientError::Io(e.to_string()))
+        self.write(Bytes::copy_from_slice(bytes)).await
+    }
+
+    async fn write(&mut self, bytes: Bytes) -> Result<(), ClientError> {
+        match &mut self.wire {
+            Wire::Quic { send, .. } => send
+                .write_all(&bytes)
+                .await
+                .map_err(|e| ClientError::Io(e.to_string())),
+            Wire::Ws { ws, .. } => ws
+                .send(Message::Binary(bytes))
+                .await
+                .map_err(|e| ClientError::Io(e.to_string())),
+        }
     }
 
     /// Sends one client frame kind.
@@ -169,13 +320,56 @@ impl RawConnection {
             {
                 return Ok(Some(f));
             }
-            match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => {
-                    tap_bytes(&self.tap, &chunk.bytes);
-                    self.decoder.extend(&chunk.bytes)
+            match self.chunk().await? {
+                Some(chunk) => {
+                    tap_bytes(&self.tap, &chunk);
+                    self.decoder.extend(&chunk)
                 }
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(ClientError::Closed(e.to_string())),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next bytes from the relay; `None` at the stream's end.
+    /// Cancel-safe.
+    async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        match &mut self.wire {
+            Wire::Quic { recv, .. } => match recv.read_chunk(64 * 1024, true).await {
+                Ok(c) => Ok(c.map(|c| c.bytes)),
+                Err(e) => Err(ClientError::Closed(e.to_string())),
+            },
+            Wire::Ws { ws, idle, .. } => {
+                let mut pinged = false;
+                loop {
+                    let next = match tokio::time::timeout(*idle / 2, ws.next()).await {
+                        Ok(n) => n,
+                        Err(_) if !pinged => {
+                            // Silence: does the relay still answer?
+                            pinged = true;
+                            ws.send(Message::Ping(Bytes::new()))
+                                .await
+                                .map_err(|e| ClientError::Closed(e.to_string()))?;
+                            continue;
+                        }
+                        Err(_) => {
+                            return Err(ClientError::Closed(format!(
+                                "the relay was silent for {} s",
+                                idle.as_secs()
+                            )));
+                        }
+                    };
+                    match next {
+                        Some(Ok(Message::Binary(b))) => return Ok(Some(b)),
+                        Some(Ok(Message::Close(_))) | None => return Ok(None),
+                        Some(Ok(Message::Text(_))) => {
+                            return Err(ClientError::Protocol(
+                                "the relay sent a text message".into(),
+                            ));
+                        }
+                        Some(Ok(_)) => pinged = false,
+                        Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
+                    }
+                }
             }
         }
     }
@@ -222,24 +416,46 @@ impl RawConnection {
         }
     }
 
-    /// Finishes the sending side of the stream: no more frames from us.
+    /// Finishes the sending side of the stream: no more frames from us
+    /// (over the TCP fallback, [`RawConnection::close`] does that).
     pub fn finish(&mut self) {
-        let _ = self.send.finish();
+        if let Wire::Quic { send, .. } = &mut self.wire {
+            let _ = send.finish();
+        }
     }
 
     /// Finishes the stream, waits (briefly) until the relay has read all of
     /// it, and closes the connection politely.
-    pub async fn close(mut self) {
-        if self.send.finish().is_ok() {
-            let _ = tokio::time::timeout(CLOSE_GRACE, self.send.stopped()).await;
-        }
-        self.conn.close(0u32.into(), b"bye");
-        // On a shared endpoint other connections stay open: only wait when
-        // this was the last one.
-        if self.endpoint.open_connections() == 0 {
-            let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
+    pub async fn close(self) {
+        match self.wire {
+            Wire::Quic {
+                endpoint,
+                conn,
+                mut send,
+                ..
+            } => {
+                if send.finish().is_ok() {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, send.stopped()).await;
+                }
+                conn.close(0u32.into(), b"bye");
+                // On a shared endpoint other connections stay open: only
+                // wait when this was the last one.
+                if endpoint.open_connections() == 0 {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+                }
+            }
+            Wire::Ws { mut ws, .. } => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, ws.close()).await;
+            }
         }
     }
+}
+
+/// Neither QUIC nor the TCP fallback connected.
+fn both_failed(quic: &ClientError, tcp: &ClientError) -> ClientError {
+    ClientError::Connect(format!(
+        "neither QUIC ({quic}) nor the TCP fallback ({tcp}) got through"
+    ))
 }
 
 fn unexpected(k: server_frame::Kind) -> ClientError {

@@ -87,6 +87,31 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// A TLS 1.3 client configuration that pins `fingerprint`, offering `alpn`.
+fn pinned(fingerprint: [u8; 32], alpn: &[u8]) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            fingerprint,
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// The TLS of the TCP fallback (a WebSocket over TLS): the same pinning,
+/// ALPN `http/1.1`.
+pub fn fallback_connector(fingerprint: [u8; 32]) -> Result<tokio_rustls::TlsConnector, String> {
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(pinned(
+        fingerprint,
+        b"http/1.1",
+    )?)))
+}
+
 /// How long a silent relay is given before the connection counts as lost
 /// (keep-alives go out at half of it).
 pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -102,17 +127,7 @@ pub fn client_config_with_idle(
     fingerprint: [u8; 32],
     idle: std::time::Duration,
 ) -> Result<quinn::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            fingerprint,
-            provider,
-        }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![herold_proto::ALPN.to_vec()];
+    let tls = pinned(fingerprint, herold_proto::ALPN)?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

@@ -235,6 +235,8 @@ pub async fn run(scenario: Scenario, target: Target) -> anyhow::Result<Report> {
         let mut config = ClientConfig::new(first, target.fingerprint, &d.id, d.key.clone());
         config.fallback_relays = fallbacks;
         config.endpoint = Some(endpoints[i % endpoints.len()].clone());
+        // QUIC alone is measured: a slow handshake is not a blocked network.
+        config.tcp_fallback = false;
         if let Some(t) = target.client_idle_timeout {
             config.idle_timeout = t;
         }

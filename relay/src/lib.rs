@@ -13,9 +13,12 @@
 //!   relay's limits).
 //! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces, the
 //!   trace context carried across relays.
-//! - `tls`: TLS 1.3 for QUIC, ALPN `herold/1`, the dev certificate.
+//! - `tls`: TLS 1.3 for QUIC (ALPN `herold/1`) and for the TCP fallback,
+//!   the dev certificate.
 //! - `udp`: the QUIC sockets, counting datagrams and reading their kernel
 //!   drops.
+//! - `link`: a device's connection, QUIC or the TCP fallback (a WebSocket
+//!   over TLS), as one frame stream to the session.
 //! - `health`: the operations listener (`/metrics`, `/healthz`,
 //!   `/readyz`) and readiness, also published to gRPC health.
 //! - `grpc_metrics`: the admin API's per-call metrics.
@@ -44,7 +47,7 @@
 //!   (`session::attachments`).
 //! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
 //!   health and reflection), its authorisation and audit log.
-//! - [`server`]: [`Relay`]: binds QUIC and the admin API, accepts
+//! - [`server`]: [`Relay`]: binds QUIC, the TCP fallback and the admin API, accepts
 //!   connections, runs the node's tasks, drains on shutdown.
 //!
 //! # Life of a message
@@ -67,6 +70,7 @@ mod frames;
 mod grpc_metrics;
 mod health;
 mod interest;
+mod link;
 pub mod metrics;
 mod node;
 pub mod operators;

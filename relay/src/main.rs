@@ -66,6 +66,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let relay = Relay::bind(config).await?;
     println!("herold relay listening");
     println!("  quic        {}", relay.local_addr()?);
+    match relay.tcp_addr() {
+        Some(a) => println!("  tcp         {a} (fallback: WebSocket over TLS)"),
+        None => println!("  tcp         off (no fallback)"),
+    }
     println!("  admin api   http://{}", relay.admin_addr()?);
     println!("  metrics     http://{}/metrics", relay.metrics_addr()?);
     match &cql {

@@ -37,7 +37,7 @@ pub(crate) struct SessionHandle {
     pub push: mpsc::Sender<Push>,
     pub kick: watch::Sender<Option<Kick>>,
     /// To cut off a session that cannot even take an error frame.
-    pub conn: quinn::Connection,
+    pub conn: crate::link::Link,
     /// Set when the registry cut the session off as a slow consumer, so
     /// the session reports why it ended.
     pub slow: Arc<std::sync::atomic::AtomicBool>,
@@ -105,8 +105,8 @@ impl Registry {
                 metrics::counter!(m::SLOW_CONSUMERS).increment(1);
                 h.slow.store(true, std::sync::atomic::Ordering::Release);
                 h.conn.close(
-                    quinn::VarInt::from_u32(ErrorCode::SlowConsumer as u32),
-                    b"slow consumer: reconnect and sync",
+                    ErrorCode::SlowConsumer as u32,
+                    "slow consumer: reconnect and sync",
                 );
                 PushOutcome::SlowConsumer
             }
@@ -144,10 +144,7 @@ fn kick(h: &SessionHandle, why: Kick) {
     tokio::spawn(async move {
         let closed = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
         if closed.is_err() {
-            conn.close(
-                quinn::VarInt::from_u32(code as u32),
-                b"disconnected by the relay",
-            );
+            conn.close(code as u32, "disconnected by the relay");
         }
     });
 }

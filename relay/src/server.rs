@@ -38,6 +38,8 @@ pub struct Relay {
     endpoints: Vec<quinn::Endpoint>,
     /// The relay's UDP sockets in the kernel's tables (for their drop counter).
     socket: crate::udp::SocketStats,
+    /// The TCP fallback's listener and TLS, unless turned off.
+    tcp: Option<TcpFallback>,
     admin: tokio::net::TcpListener,
     /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
     ops: tokio::net::TcpListener,
@@ -92,9 +94,17 @@ impl Relay {
         let prometheus = crate::metrics::install().map_err(anyhow::Error::msg)?;
         let identity = crate::tls::load_identity(&config)?;
         let fingerprint = identity.fingerprint.clone();
+        let tcp_tls = crate::tls::tcp_acceptor(&identity)?;
         let server_config = crate::tls::server_config(identity, &config.limits)?;
         let (endpoints, socket) = crate::udp::bind(server_config, config.listen, &config.limits)
             .with_context(|| format!("binding QUIC on {}", config.listen))?;
+        let tcp = match config.tcp_listen {
+            None => None,
+            Some(at) => Some(TcpFallback {
+                listener: bind_tcp(at, config.listen, &endpoints).await?,
+                tls: tcp_tls,
+            }),
+        };
         let admin_tls = crate::admin::tls_config(&config)?;
         let admin_auth = crate::admin::auth(&config);
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
@@ -129,6 +139,7 @@ impl Relay {
             shared,
             endpoints,
             socket,
+            tcp,
             admin,
             ops,
             prometheus,
@@ -147,6 +158,11 @@ impl Relay {
             Some(e) => e.local_addr(),
             None => Err(std::io::Error::other("no QUIC endpoint is bound")),
         }
+    }
+
+    /// The TCP fallback's address (WebSocket over TLS), unless turned off.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|t| t.listener.local_addr().ok())
     }
 
     /// The admin API address.
@@ -172,6 +188,7 @@ impl Relay {
             shared,
             endpoints,
             socket,
+            tcp,
             admin,
             ops,
             prometheus,
@@ -232,20 +249,24 @@ impl Relay {
 
         // Each endpoint accepts on its own task; the loop below sees one
         // stream of incoming connections.
-        let (incoming_tx, mut incoming_rx) = mpsc::channel::<quinn::Incoming>(64);
-        let acceptors: Vec<_> = endpoints
+        let (incoming_tx, mut incoming_rx) = mpsc::channel::<Incoming>(64);
+        let mut acceptors: Vec<_> = endpoints
             .iter()
             .map(|e| {
                 let (e, tx) = (e.clone(), incoming_tx.clone());
                 tokio::spawn(async move {
                     while let Some(incoming) = e.accept().await {
-                        if tx.send(incoming).await.is_err() {
+                        if tx.send(Incoming::Quic(incoming)).await.is_err() {
                             break;
                         }
                     }
                 })
             })
             .collect();
+        let tcp_tls = tcp.as_ref().map(|t| t.tls.clone());
+        if let Some(t) = tcp {
+            acceptors.push(tokio::spawn(accept_tcp(t.listener, incoming_tx.clone())));
+        }
         drop(incoming_tx);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let conn_limit = Arc::new(Semaphore::new(config.limits.max_connections as usize));
@@ -273,8 +294,17 @@ impl Relay {
                     if shared.log_client_addresses {
                         span.record("client.addr", tracing::field::display(incoming.remote_address()));
                     }
+                    let tls = tcp_tls.clone();
                     tokio::spawn(tracing::Instrument::instrument(async move {
-                        crate::session::serve(shared, incoming, ticket, id, drain).await;
+                        match (incoming, tls) {
+                            (Incoming::Quic(i), _) => {
+                                crate::session::serve(shared, i, ticket, id, drain).await;
+                            }
+                            (Incoming::Tcp(stream, _), Some(tls)) => {
+                                crate::session::serve_ws(shared, stream, tls, ticket, id, drain).await;
+                            }
+                            (Incoming::Tcp(..), None) => {}
+                        }
                         drop(permit);
                         drop(done);
                     }, span));
@@ -296,7 +326,9 @@ impl Relay {
         // Connections accepted by an endpoint but not yet served are refused.
         incoming_rx.close();
         while let Ok(incoming) = incoming_rx.try_recv() {
-            incoming.refuse();
+            if let Incoming::Quic(i) = incoming {
+                i.refuse();
+            }
         }
         let _ = drain_tx.send(true);
         drop(done_tx);
@@ -443,20 +475,112 @@ async fn purge_expired(shared: Arc<Shared>) {
     }
 }
 
+/// The TCP fallback's listener and TLS.
+struct TcpFallback {
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TcpFallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpFallback")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection that arrived: on QUIC, or on the TCP fallback.
+// Unboxed: QUIC is the common case, and it was passed by value before.
+#[allow(clippy::large_enum_variant)]
+enum Incoming {
+    Quic(quinn::Incoming),
+    Tcp(tokio::net::TcpStream, SocketAddr),
+}
+
+impl Incoming {
+    fn remote_address(&self) -> SocketAddr {
+        match self {
+            Self::Quic(i) => i.remote_address(),
+            Self::Tcp(_, a) => *a,
+        }
+    }
+}
+
+/// Binds the TCP fallback: at `at`, or on the QUIC port's number (where a
+/// device tries it when QUIC does not get through). A QUIC port chosen by
+/// the system (port 0) whose number is taken on TCP gets a TCP port of its
+/// own, with a warning.
+async fn bind_tcp(
+    at: Option<SocketAddr>,
+    listen: SocketAddr,
+    endpoints: &[quinn::Endpoint],
+) -> anyhow::Result<tokio::net::TcpListener> {
+    if let Some(at) = at {
+        return tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding the TCP fallback on {at} (tcp-listen)"));
+    }
+    let quic = endpoints
+        .first()
+        .map(quinn::Endpoint::local_addr)
+        .transpose()?
+        .unwrap_or(listen);
+    match tokio::net::TcpListener::bind(quic).await {
+        Ok(l) => Ok(l),
+        Err(e) if listen.port() == 0 => {
+            warn!(error = %e, port = quic.port(), "the QUIC port's number is taken on TCP; the TCP fallback takes another port");
+            Ok(tokio::net::TcpListener::bind(SocketAddr::new(quic.ip(), 0)).await?)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "binding the TCP fallback on {quic} (the QUIC address on TCP): set tcp-listen, \
+                 or turn the fallback off with --no-tcp-fallback"
+            )
+        }),
+    }
+}
+
+/// Accepts TCP connections of the fallback until the relay drains.
+async fn accept_tcp(listener: tokio::net::TcpListener, tx: mpsc::Sender<Incoming>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                if tx.send(Incoming::Tcp(stream, addr)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                warn!(error = %e, "accepting a TCP connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Admission of a new connection (`crate::admission`), then a place among
 /// the relay's `max_connections`; `None`: answered with a Retry or refused.
 fn admit(
     shared: &Shared,
     total: &Arc<Semaphore>,
-    incoming: quinn::Incoming,
-) -> Option<(quinn::Incoming, Ticket, tokio::sync::OwnedSemaphorePermit)> {
-    let refuse = |incoming: quinn::Incoming, reason: &'static str| {
+    incoming: Incoming,
+) -> Option<(Incoming, Ticket, tokio::sync::OwnedSemaphorePermit)> {
+    let refuse = |incoming: Incoming, reason: &'static str| {
         metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
-        incoming.refuse();
+        if let Incoming::Quic(i) = incoming {
+            i.refuse();
+        }
+        // A TCP connection is closed by dropping it.
+    };
+    let validated = match &incoming {
+        Incoming::Quic(i) => i.remote_address_validated(),
+        // The TCP handshake proved the address.
+        Incoming::Tcp(..) => true,
     };
     let verdict = shared.admission.admit(
         incoming.remote_address().ip(),
-        incoming.remote_address_validated(),
+        validated,
         std::time::Instant::now(),
     );
     match verdict {
@@ -467,20 +591,22 @@ fn admit(
                 None
             }
         },
-        Verdict::Retry if incoming.may_retry() => {
-            metrics::counter!(m::QUIC_RETRIES).increment(1);
-            // Fails only when the endpoint has no Retry tokens to give;
-            // the peer then tries again.
-            if let Err(e) = incoming.retry() {
-                e.into_incoming().refuse();
+        Verdict::Retry => match incoming {
+            Incoming::Quic(i) if i.may_retry() => {
+                metrics::counter!(m::QUIC_RETRIES).increment(1);
+                // Fails only when the endpoint has no Retry tokens to give;
+                // the peer then tries again.
+                if let Err(e) = i.retry() {
+                    e.into_incoming().refuse();
+                }
+                None
             }
-            None
-        }
-        // It came back from a Retry and its token did not prove it.
-        Verdict::Retry => {
-            refuse(incoming, "unvalidated");
-            None
-        }
+            // It came back from a Retry and its token did not prove it.
+            other => {
+                refuse(other, "unvalidated");
+                None
+            }
+        },
         Verdict::Refuse(why) => {
             refuse(incoming, why.label());
             None

@@ -1,5 +1,6 @@
-//! TLS for the QUIC endpoint: TLS 1.3 only, ALPN `herold/1`, and the
-//! development certificate that is generated once and kept with the data.
+//! TLS for the QUIC endpoint (TLS 1.3 only, ALPN `herold/1`) and for the
+//! TCP fallback (the same identity, ALPN `http/1.1`), and the development
+//! certificate that is generated once and kept with the data.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -127,6 +128,21 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     f.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
+}
+
+/// The TLS of the TCP fallback (docs/web.md): the same identity, TLS 1.3
+/// only, ALPN `http/1.1` for the WebSocket upgrade that follows.
+pub(crate) fn tcp_acceptor(identity: &Identity) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 is not available")?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .context("the certificate and key do not match or are unsupported")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.max_early_data_size = 0;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
 /// Bytes sent to one device and not yet acknowledged, at most.

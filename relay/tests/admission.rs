@@ -92,7 +92,7 @@ async fn connections_awaiting_authentication_are_bounded_per_address() {
     others.still_served(&relay, "from elsewhere").await;
 
     // Gone, it frees its place.
-    first.connection().close(0u32.into(), b"bye");
+    first.connection().unwrap().close(0u32.into(), b"bye");
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         match open(&ep, &relay).await {
@@ -289,7 +289,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     )
     .await
     .unwrap();
-    let closed = tokio::time::timeout(DEADLINE, silent.connection().closed())
+    let closed = tokio::time::timeout(DEADLINE, silent.connection().unwrap().closed())
         .await
         .expect("the silent connection is closed");
     assert!(
@@ -313,7 +313,7 @@ async fn streams_per_connection_are_bounded() {
     let relay = TestRelay::start(dir.path()).await;
     let ep = endpoint_at("127.0.0.1");
     let raw = open(&ep, &relay).await.unwrap();
-    let conn = raw.connection();
+    let conn = raw.connection().unwrap();
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(

@@ -215,8 +215,11 @@ async fn an_upload_cut_halfway_resumes_where_it_stopped() {
 
     // The first connection sends half, and breaks once part of it is stored.
     let first = raw(&relay, "da.phone", &ak).await;
-    let (mut send, mut recv) =
-        request(first.connection(), upload("depot", sealed.len() as u64, 0)).await;
+    let (mut send, mut recv) = request(
+        first.connection().unwrap(),
+        upload("depot", sealed.len() as u64, 0),
+    )
+    .await;
     let attachment_response::Kind::UploadReady(ready) = response(&mut recv).await else {
         panic!("no UploadReady");
     };
@@ -234,10 +237,10 @@ async fn an_upload_cut_halfway_resumes_where_it_stopped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(!stored.complete());
-    first.connection().close(0u32.into(), b"tunnel");
+    first.connection().unwrap().close(0u32.into(), b"tunnel");
     // Not fetchable while incomplete.
     let reader = raw(&relay, "db.phone", &bk).await;
-    let (_s, mut r) = request(reader.connection(), download("depot", &id)).await;
+    let (_s, mut r) = request(reader.connection().unwrap(), download("depot", &id)).await;
     assert_eq!(
         refusal(response(&mut r).await),
         ErrorCode::AttachmentIncomplete
@@ -250,10 +253,10 @@ async fn an_upload_cut_halfway_resumes_where_it_stopped() {
         size: sealed.len() as u64,
         expires_at_ms: 0,
     });
-    let (_s, mut r) = request(reader.connection(), resume.clone()).await;
+    let (_s, mut r) = request(reader.connection().unwrap(), resume.clone()).await;
     assert_eq!(refusal(response(&mut r).await), ErrorCode::NoSuchAttachment);
     let second = raw(&relay, "da.phone", &ak).await;
-    let (mut send, mut recv) = request(second.connection(), resume).await;
+    let (mut send, mut recv) = request(second.connection().unwrap(), resume).await;
     let attachment_response::Kind::UploadReady(again) = response(&mut recv).await else {
         panic!("no UploadReady on resume");
     };
@@ -324,7 +327,7 @@ async fn files_over_the_policy_non_members_and_expired_files_are_refused() {
     // The account's second device speaks the protocol by hand.
     let lk = relay.device("oa", "oa.laptop").await;
     let conn = raw(&relay, "oa.laptop", &lk).await;
-    let (_s, mut r) = request(conn.connection(), upload("office", 1_000_001, 0)).await;
+    let (_s, mut r) = request(conn.connection().unwrap(), upload("office", 1_000_001, 0)).await;
     assert_eq!(
         refusal(response(&mut r).await),
         ErrorCode::AttachmentTooLarge
@@ -345,12 +348,12 @@ async fn files_over_the_policy_non_members_and_expired_files_are_refused() {
     // A non-member cannot fetch it, neither naming the conversation nor
     // naming another.
     let outsider = raw(&relay, "x.phone", &xk).await;
-    let (_s, mut r) = request(outsider.connection(), download("office", &id)).await;
+    let (_s, mut r) = request(outsider.connection().unwrap(), download("office", &id)).await;
     assert_eq!(refusal(response(&mut r).await), ErrorCode::NotMember);
     relay
         .conversation("x-own", v1::ConversationKind::Group, &["outsider"])
         .await;
-    let (_s, mut r) = request(outsider.connection(), download("x-own", &id)).await;
+    let (_s, mut r) = request(outsider.connection().unwrap(), download("x-own", &id)).await;
     assert_eq!(refusal(response(&mut r).await), ErrorCode::NoSuchAttachment);
     let e = relay
         .client("x.phone", &xk)
@@ -384,6 +387,6 @@ async fn files_over_the_policy_non_members_and_expired_files_are_refused() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_s, mut r) = request(conn.connection(), download("office", &id)).await;
+    let (_s, mut r) = request(conn.connection().unwrap(), download("office", &id)).await;
     assert_eq!(refusal(response(&mut r).await), ErrorCode::NoSuchAttachment);
 }

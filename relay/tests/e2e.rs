@@ -794,7 +794,7 @@ async fn slow_consumer_is_disconnected_without_blocking_others() {
     // Bob, reading, gets everything while the slow device is cut off.
     assert_eq!(receive(&mut bob, 40).await.len(), 40);
     sender.await.unwrap();
-    let closed = tokio::time::timeout(DEADLINE, slow.connection().closed())
+    let closed = tokio::time::timeout(DEADLINE, slow.connection().unwrap().closed())
         .await
         .expect("slow consumer disconnected");
     let text = closed.to_string();

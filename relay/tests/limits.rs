@@ -244,7 +244,7 @@ async fn a_device_that_reads_nothing_is_cut_off_after_the_write_timeout() {
             .await
             .unwrap();
     }
-    let closed = tokio::time::timeout(DEADLINE, carol.connection().closed())
+    let closed = tokio::time::timeout(DEADLINE, carol.connection().unwrap().closed())
         .await
         .expect("the relay cuts carol off");
     match closed {

@@ -158,6 +158,7 @@ pub(crate) async fn herold_clients(
     let (id, key) = keys.next().unwrap();
     let mut config = ClientConfig::new(addr, fp, &id, key);
     config.endpoint = Some(endpoints[0].clone());
+    config.tcp_fallback = false;
     let mut c = Client::connect(config).await.unwrap();
     let sender = c.sender();
     // The sender's own echo is drained but not counted.
@@ -170,6 +171,7 @@ pub(crate) async fn herold_clients(
         }
         let mut config = ClientConfig::new(addr, fp, &id, key);
         config.endpoint = Some(endpoints[(i + 1) % endpoints.len()].clone());
+        config.tcp_fallback = false;
         let counter = counter.clone();
         connecting.spawn(async move {
             let mut c = Client::connect(config).await.unwrap();

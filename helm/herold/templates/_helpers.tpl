@@ -207,6 +207,12 @@ admin_listen = {{ include "herold.addr" (list $bind .Values.ports.admin) | quote
 admin_listen = {{ include "herold.addr" (list "127.0.0.1" .Values.ports.admin) | quote }}
 {{- end }}
 metrics_listen = {{ include "herold.addr" (list $bind .Values.ports.ops) | quote }}
+{{- if .Values.service.quic.tcpFallback }}
+# The TCP fallback (WebSocket over TLS) on the QUIC port's number.
+tcp_listen = {{ include "herold.addr" (list $bind .Values.ports.quic) | quote }}
+{{- else }}
+tcp_fallback = false
+{{- end }}
 data_dir = {{ .Values.dataDir | quote }}
 
 # TLS of QUIC (mounted Secret).

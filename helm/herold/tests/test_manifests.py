@@ -30,7 +30,7 @@ RELAY_CONFIG = os.path.join(ROOT, "relay", "src", "config", "args.rs")
 # Settings of the relay's config file that the chart writes from its own
 # sections (listeners, mounted Secrets, store, router, tracing, drain).
 CHART_MANAGED = {
-    "listen", "admin_listen", "metrics_listen", "data_dir",
+    "listen", "admin_listen", "metrics_listen", "tcp_listen", "tcp_fallback", "data_dir",
     "tls_cert", "tls_key",
     "admin_token_file", "admin_operators_file",
     "admin_tls_cert", "admin_tls_key", "admin_client_ca",
@@ -224,6 +224,33 @@ class Services(Rendered):
             svc = r.one("Service", udp[0][0])
             self.assertEqual(svc["spec"]["type"], "LoadBalancer")
             self.assertEqual(svc["spec"]["externalTrafficPolicy"], "Local")
+
+    def test_the_tcp_fallback_shares_the_quic_port(self):
+        for p, r in self.each():
+            self.assertEqual(r.config_toml()["tcp_listen"], "0.0.0.0:7300", p)
+            tcp = [
+                (s["metadata"]["name"], port)
+                for s in r.kinds("Service")
+                for port in s["spec"]["ports"]
+                if port.get("protocol") == "TCP" and port["port"] == 7300
+            ]
+            self.assertEqual(len(tcp), 1, f"{p}: {tcp}")
+            self.assertEqual(tcp[0][1]["targetPort"], "websocket", p)
+            ports = {(c["name"], c["protocol"]) for _, _, _, c0 in containers(r)
+                     for c in c0.get("ports", [])}
+            self.assertIn(("websocket", "TCP"), ports, p)
+            np = r.one("NetworkPolicy", "herold-relay")
+            ingress = {(port["protocol"], port["port"]): rule for rule in np["spec"]["ingress"] for port in rule["ports"]}
+            self.assertNotIn("from", ingress[("TCP", 7300)], f"{p}: the fallback must come from anywhere")
+
+    def test_the_tcp_fallback_can_be_turned_off(self):
+        r = Render(profile("town"), sets=("service.quic.tcpFallback=false",))
+        self.assertTrue(r.ok, r.error)
+        cfg = r.config_toml()
+        self.assertNotIn("tcp_listen", cfg)
+        self.assertIs(cfg["tcp_fallback"], False)
+        self.assertFalse([port for s in r.kinds("Service") for port in s["spec"]["ports"]
+                          if port.get("protocol") == "TCP" and port["port"] == 7300])
 
     def test_admin_and_ops_are_cluster_internal(self):
         for p, r in self.each():

@@ -23,6 +23,14 @@ pub struct Args {
     /// UDP address for QUIC client connections [default: 127.0.0.1:7300].
     #[arg(long, env = "HEROLD_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// TCP address of the fallback for devices whose network blocks UDP:
+    /// a WebSocket over TLS carrying the same frames [default: the QUIC
+    /// address, on TCP].
+    #[arg(long, env = "HEROLD_TCP_LISTEN")]
+    pub tcp_listen: Option<SocketAddr>,
+    /// Serve QUIC only: no TCP fallback.
+    #[arg(long, env = "HEROLD_NO_TCP_FALLBACK")]
+    pub no_tcp_fallback: bool,
     /// TCP address of the gRPC admin API [default: 127.0.0.1:7301].
     #[arg(long, env = "HEROLD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -267,6 +275,8 @@ pub struct Args {
 pub(super) struct FileConfig {
     pub(super) dev: Option<bool>,
     pub(super) listen: Option<SocketAddr>,
+    pub(super) tcp_listen: Option<SocketAddr>,
+    pub(super) tcp_fallback: Option<bool>,
     pub(super) admin_listen: Option<SocketAddr>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) node_id: Option<String>,

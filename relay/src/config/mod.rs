@@ -81,6 +81,9 @@ pub struct Config {
     pub dev: bool,
     /// QUIC listen address.
     pub listen: SocketAddr,
+    /// The TCP fallback (WebSocket over TLS): `None` when turned off;
+    /// `Some(None)`: on the QUIC address's port, once bound.
+    pub tcp_listen: Option<Option<SocketAddr>>,
     /// Admin API listen address.
     pub admin_listen: SocketAddr,
     /// Data directory.
@@ -135,6 +138,7 @@ impl Config {
         Self {
             dev: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tcp_listen: Some(None),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.into(),
             node_id: "relay-1".into(),
@@ -229,6 +233,11 @@ impl Config {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7300))),
+            tcp_listen: if args.no_tcp_fallback || file.tcp_fallback == Some(false) {
+                None
+            } else {
+                Some(args.tcp_listen.or(file.tcp_listen))
+            },
             admin_listen: args
                 .admin_listen
                 .or(file.admin_listen)

@@ -347,3 +347,21 @@ fn unknown_file_keys_are_errors() {
     let e = parse(&["--config", f.path().to_str().unwrap()]).unwrap_err();
     assert!(e.to_string().contains("max_in_fligth"), "{e}");
 }
+
+#[test]
+fn the_tcp_fallback_is_on_by_default_and_can_be_moved_or_turned_off() {
+    let c = parse(&["--dev"]).unwrap();
+    assert_eq!(c.tcp_listen, Some(None), "on, at the QUIC address");
+    let c = parse(&["--dev", "--tcp-listen", "0.0.0.0:443"]).unwrap();
+    assert_eq!(c.tcp_listen, Some(Some("0.0.0.0:443".parse().unwrap())));
+    let c = parse(&["--dev", "--no-tcp-fallback"]).unwrap();
+    assert_eq!(c.tcp_listen, None);
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "dev = true\ntcp_fallback = false").unwrap();
+    let c = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.tcp_listen, None);
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "dev = true\ntcp_listen = \"127.0.0.1:8443\"").unwrap();
+    let c = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.tcp_listen, Some(Some("127.0.0.1:8443".parse().unwrap())));
+}

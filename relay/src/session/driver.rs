@@ -19,13 +19,14 @@ use herold_proto::auth;
 use herold_proto::codec::{FrameDecoder, decode_message};
 use herold_proto::v1::{self, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tracing::{Instrument as _, debug, warn};
+use tracing::{Instrument as _, warn};
 
 use super::core::{Action, Answer, AuthSecrets, Core, CoreConfig, Input, Now, Query};
 use super::submit::{Done, submit};
 use super::{AUTH_FRAME_BYTES, DeviceCtx, Fatal, ReadEvent, SYNC_PAGE};
 use crate::admission::Ticket;
 use crate::config::Limits;
+use crate::link::{Link, ReadError, Receiver, Sender};
 use crate::metrics::{self as m, code_label};
 use crate::node::{Shared, now_ms};
 use crate::registry::{Kick, Push, SessionHandle};
@@ -72,16 +73,16 @@ fn read_budget(max_frame_bytes: u32) -> Arc<Semaphore> {
 }
 
 async fn read_loop(
-    mut recv: quinn::RecvStream,
+    mut recv: Receiver,
     limit: Arc<AtomicUsize>,
     budget: Arc<Semaphore>,
     tx: mpsc::Sender<Read>,
 ) {
     let mut dec = FrameDecoder::new(AUTH_FRAME_BYTES);
     loop {
-        match recv.read_chunk(64 * 1024, true).await {
+        match recv.chunk().await {
             Ok(Some(chunk)) => {
-                dec.extend(&chunk.bytes);
+                dec.extend(&chunk);
                 if !forward_frames(&mut dec, &limit, &budget, &tx).await {
                     return;
                 }
@@ -94,7 +95,11 @@ async fn read_loop(
                 let _ = tx.send((ev, None)).await;
                 return;
             }
-            Err(_) => {
+            Err(ReadError::Protocol(why)) => {
+                let _ = tx.send((ReadEvent::Malformed(why.into()), None)).await;
+                return;
+            }
+            Err(ReadError::Gone) => {
                 let _ = tx.send((ReadEvent::Closed, None)).await;
                 return;
             }
@@ -152,53 +157,25 @@ fn account_rate_limited(rate: u32, wait: Duration) -> Fatal {
     }
 }
 
-/// Serves one incoming connection until it ends.
-pub(crate) async fn serve(
+/// Runs the session on an established connection until it ends.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_session(
     shared: Arc<Shared>,
-    incoming: quinn::Incoming,
+    conn: Link,
+    (send, recv): (Sender, Receiver),
     ticket: Ticket,
     conn_id: u64,
     drain: watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+    mut open: super::accept::OpenConnection,
 ) {
-    // One deadline covers the TLS handshake, the stream and authentication.
-    let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
-    let conn = match tokio::time::timeout_at(deadline, incoming).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            debug!(error = %e, "handshake failed");
-            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "error").increment(1);
-            return;
-        }
-        Err(_) => {
-            debug!("handshake timed out");
-            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
-            return;
-        }
-    };
-    let mut open = OpenConnection::new();
-    let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            conn.close(
-                quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
-                b"no stream opened in time",
-            );
-            metrics::counter!(m::AUTH, "outcome" => "auth_timeout").increment(1);
-            open.reason = code_label(ErrorCode::AuthTimeout);
-            return;
-        }
-    };
     let (frames_tx, frames_rx) = mpsc::channel(32);
     let budget = read_budget(shared.limits.max_frame_bytes);
     let frame_limit = Arc::new(AtomicUsize::new(
         AUTH_FRAME_BYTES.min(shared.limits.max_frame_bytes as usize),
     ));
     let reader = tokio::spawn(read_loop(recv, frame_limit.clone(), budget, frames_tx));
-    let mut exporter = [0u8; auth::NONCE_BYTES];
-    let exporter = conn
-        .export_keying_material(&mut exporter, auth::EXPORTER_LABEL, b"")
-        .ok()
-        .map(|()| exporter);
+    let exporter = conn.exporter();
     let mut nonce = [0u8; auth::NONCE_BYTES];
     let nonce = getrandom::fill(&mut nonce)
         .map(|()| nonce)
@@ -256,40 +233,11 @@ pub(crate) async fn serve(
             d.close_with(f).await;
         }
         None => {
-            open.reason = match conn.close_reason() {
-                Some(quinn::ConnectionError::TimedOut) => "timeout".into(),
-                Some(quinn::ConnectionError::Reset) => "reset".into(),
-                _ => "closed".into(),
-            };
-            conn.close(0u32.into(), b"bye");
+            open.reason = conn.end_label().into();
+            conn.close(0, "bye");
         }
     }
     reader.abort();
-}
-
-/// An open connection in the metrics: counted open when created, closed
-/// with its `reason` when dropped (whichever way the session ends).
-struct OpenConnection {
-    reason: String,
-}
-
-impl OpenConnection {
-    fn new() -> Self {
-        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
-        metrics::gauge!(m::CONNECTIONS).increment(1.0);
-        Self {
-            reason: "closed".into(),
-        }
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-        let reason = std::mem::take(&mut self.reason);
-        debug!(%reason, "connection closed");
-        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
-    }
 }
 
 struct Driver {
@@ -300,8 +248,8 @@ struct Driver {
     /// answer goes out before the fan-out, so the core's in-flight limit
     /// alone would let a device pile up fan-outs without end.
     fan_outs: Arc<tokio::sync::Semaphore>,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
+    conn: Link,
+    send: Sender,
     frames: mpsc::Receiver<Read>,
     conn_id: u64,
     /// Set by the registry when it cut this session off as a slow consumer.
@@ -432,12 +380,14 @@ impl Driver {
                             self.shared.limits.max_frame_bytes as usize,
                             Ordering::Release,
                         );
-                        // Attachments go on streams of their own.
-                        self.files = Some(tokio::spawn(super::attachments::accept(
-                            self.shared.clone(),
-                            self.conn.clone(),
-                            ctx.clone(),
-                        )));
+                        // Attachments go on streams of their own (QUIC only).
+                        if let Link::Quic(conn) = &self.conn {
+                            self.files = Some(tokio::spawn(super::attachments::accept(
+                                self.shared.clone(),
+                                conn.clone(),
+                                ctx.clone(),
+                            )));
+                        }
                         self.ctx = Some(ctx);
                     }
                     Action::Register => self.register().await,
@@ -493,7 +443,7 @@ impl Driver {
     }
 
     /// Writes every pending frame in one go.
-    async fn write_out(&mut self) -> Result<(), quinn::WriteError> {
+    async fn write_out(&mut self) -> Result<(), crate::link::WriteError> {
         if self.traced.is_empty() {
             return self.send.write_all_chunks(&mut self.out).await;
         }
@@ -634,12 +584,11 @@ impl Driver {
     async fn close_with(&mut self, f: Fatal) {
         if f.code != ErrorCode::Unspecified && !self.dead {
             let frame = crate::frames::fatal_frame(f.code, &f.message, f.retry_after_ms);
-            if self.send.write_all(&frame).await.is_ok() && self.send.finish().is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped()).await;
-            }
+            self.send
+                .finish_with(frame, f.code as u32, Duration::from_secs(2))
+                .await;
         }
-        self.conn
-            .close(quinn::VarInt::from_u32(f.code as u32), f.message.as_bytes());
+        self.conn.close(f.code as u32, &f.message);
     }
 }
 

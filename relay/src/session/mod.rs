@@ -5,13 +5,15 @@
 //! ([`core`]) holds every decision (the authentication steps, what was sent
 //! per conversation, gap fills, sync paging, acks, in-flight submits, the
 //! drain) and is driven by inputs with the time as an argument; the driver
-//! ([`driver`]) owns the QUIC stream, the store, the registry and the clock,
+//! ([`driver`]) owns the frame stream, the store, the registry and the clock,
 //! feeds the core and carries out what it asks for. The core can therefore
-//! be tested in virtual time without sockets (`tests`, `sim`).
+//! be tested in virtual time without sockets (`tests`, `sim`). A
+//! connection comes in through [`accept`]: QUIC, or the TCP fallback (a
+//! WebSocket over TLS, `crate::link`); the session is the same on both.
 //!
 //! Per connection there are two tasks: a reader that decodes frames from the
-//! QUIC stream into a bounded channel (so a fast sender is slowed down by QUIC
-//! flow control, not by our memory), and the driver, the only writer of the
+//! stream into a bounded channel (so a fast sender is slowed down by flow
+//! control, not by our memory), and the driver, the only writer of the
 //! stream. Submits and requests run as their own tasks ([`submit`]), at most
 //! `max_in_flight` per connection, and hand their answer back to the driver.
 //!
@@ -32,6 +34,7 @@ use herold_proto::v1::{self, ErrorCode};
 pub(crate) use crate::frames::{deliver_frame, error_frame, server_frame};
 use crate::metrics::{self as m, code_label};
 
+mod accept;
 mod attachments;
 mod core;
 mod driver;
@@ -45,7 +48,7 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use driver::serve;
+pub(crate) use accept::{serve, serve_ws};
 
 /// Largest number of cursors one Sync may carry.
 pub const MAX_SYNC_CURSORS: usize = 10_000;

@@ -1,0 +1,282 @@
+//! A device's connection, whichever way it came: QUIC, the native
+//! transport, or a WebSocket over TLS on TCP, the fallback for networks
+//! that block UDP (docs/protocol.md, "TCP fallback"). Both carry the same byte stream of
+//! length-prefixed frames, so the session above sees no difference. QUIC
+//! also carries attachment streams; over the fallback a device has its
+//! control stream only.
+//!
+//! A fallback connection is a TLS 1.3 stream (the relay's certificate,
+//! ALPN `http/1.1`) upgraded to a WebSocket at any path; every binary
+//! message is a piece of the frame stream (the relay writes each batch of
+//! frames as one message). The TLS exporter that binds authentication to
+//! the connection is the TLS stream's, as on QUIC.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use herold_proto::auth;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The WebSocket of a fallback connection.
+pub(crate) type Ws = WebSocketStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// WebSocket close codes for the session's error codes: 4000 + the code
+/// (4000–4999 is the range for applications).
+const WS_CODE_BASE: u16 = 4000;
+
+/// Accepts a connection of the TCP fallback on `tcp`: TLS, then the
+/// WebSocket upgrade, with messages of at most `max_message` bytes.
+pub(crate) async fn accept_ws(
+    tcp: tokio::net::TcpStream,
+    tls: &tokio_rustls::TlsAcceptor,
+    max_message: usize,
+    idle: Duration,
+) -> Result<(Link, Sender, Receiver), String> {
+    let tls = tls.accept(tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let exporter = tls
+        .get_ref()
+        .1
+        .export_keying_material([0u8; auth::NONCE_BYTES], auth::EXPORTER_LABEL, Some(b""))
+        .ok();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let ws = tokio_tungstenite::accept_async_with_config(tls, Some(config))
+        .await
+        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+    Ok(Link::ws(ws, exporter, idle))
+}
+
+/// The connection itself: what may close it from anywhere (a kick, a slow
+/// consumer) and what authentication binds to.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    Quic(quinn::Connection),
+    Ws(Arc<WsLink>),
+}
+
+/// The shared state of a fallback connection.
+#[derive(Debug)]
+pub(crate) struct WsLink {
+    /// Cancelled once the connection ends, from either side.
+    ended: CancellationToken,
+    /// The code and reason to close with, once closed by the relay.
+    close: Mutex<Option<(u32, String)>>,
+    exporter: Option<[u8; auth::NONCE_BYTES]>,
+}
+
+impl Link {
+    /// A fallback connection over `ws`, whose TLS stream was `exporter`'s:
+    /// the link and its two halves.
+    pub(crate) fn ws(
+        ws: Ws,
+        exporter: Option<[u8; auth::NONCE_BYTES]>,
+        idle: Duration,
+    ) -> (Self, Sender, Receiver) {
+        let link = Arc::new(WsLink {
+            ended: CancellationToken::new(),
+            close: Mutex::new(None),
+            exporter,
+        });
+        let (sink, stream) = ws.split();
+        (
+            Self::Ws(link.clone()),
+            Sender::Ws {
+                sink,
+                link: link.clone(),
+            },
+            Receiver::Ws { stream, link, idle },
+        )
+    }
+
+    /// The TLS exporter value the authentication transcript binds to.
+    pub(crate) fn exporter(&self) -> Option<[u8; auth::NONCE_BYTES]> {
+        match self {
+            Self::Quic(conn) => {
+                let mut out = [0u8; auth::NONCE_BYTES];
+                conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
+                    .ok()
+                    .map(|()| out)
+            }
+            Self::Ws(l) => l.exporter,
+        }
+    }
+
+    /// Ends the connection at once with `code`: what the peer has not read
+    /// yet is lost.
+    pub(crate) fn close(&self, code: u32, reason: &str) {
+        match self {
+            Self::Quic(conn) => conn.close(quinn::VarInt::from_u32(code), reason.as_bytes()),
+            Self::Ws(l) => {
+                l.close
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert_with(|| (code, reason.to_owned()));
+                l.ended.cancel();
+            }
+        }
+    }
+
+    /// Waits until the connection has ended.
+    pub(crate) async fn closed(&self) {
+        match self {
+            Self::Quic(conn) => {
+                conn.closed().await;
+            }
+            Self::Ws(l) => l.ended.cancelled().await,
+        }
+    }
+
+    /// Why the connection ended, for the metrics, when the relay did not
+    /// end it itself.
+    pub(crate) fn end_label(&self) -> &'static str {
+        match self {
+            Self::Quic(conn) => match conn.close_reason() {
+                Some(quinn::ConnectionError::TimedOut) => "timeout",
+                Some(quinn::ConnectionError::Reset) => "reset",
+                _ => "closed",
+            },
+            Self::Ws(_) => "closed",
+        }
+    }
+
+    /// Which transport, for the metrics.
+    pub(crate) fn transport(&self) -> &'static str {
+        match self {
+            Self::Quic(_) => "quic",
+            Self::Ws(_) => "websocket",
+        }
+    }
+}
+
+/// Why a write did not go through: the connection is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection is closed: {0}")]
+pub(crate) struct WriteError(String);
+
+/// The relay's side of the frame stream.
+#[derive(Debug)]
+pub(crate) enum Sender {
+    Quic(quinn::SendStream),
+    Ws {
+        sink: SplitSink<Ws, Message>,
+        link: Arc<WsLink>,
+    },
+}
+
+impl Sender {
+    /// Writes `chunks` in one go (over the fallback: one message).
+    pub(crate) async fn write_all_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> Result<(), WriteError> {
+        match self {
+            Self::Quic(s) => s
+                .write_all_chunks(chunks)
+                .await
+                .map_err(|e| WriteError(e.to_string())),
+            Self::Ws { sink, link } => {
+                let len = chunks.iter().map(Bytes::len).sum();
+                let mut message = Vec::with_capacity(len);
+                for c in chunks.iter_mut() {
+                    message.extend_from_slice(&std::mem::take(c));
+                }
+                let link = link.clone();
+                tokio::select! {
+                    r = sink.send(Message::Binary(message.into())) => r.map_err(|e| WriteError(e.to_string())),
+                    () = link.ended.cancelled() => Err(WriteError("closed by the relay".into())),
+                }
+            }
+        }
+    }
+
+    /// Writes `frame`, ends the stream and waits up to `grace` for the peer
+    /// to have read it all (over the fallback: a close message with the
+    /// session's code).
+    pub(crate) async fn finish_with(&mut self, frame: Bytes, code: u32, grace: Duration) {
+        match self {
+            Self::Quic(s) => {
+                if s.write_all(&frame).await.is_ok() && s.finish().is_ok() {
+                    let _ = tokio::time::timeout(grace, s.stopped()).await;
+                }
+            }
+            Self::Ws { sink, .. } => {
+                let close = CloseFrame {
+                    code: CloseCode::from(
+                        WS_CODE_BASE.saturating_add(u16::try_from(code).unwrap_or(999)),
+                    ),
+                    reason: "".into(),
+                };
+                let _ = tokio::time::timeout(grace, async {
+                    if !frame.is_empty() {
+                        sink.send(Message::Binary(frame)).await?;
+                    }
+                    sink.send(Message::Close(Some(close))).await
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// The device's side of the frame stream.
+#[derive(Debug)]
+pub(crate) enum Receiver {
+    Quic(quinn::RecvStream),
+    Ws {
+        stream: SplitStream<Ws>,
+        link: Arc<WsLink>,
+        /// Nothing heard for this long (not even a ping): the device is gone.
+        idle: Duration,
+    },
+}
+
+/// Why reading stopped other than at the stream's end.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The connection broke, timed out or was closed by the relay.
+    Gone,
+    /// The device sent something that is not part of the protocol.
+    Protocol(&'static str),
+}
+
+impl Receiver {
+    /// The next bytes of the stream; `Ok(None)` once the device ended it.
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, ReadError> {
+        match self {
+            Self::Quic(r) => match r.read_chunk(64 * 1024, true).await {
+                Ok(c) => Ok(c.map(|c| c.bytes)),
+                Err(_) => Err(ReadError::Gone),
+            },
+            Self::Ws { stream, link, idle } => loop {
+                let next = tokio::select! {
+                    n = tokio::time::timeout(*idle, stream.next()) => n,
+                    () = link.ended.cancelled() => return Err(ReadError::Gone),
+                };
+                let ended = |r| {
+                    link.ended.cancel();
+                    r
+                };
+                match next {
+                    Ok(Some(Ok(Message::Binary(b)))) => return Ok(Some(b)),
+                    Ok(Some(Ok(Message::Close(_))) | None) => return ended(Ok(None)),
+                    Ok(Some(Ok(Message::Text(_)))) => {
+                        return ended(Err(ReadError::Protocol(
+                            "text messages are not part of the protocol: frames go in binary messages",
+                        )));
+                    }
+                    // Pings (answered by the WebSocket layer) and pongs.
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(_))) | Err(_) => return ended(Err(ReadError::Gone)),
+                }
+            },
+        }
+    }
+}
