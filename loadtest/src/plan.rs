@@ -46,11 +46,13 @@ pub struct Measured {
     pub relay_cpu_us_per_delivery: f64,
     /// Relay memory per connected device, KiB (`connections.toml`).
     pub relay_kib_per_device: f64,
-    /// Redis commands per post, per destination relay (`cluster-cost.sh`:
-    /// commands per post net of the cluster at rest, over the relays).
+    /// Redis commands per post, per destination relay other than the
+    /// sender's (`cluster-cost.sh`: commands per post net of the cluster at
+    /// rest, over the relays but one).
     pub redis_commands_per_destination: f64,
-    /// Redis bytes in per post and destination relay, beyond the message
-    /// itself, net of the cluster at rest (`cluster-cost.sh`).
+    /// Redis bytes in per post and destination relay other than the
+    /// sender's, net of the cluster at rest (`cluster-cost.sh`); a post by
+    /// interest carries no message into Redis, only a reference.
     pub redis_bytes_per_destination: f64,
     /// Redis memory per connected device (presence key), bytes.
     pub redis_bytes_per_device: f64,
@@ -233,18 +235,21 @@ pub fn size(load: Load, m: &Measured, a: &Assumed) -> Sizing {
     let relays = serving + a.spare_relays;
     let relay_bound = if by_cpu >= by_memory { "CPU" } else { "memory" };
     // Every post: one SMEMBERS (or MGET) and a publish per destination
-    // relay; a conversation's devices are spread over all serving relays.
+    // relay but the sender's own (its devices get the message without
+    // Redis); a conversation's devices are spread over all serving relays.
+    // By interest an entry is a reference (the message stays out of Redis);
+    // a located one carries the message.
     let (mut redis_commands, mut redis_bytes) = (0.0, 0.0);
     for &(posts, per_conv, bytes) in &load.streams {
-        let destinations = per_conv.min(serving);
-        let lookup_bytes = if per_conv >= INTEREST_MIN_DEVICES {
-            64.0
+        let destinations = (per_conv.min(serving) - 1.0).max(0.0);
+        let (lookup_bytes, message_bytes) = if per_conv >= INTEREST_MIN_DEVICES {
+            (64.0, 0.0)
         } else {
-            per_conv * 64.0
+            (per_conv * 64.0, bytes)
         };
         redis_commands += posts * (1.0 + destinations * m.redis_commands_per_destination);
         redis_bytes +=
-            posts * (lookup_bytes + destinations * (bytes + m.redis_bytes_per_destination));
+            posts * (lookup_bytes + destinations * (message_bytes + m.redis_bytes_per_destination));
     }
     let redis_memory = load.devices * m.redis_bytes_per_device;
     let by_commands = redis_commands / (m.redis_commands_per_core * a.redis_headroom);
@@ -379,7 +384,6 @@ pub fn apply_cost_runs(m: &mut Measured, runs_jsonl: &str) -> Result<usize, Stri
         redis_commands_per_message_net: f64,
         redis_bytes_in_per_message_net: f64,
         cql_ops_per_message_net: f64,
-        message_bytes: f64,
     }
     let runs: Vec<Run> = runs_jsonl
         .lines()
@@ -398,9 +402,12 @@ pub fn apply_cost_runs(m: &mut Measured, runs_jsonl: &str) -> Result<usize, Stri
         v[v.len() / 2]
     };
     m.relay_cpu_us_per_delivery = median(&|r| r.cpu_us_per_delivery);
-    m.redis_commands_per_destination = median(&|r| r.redis_commands_per_message_net / r.relays);
-    m.redis_bytes_per_destination =
-        median(&|r| (r.redis_bytes_in_per_message_net / r.relays - r.message_bytes).max(0.0));
+    // The sender's relay takes no entry: the others are the destinations
+    // (cluster-cost's scenario has members on every relay). Its entries are
+    // references, so the bytes hold no message.
+    let remote = |r: &Run| (r.relays - 1.0).max(1.0);
+    m.redis_commands_per_destination = median(&|r| r.redis_commands_per_message_net / remote(r));
+    m.redis_bytes_per_destination = median(&|r| r.redis_bytes_in_per_message_net / remote(r));
     m.cql_ops_per_post = median(&|r| r.cql_ops_per_message_net);
     Ok(chosen.len())
 }

@@ -144,11 +144,21 @@ fn redis_work_grows_with_relays_not_with_members() {
     };
     let (s, l) = (
         size(small, &measured(), &assumed()),
-        size(large, &measured(), &assumed()),
+        size(large.clone(), &measured(), &assumed()),
     );
-    // Per post: 1 + 5 commands per destination relay.
-    assert_eq!(s.redis_commands, 10.0 * (1.0 + 5.0 * (s.relays - 1.0)));
-    assert_eq!(l.redis_commands, 10.0 * (1.0 + 5.0 * (l.relays - 1.0)));
+    // Per post: 1 + 5 commands per destination relay, the sender's relay
+    // (and the spare) left out.
+    assert_eq!(s.redis_commands, 10.0 * (1.0 + 5.0 * (s.relays - 2.0)));
+    assert_eq!(l.redis_commands, 10.0 * (1.0 + 5.0 * (l.relays - 2.0)));
+    // By interest the message stays out of Redis: a larger one costs the same.
+    let larger_message = Load {
+        streams: vec![(10.0, 100_000.0, 50_000.0)],
+        ..large
+    };
+    assert_eq!(
+        size(larger_message, &measured(), &assumed()).redis_bytes,
+        l.redis_bytes
+    );
     assert!(
         l.relays > s.relays,
         "a hundred times the deliveries needs more relays"
@@ -165,7 +175,12 @@ fn redis_work_grows_with_relays_not_with_members() {
         }
     };
     let t = size(tiny, &measured(), &assumed());
-    assert_eq!(t.redis_bytes, 10.0 * (4.0 * 64.0 + 1.0 * (500.0 + 150.0)));
+    // Located: the message goes into each other relay's entry.
+    let remote = (4.0f64).min(t.relays - 1.0) - 1.0;
+    assert_eq!(
+        t.redis_bytes,
+        10.0 * (4.0 * 64.0 + remote * (500.0 + 150.0))
+    );
 }
 
 #[test]
@@ -179,8 +194,9 @@ fn cost_runs_give_the_medians_of_the_most_relays() {
 "#;
     assert_eq!(apply_cost_runs(&mut m, runs), Ok(3));
     assert_eq!(m.relay_cpu_us_per_delivery, 120.0);
-    assert_eq!(m.redis_commands_per_destination, 16.0);
-    assert_eq!(m.redis_bytes_per_destination, 500.0);
+    // Over the 2 relays that are not the sender's.
+    assert_eq!(m.redis_commands_per_destination, 24.0);
+    assert_eq!(m.redis_bytes_per_destination, 1650.0);
     assert_eq!(m.cql_ops_per_post, 9.0);
     // Untouched: not measured by cluster-cost.
     assert_eq!(m.relay_kib_per_device, 40.0);
