@@ -310,7 +310,10 @@ impl RawConnection {
     }
 
     /// The next frame from the relay; `Ok(None)` when the relay finished the
-    /// stream. Cancel-safe: a cancelled call loses no data.
+    /// stream. Cancel-safe: a cancelled call loses no data. Over the TCP
+    /// fallback the keep-alive pings go out from here: a caller that stops
+    /// reading for longer than the relay's idle timeout loses the
+    /// connection ([`crate::Client`] always reads).
     pub async fn recv(&mut self) -> Result<Option<v1::ServerFrame>, ClientError> {
         loop {
             if let Some(f) = self

@@ -31,6 +31,8 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct TestRelay {
     pub addr: SocketAddr,
+    /// The TCP fallback (WebSocket over TLS), unless turned off.
+    pub tcp_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     /// The operations listener (`/metrics`, `/healthz`, `/readyz`).
     pub metrics_addr: SocketAddr,
@@ -92,6 +94,7 @@ impl TestRelay {
 
     fn started(relay: Relay) -> Self {
         let addr = relay.local_addr().unwrap();
+        let tcp_addr = relay.tcp_addr();
         let admin_addr = relay.admin_addr().unwrap();
         let metrics_addr = relay.metrics_addr().unwrap();
         let fingerprint = herold_client::tls::parse_fingerprint(relay.fingerprint()).unwrap();
@@ -101,6 +104,7 @@ impl TestRelay {
         }));
         Self {
             addr,
+            tcp_addr,
             admin_addr,
             metrics_addr,
             fingerprint,
