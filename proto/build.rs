@@ -17,9 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("herold_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // The gRPC stubs only with the `admin` feature: without it the crate
+    // is messages and framing alone (what a WebAssembly build needs).
+    let admin = std::env::var_os("CARGO_FEATURE_ADMIN").is_some();
     tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
+        .build_server(admin)
+        .build_client(admin)
         .compile_fds(fds)?;
     Ok(())
 }
