@@ -15,6 +15,28 @@ use crate::link::{Link, Receiver, Sender};
 use crate::metrics::{self as m, code_label};
 use crate::node::Shared;
 
+/// The handshake `accepting` of a `transport` connection, by `deadline`;
+/// `None` (counted and logged) when it failed or took too long.
+async fn handshake<T, E: std::fmt::Display>(
+    deadline: tokio::time::Instant,
+    transport: &str,
+    accepting: impl std::future::IntoFuture<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, accepting).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            debug!(error = %e, "{transport} handshake failed");
+            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "error").increment(1);
+            None
+        }
+        Err(_) => {
+            debug!("{transport} handshake timed out");
+            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
+            None
+        }
+    }
+}
+
 /// Serves one incoming connection until it ends.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -25,18 +47,8 @@ pub(crate) async fn serve(
 ) {
     // One deadline covers the TLS handshake, the stream and authentication.
     let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
-    let conn = match tokio::time::timeout_at(deadline, incoming).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            debug!(error = %e, "handshake failed");
-            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "error").increment(1);
-            return;
-        }
-        Err(_) => {
-            debug!("handshake timed out");
-            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
-            return;
-        }
+    let Some(conn) = handshake(deadline, "QUIC", incoming).await else {
+        return;
     };
     let open = OpenConnection::new("quic");
     let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
@@ -80,23 +92,9 @@ pub(crate) async fn serve_ws(
     // A message holds at most a frame and its length prefix.
     let max_message = shared.limits.max_frame_bytes as usize + 16;
     let idle = shared.limits.idle_timeout;
-    let accepted = tokio::time::timeout_at(
-        deadline,
-        crate::link::accept_ws(tcp, &tls, max_message, idle),
-    )
-    .await;
-    let (link, send, recv) = match accepted {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            debug!(error = %e, "TCP fallback handshake failed");
-            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "error").increment(1);
-            return;
-        }
-        Err(_) => {
-            debug!("TCP fallback handshake timed out");
-            metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
-            return;
-        }
+    let accepting = crate::link::accept_ws(tcp, &tls, max_message, idle);
+    let Some((link, send, recv)) = handshake(deadline, "TCP fallback", accepting).await else {
+        return;
     };
     let open = OpenConnection::new(link.transport());
     run_session(
