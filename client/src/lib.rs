@@ -420,6 +420,12 @@ impl Client {
         &self.account_id
     }
 
+    /// The transport of the connection of the moment; `None` while the
+    /// client is reconnecting.
+    pub fn transport(&self) -> Option<raw::Transport> {
+        self.sender().transport()
+    }
+
     /// Sends `ciphertext` to a conversation and waits until the relay has
     /// stored it. `expires_at_ms` 0 uses the conversation's retention.
     pub async fn send(
@@ -494,6 +500,16 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// The transport of the client's connection of the moment; `None`
+    /// while it is reconnecting.
+    pub fn transport(&self) -> Option<raw::Transport> {
+        match self.conn.borrow().as_ref()? {
+            files::Carrier::Quic(c) if c.close_reason().is_none() => Some(raw::Transport::Quic),
+            files::Carrier::Quic(_) => None,
+            files::Carrier::Tcp => Some(raw::Transport::Tcp),
+        }
+    }
+
     /// See [`Client::send`].
     pub async fn send(
         &self,

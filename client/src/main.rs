@@ -625,9 +625,17 @@ async fn connect_e2e(cli: &Cli, device: &str) -> anyhow::Result<E2eClient> {
     let mut config = ClientConfig::new(cli.relay, fingerprint(cli)?, device, key);
     config.cursors = load_state(&state_path(&cli.home, device))?;
     let mls = open_mls(&cli.home, device)?;
-    E2eClient::connect(config, mls)
+    let client = E2eClient::connect(config, mls)
         .await
-        .with_context(|| format!("connecting to {} as {device}", cli.relay))
+        .with_context(|| format!("connecting to {} as {device}", cli.relay))?;
+    if client.transport() == Some(herold_client::raw::Transport::Tcp) {
+        eprintln!(
+            "herold: connected over the relay's TCP fallback: UDP to {} does not get through \
+             (messages work; attachments need QUIC)",
+            cli.relay
+        );
+    }
+    Ok(client)
 }
 
 /// A channel to the admin API: plain HTTP/2 for `http://`, TLS for

@@ -44,19 +44,20 @@ impl Cli {
     }
 
     /// Runs to the end; panics with its output unless it succeeded.
-    async fn run(&self, relay: SocketAddr, args: &[&str]) -> String {
+    /// Returns what it printed on stdout and stderr.
+    async fn run(&self, relay: SocketAddr, args: &[&str]) -> (String, String) {
         let out = tokio::time::timeout(DEADLINE, self.command(relay, args).output())
             .await
             .unwrap_or_else(|_| panic!("herold {args:?} did not finish"))
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             out.status.success(),
-            "herold {args:?} failed: {}\n{stdout}\n{}",
+            "herold {args:?} failed: {}\n{stdout}\n{stderr}",
             out.status,
-            String::from_utf8_lossy(&out.stderr)
         );
-        stdout
+        (stdout, stderr)
     }
 
     /// `herold listen --count 1` as `device`, started.
@@ -154,25 +155,32 @@ async fn the_cli_falls_back_to_tcp_when_udp_is_blocked() {
 
     // Alice is behind the firewall; Bob is on QUIC. Alice sends, Bob reads.
     let mut bob = cli.listen(quic, "bob.phone");
-    cli.run(
-        tcp,
-        &[
-            "send",
-            "--device",
-            "alice.phone",
-            "g1",
-            "over TCP, from behind a firewall",
-        ],
-    )
-    .await;
+    let (_, said) = cli
+        .run(
+            tcp,
+            &[
+                "send",
+                "--device",
+                "alice.phone",
+                "g1",
+                "over TCP, from behind a firewall",
+            ],
+        )
+        .await;
+    assert!(
+        said.contains("TCP fallback"),
+        "the CLI says it fell back: {said}"
+    );
     prints(&mut bob, "over TCP, from behind a firewall").await;
     // Bob answers; Alice reads over TCP.
     let mut alice = cli.listen(tcp, "alice.phone");
-    cli.run(
-        quic,
-        &["send", "--device", "bob.phone", "g1", "received, over QUIC"],
-    )
-    .await;
+    let (_, said) = cli
+        .run(
+            quic,
+            &["send", "--device", "bob.phone", "g1", "received, over QUIC"],
+        )
+        .await;
+    assert!(!said.contains("TCP fallback"), "Bob is on QUIC: {said}");
     prints(&mut alice, "received, over QUIC").await;
 
     let after = metrics(metrics_addr).await;

@@ -238,6 +238,12 @@ impl E2eClient {
             .clone()
     }
 
+    /// The transport of the connection of the moment (QUIC, or the TCP
+    /// fallback); `None` while reconnecting.
+    pub fn transport(&self) -> Option<crate::raw::Transport> {
+        self.sender.transport()
+    }
+
     /// The device's account.
     pub fn account_id(&self) -> &str {
         &self.account_id
