@@ -31,6 +31,28 @@ pub(crate) type Ws = WebSocketStream<tokio_rustls::server::TlsStream<tokio::net:
 /// (4000–4999 is the range for applications).
 const WS_CODE_BASE: u16 = 4000;
 
+/// A connection that arrived: on QUIC, or on the TCP fallback with the
+/// TLS to accept it with.
+// Unboxed: QUIC is the common case, and it was passed by value before.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Incoming {
+    Quic(quinn::Incoming),
+    Tcp(
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        tokio_rustls::TlsAcceptor,
+    ),
+}
+
+impl Incoming {
+    pub(crate) fn remote_address(&self) -> std::net::SocketAddr {
+        match self {
+            Self::Quic(i) => i.remote_address(),
+            Self::Tcp(_, a, _) => *a,
+        }
+    }
+}
+
 /// Accepts a connection of the TCP fallback on `tcp`: TLS, then the
 /// WebSocket upgrade, with messages of at most `max_message` bytes.
 pub(crate) async fn accept_ws(

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::admission::{Ticket, Verdict};
 use crate::config::Config;
 use crate::health::Health;
+use crate::link::Incoming;
 use crate::metrics as m;
 use crate::node::{Shared, now_ms};
 
@@ -263,9 +264,8 @@ impl Relay {
                 })
             })
             .collect();
-        let tcp_tls = tcp.as_ref().map(|t| t.tls.clone());
         if let Some(t) = tcp {
-            acceptors.push(tokio::spawn(accept_tcp(t.listener, incoming_tx.clone())));
+            acceptors.push(tokio::spawn(accept_tcp(t, incoming_tx.clone())));
         }
         drop(incoming_tx);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -294,17 +294,8 @@ impl Relay {
                     if shared.log_client_addresses {
                         span.record("client.addr", tracing::field::display(incoming.remote_address()));
                     }
-                    let tls = tcp_tls.clone();
                     tokio::spawn(tracing::Instrument::instrument(async move {
-                        match (incoming, tls) {
-                            (Incoming::Quic(i), _) => {
-                                crate::session::serve(shared, i, ticket, id, drain).await;
-                            }
-                            (Incoming::Tcp(stream, _), Some(tls)) => {
-                                crate::session::serve_ws(shared, stream, tls, ticket, id, drain).await;
-                            }
-                            (Incoming::Tcp(..), None) => {}
-                        }
+                        crate::session::serve(shared, incoming, ticket, id, drain).await;
                         drop(permit);
                         drop(done);
                     }, span));
@@ -489,23 +480,6 @@ impl std::fmt::Debug for TcpFallback {
     }
 }
 
-/// A connection that arrived: on QUIC, or on the TCP fallback.
-// Unboxed: QUIC is the common case, and it was passed by value before.
-#[allow(clippy::large_enum_variant)]
-enum Incoming {
-    Quic(quinn::Incoming),
-    Tcp(tokio::net::TcpStream, SocketAddr),
-}
-
-impl Incoming {
-    fn remote_address(&self) -> SocketAddr {
-        match self {
-            Self::Quic(i) => i.remote_address(),
-            Self::Tcp(_, a) => *a,
-        }
-    }
-}
-
 /// Binds the TCP fallback: at `at`, or on the QUIC port's number (where a
 /// device tries it when QUIC does not get through). A QUIC port chosen by
 /// the system (port 0) whose number is taken on TCP gets a TCP port of its
@@ -541,12 +515,16 @@ async fn bind_tcp(
 }
 
 /// Accepts TCP connections of the fallback until the relay drains.
-async fn accept_tcp(listener: tokio::net::TcpListener, tx: mpsc::Sender<Incoming>) {
+async fn accept_tcp(tcp: TcpFallback, tx: mpsc::Sender<Incoming>) {
     loop {
-        match listener.accept().await {
+        match tcp.listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                if tx.send(Incoming::Tcp(stream, addr)).await.is_err() {
+                if tx
+                    .send(Incoming::Tcp(stream, addr, tcp.tls.clone()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::driver::run_session;
 use crate::admission::Ticket;
-use crate::link::{Link, Receiver, Sender};
+use crate::link::{Incoming, Link, Receiver, Sender, accept_ws};
 use crate::metrics::{self as m, code_label};
 use crate::node::Shared;
 
@@ -37,66 +37,30 @@ async fn handshake<T, E: std::fmt::Display>(
     }
 }
 
-/// Serves one incoming connection until it ends.
+/// Serves one incoming connection, QUIC or the TCP fallback, until it
+/// ends. One deadline covers the handshake, the stream and authentication.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    incoming: quinn::Incoming,
+    incoming: Incoming,
     ticket: Ticket,
     conn_id: u64,
     drain: watch::Receiver<bool>,
 ) {
-    // One deadline covers the TLS handshake, the stream and authentication.
     let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
-    let Some(conn) = handshake(deadline, "QUIC", incoming).await else {
-        return;
-    };
-    let open = OpenConnection::new("quic");
-    let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            conn.close(
-                quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
-                b"no stream opened in time",
-            );
-            metrics::counter!(m::AUTH, "outcome" => "auth_timeout").increment(1);
-            let mut open = open;
-            open.reason = code_label(ErrorCode::AuthTimeout);
-            return;
+    let established = match incoming {
+        Incoming::Quic(i) => quic(i, deadline).await,
+        Incoming::Tcp(tcp, _, tls) => {
+            // A message holds at most a frame and its length prefix.
+            let max_message = shared.limits.max_frame_bytes as usize + 16;
+            let accepting = accept_ws(tcp, &tls, max_message, shared.limits.idle_timeout);
+            handshake(deadline, "TCP fallback", accepting)
+                .await
+                .map(|(link, send, recv)| (OpenConnection::new(link.transport()), link, send, recv))
         }
     };
-    let streams = (Sender::Quic(send), Receiver::Quic(recv));
-    run_session(
-        shared,
-        Link::Quic(conn),
-        streams,
-        ticket,
-        conn_id,
-        drain,
-        deadline,
-        open,
-    )
-    .await;
-}
-
-/// Serves one connection of the TCP fallback until it ends: TLS, the
-/// WebSocket upgrade, then the session as on QUIC.
-pub(crate) async fn serve_ws(
-    shared: Arc<Shared>,
-    tcp: tokio::net::TcpStream,
-    tls: tokio_rustls::TlsAcceptor,
-    ticket: Ticket,
-    conn_id: u64,
-    drain: watch::Receiver<bool>,
-) {
-    let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
-    // A message holds at most a frame and its length prefix.
-    let max_message = shared.limits.max_frame_bytes as usize + 16;
-    let idle = shared.limits.idle_timeout;
-    let accepting = crate::link::accept_ws(tcp, &tls, max_message, idle);
-    let Some((link, send, recv)) = handshake(deadline, "TCP fallback", accepting).await else {
+    let Some((open, link, send, recv)) = established else {
         return;
     };
-    let open = OpenConnection::new(link.transport());
     run_session(
         shared,
         link,
@@ -108,6 +72,32 @@ pub(crate) async fn serve_ws(
         open,
     )
     .await;
+}
+
+/// The QUIC handshake and the device's control stream, by `deadline`.
+async fn quic(
+    incoming: quinn::Incoming,
+    deadline: tokio::time::Instant,
+) -> Option<(OpenConnection, Link, Sender, Receiver)> {
+    let conn = handshake(deadline, "QUIC", incoming).await?;
+    let mut open = OpenConnection::new("quic");
+    match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok((send, recv))) => Some((
+            open,
+            Link::Quic(conn),
+            Sender::Quic(send),
+            Receiver::Quic(recv),
+        )),
+        _ => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::AuthTimeout as u32),
+                b"no stream opened in time",
+            );
+            metrics::counter!(m::AUTH, "outcome" => "auth_timeout").increment(1);
+            open.reason = code_label(ErrorCode::AuthTimeout);
+            None
+        }
+    }
 }
 
 /// An open connection in the metrics: counted open when created, closed

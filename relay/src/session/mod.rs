@@ -48,7 +48,7 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use accept::{serve, serve_ws};
+pub(crate) use accept::serve;
 
 /// Largest number of cursors one Sync may carry.
 pub const MAX_SYNC_CURSORS: usize = 10_000;
