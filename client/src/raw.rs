@@ -384,6 +384,19 @@ impl RawConnection {
         device_id: &str,
         key: &SigningKey,
     ) -> Result<v1::AuthOk, ClientError> {
+        self.authenticate_as(device_id, key, None).await
+    }
+
+    /// [`authenticate`](Self::authenticate), binding the signature to
+    /// `relay_name` (the relay's `host[:port]`) instead of the TLS
+    /// exporter when one is given, as browsers do (docs/protocol.md,
+    /// "Browsers"); the relay accepts that over WebSocket only.
+    pub async fn authenticate_as(
+        &mut self,
+        device_id: &str,
+        key: &SigningKey,
+        relay_name: Option<&str>,
+    ) -> Result<v1::AuthOk, ClientError> {
         self.send_kind(client_frame::Kind::Hello(v1::Hello {
             version: PROTOCOL_VERSION,
             device_id: device_id.to_owned(),
@@ -394,9 +407,14 @@ impl RawConnection {
             server_frame::Kind::AuthChallenge(c) => c.nonce,
             other => return Err(unexpected(other)),
         };
-        let sig = key.sign(&auth::transcript(&nonce, &self.exporter()?, device_id));
+        let transcript = match relay_name {
+            Some(name) => auth::web_transcript(&nonce, name, device_id),
+            None => auth::transcript(&nonce, &self.exporter()?, device_id),
+        };
+        let sig = key.sign(&transcript);
         self.send_kind(client_frame::Kind::AuthResponse(v1::AuthResponse {
             signature: sig.to_bytes().to_vec(),
+            relay_name: relay_name.unwrap_or_default().to_owned(),
         }))
         .await?;
         match self.expect_frame().await? {

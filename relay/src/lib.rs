@@ -47,6 +47,10 @@
 //!   (`session::attachments`).
 //! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
 //!   health and reflection), its authorisation and audit log.
+//! - `web`: the TCP port's HTTP: the WebSocket upgrade into a session
+//!   (native fallback and browsers, with the relay names a browser signs),
+//!   the web messenger's files under a strict Content-Security-Policy,
+//!   enrollment from a browser.
 //! - [`server`]: [`Relay`]: binds QUIC, the TCP fallback and the admin API, accepts
 //!   connections, runs the node's tasks, drains on shutdown.
 //!
@@ -86,6 +90,7 @@ mod session;
 pub mod telemetry;
 mod tls;
 mod udp;
+mod web;
 
 pub use config::{Config, ConfigError};
 pub use server::Relay;

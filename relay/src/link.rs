@@ -9,7 +9,10 @@
 //! ALPN `http/1.1`) upgraded to a WebSocket at any path; every binary
 //! message is a piece of the frame stream (the relay writes each batch of
 //! frames as one message). The TLS exporter that binds authentication to
-//! the connection is the TLS stream's, as on QUIC.
+//! the connection is the TLS stream's, as on QUIC; a browser, which cannot
+//! read it, signs one of the relay's names instead ([`Link::names`]).
+//! The same TCP port serves plain HTTP too (the web messenger's files,
+//! enrollment), behind the [`TcpDoor`].
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -20,19 +23,20 @@ use futures_util::{SinkExt, StreamExt};
 use herold_proto::auth;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
-/// The WebSocket of a fallback connection.
-pub(crate) type Ws = WebSocketStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+/// The WebSocket of a fallback connection: the TLS stream, upgraded by the
+/// relay's HTTP server (`web`).
+pub(crate) type Ws = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 /// WebSocket close codes for the session's error codes: 4000 + the code
 /// (4000–4999 is the range for applications).
 const WS_CODE_BASE: u16 = 4000;
 
-/// A connection that arrived: on QUIC, or on the TCP fallback with the
-/// TLS to accept it with.
+/// A connection that arrived: on QUIC, or on TCP with the door that turns
+/// it into a session (or serves it as plain HTTP).
 // Unboxed: QUIC is the common case, and it was passed by value before.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Incoming {
@@ -40,7 +44,7 @@ pub(crate) enum Incoming {
     Tcp(
         tokio::net::TcpStream,
         std::net::SocketAddr,
-        tokio_rustls::TlsAcceptor,
+        Arc<dyn TcpDoor>,
     ),
 }
 
@@ -53,27 +57,36 @@ impl Incoming {
     }
 }
 
-/// Accepts a connection of the TCP fallback on `tcp`: TLS, then the
-/// WebSocket upgrade, with messages of at most `max_message` bytes.
-pub(crate) async fn accept_ws(
-    tcp: tokio::net::TcpStream,
-    tls: &tokio_rustls::TlsAcceptor,
-    max_message: usize,
-    idle: Duration,
-) -> Result<(Link, Sender, Receiver), String> {
-    let tls = tls.accept(tcp).await.map_err(|e| format!("TLS: {e}"))?;
-    let exporter = tls
-        .get_ref()
-        .1
-        .export_keying_material([0u8; auth::NONCE_BYTES], auth::EXPORTER_LABEL, Some(b""))
-        .ok();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message));
-    let ws = tokio_tungstenite::accept_async_with_config(tls, Some(config))
-        .await
-        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
-    Ok(Link::ws(ws, exporter, idle))
+/// What a TCP connection became at the door.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// A WebSocket upgrade: the session's frame stream.
+    Session(Link, Sender, Receiver),
+    /// Plain HTTP (the web messenger's files, an enrollment), served and
+    /// ended.
+    Served,
+}
+
+/// Why a TCP connection did not get through its door.
+#[derive(Debug)]
+pub(crate) enum DoorError {
+    /// The handshake failed (TLS, HTTP, the upgrade).
+    Failed(String),
+    /// It did not finish by the deadline.
+    TimedOut,
+}
+
+/// The way in on TCP (TLS, then HTTP with the WebSocket upgrade; `web`),
+/// given here so that the session need not know the web server.
+#[async_trait::async_trait]
+pub(crate) trait TcpDoor: Send + Sync {
+    /// Takes `tcp` from `from` through TLS and HTTP by `deadline`.
+    async fn open(
+        &self,
+        tcp: tokio::net::TcpStream,
+        from: std::net::SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, DoorError>;
 }
 
 /// The connection itself: what may close it from anywhere (a kick, a slow
@@ -92,20 +105,25 @@ pub(crate) struct WsLink {
     /// The code and reason to close with, once closed by the relay.
     close: Mutex<Option<(u32, String)>>,
     exporter: Option<[u8; auth::NONCE_BYTES]>,
+    /// The relay names a browser may sign instead of the exporter.
+    names: Arc<[String]>,
 }
 
 impl Link {
-    /// A fallback connection over `ws`, whose TLS stream was `exporter`'s:
-    /// the link and its two halves.
+    /// A fallback connection over `ws`, whose TLS stream was `exporter`'s
+    /// and where a browser may sign one of `names` instead: the link and
+    /// its two halves.
     pub(crate) fn ws(
         ws: Ws,
         exporter: Option<[u8; auth::NONCE_BYTES]>,
+        names: Arc<[String]>,
         idle: Duration,
     ) -> (Self, Sender, Receiver) {
         let link = Arc::new(WsLink {
             ended: CancellationToken::new(),
             close: Mutex::new(None),
             exporter,
+            names,
         });
         let (sink, stream) = ws.split();
         (
@@ -128,6 +146,15 @@ impl Link {
                     .map(|()| out)
             }
             Self::Ws(l) => l.exporter,
+        }
+    }
+
+    /// The relay names a device may sign instead of the exporter: none on
+    /// QUIC, where every client reads the exporter.
+    pub(crate) fn names(&self) -> Arc<[String]> {
+        match self {
+            Self::Quic(_) => Arc::from(Vec::new()),
+            Self::Ws(l) => l.names.clone(),
         }
     }
 

@@ -104,6 +104,10 @@ impl Relay {
             Some(at) => Some(TcpFallback {
                 listener: bind_tcp(at, config.listen, &endpoints).await?,
                 tls: tcp_tls,
+                files: match &config.web_root {
+                    Some(root) => Some(crate::web::Files::load(root)?),
+                    None => None,
+                },
             }),
         };
         let admin_tls = crate::admin::tls_config(&config)?;
@@ -234,8 +238,9 @@ impl Relay {
         let cursor_task = tokio::spawn(flush_cursors(shared.clone()));
         let health_task = tokio::spawn(crate::health::keep_checking(health.clone()));
         let ops_task = tokio::spawn(crate::health::serve(health.clone(), ops, stopped()));
+        let admin_node = crate::admin::AdminNode::new(&shared);
         let admin_task = {
-            let node = crate::admin::AdminNode::new(&shared);
+            let node = admin_node.clone();
             let auth = admin_auth;
             let stop = stopped();
             tokio::spawn(async move {
@@ -265,7 +270,12 @@ impl Relay {
             })
             .collect();
         if let Some(t) = tcp {
-            acceptors.push(tokio::spawn(accept_tcp(t, incoming_tx.clone())));
+            let door = t.door(&config, &admin_node)?;
+            acceptors.push(tokio::spawn(accept_tcp(
+                t.listener,
+                door,
+                incoming_tx.clone(),
+            )));
         }
         drop(incoming_tx);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -466,10 +476,37 @@ async fn purge_expired(shared: Arc<Shared>) {
     }
 }
 
-/// The TCP fallback's listener and TLS.
+/// The TCP port's listener, TLS and web messenger files.
 struct TcpFallback {
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
+    files: Option<crate::web::Files>,
+}
+
+impl TcpFallback {
+    /// The port's door: TLS, HTTP, the WebSocket upgrade, enrollment.
+    fn door(
+        &self,
+        config: &Config,
+        admin: &Arc<crate::admin::AdminNode>,
+    ) -> anyhow::Result<Arc<dyn crate::link::TcpDoor>> {
+        let port = self.listener.local_addr()?.port();
+        let names = if config.web_names.is_empty() {
+            crate::web::default_names(config.dev, port)
+        } else {
+            config.web_names.clone()
+        };
+        Ok(Arc::new(crate::web::Web {
+            tls: self.tls.clone(),
+            files: self.files.clone(),
+            origins: crate::web::origins(&names, &config.web_origins),
+            names: names.into(),
+            enrollment: crate::admin::EnrollmentService::new(admin.clone()),
+            // A message holds at most a frame and its length prefix.
+            max_message: config.limits.max_frame_bytes as usize + 16,
+            idle: config.limits.idle_timeout,
+        }))
+    }
 }
 
 impl std::fmt::Debug for TcpFallback {
@@ -515,13 +552,17 @@ async fn bind_tcp(
 }
 
 /// Accepts TCP connections of the fallback until the relay drains.
-async fn accept_tcp(tcp: TcpFallback, tx: mpsc::Sender<Incoming>) {
+async fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    door: Arc<dyn crate::link::TcpDoor>,
+    tx: mpsc::Sender<Incoming>,
+) {
     loop {
-        match tcp.listener.accept().await {
+        match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
                 if tx
-                    .send(Incoming::Tcp(stream, addr, tcp.tls.clone()))
+                    .send(Incoming::Tcp(stream, addr, door.clone()))
                     .await
                     .is_err()
                 {

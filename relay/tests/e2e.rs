@@ -329,6 +329,7 @@ async fn replayed_auth_response_is_rejected() {
     genuine
         .send_kind(client_frame::Kind::AuthResponse(v1::AuthResponse {
             signature: recorded.clone(),
+            relay_name: String::new(),
         }))
         .await
         .unwrap();
@@ -349,6 +350,7 @@ async fn replayed_auth_response_is_rejected() {
     replay
         .send_kind(client_frame::Kind::AuthResponse(v1::AuthResponse {
             signature: recorded,
+            relay_name: String::new(),
         }))
         .await
         .unwrap();

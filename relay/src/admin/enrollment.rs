@@ -247,10 +247,29 @@ impl Enrollment for EnrollmentService {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::Device>, Status> {
+        let from = req.remote_addr().map(|a| a.ip());
+        self.redeem(from, req.into_inner()).await.map(Response::new)
+    }
+}
+
+impl EnrollmentService {
+    /// The service on the node's state (its failure limits shared with
+    /// every other way in: the gRPC service and the web listener).
+    pub(crate) fn new(node: Arc<AdminNode>) -> Self {
+        Self { node }
+    }
+
+    /// Redeems a one-time code for the device in `r`, asked from the
+    /// address `from`.
+    pub(crate) async fn redeem(
+        &self,
+        from: Option<std::net::IpAddr>,
+        r: v1::EnrollRequest,
+    ) -> Result<v1::Device, Status> {
         // Per address: an office or a carrier's NAT is one address, so
         // only failures count, and only those that are the caller's.
-        let from = req.remote_addr().map_or_else(String::new, |a| {
-            crate::admission::address_key(a.ip()).to_string()
+        let from = from.map_or_else(String::new, |ip| {
+            crate::admission::address_key(ip).to_string()
         });
         let at = Instant::now();
         if let Err(wait) = self.node.enroll_failures.peek(&from, at) {
@@ -260,7 +279,6 @@ impl Enrollment for EnrollmentService {
                 wait.as_millis().max(1)
             )));
         }
-        let r = req.into_inner();
         let result = async {
             check_id("device", &r.device_id)?;
             valid_public_key(&r.public_key)?;
@@ -327,6 +345,6 @@ impl Enrollment for EnrollmentService {
             detail,
         )
         .await;
-        result.map(Response::new)
+        result
     }
 }

@@ -249,7 +249,7 @@ pub(crate) async fn serve(
             AdminService::new(node.clone()),
             check,
         ))
-        .add_service(EnrollmentServer::new(EnrollmentService { node }))
+        .add_service(EnrollmentServer::new(EnrollmentService::new(node)))
         .add_service(health_service)
         .add_optional_service(reflection);
     let served = router

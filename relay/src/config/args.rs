@@ -31,6 +31,21 @@ pub struct Args {
     /// Serve QUIC only: no TCP fallback.
     #[arg(long, env = "HEROLD_NO_TCP_FALLBACK")]
     pub no_tcp_fallback: bool,
+    /// Directory of the web messenger's built files, served on the TCP
+    /// port (docs/web.md) [default: none].
+    #[arg(long, env = "HEROLD_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
+    /// Names browsers reach the relay by, comma-separated, as a URL writes
+    /// them (`host[:port]`, no port for 443); a browser's device signs the
+    /// name [default: with --dev, localhost, 127.0.0.1 and [::1] at the
+    /// TCP port; otherwise none].
+    #[arg(long, env = "HEROLD_WEB_NAMES")]
+    pub web_names: Option<String>,
+    /// Origins of other pages that may connect, comma-separated (the web
+    /// messenger served elsewhere: `https://messenger.city.example`); the
+    /// relay's own names are always allowed [default: none].
+    #[arg(long, env = "HEROLD_WEB_ORIGINS")]
+    pub web_origins: Option<String>,
     /// TCP address of the gRPC admin API [default: 127.0.0.1:7301].
     #[arg(long, env = "HEROLD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -277,6 +292,9 @@ pub(super) struct FileConfig {
     pub(super) listen: Option<SocketAddr>,
     pub(super) tcp_listen: Option<SocketAddr>,
     pub(super) tcp_fallback: Option<bool>,
+    pub(super) web_root: Option<PathBuf>,
+    pub(super) web_names: Option<String>,
+    pub(super) web_origins: Option<String>,
     pub(super) admin_listen: Option<SocketAddr>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) node_id: Option<String>,

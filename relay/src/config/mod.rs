@@ -84,6 +84,13 @@ pub struct Config {
     /// The TCP fallback (WebSocket over TLS): `None` when turned off;
     /// `Some(None)`: on the QUIC address's port, once bound.
     pub tcp_listen: Option<Option<SocketAddr>>,
+    /// The web messenger's files, served on the TCP port.
+    pub web_root: Option<PathBuf>,
+    /// Names browsers reach the relay by (`host[:port]`); empty: the
+    /// defaults (`--dev` only).
+    pub web_names: Vec<String>,
+    /// Origins of other pages that may connect.
+    pub web_origins: Vec<String>,
     /// Admin API listen address.
     pub admin_listen: SocketAddr,
     /// Data directory.
@@ -139,6 +146,9 @@ impl Config {
             dev: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tcp_listen: Some(None),
+            web_root: None,
+            web_names: Vec::new(),
+            web_origins: Vec::new(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.into(),
             node_id: "relay-1".into(),
@@ -238,6 +248,15 @@ impl Config {
             } else {
                 Some(args.tcp_listen.or(file.tcp_listen))
             },
+            web_root: args.web_root.or(file.web_root),
+            web_names: list(args.web_names.or(file.web_names))
+                .into_iter()
+                .map(|n| web_name(&n))
+                .collect::<Result<_, _>>()?,
+            web_origins: list(args.web_origins.or(file.web_origins))
+                .into_iter()
+                .map(|o| web_origin(&o))
+                .collect::<Result<_, _>>()?,
             admin_listen: args
                 .admin_listen
                 .or(file.admin_listen)
@@ -329,6 +348,14 @@ impl Config {
 
     /// Checks every value; the first bad one is reported with its name.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.web_root.is_some() && self.tcp_listen.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "web-root",
+                reason: "the web messenger is served on the TCP port, which \
+                         --no-tcp-fallback turns off"
+                    .into(),
+            });
+        }
         for (name, v) in [
             ("udp-recv-buffer-bytes", self.limits.udp_recv_buffer_bytes),
             ("udp-send-buffer-bytes", self.limits.udp_send_buffer_bytes),
@@ -649,4 +676,47 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+}
+
+/// The items of a comma-separated setting.
+fn list(setting: Option<String>) -> Vec<String> {
+    setting
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A name browsers reach the relay by, as the browser writes it: lower
+/// case, no port for 443.
+fn web_name(name: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    let name = lower.strip_suffix(":443").unwrap_or(&lower).to_owned();
+    if herold_proto::auth::valid_relay_name(&name) {
+        Ok(name)
+    } else {
+        Err(ConfigError::Invalid {
+            name: "web-names",
+            reason: format!(
+                "{name:?} is not a host[:port] (letters, digits, '.', '-', ':', brackets for IPv6)"
+            ),
+        })
+    }
+}
+
+/// An origin of pages that may connect: a scheme and a host, no path.
+fn web_origin(origin: &str) -> Result<String, ConfigError> {
+    let lower = origin.to_ascii_lowercase();
+    let host = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"));
+    match host {
+        Some(h) if herold_proto::auth::valid_relay_name(h) => Ok(lower),
+        _ => Err(ConfigError::Invalid {
+            name: "web-origins",
+            reason: format!("{origin:?} is not an origin: https://host[:port], without a path"),
+        }),
+    }
 }

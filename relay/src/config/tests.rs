@@ -365,3 +365,32 @@ fn the_tcp_fallback_is_on_by_default_and_can_be_moved_or_turned_off() {
     let c = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
     assert_eq!(c.tcp_listen, Some(Some("127.0.0.1:8443".parse().unwrap())));
 }
+
+#[test]
+fn web_names_and_origins_are_written_as_a_browser_writes_them() {
+    let c = parse(&[
+        "--dev",
+        "--web-names",
+        "Relay.City.Example:443, relay.city.example:7300",
+        "--web-origins",
+        "https://Messenger.City.Example",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.web_names,
+        ["relay.city.example", "relay.city.example:7300"]
+    );
+    assert_eq!(c.web_origins, ["https://messenger.city.example"]);
+    assert!(c.web_root.is_none(), "no web messenger unless asked");
+    for (flag, bad) in [
+        ("--web-names", "https://relay.example"),
+        ("--web-names", "relay example"),
+        ("--web-origins", "relay.example"),
+        ("--web-origins", "https://relay.example/app"),
+    ] {
+        let e = parse(&["--dev", flag, bad]).unwrap_err();
+        assert!(e.to_string().contains(&flag[2..]), "{flag} {bad}: {e}");
+    }
+    let e = parse(&["--dev", "--no-tcp-fallback", "--web-root", "web"]).unwrap_err();
+    assert!(e.to_string().contains("web-root"), "{e}");
+}

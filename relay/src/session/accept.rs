@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::driver::run_session;
 use crate::admission::Ticket;
-use crate::link::{Incoming, Link, Receiver, Sender, accept_ws};
+use crate::link::{DoorError, Incoming, Link, Opened, Receiver, Sender};
 use crate::metrics::{self as m, code_label};
 use crate::node::Shared;
 
@@ -49,14 +49,27 @@ pub(crate) async fn serve(
     let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
     let established = match incoming {
         Incoming::Quic(i) => quic(i, deadline).await,
-        Incoming::Tcp(tcp, _, tls) => {
-            // A message holds at most a frame and its length prefix.
-            let max_message = shared.limits.max_frame_bytes as usize + 16;
-            let accepting = accept_ws(tcp, &tls, max_message, shared.limits.idle_timeout);
-            handshake(deadline, "TCP fallback", accepting)
-                .await
-                .map(|(link, send, recv)| (OpenConnection::new(link.transport()), link, send, recv))
-        }
+        Incoming::Tcp(tcp, from, door) => match door.open(tcp, from, deadline).await {
+            Ok(Opened::Session(link, send, recv)) => {
+                Some((OpenConnection::new(link.transport()), link, send, recv))
+            }
+            // Plain HTTP: no session.
+            Ok(Opened::Served) => None,
+            Err(e) => {
+                let reason = match e {
+                    DoorError::Failed(why) => {
+                        debug!(error = %why, "TCP handshake failed");
+                        "error"
+                    }
+                    DoorError::TimedOut => {
+                        debug!("TCP handshake timed out");
+                        "timeout"
+                    }
+                };
+                metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+                None
+            }
+        },
     };
     let Some((open, link, send, recv)) = established else {
         return;

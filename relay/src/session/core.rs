@@ -71,11 +71,14 @@ pub(crate) struct Now {
 }
 
 /// What authentication needs from the connection: the challenge nonce (or
-/// why there is none) and the TLS exporter the signature binds to.
+/// why there is none), the TLS exporter the signature binds to, and the
+/// relay names a device may bind to instead (a WebSocket's browser; empty
+/// on QUIC, where every client reads the exporter).
 #[derive(Debug, Clone)]
 pub(crate) struct AuthSecrets {
     pub nonce: Result<[u8; NONCE_BYTES], String>,
     pub exporter: Option<[u8; NONCE_BYTES]>,
+    pub names: Arc<[String]>,
 }
 
 /// Something that happened to the session.

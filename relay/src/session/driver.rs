@@ -182,7 +182,11 @@ pub(super) async fn run_session(
         .map_err(|e| e.to_string());
     let core = Core::new(
         CoreConfig::from_limits(&shared.limits),
-        AuthSecrets { nonce, exporter },
+        AuthSecrets {
+            nonce,
+            exporter,
+            names: conn.names(),
+        },
         deadline.into_std(),
     );
     let (replies_tx, replies_rx) = mpsc::unbounded_channel();

@@ -47,6 +47,8 @@ mod sim;
 mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod web_auth_tests;
 
 pub(crate) use accept::serve;
 

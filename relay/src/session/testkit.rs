@@ -24,6 +24,8 @@ pub(super) const DEVICE: &str = "bob.phone";
 pub(super) const ACCOUNT: &str = "bob";
 pub(super) const NONCE: [u8; auth::NONCE_BYTES] = [1; auth::NONCE_BYTES];
 pub(super) const EXPORTER: [u8; auth::NONCE_BYTES] = [2; auth::NONCE_BYTES];
+/// The relay name a browser may sign in the harness.
+pub(super) const WEB_NAME: &str = "relay.example:7300";
 /// Wall clock at the start of every test (unix milliseconds).
 pub(super) const WALL0: i64 = 1_800_000_000_000;
 pub(super) const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,10 +179,17 @@ pub(super) struct Harness {
 
 impl Harness {
     pub fn new(config: CoreConfig) -> Self {
+        Self::with_names(config, &[WEB_NAME])
+    }
+
+    /// A harness whose connection offers the relay-name binding for
+    /// `names` (none: a QUIC connection).
+    pub fn with_names(config: CoreConfig, names: &[&str]) -> Self {
         let t0 = Instant::now();
         let secrets = AuthSecrets {
             nonce: Ok(NONCE),
             exporter: Some(EXPORTER),
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
         };
         Self {
             core: Core::new(config, secrets, t0 + AUTH_TIMEOUT),
@@ -314,14 +323,33 @@ impl Harness {
 
     /// Answers the challenge written last with a signature by `key`.
     pub fn respond(&mut self, key: &SigningKey) {
+        let nonce = self.challenge();
+        let sig = key.sign(&auth::transcript(&nonce, &EXPORTER, DEVICE));
+        self.feed(frame(client_frame::Kind::AuthResponse(v1::AuthResponse {
+            signature: sig.to_bytes().to_vec(),
+            relay_name: String::new(),
+        })));
+    }
+
+    /// Answers the challenge written last as a browser does: `key` signs
+    /// the relay-name transcript of `signed`, and the response names
+    /// `named`.
+    pub fn respond_named(&mut self, key: &SigningKey, signed: &str, named: &str) {
+        let nonce = self.challenge();
+        let sig = key.sign(&auth::web_transcript(&nonce, signed, DEVICE));
+        self.feed(frame(client_frame::Kind::AuthResponse(v1::AuthResponse {
+            signature: sig.to_bytes().to_vec(),
+            relay_name: named.into(),
+        })));
+    }
+
+    /// The nonce of the challenge written last.
+    fn challenge(&mut self) -> Vec<u8> {
         let written = self.take_written();
         let Some(server_frame::Kind::AuthChallenge(ch)) = written.last() else {
             panic!("no challenge: {written:?}");
         };
-        let sig = key.sign(&auth::transcript(&ch.nonce, &EXPORTER, DEVICE));
-        self.feed(frame(client_frame::Kind::AuthResponse(v1::AuthResponse {
-            signature: sig.to_bytes().to_vec(),
-        })));
+        ch.nonce.clone()
     }
 }
 

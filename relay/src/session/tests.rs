@@ -109,6 +109,7 @@ fn a_bad_signature_or_a_malformed_one_is_refused() {
             None => h.respond(&SigningKey::from_bytes(&[9; 32])),
             Some(s) => h.feed(frame(client_frame::Kind::AuthResponse(v1::AuthResponse {
                 signature: s,
+                relay_name: String::new(),
             }))),
         }
         assert_eq!(fatal(&mut h), (ErrorCode::AuthFailed, want.into()));

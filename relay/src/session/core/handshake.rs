@@ -183,11 +183,16 @@ impl Core {
                 ));
             }
         };
-        let exporter = self
-            .secrets
-            .exporter
-            .ok_or_else(|| Fatal::new(ErrorCode::Internal, "TLS exporter unavailable"))?;
-        let transcript = auth::transcript(nonce, &exporter, &device.id);
+        let transcript = if response.relay_name.is_empty() {
+            let exporter = self
+                .secrets
+                .exporter
+                .ok_or_else(|| Fatal::new(ErrorCode::Internal, "TLS exporter unavailable"))?;
+            auth::transcript(nonce, &exporter, &device.id)
+        } else {
+            self.relay_name(&response.relay_name)?;
+            auth::web_transcript(nonce, &response.relay_name, &device.id)
+        };
         let malformed = || Fatal::new(ErrorCode::Internal, "the enrolled public key is malformed");
         let key_bytes: [u8; 32] = device
             .public_key
@@ -199,6 +204,32 @@ impl Core {
             .map_err(|_| Fatal::new(ErrorCode::AuthFailed, "the signature is malformed"))?;
         key.verify_strict(&transcript, &sig)
             .map_err(|_| wrong_signature())
+    }
+
+    /// Checks the relay name a device signed instead of the exporter: only
+    /// over a transport that offers the binding, and only one of this
+    /// relay's own names.
+    fn relay_name(&self, name: &str) -> Result<(), Fatal> {
+        if self.secrets.names.is_empty() {
+            return Err(Fatal::new(
+                ErrorCode::AuthFailed,
+                "this connection offers no relay-name binding: sign the TLS exporter \
+                 (the relay-name binding is for browsers, over WebSocket, on a relay \
+                 with web names)",
+            ));
+        }
+        if !self.secrets.names.iter().any(|n| n == name) {
+            return Err(Fatal::new(
+                ErrorCode::AuthFailed,
+                format!(
+                    "the signature names the relay {:?}, which is not this relay's name",
+                    name.chars()
+                        .take(auth::MAX_RELAY_NAME_BYTES)
+                        .collect::<String>()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn on_cursors(

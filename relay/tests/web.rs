@@ -1,0 +1,266 @@
+//! The relay's TCP port as a browser sees it (docs/web.md): the web
+//! messenger's files under a strict Content-Security-Policy, enrollment by
+//! a one-time code over HTTP, WebSocket upgrades only from the relay's own
+//! pages, and authentication bound to the relay's name instead of the TLS
+//! exporter (docs/protocol.md, "Browsers").
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use herold_client::raw::RawConnection;
+use herold_proto::v1::{self, ErrorCode};
+use herold_relay::Config;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// One HTTPS request to the relay's TCP port, pinning its certificate.
+async fn https(
+    relay: &TestRelay,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let tcp = tokio::net::TcpStream::connect(relay.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    let tls = herold_client::tls::fallback_connector(relay.fingerprint)
+        .unwrap()
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        DEADLINE,
+        send.send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()),
+    )
+    .await
+    .expect("answered in time")
+    .unwrap();
+    let (parts, body) = resp.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+fn web_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("index.html"),
+        "<!doctype html><title>Herold</title>",
+    )
+    .unwrap();
+    std::fs::create_dir(root.path().join("assets")).unwrap();
+    std::fs::write(root.path().join("assets/app.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_serves_the_web_messenger_under_a_strict_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = web_root();
+    let mut config = Config::dev(dir.path());
+    config.web_root = Some(root.path().to_path_buf());
+    let relay = TestRelay::start_with(config).await;
+
+    let (status, headers, body) = https(&relay, Method::GET, "/", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"<!doctype html><title>Herold</title>");
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self' 'wasm-unsafe-eval'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
+
+    let (status, headers, body) = https(&relay, Method::GET, "/assets/app.wasm", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/wasm");
+    assert_eq!(&body[..], b"\0asm\x01\0\0\0");
+    // Nothing outside the files read at start, whatever the path says.
+    for path in [
+        "/../index.html",
+        "/assets/../../etc/passwd",
+        "/nope.js",
+        "/%2e%2e/",
+    ] {
+        let (status, headers, _) = https(&relay, Method::GET, path, &[], "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            headers.contains_key(header::CONTENT_SECURITY_POLICY),
+            "{path}"
+        );
+    }
+    let (status, _, _) = https(&relay, Method::DELETE, "/", &[], "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // A relay without a web root says so.
+    let other_dir = tempfile::tempdir().unwrap();
+    let plain = TestRelay::start(other_dir.path()).await;
+    let (status, _, body) = https(&plain, Method::GET, "/", &[], "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("--web-root"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_enrolls_by_code_and_signs_in_with_the_relays_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let [_, kb] = relay.group_of("g", ["alice", "bob"]).await;
+    let code = relay.issue_code("alice").await;
+    let key = herold_client::generate_key().unwrap();
+    let public = hex::encode(key.verifying_key().to_bytes());
+    let json = [("content-type", "application/json")];
+
+    // Bad requests get specific errors and enroll nothing.
+    let (status, _, body) = https(&relay, Method::POST, "/v1/enroll", &[], "{}").await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body:?}");
+    let (status, _, body) = https(&relay, Method::POST, "/v1/enroll", &json, "{\"code\":1}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("\"error\""));
+    let wrong =
+        format!(r#"{{"code":"WRONG-CODE","device_id":"alice.web","public_key":"{public}"}}"#);
+    let (status, _, _) = https(&relay, Method::POST, "/v1/enroll", &json, &wrong).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let big = format!(r#"{{"code":"{}"}}"#, "x".repeat(5000));
+    let (status, _, _) = https(&relay, Method::POST, "/v1/enroll", &json, &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let body = format!(r#"{{"code":"{code}","device_id":"alice.web","public_key":"{public}"}}"#);
+    let (status, _, answer) = https(&relay, Method::POST, "/v1/enroll", &json, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["account_id"], "alice");
+    assert_eq!(answer["device_id"], "alice.web");
+    // The code is spent.
+    let (status, _, _) = https(&relay, Method::POST, "/v1/enroll", &json, &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let tcp = relay.tcp_addr.unwrap();
+    let name = format!("localhost:{}", tcp.port());
+    let idle = Duration::from_secs(30);
+    // Another server's name: refused.
+    let mut evil = RawConnection::connect_tcp(tcp, relay.fingerprint, idle)
+        .await
+        .unwrap();
+    let e = evil
+        .authenticate_as("alice.web", &key, Some("evil.example"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AuthFailed), "{e}");
+    // On QUIC every client reads the exporter: no name binding there.
+    let mut quic = RawConnection::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    let e = quic
+        .authenticate_as("alice.web", &key, Some(&name))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AuthFailed), "{e}");
+
+    let mut web = RawConnection::connect_tcp(tcp, relay.fingerprint, idle)
+        .await
+        .unwrap();
+    let ok = web
+        .authenticate_as("alice.web", &key, Some(&name))
+        .await
+        .unwrap();
+    assert_eq!(ok.account_id, "alice");
+    let bob = relay.client("bob.phone", &kb).await;
+    bob.send("g", b"to the browser".to_vec(), 0).await.unwrap();
+    let got = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let v1::server_frame::Kind::Deliver(d) = web.expect_frame().await.unwrap() {
+                return d.envelope.unwrap().ciphertext;
+            }
+        }
+    })
+    .await
+    .expect("delivered in time");
+    assert_eq!(got, b"to the browser");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_relays_own_pages_and_named_origins_open_a_websocket() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev(dir.path());
+    config.web_origins = vec!["https://messenger.city.example".into()];
+    let relay = TestRelay::start_with(config).await;
+    let tcp = relay.tcp_addr.unwrap();
+    let upgrade = |origin: Option<String>| async move {
+        let stream = tokio::net::TcpStream::connect(tcp).await.unwrap();
+        let tls = herold_client::tls::fallback_connector(relay.fingerprint)
+            .unwrap()
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                stream,
+            )
+            .await
+            .unwrap();
+        let mut req = format!("wss://localhost:{}/v1", tcp.port())
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        match tokio_tungstenite::client_async(req, tls).await {
+            Ok((_, resp)) => resp.status(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // A native client sends no origin.
+    assert_eq!(upgrade(None).await, StatusCode::SWITCHING_PROTOCOLS);
+    for own in [
+        format!("https://localhost:{}", tcp.port()),
+        format!("https://127.0.0.1:{}", tcp.port()),
+        "https://messenger.city.example".into(),
+    ] {
+        assert_eq!(
+            upgrade(Some(own.clone())).await,
+            StatusCode::SWITCHING_PROTOCOLS,
+            "{own}"
+        );
+    }
+    for foreign in [
+        "https://evil.example".to_owned(),
+        format!("http://localhost:{}", tcp.port()),
+        "null".into(),
+    ] {
+        assert_eq!(
+            upgrade(Some(foreign.clone())).await,
+            StatusCode::FORBIDDEN,
+            "{foreign}"
+        );
+    }
+}
