@@ -30,6 +30,11 @@ scripts/promtool.sh check
 # manifests against the Kubernetes schemas (offline) and their invariants
 # (Helm built from the Go module proxy, cached outside the clone).
 scripts/helm.sh check
+# The web messenger: the SDK built to WebAssembly, the page with Vite, and
+# its end-to-end tests in headless Chromium with Playwright against a real
+# relay and the CLI (wasm-bindgen-cli and npm packages cached outside the
+# clone; Debian's chromium installed with apt if missing).
+scripts/web.sh test
 # The loom models of the relay's concurrent building blocks (herold-sync,
 # every interleaving of their threads; a target folder of their own).
 scripts/loom.sh

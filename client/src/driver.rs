@@ -26,7 +26,7 @@ pub(crate) struct Shared {
     pub events: mpsc::Sender<Event>,
     /// The authenticated connection of the moment (attachment transfers
     /// open their streams on it).
-    pub conn: watch::Sender<Option<crate::files::Carrier>>,
+    pub conn: watch::Sender<Option<crate::raw::Carrier>>,
 }
 
 /// Starts the driver on an authenticated connection.
@@ -52,7 +52,7 @@ pub(crate) fn spawn(
         retry_tx,
         retry_rx,
     };
-    tokio::spawn(driver.run(first, cmds));
+    crate::rt::spawn(driver.run(first, cmds));
 }
 
 struct Driver {
@@ -61,7 +61,7 @@ struct Driver {
     config: ClientConfig,
     cursors: Arc<Mutex<HashMap<String, u64>>>,
     events: mpsc::Sender<Event>,
-    conn: watch::Sender<Option<crate::files::Carrier>>,
+    conn: watch::Sender<Option<crate::raw::Carrier>>,
     /// Submits sent but not yet answered, by message id: re-sent after a
     /// reconnect.
     pending: HashMap<Vec<u8>, (v1::Submit, Reply)>,
@@ -110,7 +110,7 @@ impl Driver {
                     }
                     Err(_) => {
                         self.next_relay();
-                        tokio::time::sleep(jitter(delay)).await;
+                        crate::rt::sleep(jitter(delay)).await;
                         delay = (delay * 2).min(self.config.backoff.max);
                         continue;
                     }
@@ -121,7 +121,7 @@ impl Driver {
                     self.next_relay();
                     let _ = self.events.send(Event::Disconnected { reason }).await;
                     if let Some(wait) = self.reconnect_after.take() {
-                        tokio::time::sleep(wait).await;
+                        crate::rt::sleep(wait).await;
                     }
                 }
                 Outcome::Draining => {
@@ -163,7 +163,11 @@ impl Driver {
     async fn reconnect(&self) -> Result<RawConnection, ClientError> {
         let mut c = open(&self.config, self.current_relay()).await?;
         let ok = c
-            .authenticate(&self.config.device_id, &self.config.key)
+            .authenticate_as(
+                &self.config.device_id,
+                &self.config.key,
+                self.config.relay_name.as_deref(),
+            )
             .await?;
         self.max_ciphertext
             .store(ok.max_ciphertext_bytes as usize, Ordering::Relaxed);
@@ -178,7 +182,7 @@ impl Driver {
     }
 
     async fn serve(&mut self, mut c: RawConnection, cmds: &mut mpsc::Receiver<Cmd>) -> Outcome {
-        self.conn.send_replace(Some(crate::files::Carrier::of(&c)));
+        self.conn.send_replace(Some(crate::raw::Carrier::of(&c)));
         // Resume: our cursors, then every unanswered submit again.
         let cursors: Vec<v1::Cursor> = self
             .cursors
@@ -237,8 +241,8 @@ impl Driver {
         // once per ACK_INTERVAL while deliveries keep coming; an idle client
         // arms no timer at all (thousands of idle devices in one load
         // generator would otherwise wake 20 times a second each).
-        let mut ack_at: Option<tokio::time::Instant> = None;
-        let mut acked_at: Option<tokio::time::Instant> = None;
+        let mut ack_at: Option<crate::rt::Instant> = None;
+        let mut acked_at: Option<crate::rt::Instant> = None;
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -298,14 +302,14 @@ impl Driver {
                 }
                 _ = sleep_until_some(ack_at), if ack_at.is_some() => {
                     ack_at = None;
-                    acked_at = Some(tokio::time::Instant::now());
+                    acked_at = Some(crate::rt::Instant::now());
                     if let Err(e) = self.flush_acks(&mut c).await {
                         return Outcome::Lost(e.to_string());
                     }
                 }
             }
             if ack_at.is_none() && !self.dirty.is_empty() {
-                ack_at = Some(next_ack_at(tokio::time::Instant::now(), acked_at));
+                ack_at = Some(next_ack_at(crate::rt::Instant::now(), acked_at));
             }
         }
     }
@@ -366,8 +370,8 @@ impl Driver {
                 // id, once the relay's wait is over.
                 let wait = jitter_up(Duration::from_millis(u64::from(e.retry_after_ms.max(1))));
                 let (tx, id) = (self.retry_tx.clone(), e.message_id);
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
+                crate::rt::spawn(async move {
+                    crate::rt::sleep(wait).await;
                     let _ = tx.send(id);
                 });
                 None
@@ -414,19 +418,33 @@ pub(crate) async fn open(
     config: &ClientConfig,
     relay: SocketAddr,
 ) -> Result<RawConnection, ClientError> {
-    let own;
-    let endpoint = match &config.endpoint {
-        Some(e) => e,
-        None => {
-            own = crate::raw::client_endpoint(relay)?;
-            &own
-        }
+    #[cfg(target_arch = "wasm32")]
+    let mut c = {
+        let _ = relay;
+        RawConnection::connect_web(&config.url, config.idle_timeout).await?
     };
-    let mut c = if config.tcp_fallback {
-        RawConnection::connect_any(endpoint, relay, config.fingerprint, config.idle_timeout).await?
-    } else {
-        RawConnection::connect_via_idle(endpoint, relay, config.fingerprint, config.idle_timeout)
+    #[cfg(not(target_arch = "wasm32"))]
+    let mut c = {
+        let own;
+        let endpoint = match &config.endpoint {
+            Some(e) => e,
+            None => {
+                own = crate::raw::client_endpoint(relay)?;
+                &own
+            }
+        };
+        if config.tcp_fallback {
+            RawConnection::connect_any(endpoint, relay, config.fingerprint, config.idle_timeout)
+                .await?
+        } else {
+            RawConnection::connect_via_idle(
+                endpoint,
+                relay,
+                config.fingerprint,
+                config.idle_timeout,
+            )
             .await?
+        }
     };
     if let Some(tap) = &config.wire_tap {
         c.set_tap(tap.clone());
@@ -449,9 +467,9 @@ const ACK_INTERVAL: Duration = Duration::from_secs(1);
 /// When the acks of a delivery arriving `now` go out, the last round of
 /// acks having gone out at `acked_at`.
 fn next_ack_at(
-    now: tokio::time::Instant,
-    acked_at: Option<tokio::time::Instant>,
-) -> tokio::time::Instant {
+    now: crate::rt::Instant,
+    acked_at: Option<crate::rt::Instant>,
+) -> crate::rt::Instant {
     let soon = now + ACK_DELAY;
     match acked_at {
         Some(t) => soon.max(t + ACK_INTERVAL),
@@ -459,9 +477,9 @@ fn next_ack_at(
     }
 }
 
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+async fn sleep_until_some(at: Option<crate::rt::Instant>) {
     match at {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => crate::rt::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
@@ -498,7 +516,7 @@ mod tests {
 
     #[test]
     fn acks_go_out_soon_after_a_quiet_spell_and_once_a_second_under_a_stream() {
-        let t0 = tokio::time::Instant::now();
+        let t0 = crate::rt::Instant::now();
         // The first delivery, or one long after the last acks: 20 ms.
         assert_eq!(next_ack_at(t0, None), t0 + ACK_DELAY);
         let long_ago = t0.checked_sub(Duration::from_secs(5)).unwrap_or(t0);

@@ -23,22 +23,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes written to the stream per write.
 const WRITE_PIECE: usize = 256 * 1024;
 
-/// What transfers run on: the client's connection of the moment, when it
-/// is QUIC. Over the TCP fallback there are no streams to open.
-#[derive(Debug, Clone)]
-pub(crate) enum Carrier {
-    Quic(quinn::Connection),
-    Tcp,
-}
-
-impl Carrier {
-    pub(crate) fn of(c: &crate::raw::RawConnection) -> Self {
-        match c.connection() {
-            Some(conn) => Self::Quic(conn.clone()),
-            None => Self::Tcp,
-        }
-    }
-}
+pub(crate) use crate::raw::Carrier;
 
 /// A finished upload.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,15 @@
 //! - [`admin`]: the gRPC admin and enrollment clients.
 //! - [`roster`]: roster files for bulk provisioning (parse, generate, send
 //!   in batches) and enrollment codes for printing (CSV, HTML, PNG, QR).
+//! - [`rt`]: tasks, sleeps and clocks, from tokio natively and from the
+//!   page in a browser.
+//!
+//! # In a browser
+//! Built for `wasm32`, the SDK is the web messenger's (through
+//! `herold-web`): [`Client`] and [`e2e::E2eClient`] run on the page's event
+//! loop over its WebSocket ([`ClientConfig::web`]), signing the relay's
+//! name instead of the TLS exporter. QUIC, attachments, the admin clients,
+//! rosters and the CLI are native only.
 //!
 //! # Exactly once for the app
 //! The relay delivers each conversation in seq order, at least once. The
@@ -37,13 +46,23 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 pub mod attachment;
 mod driver;
 pub mod e2e;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod files;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod home;
 pub mod raw;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod roster;
+pub mod rt;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod tls;
 
+/// How long a silent relay is given before the connection counts as lost
+/// (keep-alives go out at half of it).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The gRPC admin and enrollment clients, generated from `admin.proto`.
+#[cfg(not(target_arch = "wasm32"))]
 pub mod admin {
     pub use herold_proto::v1::admin_client::AdminClient;
     pub use herold_proto::v1::enrollment_client::EnrollmentClient;
@@ -260,7 +279,16 @@ pub struct ClientConfig {
     /// Submits awaiting acceptance at once (the relay's default limit is 64).
     pub max_in_flight: usize,
     /// A shared client endpoint (UDP socket); `None` opens one per client.
+    #[cfg(not(target_arch = "wasm32"))]
     pub endpoint: Option<quinn::Endpoint>,
+    /// The relay's name (`host[:port]`) to sign instead of the TLS exporter
+    /// (docs/protocol.md, "Browsers"): what a browser does; natively, for a
+    /// WebSocket through a proxy that ends TLS. `None`: the exporter.
+    pub relay_name: Option<String>,
+    /// In a browser: the relay's WebSocket URL
+    /// (`wss://relay.city.example/v1`).
+    #[cfg(target_arch = "wasm32")]
+    pub url: String,
     /// How long a silent relay is given before the client reconnects
     /// elsewhere (keep-alives go out at half of it).
     pub idle_timeout: Duration,
@@ -285,10 +313,25 @@ impl ClientConfig {
             backoff: Backoff::default(),
             cursors: HashMap::new(),
             max_in_flight: 64,
+            #[cfg(not(target_arch = "wasm32"))]
             endpoint: None,
-            idle_timeout: crate::tls::DEFAULT_IDLE_TIMEOUT,
+            relay_name: None,
+            #[cfg(target_arch = "wasm32")]
+            url: String::new(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             wire_tap: None,
             tcp_fallback: true,
+        }
+    }
+
+    /// In a browser: the relay at `url` (its WebSocket), whose name the
+    /// device signs (`relay_name`, the URL's `host[:port]`).
+    #[cfg(target_arch = "wasm32")]
+    pub fn web(url: &str, relay_name: &str, device_id: &str, key: SigningKey) -> Self {
+        Self {
+            url: url.to_owned(),
+            relay_name: Some(relay_name.to_owned()),
+            ..Self::new(SocketAddr::from(([0, 0, 0, 0], 0)), [0; 32], device_id, key)
         }
     }
 }
@@ -348,7 +391,7 @@ enum Cmd {
 #[derive(Debug)]
 pub struct Client {
     max_ciphertext: Arc<AtomicUsize>,
-    conn: watch::Receiver<Option<files::Carrier>>,
+    conn: watch::Receiver<Option<raw::Carrier>>,
     tap: Option<raw::WireTap>,
     cmd: mpsc::Sender<Cmd>,
     events: mpsc::Receiver<Event>,
@@ -372,13 +415,15 @@ impl Client {
     /// a wrong key or address is reported at once; later losses reconnect.
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
         let mut conn = driver::open(&config, config.relay).await?;
-        let ok = conn.authenticate(&config.device_id, &config.key).await?;
+        let ok = conn
+            .authenticate_as(&config.device_id, &config.key, config.relay_name.as_deref())
+            .await?;
         let cursors = Arc::new(Mutex::new(config.cursors.clone()));
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let max_ciphertext = Arc::new(AtomicUsize::new(ok.max_ciphertext_bytes as usize));
-        let (conn_tx, conn_rx) = watch::channel(Some(files::Carrier::of(&conn)));
+        let (conn_tx, conn_rx) = watch::channel(Some(raw::Carrier::of(&conn)));
         let tap = config.wire_tap.clone();
         driver::spawn(
             config,
@@ -491,9 +536,10 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct Sender {
     max_ciphertext: Arc<AtomicUsize>,
-    /// The connection of the moment, for attachment streams ([`files`]).
-    conn: watch::Receiver<Option<files::Carrier>>,
+    /// The connection of the moment, for attachment streams (`files`).
+    conn: watch::Receiver<Option<raw::Carrier>>,
     /// Copies the bytes of attachment streams, as the config asked.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     tap: Option<raw::WireTap>,
     cmd: mpsc::Sender<Cmd>,
     in_flight: Arc<Semaphore>,
@@ -503,11 +549,7 @@ impl Sender {
     /// The transport of the client's connection of the moment; `None`
     /// while it is reconnecting.
     pub fn transport(&self) -> Option<raw::Transport> {
-        match self.conn.borrow().as_ref()? {
-            files::Carrier::Quic(c) if c.close_reason().is_none() => Some(raw::Transport::Quic),
-            files::Carrier::Quic(_) => None,
-            files::Carrier::Tcp => Some(raw::Transport::Tcp),
-        }
+        self.conn.borrow().as_ref()?.transport()
     }
 
     /// See [`Client::send`].

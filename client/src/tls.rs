@@ -112,9 +112,7 @@ pub fn fallback_connector(fingerprint: [u8; 32]) -> Result<tokio_rustls::TlsConn
     )?)))
 }
 
-/// How long a silent relay is given before the connection counts as lost
-/// (keep-alives go out at half of it).
-pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub use crate::DEFAULT_IDLE_TIMEOUT;
 
 /// A quinn client configuration that pins `fingerprint`.
 pub fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, String> {

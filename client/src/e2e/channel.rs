@@ -24,7 +24,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use herold_proto::v1::{self, ErrorCode};
 use tracing::debug;

@@ -32,7 +32,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use web_time::{SystemTime, UNIX_EPOCH};
 
 use herold_mls::{MlsDevice, Processed};
 use herold_proto::v1::{self, ErrorCode, request, response};
@@ -41,6 +42,7 @@ use tracing::{debug, warn};
 
 mod channel;
 mod events;
+#[cfg(not(target_arch = "wasm32"))]
 mod files;
 mod names;
 mod pump;
@@ -126,7 +128,7 @@ pub struct E2eClient {
     progress: watch::Receiver<u64>,
     account_id: String,
     device_id: String,
-    pump: tokio::task::JoinHandle<()>,
+    pump: crate::rt::Task,
     /// One send at a time per conversation: two commits prepared at once by
     /// one device would collide in its own MLS state.
     conv_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -202,7 +204,7 @@ impl E2eClient {
             accounts: HashMap::new(),
             waiting: HashMap::new(),
         };
-        let pump = tokio::spawn(pump.run());
+        let pump = crate::rt::spawn(pump.run());
         // Connected once the key packages are up: the device can be added
         // to groups from then on.
         match ready_rx.await {
@@ -642,13 +644,13 @@ impl E2eClient {
     /// deliveries; false after the timeout.
     async fn wait_for(&self, gid: &[u8], ok: impl Fn(Option<u64>) -> bool) -> bool {
         let mut progress = self.progress.clone();
-        let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+        let deadline = crate::rt::Instant::now() + CATCH_UP_TIMEOUT;
         let done = || ok(lock(&self.mls).epoch(gid)) || self.is_broken(gid);
         loop {
             if done() {
                 return true;
             }
-            match tokio::time::timeout_at(deadline, progress.changed()).await {
+            match crate::rt::timeout_at(deadline, progress.changed()).await {
                 Ok(Ok(())) => {}
                 _ => return done(),
             }

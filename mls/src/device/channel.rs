@@ -342,10 +342,7 @@ pub(super) fn load(db: &StateDb) -> Result<SenderKeys, String> {
 
 /// The wall clock in unix milliseconds (0 before 1970).
 fn clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    u64::try_from(super::now_ms()).unwrap_or(0)
 }
 
 fn setting_key((channel, sender): &(String, String)) -> String {

@@ -772,10 +772,11 @@ fn welcome_error<E: std::error::Error>(e: WelcomeError<E>) -> MlsError {
     }
 }
 
-/// The wall clock in unix ms (0 before 1970).
+/// The wall clock in unix ms (0 before 1970); in a browser, the page's
+/// (`std`'s clock is not there on wasm32).
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 

@@ -6,24 +6,38 @@
 //! the same frames (docs/protocol.md, "TCP fallback"). [`RawConnection::connect_any`] tries QUIC
 //! first and the fallback when QUIC has not got through within
 //! [`FALLBACK_AFTER`], and takes whichever connects first.
+//!
+//! In a browser (`wasm32`) a connection is the page's WebSocket to the
+//! relay's TCP port ([`RawConnection::connect_web`], `web.rs`), and the
+//! device signs the relay's name instead of the TLS exporter, which a page
+//! cannot read (docs/protocol.md, "Browsers").
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use ed25519_dalek::{Signer, SigningKey};
+#[cfg(not(target_arch = "wasm32"))]
 use futures_util::{SinkExt, StreamExt};
 use herold_proto::codec::{FrameDecoder, encode_frame};
 use herold_proto::v1::{self, client_frame, server_frame};
 use herold_proto::{PROTOCOL_VERSION, auth};
+#[cfg(not(target_arch = "wasm32"))]
 use tokio_tungstenite::WebSocketStream;
+#[cfg(not(target_arch = "wasm32"))]
 use tokio_tungstenite::tungstenite::Message;
+#[cfg(not(target_arch = "wasm32"))]
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[cfg(target_arch = "wasm32")]
+mod web;
 
 use crate::ClientError;
 
 /// Largest frame the client accepts from a relay.
 pub const CLIENT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+#[cfg(not(target_arch = "wasm32"))]
 /// A client endpoint (one UDP socket) of the address family of `relay`.
 pub fn client_endpoint(relay: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
     let bind: SocketAddr = if relay.is_ipv6() {
@@ -34,6 +48,7 @@ pub fn client_endpoint(relay: SocketAddr) -> Result<quinn::Endpoint, ClientError
     quinn::Endpoint::client(bind).map_err(|e| ClientError::Io(e.to_string()))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// How long `close` waits for the relay to take the last frames.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -41,6 +56,7 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// alongside it.
 pub const FALLBACK_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The WebSocket of a fallback connection.
 type Ws = WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
@@ -56,12 +72,14 @@ pub struct RawConnection {
 /// The transport under a connection.
 #[derive(Debug)]
 enum Wire {
+    #[cfg(not(target_arch = "wasm32"))]
     Quic {
         endpoint: quinn::Endpoint,
         conn: quinn::Connection,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     },
+    #[cfg(not(target_arch = "wasm32"))]
     Ws {
         ws: Box<Ws>,
         exporter: [u8; auth::NONCE_BYTES],
@@ -69,6 +87,9 @@ enum Wire {
         /// answer and the relay counts as lost.
         idle: std::time::Duration,
     },
+    /// The page's WebSocket, in a browser.
+    #[cfg(target_arch = "wasm32")]
+    Web(web::WebWire),
 }
 
 /// The transport a connection runs on.
@@ -76,8 +97,40 @@ enum Wire {
 pub enum Transport {
     /// QUIC over UDP, the native transport.
     Quic,
-    /// The TCP fallback: a WebSocket over TLS.
+    /// The TCP fallback: a WebSocket over TLS (in a browser, the only
+    /// transport).
     Tcp,
+}
+
+/// The connection of the moment as attachment transfers need it: QUIC
+/// (streams of their own) or a WebSocket (none).
+#[derive(Debug, Clone)]
+pub(crate) enum Carrier {
+    #[cfg(not(target_arch = "wasm32"))]
+    Quic(quinn::Connection),
+    Tcp,
+}
+
+impl Carrier {
+    pub(crate) fn of(c: &RawConnection) -> Self {
+        match &c.wire {
+            #[cfg(not(target_arch = "wasm32"))]
+            Wire::Quic { conn, .. } => Self::Quic(conn.clone()),
+            #[allow(unreachable_patterns)]
+            _ => Self::Tcp,
+        }
+    }
+
+    /// The transport, unless the connection is gone.
+    pub(crate) fn transport(&self) -> Option<Transport> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Self::Quic(c) if c.close_reason().is_none() => Some(Transport::Quic),
+            #[cfg(not(target_arch = "wasm32"))]
+            Self::Quic(_) => None,
+            Self::Tcp => Some(Transport::Tcp),
+        }
+    }
 }
 
 /// A copy of every byte a connection's control stream carried, both ways,
@@ -94,6 +147,7 @@ pub(crate) fn tap_bytes(tap: &Option<WireTap>, bytes: &[u8]) {
 }
 
 impl RawConnection {
+    #[cfg(not(target_arch = "wasm32"))]
     /// Connects to `relay`, pinning the certificate `fingerprint`, and opens
     /// the control stream, on an endpoint (UDP socket) of its own.
     pub async fn connect(relay: SocketAddr, fingerprint: [u8; 32]) -> Result<Self, ClientError> {
@@ -101,6 +155,7 @@ impl RawConnection {
         Self::connect_via(&endpoint, relay, fingerprint).await
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Like [`RawConnection::connect`] on a shared endpoint: many connections
     /// (a load generator's thousands of devices) can share one UDP socket.
     pub async fn connect_via(
@@ -117,6 +172,7 @@ impl RawConnection {
         .await
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Like [`RawConnection::connect_via`], with the idle timeout after which
     /// a silent relay counts as lost.
     pub async fn connect_via_idle(
@@ -160,6 +216,7 @@ impl RawConnection {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Connects over the relay's TCP fallback at `relay` (TCP, the same
     /// address and port as QUIC): TLS pinning `fingerprint`, then a
     /// WebSocket.
@@ -201,6 +258,7 @@ impl RawConnection {
         }))
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Connects over QUIC and, when that has not got through within
     /// [`FALLBACK_AFTER`] (or failed), over the TCP fallback as well; the
     /// first to connect wins. A relay that refused the connection is not
@@ -244,8 +302,10 @@ impl RawConnection {
     /// The transport this connection runs on.
     pub fn transport(&self) -> Transport {
         match self.wire {
+            #[cfg(not(target_arch = "wasm32"))]
             Wire::Quic { .. } => Transport::Quic,
-            Wire::Ws { .. } => Transport::Tcp,
+            #[allow(unreachable_patterns)]
+            _ => Transport::Tcp,
         }
     }
 
@@ -255,6 +315,7 @@ impl RawConnection {
         self.tap = Some(tap);
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// The underlying QUIC connection; `None` over the TCP fallback.
     pub fn connection(&self) -> Option<&quinn::Connection> {
         match &self.wire {
@@ -263,6 +324,7 @@ impl RawConnection {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// The TLS exporter value the auth transcript binds to.
     pub fn exporter(&self) -> Result<[u8; 32], ClientError> {
         match &self.wire {
@@ -293,10 +355,14 @@ impl RawConnection {
 
     async fn write(&mut self, bytes: Bytes) -> Result<(), ClientError> {
         match &mut self.wire {
+            #[cfg(target_arch = "wasm32")]
+            Wire::Web(w) => w.send(&bytes),
+            #[cfg(not(target_arch = "wasm32"))]
             Wire::Quic { send, .. } => send
                 .write_all(&bytes)
                 .await
                 .map_err(|e| ClientError::Io(e.to_string())),
+            #[cfg(not(target_arch = "wasm32"))]
             Wire::Ws { ws, .. } => ws
                 .send(Message::Binary(bytes))
                 .await
@@ -337,10 +403,14 @@ impl RawConnection {
     /// Cancel-safe.
     async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
         match &mut self.wire {
+            #[cfg(target_arch = "wasm32")]
+            Wire::Web(w) => w.chunk().await,
+            #[cfg(not(target_arch = "wasm32"))]
             Wire::Quic { recv, .. } => match recv.read_chunk(64 * 1024, true).await {
                 Ok(c) => Ok(c.map(|c| c.bytes)),
                 Err(e) => Err(ClientError::Closed(e.to_string())),
             },
+            #[cfg(not(target_arch = "wasm32"))]
             Wire::Ws { ws, idle, .. } => {
                 let mut pinged = false;
                 loop {
@@ -409,7 +479,14 @@ impl RawConnection {
         };
         let transcript = match relay_name {
             Some(name) => auth::web_transcript(&nonce, name, device_id),
+            #[cfg(not(target_arch = "wasm32"))]
             None => auth::transcript(&nonce, &self.exporter()?, device_id),
+            #[cfg(target_arch = "wasm32")]
+            None => {
+                return Err(ClientError::Tls(
+                    "a page cannot read the TLS exporter: sign the relay's name".into(),
+                ));
+            }
         };
         let sig = key.sign(&transcript);
         self.send_kind(client_frame::Kind::AuthResponse(v1::AuthResponse {
@@ -440,6 +517,7 @@ impl RawConnection {
     /// Finishes the sending side of the stream: no more frames from us
     /// (over the TCP fallback, [`RawConnection::close`] does that).
     pub fn finish(&mut self) {
+        #[cfg(not(target_arch = "wasm32"))]
         if let Wire::Quic { send, .. } = &mut self.wire {
             let _ = send.finish();
         }
@@ -449,6 +527,9 @@ impl RawConnection {
     /// it, and closes the connection politely.
     pub async fn close(self) {
         match self.wire {
+            #[cfg(target_arch = "wasm32")]
+            Wire::Web(w) => w.close(),
+            #[cfg(not(target_arch = "wasm32"))]
             Wire::Quic {
                 endpoint,
                 conn,
@@ -465,6 +546,7 @@ impl RawConnection {
                     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
                 }
             }
+            #[cfg(not(target_arch = "wasm32"))]
             Wire::Ws { mut ws, .. } => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, ws.close()).await;
             }
@@ -472,6 +554,7 @@ impl RawConnection {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Neither QUIC nor the TCP fallback connected.
 fn both_failed(quic: &ClientError, tcp: &ClientError) -> ClientError {
     ClientError::Connect(format!(

@@ -1,0 +1,179 @@
+//! The page's WebSocket to the relay's TCP port, as a frame stream: the
+//! transport of the SDK in a browser. Frames travel in binary messages, as
+//! on the native TCP fallback. A page cannot send WebSocket pings, so a
+//! silent relay is asked with the protocol's own `Ping` frame.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use herold_proto::codec::encode_frame;
+use herold_proto::v1::{self, client_frame};
+use tokio::sync::{mpsc, oneshot};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
+
+use super::{RawConnection, Wire};
+use crate::ClientError;
+
+/// How long the page's WebSocket is given to open.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Heard {
+    Bytes(Bytes),
+    Closed,
+    Failed(String),
+}
+
+/// An open WebSocket and the handlers that feed it into a queue.
+pub(crate) struct WebWire {
+    ws: WebSocket,
+    heard: mpsc::UnboundedReceiver<Heard>,
+    idle: Duration,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+    _on_error: Closure<dyn FnMut(Event)>,
+    _on_open: Closure<dyn FnMut(Event)>,
+}
+
+impl std::fmt::Debug for WebWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebWire")
+            .field("url", &self.ws.url())
+            .finish()
+    }
+}
+
+type Opened = Rc<RefCell<Option<oneshot::Sender<Result<(), String>>>>>;
+
+impl WebWire {
+    async fn open(url: &str, idle: Duration) -> Result<Self, ClientError> {
+        let ws = WebSocket::new(url)
+            .map_err(|e| ClientError::Connect(format!("WebSocket to {url}: {e:?}")))?;
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        let (tx, heard) = mpsc::unbounded_channel();
+        let (open_tx, open_rx) = oneshot::channel();
+        let opened: Opened = Rc::new(RefCell::new(Some(open_tx)));
+        let settle = |opened: &Opened, r: Result<(), String>| {
+            if let Some(tx) = opened.borrow_mut().take() {
+                let _ = tx.send(r);
+            }
+        };
+        let on_open = {
+            let opened = opened.clone();
+            Closure::<dyn FnMut(Event)>::new(move |_: Event| settle(&opened, Ok(())))
+        };
+        let on_message = {
+            let tx = tx.clone();
+            Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+                let heard = match e.data().dyn_into::<js_sys::ArrayBuffer>() {
+                    Ok(buf) => Heard::Bytes(Bytes::from(js_sys::Uint8Array::new(&buf).to_vec())),
+                    Err(_) => Heard::Failed("the relay sent a text message".into()),
+                };
+                let _ = tx.send(heard);
+            })
+        };
+        let on_close = {
+            let (tx, opened) = (tx.clone(), opened.clone());
+            let url = url.to_owned();
+            Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+                settle(
+                    &opened,
+                    Err(format!("WebSocket to {url} closed (code {})", e.code())),
+                );
+                let _ = tx.send(Heard::Closed);
+            })
+        };
+        let on_error = {
+            let url = url.to_owned();
+            Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+                // The page is told no more than that (by design of the web
+                // platform): the relay is unreachable or refused the page.
+                settle(&opened, Err(format!("WebSocket to {url} failed")));
+                let _ = tx.send(Heard::Failed("the WebSocket failed".into()));
+            })
+        };
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        ws.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        let wire = Self {
+            ws,
+            heard,
+            idle,
+            _on_message: on_message,
+            _on_close: on_close,
+            _on_error: on_error,
+            _on_open: on_open,
+        };
+        match crate::rt::timeout(OPEN_TIMEOUT, open_rx).await {
+            Ok(Ok(Ok(()))) => Ok(wire),
+            Ok(Ok(Err(e))) => Err(ClientError::Connect(e)),
+            Ok(Err(_)) => Err(ClientError::Connect("the WebSocket went away".into())),
+            Err(_) => Err(ClientError::Connect(format!(
+                "the WebSocket did not open within {} s",
+                OPEN_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    pub(super) fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.ws
+            .send_with_u8_array(bytes)
+            .map_err(|e| ClientError::Io(format!("WebSocket send: {e:?}")))
+    }
+
+    pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        let mut pinged = false;
+        loop {
+            match crate::rt::timeout(self.idle / 2, self.heard.recv()).await {
+                Ok(Some(Heard::Bytes(b))) => return Ok(Some(b)),
+                Ok(Some(Heard::Closed) | None) => return Ok(None),
+                Ok(Some(Heard::Failed(e))) => return Err(ClientError::Closed(e)),
+                Err(_) if !pinged => {
+                    // Silence: does the relay still answer? (Its Pong is a
+                    // frame like any other.)
+                    pinged = true;
+                    let mut out = BytesMut::new();
+                    let ping = v1::ClientFrame {
+                        kind: Some(client_frame::Kind::Ping(v1::Ping { nonce: 0 })),
+                    };
+                    encode_frame(&ping, usize::MAX, &mut out)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    self.send(&out)?;
+                }
+                Err(_) => {
+                    return Err(ClientError::Closed(format!(
+                        "the relay was silent for {} s",
+                        self.idle.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    pub(super) fn close(self) {
+        // Drop closes.
+    }
+}
+
+impl Drop for WebWire {
+    fn drop(&mut self) {
+        // The handlers go with this value: the socket must not call them.
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        self.ws.set_onerror(None);
+        let _ = self.ws.close();
+    }
+}
+
+impl RawConnection {
+    /// Opens the page's WebSocket to `url` (`wss://relay.city.example/v1`);
+    /// a relay silent for `idle` counts as lost.
+    pub async fn connect_web(url: &str, idle: Duration) -> Result<Self, ClientError> {
+        Ok(Self::on(Wire::Web(WebWire::open(url, idle).await?)))
+    }
+}

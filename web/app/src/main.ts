@@ -1,0 +1,280 @@
+// The web messenger: enrollment of this browser as a device, the
+// conversation list with unread counts, a conversation with live
+// delivery and self-destruct timers, and the connection's state. The
+// protocol, MLS and the keys' use run in the Rust SDK compiled to
+// WebAssembly (`./pkg`, built from web/core); this file only draws.
+
+import "./style.css";
+import init, { WebClient, newDeviceKey } from "./pkg/herold_web.js";
+import { Conversations, expiresIn, type HeroldEvent } from "./events";
+import { type DeviceRecord, forgetDevice, loadDevice, saveDevice } from "./store";
+
+const app = document.getElementById("app")!;
+const banner = document.getElementById("banner")!;
+const status = document.getElementById("status")!;
+const who = document.getElementById("who")!;
+
+type Attrs = Record<string, string>;
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Attrs = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  // Text only through text nodes: nothing a message says becomes markup.
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function relayUrl(): string {
+  return `wss://${location.host}/v1`;
+}
+
+function showBanner(text: string | null, kind: "offline" | "error" = "offline") {
+  banner.hidden = text === null;
+  banner.className = `banner ${kind}`;
+  banner.textContent = text ?? "";
+}
+
+// ---- enrollment ----
+
+function enrollView(error?: string) {
+  const device = el("input", { id: "device", name: "device", required: "", autocomplete: "off", placeholder: "alice.web", "data-testid": "device-id" });
+  const code = el("input", { id: "code", name: "code", required: "", autocomplete: "one-time-code", placeholder: "ABCD-EFGH-JKLM", "data-testid": "code" });
+  const err = el("p", { class: "error", role: "alert", "data-testid": "enroll-error" }, error ?? "");
+  const button = el("button", { type: "submit", "data-testid": "enroll" }, "Enroll this browser");
+  const form = el(
+    "form",
+    { class: "enroll" },
+    el("h1", {}, "Use Herold in this browser"),
+    el("p", {}, "Enter the one-time enrollment code from your letter (or from IT), and a name for this browser as a device of your account."),
+    el("label", { for: "device" }, "Device id"),
+    device,
+    el("label", { for: "code" }, "Enrollment code"),
+    code,
+    button,
+    err,
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    button.disabled = true;
+    err.textContent = "";
+    try {
+      const key = newDeviceKey();
+      const resp = await fetch("/v1/enroll", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ code: code.value.trim(), device_id: device.value.trim(), public_key: key.public }),
+      });
+      const body = await resp.json();
+      if (!resp.ok) throw new Error(body.error ?? `enrollment failed (${resp.status})`);
+      const record: DeviceRecord = { deviceId: body.device_id, accountId: body.account_id, relayUrl: relayUrl(), seed: key.seed };
+      await saveDevice(record);
+      await start(record);
+    } catch (e) {
+      err.textContent = e instanceof Error ? e.message : String(e);
+      button.disabled = false;
+    }
+  });
+  app.replaceChildren(form);
+}
+
+// ---- the messenger ----
+
+class Messenger {
+  private convs = new Conversations();
+  private current: string | null = null;
+  private list = el("ul", { class: "conversations", "data-testid": "conversations" });
+  private pane = el("section", { class: "conversation" });
+
+  constructor(private client: WebClient, private record: DeviceRecord) {}
+
+  mount() {
+    const open = el("input", { placeholder: "Open conversation…", "aria-label": "Conversation id", "data-testid": "open-id" });
+    const openForm = el("form", { class: "open" }, open);
+    openForm.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const id = open.value.trim();
+      if (id) {
+        this.convs.get(id);
+        open.value = "";
+        this.select(id);
+      }
+    });
+    const side = el("nav", { class: "side" }, openForm, this.list);
+    app.replaceChildren(el("div", { class: "messenger" }, side, this.pane));
+    this.renderList();
+    this.renderPane();
+    setInterval(() => this.tick(), 1000);
+  }
+
+  handle(e: HeroldEvent) {
+    switch (e.type) {
+      case "message": {
+        const mine = e.sender_device === this.record.deviceId;
+        const from = e.sender_account || e.sender_device;
+        const m = { seq: e.seq, from, mine, text: e.text, sentAtMs: e.sent_at_ms, expiresAtMs: e.expires_at_ms };
+        if (this.convs.add(e.conversation, m, e.conversation === this.current)) this.render();
+        break;
+      }
+      case "group_changed":
+        if (e.title) this.convs.get(e.conversation).title = e.title;
+        this.convs.get(e.conversation);
+        this.render();
+        break;
+      case "joined":
+      case "key_received":
+      case "restarted":
+        this.convs.get(e.conversation);
+        this.render();
+        break;
+      case "synced":
+        status.textContent = "Connected";
+        status.className = "status online";
+        showBanner(null);
+        break;
+      case "disconnected":
+        status.textContent = "Reconnecting…";
+        status.className = "status offline";
+        showBanner("Connection lost. Reconnecting… Messages you send now go out once it is back.");
+        break;
+      case "stopped":
+        status.textContent = "Disconnected";
+        status.className = "status offline";
+        showBanner(`Disconnected for good: ${e.reason}`, "error");
+        break;
+      default:
+        break;
+    }
+  }
+
+  private select(id: string) {
+    this.current = id;
+    this.convs.get(id).unread = 0;
+    this.render();
+  }
+
+  private tick() {
+    if (this.convs.expire(Date.now())) this.render();
+    for (const t of this.pane.querySelectorAll<HTMLElement>("[data-expires]")) {
+      t.textContent = `Self-destructs in ${expiresIn(Number(t.dataset.expires), Date.now())}`;
+    }
+  }
+
+  private render() {
+    this.renderList();
+    this.renderPane();
+  }
+
+  private renderList() {
+    const items = this.convs.list().map((c) => {
+      const badge = c.unread > 0 ? el("span", { class: "unread", "data-testid": "unread" }, String(c.unread)) : "";
+      const li = el("li", { class: c.id === this.current ? "selected" : "", "data-conversation": c.id }, el("span", { class: "name" }, c.title ?? c.id), badge);
+      li.addEventListener("click", () => this.select(c.id));
+      return li;
+    });
+    this.list.replaceChildren(...items);
+  }
+
+  private renderPane() {
+    if (this.current === null) {
+      this.pane.replaceChildren(el("p", { class: "empty" }, "Choose a conversation, or open one by its id."));
+      return;
+    }
+    const c = this.convs.get(this.current);
+    const now = Date.now();
+    const messages = c.messages.map((m) =>
+      el(
+        "li",
+        { class: m.mine ? "message mine" : "message", "data-seq": String(m.seq) },
+        el("span", { class: "from" }, m.mine ? "You" : m.from),
+        el("span", { class: "text", "data-testid": "message-text" }, m.text),
+        el("time", {}, new Date(m.sentAtMs).toLocaleTimeString()),
+        m.expiresAtMs ? el("span", { class: "timer", "data-expires": String(m.expiresAtMs), title: "This message destroys itself on every device" }, `Self-destructs in ${expiresIn(m.expiresAtMs, now)}`) : "",
+      ),
+    );
+    const list = el("ol", { class: "messages", "data-testid": "messages" }, ...messages);
+    const text = el("textarea", { rows: "3", placeholder: "Write a message…", "aria-label": "Message", "data-testid": "compose" });
+    const expiry = el(
+      "select",
+      { "aria-label": "Self-destruct", "data-testid": "expiry" },
+      el("option", { value: "0" }, "Keep the message"),
+      el("option", { value: "60000" }, "Self-destruct: 1 minute"),
+      el("option", { value: "3600000" }, "Self-destruct: 1 hour"),
+      el("option", { value: "86400000" }, "Self-destruct: 1 day"),
+    );
+    const send = el("button", { type: "submit", "data-testid": "send" }, "Send");
+    const err = el("p", { class: "error", role: "alert" });
+    const form = el("form", { class: "compose" }, text, expiry, send, err);
+    const conv = c.id;
+    const submit = async () => {
+      const body = text.value;
+      if (!body.trim()) return;
+      send.disabled = true;
+      err.textContent = "";
+      try {
+        const ms = Number(expiry.value);
+        const seq = await this.client.send(conv, body, ms);
+        this.convs.add(conv, { seq, from: this.record.accountId, mine: true, text: body, sentAtMs: Date.now(), expiresAtMs: ms ? Date.now() + ms : 0 }, true);
+        text.value = "";
+        this.render();
+      } catch (e) {
+        err.textContent = e instanceof Error ? e.message : String(e);
+      } finally {
+        send.disabled = false;
+      }
+    };
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      void submit();
+    });
+    text.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && !ev.shiftKey) {
+        ev.preventDefault();
+        void submit();
+      }
+    });
+    this.pane.replaceChildren(el("h2", { "data-testid": "conversation-title" }, c.title ?? c.id), list, form);
+    list.scrollTop = list.scrollHeight;
+    if (document.activeElement === document.body) text.focus();
+  }
+}
+
+async function start(record: DeviceRecord) {
+  who.textContent = `${record.accountId} · ${record.deviceId}`;
+  status.textContent = "Connecting…";
+  app.replaceChildren(el("p", { class: "empty" }, "Connecting to the relay…"));
+  let client: WebClient;
+  try {
+    client = await WebClient.connect(record.relayUrl, record.deviceId, record.seed);
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    status.textContent = "Not connected";
+    const again = el("button", { type: "button" }, "Try again");
+    again.addEventListener("click", () => void start(record));
+    const forget = el("button", { type: "button", class: "secondary" }, "Enroll again");
+    forget.addEventListener("click", async () => {
+      await forgetDevice();
+      enrollView();
+    });
+    app.replaceChildren(el("div", { class: "failed" }, el("p", { class: "error", role: "alert" }, `Cannot connect: ${why}`), again, forget));
+    return;
+  }
+  const messenger = new Messenger(client, record);
+  messenger.mount();
+  for (;;) {
+    const json = await client.nextEvent();
+    if (json === null) break;
+    messenger.handle(JSON.parse(json) as HeroldEvent);
+  }
+}
+
+async function main() {
+  await init();
+  const record = await loadDevice();
+  if (record) await start(record);
+  else enrollView();
+}
+
+main().catch((e) => showBanner(`The messenger failed to start: ${e instanceof Error ? e.message : String(e)}`, "error"));

@@ -1,0 +1,53 @@
+// The device's record in the browser's IndexedDB: its id, account, the
+// relay it belongs to and its key's seed. The relay has only the public
+// key; losing this record means enrolling the browser again.
+
+export interface DeviceRecord {
+  deviceId: string;
+  accountId: string;
+  relayUrl: string;
+  seed: string;
+}
+
+const DB = "herold";
+const STORE = "device";
+const KEY = "self";
+
+function open(): Promise<IDBDatabase> {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open(DB, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore(STORE);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+function run<T>(mode: IDBTransactionMode, op: (s: IDBObjectStore) => IDBRequest<T>): Promise<T> {
+  return open().then(
+    (db) =>
+      new Promise<T>((resolve, reject) => {
+        const tx = db.transaction(STORE, mode);
+        const req = op(tx.objectStore(STORE));
+        tx.oncomplete = () => {
+          db.close();
+          resolve(req.result);
+        };
+        tx.onerror = () => {
+          db.close();
+          reject(tx.error);
+        };
+      }),
+  );
+}
+
+export async function loadDevice(): Promise<DeviceRecord | undefined> {
+  return (await run("readonly", (s) => s.get(KEY))) as DeviceRecord | undefined;
+}
+
+export async function saveDevice(d: DeviceRecord): Promise<void> {
+  await run("readwrite", (s) => s.put(d, KEY));
+}
+
+export async function forgetDevice(): Promise<void> {
+  await run("readwrite", (s) => s.delete(KEY));
+}

@@ -1,0 +1,236 @@
+// The web messenger end to end, in Debian's headless Chromium driven by
+// Playwright: a real relay serving the built page, the real `herold` CLI as
+// the other device. The browser enrolls by a one-time code, exchanges
+// end-to-end encrypted messages with the CLI both ways, sees a message
+// destroy itself, and survives a relay restart.
+//
+// Needs: HEROLD_BIN_DIR (herold-relay and herold), the built page
+// (web/app/dist) and Chromium (HEROLD_CHROMIUM, default /usr/bin/chromium).
+// `scripts/web.sh test` builds everything and runs this.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFile } from "node:child_process";
+import { createHash, X509Certificate } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, mkdirSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BIN = process.env.HEROLD_BIN_DIR;
+const DIST = resolve(process.env.HEROLD_WEB_DIST ?? join(here, "../dist"));
+const CHROMIUM = process.env.HEROLD_CHROMIUM ?? "/usr/bin/chromium";
+const SHOTS = process.env.HEROLD_WEB_SCREENSHOTS;
+const DEADLINE_MS = 60_000;
+
+assert.ok(BIN, "HEROLD_BIN_DIR must name the directory of herold-relay and herold");
+
+const work = mkdtempSync(join(tmpdir(), "herold-web-"));
+const dataDir = join(work, "relay");
+const home = join(work, "cli");
+let ports;
+let relay;
+let browser;
+let bob;
+const children = [];
+
+async function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.on("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+/// Polls `check` until it returns something truthy, or fails at the deadline.
+let explain = async () => "";
+async function until(what, check, ms = DEADLINE_MS) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await check().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}\n${await explain()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function startRelay() {
+  const p = spawn(
+    join(BIN, "herold-relay"),
+    [
+      "--dev",
+      "--data-dir", dataDir,
+      "--listen", `127.0.0.1:${ports.relay}`,
+      "--admin-listen", `127.0.0.1:${ports.admin}`,
+      "--metrics-listen", `127.0.0.1:${ports.metrics}`,
+      "--web-root", DIST,
+    ],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  children.push(p);
+  return p;
+}
+
+async function ready() {
+  await until("the relay to be ready", async () => {
+    const r = await fetch(`http://127.0.0.1:${ports.metrics}/readyz`);
+    return r.ok;
+  });
+}
+
+const cliEnv = () => ({
+  ...process.env,
+  HEROLD_HOME: home,
+  HEROLD_RELAY: `127.0.0.1:${ports.relay}`,
+  HEROLD_DATA_DIR: dataDir,
+  HEROLD_ADMIN: `http://127.0.0.1:${ports.admin}`,
+});
+
+async function herold(...args) {
+  const { stdout } = await promisify(execFile)(join(BIN, "herold"), args, { env: cliEnv() });
+  return stdout;
+}
+
+/// A long-running `herold listen`, its output collected.
+function listen(device) {
+  const p = spawn(join(BIN, "herold"), ["listen", "--device", device], { env: cliEnv(), stdio: ["ignore", "pipe", "pipe"] });
+  children.push(p);
+  const out = { text: "", p };
+  p.stdout.on("data", (d) => (out.text += d));
+  p.stderr.on("data", (d) => (out.text += d));
+  return out;
+}
+
+async function stop(p) {
+  if (p.exitCode !== null) return;
+  const done = new Promise((r) => p.once("exit", r));
+  p.kill("SIGTERM");
+  await done;
+}
+
+before(async () => {
+  ports = { relay: await freePort(), admin: await freePort(), metrics: await freePort() };
+  mkdirSync(home, { recursive: true });
+  relay = startRelay();
+  await ready();
+});
+
+after(async () => {
+  await browser?.close();
+  for (const c of children) await stop(c);
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function shot(page, name) {
+  if (SHOTS) await page.screenshot({ path: join(SHOTS, `${name}.png`) });
+}
+
+test("a browser enrolls, talks with a CLI device both ways and survives a relay restart", async () => {
+  await herold("admin", "account", "create", "alice", "--name", "Alice Huber");
+  await herold("admin", "account", "create", "bob", "--name", "Bob Maier");
+  // Bob's phone listens while his laptop writes (a device's MLS state is
+  // open in one process at a time).
+  await herold("device", "new", "bob", "phone");
+  await herold("device", "new", "bob", "laptop");
+  await herold("admin", "group", "station-42", "--member", "alice", "--member", "bob", "--title", "Polling station 42");
+  const codes = JSON.parse(await herold("--json", "admin", "codes", "--account", "alice"));
+  const code = (Array.isArray(codes) ? codes : codes.codes)[0].code;
+  assert.ok(code, "a code for alice");
+  // Bob's devices put their key packages up, so the browser can add them.
+  await herold("listen", "--device", "bob.phone", "--until-synced");
+  await herold("listen", "--device", "bob.laptop", "--until-synced");
+  bob = listen("bob.phone");
+
+  // The dev certificate is self-signed: Chromium trusts its key, no other.
+  const der = readFileSync(join(dataDir, "tls", "cert.der"));
+  const spki = new X509Certificate(der).publicKey.export({ type: "spki", format: "der" });
+  const pin = createHash("sha256").update(spki).digest("base64");
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      `--ignore-certificate-errors-spki-list=${pin}`,
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+  const logs = [];
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`page error: ${e.message}`));
+  // On a timeout: what the page and the CLI said.
+  explain = async () =>
+    `page log:\n${logs.join("\n")}\npage text:\n${await page.locator("body").innerText().catch(() => "")}\nCLI:\n${bob?.text ?? ""}`;
+  const violations = [];
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy/i.test(m.text())) violations.push(m.text());
+  });
+  page.setDefaultTimeout(DEADLINE_MS);
+  await page.goto(`https://localhost:${ports.relay}/`);
+
+  // Enroll: a wrong code is refused with the relay's reason.
+  await page.getByTestId("device-id").fill("alice.web");
+  await page.getByTestId("code").fill("WRONG-CODE-0000");
+  await shot(page, "web-enroll");
+  await page.getByTestId("enroll").click();
+  await until("the refusal", async () => (await page.getByTestId("enroll-error").textContent())?.length > 0);
+  await page.getByTestId("code").fill(code);
+  await page.getByTestId("enroll").click();
+  await until("the connection", async () => (await page.getByTestId("status").textContent()) === "Connected");
+
+  // Browser to CLI, end-to-end encrypted.
+  await page.getByTestId("open-id").fill("station-42");
+  await page.getByTestId("open-id").press("Enter");
+  await page.getByTestId("compose").fill("Hello from the office desk");
+  await page.getByTestId("send").click();
+  await until("the CLI to print the browser's message", async () => bob.text.includes("Hello from the office desk"));
+
+  // CLI to browser: it arrives live.
+  await herold("send", "--device", "bob.laptop", "station-42", "Ballot boxes arrive at 7:40");
+  const texts = page.getByTestId("message-text");
+  await until("the browser to show the CLI's message", async () => (await texts.allTextContents()).includes("Ballot boxes arrive at 7:40"));
+
+  // A message that destroys itself shows its timer.
+  await page.getByTestId("expiry").selectOption("60000");
+  await page.getByTestId("compose").fill("Door code 4711");
+  await page.getByTestId("send").click();
+  await until("the timer", async () => /Self-destructs in \d+ s/.test((await page.locator(".timer").first().textContent()) ?? ""));
+  await until("the CLI to print it", async () => bob.text.includes("Door code 4711"));
+  await shot(page, "web-conversation");
+
+  // A message in a conversation that is not open counts as unread.
+  await herold("admin", "group", "station-43", "--member", "alice", "--member", "bob", "--title", "Polling station 43");
+  await herold("send", "--device", "bob.laptop", "station-43", "Station 43 needs pens");
+  await until("the unread count", async () => (await page.getByTestId("unread").first().textContent()) === "1");
+  await shot(page, "web-unread");
+
+  // The relay restarts: the page says so, reconnects, and goes on.
+  await stop(relay);
+  await until("the page to notice", async () => await page.getByTestId("banner").isVisible());
+  assert.match(await page.getByTestId("banner").textContent(), /Connection lost/);
+  await shot(page, "web-reconnecting");
+  relay = startRelay();
+  await ready();
+  await until("the page to reconnect", async () => (await page.getByTestId("status").textContent()) === "Connected", 90_000);
+  assert.equal(await page.getByTestId("banner").isVisible(), false);
+  await page.locator('[data-conversation="station-42"]').click();
+  await page.getByTestId("expiry").selectOption("0");
+  await page.getByTestId("compose").fill("Still here after the restart");
+  await page.getByTestId("send").click();
+  await until("the CLI to get the message after the restart", async () => bob.text.includes("Still here after the restart"), 90_000);
+  await herold("send", "--device", "bob.laptop", "station-42", "Welcome back");
+  await until("the browser to get the reply", async () => (await texts.allTextContents()).includes("Welcome back"));
+
+  assert.deepEqual(violations, [], "the page runs under its Content-Security-Policy");
+});

@@ -1,0 +1,141 @@
+//! The class the page uses: a connected device, its events as JSON.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use herold_client::ClientConfig;
+use herold_client::e2e::{E2eClient, E2eEvent};
+use herold_mls::MlsDevice;
+use tokio::sync::mpsc;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(s: &str);
+}
+
+/// Runs when the module loads: a panic (a bug) is written to the page's
+/// console before the module traps, instead of a bare "unreachable".
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        console_error(&format!("herold-web: {info}"))
+    }));
+}
+
+/// A key for a new device: `seed` stays on the device, `public` is
+/// enrolled.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Debug)]
+pub struct DeviceKey {
+    /// The private seed, 64 hex digits.
+    pub seed: String,
+    /// The public key, 64 hex digits.
+    pub public: String,
+}
+
+/// A fresh device key.
+#[wasm_bindgen(js_name = newDeviceKey)]
+pub fn new_device_key() -> Result<DeviceKey, JsError> {
+    let (seed, public) = crate::new_device_key().map_err(|e| JsError::new(&e))?;
+    Ok(DeviceKey { seed, public })
+}
+
+/// The relay name the page signs for `url`.
+#[wasm_bindgen(js_name = relayNameOf)]
+pub fn relay_name_of(url: &str) -> Result<String, JsError> {
+    crate::relay_name_of(url).map_err(|e| JsError::new(&e))
+}
+
+struct Inner {
+    client: E2eClient,
+    events: RefCell<Option<mpsc::UnboundedReceiver<E2eEvent>>>,
+}
+
+/// A device of the web messenger, connected to its relay.
+#[wasm_bindgen]
+pub struct WebClient {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for WebClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebClient").finish_non_exhaustive()
+    }
+}
+
+#[wasm_bindgen]
+impl WebClient {
+    /// Connects the device `device_id` (key `seed_hex`) to the relay's
+    /// WebSocket at `url`, signing the relay's name; uploads its key
+    /// packages so that members can add it.
+    pub async fn connect(
+        url: String,
+        device_id: String,
+        seed_hex: String,
+    ) -> Result<WebClient, JsError> {
+        let name = crate::relay_name_of(&url).map_err(|e| JsError::new(&e))?;
+        let key = crate::device_key(&seed_hex).map_err(|e| JsError::new(&e))?;
+        let mls = MlsDevice::create(&device_id, None).map_err(|e| JsError::new(&e.to_string()))?;
+        let mut client = E2eClient::connect(ClientConfig::web(&url, &name, &device_id, key), mls)
+            .await
+            .map_err(|e| JsError::new(&e.to_string()))?;
+        let events = client.take_events();
+        Ok(WebClient {
+            inner: Rc::new(Inner {
+                client,
+                events: RefCell::new(Some(events)),
+            }),
+        })
+    }
+
+    /// The device's account.
+    #[wasm_bindgen(js_name = accountId)]
+    pub fn account_id(&self) -> String {
+        self.inner.client.account_id().to_owned()
+    }
+
+    /// Sends `text` to a conversation, end-to-end encrypted; expires
+    /// `expires_in_ms` from now (0: the conversation's retention). Resolves
+    /// to the message's position.
+    pub fn send(&self, conversation: String, text: String, expires_in_ms: f64) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let expires = if expires_in_ms > 0.0 {
+                herold_client::rt::now_ms() + expires_in_ms as i64
+            } else {
+                0
+            };
+            let accepted = inner
+                .client
+                .send(&conversation, text.as_bytes(), expires)
+                .await
+                .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
+            Ok(JsValue::from_f64(accepted.seq as f64))
+        })
+    }
+
+    /// The next event as JSON (see `event_json`); `null` once the client
+    /// stopped. One caller at a time.
+    #[wasm_bindgen(js_name = nextEvent)]
+    pub fn next_event(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let Some(mut rx) = inner.events.borrow_mut().take() else {
+                return Err(JsError::new("nextEvent is already waiting").into());
+            };
+            let event = rx.recv().await;
+            *inner.events.borrow_mut() = Some(rx);
+            Ok(match event {
+                Some(e) => JsValue::from_str(&crate::event_json(&e).to_string()),
+                None => JsValue::NULL,
+            })
+        })
+    }
+
+    /// The title members gave the conversation, if any.
+    pub fn title(&self, conversation: &str) -> Option<String> {
+        self.inner.client.title(conversation)
+    }
+}

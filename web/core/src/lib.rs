@@ -1,0 +1,161 @@
+//! The SDK of the web messenger: `herold-client` (connection, resync,
+//! acknowledgements, reconnects) and its end-to-end layer (`E2eClient`,
+//! MLS with openmls) compiled to WebAssembly, behind a small class for the
+//! page's TypeScript (`WebClient`, wasm32 only). One implementation for
+//! the CLI, the SDK and the browser: the page adds views, not protocol.
+//!
+//! What the page gets is JSON ([`event_json`]), so the TypeScript side
+//! needs no generated bindings beyond the class. The helpers here build
+//! natively as well, where `cargo test` checks them.
+
+use herold_client::e2e::E2eEvent;
+use serde_json::{Value, json};
+
+#[cfg(target_arch = "wasm32")]
+mod client;
+
+/// The relay name a page signs for the WebSocket URL it connects to: the
+/// URL's `host[:port]` in lower case, without the port when it is 443
+/// (as `location.host` writes it). Only `wss://` URLs: the relay's port
+/// is TLS.
+pub fn relay_name_of(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("wss://")
+        .ok_or_else(|| format!("{url:?} is not a wss:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let lower = host.to_ascii_lowercase();
+    let name = lower.strip_suffix(":443").unwrap_or(&lower);
+    if herold_proto::auth::valid_relay_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("{url:?} has no host the relay could be named by"))
+    }
+}
+
+/// A new device key: the seed to keep (hex) and the public key to enroll
+/// (hex), from the platform's randomness.
+pub fn new_device_key() -> Result<(String, String), String> {
+    let key = herold_client::generate_key().map_err(|e| e.to_string())?;
+    Ok((
+        hex::encode(key.to_bytes()),
+        hex::encode(key.verifying_key().to_bytes()),
+    ))
+}
+
+/// The device key from its seed (64 hex digits).
+pub fn device_key(seed_hex: &str) -> Result<ed25519_dalek::SigningKey, String> {
+    let seed: [u8; 32] = hex::decode(seed_hex)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the device key must be 64 hex digits")?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// An event as the page reads it: `{"type": ..., ...}`. A message's
+/// plaintext is UTF-8 text (what `herold send` sends); other bytes are
+/// shown with replacement characters.
+pub fn event_json(event: &E2eEvent) -> Value {
+    match event {
+        E2eEvent::Message(m) => json!({
+            "type": "message",
+            "conversation": m.conversation_id,
+            "seq": m.seq,
+            "sender_account": m.sender_account_id,
+            "sender_device": m.sender_device_id,
+            "sent_at_ms": m.server_time_ms,
+            "expires_at_ms": m.expires_at_ms,
+            "text": String::from_utf8_lossy(&m.plaintext),
+        }),
+        E2eEvent::GroupChanged {
+            conversation_id,
+            added,
+            removed,
+            title,
+            ..
+        } => json!({
+            "type": "group_changed",
+            "conversation": conversation_id,
+            "added": added,
+            "removed": removed,
+            "title": title,
+        }),
+        E2eEvent::Joined {
+            conversation_id, ..
+        } => json!({ "type": "joined", "conversation": conversation_id }),
+        E2eEvent::Removed {
+            conversation_id, ..
+        } => json!({ "type": "removed", "conversation": conversation_id }),
+        E2eEvent::KeyReceived {
+            conversation_id, ..
+        } => json!({ "type": "key_received", "conversation": conversation_id }),
+        E2eEvent::Restarted {
+            conversation_id, ..
+        } => json!({ "type": "restarted", "conversation": conversation_id }),
+        E2eEvent::Unreadable {
+            conversation_id,
+            seq,
+            reason,
+        } => json!({
+            "type": "unreadable",
+            "conversation": conversation_id,
+            "seq": seq,
+            "reason": reason,
+        }),
+        E2eEvent::Synced => json!({ "type": "synced" }),
+        E2eEvent::Disconnected { reason } => json!({ "type": "disconnected", "reason": reason }),
+        E2eEvent::Stopped(e) => json!({ "type": "stopped", "reason": e.to_string() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_relay_name_is_the_urls_host_as_a_browser_writes_it() {
+        assert_eq!(
+            relay_name_of("wss://Relay.City.Example:443/v1").unwrap(),
+            "relay.city.example"
+        );
+        assert_eq!(
+            relay_name_of("wss://localhost:7300/v1").unwrap(),
+            "localhost:7300"
+        );
+        assert_eq!(relay_name_of("wss://[::1]:7300").unwrap(), "[::1]:7300");
+        assert!(relay_name_of("ws://localhost:7300/v1").is_err(), "TLS only");
+        assert!(relay_name_of("wss:///v1").is_err());
+        assert!(relay_name_of("wss://user@host/v1").is_err());
+    }
+
+    #[test]
+    fn a_device_key_round_trips_through_its_seed() {
+        let (seed, public) = new_device_key().unwrap();
+        let key = device_key(&seed).unwrap();
+        assert_eq!(hex::encode(key.verifying_key().to_bytes()), public);
+        assert!(device_key("abcd").is_err());
+    }
+
+    #[test]
+    fn events_reach_the_page_as_json_with_their_text() {
+        let m = herold_client::e2e::Message {
+            conversation_id: "station-42".into(),
+            seq: 7,
+            sender_account_id: "bob".into(),
+            sender_device_id: "bob.phone".into(),
+            server_time_ms: 1_800_000_000_000,
+            expires_at_ms: 0,
+            plaintext: "Grüße".as_bytes().to_vec(),
+        };
+        let v = event_json(&E2eEvent::Message(m));
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["conversation"], "station-42");
+        assert_eq!(v["text"], "Grüße");
+        assert_eq!(v["seq"], 7);
+        let d = event_json(&E2eEvent::Disconnected {
+            reason: "gone".into(),
+        });
+        assert_eq!(d, json!({"type": "disconnected", "reason": "gone"}));
+    }
+}
