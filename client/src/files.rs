@@ -25,14 +25,7 @@ const WRITE_PIECE: usize = 256 * 1024;
 
 pub(crate) use crate::raw::Carrier;
 
-/// A finished upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Uploaded {
-    /// The relay's id of the ciphertext: it goes into the `FileRef`.
-    pub attachment_id: Vec<u8>,
-    /// When the relay deletes it, unix milliseconds; 0: kept.
-    pub expires_at_ms: i64,
-}
+pub use crate::transfer::Uploaded;
 
 /// Why one attempt of a transfer ended.
 enum Attempt {
@@ -285,10 +278,10 @@ impl Sender {
                 {
                     return Ok(c);
                 }
-                Some(Carrier::Tcp) => {
+                Some(Carrier::Tcp(_)) => {
                     return Err(ClientError::Connect(
-                        "attachments need QUIC, and this connection runs on the TCP fallback \
-                         (UDP does not get through to the relay)"
+                        "the connection moved to the TCP fallback during the transfer; \
+                         send the file again"
                             .into(),
                     ));
                 }
@@ -317,6 +310,10 @@ impl Sender {
         sealed: &[u8],
         expires_at_ms: i64,
     ) -> Result<Uploaded, ClientError> {
+        // On the TCP fallback: a WebSocket of its own (`crate::transfer`).
+        if self.transfer_to().is_some() {
+            return self.upload_ws(conversation_id, sealed, expires_at_ms).await;
+        }
         let mut id = Vec::new();
         let mut tries = Retries::new();
         loop {
@@ -344,6 +341,11 @@ impl Sender {
         attachment_id: &[u8],
         max_bytes: u64,
     ) -> Result<Vec<u8>, ClientError> {
+        if self.transfer_to().is_some() {
+            return self
+                .download_ws(conversation_id, attachment_id, max_bytes)
+                .await;
+        }
         let mut out = Vec::new();
         let mut tries = Retries::new();
         loop {

@@ -10,6 +10,8 @@
 //! - [`attachment`]: end-to-end encryption of files in chunks, and the
 //!   [`attachment::FileRef`] that carries key and digest inside a message.
 //! - [`raw::RawConnection`]: one connection, frame by frame.
+//! - [`transfer`]: attachment transfers on WebSockets of their own, for a
+//!   session on a WebSocket (the TCP fallback, a browser).
 //! - [`tls`]: certificate pinning.
 //! - [`admin`]: the gRPC admin and enrollment clients.
 //! - [`roster`]: roster files for bulk provisioning (parse, generate, send
@@ -21,8 +23,9 @@
 //! Built for `wasm32`, the SDK is the web messenger's (through
 //! `herold-web`): [`Client`] and [`e2e::E2eClient`] run on the page's event
 //! loop over its WebSocket ([`ClientConfig::web`]), signing the relay's
-//! name instead of the TLS exporter. QUIC, attachments, the admin clients,
-//! rosters and the CLI are native only.
+//! name instead of the TLS exporter, and transfers files on WebSockets of
+//! their own ([`transfer`]). QUIC, the admin clients, rosters and the CLI
+//! are native only.
 //!
 //! # Exactly once for the app
 //! The relay delivers each conversation in seq order, at least once. The
@@ -56,6 +59,7 @@ pub mod roster;
 pub mod rt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tls;
+pub mod transfer;
 
 /// How long a silent relay is given before the connection counts as lost
 /// (keep-alives go out at half of it).

@@ -3,7 +3,8 @@
 //! nothing, as a firewall that drops them would), and it falls back by
 //! itself to the relay's TCP fallback (a WebSocket over TLS on the same
 //! address and port). It still sends and receives, end to end encrypted,
-//! with a device on QUIC on the other side, both ways.
+//! with a device on QUIC on the other side, both ways, texts and photos
+//! (a photo on a WebSocket of its own, opened with a transfer ticket).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -13,6 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use herold_relay::{Config, Relay};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -199,6 +201,31 @@ async fn the_cli_falls_back_to_tcp_when_udp_is_blocked() {
         datagrams += 1;
     }
     assert!(datagrams > 0, "the CLI never tried QUIC");
+
+    // A photo crosses the fallback both ways, on WebSockets of its own
+    // (transfer tickets): uploaded from behind the firewall and fetched
+    // over QUIC, then sent over QUIC and fetched from behind the firewall.
+    let photo = dir.path().join("pothole.jpg");
+    let bytes: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let intact = format!("sha256 {}", hex::encode(Sha256::digest(&bytes)));
+    let photo = photo.to_str().unwrap();
+    let mut bob = cli.listen(quic, "bob.phone");
+    cli.run(
+        tcp,
+        &["send", "--device", "alice.phone", "g1", "--file", photo],
+    )
+    .await;
+    prints(&mut bob, &intact).await;
+    let mut alice = cli.listen(tcp, "alice.phone");
+    cli.run(
+        quic,
+        &["send", "--device", "bob.phone", "g1", "--file", photo],
+    )
+    .await;
+    prints(&mut alice, &intact).await;
 
     let _ = stop.send(());
     tokio::time::timeout(DEADLINE, running)

@@ -54,3 +54,7 @@ pub const ATTACHMENT_CHUNK_BYTES: u32 = 64 * 1024 + 16;
 
 /// Largest AttachmentRequest or AttachmentResponse frame, bytes.
 pub const ATTACHMENT_FRAME_BYTES: usize = 16 * 1024;
+/// The path of the WebSocket that carries one attachment transfer, opened
+/// with a ticket from the session (docs/protocol.md, "Attachments over
+/// WebSocket").
+pub const TRANSFER_PATH: &str = "/v1/transfer";

@@ -62,6 +62,9 @@ impl Incoming {
 pub(crate) enum Opened {
     /// A WebSocket upgrade: the session's frame stream.
     Session(Link, Sender, Receiver),
+    /// A WebSocket upgrade at the transfer path: one attachment transfer,
+    /// opened by a ticket (`crate::tickets`).
+    Transfer(Link, Sender, Receiver),
     /// Plain HTTP (the web messenger's files, an enrollment), served and
     /// ended.
     Served,
@@ -242,6 +245,25 @@ impl Sender {
                     r = sink.send(Message::Binary(message.into())) => r.map_err(|e| WriteError(e.to_string())),
                     () = link.ended.cancelled() => Err(WriteError("closed by the relay".into())),
                 }
+            }
+        }
+    }
+
+    /// Ends the stream normally (over the fallback: a WebSocket close
+    /// with code 1000), waiting up to `grace` for the peer to take it.
+    pub(crate) async fn close_normally(&mut self, grace: Duration) {
+        match self {
+            Self::Quic(s) => {
+                if s.finish().is_ok() {
+                    let _ = tokio::time::timeout(grace, s.stopped()).await;
+                }
+            }
+            Self::Ws { sink, .. } => {
+                let close = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                };
+                let _ = tokio::time::timeout(grace, sink.send(Message::Close(Some(close)))).await;
             }
         }
     }

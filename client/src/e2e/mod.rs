@@ -42,7 +42,6 @@ use tracing::{debug, warn};
 
 mod channel;
 mod events;
-#[cfg(not(target_arch = "wasm32"))]
 mod files;
 mod names;
 mod pump;

@@ -86,6 +86,9 @@ enum Wire {
         /// Silence after which a ping goes out; as long again without an
         /// answer and the relay counts as lost.
         idle: std::time::Duration,
+        /// Where it goes, for the WebSockets of attachment transfers.
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
     },
     /// The page's WebSocket, in a browser.
     #[cfg(target_arch = "wasm32")]
@@ -108,7 +111,25 @@ pub enum Transport {
 pub(crate) enum Carrier {
     #[cfg(not(target_arch = "wasm32"))]
     Quic(quinn::Connection),
-    Tcp,
+    /// A WebSocket: transfers open WebSockets of their own, here.
+    Tcp(TransferTo),
+}
+
+/// Where the WebSocket of an attachment transfer goes: the relay of the
+/// session's WebSocket (a transfer ticket is good on that relay only).
+#[derive(Debug, Clone)]
+pub(crate) enum TransferTo {
+    #[cfg(not(target_arch = "wasm32"))]
+    Native {
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+        idle: std::time::Duration,
+    },
+    #[cfg(target_arch = "wasm32")]
+    Web {
+        url: String,
+        idle: std::time::Duration,
+    },
 }
 
 impl Carrier {
@@ -116,8 +137,22 @@ impl Carrier {
         match &c.wire {
             #[cfg(not(target_arch = "wasm32"))]
             Wire::Quic { conn, .. } => Self::Quic(conn.clone()),
-            #[allow(unreachable_patterns)]
-            _ => Self::Tcp,
+            #[cfg(not(target_arch = "wasm32"))]
+            Wire::Ws {
+                relay,
+                fingerprint,
+                idle,
+                ..
+            } => Self::Tcp(TransferTo::Native {
+                relay: *relay,
+                fingerprint: *fingerprint,
+                idle: *idle,
+            }),
+            #[cfg(target_arch = "wasm32")]
+            Wire::Web(w) => Self::Tcp(TransferTo::Web {
+                url: w.transfer_url(),
+                idle: w.idle(),
+            }),
         }
     }
 
@@ -128,7 +163,7 @@ impl Carrier {
             Self::Quic(c) if c.close_reason().is_none() => Some(Transport::Quic),
             #[cfg(not(target_arch = "wasm32"))]
             Self::Quic(_) => None,
-            Self::Tcp => Some(Transport::Tcp),
+            Self::Tcp(_) => Some(Transport::Tcp),
         }
     }
 }
@@ -225,6 +260,18 @@ impl RawConnection {
         fingerprint: [u8; 32],
         idle: std::time::Duration,
     ) -> Result<Self, ClientError> {
+        Self::connect_tcp_at(relay, fingerprint, idle, "/v1").await
+    }
+
+    /// [`RawConnection::connect_tcp`] to the WebSocket at `path` (the
+    /// session's, or a transfer's).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) async fn connect_tcp_at(
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+        idle: std::time::Duration,
+        path: &str,
+    ) -> Result<Self, ClientError> {
         let connect = |e: std::io::Error| ClientError::Connect(format!("TCP to {relay}: {e}"));
         let tcp = tokio::net::TcpStream::connect(relay)
             .await
@@ -247,7 +294,7 @@ impl RawConnection {
         let config = WebSocketConfig::default()
             .max_message_size(Some(CLIENT_MAX_FRAME_BYTES + 16))
             .max_frame_size(Some(CLIENT_MAX_FRAME_BYTES + 16));
-        let url = format!("wss://{relay}/v1");
+        let url = format!("wss://{relay}{path}");
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(config))
             .await
             .map_err(|e| ClientError::Connect(format!("WebSocket to {relay}: {e}")))?;
@@ -255,6 +302,8 @@ impl RawConnection {
             ws: Box::new(ws),
             exporter,
             idle,
+            relay,
+            fingerprint,
         }))
     }
 
@@ -368,6 +417,32 @@ impl RawConnection {
                 .await
                 .map_err(|e| ClientError::Io(e.to_string())),
         }
+    }
+
+    /// Opens the WebSocket of one attachment transfer at `to`.
+    pub(crate) async fn open_transfer(to: &TransferTo) -> Result<Self, ClientError> {
+        match to {
+            #[cfg(not(target_arch = "wasm32"))]
+            TransferTo::Native {
+                relay,
+                fingerprint,
+                idle,
+            } => {
+                Self::connect_tcp_at(*relay, *fingerprint, *idle, herold_proto::TRANSFER_PATH).await
+            }
+            #[cfg(target_arch = "wasm32")]
+            TransferTo::Web { url, idle } => Self::connect_transfer_web(url, *idle).await,
+        }
+    }
+
+    /// The next raw bytes from the relay, past the frame decoder (an
+    /// attachment transfer's); `None` at the stream's end.
+    pub(crate) async fn read_raw(&mut self) -> Result<Option<Bytes>, ClientError> {
+        let chunk = self.chunk().await?;
+        if let Some(c) = &chunk {
+            tap_bytes(&self.tap, c);
+        }
+        Ok(chunk)
     }
 
     /// Sends one client frame kind.

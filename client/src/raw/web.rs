@@ -32,6 +32,10 @@ pub(crate) struct WebWire {
     ws: WebSocket,
     heard: mpsc::UnboundedReceiver<Heard>,
     idle: Duration,
+    /// Whether silence is answered with a `Ping` frame (a session's
+    /// WebSocket; a transfer's carries raw bytes, where a frame would not
+    /// belong).
+    pings: bool,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
     _on_error: Closure<dyn FnMut(Event)>,
@@ -49,7 +53,7 @@ impl std::fmt::Debug for WebWire {
 type Opened = Rc<RefCell<Option<oneshot::Sender<Result<(), String>>>>>;
 
 impl WebWire {
-    async fn open(url: &str, idle: Duration) -> Result<Self, ClientError> {
+    async fn open(url: &str, idle: Duration, pings: bool) -> Result<Self, ClientError> {
         let ws = WebSocket::new(url)
             .map_err(|e| ClientError::Connect(format!("WebSocket to {url}: {e:?}")))?;
         ws.set_binary_type(BinaryType::Arraybuffer);
@@ -103,6 +107,7 @@ impl WebWire {
             ws,
             heard,
             idle,
+            pings,
             _on_message: on_message,
             _on_close: on_close,
             _on_error: on_error,
@@ -132,7 +137,7 @@ impl WebWire {
                 Ok(Some(Heard::Bytes(b))) => return Ok(Some(b)),
                 Ok(Some(Heard::Closed) | None) => return Ok(None),
                 Ok(Some(Heard::Failed(e))) => return Err(ClientError::Closed(e)),
-                Err(_) if !pinged => {
+                Err(_) if !pinged && self.pings => {
                     // Silence: does the relay still answer? (Its Pong is a
                     // frame like any other.)
                     pinged = true;
@@ -152,6 +157,20 @@ impl WebWire {
                 }
             }
         }
+    }
+
+    /// The URL of a transfer's WebSocket on the same relay.
+    pub(super) fn transfer_url(&self) -> String {
+        let url = self.ws.url();
+        let origin_end = url
+            .find("://")
+            .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j))
+            .unwrap_or(url.len());
+        format!("{}{}", &url[..origin_end], herold_proto::TRANSFER_PATH)
+    }
+
+    pub(super) fn idle(&self) -> Duration {
+        self.idle
     }
 
     pub(super) fn close(self) {
@@ -174,6 +193,14 @@ impl RawConnection {
     /// Opens the page's WebSocket to `url` (`wss://relay.city.example/v1`);
     /// a relay silent for `idle` counts as lost.
     pub async fn connect_web(url: &str, idle: Duration) -> Result<Self, ClientError> {
-        Ok(Self::on(Wire::Web(WebWire::open(url, idle).await?)))
+        Ok(Self::on(Wire::Web(WebWire::open(url, idle, true).await?)))
+    }
+
+    /// Opens the WebSocket of one attachment transfer at `url`.
+    pub(super) async fn connect_transfer_web(
+        url: &str,
+        idle: Duration,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::on(Wire::Web(WebWire::open(url, idle, false).await?)))
     }
 }

@@ -10,6 +10,13 @@
 //! meanwhile); a download reads a chunk from the store and writes it
 //! before it reads the next. At most `max_attachment_streams` are served
 //! at once on the relay; the others wait in QUIC flow control.
+//!
+//! Over a WebSocket (the TCP fallback, the web messenger) a transfer has a
+//! WebSocket of its own, opened with a one-time ticket from the session
+//! (`crate::tickets`, [`over_websocket`]); it carries the same bytes. A
+//! WebSocket cannot end one direction alone, so there an upload is done
+//! once its declared size is stored, and the relay closes the WebSocket
+//! where it would finish a stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +34,7 @@ use crate::node::{Shared, now_ms};
 
 /// A refused request: the error the device is told.
 #[derive(Debug)]
-struct Refused(ErrorCode, String);
+pub(crate) struct Refused(ErrorCode, String);
 
 impl Refused {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -58,25 +65,139 @@ enum Outcome {
     Refused(Refused),
 }
 
+/// Where a transfer's bytes come from and go: a QUIC stream, or a
+/// WebSocket of its own.
+pub(crate) trait Pipe: Send {
+    /// Whether the device ends its side when it has sent everything (a
+    /// QUIC stream); a WebSocket cannot.
+    const HALF_CLOSE: bool;
+    /// Up to `max` bytes; `None` once the device ended its side.
+    fn read_some(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Option<Bytes>, Refused>> + Send;
+    /// Writes all of `bytes`.
+    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), Refused>> + Send;
+    /// The relay has written everything: ends its side.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+    /// Breaks the transfer off, telling the device `code`.
+    fn reset(&mut self, code: ErrorCode) -> impl Future<Output = ()> + Send;
+    /// After the refusal is written: reads no more, ends the relay's side
+    /// and gives the device up to `patience` to read it.
+    fn refuse_end(&mut self, patience: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// A QUIC stream the device opened beside its session.
+struct QuicPipe {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Pipe for QuicPipe {
+    const HALF_CLOSE: bool = true;
+
+    async fn read_some(&mut self, max: usize) -> Result<Option<Bytes>, Refused> {
+        match self.recv.read_chunk(max, true).await {
+            Ok(c) => Ok(c.map(|c| c.bytes)),
+            Err(e) => Err(Refused::new(ErrorCode::Unspecified, e.to_string())),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Refused> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| Refused::new(ErrorCode::Unspecified, e.to_string()))
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    async fn reset(&mut self, code: ErrorCode) {
+        let _ = self.send.reset((code as u32).into());
+    }
+
+    async fn refuse_end(&mut self, patience: Duration) {
+        let _ = self.send.finish();
+        let _ = self.recv.stop(0u32.into());
+        let _ = tokio::time::timeout(patience, self.send.stopped()).await;
+    }
+}
+
+/// A WebSocket of its own, after its ticket.
+struct WsPipe {
+    send: crate::link::Sender,
+    recv: crate::link::Receiver,
+    /// Read and not yet taken.
+    held: BytesMut,
+}
+
+/// How long the relay waits for a WebSocket's closing handshake.
+const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+impl Pipe for WsPipe {
+    const HALF_CLOSE: bool = false;
+
+    async fn read_some(&mut self, max: usize) -> Result<Option<Bytes>, Refused> {
+        if self.held.is_empty() {
+            match self.recv.chunk().await {
+                Ok(Some(b)) => self.held.extend_from_slice(&b),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(Refused::new(ErrorCode::Unspecified, format!("{e:?}"))),
+            }
+        }
+        let n = max.min(self.held.len());
+        Ok(Some(self.held.split_to(n).freeze()))
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Refused> {
+        self.send
+            .write_all_chunks(&mut [Bytes::copy_from_slice(bytes)])
+            .await
+            .map_err(|e| Refused::new(ErrorCode::Unspecified, e.to_string()))
+    }
+
+    async fn finish(&mut self) {
+        self.send.close_normally(WS_CLOSE_GRACE).await;
+    }
+
+    async fn reset(&mut self, code: ErrorCode) {
+        self.send
+            .finish_with(Bytes::new(), code as u32, WS_CLOSE_GRACE)
+            .await;
+    }
+
+    async fn refuse_end(&mut self, patience: Duration) {
+        self.send.close_normally(patience).await;
+    }
+}
+
 /// Serves the attachment streams the device opens on `conn` until the
 /// connection ends.
 pub(crate) async fn accept(shared: Arc<Shared>, conn: quinn::Connection, ctx: Arc<DeviceCtx>) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve(shared.clone(), ctx.clone(), send, recv));
+        tokio::spawn(serve(shared.clone(), ctx.clone(), QuicPipe { send, recv }));
     }
 }
 
-async fn serve(
+/// Serves the one transfer of a WebSocket opened with a ticket, for the
+/// device `ctx`; `held` are the bytes read after the ticket.
+pub(crate) async fn over_websocket(
     shared: Arc<Shared>,
     ctx: Arc<DeviceCtx>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    (send, recv): (crate::link::Sender, crate::link::Receiver),
+    held: BytesMut,
 ) {
+    serve(shared, ctx, WsPipe { send, recv, held }).await;
+}
+
+async fn serve<P: Pipe>(shared: Arc<Shared>, ctx: Arc<DeviceCtx>, mut pipe: P) {
     let Ok(_turn) = shared.attachment_streams.clone().acquire_owned().await else {
         return;
     };
     let patience = shared.limits.write_timeout;
-    let (kind, outcome) = match in_time(patience, read_request(&mut recv)).await {
+    let (kind, outcome) = match in_time(patience, read_request(&mut pipe)).await {
         Err(r) => ("unknown", Outcome::Refused(r)),
         Ok(v1::AttachmentRequest { kind: None }) => (
             "unknown",
@@ -87,13 +208,10 @@ async fn serve(
         ),
         Ok(v1::AttachmentRequest {
             kind: Some(attachment_request::Kind::Upload(u)),
-        }) => (
-            "upload",
-            upload(&shared, &ctx, u, &mut send, &mut recv).await,
-        ),
+        }) => ("upload", upload(&shared, &ctx, u, &mut pipe).await),
         Ok(v1::AttachmentRequest {
             kind: Some(attachment_request::Kind::Download(d)),
-        }) => ("download", download(&shared, &ctx, d, &mut send).await),
+        }) => ("download", download(&shared, &ctx, d, &mut pipe).await),
     };
     let label = match &outcome {
         Outcome::Done => "done".to_owned(),
@@ -108,11 +226,9 @@ async fn serve(
             message,
             ..Default::default()
         }));
-        if send.write_all(&frame).await.is_ok() {
-            let _ = send.finish();
+        if pipe.write(&frame).await.is_ok() {
             // Whatever else the device sends is not read.
-            let _ = recv.stop(0u32.into());
-            let _ = tokio::time::timeout(patience, send.stopped()).await;
+            pipe.refuse_end(patience).await;
         }
     }
 }
@@ -131,23 +247,35 @@ async fn in_time<T>(
     })
 }
 
-async fn read_request(recv: &mut quinn::RecvStream) -> Result<v1::AttachmentRequest, Refused> {
+/// Exactly `n` bytes, or `None` if the device ended its side first.
+async fn read_exact(pipe: &mut impl Pipe, n: usize) -> Result<Option<Vec<u8>>, Refused> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match pipe.read_some(n - out.len()).await? {
+            Some(b) => out.extend_from_slice(&b),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
+async fn read_request(pipe: &mut impl Pipe) -> Result<v1::AttachmentRequest, Refused> {
     let bad = |what: String| Refused::new(ErrorCode::BadFrame, what);
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
+    let len = read_exact(pipe, 4)
         .await
-        .map_err(|e| bad(format!("no request frame: {e}")))?;
-    let len = u32::from_be_bytes(len) as usize;
+        .map_err(|e| bad(format!("no request frame: {}", e.1)))?
+        .ok_or_else(|| bad("no request frame".into()))?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
     if len > ATTACHMENT_FRAME_BYTES {
         return Err(Refused::new(
             ErrorCode::FrameTooLarge,
             format!("the request has {len} bytes; the limit is {ATTACHMENT_FRAME_BYTES}"),
         ));
     }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
+    let body = read_exact(pipe, len)
         .await
-        .map_err(|e| bad(format!("the request frame is cut short: {e}")))?;
+        .map_err(|e| bad(format!("the request frame is cut short: {}", e.1)))?
+        .ok_or_else(|| bad("the request frame is cut short".into()))?;
     decode_message(&body).map_err(|e| bad(e.to_string()))
 }
 
@@ -264,13 +392,7 @@ async fn resume(shared: &Shared, ctx: &DeviceCtx, u: &v1::Upload) -> Result<Atta
     Ok(a)
 }
 
-async fn upload(
-    shared: &Shared,
-    ctx: &DeviceCtx,
-    u: v1::Upload,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-) -> Outcome {
+async fn upload<P: Pipe>(shared: &Shared, ctx: &DeviceCtx, u: v1::Upload, pipe: &mut P) -> Outcome {
     let found = if u.attachment_id.is_empty() {
         begin(shared, ctx, &u).await
     } else {
@@ -287,14 +409,14 @@ async fn upload(
         chunk_bytes: a.chunk_bytes,
         expires_at_ms: a.expires_at_ms.unwrap_or(0),
     }));
-    if in_time(patience, write(send, &ready)).await.is_err() {
+    if in_time(patience, pipe.write(&ready)).await.is_err() {
         return Outcome::Cut;
     }
     let mut buf = BytesMut::new();
     while let Some(want) = a.chunk_len(a.received_chunks) {
         let want = usize::try_from(want).unwrap_or(usize::MAX);
         while buf.len() < want {
-            match in_time(patience, read_some(recv, want - buf.len())).await {
+            match in_time(patience, pipe.read_some(want - buf.len())).await {
                 Ok(Some(b)) => buf.extend_from_slice(&b),
                 Ok(None) | Err(_) => return Outcome::Cut,
             }
@@ -308,25 +430,30 @@ async fn upload(
             Err(e) => return Outcome::Refused(Refused::store(&e)),
         }
     }
-    // Everything is stored: the device must have finished its stream.
-    match in_time(patience, read_some(recv, 1)).await {
-        Ok(None) => {}
-        Ok(Some(_)) => {
-            return Outcome::Refused(Refused::new(
-                ErrorCode::InvalidAttachment,
-                format!("more bytes than the declared {}", a.size),
-            ));
+    // Everything is stored: the device must have finished its stream
+    // (a WebSocket cannot: it is done at the declared size).
+    let more = if P::HALF_CLOSE {
+        match in_time(patience, pipe.read_some(1)).await {
+            Ok(more) => more.is_some(),
+            Err(_) => return Outcome::Cut,
         }
-        Err(_) => return Outcome::Cut,
+    } else {
+        !buf.is_empty()
+    };
+    if more {
+        return Outcome::Refused(Refused::new(
+            ErrorCode::InvalidAttachment,
+            format!("more bytes than the declared {}", a.size),
+        ));
     }
     let done = response(attachment_response::Kind::UploadDone(v1::UploadDone {
         attachment_id: a.id.clone(),
         size: a.size,
     }));
-    if in_time(patience, write(send, &done)).await.is_err() {
+    if in_time(patience, pipe.write(&done)).await.is_err() {
         return Outcome::Cut;
     }
-    let _ = send.finish();
+    pipe.finish().await;
     Outcome::Done
 }
 
@@ -334,7 +461,7 @@ async fn download(
     shared: &Shared,
     ctx: &DeviceCtx,
     d: v1::Download,
-    send: &mut quinn::SendStream,
+    pipe: &mut impl Pipe,
 ) -> Outcome {
     let a = match find_download(shared, ctx, &d).await {
         Ok(a) => a,
@@ -349,7 +476,7 @@ async fn download(
             expires_at_ms: a.expires_at_ms.unwrap_or(0),
         },
     ));
-    if in_time(patience, write(send, &ready)).await.is_err() {
+    if in_time(patience, pipe.write(&ready)).await.is_err() {
         return Outcome::Cut;
     }
     for index in d.from_chunk..a.chunks() {
@@ -358,21 +485,21 @@ async fn download(
             // Expired under way, or the store failed: the device sees the
             // stream reset and tries again (and is then told why).
             Ok(None) => {
-                let _ = send.reset((ErrorCode::NoSuchAttachment as u32).into());
+                pipe.reset(ErrorCode::NoSuchAttachment).await;
                 return Outcome::Cut;
             }
             Err(e) => {
                 warn!(error = %e, "attachment: store failed");
-                let _ = send.reset((ErrorCode::Unavailable as u32).into());
+                pipe.reset(ErrorCode::Unavailable).await;
                 return Outcome::Cut;
             }
         };
         metrics::counter!(m::ATTACHMENT_BYTES, "direction" => "down").increment(chunk.len() as u64);
-        if in_time(patience, write(send, &chunk)).await.is_err() {
+        if in_time(patience, pipe.write(&chunk)).await.is_err() {
             return Outcome::Cut;
         }
     }
-    let _ = send.finish();
+    pipe.finish().await;
     Outcome::Done
 }
 
@@ -413,18 +540,4 @@ async fn find_download(
         ));
     }
     Ok(a)
-}
-
-async fn write(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Refused> {
-    send.write_all(bytes)
-        .await
-        .map_err(|e| Refused::new(ErrorCode::Unspecified, e.to_string()))
-}
-
-/// Up to `max` bytes; `None` once the device finished its stream.
-async fn read_some(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Bytes>, Refused> {
-    match recv.read_chunk(max, true).await {
-        Ok(c) => Ok(c.map(|c| c.bytes)),
-        Err(e) => Err(Refused::new(ErrorCode::Unspecified, e.to_string())),
-    }
 }

@@ -68,8 +68,11 @@ impl std::fmt::Debug for Web {
     }
 }
 
-/// The upgrade a connection asked for, taken once its 101 is written.
-type Slot = Mutex<Option<OnUpgrade>>;
+use herold_proto::TRANSFER_PATH;
+
+/// The upgrade a connection asked for (and whether for a transfer), taken
+/// once its 101 is written.
+type Slot = Mutex<Option<(OnUpgrade, bool)>>;
 
 #[async_trait::async_trait]
 impl TcpDoor for Web {
@@ -102,7 +105,7 @@ impl TcpDoor for Web {
             .with_upgrades();
         let ended = tokio::time::timeout_at(deadline, served).await;
         let upgrade = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let Some(upgrade) = upgrade else {
+        let Some((upgrade, transfer)) = upgrade else {
             // Plain HTTP, served (or a client that stopped asking).
             return Ok(Opened::Served);
         };
@@ -123,7 +126,11 @@ impl TcpDoor for Web {
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         let (link, send, recv) = Link::ws(ws, exporter, self.names.clone(), self.idle);
-        Ok(Opened::Session(link, send, recv))
+        Ok(if transfer {
+            Opened::Transfer(link, send, recv)
+        } else {
+            Opened::Session(link, send, recv)
+        })
     }
 }
 
@@ -190,7 +197,8 @@ impl Web {
         if slot.is_some() {
             return text(StatusCode::BAD_REQUEST, "one upgrade per connection");
         }
-        *slot = Some(hyper::upgrade::on(&mut req));
+        let transfer = req.uri().path() == TRANSFER_PATH;
+        *slot = Some((hyper::upgrade::on(&mut req), transfer));
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = r.headers_mut();

@@ -10,6 +10,7 @@ export type HeroldEvent =
       sent_at_ms: number;
       expires_at_ms: number;
       text: string;
+      file?: { name: string; media_type: string; size: number };
     }
   | { type: "group_changed"; conversation: string; added: string[]; removed: string[]; title: string | null }
   | { type: "joined" | "removed" | "key_received" | "restarted"; conversation: string }
@@ -25,6 +26,7 @@ export interface ShownMessage {
   text: string;
   sentAtMs: number;
   expiresAtMs: number;
+  file?: { name: string; mediaType: string; size: number };
 }
 
 export interface Conversation {
@@ -84,4 +86,11 @@ export function expiresIn(expiresAtMs: number, nowMs: number): string {
   if (s < 3600) return `${Math.ceil(s / 60)} min`;
   if (s < 86400) return `${Math.ceil(s / 3600)} h`;
   return `${Math.ceil(s / 86400)} d`;
+}
+
+/// "512 B", "48 KB", "3.1 MB".
+export function sizeText(bytes: number): string {
+  if (bytes < 1000) return `${bytes} B`;
+  if (bytes < 1_000_000) return `${Math.round(bytes / 1000)} KB`;
+  return `${(bytes / 1_000_000).toFixed(1)} MB`;
 }

@@ -6,7 +6,7 @@
 
 import "./style.css";
 import init, { WebClient, newDeviceKey } from "./pkg/herold_web.js";
-import { Conversations, expiresIn, type HeroldEvent } from "./events";
+import { Conversations, expiresIn, sizeText, type HeroldEvent, type ShownMessage } from "./events";
 import { type DeviceRecord, forgetDevice, loadDevice, saveDevice } from "./store";
 
 const app = document.getElementById("app")!;
@@ -114,7 +114,8 @@ class Messenger {
       case "message": {
         const mine = e.sender_device === this.record.deviceId;
         const from = e.sender_account || e.sender_device;
-        const m = { seq: e.seq, from, mine, text: e.text, sentAtMs: e.sent_at_ms, expiresAtMs: e.expires_at_ms };
+        const file = e.file ? { name: e.file.name, mediaType: e.file.media_type, size: e.file.size } : undefined;
+        const m = { seq: e.seq, from, mine, text: e.text, sentAtMs: e.sent_at_ms, expiresAtMs: e.expires_at_ms, file };
         if (this.convs.add(e.conversation, m, e.conversation === this.current)) this.render();
         break;
       }
@@ -177,6 +178,49 @@ class Messenger {
     this.list.replaceChildren(...items);
   }
 
+  /// Encrypts and sends each file; shows the first failure.
+  private async sendFiles(conv: string, files: File[], ms: number, err: HTMLElement) {
+    for (const f of files) {
+      const status = `Sending ${f.name}…`;
+      showBanner(status);
+      try {
+        const bytes = new Uint8Array(await f.arrayBuffer());
+        const seq = await this.client.sendFile(conv, f.name, f.type, bytes, ms);
+        const file = { name: f.name, mediaType: f.type, size: f.size };
+        this.convs.add(conv, { seq, from: this.record.accountId, mine: true, text: "", sentAtMs: Date.now(), expiresAtMs: ms ? Date.now() + ms : 0, file }, true);
+        this.render();
+      } catch (e) {
+        err.textContent = `${f.name}: ${e instanceof Error ? e.message : String(e)}`;
+      } finally {
+        if (banner.textContent === status) showBanner(null);
+      }
+    }
+  }
+
+  /// A file in a message: its name and size, opened on demand (fetched,
+  /// checked and decrypted in the module); a photo is shown in place.
+  private fileView(conv: string, m: ShownMessage): HTMLElement {
+    const f = m.file!;
+    const open = el("button", { type: "button", class: "file", "data-testid": "file" }, `${f.name || "file"} · ${sizeText(f.size)}`);
+    const box = el("span", { class: "text" }, open);
+    open.addEventListener("click", async () => {
+      open.disabled = true;
+      try {
+        const bytes: Uint8Array = await this.client.fetchFile(conv, m.seq);
+        const url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: f.mediaType || "application/octet-stream" }));
+        if (f.mediaType.startsWith("image/")) {
+          box.append(el("img", { src: url, alt: f.name, class: "photo", "data-testid": "photo" }));
+        }
+        const save = el("a", { href: url, download: f.name || "file", "data-testid": "save" }, "Save");
+        box.append(save);
+      } catch (e) {
+        box.append(el("span", { class: "error" }, e instanceof Error ? e.message : String(e)));
+        open.disabled = false;
+      }
+    });
+    return box;
+  }
+
   private renderPane() {
     if (this.current === null) {
       this.pane.replaceChildren(el("p", { class: "empty" }, "Choose a conversation, or open one by its id."));
@@ -189,7 +233,7 @@ class Messenger {
         "li",
         { class: m.mine ? "message mine" : "message", "data-seq": String(m.seq) },
         el("span", { class: "from" }, m.mine ? "You" : m.from),
-        el("span", { class: "text", "data-testid": "message-text" }, m.text),
+        m.file ? this.fileView(c.id, m) : el("span", { class: "text", "data-testid": "message-text" }, m.text),
         el("time", {}, new Date(m.sentAtMs).toLocaleTimeString()),
         m.expiresAtMs ? el("span", { class: "timer", "data-expires": String(m.expiresAtMs), title: "This message destroys itself on every device" }, `Self-destructs in ${expiresIn(m.expiresAtMs, now)}`) : "",
       ),
@@ -235,6 +279,23 @@ class Messenger {
         void submit();
       }
     });
+    // Files: dropped on the conversation, or picked.
+    const pick = el("input", { type: "file", multiple: "", "aria-label": "Attach files", "data-testid": "pick" });
+    pick.addEventListener("change", () => {
+      if (pick.files) void this.sendFiles(conv, [...pick.files], Number(expiry.value), err);
+    });
+    send.before(el("label", { class: "attach" }, "Attach…", pick));
+    this.pane.ondragover = (ev) => {
+      ev.preventDefault();
+      this.pane.classList.add("dropping");
+    };
+    this.pane.ondragleave = () => this.pane.classList.remove("dropping");
+    this.pane.ondrop = (ev) => {
+      ev.preventDefault();
+      this.pane.classList.remove("dropping");
+      const files = ev.dataTransfer ? [...ev.dataTransfer.files] : [];
+      if (files.length) void this.sendFiles(conv, files, Number(expiry.value), err);
+    };
     this.pane.replaceChildren(el("h2", { "data-testid": "conversation-title" }, c.title ?? c.id), list, form);
     list.scrollTop = list.scrollHeight;
     if (document.activeElement === document.body) text.focus();

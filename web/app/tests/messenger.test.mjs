@@ -2,7 +2,8 @@
 // Playwright: a real relay serving the built page, the real `herold` CLI as
 // the other device. The browser enrolls by a one-time code, exchanges
 // end-to-end encrypted messages with the CLI both ways, sees a message
-// destroy itself, and survives a relay restart.
+// destroy itself, sends a photo dropped on the conversation to the CLI and
+// opens one from it, both intact, and survives a relay restart.
 //
 // Needs: HEROLD_BIN_DIR (herold-relay and herold), the built page
 // (web/app/dist) and Chromium (HEROLD_CHROMIUM, default /usr/bin/chromium).
@@ -12,12 +13,13 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, mkdirSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import zlib from "node:zlib";
 import { chromium } from "playwright-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -128,6 +130,37 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
+/// A PNG of `w` x `h` pixels of coloured noise: a photo that does not
+/// compress, several chunks of ciphertext.
+function png(w, h) {
+  const crc = (buf) => zlib.crc32(buf) >>> 0;
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type), data]);
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc(body));
+    return Buffer.concat([len, body, sum]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  let seed = 42;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      const o = y * (w * 3 + 1) + 1 + x * 3;
+      raw[o] = (x * 255) / w + (seed & 31);
+      raw[o + 1] = (y * 255) / h + ((seed >> 8) & 31);
+      raw[o + 2] = 128 + ((seed >> 16) & 63);
+    }
+  }
+  const sig = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([sig, chunk("IHDR", ihdr), chunk("IDAT", zlib.deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
+}
+
 async function shot(page, name) {
   if (SHOTS) await page.screenshot({ path: join(SHOTS, `${name}.png`) });
 }
@@ -207,6 +240,30 @@ test("a browser enrolls, talks with a CLI device both ways and survives a relay 
   await page.getByTestId("send").click();
   await until("the timer", async () => /Self-destructs in \d+ s/.test((await page.locator(".timer").first().textContent()) ?? ""));
   await until("the CLI to print it", async () => bob.text.includes("Door code 4711"));
+  await page.getByTestId("expiry").selectOption("0");
+
+  // A photo dragged onto the conversation reaches the CLI intact.
+  const photo = png(320, 200);
+  const digest = createHash("sha256").update(photo).digest("hex");
+  const dropped = await page.evaluateHandle((b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], "pothole.png", { type: "image/png" }));
+    return dt;
+  }, photo.toString("base64"));
+  await page.dispatchEvent(".conversation", "drop", { dataTransfer: dropped });
+  await until("the CLI to save the photo intact", async () => bob.text.includes(`sha256 ${digest}`));
+
+  // A photo from the CLI opens in the page, and saves intact.
+  const photoFile = join(work, "from-bob.png");
+  writeFileSync(photoFile, photo);
+  await herold("send", "--device", "bob.laptop", "station-42", "--file", photoFile);
+  await until("the file in the page", async () => (await page.getByTestId("file").count()) === 2);
+  await page.getByTestId("file").last().click();
+  await until("the photo shown", async () => await page.getByTestId("photo").isVisible());
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("save").last().click()]);
+  const saved = readFileSync(await download.path());
+  assert.equal(createHash("sha256").update(saved).digest("hex"), digest, "the photo arrives intact");
   await shot(page, "web-conversation");
 
   // A message in a conversation that is not open counts as unread.

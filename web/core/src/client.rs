@@ -1,7 +1,10 @@
 //! The class the page uses: a connected device, its events as JSON.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+
+use herold_client::attachment::FileRef;
 
 use herold_client::ClientConfig;
 use herold_client::e2e::{E2eClient, E2eEvent};
@@ -51,6 +54,9 @@ pub fn relay_name_of(url: &str) -> Result<String, JsError> {
 struct Inner {
     client: E2eClient,
     events: RefCell<Option<mpsc::UnboundedReceiver<E2eEvent>>>,
+    /// The files of the messages handed to the page, by (conversation,
+    /// seq): their keys never leave the module.
+    files: RefCell<HashMap<(String, u64), FileRef>>,
 }
 
 /// A device of the web messenger, connected to its relay.
@@ -86,6 +92,7 @@ impl WebClient {
             inner: Rc::new(Inner {
                 client,
                 events: RefCell::new(Some(events)),
+                files: RefCell::new(HashMap::new()),
             }),
         })
     }
@@ -127,10 +134,71 @@ impl WebClient {
             };
             let event = rx.recv().await;
             *inner.events.borrow_mut() = Some(rx);
+            if let Some(E2eEvent::Message(m)) = &event
+                && let Some(f) = m.file()
+            {
+                inner
+                    .files
+                    .borrow_mut()
+                    .insert((m.conversation_id.clone(), m.seq), f);
+            }
             Ok(match event {
                 Some(e) => JsValue::from_str(&crate::event_json(&e).to_string()),
                 None => JsValue::NULL,
             })
+        })
+    }
+
+    /// Sends a file (a photo, a document) to a conversation: encrypted
+    /// here, uploaded on a WebSocket of its own, then its reference sent
+    /// as a message. Resolves to the message's position.
+    #[wasm_bindgen(js_name = sendFile)]
+    pub fn send_file(
+        &self,
+        conversation: String,
+        name: String,
+        media_type: String,
+        contents: Vec<u8>,
+        expires_in_ms: f64,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let expires = if expires_in_ms > 0.0 {
+                herold_client::rt::now_ms() + expires_in_ms as i64
+            } else {
+                0
+            };
+            let (accepted, file) = inner
+                .client
+                .send_file(&conversation, &contents, &name, &media_type, expires)
+                .await
+                .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
+            inner
+                .files
+                .borrow_mut()
+                .insert((conversation, accepted.seq), file);
+            Ok(JsValue::from_f64(accepted.seq as f64))
+        })
+    }
+
+    /// The contents of the file of message `seq` in `conversation`, fetched
+    /// and checked against the digest its sender signed.
+    #[wasm_bindgen(js_name = fetchFile)]
+    pub fn fetch_file(&self, conversation: String, seq: f64) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let file = inner
+                .files
+                .borrow()
+                .get(&(conversation.clone(), seq as u64))
+                .cloned()
+                .ok_or_else(|| JsValue::from(JsError::new("no file in that message")))?;
+            let contents = inner
+                .client
+                .fetch_file(&conversation, &file)
+                .await
+                .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
+            Ok(js_sys::Uint8Array::from(&contents[..]).into())
         })
     }
 

@@ -56,16 +56,31 @@ pub fn device_key(seed_hex: &str) -> Result<ed25519_dalek::SigningKey, String> {
 /// shown with replacement characters.
 pub fn event_json(event: &E2eEvent) -> Value {
     match event {
-        E2eEvent::Message(m) => json!({
-            "type": "message",
-            "conversation": m.conversation_id,
-            "seq": m.seq,
-            "sender_account": m.sender_account_id,
-            "sender_device": m.sender_device_id,
-            "sent_at_ms": m.server_time_ms,
-            "expires_at_ms": m.expires_at_ms,
-            "text": String::from_utf8_lossy(&m.plaintext),
-        }),
+        E2eEvent::Message(m) => {
+            let mut v = json!({
+                "type": "message",
+                "conversation": m.conversation_id,
+                "seq": m.seq,
+                "sender_account": m.sender_account_id,
+                "sender_device": m.sender_device_id,
+                "sent_at_ms": m.server_time_ms,
+                "expires_at_ms": m.expires_at_ms,
+            });
+            // A file: what the page shows of it; its key stays in the
+            // WebAssembly module (`WebClient::fetch_file`).
+            match m.file() {
+                Some(f) => {
+                    v["file"] = json!({
+                        "name": f.name,
+                        "media_type": f.media_type,
+                        "size": f.size,
+                    });
+                    v["text"] = json!("");
+                }
+                None => v["text"] = json!(String::from_utf8_lossy(&m.plaintext)),
+            }
+            v
+        }
         E2eEvent::GroupChanged {
             conversation_id,
             added,
@@ -153,6 +168,27 @@ mod tests {
         assert_eq!(v["conversation"], "station-42");
         assert_eq!(v["text"], "Grüße");
         assert_eq!(v["seq"], 7);
+        assert!(v.get("file").is_none());
+        let (_, mut f) = herold_client::attachment::seal(b"a photo").unwrap();
+        f.id = vec![1; 16];
+        f.name = "pothole.jpg".into();
+        f.media_type = "image/jpeg".into();
+        let photo = herold_client::e2e::Message {
+            plaintext: f.encode().unwrap(),
+            conversation_id: "station-42".into(),
+            seq: 8,
+            sender_account_id: "bob".into(),
+            sender_device_id: "bob.phone".into(),
+            server_time_ms: 0,
+            expires_at_ms: 0,
+        };
+        let v = event_json(&E2eEvent::Message(photo));
+        assert_eq!(
+            v["file"],
+            json!({"name": "pothole.jpg", "media_type": "image/jpeg", "size": 7})
+        );
+        assert_eq!(v["text"], "");
+        assert!(!v.to_string().contains(&hex::encode(f.key)), "no key");
         let d = event_json(&E2eEvent::Disconnected {
             reason: "gone".into(),
         });
