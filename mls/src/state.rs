@@ -142,9 +142,72 @@ fn table_error(e: redb::TableError) -> DbError {
     }
 }
 
+/// A database kept in memory and read out whole: the browser's state,
+/// which the page keeps in IndexedDB (`MlsDevice::image`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemoryImage(std::sync::Arc<std::sync::RwLock<Vec<u8>>>);
+
+impl MemoryImage {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(bytes)))
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl redb::StorageBackend for MemoryImage {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.0.read().unwrap_or_else(|p| p.into_inner()).len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let data = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match data.get(start..start.saturating_add(out.len())) {
+            Some(src) => {
+                out.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the image",
+            )),
+        }
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let len = usize::try_from(len)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "image too large"))?;
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .resize(len, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut image = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(data.len());
+        if image.len() < end {
+            image.resize(end, 0);
+        }
+        image[start..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
 /// A device's state database, and what it holds as of the last save.
 pub(crate) struct StateDb {
     db: redb::Database,
+    /// The image it lives in, when in memory.
+    image: Option<MemoryImage>,
     /// The `openmls` table as last committed.
     saved: HashMap<Vec<u8>, Vec<u8>>,
     /// The `groups` table as last committed.
@@ -171,6 +234,44 @@ impl StateDb {
             .map_err(DbError::Io)?
             .into_temp_path();
         let db = redb::Database::create(&tmp).map_err(io)?;
+        let this = Self::init(db, state)?;
+        std::fs::rename(&tmp, path).map_err(DbError::Io)?;
+        // Renamed: nothing left for the guard to delete.
+        let _ = tmp.keep();
+        #[cfg(unix)]
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(DbError::Io)?;
+        Ok(this)
+    }
+
+    /// Creates the database holding `state` in a new memory image.
+    pub fn create_in(image: MemoryImage, state: &State) -> Result<Self, DbError> {
+        let db = redb::Builder::new()
+            .create_with_backend(image.clone())
+            .map_err(io)?;
+        let mut this = Self::init(db, state)?;
+        this.image = Some(image);
+        Ok(this)
+    }
+
+    /// Opens the database in a memory image.
+    pub fn open_in(image: MemoryImage) -> Result<(Self, State), DbError> {
+        let db = redb::Builder::new()
+            .create_with_backend(image.clone())
+            .map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let (mut this, state) = Self::load(db)?;
+        this.image = Some(image);
+        Ok((this, state))
+    }
+
+    /// The whole database, if it lives in memory.
+    pub fn image_bytes(&self) -> Option<Vec<u8>> {
+        self.image.as_ref().map(MemoryImage::bytes)
+    }
+
+    /// Writes `state` into the empty database `db`.
+    fn init(db: redb::Database, state: &State) -> Result<Self, DbError> {
         let saved: HashMap<Vec<u8>, Vec<u8>> = state.storage.iter().cloned().collect();
         let saved_groups: HashMap<Vec<u8>, (u64, i64)> = state
             .groups
@@ -197,15 +298,9 @@ impl StateDb {
             }
         }
         txn.commit().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(DbError::Io)?;
-        // Renamed: nothing left for the guard to delete.
-        let _ = tmp.keep();
-        #[cfg(unix)]
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(DbError::Io)?;
         Ok(Self {
             db,
+            image: None,
             saved,
             saved_groups,
             last_written: 0,
@@ -239,6 +334,11 @@ impl StateDb {
             )),
             other => DbError::Corrupt(other.to_string()),
         })?;
+        Self::load(db)
+    }
+
+    /// What the database `db` holds.
+    fn load(db: redb::Database) -> Result<(Self, State), DbError> {
         let txn = db.begin_read().map_err(io)?;
         let meta = txn.open_table(META).map_err(table_error)?;
         let get = |key: &str| -> Result<Vec<u8>, DbError> {
@@ -280,6 +380,7 @@ impl StateDb {
         Ok((
             Self {
                 db,
+                image: None,
                 saved,
                 saved_groups,
                 last_written: 0,

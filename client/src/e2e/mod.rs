@@ -656,6 +656,13 @@ impl E2eClient {
         }
     }
 
+    /// The MLS state's database image, for a device made with
+    /// [`MlsDevice::create_in_image`] (a browser keeps it in IndexedDB and
+    /// starts again from it after a reload); `None` otherwise.
+    pub fn mls_image(&self) -> Option<Vec<u8>> {
+        lock(&self.mls).image()
+    }
+
     /// Stops processing and closes the connection.
     pub async fn close(self) {
         self.pump.abort();

@@ -11,6 +11,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
 mod channel;
+mod image;
 mod names;
 mod receive;
 
@@ -174,21 +175,7 @@ impl MlsDevice {
             sender_keys: channel::SenderKeys::new(),
         };
         if let Some(p) = path {
-            let state = State {
-                device_id: device.device_id.clone(),
-                signature_public_key: device.signer.to_public_vec(),
-                groups: Vec::new(),
-                storage: device
-                    .provider
-                    .storage()
-                    .values
-                    .read()
-                    .map_err(|_| MlsError::StoragePoisoned)?
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
-            let db = StateDb::create(p, &state).map_err(|e| db_error(p, e))?;
+            let db = StateDb::create(p, &device.fresh_state()?).map_err(|e| db_error(p, e))?;
             device.db = Some(Mutex::new(db));
         }
         Ok(device)
@@ -196,11 +183,16 @@ impl MlsDevice {
 
     /// Loads a device from its state file.
     pub fn open(path: &Path) -> Result<Self, MlsError> {
+        let (db, state) = StateDb::open(path).map_err(|e| db_error(path, e))?;
+        Self::load(db, state, path)
+    }
+
+    /// The device of an opened state database (`path` names it in errors).
+    fn load(db: StateDb, state: State, path: &Path) -> Result<Self, MlsError> {
         let corrupt = |reason: String| MlsError::CorruptState {
             path: path.to_path_buf(),
             reason,
         };
-        let (db, state) = StateDb::open(path).map_err(|e| db_error(path, e))?;
         if state.device_id.is_empty() {
             return Err(corrupt("empty device id".into()));
         }

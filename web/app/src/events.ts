@@ -72,6 +72,19 @@ export class Conversations {
     return any;
   }
 
+  /// What to keep across a reload.
+  save(): Conversation[] {
+    return [...this.byId.values()];
+  }
+
+  /// The conversations a reload kept.
+  restore(saved: unknown) {
+    if (!Array.isArray(saved)) return;
+    for (const c of saved as Conversation[]) {
+      if (typeof c?.id === "string" && Array.isArray(c.messages)) this.byId.set(c.id, c);
+    }
+  }
+
   list(): Conversation[] {
     const last = (c: Conversation) => c.messages.at(-1)?.sentAtMs ?? 0;
     return [...this.byId.values()].sort((a, b) => last(b) - last(a) || a.id.localeCompare(b.id));

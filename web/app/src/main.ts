@@ -7,7 +7,7 @@
 import "./style.css";
 import init, { WebClient, newDeviceKey } from "./pkg/herold_web.js";
 import { Conversations, expiresIn, sizeText, type HeroldEvent, type ShownMessage } from "./events";
-import { type DeviceRecord, forgetDevice, loadDevice, saveDevice } from "./store";
+import { type DeviceRecord, forgetAll, loadConversations, loadDevice, loadMls, saveConversations, saveDevice, saveMls } from "./store";
 
 const app = document.getElementById("app")!;
 const banner = document.getElementById("banner")!;
@@ -88,7 +88,34 @@ class Messenger {
   private list = el("ul", { class: "conversations", "data-testid": "conversations" });
   private pane = el("section", { class: "conversation" });
 
+  private saving = false;
+  private dirty = false;
+
   constructor(private client: WebClient, private record: DeviceRecord) {}
+
+  /// Keeps the MLS state and the conversations in IndexedDB after every
+  /// change, one write at a time (a change during a write writes again).
+  save() {
+    if (this.saving) {
+      this.dirty = true;
+      return;
+    }
+    this.saving = true;
+    this.dirty = false;
+    const image = this.client.mlsImage();
+    const done = Promise.all([image ? saveMls(image) : Promise.resolve(), saveConversations(this.convs.save())]);
+    done
+      .catch((e) => showBanner(`Cannot keep this browser's state: ${e instanceof Error ? e.message : String(e)}`, "error"))
+      .finally(() => {
+        this.saving = false;
+        if (this.dirty) this.save();
+      });
+  }
+
+  async restore() {
+    this.convs.restore(await loadConversations());
+    this.convs.expire(Date.now());
+  }
 
   mount() {
     const open = el("input", { placeholder: "Open conversation…", "aria-label": "Conversation id", "data-testid": "open-id" });
@@ -110,6 +137,7 @@ class Messenger {
   }
 
   handle(e: HeroldEvent) {
+    if (e.type !== "synced" && e.type !== "disconnected" && e.type !== "stopped") this.save();
     switch (e.type) {
       case "message": {
         const mine = e.sender_device === this.record.deviceId;
@@ -188,6 +216,7 @@ class Messenger {
         const seq = await this.client.sendFile(conv, f.name, f.type, bytes, ms);
         const file = { name: f.name, mediaType: f.type, size: f.size };
         this.convs.add(conv, { seq, from: this.record.accountId, mine: true, text: "", sentAtMs: Date.now(), expiresAtMs: ms ? Date.now() + ms : 0, file }, true);
+        this.save();
         this.render();
       } catch (e) {
         err.textContent = `${f.name}: ${e instanceof Error ? e.message : String(e)}`;
@@ -261,6 +290,7 @@ class Messenger {
         const ms = Number(expiry.value);
         const seq = await this.client.send(conv, body, ms);
         this.convs.add(conv, { seq, from: this.record.accountId, mine: true, text: body, sentAtMs: Date.now(), expiresAtMs: ms ? Date.now() + ms : 0 }, true);
+        this.save();
         text.value = "";
         this.render();
       } catch (e) {
@@ -308,7 +338,7 @@ async function start(record: DeviceRecord) {
   app.replaceChildren(el("p", { class: "empty" }, "Connecting to the relay…"));
   let client: WebClient;
   try {
-    client = await WebClient.connect(record.relayUrl, record.deviceId, record.seed);
+    client = await WebClient.connect(record.relayUrl, record.deviceId, record.seed, await loadMls());
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     status.textContent = "Not connected";
@@ -316,14 +346,17 @@ async function start(record: DeviceRecord) {
     again.addEventListener("click", () => void start(record));
     const forget = el("button", { type: "button", class: "secondary" }, "Enroll again");
     forget.addEventListener("click", async () => {
-      await forgetDevice();
+      await forgetAll();
       enrollView();
     });
     app.replaceChildren(el("div", { class: "failed" }, el("p", { class: "error", role: "alert" }, `Cannot connect: ${why}`), again, forget));
     return;
   }
   const messenger = new Messenger(client, record);
+  await messenger.restore();
   messenger.mount();
+  // A new device's state, kept before anything else happens.
+  messenger.save();
   for (;;) {
     const json = await client.nextEvent();
     if (json === null) break;

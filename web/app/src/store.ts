@@ -12,6 +12,9 @@ export interface DeviceRecord {
 const DB = "herold";
 const STORE = "device";
 const KEY = "self";
+/// The MLS state's database image, and the page's conversations.
+const MLS = "mls";
+const CONVERSATIONS = "conversations";
 
 function open(): Promise<IDBDatabase> {
   return new Promise((resolve, reject) => {
@@ -48,6 +51,23 @@ export async function saveDevice(d: DeviceRecord): Promise<void> {
   await run("readwrite", (s) => s.put(d, KEY));
 }
 
-export async function forgetDevice(): Promise<void> {
-  await run("readwrite", (s) => s.delete(KEY));
+
+export async function loadMls(): Promise<Uint8Array | undefined> {
+  return (await run("readonly", (s) => s.get(MLS))) as Uint8Array | undefined;
+}
+
+export async function saveMls(image: Uint8Array): Promise<void> {
+  await run("readwrite", (s) => s.put(image, MLS));
+}
+
+export async function loadConversations(): Promise<unknown> {
+  return await run("readonly", (s) => s.get(CONVERSATIONS));
+}
+
+export async function saveConversations(c: unknown): Promise<void> {
+  await run("readwrite", (s) => s.put(c, CONVERSATIONS));
+}
+
+export async function forgetAll(): Promise<void> {
+  await run("readwrite", (s) => s.clear());
 }

@@ -3,7 +3,8 @@
 // the other device. The browser enrolls by a one-time code, exchanges
 // end-to-end encrypted messages with the CLI both ways, sees a message
 // destroy itself, sends a photo dropped on the conversation to the CLI and
-// opens one from it, both intact, and survives a relay restart.
+// opens one from it, both intact, and survives a relay restart and a
+// reload of the page.
 //
 // Needs: HEROLD_BIN_DIR (herold-relay and herold), the built page
 // (web/app/dist) and Chromium (HEROLD_CHROMIUM, default /usr/bin/chromium).
@@ -165,7 +166,7 @@ async function shot(page, name) {
   if (SHOTS) await page.screenshot({ path: join(SHOTS, `${name}.png`) });
 }
 
-test("a browser enrolls, talks with a CLI device both ways and survives a relay restart", async () => {
+test("a browser enrolls, talks and sends photos with a CLI device both ways, and survives a relay restart and a reload", async () => {
   await herold("admin", "account", "create", "alice", "--name", "Alice Huber");
   await herold("admin", "account", "create", "bob", "--name", "Bob Maier");
   // Bob's phone listens while his laptop writes (a device's MLS state is
@@ -288,6 +289,18 @@ test("a browser enrolls, talks with a CLI device both ways and survives a relay 
   await until("the CLI to get the message after the restart", async () => bob.text.includes("Still here after the restart"), 90_000);
   await herold("send", "--device", "bob.laptop", "station-42", "Welcome back");
   await until("the browser to get the reply", async () => (await texts.allTextContents()).includes("Welcome back"));
+
+  // The page reloads: the browser keeps its device, its MLS state and its
+  // conversations (IndexedDB), and reads and writes in the same group.
+  await page.reload();
+  await until("the page to reconnect after the reload", async () => (await page.getByTestId("status").textContent()) === "Connected");
+  await page.locator('[data-conversation="station-42"]').click();
+  assert.ok((await texts.allTextContents()).includes("Welcome back"), "the conversation is kept");
+  await herold("send", "--device", "bob.laptop", "station-42", "Read after the reload");
+  await until("the browser to read after the reload", async () => (await texts.allTextContents()).includes("Read after the reload"));
+  await page.getByTestId("compose").fill("Written after the reload");
+  await page.getByTestId("send").click();
+  await until("the CLI to read it", async () => bob.text.includes("Written after the reload"));
 
   assert.deepEqual(violations, [], "the page runs under its Content-Security-Policy");
 });

@@ -75,15 +75,22 @@ impl std::fmt::Debug for WebClient {
 impl WebClient {
     /// Connects the device `device_id` (key `seed_hex`) to the relay's
     /// WebSocket at `url`, signing the relay's name; uploads its key
-    /// packages so that members can add it.
+    /// packages so that members can add it. `mls_image` is the MLS state
+    /// [`WebClient::mls_image`] gave before (after a reload), or nothing for
+    /// a new device.
     pub async fn connect(
         url: String,
         device_id: String,
         seed_hex: String,
+        mls_image: Option<Vec<u8>>,
     ) -> Result<WebClient, JsError> {
         let name = crate::relay_name_of(&url).map_err(|e| JsError::new(&e))?;
         let key = crate::device_key(&seed_hex).map_err(|e| JsError::new(&e))?;
-        let mls = MlsDevice::create(&device_id, None).map_err(|e| JsError::new(&e.to_string()))?;
+        let mls = match mls_image {
+            Some(image) => MlsDevice::from_image(image),
+            None => MlsDevice::create_in_image(&device_id),
+        }
+        .map_err(|e| JsError::new(&format!("the MLS state: {e}")))?;
         let mut client = E2eClient::connect(ClientConfig::web(&url, &name, &device_id, key), mls)
             .await
             .map_err(|e| JsError::new(&e.to_string()))?;
@@ -200,6 +207,13 @@ impl WebClient {
                 .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
             Ok(js_sys::Uint8Array::from(&contents[..]).into())
         })
+    }
+
+    /// The device's MLS state as a database image, to keep (IndexedDB)
+    /// after every change and hand back to [`WebClient::connect`].
+    #[wasm_bindgen(js_name = mlsImage)]
+    pub fn mls_image(&self) -> Option<Vec<u8>> {
+        self.inner.client.mls_image()
     }
 
     /// The title members gave the conversation, if any.
