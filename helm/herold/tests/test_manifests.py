@@ -41,8 +41,10 @@ CHART_MANAGED = {
     "otlp_endpoint", "trace_sample_ratio",
 }
 # Settings the chart never writes, on purpose: no development mode in a
-# cluster; every pod takes its own node id (<pod-name>-<port>).
-NEVER_SET = {"dev", "node_id"}
+# cluster; every pod takes its own node id (<pod-name>-<port>); the image
+# carries no web messenger build (docs/web.md: served by another web server
+# there, allowed with config.web_origins).
+NEVER_SET = {"dev", "node_id", "web_root"}
 # Long-running workloads: their containers need the probes.
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
 # Everything that runs containers.
