@@ -71,13 +71,20 @@ impl Cluster {
     /// Members of these conversations changed: this node's interest follows
     /// (in a task: it loads the rosters). An empty list (changes that only
     /// remove: deleted accounts, policies) changes no interest; deliveries
-    /// are checked against the current roster anyway.
+    /// are checked against the current roster anyway. A device here that
+    /// joined a conversation syncs: a post by interest that reached this
+    /// node before the change did passed it by.
     fn update_interest(&self, conversations: &[String]) {
         if conversations.is_empty() {
             return;
         }
-        let (interest, conversations) = (self.interest.clone(), conversations.to_vec());
-        tokio::spawn(async move { interest.rosters_changed(&conversations).await });
+        let (interest, registry) = (self.interest.clone(), self.registry.clone());
+        let conversations = conversations.to_vec();
+        tokio::spawn(async move {
+            for device in interest.rosters_changed(&conversations).await {
+                registry.push(&device, Push::Resync);
+            }
+        });
     }
 
     /// The devices here that a delivery by interest in `conv` is for.

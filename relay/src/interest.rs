@@ -166,11 +166,14 @@ impl Interest {
     }
 
     /// Membership of these conversations changed: connected devices of
-    /// accounts added join, those of accounts removed leave.
-    pub async fn rosters_changed(&self, conversations: &[String]) {
+    /// accounts added join, those of accounts removed leave. Returns the
+    /// devices that joined a conversation: a delivery by interest that
+    /// arrived before this change passed them by, so they must sync it.
+    pub async fn rosters_changed(&self, conversations: &[String]) -> Vec<String> {
+        let mut joined = Vec::new();
         for conv in conversations {
             if self.state().by_device.is_empty() {
-                return;
+                return joined;
             }
             let roster = match self.rosters.get(conv).await {
                 Ok(r) => r,
@@ -206,6 +209,9 @@ impl Interest {
                     .cloned()
                     .collect();
                 for d in joining {
+                    if !st.by_conv.get(conv).is_some_and(|here| here.contains(&d)) {
+                        joined.push(d.clone());
+                    }
                     st.join(&d, conv);
                 }
             }
@@ -213,6 +219,7 @@ impl Interest {
                 warn!(error = %e, "router interest update failed; the router registers it again");
             }
         }
+        joined
     }
 
     /// This relay's devices that a delivery by interest in `conv` is for:

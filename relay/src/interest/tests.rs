@@ -135,8 +135,14 @@ async fn members_follow_the_roster() {
         .await
         .unwrap();
     interest.rosters.invalidate_some(&v(&["h"]));
-    interest.rosters_changed(&v(&["h"])).await;
+    // c1 joined h: it syncs h (a post by interest may have passed it by);
+    // a1 was there already.
+    assert_eq!(interest.rosters_changed(&v(&["h"])).await, v(&["c1"]));
     assert_eq!(sorted(interest.local_members("h", None)), v(&["a1", "c1"]));
+    assert!(
+        interest.rosters_changed(&v(&["h"])).await.is_empty(),
+        "nobody new"
+    );
     interest.remove_device("a1").await;
     assert_eq!(router.interested("h").await.unwrap(), v(&["n"]));
     assert!(
