@@ -182,7 +182,8 @@ impl Driver {
     }
 
     async fn serve(&mut self, mut c: RawConnection, cmds: &mut mpsc::Receiver<Cmd>) -> Outcome {
-        self.conn.send_replace(Some(crate::raw::Carrier::of(&c)));
+        self.conn
+            .send_replace(Some(crate::raw::Carrier::of(&c, &self.config)));
         // Resume: our cursors, then every unanswered submit again.
         let cursors: Vec<v1::Cursor> = self
             .cursors

@@ -427,7 +427,7 @@ impl Client {
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let max_ciphertext = Arc::new(AtomicUsize::new(ok.max_ciphertext_bytes as usize));
-        let (conn_tx, conn_rx) = watch::channel(Some(raw::Carrier::of(&conn)));
+        let (conn_tx, conn_rx) = watch::channel(Some(raw::Carrier::of(&conn, &config)));
         let tap = config.wire_tap.clone();
         driver::spawn(
             config,

@@ -1,9 +1,8 @@
 //! Attachment transfers on WebSockets of their own: how a device on a
 //! WebSocket (the TCP fallback, a browser) uploads and downloads files.
-//! The session asks for a one-time ticket (`TransferTicket`), the transfer
-//! opens a WebSocket at `/v1/transfer` on the same relay and sends the
-//! ticket, then the bytes a QUIC attachment stream carries
-//! (docs/protocol.md, "Attachments over WebSocket"). A WebSocket cannot end
+//! A transfer opens a WebSocket at `/v1/transfer`, authenticates as the
+//! session does (any relay of the cluster serves it), then carries the
+//! bytes a QUIC attachment stream carries (docs/protocol.md section 20.1). A WebSocket cannot end
 //! one direction alone: an upload is done at its declared size, and the
 //! relay closes the WebSocket where it would finish a stream.
 
@@ -40,26 +39,11 @@ struct Transfer {
 }
 
 impl Transfer {
-    /// Opens it at `to` with a fresh ticket from `sender`'s session and
-    /// sends the ticket and `request`.
-    async fn open(
-        sender: &Sender,
-        to: &TransferTo,
-        request: attachment_request::Kind,
-    ) -> Result<Self, ClientError> {
-        let ticket = match sender
-            .request(v1::request::Kind::TransferTicket(v1::TransferTicket {}))
-            .await?
-        {
-            v1::response::Kind::TransferTicket(t) => t.ticket,
-            v1::response::Kind::Error(e) => return Err(ClientError::relay(&e)),
-            _ => {
-                return Err(ClientError::Protocol(
-                    "the relay answered a transfer ticket with something else".into(),
-                ));
-            }
-        };
-        let mut conn = RawConnection::open_transfer(to).await?;
+    /// Opens it at `to`, authenticates as the device and sends `request`.
+    async fn open(to: &TransferTo, request: attachment_request::Kind) -> Result<Self, ClientError> {
+        let mut conn = RawConnection::open_transfer(&to.at).await?;
+        conn.authenticate_as(&to.device_id, &to.key, to.relay_name.as_deref())
+            .await?;
         let frame = frame_bytes(
             &v1::AttachmentRequest {
                 kind: Some(request),
@@ -67,9 +51,7 @@ impl Transfer {
             ATTACHMENT_FRAME_BYTES,
         )
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut first = ticket;
-        first.extend_from_slice(&frame);
-        conn.send_bytes(&first).await?;
+        conn.send_bytes(&frame).await?;
         Ok(Self {
             conn,
             held: BytesMut::new(),
@@ -97,8 +79,7 @@ impl Transfer {
         while self.held.len() < 4 {
             if !self.fill().await? {
                 return Err(ClientError::Closed(
-                    "the relay ended the transfer without an answer (a wrong or stale ticket?)"
-                        .into(),
+                    "the relay ended the transfer without an answer".into(),
                 ));
             }
         }
@@ -188,7 +169,7 @@ impl Sender {
                 .await;
             }
             let to = self.wait_transfer_to().await?;
-            match upload_once(self, &to, &mut id, conversation_id, sealed, expires_at_ms).await {
+            match upload_once(&to, &mut id, conversation_id, sealed, expires_at_ms).await {
                 Ok(u) => return Ok(u),
                 Err(e) if retry(&e) => last = e,
                 Err(e) => return Err(e),
@@ -215,7 +196,7 @@ impl Sender {
                 .await;
             }
             let to = self.wait_transfer_to().await?;
-            match download_once(self, &to, conversation_id, attachment_id, max_bytes).await {
+            match download_once(&to, conversation_id, attachment_id, max_bytes).await {
                 Ok(d) => return Ok(d),
                 Err(e) if retry(&e) => last = e,
                 Err(e) => return Err(e),
@@ -226,7 +207,6 @@ impl Sender {
 }
 
 async fn upload_once(
-    sender: &Sender,
     to: &TransferTo,
     id: &mut Vec<u8>,
     conversation_id: &str,
@@ -239,7 +219,7 @@ async fn upload_once(
         size: sealed.len() as u64,
         expires_at_ms,
     });
-    let mut t = Transfer::open(sender, to, upload).await?;
+    let mut t = Transfer::open(to, upload).await?;
     let ready = match t.response().await? {
         attachment_response::Kind::UploadReady(r) => r,
         _ => return Err(ClientError::Protocol("expected UploadReady".into())),
@@ -262,7 +242,6 @@ async fn upload_once(
 }
 
 async fn download_once(
-    sender: &Sender,
     to: &TransferTo,
     conversation_id: &str,
     attachment_id: &[u8],
@@ -273,7 +252,7 @@ async fn download_once(
         conversation_id: conversation_id.to_owned(),
         from_chunk: 0,
     });
-    let mut t = Transfer::open(sender, to, download).await?;
+    let mut t = Transfer::open(to, download).await?;
     let ready = match t.response().await? {
         attachment_response::Kind::DownloadReady(r) => r,
         _ => return Err(ClientError::Protocol("expected DownloadReady".into())),

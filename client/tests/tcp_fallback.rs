@@ -4,7 +4,7 @@
 //! itself to the relay's TCP fallback (a WebSocket over TLS on the same
 //! address and port). It still sends and receives, end to end encrypted,
 //! with a device on QUIC on the other side, both ways, texts and photos
-//! (a photo on a WebSocket of its own, opened with a transfer ticket).
+//! (a photo on a WebSocket of its own, authenticated as a session is).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -203,7 +203,7 @@ async fn the_cli_falls_back_to_tcp_when_udp_is_blocked() {
     assert!(datagrams > 0, "the CLI never tried QUIC");
 
     // A photo crosses the fallback both ways, on WebSockets of its own
-    // (transfer tickets): uploaded from behind the firewall and fetched
+    // (docs/protocol.md section 20.1): uploaded from behind the firewall and fetched
     // over QUIC, then sent over QUIC and fetched from behind the firewall.
     let photo = dir.path().join("pothole.jpg");
     let bytes: Vec<u8> = (0..300_000u32)

@@ -139,6 +139,13 @@ impl FrameDecoder {
         })
     }
 
+    /// The bytes received past the last whole frame taken: where a stream
+    /// goes on in another format (an attachment transfer after its
+    /// authentication).
+    pub fn take_buffered(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Decodes the next frame as message `M`.
     pub fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, CodecError> {
         match self.next_frame()? {

@@ -37,8 +37,6 @@
 //!   with the router, and the local members of a delivery by interest.
 //! - `cluster`: directory changes told to and heard from the other relays,
 //!   and recovery when the node's inbox lagged.
-//! - `tickets`: one-time tickets that open an attachment transfer on a
-//!   WebSocket of its own (sans-IO).
 //! - `node`: the state every task shares, and the clock.
 //! - `delivery`: a stored message fanned out to the nodes of its
 //!   recipients; the node's inbox handed to its devices.
@@ -90,7 +88,6 @@ mod roster;
 pub mod server;
 mod session;
 pub mod telemetry;
-mod tickets;
 mod tls;
 mod udp;
 mod web;

@@ -72,8 +72,6 @@ pub(crate) struct Shared {
     pub push_registrations: Buckets,
     /// Log reads of the sessions, shared when they ask at once.
     pub reads: Arc<SharedReads>,
-    /// Tickets for attachment transfers on WebSockets of their own.
-    pub tickets: crate::tickets::Tickets,
 }
 
 impl Shared {
@@ -99,7 +97,6 @@ impl Shared {
             node_id,
             pacer: Arc::new(Pacer::new(limits.fan_out_rate, registry.clone())),
             reads: SharedReads::new(store.clone()),
-            tickets: crate::tickets::Tickets::default(),
             store,
             router,
             registry,

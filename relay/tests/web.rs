@@ -266,92 +266,68 @@ async fn only_the_relays_own_pages_and_named_origins_open_a_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transfer_websocket_opens_with_a_fresh_ticket_once() {
-    use futures_util::{SinkExt, StreamExt};
-    use herold_proto::v1::{attachment_request, attachment_response, client_frame, server_frame};
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+async fn a_transfer_websocket_serves_only_an_authenticated_device() {
+    use herold_proto::TRANSFER_PATH;
+    use herold_proto::v1::{attachment_request, attachment_response};
 
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let [ka] = relay.group_of("g", ["alice"]).await;
     let tcp = relay.tcp_addr.unwrap();
-    let mut session = RawConnection::connect_tcp(tcp, relay.fingerprint, Duration::from_secs(30))
-        .await
-        .unwrap();
-    session.authenticate("alice.phone", &ka).await.unwrap();
-    session
-        .send_kind(client_frame::Kind::Request(v1::Request {
-            request_id: 1,
-            kind: Some(v1::request::Kind::TransferTicket(v1::TransferTicket {})),
-        }))
-        .await
-        .unwrap();
-    let ticket = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let server_frame::Kind::Response(r) = session.expect_frame().await.unwrap() {
-                match r.kind {
-                    Some(v1::response::Kind::TransferTicket(t)) => return t.ticket,
-                    other => panic!("{other:?}"),
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(ticket.len(), 32);
-
-    // Opens /v1/transfer, sends `ticket` and a download of an attachment
-    // that does not exist; returns the relay's answer or its close code.
-    let transfer = |ticket: Vec<u8>| async move {
-        let stream = tokio::net::TcpStream::connect(tcp).await.unwrap();
-        let tls = herold_client::tls::fallback_connector(relay.fingerprint)
-            .unwrap()
-            .connect(
-                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-                stream,
-            )
-            .await
-            .unwrap();
-        let req = format!("wss://localhost:{}/v1/transfer", tcp.port())
-            .into_client_request()
-            .unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
-        let download = v1::AttachmentRequest {
-            kind: Some(attachment_request::Kind::Download(v1::Download {
-                attachment_id: vec![9; 16],
-                conversation_id: "g".into(),
-                from_chunk: 0,
-            })),
-        };
-        let mut first = ticket;
-        first.extend_from_slice(&herold_proto::codec::frame_bytes(&download, 16 * 1024).unwrap());
-        ws.send(Message::Binary(first.into())).await.unwrap();
-        let mut got = Vec::new();
-        loop {
-            match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
-                Some(Ok(Message::Binary(b))) => got.extend_from_slice(&b),
-                Some(Ok(Message::Close(c))) => {
-                    return (got, c.map(|c| u16::from(c.code)));
-                }
-                Some(Ok(_)) => {}
-                None | Some(Err(_)) => return (got, None),
-            }
-        }
+    let idle = Duration::from_secs(30);
+    let open = || RawConnection::connect_tcp_at(tcp, relay.fingerprint, idle, TRANSFER_PATH);
+    let download = v1::AttachmentRequest {
+        kind: Some(attachment_request::Kind::Download(v1::Download {
+            attachment_id: vec![9; 16],
+            conversation_id: "g".into(),
+            from_chunk: 0,
+        })),
     };
-    // The ticket lets the device in: the relay answers the request.
-    let (answer, _) = transfer(ticket.clone()).await;
-    let r: v1::AttachmentResponse = herold_proto::codec::decode_message(&answer[4..]).unwrap();
+    let request = herold_proto::codec::frame_bytes(&download, 16 * 1024).unwrap();
+
+    // A request before authentication gets a session's refusal, not an
+    // answer.
+    let mut early = open().await.unwrap();
+    early.send_bytes(&request).await.unwrap();
+    let e = early.expect_frame().await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            Some(ErrorCode::AuthRequired | ErrorCode::BadFrame)
+        ),
+        "{e}"
+    );
+    // A key that is not the device's: AUTH_FAILED, as on a session.
+    let stranger = herold_client::generate_key().unwrap();
+    let e = open()
+        .await
+        .unwrap()
+        .authenticate("alice.phone", &stranger)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AuthFailed), "{e}");
+
+    // The device's key: AuthOk, then the transfer is served (here the
+    // relay's answer about an attachment that does not exist).
+    let mut t = open().await.unwrap();
+    let ok = t.authenticate("alice.phone", &ka).await.unwrap();
+    assert_eq!(ok.account_id, "alice");
+    t.send_bytes(&request).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 || got.len() < 4 + u32::from_be_bytes(got[..4].try_into().unwrap()) as usize
+    {
+        let more = tokio::time::timeout(DEADLINE, t.read_raw())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("an answer before the end");
+        got.extend_from_slice(&more);
+    }
+    let r: v1::AttachmentResponse = herold_proto::codec::decode_message(&got[4..]).unwrap();
     match r.kind {
         Some(attachment_response::Kind::Error(e)) => {
             assert_eq!(e.code, ErrorCode::NoSuchAttachment as i32, "{e:?}");
         }
         other => panic!("{other:?}"),
-    }
-    // Once only; and a ticket the relay never issued opens nothing.
-    for t in [ticket, vec![7; 32]] {
-        let (answer, code) = transfer(t).await;
-        assert!(answer.is_empty(), "nothing served without a valid ticket");
-        assert_eq!(code, Some(4000 + ErrorCode::AuthFailed as u16));
     }
 }

@@ -115,10 +115,19 @@ pub(crate) enum Carrier {
     Tcp(TransferTo),
 }
 
-/// Where the WebSocket of an attachment transfer goes: the relay of the
-/// session's WebSocket (a transfer ticket is good on that relay only).
+/// Where the WebSocket of an attachment transfer goes (the relay address of
+/// the session's WebSocket), and how it authenticates (as the session).
 #[derive(Debug, Clone)]
-pub(crate) enum TransferTo {
+pub(crate) struct TransferTo {
+    pub(crate) at: TransferAt,
+    pub(crate) device_id: String,
+    pub(crate) key: std::sync::Arc<SigningKey>,
+    pub(crate) relay_name: Option<String>,
+}
+
+/// The address of a transfer's WebSocket.
+#[derive(Debug, Clone)]
+pub(crate) enum TransferAt {
     #[cfg(not(target_arch = "wasm32"))]
     Native {
         relay: SocketAddr,
@@ -133,7 +142,14 @@ pub(crate) enum TransferTo {
 }
 
 impl Carrier {
-    pub(crate) fn of(c: &RawConnection) -> Self {
+    /// The carrier of `c`, a connection of the device in `config`.
+    pub(crate) fn of(c: &RawConnection, config: &crate::ClientConfig) -> Self {
+        let to = |at| TransferTo {
+            at,
+            device_id: config.device_id.clone(),
+            key: std::sync::Arc::new(config.key.clone()),
+            relay_name: config.relay_name.clone(),
+        };
         match &c.wire {
             #[cfg(not(target_arch = "wasm32"))]
             Wire::Quic { conn, .. } => Self::Quic(conn.clone()),
@@ -143,16 +159,16 @@ impl Carrier {
                 fingerprint,
                 idle,
                 ..
-            } => Self::Tcp(TransferTo::Native {
+            } => Self::Tcp(to(TransferAt::Native {
                 relay: *relay,
                 fingerprint: *fingerprint,
                 idle: *idle,
-            }),
+            })),
             #[cfg(target_arch = "wasm32")]
-            Wire::Web(w) => Self::Tcp(TransferTo::Web {
+            Wire::Web(w) => Self::Tcp(to(TransferAt::Web {
                 url: w.transfer_url(),
                 idle: w.idle(),
-            }),
+            })),
         }
     }
 
@@ -264,9 +280,9 @@ impl RawConnection {
     }
 
     /// [`RawConnection::connect_tcp`] to the WebSocket at `path` (the
-    /// session's, or a transfer's).
+    /// session's `/v1`, or a transfer's, [`herold_proto::TRANSFER_PATH`]).
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) async fn connect_tcp_at(
+    pub async fn connect_tcp_at(
         relay: SocketAddr,
         fingerprint: [u8; 32],
         idle: std::time::Duration,
@@ -419,11 +435,11 @@ impl RawConnection {
         }
     }
 
-    /// Opens the WebSocket of one attachment transfer at `to`.
-    pub(crate) async fn open_transfer(to: &TransferTo) -> Result<Self, ClientError> {
-        match to {
+    /// Opens the WebSocket of one attachment transfer at `at`.
+    pub(crate) async fn open_transfer(at: &TransferAt) -> Result<Self, ClientError> {
+        match at {
             #[cfg(not(target_arch = "wasm32"))]
-            TransferTo::Native {
+            TransferAt::Native {
                 relay,
                 fingerprint,
                 idle,
@@ -431,13 +447,18 @@ impl RawConnection {
                 Self::connect_tcp_at(*relay, *fingerprint, *idle, herold_proto::TRANSFER_PATH).await
             }
             #[cfg(target_arch = "wasm32")]
-            TransferTo::Web { url, idle } => Self::connect_transfer_web(url, *idle).await,
+            TransferAt::Web { url, idle } => Self::connect_transfer_web(url, *idle).await,
         }
     }
 
     /// The next raw bytes from the relay, past the frame decoder (an
-    /// attachment transfer's); `None` at the stream's end.
-    pub(crate) async fn read_raw(&mut self) -> Result<Option<Bytes>, ClientError> {
+    /// attachment transfer's, after its authentication); `None` at the
+    /// stream's end.
+    pub async fn read_raw(&mut self) -> Result<Option<Bytes>, ClientError> {
+        let held = self.decoder.take_buffered();
+        if !held.is_empty() {
+            return Ok(Some(held.freeze()));
+        }
         let chunk = self.chunk().await?;
         if let Some(c) = &chunk {
             tap_bytes(&self.tap, c);

@@ -56,7 +56,7 @@ pub(crate) async fn serve(
             // Plain HTTP: no session.
             Ok(Opened::Served) => None,
             Ok(Opened::Transfer(link, send, recv)) => {
-                transfer(shared, (link, send, recv), ticket, deadline).await;
+                super::transfer::serve(shared, link, (send, recv), ticket, deadline).await;
                 return;
             }
             Err(e) => {
@@ -89,51 +89,6 @@ pub(crate) async fn serve(
         open,
     )
     .await;
-}
-
-/// One attachment transfer on a WebSocket of its own: its first bytes are
-/// a ticket from the device's session (`crate::tickets`), by `deadline`;
-/// then what a QUIC attachment stream carries.
-async fn transfer(
-    shared: Arc<Shared>,
-    (link, mut send, mut recv): (Link, Sender, Receiver),
-    admission: Ticket,
-    deadline: tokio::time::Instant,
-) {
-    use crate::tickets::TICKET_BYTES;
-    let mut held = bytes::BytesMut::new();
-    let read = tokio::time::timeout_at(deadline, async {
-        while held.len() < TICKET_BYTES {
-            match recv.chunk().await {
-                Ok(Some(b)) => held.extend_from_slice(&b),
-                _ => return false,
-            }
-        }
-        true
-    })
-    .await;
-    let ticket = held.split_to(held.len().min(TICKET_BYTES));
-    let holder = match read {
-        Ok(true) => shared.tickets.redeem(&ticket, std::time::Instant::now()),
-        _ => None,
-    };
-    let Some(holder) = holder else {
-        metrics::counter!(m::AUTH, "outcome" => "bad_transfer_ticket").increment(1);
-        // Closed with AUTH_FAILED (4011), nothing read or served.
-        let grace = std::time::Duration::from_secs(2);
-        send.finish_with(bytes::Bytes::new(), ErrorCode::AuthFailed as u32, grace)
-            .await;
-        link.close(ErrorCode::AuthFailed as u32, "no valid transfer ticket");
-        return;
-    };
-    // Authenticated by the ticket: no longer a connection awaiting it.
-    drop(admission);
-    let ctx = Arc::new(super::DeviceCtx {
-        device_id: holder.device_id,
-        account_id: holder.account_id,
-    });
-    super::attachments::over_websocket(shared, ctx, (send, recv), held).await;
-    link.close(0, "");
 }
 
 /// The QUIC handshake and the device's control stream, by `deadline`.

@@ -12,8 +12,8 @@
 //! at once on the relay; the others wait in QUIC flow control.
 //!
 //! Over a WebSocket (the TCP fallback, the web messenger) a transfer has a
-//! WebSocket of its own, opened with a one-time ticket from the session
-//! (`crate::tickets`, [`over_websocket`]); it carries the same bytes. A
+//! WebSocket of its own, authenticated as a session is (`transfer.rs`,
+//! [`over_websocket`]); it carries the same bytes. A
 //! WebSocket cannot end one direction alone, so there an upload is done
 //! once its declared size is stored, and the relay closes the WebSocket
 //! where it would finish a stream.
@@ -125,7 +125,7 @@ impl Pipe for QuicPipe {
     }
 }
 
-/// A WebSocket of its own, after its ticket.
+/// A WebSocket of its own, after its authentication.
 struct WsPipe {
     send: crate::link::Sender,
     recv: crate::link::Receiver,
@@ -181,8 +181,8 @@ pub(crate) async fn accept(shared: Arc<Shared>, conn: quinn::Connection, ctx: Ar
     }
 }
 
-/// Serves the one transfer of a WebSocket opened with a ticket, for the
-/// device `ctx`; `held` are the bytes read after the ticket.
+/// Serves the one transfer of an authenticated transfer WebSocket, for
+/// the device `ctx`; `held` are the bytes read after the authentication.
 pub(crate) async fn over_websocket(
     shared: Arc<Shared>,
     ctx: Arc<DeviceCtx>,

@@ -52,7 +52,7 @@ impl CoreConfig {
     }
 }
 
-fn now() -> Now {
+pub(super) fn now() -> Now {
     Now {
         mono: tokio::time::Instant::now().into_std(),
         wall_ms: now_ms(),
@@ -143,7 +143,7 @@ async fn forward_frames(
 }
 
 /// The refusal of an authentication beyond the account's rate.
-fn account_rate_limited(rate: u32, wait: Duration) -> Fatal {
+pub(super) fn account_rate_limited(rate: u32, wait: Duration) -> Fatal {
     let retry_after_ms = crate::frames::retry_ms(wait);
     Fatal {
         retry_after_ms,

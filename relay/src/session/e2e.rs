@@ -240,7 +240,6 @@ pub(crate) async fn handle_request(
         Some(request::Kind::MarkReconciled(_)) => "mark_reconciled",
         Some(request::Kind::ResetMlsGroup(_)) => "reset_mls_group",
         Some(request::Kind::RegisterPush(_)) => "register_push",
-        Some(request::Kind::TransferTicket(_)) => "transfer_ticket",
         None => "unknown",
     };
     let kind = match answer(&shared, &ctx, req.kind).await {
@@ -307,34 +306,11 @@ async fn answer(
         }
         Some(request::Kind::ResetMlsGroup(r)) => restart(shared, ctx, r).await,
         Some(request::Kind::RegisterPush(p)) => register_push(shared, ctx, p).await,
-        Some(request::Kind::TransferTicket(_)) => transfer_ticket(shared, ctx),
         None => Err(Refusal::new(
             ErrorCode::UnknownFrame,
             "unknown request; this relay speaks protocol version 1",
         )),
     }
-}
-
-/// A one-time ticket for an attachment transfer on a WebSocket of its own
-/// (`crate::tickets`).
-fn transfer_ticket(shared: &Shared, ctx: &DeviceCtx) -> Result<response::Kind, Refusal> {
-    use crate::tickets::{Holder, TICKET_BYTES, TICKET_TTL};
-    let mut ticket = [0u8; TICKET_BYTES];
-    getrandom::fill(&mut ticket)
-        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("no randomness: {e}")))?;
-    let holder = Holder {
-        device_id: ctx.device_id.clone(),
-        account_id: ctx.account_id.clone(),
-    };
-    shared
-        .tickets
-        .issue(ticket, holder, std::time::Instant::now())
-        .map_err(|why| Refusal::new(ErrorCode::RateLimited, why))?;
-    let ttl_ms = i64::try_from(TICKET_TTL.as_millis()).unwrap_or(i64::MAX);
-    Ok(response::Kind::TransferTicket(v1::TransferTicketIssued {
-        ticket: ticket.to_vec(),
-        expires_at_ms: crate::node::now_ms().saturating_add(ttl_ms),
-    }))
 }
 
 /// Sets or clears where the device is woken while away (docs/push.md).

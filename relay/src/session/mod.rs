@@ -40,6 +40,7 @@ mod core;
 mod driver;
 mod e2e;
 mod submit;
+mod transfer;
 
 #[cfg(test)]
 mod sim;
