@@ -287,16 +287,7 @@ impl Sender {
                 }
                 _ => {}
             }
-            match tokio::time::timeout(STEP_TIMEOUT, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ClientError::Shutdown),
-                Err(_) => {
-                    return Err(ClientError::Closed(format!(
-                        "no connection to the relay for {} s",
-                        STEP_TIMEOUT.as_secs()
-                    )));
-                }
-            }
+            crate::transfer::connection_changed(&mut rx).await?;
         }
     }
 

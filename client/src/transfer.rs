@@ -137,17 +137,22 @@ impl Sender {
             if let Some(to) = self.transfer_to() {
                 return Ok(to);
             }
-            match crate::rt::timeout(STEP_TIMEOUT, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ClientError::Shutdown),
-                Err(_) => {
-                    return Err(ClientError::Closed(format!(
-                        "no connection to the relay for {} s",
-                        STEP_TIMEOUT.as_secs()
-                    )));
-                }
-            }
+            connection_changed(&mut rx).await?;
         }
+    }
+
+    /// Where attempt `attempt` goes, after the pause the `last` error asks
+    /// for (a growing one when it asks for none).
+    async fn next_attempt(
+        &self,
+        attempt: u32,
+        last: &ClientError,
+    ) -> Result<TransferTo, ClientError> {
+        if attempt > 0 {
+            let pause = Duration::from_millis(200 << attempt.min(6));
+            crate::rt::sleep(last.retry_after().unwrap_or(pause)).await;
+        }
+        self.wait_transfer_to().await
     }
 
     /// Uploads `sealed` on a WebSocket of its own (see the module docs),
@@ -161,14 +166,7 @@ impl Sender {
         let mut id = Vec::new();
         let mut last = ClientError::Closed("no attempt made".into());
         for attempt in 0..WS_TRANSFER_ATTEMPTS {
-            if attempt > 0 {
-                crate::rt::sleep(
-                    last.retry_after()
-                        .unwrap_or(Duration::from_millis(200 << attempt)),
-                )
-                .await;
-            }
-            let to = self.wait_transfer_to().await?;
+            let to = self.next_attempt(attempt, &last).await?;
             match upload_once(&to, &mut id, conversation_id, sealed, expires_at_ms).await {
                 Ok(u) => return Ok(u),
                 Err(e) if retry(&e) => last = e,
@@ -188,14 +186,7 @@ impl Sender {
     ) -> Result<Vec<u8>, ClientError> {
         let mut last = ClientError::Closed("no attempt made".into());
         for attempt in 0..WS_TRANSFER_ATTEMPTS {
-            if attempt > 0 {
-                crate::rt::sleep(
-                    last.retry_after()
-                        .unwrap_or(Duration::from_millis(200 << attempt)),
-                )
-                .await;
-            }
-            let to = self.wait_transfer_to().await?;
+            let to = self.next_attempt(attempt, &last).await?;
             match download_once(&to, conversation_id, attachment_id, max_bytes).await {
                 Ok(d) => return Ok(d),
                 Err(e) if retry(&e) => last = e,
@@ -301,5 +292,20 @@ impl Sender {
     ) -> Result<Vec<u8>, ClientError> {
         self.download_ws(conversation_id, attachment_id, max_bytes)
             .await
+    }
+}
+
+/// Waits for the client's connection of the moment to change (a
+/// reconnect), at most [`STEP_TIMEOUT`].
+pub(crate) async fn connection_changed(
+    rx: &mut tokio::sync::watch::Receiver<Option<crate::raw::Carrier>>,
+) -> Result<(), ClientError> {
+    match crate::rt::timeout(STEP_TIMEOUT, rx.changed()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ClientError::Shutdown),
+        Err(_) => Err(ClientError::Closed(format!(
+            "no connection to the relay for {} s",
+            STEP_TIMEOUT.as_secs()
+        ))),
     }
 }
