@@ -19,6 +19,21 @@ use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+/// TLS to the relay's TCP port, pinning its certificate.
+async fn tls_to(relay: &TestRelay) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(relay.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    herold_client::tls::fallback_connector(relay.fingerprint)
+        .unwrap()
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
 /// One HTTPS request to the relay's TCP port, pinning its certificate.
 async fn https(
     relay: &TestRelay,
@@ -27,17 +42,7 @@ async fn https(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (StatusCode, HeaderMap, Bytes) {
-    let tcp = tokio::net::TcpStream::connect(relay.tcp_addr.unwrap())
-        .await
-        .unwrap();
-    let tls = herold_client::tls::fallback_connector(relay.fingerprint)
-        .unwrap()
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_to(relay).await;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -217,16 +222,9 @@ async fn only_the_relays_own_pages_and_named_origins_open_a_websocket() {
     config.web_origins = vec!["https://messenger.city.example".into()];
     let relay = TestRelay::start_with(config).await;
     let tcp = relay.tcp_addr.unwrap();
+    let relay = &relay;
     let upgrade = |origin: Option<String>| async move {
-        let stream = tokio::net::TcpStream::connect(tcp).await.unwrap();
-        let tls = herold_client::tls::fallback_connector(relay.fingerprint)
-            .unwrap()
-            .connect(
-                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-                stream,
-            )
-            .await
-            .unwrap();
+        let tls = tls_to(relay).await;
         let mut req = format!("wss://localhost:{}/v1", tcp.port())
             .into_client_request()
             .unwrap();
