@@ -422,7 +422,12 @@ pub(crate) async fn open(
     #[cfg(target_arch = "wasm32")]
     let mut c = {
         let _ = relay;
-        RawConnection::connect_web(&config.url, config.idle_timeout).await?
+        RawConnection::connect_browser(
+            &config.url,
+            config.webtransport.as_ref(),
+            config.idle_timeout,
+        )
+        .await?
     };
     #[cfg(not(target_arch = "wasm32"))]
     let mut c = {

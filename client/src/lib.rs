@@ -293,6 +293,9 @@ pub struct ClientConfig {
     /// (`wss://relay.city.example/v1`).
     #[cfg(target_arch = "wasm32")]
     pub url: String,
+    /// In a browser: the relay's WebTransport, tried before the WebSocket.
+    #[cfg(target_arch = "wasm32")]
+    pub webtransport: Option<WebTransportAt>,
     /// How long a silent relay is given before the client reconnects
     /// elsewhere (keep-alives go out at half of it).
     pub idle_timeout: Duration,
@@ -322,6 +325,8 @@ impl ClientConfig {
             relay_name: None,
             #[cfg(target_arch = "wasm32")]
             url: String::new(),
+            #[cfg(target_arch = "wasm32")]
+            webtransport: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             wire_tap: None,
             tcp_fallback: true,
@@ -338,6 +343,18 @@ impl ClientConfig {
             ..Self::new(SocketAddr::from(([0, 0, 0, 0], 0)), [0; 32], device_id, key)
         }
     }
+}
+
+/// Where a page finds the relay's WebTransport (the relay says so at
+/// `/v1/transports`, docs/web.md).
+#[cfg(target_arch = "wasm32")]
+#[derive(Debug, Clone)]
+pub struct WebTransportAt {
+    /// `https://host:port/v1`.
+    pub url: String,
+    /// SHA-256 of the certificate to pin (`serverCertificateHashes`);
+    /// empty: the browser checks the relay's certificate as for the page.
+    pub certificate_hashes: Vec<[u8; 32]>,
 }
 
 /// What the client reports to the app.

@@ -88,7 +88,7 @@ impl ServerCertVerifier for Pinned {
 }
 
 /// A TLS 1.3 client configuration that pins `fingerprint`, offering `alpn`.
-fn pinned(fingerprint: [u8; 32], alpn: &[u8]) -> Result<rustls::ClientConfig, String> {
+pub fn pinned(fingerprint: [u8; 32], alpn: &[u8]) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])

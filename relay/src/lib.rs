@@ -102,5 +102,8 @@ pub use tls::fingerprint;
 pub fn quic_server_config(config: &Config) -> anyhow::Result<(quinn::ServerConfig, String)> {
     let identity = tls::load_identity(config)?;
     let fingerprint = identity.fingerprint.clone();
-    Ok((tls::server_config(identity, &config.limits)?, fingerprint))
+    Ok((
+        tls::server_config(identity, &config.limits, &tls::WebTransport::Off)?,
+        fingerprint,
+    ))
 }

@@ -13,6 +13,11 @@
 //! read it, signs one of the relay's names instead ([`Link::names`]).
 //! The same TCP port serves plain HTTP too (the web messenger's files,
 //! enrollment), behind the [`TcpDoor`].
+//!
+//! A browser on QUIC speaks HTTP/3 (ALPN `h3`) and opens a WebTransport
+//! session, whose first bidirectional stream carries the frame stream as
+//! a native device's control stream does; the [`H3Door`] takes it there.
+//! It signs a relay name, as on a WebSocket.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -21,6 +26,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use herold_proto::auth;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -40,7 +46,8 @@ const WS_CODE_BASE: u16 = 4000;
 // Unboxed: QUIC is the common case, and it was passed by value before.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Incoming {
-    Quic(quinn::Incoming),
+    /// A QUIC connection, and the way to WebTransport for a browser's.
+    Quic(quinn::Incoming, Option<Arc<dyn H3Door>>),
     Tcp(
         tokio::net::TcpStream,
         std::net::SocketAddr,
@@ -51,7 +58,7 @@ pub(crate) enum Incoming {
 impl Incoming {
     pub(crate) fn remote_address(&self) -> std::net::SocketAddr {
         match self {
-            Self::Quic(i) => i.remote_address(),
+            Self::Quic(i, _) => i.remote_address(),
             Self::Tcp(_, a, _) => *a,
         }
     }
@@ -92,12 +99,60 @@ pub(crate) trait TcpDoor: Send + Sync {
     ) -> Result<Opened, DoorError>;
 }
 
+/// The way in for a browser on QUIC (HTTP/3, then a WebTransport
+/// session; `web`), given here so that the session need not know HTTP/3.
+#[async_trait::async_trait]
+pub(crate) trait H3Door: Send + Sync {
+    /// Takes `conn` (ALPN `h3`) through HTTP/3 to a WebTransport session
+    /// and its first stream by `deadline`.
+    async fn open_h3(
+        &self,
+        conn: quinn::Connection,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, DoorError>;
+}
+
+/// A WebTransport session on an HTTP/3 connection.
+pub(crate) type WtSession =
+    h3_webtransport::server::WebTransportSession<h3_quinn::Connection, Bytes>;
+/// A stream of a WebTransport session.
+pub(crate) type WtStream = h3_webtransport::stream::BidiStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type WtSend = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
+/// The receiving half of a WebTransport stream.
+pub(crate) struct WtRecv(h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>);
+
+impl std::fmt::Debug for WtRecv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WtRecv")
+    }
+}
+
 /// The connection itself: what may close it from anywhere (a kick, a slow
 /// consumer) and what authentication binds to.
 #[derive(Debug, Clone)]
 pub(crate) enum Link {
     Quic(quinn::Connection),
     Ws(Arc<WsLink>),
+    Wt(Arc<WtLink>),
+}
+
+/// A browser's WebTransport session: the QUIC connection under it, and
+/// the session, kept as long as the link (its HTTP/3 control stream ends
+/// with it).
+pub(crate) struct WtLink {
+    conn: quinn::Connection,
+    _session: Arc<WtSession>,
+    /// Ends the task that answers the session's other requests.
+    _serving: tokio_util::sync::DropGuard,
+    names: Arc<[String]>,
+}
+
+impl std::fmt::Debug for WtLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WtLink")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The shared state of a fallback connection.
@@ -139,9 +194,35 @@ impl Link {
         )
     }
 
-    /// The TLS exporter value the authentication transcript binds to.
+    /// A WebTransport session on `conn` whose first stream is `stream`;
+    /// `serving` answers the session's other requests until dropped.
+    pub(crate) fn wt(
+        conn: quinn::Connection,
+        session: Arc<WtSession>,
+        stream: WtStream,
+        serving: CancellationToken,
+        names: Arc<[String]>,
+    ) -> (Self, Sender, Receiver) {
+        use h3::quic::BidiStream as _;
+        let (send, recv) = stream.split();
+        let link = Arc::new(WtLink {
+            conn,
+            _session: session,
+            _serving: serving.drop_guard(),
+            names,
+        });
+        (
+            Self::Wt(link),
+            Sender::Wt(Box::new(send)),
+            Receiver::Wt(WtRecv(recv)),
+        )
+    }
+
+    /// The TLS exporter value the authentication transcript binds to
+    /// (none on WebTransport: the browser signs a name).
     pub(crate) fn exporter(&self) -> Option<[u8; auth::NONCE_BYTES]> {
         match self {
+            Self::Wt(_) => None,
             Self::Quic(conn) => {
                 let mut out = [0u8; auth::NONCE_BYTES];
                 conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
@@ -158,6 +239,7 @@ impl Link {
         match self {
             Self::Quic(_) => Arc::from(Vec::new()),
             Self::Ws(l) => l.names.clone(),
+            Self::Wt(l) => l.names.clone(),
         }
     }
 
@@ -166,6 +248,9 @@ impl Link {
     pub(crate) fn close(&self, code: u32, reason: &str) {
         match self {
             Self::Quic(conn) => conn.close(quinn::VarInt::from_u32(code), reason.as_bytes()),
+            Self::Wt(l) => l
+                .conn
+                .close(quinn::VarInt::from_u32(code), reason.as_bytes()),
             Self::Ws(l) => {
                 l.close
                     .lock()
@@ -182,6 +267,9 @@ impl Link {
             Self::Quic(conn) => {
                 conn.closed().await;
             }
+            Self::Wt(l) => {
+                l.conn.closed().await;
+            }
             Self::Ws(l) => l.ended.cancelled().await,
         }
     }
@@ -189,12 +277,14 @@ impl Link {
     /// Why the connection ended, for the metrics, when the relay did not
     /// end it itself.
     pub(crate) fn end_label(&self) -> &'static str {
+        let quic = |conn: &quinn::Connection| match conn.close_reason() {
+            Some(quinn::ConnectionError::TimedOut) => "timeout",
+            Some(quinn::ConnectionError::Reset) => "reset",
+            _ => "closed",
+        };
         match self {
-            Self::Quic(conn) => match conn.close_reason() {
-                Some(quinn::ConnectionError::TimedOut) => "timeout",
-                Some(quinn::ConnectionError::Reset) => "reset",
-                _ => "closed",
-            },
+            Self::Quic(conn) => quic(conn),
+            Self::Wt(l) => quic(&l.conn),
             Self::Ws(_) => "closed",
         }
     }
@@ -204,6 +294,7 @@ impl Link {
         match self {
             Self::Quic(_) => "quic",
             Self::Ws(_) => "websocket",
+            Self::Wt(_) => "webtransport",
         }
     }
 }
@@ -217,6 +308,7 @@ pub(crate) struct WriteError(String);
 #[derive(Debug)]
 pub(crate) enum Sender {
     Quic(quinn::SendStream),
+    Wt(Box<WtSend>),
     Ws {
         sink: SplitSink<Ws, Message>,
         link: Arc<WsLink>,
@@ -234,6 +326,14 @@ impl Sender {
                 .write_all_chunks(chunks)
                 .await
                 .map_err(|e| WriteError(e.to_string())),
+            Self::Wt(s) => {
+                for c in chunks.iter_mut() {
+                    s.write_all(&std::mem::take(c))
+                        .await
+                        .map_err(|e| WriteError(e.to_string()))?;
+                }
+                Ok(())
+            }
             Self::Ws { sink, link } => {
                 let len = chunks.iter().map(Bytes::len).sum();
                 let mut message = Vec::with_capacity(len);
@@ -258,6 +358,9 @@ impl Sender {
                     let _ = tokio::time::timeout(grace, s.stopped()).await;
                 }
             }
+            Self::Wt(s) => {
+                let _ = tokio::time::timeout(grace, s.shutdown()).await;
+            }
             Self::Ws { sink, .. } => {
                 let close = CloseFrame {
                     code: CloseCode::Normal,
@@ -277,6 +380,13 @@ impl Sender {
                 if s.write_all(&frame).await.is_ok() && s.finish().is_ok() {
                     let _ = tokio::time::timeout(grace, s.stopped()).await;
                 }
+            }
+            Self::Wt(s) => {
+                let _ = tokio::time::timeout(grace, async {
+                    s.write_all(&frame).await?;
+                    s.shutdown().await
+                })
+                .await;
             }
             Self::Ws { sink, .. } => {
                 let close = CloseFrame {
@@ -301,6 +411,7 @@ impl Sender {
 #[derive(Debug)]
 pub(crate) enum Receiver {
     Quic(quinn::RecvStream),
+    Wt(WtRecv),
     Ws {
         stream: SplitStream<Ws>,
         link: Arc<WsLink>,
@@ -326,6 +437,12 @@ impl Receiver {
                 Ok(c) => Ok(c.map(|c| c.bytes)),
                 Err(_) => Err(ReadError::Gone),
             },
+            Self::Wt(r) => {
+                use h3::quic::RecvStream as _;
+                std::future::poll_fn(|cx| r.0.poll_data(cx))
+                    .await
+                    .map_err(|_| ReadError::Gone)
+            }
             Self::Ws { stream, link, idle } => loop {
                 let next = tokio::select! {
                     n = tokio::time::timeout(*idle, stream.next()) => n,

@@ -96,7 +96,20 @@ impl Relay {
         let identity = crate::tls::load_identity(&config)?;
         let fingerprint = identity.fingerprint.clone();
         let tcp_tls = crate::tls::tcp_acceptor(&identity)?;
-        let server_config = crate::tls::server_config(identity, &config.limits)?;
+        // Browsers' WebTransport shares the QUIC port; it needs the TCP
+        // port, where their pages and the WebSocket fallback are.
+        let web = match (&config.tcp_listen, &config.tls) {
+            (None, _) => crate::tls::WebTransport::Off,
+            (Some(_), crate::config::TlsSource::DevSelfSigned) => crate::tls::WebTransport::Pinned(
+                crate::tls::PinnedCert::in_dir(&config.data_dir.join("tls"))?,
+            ),
+            (Some(_), crate::config::TlsSource::Files { .. }) => crate::tls::WebTransport::Own,
+        };
+        let pinned = match &web {
+            crate::tls::WebTransport::Pinned(p) => vec![p.hash],
+            _ => Vec::new(),
+        };
+        let server_config = crate::tls::server_config(identity, &config.limits, &web)?;
         let (endpoints, socket) = crate::udp::bind(server_config, config.listen, &config.limits)
             .with_context(|| format!("binding QUIC on {}", config.listen))?;
         let tcp = match config.tcp_listen {
@@ -108,6 +121,7 @@ impl Relay {
                     Some(root) => Some(crate::web::Files::load(root)?),
                     None => None,
                 },
+                pinned,
             }),
         };
         let admin_tls = crate::admin::tls_config(&config)?;
@@ -254,29 +268,34 @@ impl Relay {
         };
 
         // Each endpoint accepts on its own task; the loop below sees one
-        // stream of incoming connections.
+        // stream of incoming connections. Browsers come to the TCP port's
+        // door, or to the same door on QUIC (WebTransport).
         let (incoming_tx, mut incoming_rx) = mpsc::channel::<Incoming>(64);
-        let mut acceptors: Vec<_> = endpoints
-            .iter()
-            .map(|e| {
-                let (e, tx) = (e.clone(), incoming_tx.clone());
-                tokio::spawn(async move {
-                    while let Some(incoming) = e.accept().await {
-                        if tx.send(Incoming::Quic(incoming)).await.is_err() {
-                            break;
-                        }
-                    }
-                })
-            })
-            .collect();
+        let quic_port = endpoints
+            .first()
+            .and_then(|e| e.local_addr().ok())
+            .map_or(config.listen.port(), |a| a.port());
+        let mut acceptors = Vec::new();
+        let mut h3: Option<Arc<dyn crate::link::H3Door>> = None;
         if let Some(t) = tcp {
-            let door = t.door(&config, &admin_node)?;
+            let door = t.door(&config, &admin_node, quic_port)?;
+            h3 = Some(door.clone());
             acceptors.push(tokio::spawn(accept_tcp(
                 t.listener,
                 door,
                 incoming_tx.clone(),
             )));
         }
+        acceptors.extend(endpoints.iter().map(|e| {
+            let (e, tx, h3) = (e.clone(), incoming_tx.clone(), h3.clone());
+            tokio::spawn(async move {
+                while let Some(incoming) = e.accept().await {
+                    if tx.send(Incoming::Quic(incoming, h3.clone())).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        }));
         drop(incoming_tx);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let conn_limit = Arc::new(Semaphore::new(config.limits.max_connections as usize));
@@ -327,7 +346,7 @@ impl Relay {
         // Connections accepted by an endpoint but not yet served are refused.
         incoming_rx.close();
         while let Ok(incoming) = incoming_rx.try_recv() {
-            if let Incoming::Quic(i) = incoming {
+            if let Incoming::Quic(i, _) = incoming {
                 i.refuse();
             }
         }
@@ -481,6 +500,8 @@ struct TcpFallback {
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     files: Option<crate::web::Files>,
+    /// The SHA-256 of the certificate browsers pin for WebTransport.
+    pinned: Vec<[u8; 32]>,
 }
 
 impl TcpFallback {
@@ -489,7 +510,8 @@ impl TcpFallback {
         &self,
         config: &Config,
         admin: &Arc<crate::admin::AdminNode>,
-    ) -> anyhow::Result<Arc<dyn crate::link::TcpDoor>> {
+        quic_port: u16,
+    ) -> anyhow::Result<Arc<crate::web::Web>> {
         let port = self.listener.local_addr()?.port();
         let names = if config.web_names.is_empty() {
             crate::web::default_names(config.dev, port)
@@ -500,11 +522,16 @@ impl TcpFallback {
             tls: self.tls.clone(),
             files: self.files.clone(),
             origins: crate::web::origins(&names, &config.web_origins),
+            csp: crate::web::content_security_policy(&names, quic_port),
             names: names.into(),
             enrollment: crate::admin::EnrollmentService::new(admin.clone()),
             // A message holds at most a frame and its length prefix.
             max_message: config.limits.max_frame_bytes as usize + 16,
             idle: config.limits.idle_timeout,
+            webtransport: crate::web::WebTransportOffer {
+                port: quic_port,
+                pinned: self.pinned.clone(),
+            },
         }))
     }
 }
@@ -587,13 +614,13 @@ fn admit(
 ) -> Option<(Incoming, Ticket, tokio::sync::OwnedSemaphorePermit)> {
     let refuse = |incoming: Incoming, reason: &'static str| {
         metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
-        if let Incoming::Quic(i) = incoming {
+        if let Incoming::Quic(i, _) = incoming {
             i.refuse();
         }
         // A TCP connection is closed by dropping it.
     };
     let validated = match &incoming {
-        Incoming::Quic(i) => i.remote_address_validated(),
+        Incoming::Quic(i, _) => i.remote_address_validated(),
         // The TCP handshake proved the address.
         Incoming::Tcp(..) => true,
     };
@@ -611,7 +638,7 @@ fn admit(
             }
         },
         Verdict::Retry => match incoming {
-            Incoming::Quic(i) if i.may_retry() => {
+            Incoming::Quic(i, _) if i.may_retry() => {
                 metrics::counter!(m::QUIC_RETRIES).increment(1);
                 // Fails only when the endpoint has no Retry tokens to give;
                 // the peer then tries again.

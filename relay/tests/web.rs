@@ -329,3 +329,119 @@ async fn a_transfer_websocket_serves_only_an_authenticated_device() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A QUIC connection to `relay` offering `alpn`, pinning `fingerprint`.
+async fn quic_to(
+    relay: &TestRelay,
+    fingerprint: [u8; 32],
+    alpn: &[u8],
+) -> Result<quinn::Connection, String> {
+    let tls = herold_client::tls::pinned(fingerprint, alpn).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = herold_client::raw::client_endpoint(relay.addr).unwrap();
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
+            relay.addr,
+            "localhost",
+        )
+        .unwrap();
+    tokio::time::timeout(DEADLINE, connecting)
+        .await
+        .expect("the handshake ends in time")
+        .map_err(|e| e.to_string())
+}
+
+/// What the relay tells its pages about WebTransport: the QUIC port and
+/// the certificate hash to pin.
+async fn webtransport_offer(relay: &TestRelay) -> (u16, [u8; 32]) {
+    let (status, headers, body) = https(relay, Method::GET, "/v1/transports", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let port = u16::try_from(v["webtransport"]["port"].as_u64().unwrap()).unwrap();
+    let hashes = v["webtransport"]["certificate_hashes"].as_array().unwrap();
+    assert_eq!(hashes.len(), 1, "{v}");
+    let hash = herold_client::tls::parse_fingerprint(hashes[0].as_str().unwrap()).unwrap();
+    (port, hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_the_quic_port_get_the_certificate_their_pages_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (port, pinned) = webtransport_offer(&relay).await;
+    assert_eq!(port, relay.addr.port());
+    assert_ne!(pinned, relay.fingerprint);
+
+    // HTTP/3 (a browser) gets the pinned certificate; a device its own.
+    quic_to(&relay, pinned, b"h3").await.unwrap();
+    let refused = quic_to(&relay, relay.fingerprint, b"h3").await.unwrap_err();
+    assert!(refused.contains("certificate"), "{refused}");
+    quic_to(&relay, relay.fingerprint, herold_proto::ALPN)
+        .await
+        .unwrap();
+    assert!(quic_to(&relay, pinned, herold_proto::ALPN).await.is_err());
+
+    // A page's pin outlives a restart of the relay.
+    relay.stop().await;
+    let relay = TestRelay::start(dir.path()).await;
+    assert_eq!(webtransport_offer(&relay).await.1, pinned);
+    quic_to(&relay, pinned, b"h3").await.unwrap();
+}
+
+/// An HTTP/3 request on a connection to `relay`; its status.
+async fn h3_request(relay: &TestRelay, pinned: [u8; 32], req: Request<()>) -> StatusCode {
+    let conn = quic_to(relay, pinned, b"h3").await.unwrap();
+    let (mut driver, mut send) = h3::client::builder()
+        .enable_extended_connect(true)
+        .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let driving = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let mut stream = send.send_request(req).await.unwrap();
+    let resp = tokio::time::timeout(DEADLINE, stream.recv_response())
+        .await
+        .expect("answered in time")
+        .unwrap();
+    driving.abort();
+    resp.status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quic_port_opens_webtransport_for_the_relays_own_pages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (port, pinned) = webtransport_offer(&relay).await;
+    let connect = |path: &str, origin: &str| {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("https://localhost:{port}{path}"))
+            .header(header::ORIGIN, origin)
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(h3::ext::Protocol::WEB_TRANSPORT);
+        req
+    };
+    let own = format!("https://localhost:{}", relay.tcp_addr.unwrap().port());
+    assert_eq!(
+        h3_request(&relay, pinned, connect("/v1", "https://evil.example")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        h3_request(&relay, pinned, connect("/elsewhere", &own)).await,
+        StatusCode::NOT_FOUND
+    );
+    let plain = Request::get(format!("https://localhost:{port}/"))
+        .body(())
+        .unwrap();
+    assert_eq!(
+        h3_request(&relay, pinned, plain).await,
+        StatusCode::NOT_FOUND,
+        "the QUIC port serves no pages"
+    );
+}

@@ -31,6 +31,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[cfg(target_arch = "wasm32")]
 mod web;
+#[cfg(target_arch = "wasm32")]
+mod wt;
 
 use crate::ClientError;
 
@@ -100,9 +102,12 @@ enum Wire {
 pub enum Transport {
     /// QUIC over UDP, the native transport.
     Quic,
-    /// The TCP fallback: a WebSocket over TLS (in a browser, the only
-    /// transport).
+    /// The TCP fallback: a WebSocket over TLS (in a browser, where
+    /// WebTransport does not get through).
     Tcp,
+    /// WebTransport over HTTP/3 on the QUIC port: a browser's first
+    /// choice.
+    WebTransport,
 }
 
 /// The connection of the moment as attachment transfers need it: QUIC
@@ -138,6 +143,8 @@ pub(crate) enum TransferAt {
     Web {
         url: String,
         idle: std::time::Duration,
+        /// Whether the session itself is on WebTransport.
+        webtransport: bool,
     },
 }
 
@@ -168,6 +175,7 @@ impl Carrier {
             Wire::Web(w) => Self::Tcp(to(TransferAt::Web {
                 url: w.transfer_url(),
                 idle: w.idle(),
+                webtransport: w.is_webtransport(),
             })),
         }
     }
@@ -179,6 +187,13 @@ impl Carrier {
             Self::Quic(c) if c.close_reason().is_none() => Some(Transport::Quic),
             #[cfg(not(target_arch = "wasm32"))]
             Self::Quic(_) => None,
+            #[cfg(target_arch = "wasm32")]
+            Self::Tcp(TransferTo {
+                at: TransferAt::Web {
+                    webtransport: true, ..
+                },
+                ..
+            }) => Some(Transport::WebTransport),
             Self::Tcp(_) => Some(Transport::Tcp),
         }
     }
@@ -447,7 +462,7 @@ impl RawConnection {
                 Self::connect_tcp_at(*relay, *fingerprint, *idle, herold_proto::TRANSFER_PATH).await
             }
             #[cfg(target_arch = "wasm32")]
-            TransferAt::Web { url, idle } => Self::connect_transfer_web(url, *idle).await,
+            TransferAt::Web { url, idle, .. } => Self::connect_transfer_web(url, *idle).await,
         }
     }
 

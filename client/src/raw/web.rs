@@ -1,7 +1,9 @@
-//! The page's WebSocket to the relay's TCP port, as a frame stream: the
-//! transport of the SDK in a browser. Frames travel in binary messages, as
-//! on the native TCP fallback. A page cannot send WebSocket pings, so a
-//! silent relay is asked with the protocol's own `Ping` frame.
+//! The page's connection to the relay, as a frame stream: the transport of
+//! the SDK in a browser. WebTransport on the relay's QUIC port when it gets
+//! through (`wt.rs`), else a WebSocket to its TCP port, where frames travel
+//! in binary messages as on the native TCP fallback. A page cannot send
+//! WebSocket pings, so a silent relay is asked with the protocol's own
+//! `Ping` frame (on either).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,31 +23,43 @@ use crate::ClientError;
 /// How long the page's WebSocket is given to open.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-enum Heard {
+pub(super) enum Heard {
     Bytes(Bytes),
     Closed,
     Failed(String),
 }
 
-/// An open WebSocket and the handlers that feed it into a queue.
+/// An open WebSocket or WebTransport stream, and what feeds it into a
+/// queue.
 pub(crate) struct WebWire {
-    ws: WebSocket,
+    io: Io,
+    /// The URL of the relay's WebSocket (where transfers go).
+    ws_url: String,
     heard: mpsc::UnboundedReceiver<Heard>,
     idle: Duration,
     /// Whether silence is answered with a `Ping` frame (a session's
     /// WebSocket; a transfer's carries raw bytes, where a frame would not
     /// belong).
     pings: bool,
-    _on_message: Closure<dyn FnMut(MessageEvent)>,
-    _on_close: Closure<dyn FnMut(CloseEvent)>,
-    _on_error: Closure<dyn FnMut(Event)>,
-    _on_open: Closure<dyn FnMut(Event)>,
+}
+
+/// What a [`WebWire`] runs on.
+enum Io {
+    Ws {
+        ws: WebSocket,
+        _on_message: Closure<dyn FnMut(MessageEvent)>,
+        _on_close: Closure<dyn FnMut(CloseEvent)>,
+        _on_error: Closure<dyn FnMut(Event)>,
+        _on_open: Closure<dyn FnMut(Event)>,
+    },
+    Wt(super::wt::WtStream),
 }
 
 impl std::fmt::Debug for WebWire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebWire")
-            .field("url", &self.ws.url())
+            .field("url", &self.ws_url)
+            .field("webtransport", &self.is_webtransport())
             .finish()
     }
 }
@@ -104,14 +118,17 @@ impl WebWire {
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
         ws.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         let wire = Self {
-            ws,
+            io: Io::Ws {
+                ws,
+                _on_message: on_message,
+                _on_close: on_close,
+                _on_error: on_error,
+                _on_open: on_open,
+            },
+            ws_url: url.to_owned(),
             heard,
             idle,
             pings,
-            _on_message: on_message,
-            _on_close: on_close,
-            _on_error: on_error,
-            _on_open: on_open,
         };
         match crate::rt::timeout(OPEN_TIMEOUT, open_rx).await {
             Ok(Ok(Ok(()))) => Ok(wire),
@@ -124,10 +141,40 @@ impl WebWire {
         }
     }
 
+    /// A session's WebTransport stream to `url`, pinning `hashes` (none:
+    /// the browser checks the certificate itself); `ws_url` is the
+    /// relay's WebSocket, for transfers.
+    async fn open_wt(
+        url: &str,
+        hashes: &[[u8; 32]],
+        ws_url: &str,
+        idle: Duration,
+    ) -> Result<Self, ClientError> {
+        let (tx, heard) = mpsc::unbounded_channel();
+        let stream = super::wt::WtStream::open(url, hashes, tx).await?;
+        Ok(Self {
+            io: Io::Wt(stream),
+            ws_url: ws_url.to_owned(),
+            heard,
+            idle,
+            pings: true,
+        })
+    }
+
+    pub(super) fn is_webtransport(&self) -> bool {
+        matches!(self.io, Io::Wt(_))
+    }
+
     pub(super) fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.ws
-            .send_with_u8_array(bytes)
-            .map_err(|e| ClientError::Io(format!("WebSocket send: {e:?}")))
+        match &self.io {
+            Io::Ws { ws, .. } => ws
+                .send_with_u8_array(bytes)
+                .map_err(|e| ClientError::Io(format!("WebSocket send: {e:?}"))),
+            Io::Wt(s) => {
+                s.send(bytes);
+                Ok(())
+            }
+        }
     }
 
     pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
@@ -161,7 +208,7 @@ impl WebWire {
 
     /// The URL of a transfer's WebSocket on the same relay.
     pub(super) fn transfer_url(&self) -> String {
-        let url = self.ws.url();
+        let url = &self.ws_url;
         let origin_end = url
             .find("://")
             .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j))
@@ -181,11 +228,14 @@ impl WebWire {
 impl Drop for WebWire {
     fn drop(&mut self) {
         // The handlers go with this value: the socket must not call them.
-        self.ws.set_onopen(None);
-        self.ws.set_onmessage(None);
-        self.ws.set_onclose(None);
-        self.ws.set_onerror(None);
-        let _ = self.ws.close();
+        // (A WebTransport stream closes itself when dropped.)
+        if let Io::Ws { ws, .. } = &self.io {
+            ws.set_onopen(None);
+            ws.set_onmessage(None);
+            ws.set_onclose(None);
+            ws.set_onerror(None);
+            let _ = ws.close();
+        }
     }
 }
 
@@ -194,6 +244,25 @@ impl RawConnection {
     /// a relay silent for `idle` counts as lost.
     pub async fn connect_web(url: &str, idle: Duration) -> Result<Self, ClientError> {
         Ok(Self::on(Wire::Web(WebWire::open(url, idle, true).await?)))
+    }
+
+    /// Opens the page's connection: WebTransport at `wt` when given and
+    /// it gets through within [`super::FALLBACK_AFTER`] (networks that
+    /// block UDP never let it), else the WebSocket at `url`.
+    pub async fn connect_browser(
+        url: &str,
+        wt: Option<&crate::WebTransportAt>,
+        idle: Duration,
+    ) -> Result<Self, ClientError> {
+        if let Some(wt) = wt {
+            let opening = WebWire::open_wt(&wt.url, &wt.certificate_hashes, url, idle);
+            match crate::rt::timeout(super::FALLBACK_AFTER, opening).await {
+                Ok(Ok(w)) => return Ok(Self::on(Wire::Web(w))),
+                Ok(Err(e)) => super::wt::log(&format!("WebTransport: {e}; trying the WebSocket")),
+                Err(_) => super::wt::log("WebTransport did not open in time; trying the WebSocket"),
+            }
+        }
+        Self::connect_web(url, idle).await
     }
 
     /// Opens the WebSocket of one attachment transfer at `url`.

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::driver::run_session;
 use crate::admission::Ticket;
-use crate::link::{DoorError, Incoming, Link, Opened, Receiver, Sender};
+use crate::link::{DoorError, H3Door, Incoming, Link, Opened, Receiver, Sender};
 use crate::metrics::{self as m, code_label};
 use crate::node::Shared;
 
@@ -48,7 +48,7 @@ pub(crate) async fn serve(
 ) {
     let deadline = tokio::time::Instant::now() + shared.limits.auth_timeout;
     let established = match incoming {
-        Incoming::Quic(i) => quic(i, deadline).await,
+        Incoming::Quic(i, h3) => quic(i, h3, deadline).await,
         Incoming::Tcp(tcp, from, door) => match door.open(tcp, from, deadline).await {
             Ok(Opened::Session(link, send, recv)) => {
                 Some((OpenConnection::new(link.transport()), link, send, recv))
@@ -60,17 +60,7 @@ pub(crate) async fn serve(
                 return;
             }
             Err(e) => {
-                let reason = match e {
-                    DoorError::Failed(why) => {
-                        debug!(error = %why, "TCP handshake failed");
-                        "error"
-                    }
-                    DoorError::TimedOut => {
-                        debug!("TCP handshake timed out");
-                        "timeout"
-                    }
-                };
-                metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+                door_failed(e);
                 None
             }
         },
@@ -94,9 +84,31 @@ pub(crate) async fn serve(
 /// The QUIC handshake and the device's control stream, by `deadline`.
 async fn quic(
     incoming: quinn::Incoming,
+    h3: Option<Arc<dyn H3Door>>,
     deadline: tokio::time::Instant,
 ) -> Option<(OpenConnection, Link, Sender, Receiver)> {
     let conn = handshake(deadline, "QUIC", incoming).await?;
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(crate::tls::H3_ALPN) {
+        // A browser: HTTP/3, then WebTransport.
+        let Some(door) = h3 else {
+            conn.close(quinn::VarInt::from_u32(0x0101), b"no WebTransport here");
+            return None;
+        };
+        return match door.open_h3(conn, deadline).await {
+            Ok(Opened::Session(link, send, recv)) => {
+                Some((OpenConnection::new(link.transport()), link, send, recv))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                door_failed(e);
+                None
+            }
+        };
+    }
     let mut open = OpenConnection::new("quic");
     match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok((send, recv))) => Some((
@@ -115,6 +127,21 @@ async fn quic(
             None
         }
     }
+}
+
+/// Counts and logs a connection that did not get through its door.
+fn door_failed(e: DoorError) {
+    let reason = match e {
+        DoorError::Failed(why) => {
+            debug!(error = %why, "web handshake failed");
+            "error"
+        }
+        DoorError::TimedOut => {
+            debug!("web handshake timed out");
+            "timeout"
+        }
+    };
+    metrics::counter!(m::HANDSHAKE_FAILURES, "reason" => reason).increment(1);
 }
 
 /// An open connection in the metrics: counted open when created, closed

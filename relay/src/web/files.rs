@@ -16,13 +16,34 @@ pub(crate) const MAX_FILES: usize = 1_000;
 pub(crate) const MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What pages of the relay may do: scripts and styles of the relay only
-/// (WebAssembly compiled from them), connections to the relay only, images
-/// from the relay or made on the page (a received photo), no frames, no
-/// plugins, no forms, no inline script or style.
-pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-     script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; \
-     connect-src 'self'; manifest-src 'self'; worker-src 'self'; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+/// (WebAssembly compiled from them), connections to the relay only (the
+/// page's own origin, and WebTransport at the relay's names on the QUIC
+/// port when that is another port), images from the relay or made on the
+/// page (a received photo), no frames, no plugins, no forms, no inline
+/// script or style.
+pub(crate) fn content_security_policy(names: &[String], quic_port: u16) -> HeaderValue {
+    let mut connect = String::from("'self'");
+    for name in names {
+        // `host[:port]`, the host perhaps an IPv6 address in brackets.
+        let (host, port) = match name.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') || !h.contains(':')) => {
+                (h, p.parse().unwrap_or(443))
+            }
+            _ => (name.as_str(), 443),
+        };
+        if port != quic_port {
+            connect.push_str(&format!(" https://{host}:{quic_port}"));
+        }
+    }
+    let csp = format!(
+        "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+         img-src 'self' blob: data:; connect-src {connect}; manifest-src 'self'; \
+         worker-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    // Names are checked at start (`valid_relay_name`): nothing here can
+    // break a header.
+    HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static("default-src 'none'"))
+}
 
 /// The files under a directory, by request path.
 #[derive(Debug, Default, Clone)]
@@ -112,13 +133,10 @@ fn content_type(path: &Path) -> HeaderValue {
 }
 
 /// `r` with the headers every answer on the port carries.
-pub(crate) fn secured(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+pub(crate) fn secured(mut r: Response<Full<Bytes>>, csp: &HeaderValue) -> Response<Full<Bytes>> {
     let h = r.headers_mut();
     for (name, value) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-        ),
+        (header::CONTENT_SECURITY_POLICY, csp.clone()),
         (
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -148,4 +166,34 @@ pub(crate) fn secured(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
         h.insert(name, value);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_src(names: &[&str], quic_port: u16) -> String {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let csp = content_security_policy(&names, quic_port);
+        let csp = csp.to_str().unwrap_or_default().to_owned();
+        csp.split("; ")
+            .find_map(|d| d.strip_prefix("connect-src "))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn pages_may_connect_to_the_relay_only_and_to_its_quic_port() {
+        // QUIC and TCP on one port: the page's own origin covers both.
+        assert_eq!(connect_src(&["relay.city.example"], 443), "'self'");
+        assert_eq!(
+            connect_src(&["localhost:7300", "[::1]:7300"], 7300),
+            "'self'"
+        );
+        // QUIC elsewhere: WebTransport there, at the relay's names only.
+        assert_eq!(
+            connect_src(&["relay.city.example", "[::1]:7300"], 7443),
+            "'self' https://relay.city.example:7443 https://[::1]:7443"
+        );
+    }
 }

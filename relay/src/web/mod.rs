@@ -34,8 +34,10 @@ use crate::link::{DoorError, Link, Opened, TcpDoor};
 
 mod enroll;
 mod files;
+mod transport;
 
-pub(crate) use files::Files;
+pub(crate) use files::{Files, content_security_policy};
+pub(crate) use transport::WebTransportOffer;
 
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,6 +59,11 @@ pub(crate) struct Web {
     pub max_message: usize,
     /// A WebSocket that sends nothing for this long is gone.
     pub idle: Duration,
+    /// Where browsers find WebTransport (the QUIC port).
+    pub webtransport: WebTransportOffer,
+    /// The Content-Security-Policy of every answer
+    /// ([`content_security_policy`]).
+    pub csp: HeaderValue,
 }
 
 impl std::fmt::Debug for Web {
@@ -146,6 +153,7 @@ impl Web {
         } else {
             match (req.method(), req.uri().path()) {
                 (&Method::POST, enroll::PATH) => enroll::redeem(&self.enrollment, req, from).await,
+                (&Method::GET, transport::TRANSPORTS_PATH) => self.webtransport.answer(),
                 (&Method::GET | &Method::HEAD, path) => match &self.files {
                     Some(files) => files.get(path, req.method() == Method::HEAD),
                     None => text(
@@ -156,7 +164,7 @@ impl Web {
                 _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             }
         };
-        Ok(files::secured(response))
+        Ok(files::secured(response, &self.csp))
     }
 
     /// Answers a WebSocket upgrade (RFC 6455 section 4.2.2) and keeps it

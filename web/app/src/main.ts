@@ -158,12 +158,17 @@ class Messenger {
         this.convs.get(e.conversation);
         this.render();
         break;
-      case "synced":
+      case "synced": {
+        const via = this.client.transport();
         status.textContent = "Connected";
         status.className = "status online";
+        status.dataset.transport = via ?? "";
+        status.title = via === "webtransport" ? "Connected over WebTransport (QUIC)" : "Connected over a WebSocket (TCP)";
         showBanner(null);
         break;
+      }
       case "disconnected":
+        status.dataset.transport = "";
         status.textContent = "Reconnecting…";
         status.className = "status offline";
         showBanner("Connection lost. Reconnecting… Messages you send now go out once it is back.");
@@ -332,13 +337,28 @@ class Messenger {
   }
 }
 
+/// What the relay says about its transports (WebTransport on its QUIC
+/// port, and the certificate to pin there), or nothing when it cannot be
+/// read: the page then uses the WebSocket only.
+async function transports(relayUrl: string): Promise<string | undefined> {
+  try {
+    const url = new URL(relayUrl);
+    url.protocol = "https:";
+    url.pathname = "/v1/transports";
+    const r = await fetch(url, { cache: "no-store" });
+    return r.ok ? await r.text() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 async function start(record: DeviceRecord) {
   who.textContent = `${record.accountId} · ${record.deviceId}`;
   status.textContent = "Connecting…";
   app.replaceChildren(el("p", { class: "empty" }, "Connecting to the relay…"));
   let client: WebClient;
   try {
-    client = await WebClient.connect(record.relayUrl, record.deviceId, record.seed, await loadMls());
+    client = await WebClient.connect(record.relayUrl, record.deviceId, record.seed, await loadMls(), await transports(record.relayUrl));
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     status.textContent = "Not connected";

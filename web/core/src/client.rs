@@ -78,11 +78,16 @@ impl WebClient {
     /// packages so that members can add it. `mls_image` is the MLS state
     /// [`WebClient::mls_image`] gave before (after a reload), or nothing for
     /// a new device.
+    ///
+    /// `transports` is the relay's answer at `/v1/transports` (JSON), when
+    /// the page could read it: the session then tries WebTransport first
+    /// and the WebSocket where that does not get through.
     pub async fn connect(
         url: String,
         device_id: String,
         seed_hex: String,
         mls_image: Option<Vec<u8>>,
+        transports: Option<String>,
     ) -> Result<WebClient, JsError> {
         let name = crate::relay_name_of(&url).map_err(|e| JsError::new(&e))?;
         let key = crate::device_key(&seed_hex).map_err(|e| JsError::new(&e))?;
@@ -91,7 +96,16 @@ impl WebClient {
             None => MlsDevice::create_in_image(&device_id),
         }
         .map_err(|e| JsError::new(&format!("the MLS state: {e}")))?;
-        let mut client = E2eClient::connect(ClientConfig::web(&url, &name, &device_id, key), mls)
+        let mut config = ClientConfig::web(&url, &name, &device_id, key);
+        if let Some(t) = transports {
+            config.webtransport = crate::webtransport_at(&url, &t)
+                .map_err(|e| JsError::new(&e))?
+                .map(|(url, certificate_hashes)| herold_client::WebTransportAt {
+                    url,
+                    certificate_hashes,
+                });
+        }
+        let mut client = E2eClient::connect(config, mls)
             .await
             .map_err(|e| JsError::new(&e.to_string()))?;
         let events = client.take_events();
@@ -101,6 +115,19 @@ impl WebClient {
                 events: RefCell::new(Some(events)),
                 files: RefCell::new(HashMap::new()),
             }),
+        })
+    }
+
+    /// The transport of the moment: `"webtransport"`, `"websocket"`, or
+    /// `null` while reconnecting.
+    pub fn transport(&self) -> Option<String> {
+        use herold_client::raw::Transport;
+        self.inner.client.transport().map(|t| {
+            match t {
+                Transport::WebTransport => "webtransport",
+                Transport::Tcp | Transport::Quic => "websocket",
+            }
+            .to_owned()
         })
     }
 

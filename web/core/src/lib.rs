@@ -32,6 +32,53 @@ pub fn relay_name_of(url: &str) -> Result<String, String> {
     }
 }
 
+/// A WebTransport URL and the SHA-256 of the certificates it pins.
+pub type WebTransportUrl = (String, Vec<[u8; 32]>);
+
+/// Where the page finds the relay's WebTransport, from the relay's answer
+/// at `/v1/transports` (`transports`, JSON) for the WebSocket at `url`:
+/// the URL (`https://`, the WebSocket's host at the QUIC port) and the
+/// SHA-256 of the certificates to pin; `None` when the relay offers none.
+pub fn webtransport_at(url: &str, transports: &str) -> Result<Option<WebTransportUrl>, String> {
+    let v: Value = serde_json::from_str(transports)
+        .map_err(|e| format!("the relay's transports are not JSON: {e}"))?;
+    let Some(wt) = v.get("webtransport") else {
+        return Ok(None);
+    };
+    let port = wt
+        .get("port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or("the relay's WebTransport has no port")?;
+    let path = wt.get("path").and_then(Value::as_str).unwrap_or("/v1");
+    if !path.starts_with('/') {
+        return Err(format!(
+            "the relay's WebTransport path {path:?} is not absolute"
+        ));
+    }
+    let name = relay_name_of(url)?;
+    // `host[:port]`, the host perhaps an IPv6 address in brackets.
+    let host = match name.strip_prefix('[') {
+        Some(rest) => format!("[{}]", rest.split(']').next().unwrap_or_default()),
+        None => name.split(':').next().unwrap_or_default().to_owned(),
+    };
+    let mut hashes = Vec::new();
+    for h in wt
+        .get("certificate_hashes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let hash = h
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or("a certificate hash of the relay's WebTransport is not 64 hex digits")?;
+        hashes.push(hash);
+    }
+    Ok(Some((format!("https://{host}:{port}{path}"), hashes)))
+}
+
 /// A new device key: the seed to keep (hex) and the public key to enroll
 /// (hex), from the platform's randomness.
 pub fn new_device_key() -> Result<(String, String), String> {
@@ -127,6 +174,48 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn webtransport_goes_to_the_websockets_host_at_the_quic_port() {
+        let hash = "ab".repeat(32);
+        let offer = format!(
+            r#"{{"webtransport":{{"port":7301,"path":"/v1","certificate_hashes":["{hash}"]}}}}"#
+        );
+        let (url, hashes) = webtransport_at("wss://localhost:7300/v1", &offer)
+            .unwrap()
+            .unwrap();
+        assert_eq!(url, "https://localhost:7301/v1");
+        assert_eq!(hashes, vec![[0xab; 32]]);
+        let (url, _) = webtransport_at("wss://[::1]:7300/v1", &offer)
+            .unwrap()
+            .unwrap();
+        assert_eq!(url, "https://[::1]:7301/v1");
+        let (url, hashes) = webtransport_at(
+            "wss://relay.city.example/v1",
+            r#"{"webtransport":{"port":443,"path":"/v1","certificate_hashes":[]}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(url, "https://relay.city.example:443/v1");
+        assert!(hashes.is_empty());
+    }
+
+    #[test]
+    fn a_relay_without_webtransport_or_with_a_bad_offer() {
+        assert_eq!(
+            webtransport_at("wss://localhost:7300/v1", r#"{"websocket":{}}"#).unwrap(),
+            None
+        );
+        let bad = webtransport_at(
+            "wss://localhost:7300/v1",
+            r#"{"webtransport":{"port":7300,"certificate_hashes":["zz"]}}"#,
+        )
+        .unwrap_err();
+        assert!(bad.contains("64 hex digits"), "{bad}");
+        let bad = webtransport_at("wss://localhost:7300/v1", r#"{"webtransport":{}}"#).unwrap_err();
+        assert!(bad.contains("no port"), "{bad}");
+        assert!(webtransport_at("wss://localhost:7300/v1", "<html>").is_err());
+    }
 
     #[test]
     fn the_relay_name_is_the_urls_host_as_a_browser_writes_it() {
