@@ -163,10 +163,10 @@ impl Driver {
     async fn reconnect(&self) -> Result<RawConnection, ClientError> {
         let mut c = open(&self.config, self.current_relay()).await?;
         let ok = c
-            .authenticate_as(
+            .authenticate_signed(
                 &self.config.device_id,
-                &self.config.key,
                 self.config.relay_name.as_deref(),
+                &crate::signer::DeviceSigner::of(&self.config),
             )
             .await?;
         self.max_ciphertext

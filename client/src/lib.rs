@@ -57,6 +57,7 @@ pub mod raw;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod roster;
 pub mod rt;
+mod signer;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tls;
 pub mod transfer;
@@ -296,6 +297,10 @@ pub struct ClientConfig {
     /// In a browser: the relay's WebTransport, tried before the WebSocket.
     #[cfg(target_arch = "wasm32")]
     pub webtransport: Option<WebTransportAt>,
+    /// In a browser: the device's non-extractable WebCrypto key, which
+    /// then signs instead of `key`.
+    #[cfg(target_arch = "wasm32")]
+    pub web_key: Option<WebKey>,
     /// How long a silent relay is given before the client reconnects
     /// elsewhere (keep-alives go out at half of it).
     pub idle_timeout: Duration,
@@ -327,6 +332,8 @@ impl ClientConfig {
             url: String::new(),
             #[cfg(target_arch = "wasm32")]
             webtransport: None,
+            #[cfg(target_arch = "wasm32")]
+            web_key: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             wire_tap: None,
             tcp_fallback: true,
@@ -344,6 +351,9 @@ impl ClientConfig {
         }
     }
 }
+
+#[cfg(target_arch = "wasm32")]
+pub use signer::WebKey;
 
 /// Where a page finds the relay's WebTransport (the relay says so at
 /// `/v1/transports`, docs/web.md).
@@ -437,7 +447,11 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
         let mut conn = driver::open(&config, config.relay).await?;
         let ok = conn
-            .authenticate_as(&config.device_id, &config.key, config.relay_name.as_deref())
+            .authenticate_signed(
+                &config.device_id,
+                config.relay_name.as_deref(),
+                &signer::DeviceSigner::of(&config),
+            )
             .await?;
         let cursors = Arc::new(Mutex::new(config.cursors.clone()));
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -668,6 +682,22 @@ impl Sender {
             v1::response::Kind::Error(e) => Err(ClientError::relay(&e)),
             _ => Err(ClientError::Protocol(
                 "the relay answered a push registration with something else".into(),
+            )),
+        }
+    }
+
+    /// A one-time enrollment code for another device of this device's
+    /// account (a browser, a new phone), to show it, e.g. as a QR code;
+    /// valid for 10 minutes. Refused with `RATE_LIMITED` beyond 6 an hour.
+    pub async fn issue_link_code(&self) -> Result<v1::LinkCode, ClientError> {
+        match self
+            .request(v1::request::Kind::IssueLinkCode(v1::IssueLinkCode {}))
+            .await?
+        {
+            v1::response::Kind::LinkCode(c) => Ok(c),
+            v1::response::Kind::Error(e) => Err(ClientError::relay(&e)),
+            _ => Err(ClientError::Protocol(
+                "the relay answered a link code request with something else".into(),
             )),
         }
     }

@@ -162,6 +162,19 @@ enum DeviceCmd {
         /// The code, e.g. `K7QM-2XRP-9D4T`.
         code: String,
     },
+    /// Show a one-time code that adds another device to this device's
+    /// account (a browser at the office desk, a new phone): as text and as
+    /// a QR code; valid for 10 minutes.
+    Link {
+        /// This device, e.g. `anna.phone`.
+        #[arg(long)]
+        device: String,
+        /// The web messenger's address: the QR code then opens it with the
+        /// code filled in (`<url>#code=...`) [default: the code itself,
+        /// `herold:enroll?code=...`].
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Set (or without NAME clear) the display name this device shows the
     /// members of its conversations, end to end encrypted. Groups learn it
     /// with the device's next send there.
@@ -388,6 +401,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(t) => println!("{conversation}: title set to {t:?}"),
                 None => println!("{conversation}: title removed"),
             }
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Link { device, url },
+        } => {
+            let client = connect_e2e(&cli, device).await?;
+            let issued = client.issue_link_code().await;
+            let account = client.account_id().to_owned();
+            client.close().await;
+            let c = issued.context("asking the relay for a link code")?;
+            let payload = match url {
+                Some(u) => format!("{}#code={}", u.trim_end_matches('#'), c.code),
+                None => herold_client::roster::qr_payload(&c.code),
+            };
+            let minutes = (c.expires_at_ms - now_ms()).max(0) / 60_000;
+            println!("{}", herold_client::roster::qr_text(&payload));
+            println!(
+                "link code {} for account {account}, valid for {minutes} more minutes",
+                c.code
+            );
             Ok(())
         }
         Cmd::Device {
@@ -630,8 +663,7 @@ async fn connect_e2e(cli: &Cli, device: &str) -> anyhow::Result<E2eClient> {
         .with_context(|| format!("connecting to {} as {device}", cli.relay))?;
     if client.transport() == Some(herold_client::raw::Transport::Tcp) {
         eprintln!(
-            "herold: connected over the relay's TCP fallback: UDP to {} does not get through \
-             (messages work; attachments need QUIC)",
+            "herold: connected over the relay's TCP fallback: UDP to {} does not get through",
             cli.relay
         );
     }

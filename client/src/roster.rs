@@ -287,7 +287,13 @@ pub fn codes_html(codes: &[v1::EnrollmentCode]) -> String {
 
 /// The code's QR code for a terminal (two modules per character cell).
 pub fn qr_terminal(code: &str) -> String {
-    qrcode::QrCode::new(qr_payload(code))
+    qr_text(&qr_payload(code))
+}
+
+/// The QR code of `payload` for a terminal (two modules per character
+/// cell); empty when it does not fit a QR code.
+pub fn qr_text(payload: &str) -> String {
+    qrcode::QrCode::new(payload)
         .map(|q| {
             q.render::<qrcode::render::unicode::Dense1x2>()
                 .dark_color(qrcode::render::unicode::Dense1x2::Light)

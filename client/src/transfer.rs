@@ -42,7 +42,7 @@ impl Transfer {
     /// Opens it at `to`, authenticates as the device and sends `request`.
     async fn open(to: &TransferTo, request: attachment_request::Kind) -> Result<Self, ClientError> {
         let mut conn = RawConnection::open_transfer(&to.at).await?;
-        conn.authenticate_as(&to.device_id, &to.key, to.relay_name.as_deref())
+        conn.authenticate_signed(&to.device_id, to.relay_name.as_deref(), &to.signer)
             .await?;
         let frame = frame_bytes(
             &v1::AttachmentRequest {

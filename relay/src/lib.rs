@@ -13,17 +13,19 @@
 //!   relay's limits).
 //! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces, the
 //!   trace context carried across relays.
-//! - `tls`: TLS 1.3 for QUIC (ALPN `herold/1`) and for the TCP fallback,
-//!   the dev certificate.
+//! - `tls`: TLS 1.3 for QUIC (ALPN `herold/1`, and `h3` for browsers) and
+//!   for the TCP fallback, the dev certificate and the one browsers pin.
 //! - `udp`: the QUIC sockets, counting datagrams and reading their kernel
 //!   drops.
-//! - `link`: a device's connection, QUIC or the TCP fallback (a WebSocket
-//!   over TLS), as one frame stream to the session.
+//! - `link`: a device's connection, QUIC, the TCP fallback (a WebSocket
+//!   over TLS) or a browser's WebTransport, as one frame stream to the
+//!   session.
 //! - `health`: the operations listener (`/metrics`, `/healthz`,
 //!   `/readyz`) and readiness, also published to gRPC health.
 //! - `grpc_metrics`: the admin API's per-call metrics.
 //! - `frames`: the server's frames as bytes.
 //! - `rate`: token buckets (sans-IO) for the rate limits.
+//! - `codes`: one-time enrollment codes and their hashes.
 //! - `admission`: who may start a QUIC handshake: connections awaiting
 //!   authentication bounded in total and per address, QUIC Retry under
 //!   load.
@@ -44,13 +46,15 @@
 //!   submits, acks, sync, in-order delivery with gap filling) driven by an
 //!   async loop; its MLS requests and checks (`session::e2e`); attachment
 //!   uploads and downloads on streams of their own
-//!   (`session::attachments`).
+//!   (`session::attachments`); link codes a device issues for its own
+//!   account (`session::link`).
 //! - `admin`: the gRPC admin API (services Admin and Enrollment, plus gRPC
 //!   health and reflection), its authorisation and audit log.
 //! - `web`: the TCP port's HTTP: the WebSocket upgrade into a session
 //!   (native fallback and browsers, with the relay names a browser signs),
 //!   the web messenger's files under a strict Content-Security-Policy,
-//!   enrollment from a browser.
+//!   enrollment from a browser; on the QUIC port, HTTP/3 and WebTransport
+//!   sessions for browsers.
 //! - [`server`]: [`Relay`]: binds QUIC, the TCP fallback and the admin API, accepts
 //!   connections, runs the node's tasks, drains on shutdown.
 //!
@@ -67,6 +71,7 @@
 mod admin;
 mod admission;
 mod cluster;
+mod codes;
 pub mod config;
 mod cursors;
 mod delivery;

@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub push: Arc<crate::push::Pusher>,
     /// Push endpoint registrations per device.
     pub push_registrations: Buckets,
+    /// Link codes issued per account (`session::link`).
+    pub link_codes: Buckets,
     /// Log reads of the sessions, shared when they ask at once.
     pub reads: Arc<SharedReads>,
 }
@@ -124,6 +126,11 @@ impl Shared {
             push,
             // An app registers once and again when its distributor changes.
             push_registrations: Buckets::new(1, MAX_RATED_ACCOUNTS),
+            link_codes: Buckets::per_hour(
+                crate::codes::LINK_CODES_PER_HOUR,
+                crate::codes::LINK_CODE_BURST,
+                MAX_RATED_ACCOUNTS,
+            ),
         }
     }
 }

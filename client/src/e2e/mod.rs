@@ -245,6 +245,12 @@ impl E2eClient {
         self.sender.transport()
     }
 
+    /// A one-time enrollment code for another device of this account
+    /// ([`crate::Sender::issue_link_code`]).
+    pub async fn issue_link_code(&self) -> Result<v1::LinkCode, E2eError> {
+        Ok(self.sender.issue_link_code().await?)
+    }
+
     /// The device's account.
     pub fn account_id(&self) -> &str {
         &self.account_id

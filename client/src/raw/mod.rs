@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 #[cfg(not(target_arch = "wasm32"))]
 use futures_util::{SinkExt, StreamExt};
 use herold_proto::codec::{FrameDecoder, encode_frame};
@@ -126,7 +126,7 @@ pub(crate) enum Carrier {
 pub(crate) struct TransferTo {
     pub(crate) at: TransferAt,
     pub(crate) device_id: String,
-    pub(crate) key: std::sync::Arc<SigningKey>,
+    pub(crate) signer: crate::signer::DeviceSigner,
     pub(crate) relay_name: Option<String>,
 }
 
@@ -154,7 +154,7 @@ impl Carrier {
         let to = |at| TransferTo {
             at,
             device_id: config.device_id.clone(),
-            key: std::sync::Arc::new(config.key.clone()),
+            signer: crate::signer::DeviceSigner::of(config),
             relay_name: config.relay_name.clone(),
         };
         match &c.wire {
@@ -578,6 +578,19 @@ impl RawConnection {
         key: &SigningKey,
         relay_name: Option<&str>,
     ) -> Result<v1::AuthOk, ClientError> {
+        let signer = crate::signer::DeviceSigner::Key(std::sync::Arc::new(key.clone()));
+        self.authenticate_signed(device_id, relay_name, &signer)
+            .await
+    }
+
+    /// [`authenticate_as`](Self::authenticate_as) with `signer`, which may
+    /// be a browser's WebCrypto key.
+    pub(crate) async fn authenticate_signed(
+        &mut self,
+        device_id: &str,
+        relay_name: Option<&str>,
+        signer: &crate::signer::DeviceSigner,
+    ) -> Result<v1::AuthOk, ClientError> {
         self.send_kind(client_frame::Kind::Hello(v1::Hello {
             version: PROTOCOL_VERSION,
             device_id: device_id.to_owned(),
@@ -599,9 +612,9 @@ impl RawConnection {
                 ));
             }
         };
-        let sig = key.sign(&transcript);
+        let signature = signer.sign(&transcript).await?;
         self.send_kind(client_frame::Kind::AuthResponse(v1::AuthResponse {
-            signature: sig.to_bytes().to_vec(),
+            signature: signature.to_vec(),
             relay_name: relay_name.unwrap_or_default().to_owned(),
         }))
         .await?;

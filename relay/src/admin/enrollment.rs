@@ -6,6 +6,7 @@ use std::time::Instant;
 use tonic::Code;
 
 use super::*;
+use crate::codes::{code_hash, new_code};
 use crate::metrics as m;
 
 impl AdminService {
@@ -42,7 +43,7 @@ impl AdminService {
         ttl_seconds: u64,
         station: &str,
     ) -> Result<v1::EnrollmentCode, Status> {
-        let (code, hash) = new_code()?;
+        let (code, hash) = new_code().map_err(Status::internal)?;
         let now = now_ms();
         // Void first: if issuing fails after, the operator issues again;
         // the other way round, a failure would leave two codes valid.
@@ -211,34 +212,6 @@ impl AdminService {
         )
         .await
     }
-}
-
-/// A fresh enrollment code, `XXXX-XXXX-XXXX`, and its hash.
-pub(super) fn new_code() -> Result<(String, Vec<u8>), Status> {
-    let mut raw = [0u8; CODE_CHARS];
-    getrandom::fill(&mut raw).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
-    let chars: String = raw
-        .iter()
-        .map(|b| char::from(CODE_ALPHABET[usize::from(b & 31)]))
-        .collect();
-    let hash = code_hash(&chars);
-    let shown = format!("{}-{}-{}", &chars[0..4], &chars[4..8], &chars[8..12]);
-    Ok((shown, hash))
-}
-
-/// SHA-256 of a code as typed: case, dashes and spaces ignored, and the
-/// letters Crockford's base32 confuses read as digits.
-pub(crate) fn code_hash(code: &str) -> Vec<u8> {
-    let norm: String = code
-        .chars()
-        .filter(|c| !matches!(c, '-' | ' '))
-        .map(|c| match c.to_ascii_uppercase() {
-            'O' => '0',
-            'I' | 'L' => '1',
-            c => c,
-        })
-        .collect();
-    Sha256::digest(norm.as_bytes()).to_vec()
 }
 
 #[tonic::async_trait]

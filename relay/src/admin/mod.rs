@@ -74,11 +74,6 @@ pub(crate) const IMPORT_BATCH_MAX: usize = 5000;
 /// Store operations one bulk call keeps in flight.
 const BULK_CONCURRENCY: usize = 64;
 
-/// Crockford's base32: no I, L, O, U, so a printed code reads unambiguously.
-const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
-const CODE_CHARS: usize = 12;
-
 /// Addresses whose failed enrollments are tracked at once before those
 /// that failed nothing lately are forgotten.
 const MAX_RATED_ENROLL_ADDRESSES: usize = 100_000;

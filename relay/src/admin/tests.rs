@@ -1,6 +1,6 @@
-use super::enrollment::{code_hash, new_code};
 use super::import::{derived_account_id, slug};
 use super::*;
+use crate::codes::{CODE_ALPHABET, code_hash, new_code};
 
 #[test]
 fn codes_are_printable_and_forgiving() {

@@ -240,6 +240,7 @@ pub(crate) async fn handle_request(
         Some(request::Kind::MarkReconciled(_)) => "mark_reconciled",
         Some(request::Kind::ResetMlsGroup(_)) => "reset_mls_group",
         Some(request::Kind::RegisterPush(_)) => "register_push",
+        Some(request::Kind::IssueLinkCode(_)) => "issue_link_code",
         None => "unknown",
     };
     let kind = match answer(&shared, &ctx, req.kind).await {
@@ -306,6 +307,7 @@ async fn answer(
         }
         Some(request::Kind::ResetMlsGroup(r)) => restart(shared, ctx, r).await,
         Some(request::Kind::RegisterPush(p)) => register_push(shared, ctx, p).await,
+        Some(request::Kind::IssueLinkCode(_)) => super::link::issue(shared, ctx).await,
         None => Err(Refusal::new(
             ErrorCode::UnknownFrame,
             "unknown request; this relay speaks protocol version 1",

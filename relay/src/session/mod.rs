@@ -39,6 +39,7 @@ mod attachments;
 mod core;
 mod driver;
 mod e2e;
+mod link;
 mod submit;
 mod transfer;
 

@@ -72,6 +72,13 @@ export class Conversations {
     return any;
   }
 
+  /// The messages shown that carry a file, as `[conversation, seq]`.
+  files(): [string, number][] {
+    const out: [string, number][] = [];
+    for (const c of this.byId.values()) for (const m of c.messages) if (m.file) out.push([c.id, m.seq]);
+    return out;
+  }
+
   /// What to keep across a reload.
   save(): Conversation[] {
     return [...this.byId.values()];

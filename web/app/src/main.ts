@@ -7,7 +7,7 @@
 import "./style.css";
 import init, { WebClient, newDeviceKey } from "./pkg/herold_web.js";
 import { Conversations, expiresIn, sizeText, type HeroldEvent, type ShownMessage } from "./events";
-import { type DeviceRecord, forgetAll, loadConversations, loadDevice, loadMls, saveConversations, saveDevice, saveMls } from "./store";
+import { type DeviceRecord, forgetAll, loadConversations, loadDevice, loadFiles, loadMls, saveConversations, saveDevice, saveFiles, saveMls } from "./store";
 
 const app = document.getElementById("app")!;
 const banner = document.getElementById("banner")!;
@@ -39,6 +39,21 @@ function showBanner(text: string | null, kind: "offline" | "error" = "offline") 
 
 // ---- enrollment ----
 
+/// A new device key: a WebCrypto Ed25519 key pair whose private half cannot
+/// be exported (not even by this page's script), or, where the browser has
+/// no Ed25519 in WebCrypto, a seed made by the SDK.
+async function deviceKey(): Promise<{ publicHex: string; secret: { key: CryptoKey } | { seed: string } }> {
+  try {
+    const pair = (await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"])) as CryptoKeyPair;
+    const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+    const publicHex = [...raw].map((b) => b.toString(16).padStart(2, "0")).join("");
+    return { publicHex, secret: { key: pair.privateKey } };
+  } catch {
+    const k = newDeviceKey();
+    return { publicHex: k.public, secret: { seed: k.seed } };
+  }
+}
+
 function enrollView(error?: string) {
   const device = el("input", { id: "device", name: "device", required: "", autocomplete: "off", placeholder: "alice.web", "data-testid": "device-id" });
   const code = el("input", { id: "code", name: "code", required: "", autocomplete: "one-time-code", placeholder: "ABCD-EFGH-JKLM", "data-testid": "code" });
@@ -48,7 +63,7 @@ function enrollView(error?: string) {
     "form",
     { class: "enroll" },
     el("h1", {}, "Use Herold in this browser"),
-    el("p", {}, "Enter the one-time enrollment code from your letter (or from IT), and a name for this browser as a device of your account."),
+    el("p", {}, "Enter the one-time enrollment code from your letter, from IT, or shown by your phone (Link a device), and a name for this browser as a device of your account."),
     el("label", { for: "device" }, "Device id"),
     device,
     el("label", { for: "code" }, "Enrollment code"),
@@ -56,20 +71,27 @@ function enrollView(error?: string) {
     button,
     err,
   );
+  // A phone's link code may come in the address (`#code=...`, its QR
+  // code's link): filled in, and taken out of the address and history.
+  const linked = new URLSearchParams(location.hash.slice(1)).get("code");
+  if (linked) {
+    code.value = linked;
+    history.replaceState(null, "", location.pathname + location.search);
+  }
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     button.disabled = true;
     err.textContent = "";
     try {
-      const key = newDeviceKey();
+      const key = await deviceKey();
       const resp = await fetch("/v1/enroll", {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ code: code.value.trim(), device_id: device.value.trim(), public_key: key.public }),
+        body: JSON.stringify({ code: code.value.trim(), device_id: device.value.trim(), public_key: key.publicHex }),
       });
       const body = await resp.json();
       if (!resp.ok) throw new Error(body.error ?? `enrollment failed (${resp.status})`);
-      const record: DeviceRecord = { deviceId: body.device_id, accountId: body.account_id, relayUrl: relayUrl(), seed: key.seed };
+      const record: DeviceRecord = { deviceId: body.device_id, accountId: body.account_id, relayUrl: relayUrl(), ...key.secret };
       await saveDevice(record);
       await start(record);
     } catch (e) {
@@ -103,7 +125,8 @@ class Messenger {
     this.saving = true;
     this.dirty = false;
     const image = this.client.mlsImage();
-    const done = Promise.all([image ? saveMls(image) : Promise.resolve(), saveConversations(this.convs.save())]);
+    const files = this.client.filesImage(JSON.stringify(this.convs.files()));
+    const done = Promise.all([image ? saveMls(image) : Promise.resolve(), saveConversations(this.convs.save()), saveFiles(files)]);
     done
       .catch((e) => showBanner(`Cannot keep this browser's state: ${e instanceof Error ? e.message : String(e)}`, "error"))
       .finally(() => {
@@ -137,7 +160,13 @@ class Messenger {
   }
 
   handle(e: HeroldEvent) {
+    this.show(e);
+    // What changed is kept: the MLS state, and what the page shows with
+    // the keys of its files.
     if (e.type !== "synced" && e.type !== "disconnected" && e.type !== "stopped") this.save();
+  }
+
+  private show(e: HeroldEvent) {
     switch (e.type) {
       case "message": {
         const mine = e.sender_device === this.record.deviceId;
@@ -190,7 +219,11 @@ class Messenger {
   }
 
   private tick() {
-    if (this.convs.expire(Date.now())) this.render();
+    if (this.convs.expire(Date.now())) {
+      this.render();
+      // Expired messages' files are forgotten with them.
+      this.save();
+    }
     for (const t of this.pane.querySelectorAll<HTMLElement>("[data-expires]")) {
       t.textContent = `Self-destructs in ${expiresIn(Number(t.dataset.expires), Date.now())}`;
     }
@@ -358,7 +391,7 @@ async function start(record: DeviceRecord) {
   app.replaceChildren(el("p", { class: "empty" }, "Connecting to the relay…"));
   let client: WebClient;
   try {
-    client = await WebClient.connect(record.relayUrl, record.deviceId, record.seed, await loadMls(), await transports(record.relayUrl));
+    client = await WebClient.connect(record.relayUrl, record.deviceId, record.key ?? record.seed, await loadMls(), await transports(record.relayUrl), await loadFiles());
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     status.textContent = "Not connected";

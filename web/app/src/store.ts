@@ -1,12 +1,15 @@
 // The device's record in the browser's IndexedDB: its id, account, the
-// relay it belongs to and its key's seed. The relay has only the public
-// key; losing this record means enrolling the browser again.
+// relay it belongs to and its key: a non-extractable WebCrypto key (the
+// page may sign with it, never read it), or its seed where the browser has
+// no Ed25519 in WebCrypto. The relay has only the public key; losing this
+// record means enrolling the browser again.
 
 export interface DeviceRecord {
   deviceId: string;
   accountId: string;
   relayUrl: string;
-  seed: string;
+  key?: CryptoKey;
+  seed?: string;
 }
 
 const DB = "herold";
@@ -58,6 +61,17 @@ export async function loadMls(): Promise<Uint8Array | undefined> {
 
 export async function saveMls(image: Uint8Array): Promise<void> {
   await run("readwrite", (s) => s.put(image, MLS));
+}
+
+/// The keys of the files of messages still shown (`WebClient.filesImage`).
+const FILES = "files";
+
+export async function loadFiles(): Promise<Uint8Array | undefined> {
+  return (await run("readonly", (s) => s.get(FILES))) as Uint8Array | undefined;
+}
+
+export async function saveFiles(image: Uint8Array): Promise<void> {
+  await run("readwrite", (s) => s.put(image, FILES));
 }
 
 export async function loadConversations(): Promise<unknown> {

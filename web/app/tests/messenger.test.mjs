@@ -240,6 +240,24 @@ test("a browser enrolls, talks and sends photos with a CLI device both ways, and
   await page.getByTestId("code").fill(code);
   await page.getByTestId("enroll").click();
   assert.equal(await connected(page, "the connection"), "webtransport", `a browser that can use QUIC does\n${await explain()}`);
+  // The device key is a WebCrypto key the page cannot read: no seed is kept.
+  const kept = await page.evaluate(
+    () =>
+      new Promise((ok, fail) => {
+        const open = indexedDB.open("herold");
+        open.onerror = () => fail(open.error);
+        open.onsuccess = () => {
+          const get = open.result.transaction("device").objectStore("device").get("self");
+          get.onsuccess = () => {
+            const r = get.result;
+            ok({ cryptoKey: r.key instanceof CryptoKey, extractable: r.key?.extractable, algorithm: r.key?.algorithm?.name, usages: r.key?.usages, seed: r.seed ?? null });
+            open.result.close();
+          };
+          get.onerror = () => fail(get.error);
+        };
+      }),
+  );
+  assert.deepEqual(kept, { cryptoKey: true, extractable: false, algorithm: "Ed25519", usages: ["sign"], seed: null });
 
   // Browser to CLI, end-to-end encrypted.
   await page.getByTestId("open-id").fill("station-42");
@@ -317,6 +335,12 @@ test("a browser enrolls, talks and sends photos with a CLI device both ways, and
   assert.equal(await connected(page, "the page to reconnect after the reload"), "webtransport");
   await page.locator('[data-conversation="station-42"]').click();
   assert.ok((await texts.allTextContents()).includes("Welcome back"), "the conversation is kept");
+  // A photo received before the reload still opens, intact (its key was
+  // kept with the MLS state).
+  await page.getByTestId("file").last().click();
+  await until("the photo shown after the reload", async () => await page.getByTestId("photo").isVisible());
+  const [again] = await Promise.all([page.waitForEvent("download"), page.getByTestId("save").last().click()]);
+  assert.equal(createHash("sha256").update(readFileSync(await again.path())).digest("hex"), digest, "the photo still opens intact");
   await herold("send", "--device", "bob.laptop", "station-42", "Read after the reload");
   await until("the browser to read after the reload", async () => (await texts.allTextContents()).includes("Read after the reload"));
   await page.getByTestId("compose").fill("Written after the reload");
@@ -368,6 +392,21 @@ test("a browser whose UDP to the relay is dropped falls back to the WebSocket", 
     await herold("send", "--device", "bob.laptop", "station-44", "Received over TCP");
     const texts = page.getByTestId("message-text");
     await until("the browser to show the reply", async () => (await texts.allTextContents()).includes("Received over TCP"));
+
+    // Bob links a browser of his own with a code his device shows (its QR
+    // code opens the page with the code filled in).
+    const shown = await herold("device", "link", "--device", "bob.laptop", "--url", `https://${name}/`);
+    const link = /link code (\S+) for account bob/.exec(shown)?.[1];
+    assert.ok(link, shown);
+    const bobs = await (await desk.newContext()).newPage();
+    bobs.setDefaultTimeout(DEADLINE_MS);
+    await bobs.goto(`https://${name}/#code=${link}`);
+    assert.equal(await bobs.getByTestId("code").inputValue(), link, "the link fills the code in");
+    assert.equal(new URL(bobs.url()).hash, "", "and leaves the address");
+    await bobs.getByTestId("device-id").fill("bob.desk");
+    await bobs.getByTestId("enroll").click();
+    await connected(bobs, "bob's linked browser");
+    assert.match(await bobs.getByTestId("who").textContent(), /bob · bob\.desk/);
   } finally {
     await desk.close();
     hole.close();

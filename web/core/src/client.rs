@@ -1,10 +1,7 @@
 //! The class the page uses: a connected device, its events as JSON.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
-
-use herold_client::attachment::FileRef;
 
 use herold_client::ClientConfig;
 use herold_client::e2e::{E2eClient, E2eEvent};
@@ -56,7 +53,7 @@ struct Inner {
     events: RefCell<Option<mpsc::UnboundedReceiver<E2eEvent>>>,
     /// The files of the messages handed to the page, by (conversation,
     /// seq): their keys never leave the module.
-    files: RefCell<HashMap<(String, u64), FileRef>>,
+    files: RefCell<crate::FileMap>,
 }
 
 /// A device of the web messenger, connected to its relay.
@@ -82,21 +79,43 @@ impl WebClient {
     /// `transports` is the relay's answer at `/v1/transports` (JSON), when
     /// the page could read it: the session then tries WebTransport first
     /// and the WebSocket where that does not get through.
+    ///
+    /// `key` is the device's key: a non-extractable WebCrypto Ed25519
+    /// `CryptoKey` (the private half), or the seed (64 hex digits) where
+    /// the browser has no Ed25519 in WebCrypto.
     pub async fn connect(
         url: String,
         device_id: String,
-        seed_hex: String,
+        key: JsValue,
         mls_image: Option<Vec<u8>>,
         transports: Option<String>,
+        files_image: Option<Vec<u8>>,
     ) -> Result<WebClient, JsError> {
         let name = crate::relay_name_of(&url).map_err(|e| JsError::new(&e))?;
-        let key = crate::device_key(&seed_hex).map_err(|e| JsError::new(&e))?;
+        let (key, web_key) = match key.as_string() {
+            Some(seed_hex) => (
+                crate::device_key(&seed_hex).map_err(|e| JsError::new(&e))?,
+                None,
+            ),
+            // The key never leaves WebCrypto; the Ed25519 key in the
+            // configuration is a throwaway that signs nothing.
+            None if key.is_object() => (
+                herold_client::generate_key().map_err(|e| JsError::new(&e.to_string()))?,
+                Some(herold_client::WebKey::new(key)),
+            ),
+            None => {
+                return Err(JsError::new(
+                    "the device key is neither a CryptoKey nor a seed",
+                ));
+            }
+        };
         let mls = match mls_image {
             Some(image) => MlsDevice::from_image(image),
             None => MlsDevice::create_in_image(&device_id),
         }
         .map_err(|e| JsError::new(&format!("the MLS state: {e}")))?;
         let mut config = ClientConfig::web(&url, &name, &device_id, key);
+        config.web_key = web_key;
         if let Some(t) = transports {
             config.webtransport = crate::webtransport_at(&url, &t)
                 .map_err(|e| JsError::new(&e))?
@@ -113,7 +132,11 @@ impl WebClient {
             inner: Rc::new(Inner {
                 client,
                 events: RefCell::new(Some(events)),
-                files: RefCell::new(HashMap::new()),
+                files: RefCell::new(
+                    files_image
+                        .map(|i| crate::files_from_image(&i))
+                        .unwrap_or_default(),
+                ),
             }),
         })
     }
@@ -234,6 +257,15 @@ impl WebClient {
                 .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
             Ok(js_sys::Uint8Array::from(&contents[..]).into())
         })
+    }
+
+    /// The files of the messages the page still shows (`shown`, JSON
+    /// `[[conversation, seq], ...]`) as an image to keep (IndexedDB, with
+    /// the MLS image) and hand back to [`WebClient::connect`]; the module
+    /// forgets the others.
+    #[wasm_bindgen(js_name = filesImage)]
+    pub fn files_image(&self, shown: String) -> Result<Vec<u8>, JsError> {
+        crate::files_image(&mut self.inner.files.borrow_mut(), &shown).map_err(|e| JsError::new(&e))
     }
 
     /// The device's MLS state as a database image, to keep (IndexedDB)

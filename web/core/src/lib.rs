@@ -79,6 +79,42 @@ pub fn webtransport_at(url: &str, transports: &str) -> Result<Option<WebTranspor
     Ok(Some((format!("https://{host}:{port}{path}"), hashes)))
 }
 
+/// The files of the messages a page still shows (`shown`, JSON
+/// `[[conversation, seq], ...]`) out of `files`, as an image to keep across
+/// a reload ([`files_from_image`]); `files` keeps those only. The image
+/// holds the files' keys, as the MLS image holds the device's: it goes
+/// where that goes (IndexedDB), nowhere else.
+pub fn files_image(files: &mut FileMap, shown: &str) -> Result<Vec<u8>, String> {
+    let shown: Vec<(String, u64)> =
+        serde_json::from_str(shown).map_err(|e| format!("the shown messages: {e}"))?;
+    let shown: std::collections::HashSet<(String, u64)> = shown.into_iter().collect();
+    files.retain(|k, _| shown.contains(k));
+    let mut entries = Vec::with_capacity(files.len());
+    for ((conversation, seq), file) in files.iter() {
+        let encoded = file.encode().map_err(|e| e.to_string())?;
+        entries.push(json!({ "c": conversation, "s": seq, "r": hex::encode(encoded) }));
+    }
+    serde_json::to_vec(&entries).map_err(|e| e.to_string())
+}
+
+/// The files of a [`files_image`]; entries that do not read are left out.
+pub fn files_from_image(image: &[u8]) -> FileMap {
+    let entries: Vec<Value> = serde_json::from_slice(image).unwrap_or_default();
+    entries
+        .iter()
+        .filter_map(|e| {
+            let conversation = e.get("c")?.as_str()?.to_owned();
+            let seq = e.get("s")?.as_u64()?;
+            let bytes = hex::decode(e.get("r")?.as_str()?).ok()?;
+            let file = herold_client::attachment::FileRef::decode(&bytes).ok()?;
+            Some(((conversation, seq), file))
+        })
+        .collect()
+}
+
+/// The files of the messages handed to the page, by (conversation, seq).
+pub type FileMap = std::collections::HashMap<(String, u64), herold_client::attachment::FileRef>;
+
 /// A new device key: the seed to keep (hex) and the public key to enroll
 /// (hex), from the platform's randomness.
 pub fn new_device_key() -> Result<(String, String), String> {
@@ -174,6 +210,36 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    fn file(n: u8) -> herold_client::attachment::FileRef {
+        let (_, mut f) = herold_client::attachment::seal(&[n; 100]).unwrap();
+        f.name = format!("photo-{n}.png");
+        f
+    }
+
+    #[test]
+    fn the_files_of_shown_messages_outlive_a_reload_and_no_others_are_kept() {
+        let mut files = FileMap::new();
+        files.insert(("station-42".into(), 3), file(1));
+        files.insert(("station-42".into(), 9), file(2));
+        files.insert(("station-43".into(), 1), file(3));
+        let image = files_image(
+            &mut files,
+            r#"[["station-42", 9], ["station-43", 1], ["gone", 5]]"#,
+        )
+        .unwrap();
+        assert_eq!(files.len(), 2, "an expired message's file is forgotten");
+        let back = files_from_image(&image);
+        assert_eq!(back.len(), 2);
+        let f = &back[&("station-42".to_owned(), 9)];
+        assert_eq!(f.name, "photo-2.png");
+        assert_eq!(
+            f.encode().unwrap(),
+            files[&("station-42".to_owned(), 9)].encode().unwrap()
+        );
+        assert!(files_image(&mut files, "not json").is_err());
+        assert!(files_from_image(b"garbage").is_empty());
+    }
 
     #[test]
     fn webtransport_goes_to_the_websockets_host_at_the_quic_port() {
