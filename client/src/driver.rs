@@ -37,6 +37,11 @@ pub(crate) fn spawn(
     shared: Shared,
 ) {
     let (retry_tx, retry_rx) = mpsc::unbounded_channel();
+    let kept = if config.app_acks {
+        config.cursors.clone()
+    } else {
+        HashMap::new()
+    };
     let driver = Driver {
         max_ciphertext: shared.max_ciphertext,
         config,
@@ -47,6 +52,7 @@ pub(crate) fn spawn(
         requests: HashMap::new(),
         next_request: 1,
         dirty: HashMap::new(),
+        kept,
         relay_index: 0,
         reconnect_after: None,
         retry_tx,
@@ -71,6 +77,8 @@ struct Driver {
     next_request: u64,
     /// Acks to send, per conversation.
     dirty: HashMap<String, u64>,
+    /// With app acks: what the app has kept, per conversation.
+    kept: HashMap<String, u64>,
     /// Which relay to connect to next: 0 is `config.relay`, then the
     /// fallbacks in order.
     relay_index: usize,
@@ -266,6 +274,12 @@ impl Driver {
                             return Outcome::Lost(e.to_string());
                         }
                     }
+                    Some(Cmd::Ack { conversation_id, seq }) => {
+                        let k = self.kept.entry(conversation_id.clone()).or_insert(0);
+                        *k = (*k).max(seq);
+                        let d = self.dirty.entry(conversation_id).or_insert(0);
+                        *d = (*d).max(seq);
+                    }
                     Some(Cmd::Close(done)) => {
                         let _ = self.flush_acks(&mut c).await;
                         c.close().await;
@@ -331,10 +345,21 @@ impl Driver {
             server_frame::Kind::Deliver(d) => {
                 let env = d.envelope?;
                 let conv = env.conversation_id.clone();
-                // Ack even duplicates: the relay's cursor may lag ours.
-                let e = self.dirty.entry(conv.clone()).or_insert(0);
-                *e = (*e).max(env.seq);
-                if env.seq <= self.seen(&conv) {
+                let duplicate = env.seq <= self.seen(&conv);
+                // Ack even duplicates: the relay's cursor may lag ours. With
+                // app acks, only what the app has kept.
+                let ack = if !self.config.app_acks {
+                    Some(env.seq)
+                } else if duplicate {
+                    self.kept.get(&conv).map(|k| env.seq.min(*k))
+                } else {
+                    None
+                };
+                if let Some(seq) = ack {
+                    let e = self.dirty.entry(conv.clone()).or_insert(0);
+                    *e = (*e).max(seq);
+                }
+                if duplicate {
                     return None;
                 }
                 if let Ok(mut c) = self.cursors.lock() {

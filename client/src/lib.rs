@@ -311,6 +311,13 @@ pub struct ClientConfig {
     /// [`raw::FALLBACK_AFTER`]: on by default. Load generators turn it off
     /// to measure QUIC alone.
     pub tcp_fallback: bool,
+    /// Whether the app acknowledges deliveries itself ([`Sender::ack`]),
+    /// once it has kept what they changed: what the web messenger does,
+    /// which keeps its state in the browser asynchronously. Off: the
+    /// client acknowledges what it hands to the app. With it, `cursors`
+    /// are the positions the app kept, acknowledged again when the relay
+    /// repeats what lies below them.
+    pub app_acks: bool,
 }
 
 impl ClientConfig {
@@ -337,6 +344,7 @@ impl ClientConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             wire_tap: None,
             tcp_fallback: true,
+            app_acks: false,
         }
     }
 
@@ -416,6 +424,11 @@ enum Cmd {
         done: oneshot::Sender<Result<v1::response::Kind, ClientError>>,
     },
     Close(oneshot::Sender<()>),
+    /// The app kept what the deliveries up to `seq` changed (app acks).
+    Ack {
+        conversation_id: String,
+        seq: u64,
+    },
 }
 
 /// A device's resilient connection to a relay. See the crate docs.
@@ -437,6 +450,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Submit { .. } => "Submit",
             Cmd::Request { .. } => "Request",
             Cmd::Close(_) => "Close",
+            Cmd::Ack { .. } => "Ack",
         })
     }
 }
@@ -493,6 +507,11 @@ impl Client {
             cmd: self.cmd.clone(),
             in_flight: self.in_flight.clone(),
         }
+    }
+
+    /// Whether events are waiting to be taken ([`Client::next_event`]).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// The device's account, as the relay reported it.
@@ -684,6 +703,20 @@ impl Sender {
                 "the relay answered a push registration with something else".into(),
             )),
         }
+    }
+
+    /// With [`ClientConfig::app_acks`]: the app has kept what the
+    /// deliveries of `conversation` up to `seq` changed; the relay is told
+    /// (soon, with the other acknowledgements) and does not deliver them
+    /// again.
+    pub async fn ack(&self, conversation: &str, seq: u64) -> Result<(), ClientError> {
+        self.cmd
+            .send(Cmd::Ack {
+                conversation_id: conversation.to_owned(),
+                seq,
+            })
+            .await
+            .map_err(|_| ClientError::Shutdown)
     }
 
     /// A one-time enrollment code for another device of this device's

@@ -520,6 +520,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         eprintln!("(disconnected: {reason}; reconnecting)");
                     }
                     Some(E2eEvent::Stopped(e)) => bail!("stopped: {e}"),
+                    // The CLI's state is a file, written as it changes:
+                    // it asks for no checkpoints.
+                    Some(E2eEvent::Checkpoint(_)) => {}
                     None => break,
                 }
             }

@@ -180,6 +180,7 @@ impl E2eClient {
                 ciphertext: post,
                 ..Default::default()
             };
+            self.keep_before_sending().await?;
             return Ok(self.sender.submit(submit).await?);
         }
         Err(E2eError::Contended(conv.to_owned()))
@@ -243,6 +244,7 @@ impl E2eClient {
             mls: true,
             ..Default::default()
         };
+        self.keep_before_sending().await?;
         match self.sender.submit(submit).await {
             Ok(_) => Ok(()),
             Err(e)

@@ -32,6 +32,34 @@ impl Message {
     }
 }
 
+/// The device's state after the events before it, for an app that
+/// acknowledges deliveries itself ([`crate::ClientConfig::app_acks`]) and
+/// keeps its MLS state as an image (`MlsDevice::create_in_image`): keep
+/// the image and the positions together with what the events before it
+/// changed, then acknowledge the positions
+/// ([`super::E2eClient::ack_checkpoint`]). After a restart from them
+/// (`MlsDevice::from_image`, the positions as
+/// [`crate::ClientConfig::cursors`]) nothing is lost and nothing comes
+/// twice.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Increasing: a later checkpoint holds all an earlier one does.
+    pub id: u64,
+    /// The MLS state.
+    pub mls_image: Vec<u8>,
+    /// Per conversation, the last position the state covers.
+    pub positions: std::collections::HashMap<String, u64>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("mls_image_bytes", &self.mls_image.len())
+            .field("positions", &self.positions)
+            .finish()
+    }
+}
+
 /// What the end-to-end client reports to the app.
 #[derive(Debug, Clone)]
 pub enum E2eEvent {
@@ -101,6 +129,8 @@ pub enum E2eEvent {
     },
     /// Everything stored up to now has been processed (after each connect).
     Synced,
+    /// The state to keep before acknowledging (app acks only).
+    Checkpoint(Checkpoint),
     /// The connection was lost; the client is reconnecting.
     Disconnected {
         /// Why.
@@ -142,6 +172,7 @@ impl E2eEvent {
             } => Some((conversation_id, *seq)),
             E2eEvent::Restarted { .. }
             | E2eEvent::Synced
+            | E2eEvent::Checkpoint(_)
             | E2eEvent::Disconnected { .. }
             | E2eEvent::Stopped(_) => None,
         }

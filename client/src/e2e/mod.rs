@@ -49,7 +49,7 @@ mod renew;
 
 use crate::{Accepted, Client, ClientConfig, ClientError, Sender, new_message_id};
 pub use channel::{KEY_WAIT, MAX_WAITING_POSTS, SUB_GROUP_CHECK_INTERVAL};
-pub use events::{E2eEvent, Message};
+pub use events::{Checkpoint, E2eEvent, Message};
 use pump::Pump;
 use renew::{OwnChange, Renewal};
 
@@ -93,6 +93,10 @@ pub enum E2eError {
     /// message describes.
     #[error("file: {0}")]
     File(String),
+    /// The app did not keep the state a send moved on from in time
+    /// ([`E2eEvent::Checkpoint`]): the message did not go out.
+    #[error("the device's state was not kept within {0} s; nothing was sent")]
+    NotKept(u64),
 }
 
 impl From<herold_mls::MlsError> for E2eError {
@@ -141,7 +145,22 @@ pub struct E2eClient {
     large: Mutex<HashMap<String, Arc<[String]>>>,
     /// Per large channel: where this device's sender key went out.
     handed: Mutex<HashMap<String, channel::Handed>>,
+    /// With checkpoints: how a send gets its state kept first.
+    keeping: Option<Keeping>,
 }
+
+/// How a send has the state it moved on from kept before its ciphertext
+/// leaves (checkpoints only): it asks the background task for a
+/// checkpoint, then waits until the app has kept that one or a later one.
+#[derive(Debug)]
+struct Keeping {
+    ask: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<u64>>,
+    /// The id of the newest checkpoint the app has kept.
+    kept: watch::Sender<u64>,
+}
+
+/// How long a send waits for the app to keep its state.
+const KEEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// MLS group ids of groups that are broken on this device.
 pub(super) type Broken = Arc<Mutex<HashSet<Vec<u8>>>>;
@@ -179,6 +198,10 @@ impl E2eClient {
             )));
         }
         let device_id = config.device_id.clone();
+        // Checkpoints for an app that acknowledges itself and keeps the
+        // state as an image (a file-backed state is kept as it changes).
+        let checkpoints = config.app_acks && mls.image().is_some();
+        let positions = config.cursors.clone();
         let client = Client::connect(config).await?;
         let sender = client.sender();
         let account_id = client.account_id().to_owned();
@@ -189,7 +212,14 @@ impl E2eClient {
         let (progress_tx, progress_rx) = watch::channel(0u64);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let broken = Broken::default();
+        let (ask, asks) = mpsc::unbounded_channel();
+        let keeping = checkpoints.then(|| Keeping {
+            ask,
+            kept: watch::Sender::new(0),
+        });
         let pump = Pump {
+            asks,
+            next_checkpoint: 0,
             broken: broken.clone(),
             ready: Some(ready_tx),
             client,
@@ -202,6 +232,10 @@ impl E2eClient {
             welcome_checked: HashMap::new(),
             accounts: HashMap::new(),
             waiting: HashMap::new(),
+            checkpoints,
+            processed: positions,
+            checkpointed: None,
+            unkept: 0,
         };
         let pump = crate::rt::spawn(pump.run());
         // Connected once the key packages are up: the device can be added
@@ -227,7 +261,32 @@ impl E2eClient {
             key_renewal: KEY_RENEWAL_INTERVAL,
             large: Mutex::new(HashMap::new()),
             handed: Mutex::new(HashMap::new()),
+            keeping,
         })
+    }
+
+    /// With checkpoints: has the app keep the state as it is now (after
+    /// an encryption moved a ratchet on, before the ciphertext leaves), so
+    /// that a page closed after the send never comes back to an older
+    /// ratchet step. Without: nothing to do (a state file is written as it
+    /// changes).
+    pub(super) async fn keep_before_sending(&self) -> Result<(), E2eError> {
+        let Some(k) = &self.keeping else {
+            return Ok(());
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        k.ask
+            .send(tx)
+            .map_err(|_| E2eError::Client(ClientError::Shutdown))?;
+        let id = rx
+            .await
+            .map_err(|_| E2eError::Client(ClientError::Shutdown))?;
+        let mut kept = k.kept.subscribe();
+        match crate::rt::timeout(KEEP_TIMEOUT, kept.wait_for(|k| *k >= id)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(E2eError::Client(ClientError::Shutdown)),
+            Err(_) => Err(E2eError::NotKept(KEEP_TIMEOUT.as_secs())),
+        }
     }
 
     fn conv_lock(&self, conv: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -243,6 +302,19 @@ impl E2eClient {
     /// fallback); `None` while reconnecting.
     pub fn transport(&self) -> Option<crate::raw::Transport> {
         self.sender.transport()
+    }
+
+    /// Acknowledges the positions of `checkpoint`, once the app has kept
+    /// it ([`E2eEvent::Checkpoint`]).
+    pub async fn ack_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), E2eError> {
+        for (conversation, seq) in &checkpoint.positions {
+            self.sender.ack(conversation, *seq).await?;
+        }
+        if let Some(k) = &self.keeping {
+            k.kept
+                .send_modify(|kept| *kept = (*kept).max(checkpoint.id));
+        }
+        Ok(())
     }
 
     /// A one-time enrollment code for another device of this account
@@ -329,6 +401,7 @@ impl E2eClient {
                 mls: true,
                 ..Default::default()
             };
+            self.keep_before_sending().await?;
             match self.sender.submit(submit).await {
                 Ok(a) => return Ok(a),
                 Err(e)
@@ -582,6 +655,7 @@ impl E2eClient {
     /// then try again).
     pub async fn submit_membership_commit(&self, p: PreparedCommit) -> Result<bool, E2eError> {
         let gid = p.group_id.as_slice();
+        self.keep_before_sending().await?;
         match self.sender.submit(p.submit).await {
             Ok(_) => {
                 // The background task merges it when its echo comes, after

@@ -78,7 +78,24 @@ pub(super) struct Pump {
     pub accounts: HashMap<String, HashMap<String, String>>,
     /// Per large channel: posts that came before their sender key.
     pub waiting: super::channel::Waiting,
+    /// Whether to hand out checkpoints (app acks on an image).
+    pub checkpoints: bool,
+    /// Per conversation, the last position processed.
+    pub processed: HashMap<String, u64>,
+    /// The positions of the last checkpoint handed out.
+    pub checkpointed: Option<HashMap<String, u64>>,
+    /// Envelopes processed since then.
+    pub unkept: usize,
+    /// Sends asking for a checkpoint to be kept before they go out: told
+    /// its id.
+    pub asks: mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<u64>>,
+    /// The id of the last checkpoint handed out.
+    pub next_checkpoint: u64,
 }
+
+/// Envelopes after which a checkpoint is handed out even while more are
+/// waiting (a long sync is acknowledged as it goes).
+const CHECKPOINT_EVERY: usize = 256;
 
 impl Pump {
     pub(super) async fn run(mut self) {
@@ -93,16 +110,45 @@ impl Pump {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(r);
         }
+        // The key packages' private keys are state to keep.
+        if self.checkpoint(true).is_none() {
+            return;
+        }
         loop {
+            // Between two deliveries the state is whole: sends waiting to
+            // go out get their checkpoint.
+            while let Ok(reply) = self.asks.try_recv() {
+                let Some(id) = self.checkpoint(true) else {
+                    return;
+                };
+                let _ = reply.send(id);
+            }
             let ev = match self.backlog.pop_front() {
                 Some(ev) => ev,
-                None => match self.client.next_event().await {
-                    Some(ev) => ev,
-                    None => return,
+                None => tokio::select! {
+                    ev = self.client.next_event() => match ev {
+                        Some(ev) => ev,
+                        None => return,
+                    },
+                    Some(reply) = self.asks.recv() => {
+                        let Some(id) = self.checkpoint(true) else {
+                            return;
+                        };
+                        let _ = reply.send(id);
+                        continue;
+                    }
                 },
             };
+            let mut changed = false;
             let out = match ev {
-                Event::Message(env) => self.on_envelope(env).await,
+                Event::Message(env) => {
+                    let (conv, seq) = (env.conversation_id.clone(), env.seq);
+                    let out = self.on_envelope(env).await;
+                    let p = self.processed.entry(conv).or_insert(0);
+                    *p = (*p).max(seq);
+                    self.unkept += 1;
+                    out
+                }
                 Event::Synced { .. } => {
                     let mut out = self.give_up_waiting();
                     out.push(E2eEvent::Synced);
@@ -117,6 +163,7 @@ impl Pump {
                     if let Err(e) = r {
                         warn!(error = %e, "refilling key packages failed");
                     }
+                    changed = true;
                     Vec::new()
                 }
                 Event::Stopped(e) => vec![E2eEvent::Stopped(e)],
@@ -127,7 +174,49 @@ impl Pump {
                     return;
                 }
             }
+            // Once nothing else is waiting to be processed: what the app
+            // has now is a state to keep.
+            let idle = self.backlog.is_empty() && !self.client.has_events();
+            if (idle || self.unkept >= CHECKPOINT_EVERY) && self.checkpoint(changed).is_none() {
+                return;
+            }
         }
+    }
+
+    /// Hands out a checkpoint when the positions moved (or `force`): its
+    /// id, 0 when none was needed; `None` once the app is gone.
+    fn checkpoint(&mut self, force: bool) -> Option<u64> {
+        if !self.checkpoints {
+            return Some(0);
+        }
+        // A post waiting for its sender key is not processed yet (it is
+        // held here, not in the state): the positions stay below it.
+        let mut positions = self.processed.clone();
+        for queue in self.waiting.values() {
+            for (post, _) in queue {
+                if let Some(p) = positions.get_mut(&post.conversation_id) {
+                    *p = (*p).min(post.seq.saturating_sub(1));
+                }
+            }
+        }
+        if !force && self.checkpointed.as_ref() == Some(&positions) {
+            return Some(0);
+        }
+        let Some(mls_image) = super::lock(&self.mls).image() else {
+            return Some(0);
+        };
+        self.checkpointed = Some(positions.clone());
+        self.unkept = 0;
+        self.next_checkpoint += 1;
+        let id = self.next_checkpoint;
+        self.events
+            .send(E2eEvent::Checkpoint(super::Checkpoint {
+                id,
+                mls_image,
+                positions,
+            }))
+            .ok()
+            .map(|()| id)
     }
 
     /// The account of `device` in the direct conversation `conv`, for a

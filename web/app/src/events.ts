@@ -16,6 +16,7 @@ export type HeroldEvent =
   | { type: "joined" | "removed" | "key_received" | "restarted"; conversation: string }
   | { type: "unreadable"; conversation: string; seq: number; reason: string }
   | { type: "synced" }
+  | { type: "checkpoint" }
   | { type: "disconnected"; reason: string }
   | { type: "stopped"; reason: string };
 

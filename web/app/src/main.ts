@@ -7,7 +7,7 @@
 import "./style.css";
 import init, { WebClient, newDeviceKey } from "./pkg/herold_web.js";
 import { Conversations, expiresIn, sizeText, type HeroldEvent, type ShownMessage } from "./events";
-import { type DeviceRecord, forgetAll, loadConversations, loadDevice, loadFiles, loadMls, saveConversations, saveDevice, saveFiles, saveMls } from "./store";
+import { type DeviceRecord, forgetAll, loadConversations, loadDevice, loadFiles, loadMls, saveDevice, saveState } from "./store";
 
 const app = document.getElementById("app")!;
 const banner = document.getElementById("banner")!;
@@ -115,8 +115,11 @@ class Messenger {
 
   constructor(private client: WebClient, private record: DeviceRecord) {}
 
-  /// Keeps the MLS state and the conversations in IndexedDB after every
-  /// change, one write at a time (a change during a write writes again).
+  /// Keeps what the page shows, and the MLS state of the newest
+  /// checkpoint, in IndexedDB after every change, one write at a time (a
+  /// change during a write writes again); then tells the relay that the
+  /// deliveries the checkpoint covers arrived. A page closed before that
+  /// gets them again.
   save() {
     if (this.saving) {
       this.dirty = true;
@@ -124,10 +127,10 @@ class Messenger {
     }
     this.saving = true;
     this.dirty = false;
-    const image = this.client.mlsImage();
+    const cp = this.client.takeCheckpoint();
     const files = this.client.filesImage(JSON.stringify(this.convs.files()));
-    const done = Promise.all([image ? saveMls(image) : Promise.resolve(), saveConversations(this.convs.save()), saveFiles(files)]);
-    done
+    saveState(cp ? { image: cp.image, positions: cp.positions } : undefined, this.convs.save(), files)
+      .then(() => (cp ? this.client.checkpointKept(cp.id) : undefined))
       .catch((e) => showBanner(`Cannot keep this browser's state: ${e instanceof Error ? e.message : String(e)}`, "error"))
       .finally(() => {
         this.saving = false;
@@ -391,7 +394,8 @@ async function start(record: DeviceRecord) {
   app.replaceChildren(el("p", { class: "empty" }, "Connecting to the relay…"));
   let client: WebClient;
   try {
-    client = await WebClient.connect(record.relayUrl, record.deviceId, record.key ?? record.seed, await loadMls(), await transports(record.relayUrl), await loadFiles());
+    const mls = await loadMls();
+    client = await WebClient.connect(record.relayUrl, record.deviceId, record.key ?? record.seed, mls?.image, await transports(record.relayUrl), await loadFiles(), mls?.positions);
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     status.textContent = "Not connected";

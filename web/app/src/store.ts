@@ -55,12 +55,46 @@ export async function saveDevice(d: DeviceRecord): Promise<void> {
 }
 
 
-export async function loadMls(): Promise<Uint8Array | undefined> {
-  return (await run("readonly", (s) => s.get(MLS))) as Uint8Array | undefined;
+/// The MLS state as of its last checkpoint, and the positions it covers.
+export interface KeptMls {
+  image: Uint8Array;
+  positions: string;
 }
 
-export async function saveMls(image: Uint8Array): Promise<void> {
-  await run("readwrite", (s) => s.put(image, MLS));
+export async function loadMls(): Promise<KeptMls | undefined> {
+  const kept = await run("readonly", (s) => s.get(MLS));
+  // Before checkpoints the image alone was kept: from there the relay
+  // delivers what it has not been told arrived.
+  if (kept instanceof Uint8Array) return { image: kept, positions: "{}" };
+  return kept as KeptMls | undefined;
+}
+
+/// Keeps what the page has in one transaction: the MLS state (when a new
+/// checkpoint came), the conversations shown and their files' keys; either
+/// all of it or none.
+export function saveState(mls: KeptMls | undefined, conversations: unknown, files: Uint8Array): Promise<void> {
+  return open().then(
+    (db) =>
+      new Promise<void>((resolve, reject) => {
+        const tx = db.transaction(STORE, "readwrite");
+        const s = tx.objectStore(STORE);
+        if (mls) s.put(mls, MLS);
+        s.put(conversations, CONVERSATIONS);
+        s.put(files, FILES);
+        tx.oncomplete = () => {
+          db.close();
+          resolve();
+        };
+        tx.onerror = () => {
+          db.close();
+          reject(tx.error);
+        };
+        tx.onabort = () => {
+          db.close();
+          reject(tx.error);
+        };
+      }),
+  );
 }
 
 /// The keys of the files of messages still shown (`WebClient.filesImage`).
@@ -70,16 +104,8 @@ export async function loadFiles(): Promise<Uint8Array | undefined> {
   return (await run("readonly", (s) => s.get(FILES))) as Uint8Array | undefined;
 }
 
-export async function saveFiles(image: Uint8Array): Promise<void> {
-  await run("readwrite", (s) => s.put(image, FILES));
-}
-
 export async function loadConversations(): Promise<unknown> {
   return await run("readonly", (s) => s.get(CONVERSATIONS));
-}
-
-export async function saveConversations(c: unknown): Promise<void> {
-  await run("readwrite", (s) => s.put(c, CONVERSATIONS));
 }
 
 export async function forgetAll(): Promise<void> {

@@ -1,10 +1,11 @@
 //! The class the page uses: a connected device, its events as JSON.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use herold_client::ClientConfig;
-use herold_client::e2e::{E2eClient, E2eEvent};
+use herold_client::e2e::{Checkpoint, E2eClient, E2eEvent};
 use herold_mls::MlsDevice;
 use tokio::sync::mpsc;
 use wasm_bindgen::prelude::*;
@@ -54,6 +55,25 @@ struct Inner {
     /// The files of the messages handed to the page, by (conversation,
     /// seq): their keys never leave the module.
     files: RefCell<crate::FileMap>,
+    /// The last checkpoint handed to the page, not yet taken.
+    checkpoint: RefCell<Option<Checkpoint>>,
+    /// Checkpoints taken and being kept by the page, by id: acknowledged
+    /// once kept.
+    taken: RefCell<HashMap<u32, Checkpoint>>,
+    next_id: std::cell::Cell<u32>,
+}
+
+/// A checkpoint for the page to keep ([`WebClient::take_checkpoint`]).
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Debug)]
+pub struct TakenCheckpoint {
+    /// What to hand to [`WebClient::checkpoint_kept`] once kept.
+    pub id: u32,
+    /// The MLS state.
+    pub image: Vec<u8>,
+    /// The positions it covers (JSON), to hand back to
+    /// [`WebClient::connect`].
+    pub positions: String,
 }
 
 /// A device of the web messenger, connected to its relay.
@@ -90,6 +110,7 @@ impl WebClient {
         mls_image: Option<Vec<u8>>,
         transports: Option<String>,
         files_image: Option<Vec<u8>>,
+        positions: Option<String>,
     ) -> Result<WebClient, JsError> {
         let name = crate::relay_name_of(&url).map_err(|e| JsError::new(&e))?;
         let (key, web_key) = match key.as_string() {
@@ -116,6 +137,12 @@ impl WebClient {
         .map_err(|e| JsError::new(&format!("the MLS state: {e}")))?;
         let mut config = ClientConfig::web(&url, &name, &device_id, key);
         config.web_key = web_key;
+        // Acknowledged once kept (checkpoints), from where the kept state
+        // stands.
+        config.app_acks = true;
+        if let Some(p) = positions {
+            config.cursors = crate::positions_from_json(&p).map_err(|e| JsError::new(&e))?;
+        }
         if let Some(t) = transports {
             config.webtransport = crate::webtransport_at(&url, &t)
                 .map_err(|e| JsError::new(&e))?
@@ -137,6 +164,9 @@ impl WebClient {
                         .map(|i| crate::files_from_image(&i))
                         .unwrap_or_default(),
                 ),
+                checkpoint: RefCell::new(None),
+                taken: RefCell::new(HashMap::new()),
+                next_id: std::cell::Cell::new(1),
             }),
         })
     }
@@ -191,6 +221,10 @@ impl WebClient {
             };
             let event = rx.recv().await;
             *inner.events.borrow_mut() = Some(rx);
+            if let Some(E2eEvent::Checkpoint(c)) = &event {
+                // The newest supersedes the ones not taken yet.
+                *inner.checkpoint.borrow_mut() = Some(c.clone());
+            }
             if let Some(E2eEvent::Message(m)) = &event
                 && let Some(f) = m.file()
             {
@@ -268,11 +302,45 @@ impl WebClient {
         crate::files_image(&mut self.inner.files.borrow_mut(), &shown).map_err(|e| JsError::new(&e))
     }
 
-    /// The device's MLS state as a database image, to keep (IndexedDB)
-    /// after every change and hand back to [`WebClient::connect`].
-    #[wasm_bindgen(js_name = mlsImage)]
-    pub fn mls_image(&self) -> Option<Vec<u8>> {
-        self.inner.client.mls_image()
+    /// The newest checkpoint handed out by [`WebClient::next_event`]
+    /// (`{"type": "checkpoint"}`), unless taken already: the MLS state
+    /// and the positions it covers, to keep (IndexedDB, in one
+    /// transaction with the conversations shown) and then report with
+    /// [`WebClient::checkpoint_kept`]. Until then the relay is not told
+    /// that the deliveries it covers arrived, so a page closed before
+    /// gets them again.
+    #[wasm_bindgen(js_name = takeCheckpoint)]
+    pub fn take_checkpoint(&self) -> Result<Option<TakenCheckpoint>, JsError> {
+        let Some(c) = self.inner.checkpoint.borrow_mut().take() else {
+            return Ok(None);
+        };
+        let id = self.inner.next_id.get();
+        self.inner.next_id.set(id.wrapping_add(1));
+        let taken = TakenCheckpoint {
+            id,
+            image: c.mls_image.clone(),
+            positions: crate::positions_json(&c.positions),
+        };
+        self.inner.taken.borrow_mut().insert(id, c);
+        Ok(Some(taken))
+    }
+
+    /// The checkpoint `id` is kept: the relay is told that the deliveries
+    /// it covers arrived.
+    #[wasm_bindgen(js_name = checkpointKept)]
+    pub fn checkpoint_kept(&self, id: u32) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let Some(c) = inner.taken.borrow_mut().remove(&id) else {
+                return Err(JsError::new("no such checkpoint taken").into());
+            };
+            inner
+                .client
+                .ack_checkpoint(&c)
+                .await
+                .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
+            Ok(JsValue::UNDEFINED)
+        })
     }
 
     /// The title members gave the conversation, if any.

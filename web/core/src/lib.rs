@@ -112,6 +112,16 @@ pub fn files_from_image(image: &[u8]) -> FileMap {
         .collect()
 }
 
+/// A checkpoint's positions as the page keeps them (JSON).
+pub fn positions_json(positions: &std::collections::HashMap<String, u64>) -> String {
+    serde_json::to_string(positions).unwrap_or_else(|_| "{}".into())
+}
+
+/// The positions the page kept ([`positions_json`]).
+pub fn positions_from_json(json: &str) -> Result<std::collections::HashMap<String, u64>, String> {
+    serde_json::from_str(json).map_err(|e| format!("the kept positions: {e}"))
+}
+
 /// The files of the messages handed to the page, by (conversation, seq).
 pub type FileMap = std::collections::HashMap<(String, u64), herold_client::attachment::FileRef>;
 
@@ -200,6 +210,8 @@ pub fn event_json(event: &E2eEvent) -> Value {
             "reason": reason,
         }),
         E2eEvent::Synced => json!({ "type": "synced" }),
+        // Its state stays in the module (`WebClient::take_checkpoint`).
+        E2eEvent::Checkpoint(_) => json!({ "type": "checkpoint" }),
         E2eEvent::Disconnected { reason } => json!({ "type": "disconnected", "reason": reason }),
         E2eEvent::Stopped(e) => json!({ "type": "stopped", "reason": e.to_string() }),
     }
@@ -239,6 +251,14 @@ mod tests {
         );
         assert!(files_image(&mut files, "not json").is_err());
         assert!(files_from_image(b"garbage").is_empty());
+    }
+
+    #[test]
+    fn kept_positions_read_back() {
+        let p: std::collections::HashMap<String, u64> =
+            [("station-42".to_owned(), 7), ("news~3".to_owned(), 120)].into();
+        assert_eq!(positions_from_json(&positions_json(&p)).unwrap(), p);
+        assert!(positions_from_json("[1]").is_err());
     }
 
     #[test]
