@@ -3,6 +3,7 @@
 //! letters); a device issues them for its own account (a browser or a new
 //! phone linked by a code the device shows, `session::link`).
 
+use herold_store::{Account, EnrollmentCode};
 use sha2::{Digest, Sha256};
 
 /// Crockford's base32: no I, L, O, U, so a printed code reads unambiguously.
@@ -44,4 +45,21 @@ pub(crate) fn code_hash(code: &str) -> Vec<u8> {
         })
         .collect();
     Sha256::digest(norm.as_bytes()).to_vec()
+}
+
+/// The stored form of the code hashed `hash` for `account`, issued at
+/// `now_ms` and void from `expires_at_ms`.
+pub(crate) fn stored(
+    hash: Vec<u8>,
+    account: &Account,
+    now_ms: i64,
+    expires_at_ms: i64,
+) -> EnrollmentCode {
+    EnrollmentCode {
+        code_hash: hash,
+        account_id: account.id.clone(),
+        account_created_at_ms: account.created_at_ms,
+        created_at_ms: now_ms,
+        expires_at_ms,
+    }
 }

@@ -30,6 +30,16 @@ async fn connect(
     E2eClient::connect(config, mls).await.unwrap()
 }
 
+/// Bert again, from the checkpoint `kept` (a page reloaded).
+async fn restart(
+    relay: &TestRelay,
+    key: &ed25519_dalek::SigningKey,
+    kept: &Checkpoint,
+) -> E2eClient {
+    let mls = MlsDevice::from_image(kept.mls_image.clone()).unwrap();
+    connect(relay, "bert.phone", key, mls, Some(kept)).await
+}
+
 /// Collects the texts of `client`'s messages until a checkpoint covers
 /// `seq` of `conversation`; that checkpoint.
 async fn kept_through(
@@ -56,35 +66,53 @@ async fn kept_through(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_was_not_kept_comes_again_and_what_was_kept_not_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(dir.path()).await;
+/// Anna and Bert in the groups `g` and `h`, each device's MLS state an
+/// image; Bert acknowledges only what it keeps.
+struct Pair {
+    relay: TestRelay,
+    anna: E2eClient,
+    bert: E2eClient,
+    bert_key: ed25519_dalek::SigningKey,
+}
+
+async fn pair(dir: &std::path::Path) -> Pair {
+    let relay = TestRelay::start(dir).await;
     let [ka, kb] = relay.group_of("g", ["anna", "bert"]).await;
     relay
         .conversation("h", v1::ConversationKind::Group, &["anna", "bert"])
         .await;
-    let anna = connect(
-        &relay,
-        "anna.phone",
-        &ka,
-        MlsDevice::create_in_image("anna.phone").unwrap(),
-        None,
-    )
-    .await;
-    let none = Checkpoint {
+    let mls = |d: &str| MlsDevice::create_in_image(d).unwrap();
+    let anna = connect(&relay, "anna.phone", &ka, mls("anna.phone"), None).await;
+    let nothing_kept = Checkpoint {
         id: 0,
         mls_image: Vec::new(),
         positions: HashMap::new(),
     };
-    let mut bert = connect(
+    let bert = connect(
         &relay,
         "bert.phone",
         &kb,
-        MlsDevice::create_in_image("bert.phone").unwrap(),
-        Some(&none),
+        mls("bert.phone"),
+        Some(&nothing_kept),
     )
     .await;
+    Pair {
+        relay,
+        anna,
+        bert,
+        bert_key: kb,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_not_kept_comes_again_and_what_was_kept_not_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let Pair {
+        relay,
+        anna,
+        mut bert,
+        bert_key: kb,
+    } = pair(dir.path()).await;
     let mut seen = Vec::new();
 
     // Kept and acknowledged.
@@ -103,14 +131,7 @@ async fn what_was_not_kept_comes_again_and_what_was_kept_not_twice() {
 
     // Restarted from what was kept: "two" comes again, and decrypts with
     // the kept state.
-    let mut bert = connect(
-        &relay,
-        "bert.phone",
-        &kb,
-        MlsDevice::from_image(kept.mls_image.clone()).unwrap(),
-        Some(&kept),
-    )
-    .await;
+    let mut bert = restart(&relay, &kb, &kept).await;
     assert!(!kept.positions.contains_key("h"));
     let mut again = Vec::new();
     let kept = kept_through(&mut bert, "h", two.seq, &mut again).await;
@@ -118,14 +139,7 @@ async fn what_was_not_kept_comes_again_and_what_was_kept_not_twice() {
     // Kept this time, and the app closed before acknowledging: a restart
     // from it shows nothing twice and goes on.
     bert.close().await;
-    let mut bert = connect(
-        &relay,
-        "bert.phone",
-        &kb,
-        MlsDevice::from_image(kept.mls_image.clone()).unwrap(),
-        Some(&kept),
-    )
-    .await;
+    let mut bert = restart(&relay, &kb, &kept).await;
     let three = anna.send("h", b"three", 0).await.unwrap();
     let mut after = Vec::new();
     kept_through(&mut bert, "h", three.seq, &mut after).await;
@@ -166,29 +180,12 @@ async fn send_keeping(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_goes_out_only_once_the_state_it_moved_on_from_is_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(dir.path()).await;
-    let [ka, kb] = relay.group_of("g", ["anna", "bert"]).await;
-    let mut anna = connect(
-        &relay,
-        "anna.phone",
-        &ka,
-        MlsDevice::create_in_image("anna.phone").unwrap(),
-        None,
-    )
-    .await;
-    let none = Checkpoint {
-        id: 0,
-        mls_image: Vec::new(),
-        positions: HashMap::new(),
-    };
-    let mut bert = connect(
-        &relay,
-        "bert.phone",
-        &kb,
-        MlsDevice::create_in_image("bert.phone").unwrap(),
-        Some(&none),
-    )
-    .await;
+    let Pair {
+        relay,
+        mut anna,
+        mut bert,
+        bert_key: kb,
+    } = pair(dir.path()).await;
     let one = anna.send("g", b"one", 0).await.unwrap();
     let kept = kept_through(&mut bert, "g", one.seq, &mut Vec::new()).await;
     bert.ack_checkpoint(&kept).await.unwrap();
@@ -202,14 +199,7 @@ async fn a_send_goes_out_only_once_the_state_it_moved_on_from_is_kept() {
     // other member reads both.
     drop(events);
     bert.close().await;
-    let mut bert = connect(
-        &relay,
-        "bert.phone",
-        &kb,
-        MlsDevice::from_image(kept.mls_image.clone()).unwrap(),
-        Some(&kept),
-    )
-    .await;
+    let mut bert = restart(&relay, &kb, &kept).await;
     let mut events = bert.take_events();
     send_keeping(&bert, &mut events, "again").await;
     let mut read = Vec::new();

@@ -52,13 +52,7 @@ impl AdminService {
             now.saturating_add(i64::try_from(ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
         self.node
             .store
-            .create_enrollment_code(EnrollmentCode {
-                code_hash: hash,
-                account_id: account.id.clone(),
-                account_created_at_ms: account.created_at_ms,
-                created_at_ms: now,
-                expires_at_ms,
-            })
+            .create_enrollment_code(crate::codes::stored(hash, account, now, expires_at_ms))
             .await
             .map_err(store_status)?;
         Ok(v1::EnrollmentCode {

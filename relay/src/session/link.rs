@@ -6,7 +6,7 @@
 //! the audit log (the code itself never is).
 
 use herold_proto::v1::{self, ErrorCode, response};
-use herold_store::{AuditEntry, EnrollmentCode};
+use herold_store::AuditEntry;
 
 use super::DeviceCtx;
 use super::e2e::{Refusal, store_refusal};
@@ -43,13 +43,7 @@ pub(super) async fn issue(shared: &Shared, ctx: &DeviceCtx) -> Result<response::
     let expires_at_ms = now.saturating_add(LINK_CODE_TTL_MS);
     shared
         .store
-        .create_enrollment_code(EnrollmentCode {
-            code_hash: hash,
-            account_id: account.id.clone(),
-            account_created_at_ms: account.created_at_ms,
-            created_at_ms: now,
-            expires_at_ms,
-        })
+        .create_enrollment_code(crate::codes::stored(hash, &account, now, expires_at_ms))
         .await
         .map_err(|e| store_refusal(&e))?;
     audit(shared, ctx, expires_at_ms).await;

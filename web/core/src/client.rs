@@ -90,11 +90,12 @@ impl std::fmt::Debug for WebClient {
 
 #[wasm_bindgen]
 impl WebClient {
-    /// Connects the device `device_id` (key `seed_hex`) to the relay's
-    /// WebSocket at `url`, signing the relay's name; uploads its key
-    /// packages so that members can add it. `mls_image` is the MLS state
-    /// [`WebClient::mls_image`] gave before (after a reload), or nothing for
-    /// a new device.
+    /// Connects the device `device_id` to the relay whose WebSocket is at
+    /// `url`, signing the relay's name; uploads its key packages so that
+    /// members can add it. `mls_image` and `positions` are the last
+    /// checkpoint the page kept ([`WebClient::take_checkpoint`]), or
+    /// nothing for a new device; `files_image` the files' keys it kept
+    /// ([`WebClient::files_image`]).
     ///
     /// `transports` is the relay's answer at `/v1/transports` (JSON), when
     /// the page could read it: the session then tries WebTransport first
