@@ -26,8 +26,8 @@ use herold_proto::v1::admin_server::{Admin, AdminServer};
 use herold_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
 use herold_proto::v1::{self, ErrorCode};
 use herold_store::{
-    AccountState, AuditEntry, ConversationKind, DirectChats, EnrollmentCode, Policy, PolicyScope,
-    Role, Store, StoreError,
+    AccountState, AuditEntry, ConversationKind, DirectChats, Policy, PolicyScope, Role, Store,
+    StoreError,
 };
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
