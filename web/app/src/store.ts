@@ -28,22 +28,30 @@ function open(): Promise<IDBDatabase> {
   });
 }
 
-function run<T>(mode: IDBTransactionMode, op: (s: IDBObjectStore) => IDBRequest<T>): Promise<T> {
+/// `op` on the object store in one transaction, settled when the
+/// transaction is: either all of its writes happened or none.
+function transact<T>(mode: IDBTransactionMode, op: (s: IDBObjectStore) => T): Promise<T> {
   return open().then(
     (db) =>
       new Promise<T>((resolve, reject) => {
         const tx = db.transaction(STORE, mode);
-        const req = op(tx.objectStore(STORE));
-        tx.oncomplete = () => {
-          db.close();
-          resolve(req.result);
-        };
-        tx.onerror = () => {
+        const result = op(tx.objectStore(STORE));
+        const failed = () => {
           db.close();
           reject(tx.error);
         };
+        tx.oncomplete = () => {
+          db.close();
+          resolve(result);
+        };
+        tx.onerror = failed;
+        tx.onabort = failed;
       }),
   );
+}
+
+function run<T>(mode: IDBTransactionMode, op: (s: IDBObjectStore) => IDBRequest<T>): Promise<T> {
+  return transact(mode, op).then((req) => req.result);
 }
 
 export async function loadDevice(): Promise<DeviceRecord | undefined> {
@@ -73,28 +81,11 @@ export async function loadMls(): Promise<KeptMls | undefined> {
 /// checkpoint came), the conversations shown and their files' keys; either
 /// all of it or none.
 export function saveState(mls: KeptMls | undefined, conversations: unknown, files: Uint8Array): Promise<void> {
-  return open().then(
-    (db) =>
-      new Promise<void>((resolve, reject) => {
-        const tx = db.transaction(STORE, "readwrite");
-        const s = tx.objectStore(STORE);
-        if (mls) s.put(mls, MLS);
-        s.put(conversations, CONVERSATIONS);
-        s.put(files, FILES);
-        tx.oncomplete = () => {
-          db.close();
-          resolve();
-        };
-        tx.onerror = () => {
-          db.close();
-          reject(tx.error);
-        };
-        tx.onabort = () => {
-          db.close();
-          reject(tx.error);
-        };
-      }),
-  );
+  return transact("readwrite", (s) => {
+    if (mls) s.put(mls, MLS);
+    s.put(conversations, CONVERSATIONS);
+    s.put(files, FILES);
+  });
 }
 
 /// The keys of the files of messages still shown (`WebClient.filesImage`).

@@ -59,8 +59,7 @@ struct Inner {
     checkpoint: RefCell<Option<Checkpoint>>,
     /// Checkpoints taken and being kept by the page, by id: acknowledged
     /// once kept.
-    taken: RefCell<HashMap<u32, Checkpoint>>,
-    next_id: std::cell::Cell<u32>,
+    taken: RefCell<HashMap<u64, Checkpoint>>,
 }
 
 /// A checkpoint for the page to keep ([`WebClient::take_checkpoint`]).
@@ -68,7 +67,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct TakenCheckpoint {
     /// What to hand to [`WebClient::checkpoint_kept`] once kept.
-    pub id: u32,
+    pub id: f64,
     /// The MLS state.
     pub image: Vec<u8>,
     /// The positions it covers (JSON), to hand back to
@@ -167,7 +166,6 @@ impl WebClient {
                 ),
                 checkpoint: RefCell::new(None),
                 taken: RefCell::new(HashMap::new()),
-                next_id: std::cell::Cell::new(1),
             }),
         })
     }
@@ -315,24 +313,23 @@ impl WebClient {
         let Some(c) = self.inner.checkpoint.borrow_mut().take() else {
             return Ok(None);
         };
-        let id = self.inner.next_id.get();
-        self.inner.next_id.set(id.wrapping_add(1));
+        // The SDK's id (increasing; exact as a JavaScript number).
         let taken = TakenCheckpoint {
-            id,
+            id: c.id as f64,
             image: c.mls_image.clone(),
             positions: crate::positions_json(&c.positions),
         };
-        self.inner.taken.borrow_mut().insert(id, c);
+        self.inner.taken.borrow_mut().insert(c.id, c);
         Ok(Some(taken))
     }
 
     /// The checkpoint `id` is kept: the relay is told that the deliveries
     /// it covers arrived.
     #[wasm_bindgen(js_name = checkpointKept)]
-    pub fn checkpoint_kept(&self, id: u32) -> js_sys::Promise {
+    pub fn checkpoint_kept(&self, id: f64) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let Some(c) = inner.taken.borrow_mut().remove(&id) else {
+            let Some(c) = inner.taken.borrow_mut().remove(&(id as u64)) else {
                 return Err(JsError::new("no such checkpoint taken").into());
             };
             inner
